@@ -1,0 +1,72 @@
+"""qsync: resumable, checkpointed backfills of embeddings into Qdrant."""
+
+from .api import (
+    batch_records,
+    batches,
+    cancel,
+    create_job,
+    jobs,
+    make_runner,
+    resume_job,
+    run,
+    run_job,
+    skipped,
+    status,
+)
+from .embedders import EmbedderSpec, EmbedResult, HashingEmbedder
+from .errors import (
+    ConfigError,
+    LeaseHeld,
+    LeaseLost,
+    PermanentError,
+    QsyncError,
+    SourceError,
+    StoreError,
+    StoreLocked,
+    TransientError,
+)
+from .events import BatchFinished, JobFinished, JobStarted, Notice, Progress
+from .runner import RunResult, RunSettings
+from .sink import POINT_ID_NAMESPACE, point_id
+from .sources import Columns, DataFrameSource, FileSource, SqlSource
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "POINT_ID_NAMESPACE",
+    "BatchFinished",
+    "Columns",
+    "ConfigError",
+    "DataFrameSource",
+    "EmbedResult",
+    "EmbedderSpec",
+    "FileSource",
+    "HashingEmbedder",
+    "JobFinished",
+    "JobStarted",
+    "LeaseHeld",
+    "LeaseLost",
+    "Notice",
+    "PermanentError",
+    "Progress",
+    "QsyncError",
+    "RunResult",
+    "RunSettings",
+    "SourceError",
+    "SqlSource",
+    "StoreError",
+    "StoreLocked",
+    "TransientError",
+    "batch_records",
+    "batches",
+    "cancel",
+    "create_job",
+    "jobs",
+    "make_runner",
+    "point_id",
+    "resume_job",
+    "run",
+    "run_job",
+    "skipped",
+    "status",
+]

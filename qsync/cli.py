@@ -1,0 +1,233 @@
+"""The `qsync` command: the same jobs as the Python API, from a terminal.
+
+Exit codes: 0 the job completed (or the command succeeded); 1 an error or a failed job; 2 bad usage;
+3 the job paused or was cancelled (resumable unless cancelled); 4 refused: another runner owns the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from . import api
+from .errors import LeaseHeld, QsyncError, StoreLocked
+from .progress import ProgressBar
+from .runner import RunResult
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PAUSED, EXIT_REFUSED = 0, 1, 2, 3, 4
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="DuckDB checkpoint file (default: $QSYNC_DB, else ./qsync.duckdb)")
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--concurrency", type=int, default=4, help="batches in flight at once (default 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qsync", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="create a job from a source and run it, or resume the job of that name")
+    run.add_argument(
+        "--source",
+        required=True,
+        help="a .parquet, .csv, .tsv, .jsonl or .json file, or 'sql:SELECT …' (DuckDB SQL)",
+    )
+    run.add_argument("--source-db", help="DuckDB database file that an sql: source runs against (read-only)")
+    run.add_argument("--id-column", default="id")
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--text-column", default="text")
+    group.add_argument("--text-template", help="build the text from several columns, e.g. '{title}: {body}'")
+    run.add_argument("--payload-columns", default="", help="comma-separated columns stored in each point's payload")
+    run.add_argument("--collection", required=True)
+    _add_db(run)
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--qdrant-path", help="local-mode Qdrant folder, or :memory: (default: beside --db)")
+    where.add_argument("--qdrant-url", help="a Qdrant server (default: $QDRANT_URL); key from $QDRANT_API_KEY")
+    run.add_argument(
+        "--embedder",
+        default="hash",
+        help="'hash' (offline, default) or 'package.module:factory' for your own",
+    )
+    run.add_argument("--dimensions", type=int, help="vector size (default: the embedder's, 768 for hash)")
+    run.add_argument(
+        "--simulate-latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="make the hash embedder sleep per call, standing in for a remote API",
+    )
+    run.add_argument("--batch-size", type=int, default=100)
+    run.add_argument("--job", help="job name (default: COLLECTION:SOURCE-STEM); an existing job is resumed")
+    _add_run_options(run)
+
+    resume = sub.add_parser("resume", help="continue a paused, failed or stale job")
+    resume.add_argument("job")
+    _add_db(resume)
+    _add_run_options(resume)
+
+    status = sub.add_parser("status", help="progress of a job (the newest when none is named)")
+    status.add_argument("job", nargs="?")
+    _add_db(status)
+    _add_json(status)
+
+    jobs = sub.add_parser("jobs", help="list jobs")
+    _add_db(jobs)
+    _add_json(jobs)
+
+    batches = sub.add_parser("batches", help="list a job's batches")
+    batches.add_argument("job")
+    batches.add_argument("--status", choices=["pending", "running", "done", "failed"])
+    _add_db(batches)
+    _add_json(batches)
+
+    skipped = sub.add_parser("skipped", help="list records that were skipped, with reasons")
+    skipped.add_argument("job")
+    _add_db(skipped)
+    _add_json(skipped)
+
+    cancel = sub.add_parser("cancel", help="cancel a job (a running one stops at its next heartbeat)")
+    cancel.add_argument("job")
+    _add_db(cancel)
+
+    demo = sub.add_parser("demo", help="offline demo: a backfill that is SIGKILLed part-way and resumed")
+    demo.add_argument("--dir", default="qsync-demo", help="where the demo writes (default ./qsync-demo)")
+    demo.add_argument("--source", help="default: the WordNet sample in data/")
+    demo.add_argument("--kill-at", type=float, default=0.4, help="fraction done when the worker is killed")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(_dispatch(args))
+    except (LeaseHeld, StoreLocked) as exc:
+        print(f"qsync: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except QsyncError as exc:
+        print(f"qsync: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("qsync: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "run":
+        options: dict[str, Any] = {}
+        if args.simulate_latency:
+            options["latency_s"] = args.simulate_latency
+        result = api.run(
+            args.source,
+            collection=args.collection,
+            job=args.job,
+            db=args.db,
+            concurrency=args.concurrency,
+            listeners=[] if args.quiet else [ProgressBar()],
+            id_column=args.id_column,
+            text_column=None if args.text_template else args.text_column,
+            text_template=args.text_template,
+            payload_columns=[c.strip() for c in args.payload_columns.split(",") if c.strip()],
+            embedder=args.embedder,
+            dimensions=args.dimensions,
+            embedder_options=options,
+            batch_size=args.batch_size,
+            qdrant_path=args.qdrant_path,
+            qdrant_url=args.qdrant_url,
+            source_db=args.source_db,
+        )
+        return _report(result, args.db)
+    if command == "resume":
+        result = api.run_job(
+            args.job,
+            db=args.db,
+            concurrency=args.concurrency,
+            listeners=[] if args.quiet else [ProgressBar()],
+        )
+        return _report(result, args.db)
+    if command == "status":
+        info = api.status(args.job, db=args.db)
+        if args.json:
+            print(json.dumps(info, indent=2, default=str))
+        else:
+            width = max(map(len, info))
+            for key, value in info.items():
+                print(f"{key:<{width}}  {'' if value is None else value}")
+        return EXIT_OK
+    if command == "jobs":
+        _print_frame(
+            api.jobs(db=args.db),
+            args.json,
+            columns=[
+                "job",
+                "status",
+                "processed_records",
+                "skipped_records",
+                "total_records",
+                "batches_failed",
+                "cost_usd",
+                "updated_at",
+            ],
+        )
+        return EXIT_OK
+    if command == "batches":
+        _print_frame(api.batches(args.job, status=args.status, db=args.db), args.json)
+        return EXIT_OK
+    if command == "skipped":
+        _print_frame(api.skipped(args.job, db=args.db), args.json)
+        return EXIT_OK
+    if command == "cancel":
+        print(f"{args.job}: {api.cancel(args.job, db=args.db)}")
+        return EXIT_OK
+    if command == "demo":
+        from .demo import run_demo
+
+        return int(run_demo(args.dir, args.source, args.kill_at))
+    raise AssertionError(command)
+
+
+def _report(result: RunResult, db: str | None) -> int:
+    info = api.status(result.job_id, db=db)
+    summary = (
+        f"{result.job_id}: {result.status} — {info['processed_records']:,}/{info['total_records']:,} records loaded, "
+        f"{info['skipped_records']:,} skipped, {info['batches_failed']} batches failed, "
+        f"{info['tokens']:,} tokens, ${info['cost_usd']:.4f}"
+    )
+    print(summary)
+    if info["skipped_records"]:
+        print(f"  skipped records and reasons: qsync skipped {result.job_id!r}")
+    if result.status == "completed":
+        return EXIT_OK
+    print(f"qsync: {result.status}: {result.message}", file=sys.stderr)
+    return EXIT_PAUSED if result.status in ("paused", "cancelled") else EXIT_ERROR
+
+
+def _print_frame(frame: pd.DataFrame, as_json: bool, columns: list[str] | None = None) -> None:
+    if as_json:
+        print(frame.to_json(orient="records", date_format="iso", indent=2))
+        return
+    if frame.empty:
+        print("(none)")
+        return
+    shown = frame[columns] if columns else frame
+    with pd.option_context(
+        "display.max_rows", 500, "display.max_columns", 50, "display.width", 200, "display.max_colwidth", 80
+    ):
+        print(shown.to_string(index=False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

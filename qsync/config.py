@@ -1,0 +1,22 @@
+"""Defaults and where they come from: arguments first, then environment, then files beside the store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_DB = "qsync.duckdb"
+
+
+def resolve_db(db: str | os.PathLike[str] | None) -> Path:
+    return Path(db or os.environ.get("QSYNC_DB") or DEFAULT_DB).expanduser().resolve()
+
+
+def default_qdrant_path(db: Path) -> str:
+    """Local-mode Qdrant lives in a folder beside the DuckDB file: qsync.duckdb -> qsync.qdrant/."""
+    return str(db.with_suffix(".qdrant"))
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default

@@ -1,0 +1,61 @@
+"""An offline embedder: feature hashing of word tokens, L2-normalised, deterministic.
+
+It needs no key and no network, so the demo and the tests run anywhere, and the same text always gives
+the same vector in every process (zlib.crc32, unlike hash(), is not salted per process). Similar texts
+share words and so land near each other, which is enough to try search on the demo collection.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import zlib
+
+import numpy as np
+
+from .base import EmbedResult, Vectors
+
+_WORD = re.compile(r"\w+")
+MODEL = "qsync-hash-v1"
+
+
+def tokenize(text: str) -> list[str]:
+    words = _WORD.findall(text.lower())
+    return words or [text.strip()]
+
+
+def hash_vector(text: str, dimensions: int) -> Vectors:
+    vector = np.zeros(dimensions, dtype=np.float32)
+    for word in tokenize(text):
+        h = zlib.crc32(word.encode("utf-8"))
+        vector[h % dimensions] += 1.0 if h & 0x80000000 else -1.0
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:  # every word cancelled out: fall back to a stable unit vector
+        vector[zlib.crc32(text.encode("utf-8")) % dimensions] = 1.0
+        return vector
+    return vector / norm
+
+
+class HashingEmbedder:
+    model = MODEL
+    task_type = ""
+    max_batch_texts = 100
+    max_text_tokens = 2048  # the same limit as gemini-embedding-001, so plans agree across embedders
+    price_per_million_tokens = 0.0
+
+    def __init__(self, dimensions: int = 768, latency_s: float = 0.0) -> None:
+        if dimensions < 1:
+            raise ValueError("dimensions must be positive")
+        self.dimensions = dimensions
+        # Sleeps this long per call to stand in for a remote API in demos and tests.
+        self.latency_s = latency_s
+
+    def embed(self, texts: list[str]) -> EmbedResult:
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        vectors = (
+            np.stack([hash_vector(t, self.dimensions) for t in texts])
+            if texts
+            else np.zeros((0, self.dimensions), dtype=np.float32)
+        )
+        return EmbedResult(vectors=vectors, tokens_per_text=[len(tokenize(t)) for t in texts])

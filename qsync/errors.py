@@ -1,0 +1,69 @@
+"""Every error qsync raises descends from QsyncError.
+
+Transient errors are retried (the batch goes back to the queue); permanent ones fail the batch or stop
+the job. SDK and database exceptions are converted to these at the boundary of each external service,
+so the runner never has to know which library raised what. Messages are what users read: they say what
+happened and what to run next, and never carry an API key.
+"""
+
+from __future__ import annotations
+
+
+class QsyncError(Exception):
+    """Root of every qsync error."""
+
+
+class TransientError(QsyncError):
+    """Worth retrying later: a timeout, a 5xx, a refused connection, a rate limit."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentError(QsyncError):
+    """Retrying the same call will fail the same way."""
+
+
+class ConfigError(PermanentError):
+    """Options, environment or an existing collection do not fit the job."""
+
+
+class SourceError(PermanentError):
+    """The input cannot be read at all (missing file, missing column, unknown format)."""
+
+
+class StoreError(QsyncError):
+    """The DuckDB checkpoint file cannot be used."""
+
+
+class StoreLocked(StoreError):
+    """Another process held the DuckDB file for longer than we were willing to wait."""
+
+    def __init__(self, path: str, holder_pid: int | None, waited_s: float) -> None:
+        holder = f"process {holder_pid}" if holder_pid else "another process"
+        super().__init__(
+            f"{path} is held by {holder} and was not released within {waited_s:.0f}s "
+            f"(DuckDB allows one process at a time; if that process is stuck, stop it and retry)"
+        )
+        self.holder_pid = holder_pid
+
+
+class SchemaTooNew(StoreError):
+    """The file was written by a newer qsync."""
+
+
+class JobNotFound(QsyncError):
+    pass
+
+
+class LeaseHeld(QsyncError):
+    """A live runner owns the job."""
+
+
+class LeaseLost(QsyncError):
+    """Another runner took the job over; this one must stop writing at once."""
+
+
+class JobNotRunnable(QsyncError):
+    """The job is in a state that cannot run (cancelled, or already completed)."""

@@ -1,0 +1,200 @@
+"""Batch state transitions and the embedding cache, each one DuckDB transaction guarded by the lease.
+
+Batch states form a closed set:
+
+    pending --claim--> running --complete--> done
+                       running --fail------> failed --claim--> running
+                       running --release---> pending        (clean stop, or a dead owner's leftovers)
+
+`record_embeddings` stores the vectors a batch paid for, and their tokens and cost, before the upsert
+that uses them: a crash after it costs nothing on resume. `complete` runs only after Qdrant acknowledged
+the upsert. Every method first checks the lease in the same transaction, so a runner that lost its job
+cannot change a thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .clock import Clock
+from .embedders.base import Embedder, Vectors
+from .lease import Lease
+from .store import Store, arrow_table, first_row
+
+BATCH_STATES = ("pending", "running", "done", "failed")
+
+
+def cache_key(embedder: Embedder, content_hash: str) -> str:
+    return f"{embedder.model}|{embedder.dimensions}|{embedder.task_type}|{content_hash}"
+
+
+@dataclass
+class BatchWork:
+    """A claimed batch: its records, and the vectors the cache already holds for them."""
+
+    batch_no: int
+    attempt: int
+    ordinals: list[int]
+    record_ids: list[str]
+    hashes: list[str]
+    texts: list[str]
+    token_estimates: list[int]
+    payloads: list[str]
+    cached: dict[str, tuple[Vectors, int]]  # content hash -> (vector, tokens it cost when paid for)
+
+
+class Ledger:
+    def __init__(self, store: Store, lease: Lease, clock: Clock) -> None:
+        self.store = store
+        self.lease = lease
+        self.job_id = lease.job_id
+        self.clock = clock
+
+    def runnable_batches(self) -> list[int]:
+        rows = self.store.query_rows(
+            "SELECT batch_no FROM batches WHERE job_id = ? AND status IN ('pending', 'failed') ORDER BY batch_no",
+            [self.job_id],
+        )
+        return [int(r[0]) for r in rows]
+
+    def claim(self, batch_no: int, embedder: Embedder) -> BatchWork:
+        with self.store.transaction() as con:
+            self.lease.verify(con)
+            now = self.clock.now()
+            row = first_row(
+                con.execute(
+                    """UPDATE batches SET status = 'running', attempts = attempts + 1, started_at = ?
+                   WHERE job_id = ? AND batch_no = ? AND status IN ('pending', 'failed')
+                   RETURNING attempts""",
+                    [now, self.job_id, batch_no],
+                )
+            )
+            if row is None:
+                raise RuntimeError(f"batch {batch_no} of {self.job_id!r} is not claimable")
+            attempt = int(row[0])
+            con.execute(
+                "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
+                [self.job_id, batch_no, attempt, self.lease.pid, self.lease.token, now],
+            )
+            records = con.execute(
+                """SELECT ordinal, record_id, content_hash, text, token_estimate, payload FROM manifest
+                   WHERE job_id = ? AND batch_no = ? ORDER BY ordinal""",
+                [self.job_id, batch_no],
+            ).fetchall()
+            keys = sorted({cache_key(embedder, r[2]) for r in records})
+            cached: dict[str, tuple[Vectors, int]] = {}
+            if keys:
+                # A literal IN list lets DuckDB use the primary-key index (a join would scan the cache).
+                placeholders = ", ".join("?" * len(keys))
+                table = arrow_table(
+                    con,
+                    f"SELECT content_hash, tokens, vector FROM embeddings WHERE cache_key IN ({placeholders})",
+                    keys,
+                )
+                if table.num_rows:
+                    flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                    matrix = np.asarray(flat, dtype=np.float32).reshape(table.num_rows, -1)
+                    for i, (h, tokens) in enumerate(
+                        zip(
+                            table.column("content_hash").to_pylist(),
+                            table.column("tokens").to_pylist(),
+                            strict=True,
+                        )
+                    ):
+                        cached[h] = (matrix[i], int(tokens))
+        return BatchWork(
+            batch_no=batch_no,
+            attempt=attempt,
+            ordinals=[r[0] for r in records],
+            record_ids=[r[1] for r in records],
+            hashes=[r[2] for r in records],
+            texts=[r[3] for r in records],
+            token_estimates=[r[4] for r in records],
+            payloads=[r[5] for r in records],
+            cached=cached,
+        )
+
+    def record_embeddings(
+        self,
+        work: BatchWork,
+        embedder: Embedder,
+        hashes: list[str],
+        vectors: Vectors,
+        tokens_per_text: list[int],
+        tokens_estimated: bool,
+    ) -> None:
+        """Persist freshly paid-for vectors and their cost. Called before the upsert."""
+        now = self.clock.now()
+        table = pa.table(
+            {
+                "cache_key": [cache_key(embedder, h) for h in hashes],
+                "model": [embedder.model] * len(hashes),
+                "dimensions": pa.array([embedder.dimensions] * len(hashes), pa.int32()),
+                "task_type": [embedder.task_type] * len(hashes),
+                "content_hash": hashes,
+                "tokens": pa.array(tokens_per_text, pa.int32()),
+                "vector": pa.array(list(vectors.astype(np.float32)), pa.list_(pa.float32())),
+                "created_at": pa.array([now] * len(hashes), pa.timestamp("us")),
+            }
+        )
+        tokens = int(sum(tokens_per_text))
+        cost = tokens * embedder.price_per_million_tokens / 1_000_000
+        with self.store.transaction() as con:
+            self.lease.verify(con)
+            con.register("__qsync_new_vectors", table)
+            try:
+                con.execute("INSERT INTO embeddings SELECT * FROM __qsync_new_vectors ON CONFLICT DO NOTHING")
+            finally:
+                con.unregister("__qsync_new_vectors")
+            con.execute(
+                """UPDATE batches SET embedded_texts = embedded_texts + ?, tokens = tokens + ?,
+                       cost_usd = cost_usd + ?, tokens_estimated = tokens_estimated OR ?
+                   WHERE job_id = ? AND batch_no = ?""",
+                [len(hashes), tokens, cost, tokens_estimated, self.job_id, work.batch_no],
+            )
+
+    def complete(self, work: BatchWork, cache_hits: int, saved_tokens: int, duration_s: float) -> None:
+        with self.store.transaction() as con:
+            self.lease.verify(con)
+            now = self.clock.now()
+            con.execute(
+                """UPDATE batches SET status = 'done', finished_at = ?, duration_s = ?, last_error = NULL,
+                       cache_hits = cache_hits + ?, saved_tokens = saved_tokens + ?
+                   WHERE job_id = ? AND batch_no = ?""",
+                [now, duration_s, cache_hits, saved_tokens, self.job_id, work.batch_no],
+            )
+            self._end_attempt(con, work, now, "done", None)
+            con.execute("UPDATE jobs SET updated_at = ? WHERE job_id = ?", [now, self.job_id])
+
+    def fail(self, work: BatchWork, error: str) -> None:
+        with self.store.transaction() as con:
+            self.lease.verify(con)
+            now = self.clock.now()
+            con.execute(
+                "UPDATE batches SET status = 'failed', last_error = ?, finished_at = ? WHERE job_id = ? AND batch_no = ?",
+                [error, now, self.job_id, work.batch_no],
+            )
+            self._end_attempt(con, work, now, "failed", error)
+            con.execute("UPDATE jobs SET updated_at = ? WHERE job_id = ?", [now, self.job_id])
+
+    def release(self, work: BatchWork) -> None:
+        """Hand an unfinished batch back (clean stop): pending again, its paid vectors kept."""
+        with self.store.transaction() as con:
+            self.lease.verify(con)
+            now = self.clock.now()
+            con.execute(
+                "UPDATE batches SET status = 'pending' WHERE job_id = ? AND batch_no = ? AND status = 'running'",
+                [self.job_id, work.batch_no],
+            )
+            self._end_attempt(con, work, now, "released", None)
+
+    def _end_attempt(self, con: Any, work: BatchWork, now: Any, outcome: str, error: str | None) -> None:
+        con.execute(
+            """UPDATE attempts SET finished_at = ?, outcome = ?, error = ?
+               WHERE job_id = ? AND batch_no = ? AND attempt = ? AND lease_token = ?""",
+            [now, outcome, error, self.job_id, work.batch_no, work.attempt, self.lease.token],
+        )

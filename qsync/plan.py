@@ -1,0 +1,147 @@
+"""Planning: snapshot the input into the manifest once, cut it into batches, skip bad rows with reasons.
+
+Everything happens in one transaction: a crash while planning leaves no half-planned job behind.
+Batches are ranges of the manifest; resume only ever reads the manifest, so it never depends on
+offsets into a source that may have changed since.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .clock import Clock
+from .embedders.base import Embedder
+from .errors import ConfigError, SourceError
+from .sources import INPUT_VIEW, Columns, Source
+from .store import Store, first_row
+
+# Rough and deliberately simple: ~4 bytes of UTF-8 per token for Gemini's tokenizer on English text.
+# Used to skip oversize texts before paying for them, and for estimates, where it is labelled as such.
+BYTES_PER_TOKEN = 4
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    job_id: str
+    total_records: int
+    valid_records: int
+    skipped_records: int
+    batches: int
+
+
+def create_job(
+    store: Store,
+    job_id: str,
+    source: Source,
+    columns: Columns,
+    embedder: Embedder,
+    config: dict[str, Any],
+    collection: str,
+    batch_size: int,
+    clock: Clock,
+) -> PlanSummary:
+    if batch_size < 1:
+        raise ConfigError("batch size must be at least 1")
+    batch_size = min(batch_size, embedder.max_batch_texts)
+    now = clock.now()
+    with store.transaction() as con:
+        if first_row(con.execute("SELECT 1 FROM jobs WHERE job_id = ?", [job_id])):
+            raise ConfigError(f"a job named {job_id!r} exists already")
+        rejected = source.register(con, columns)
+        try:
+            con.execute(
+                f"""
+                CREATE OR REPLACE TEMP TABLE __qsync_checked AS
+                WITH n AS (
+                    SELECT *,
+                        CAST(ceil(strlen(coalesce(text, '')) / {BYTES_PER_TOKEN}) AS INTEGER) AS token_estimate,
+                        min(ordinal) OVER (PARTITION BY record_id) AS first_ordinal
+                    FROM {INPUT_VIEW}
+                )
+                SELECT ordinal, record_id, text, payload, token_estimate,
+                    CASE
+                        WHEN problem IS NOT NULL THEN problem
+                        WHEN record_id IS NULL THEN 'id is missing'
+                        WHEN text IS NULL THEN 'text is missing'
+                        WHEN regexp_full_match(text, '[\\s\\p{{Z}}]*') THEN 'text is empty or whitespace'
+                        WHEN ordinal <> first_ordinal
+                            THEN 'duplicate id (first seen at row ' || CAST(first_ordinal + 1 AS VARCHAR) || ')'
+                        WHEN token_estimate > {embedder.max_text_tokens}
+                            THEN 'text too long: ~' || CAST(token_estimate AS VARCHAR)
+                                 || ' tokens (estimated), limit {embedder.max_text_tokens}'
+                    END AS reason
+                FROM n
+                """
+            )
+        except Exception as exc:
+            if "duckdb" in type(exc).__module__:
+                raise SourceError(f"cannot read {source.description}: {exc}") from exc
+            raise
+        con.execute(
+            f"""
+            INSERT INTO manifest
+            SELECT ?, ordinal, record_id, sha256(text),
+                CAST((row_number() OVER (ORDER BY ordinal) - 1) // {batch_size} AS INTEGER),
+                token_estimate, text, payload
+            FROM __qsync_checked WHERE reason IS NULL ORDER BY ordinal
+            """,
+            [job_id],
+        )
+        con.execute(
+            "INSERT INTO skipped SELECT ?, ordinal, record_id, 'plan', reason, ? FROM __qsync_checked "
+            "WHERE reason IS NOT NULL ORDER BY ordinal",
+            [job_id, now],
+        )
+        for row in rejected:
+            con.execute(
+                "INSERT INTO skipped VALUES (?, ?, NULL, 'plan', ?, ?)",
+                [job_id, row.ordinal, row.reason, now],
+            )
+        con.execute(
+            """INSERT INTO batches (job_id, batch_no, status, records, first_ordinal, last_ordinal)
+               SELECT ?, batch_no, 'pending', count(*), min(ordinal), max(ordinal)
+               FROM manifest WHERE job_id = ? GROUP BY batch_no ORDER BY batch_no""",
+            [job_id, job_id],
+        )
+        counts = first_row(
+            con.execute(
+                """SELECT (SELECT count(*) FROM manifest WHERE job_id = $1),
+                      (SELECT count(*) FROM skipped WHERE job_id = $1),
+                      (SELECT count(*) FROM batches WHERE job_id = $1)""",
+                [job_id],
+            )
+        )
+        assert counts is not None
+        valid, skipped, batches = (int(c) for c in counts)
+        con.execute(
+            """INSERT INTO jobs (job_id, status, message, config, source, collection, batch_size, total_records,
+                   skipped_records, batches_total, created_at, updated_at)
+               VALUES (?, 'planned', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [
+                job_id,
+                json.dumps(config),
+                source.description,
+                collection,
+                batch_size,
+                valid + skipped,
+                skipped,
+                batches,
+                now,
+                now,
+            ],
+        )
+        for name in ("__qsync_checked", "__qsync_csv"):
+            con.execute(f"DROP TABLE IF EXISTS {name}")
+        con.execute(f"DROP VIEW IF EXISTS {INPUT_VIEW}")
+        _unregister(con)
+    return PlanSummary(job_id, valid + skipped, valid, skipped, batches)
+
+
+def _unregister(con: Any) -> None:
+    for name in (INPUT_VIEW, "__qsync_sql"):
+        try:
+            con.unregister(name)
+        except Exception:  # not registered for this source kind
+            pass

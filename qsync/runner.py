@@ -1,0 +1,388 @@
+"""The runner: pending batches, concurrently, each embed -> persist -> upsert (wait) -> mark done.
+
+Order matters and is the whole point:
+1. claim (ledger) and look every text up in the embedding cache;
+2. embed only the misses, and persist those vectors with their cost at once (never pay twice);
+3. upsert into Qdrant with wait=True;
+4. mark the batch done, only now that Qdrant acknowledged it (nothing lost).
+A SIGKILL at any point leaves each batch either done or unfinished with its paid vectors cached.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import lease as leases
+from .clock import SYSTEM_CLOCK, Clock
+from .embedders.base import Embedder
+from .errors import LeaseLost, PermanentError, QsyncError, StoreError, TransientError
+from .events import BatchFinished, JobFinished, JobStarted, Listener, Notice, Progress, emit
+from .ledger import BatchWork, Ledger
+from .sink import QdrantSink
+from .store import Store
+
+log = logging.getLogger("qsync")
+
+
+@dataclass
+class RunSettings:
+    concurrency: int = 4
+    max_attempts: int = 5  # per batch, per run; `qsync resume` grants a failed batch new attempts
+    heartbeat_s: float = 5.0
+    stale_after_s: float = 60.0
+    retry_base_s: float = 1.0
+    retry_max_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    job_id: str
+    status: str  # completed | paused | failed | cancelled
+    message: str | None
+    run_records: int
+    elapsed_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+@dataclass
+class _Outcome:
+    batch_no: int
+    outcome: str  # done | failed | released | lost
+    records: int = 0
+    embedded: int = 0
+    cache_hits: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    saved_tokens: int = 0
+    error: str | None = None
+    transient: bool = False
+    retry_after_s: float | None = None
+    fatal: BaseException | None = None
+
+
+@dataclass
+class _Totals:
+    total_records: int
+    skipped_records: int
+    batches_total: int
+    done_records: int
+    batches_done: int
+    tokens: int
+    cost_usd: float
+    saved_tokens: int
+    failed: set[int] = field(default_factory=set)
+
+
+class Runner:
+    def __init__(
+        self,
+        store: Store,
+        job_id: str,
+        embedder: Embedder,
+        sink: QdrantSink,
+        settings: RunSettings | None = None,
+        listeners: list[Listener] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.embedder = embedder
+        self.sink = sink
+        self.settings = settings or RunSettings()
+        self.listeners = list(listeners or [])
+        self.clock = clock
+        self._stop = threading.Event()  # finish in-flight work, then pause
+        self._cancel = threading.Event()
+        self._lost: BaseException | None = None
+        self._random = random.Random()
+
+    def request_stop(self) -> None:
+        """Pause after the batches in flight (within one embed call). Safe from any thread."""
+        self._stop.set()
+
+    # -- main loop ---------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        started = self.clock.monotonic()
+        lease, took_over = leases.acquire(self.store, self.job_id, self.clock, self.settings.stale_after_s)
+        ledger = Ledger(self.store, lease, self.clock)
+        run_records = 0
+        heartbeat_stop = threading.Event()
+        heartbeat = threading.Thread(
+            target=self._heartbeat, args=(lease, heartbeat_stop), name="qsync-heartbeat", daemon=True
+        )
+        heartbeat.start()
+        try:
+            try:
+                self.sink.ensure_collection()
+            except QsyncError as exc:
+                refusal = f"Qdrant refused the collection: {exc}"
+                leases.release(self.store, lease, self.clock, "failed", refusal)
+                emit(self.listeners, JobFinished(self.job_id, "failed", refusal))
+                return RunResult(self.job_id, "failed", refusal, 0, 0.0)
+            totals = self._read_totals()
+            emit(
+                self.listeners,
+                JobStarted(
+                    self.job_id,
+                    totals.total_records,
+                    totals.done_records,
+                    totals.skipped_records,
+                    totals.batches_total,
+                    totals.batches_done,
+                    took_over,
+                ),
+            )
+            ready: list[tuple[float, int]] = [(0.0, b) for b in ledger.runnable_batches()]
+            heapq.heapify(ready)
+            attempts: dict[int, int] = {}
+            work_q: queue.Queue[int | None] = queue.Queue()
+            done_q: queue.Queue[_Outcome] = queue.Queue()
+            workers = [
+                threading.Thread(
+                    target=self._worker, args=(ledger, work_q, done_q), name=f"qsync-worker-{i}", daemon=True
+                )
+                for i in range(max(1, self.settings.concurrency))
+            ]
+            for w in workers:
+                w.start()
+            in_flight = 0
+            interrupted = 0
+            while True:
+                try:
+                    now = self.clock.monotonic()
+                    while ready and in_flight < len(workers) and ready[0][0] <= now and not self._stopping():
+                        _, batch_no = heapq.heappop(ready)
+                        attempts[batch_no] = attempts.get(batch_no, 0) + 1
+                        work_q.put(batch_no)
+                        in_flight += 1
+                    if in_flight == 0 and (not ready or self._stopping()):
+                        break
+                    try:
+                        outcome = done_q.get(timeout=0.05)
+                    except queue.Empty:
+                        continue
+                    in_flight -= 1
+                    if outcome.fatal is not None:
+                        self._lost = self._lost or outcome.fatal
+                        continue
+                    totals.tokens += outcome.tokens
+                    totals.cost_usd += outcome.cost
+                    totals.saved_tokens += outcome.saved_tokens
+                    if outcome.outcome == "done":
+                        totals.done_records += outcome.records
+                        totals.batches_done += 1
+                        totals.failed.discard(outcome.batch_no)
+                        run_records += outcome.records
+                    elif outcome.outcome == "failed":
+                        totals.failed.add(outcome.batch_no)
+                        if outcome.transient and attempts[outcome.batch_no] < self.settings.max_attempts:
+                            delay = self._backoff(attempts[outcome.batch_no], outcome.retry_after_s)
+                            heapq.heappush(ready, (self.clock.monotonic() + delay, outcome.batch_no))
+                    emit(
+                        self.listeners,
+                        BatchFinished(
+                            self.job_id,
+                            outcome.batch_no,
+                            outcome.outcome,
+                            outcome.records,
+                            outcome.embedded,
+                            outcome.cache_hits,
+                            outcome.error,
+                        ),
+                    )
+                    emit(self.listeners, self._progress(totals, run_records, started))
+                except KeyboardInterrupt:
+                    interrupted += 1
+                    self._stop.set()
+                    if interrupted > 1:
+                        break  # second Ctrl-C: stop now; leftovers go back to pending below
+                    emit(
+                        self.listeners,
+                        Notice(self.job_id, "stopping after the batches in flight (Ctrl-C again to stop at once)"),
+                    )
+            for _ in workers:
+                work_q.put(None)
+            if self._lost is not None:
+                self._give_up(lease, self._lost)
+                raise self._lost
+            status, message = self._final_status(totals)
+            leases.release(self.store, lease, self.clock, status, message)
+            emit(self.listeners, JobFinished(self.job_id, status, message))
+            return RunResult(self.job_id, status, message, run_records, self.clock.monotonic() - started)
+        finally:
+            heartbeat_stop.set()
+
+    def _give_up(self, lease: leases.Lease, error: BaseException) -> None:
+        """After a fatal error, leave the job `failed` with the reason, unless we no longer own it."""
+        if isinstance(error, LeaseLost):
+            return  # not ours any more: write nothing
+        message = f"stopped by an error: {type(error).__name__}: {error}; `qsync resume {self.job_id}` retries"
+        try:
+            leases.release(self.store, lease, self.clock, "failed", message)
+        except QsyncError:
+            log.warning("qsync could not record the failure of %s; it will show as stale", self.job_id)
+        emit(self.listeners, JobFinished(self.job_id, "failed", message))
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or self._cancel.is_set() or self._lost is not None
+
+    def _final_status(self, totals: _Totals) -> tuple[str, str | None]:
+        if self._cancel.is_set():
+            return "cancelled", "cancelled by `qsync cancel`"
+        remaining = totals.batches_total - totals.batches_done
+        if remaining == 0:
+            return "completed", None
+        if self._stop.is_set():
+            return "paused", f"stopped with {remaining} batches to go; `qsync resume {self.job_id}` continues"
+        errors = self.store.query_rows(
+            "SELECT last_error FROM batches WHERE job_id = ? AND status = 'failed' ORDER BY finished_at DESC LIMIT 1",
+            [self.job_id],
+        )
+        last = errors[0][0] if errors else "unknown"
+        return "failed", (
+            f"{len(totals.failed)} batches failed after {self.settings.max_attempts} attempts (last error: {last}); "
+            f"`qsync batches {self.job_id} --status failed` lists them, `qsync resume {self.job_id}` retries them"
+        )
+
+    def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
+        if retry_after_s is not None:
+            return retry_after_s
+        ceiling = min(self.settings.retry_max_s, self.settings.retry_base_s * float(2 ** (attempt - 1)))
+        return ceiling * (0.5 + self._random.random() / 2)  # jitter: concurrent retries spread out
+
+    def _progress(self, totals: _Totals, run_records: int, started: float) -> Progress:
+        return Progress(
+            self.job_id,
+            totals.total_records,
+            totals.done_records,
+            totals.skipped_records,
+            totals.batches_total,
+            totals.batches_done,
+            len(totals.failed),
+            totals.tokens,
+            totals.cost_usd,
+            totals.saved_tokens,
+            run_records,
+            self.clock.monotonic() - started,
+        )
+
+    def _read_totals(self) -> _Totals:
+        row = self.store.query_rows(
+            """SELECT j.total_records, j.skipped_records, j.batches_total,
+                      coalesce(sum(b.records) FILTER (WHERE b.status = 'done'), 0),
+                      count(*) FILTER (WHERE b.status = 'done'),
+                      coalesce(sum(b.tokens), 0), coalesce(sum(b.cost_usd), 0), coalesce(sum(b.saved_tokens), 0),
+                      list(b.batch_no) FILTER (WHERE b.status = 'failed')
+               FROM jobs j LEFT JOIN batches b USING (job_id) WHERE j.job_id = ?
+               GROUP BY ALL""",
+            [self.job_id],
+        )[0]
+        return _Totals(
+            int(row[0]),
+            int(row[1]),
+            int(row[2]),
+            int(row[3]),
+            int(row[4]),
+            int(row[5]),
+            float(row[6]),
+            int(row[7]),
+            set(row[8] or []),
+        )
+
+    # -- threads -----------------------------------------------------------------------------------
+
+    def _heartbeat(self, lease: leases.Lease, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.heartbeat_s):
+            try:
+                if not leases.renew(self.store, lease, self.clock):
+                    self._cancel.set()
+            except LeaseLost as exc:
+                self._lost = exc
+                return
+            except StoreError as exc:  # the file is busy or the disk is full: the next beat may succeed
+                log.warning("qsync heartbeat failed: %s", exc)
+
+    def _worker(self, ledger: Ledger, work_q: queue.Queue[int | None], done_q: queue.Queue[_Outcome]) -> None:
+        while (batch_no := work_q.get()) is not None:
+            try:
+                done_q.put(self._process(ledger, batch_no))
+            except BaseException as exc:  # never let a worker die silently: the scheduler waits on it
+                done_q.put(_Outcome(batch_no, "lost", fatal=exc))
+
+    def _process(self, ledger: Ledger, batch_no: int) -> _Outcome:
+        t0 = time.monotonic()
+        try:
+            work = ledger.claim(batch_no, self.embedder)
+        except (LeaseLost, StoreError) as exc:
+            return _Outcome(batch_no, "lost", fatal=exc)
+        outcome = _Outcome(batch_no, "failed", records=len(work.record_ids))
+        try:
+            if self._stopping():
+                ledger.release(work)
+                outcome.outcome = "released"
+                return outcome
+            vectors = self._vectors(ledger, work, outcome)
+            if self._stopping():  # paid vectors are cached: releasing now loses nothing
+                ledger.release(work)
+                outcome.outcome = "released"
+                return outcome
+            payloads = [_load_payload(p) for p in work.payloads]
+            self.sink.upsert(work.record_ids, vectors, payloads)
+            ledger.complete(work, outcome.cache_hits, outcome.saved_tokens, time.monotonic() - t0)
+            outcome.outcome = "done"
+            return outcome
+        except (LeaseLost, StoreError) as exc:
+            return _Outcome(batch_no, "lost", fatal=exc)
+        except TransientError as exc:
+            outcome.error, outcome.transient, outcome.retry_after_s = str(exc), True, exc.retry_after_s
+        except PermanentError as exc:
+            outcome.error = str(exc)
+        except Exception as exc:  # a bug or an unconverted library error: fail this batch, keep the job going
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            log.exception("qsync batch %s failed unexpectedly", batch_no)
+        try:
+            ledger.fail(work, outcome.error or "unknown error")
+        except (LeaseLost, StoreError) as exc:
+            return _Outcome(batch_no, "lost", fatal=exc)
+        return outcome
+
+    def _vectors(self, ledger: Ledger, work: BatchWork, outcome: _Outcome) -> np.ndarray:
+        """Vectors for every record of the batch: cached ones free, the rest embedded and persisted."""
+        by_hash = {h: v for h, (v, _) in work.cached.items()}
+        missing: dict[str, str] = {}
+        for h, text in zip(work.hashes, work.texts, strict=True):
+            if h not in by_hash:
+                missing.setdefault(h, text)
+        hits = len(set(work.hashes)) - len(missing)
+        outcome.cache_hits = hits
+        outcome.saved_tokens = sum(t for h, (_, t) in work.cached.items())
+        if missing:
+            hashes = list(missing)
+            result = self.embedder.embed([missing[h] for h in hashes])
+            ledger.record_embeddings(
+                work, self.embedder, hashes, result.vectors, result.tokens_per_text, result.tokens_estimated
+            )
+            outcome.embedded = len(hashes)
+            outcome.tokens = sum(result.tokens_per_text)
+            outcome.cost = outcome.tokens * self.embedder.price_per_million_tokens / 1_000_000
+            for h, vec in zip(hashes, result.vectors, strict=True):
+                by_hash[h] = vec
+        return np.stack([by_hash[h] for h in work.hashes])
+
+
+def _load_payload(text: str) -> dict[str, object]:
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}

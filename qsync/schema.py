@@ -1,0 +1,109 @@
+"""The DuckDB schema, versioned and migrated forward.
+
+MIGRATIONS[i] takes a store from version i to i + 1. A migration and the record that it ran commit in
+one transaction, so a crash mid-migration leaves the file at the old version, never in between.
+Tables that are updated in place (jobs, batches) carry no index: DuckDB handles an UPDATE of an indexed
+table as delete + insert and the tables are small, so a scan is both correct and fast.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+_V1 = """
+CREATE TABLE qsync_schema (version INTEGER NOT NULL);
+
+CREATE TABLE jobs (
+    job_id            VARCHAR NOT NULL,
+    status            VARCHAR NOT NULL,   -- planned | running | paused | completed | failed | cancelled
+    message           VARCHAR,            -- why the job is in that status, in words a user can act on
+    config            JSON NOT NULL,      -- how to rebuild embedder and sink on resume; never a secret
+    source            VARCHAR NOT NULL,
+    collection        VARCHAR NOT NULL,
+    batch_size        INTEGER NOT NULL,
+    total_records     BIGINT NOT NULL,
+    skipped_records   BIGINT NOT NULL,
+    batches_total     INTEGER NOT NULL,
+    created_at        TIMESTAMP NOT NULL,
+    started_at        TIMESTAMP,
+    updated_at        TIMESTAMP NOT NULL,
+    finished_at       TIMESTAMP,
+    lease_token       VARCHAR,            -- set while a runner owns the job
+    owner_pid         INTEGER,
+    owner_host        VARCHAR,
+    heartbeat_at      TIMESTAMP,
+    cancel_requested  BOOLEAN NOT NULL DEFAULT false
+);
+
+-- The snapshot of the input taken at plan time. Resume reads records from here, never from the
+-- source, so rows inserted, deleted or reordered in the source after planning change nothing.
+CREATE TABLE manifest (
+    job_id        VARCHAR NOT NULL,
+    ordinal       BIGINT NOT NULL,        -- row number in the source, 0-based
+    record_id     VARCHAR NOT NULL,
+    content_hash  VARCHAR NOT NULL,       -- sha256 of the text to embed
+    batch_no      INTEGER NOT NULL,
+    token_estimate INTEGER NOT NULL,
+    text          VARCHAR NOT NULL,
+    payload       JSON NOT NULL
+);
+
+CREATE TABLE skipped (
+    job_id     VARCHAR NOT NULL,
+    ordinal    BIGINT,                    -- source row (line for text files), when known
+    record_id  VARCHAR,
+    stage      VARCHAR NOT NULL,          -- plan | embed
+    reason     VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+
+CREATE TABLE batches (
+    job_id       VARCHAR NOT NULL,
+    batch_no     INTEGER NOT NULL,
+    status       VARCHAR NOT NULL,        -- pending | running | done | failed
+    records      INTEGER NOT NULL,
+    first_ordinal BIGINT NOT NULL,
+    last_ordinal BIGINT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   VARCHAR,
+    started_at   TIMESTAMP,
+    finished_at  TIMESTAMP,
+    duration_s   DOUBLE,
+    embedded_texts INTEGER NOT NULL DEFAULT 0,   -- texts sent to the embedder (paid for)
+    cache_hits   INTEGER NOT NULL DEFAULT 0,     -- texts whose vector came from the cache
+    tokens       BIGINT NOT NULL DEFAULT 0,      -- tokens paid for, summed over attempts
+    tokens_estimated BOOLEAN NOT NULL DEFAULT false,
+    saved_tokens BIGINT NOT NULL DEFAULT 0,      -- tokens of cache hits: what we did not pay again
+    cost_usd     DOUBLE NOT NULL DEFAULT 0
+);
+
+-- One row per attempt at a batch: the history behind batches.attempts and last_error.
+CREATE TABLE attempts (
+    job_id      VARCHAR NOT NULL,
+    batch_no    INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    owner_pid   INTEGER NOT NULL,
+    lease_token VARCHAR NOT NULL,
+    started_at  TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    outcome     VARCHAR,                  -- done | failed | released
+    error       VARCHAR
+);
+
+-- Every vector an embedder returned, written before the upsert that uses it: the reason a crash or a
+-- second job never pays for the same embedding twice.
+CREATE TABLE embeddings (
+    cache_key    VARCHAR PRIMARY KEY,     -- model|dimensions|task_type|content_hash (one indexed column
+                                          -- makes DuckDB look up IN lists by index, ~6x faster)
+    model        VARCHAR NOT NULL,
+    dimensions   INTEGER NOT NULL,
+    task_type    VARCHAR NOT NULL,
+    content_hash VARCHAR NOT NULL,
+    tokens       INTEGER NOT NULL,
+    vector       FLOAT[] NOT NULL,
+    created_at   TIMESTAMP NOT NULL
+);
+"""
+
+MIGRATIONS: list[str] = [_V1]
+assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -1,0 +1,269 @@
+"""Access to the DuckDB checkpoint file, shared fairly between processes.
+
+DuckDB lets one process open a file for writing and then refuses every other process, even a read-only
+one. A runner that kept the file open for hours would make `qsync status` in a second terminal, or a
+second notebook, impossible. So:
+
+* a writing Store opens its connection when it has work and closes it after `idle_close_s` without
+  use, and at once when another process is waiting for the file;
+* a process that finds the file locked leaves a request file in `<db>.waiting/` and retries; the
+  holder's keeper thread sees it within ~20 ms and lets go between two transactions;
+* within one process every Store for a path is the same object, because DuckDB refuses a second,
+  differently configured connection to a file the process already has open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from .errors import SchemaTooNew, StoreError, StoreLocked
+from .schema import MIGRATIONS, SCHEMA_VERSION
+
+_LOCK_PATTERN = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
+_PID_PATTERN = re.compile(r"PID (\d+)")
+_RETRY_INTERVAL_S = 0.02
+_REQUEST_MAX_AGE_S = 30.0  # a request file older than this was left by a killed process
+
+_registry: weakref.WeakValueDictionary[str, Store] = weakref.WeakValueDictionary()
+_registry_lock = threading.Lock()
+
+
+def open_store(path: str | os.PathLike[str], *, writable: bool = True, lock_timeout_s: float = 60.0) -> Store:
+    """The Store for `path` in this process: the open writable one if any, else a new one."""
+    key = str(Path(path).expanduser().resolve())
+    with _registry_lock:
+        existing = _registry.get(key)
+        if existing is not None:
+            return existing
+        store = Store(key, writable=writable, lock_timeout_s=lock_timeout_s)
+        if writable:
+            _registry[key] = store
+        return store
+
+
+class Store:
+    def __init__(self, path: str, *, writable: bool, lock_timeout_s: float = 60.0, idle_close_s: float = 0.05) -> None:
+        self.path = path
+        self.writable = writable
+        self.lock_timeout_s = lock_timeout_s
+        self.idle_close_s = idle_close_s
+        self._waiting_dir = Path(path + ".waiting")
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.RLock()
+        self._last_used = time.monotonic()
+        self._migrated = False
+        self._keeper: threading.Thread | None = None
+        self._closed = threading.Event()
+        if not writable and not Path(path).exists():
+            raise StoreError(f"no qsync store at {path} (run a job first, or pass --db / set QSYNC_DB)")
+
+    # -- public ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One atomic unit of work: everything inside commits together or not at all."""
+        if not self.writable:
+            raise StoreError(f"{self.path} was opened read-only")
+        with self._lock:
+            con = self._connection()
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    con.execute("COMMIT")
+                except duckdb.Error as exc:
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("ROLLBACK")
+                    raise _convert(exc, self.path) from exc
+            finally:
+                self._release()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for queries; read-only stores close it again at once."""
+        with self._lock:
+            con = self._connection()
+            try:
+                yield con
+            finally:
+                self._release()
+
+    def query_df(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+        with self.reading() as con:
+            return con.execute(sql, params or []).df()
+
+    def query_rows(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        with self.reading() as con:
+            return con.execute(sql, params or []).fetchall()
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            self._disconnect()
+
+    # -- connection management ---------------------------------------------------------------------
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = self._connect()
+            if self.writable and self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep, name="qsync-store-keeper", daemon=True)
+                self._keeper.start()
+        return self._con
+
+    def _release(self) -> None:
+        self._last_used = time.monotonic()
+        if not self.writable:
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        if self._con is not None:
+            con, self._con = self._con, None
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        if self.writable:
+            parent = Path(self.path).parent
+            if not parent.exists():
+                parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        request: Path | None = None
+        try:
+            while True:
+                try:
+                    con = duckdb.connect(self.path, read_only=not self.writable)
+                except duckdb.Error as exc:
+                    if not _LOCK_PATTERN.search(str(exc)):
+                        raise _convert(exc, self.path) from exc
+                    waited = time.monotonic() - started
+                    if waited > self.lock_timeout_s:
+                        match = _PID_PATTERN.search(str(exc))
+                        raise StoreLocked(self.path, int(match.group(1)) if match else None, waited) from None
+                    if request is None:
+                        request = self._ask_holder_to_yield()
+                    time.sleep(_RETRY_INTERVAL_S)
+                    continue
+                try:
+                    self._check_schema(con)
+                except BaseException:
+                    con.close()
+                    raise
+                return con
+        finally:
+            if request is not None:
+                with contextlib.suppress(OSError):
+                    request.unlink()
+
+    def _ask_holder_to_yield(self) -> Path | None:
+        try:
+            self._waiting_dir.mkdir(exist_ok=True)
+            request = self._waiting_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            request.touch()
+            return request
+        except OSError:
+            return None  # a read-only folder: we can still poll, the holder just won't hurry
+
+    def _others_waiting(self) -> bool:
+        try:
+            entries = list(os.scandir(self._waiting_dir))
+        except OSError:
+            return False
+        own = f"{os.getpid()}-"
+        now = time.time()
+        for entry in entries:
+            if entry.name.startswith(own):
+                continue
+            try:
+                if now - entry.stat().st_mtime > _REQUEST_MAX_AGE_S:
+                    Path(entry.path).unlink()
+                    continue
+            except OSError:
+                continue
+            return True
+        return False
+
+    def _keep(self) -> None:
+        """Close the connection when idle or when another process waits for the file."""
+        while not self._closed.wait(_RETRY_INTERVAL_S):
+            if self._con is None:
+                continue
+            idle = time.monotonic() - self._last_used > self.idle_close_s
+            if (idle or self._others_waiting()) and self._lock.acquire(blocking=False):
+                try:
+                    self._disconnect()
+                finally:
+                    self._lock.release()
+
+    def _check_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        if self._migrated:
+            return
+        has_table = first_row(
+            con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'qsync_schema'")
+        )
+        version = 0
+        if has_table and has_table[0]:
+            row = first_row(con.execute("SELECT max(version) FROM qsync_schema"))
+            version = int(row[0]) if row and row[0] is not None else 0
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{self.path} was written by a newer qsync (schema version {version}; this qsync knows "
+                f"up to {SCHEMA_VERSION}). Upgrade qsync (pip install -U qsync) to use it."
+            )
+        if version < SCHEMA_VERSION:
+            if not self.writable:
+                raise StoreError(
+                    f"{self.path} has schema version {version}; run any qsync job command once to migrate "
+                    f"it to version {SCHEMA_VERSION}"
+                )
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for target, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                    con.execute(migration)
+                    con.execute("DELETE FROM qsync_schema")
+                    con.execute("INSERT INTO qsync_schema VALUES (?)", [target])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        self._migrated = True
+
+
+def _convert(exc: duckdb.Error, path: str) -> StoreError:
+    text = str(exc)
+    lowered = text.lower()
+    if "no space left" in lowered:
+        return StoreError(f"the disk holding {path} is full: free space, then resume the job ({text})")
+    if "permission denied" in lowered or "read-only file system" in lowered:
+        return StoreError(f"cannot write {path}: permission denied; choose a writable --db ({text})")
+    return StoreError(f"DuckDB failed on {path}: {text}")
+
+
+def first_row(result: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
+    """The first row, with the result consumed: DuckDB 2 refuses register() while a result is half read."""
+    rows = result.fetchall()
+    return rows[0] if rows else None
+
+
+def arrow_table(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
+    """A query's result as a pyarrow Table, across DuckDB 1.x and 2.x."""
+    relation = con.sql(sql, params=params) if params else con.sql(sql)
+    fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+    return fetch()
