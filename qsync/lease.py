@@ -104,13 +104,12 @@ def acquire(store: Store, job_id: str, clock: Clock, stale_after_s: float) -> tu
 
 
 def renew(store: Store, lease: Lease, clock: Clock) -> bool:
-    """Heartbeat. False if the lease was lost or cancellation was requested."""
+    """Heartbeat. Raises LeaseLost if another runner took the job; False if cancellation was requested."""
     with store.transaction() as con:
-        row = first_row(con.execute("SELECT lease_token, cancel_requested FROM jobs WHERE job_id = ?", [lease.job_id]))
-        if row is None or row[0] != lease.token:
-            raise LeaseLost(f"job {lease.job_id!r} was taken over by another runner")
+        lease.verify(con)
+        row = first_row(con.execute("SELECT cancel_requested FROM jobs WHERE job_id = ?", [lease.job_id]))
         con.execute("UPDATE jobs SET heartbeat_at = ? WHERE job_id = ?", [clock.now(), lease.job_id])
-        return not bool(row[1])
+        return not (row and row[0])
 
 
 def release(store: Store, lease: Lease, clock: Clock, status: str, message: str | None) -> None:

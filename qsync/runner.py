@@ -215,6 +215,9 @@ class Runner:
                     )
             for _ in workers:
                 work_q.put(None)
+            if not interrupted:
+                for w in workers:
+                    w.join(timeout=30)
             if self._lost is not None:
                 self._give_up(lease, self._lost)
                 raise self._lost
@@ -224,6 +227,7 @@ class Runner:
             return RunResult(self.job_id, status, message, run_records, self.clock.monotonic() - started)
         finally:
             heartbeat_stop.set()
+            heartbeat.join(timeout=30)
 
     def _give_up(self, lease: leases.Lease, error: BaseException) -> None:
         """After a fatal error, leave the job `failed` with the reason, unless we no longer own it."""

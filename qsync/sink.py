@@ -14,13 +14,13 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from typing import TYPE_CHECKING, Any
 
 from .embedders.base import Vectors
 from .errors import ConfigError, PermanentError, TransientError
+
+if TYPE_CHECKING:  # qdrant-client takes half a second to import: `qsync status` should not pay it
+    from qdrant_client import QdrantClient
 
 # Fixed forever: changing it would re-key every point ever written. Compute an id elsewhere with
 # uuid.uuid5(uuid.UUID("3b0e1c52-8f0a-4c44-9a3e-7d2b8f6a1e90"), str(record_id)).
@@ -70,6 +70,8 @@ def _close_local_clients() -> None:
 
 
 def _local_client(path: str) -> QdrantClient:
+    from qdrant_client import QdrantClient
+
     if path == ":memory:":
         return QdrantClient(location=":memory:")
     key = str(Path(path).resolve())
@@ -101,6 +103,8 @@ class QdrantSink:
 
     @property
     def client(self) -> QdrantClient:
+        from qdrant_client import QdrantClient
+
         if self._client is None:
             if self.spec.path is not None:
                 self._client = _local_client(self.spec.path)
@@ -112,6 +116,8 @@ class QdrantSink:
 
     def ensure_collection(self) -> None:
         """Create the collection if missing; refuse one whose vectors have another size."""
+        from qdrant_client import models
+
         with self._lock, _converted(f"Qdrant at {self.spec.describe()}"):
             if self.client.collection_exists(self.collection):
                 vectors = self.client.get_collection(self.collection).config.params.vectors
@@ -128,6 +134,8 @@ class QdrantSink:
             )
 
     def upsert(self, record_ids: list[str], vectors: Vectors, payloads: list[dict[str, Any]]) -> None:
+        from qdrant_client import models
+
         points = [
             models.PointStruct(id=point_id(rid), vector=vec.tolist(), payload=payload)
             for rid, vec, payload in zip(record_ids, vectors, payloads, strict=True)
@@ -148,6 +156,8 @@ class _converted:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is None or isinstance(exc, (TransientError, PermanentError)):
             return
+        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
         if isinstance(exc, UnexpectedResponse):
             code = exc.status_code or 0
             message = f"{self.what} answered {code}: {exc.reason_phrase}"

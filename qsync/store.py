@@ -14,6 +14,7 @@ second notebook, impossible. So:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -51,6 +52,16 @@ def open_store(path: str | os.PathLike[str], *, writable: bool = True, lock_time
         if writable:
             _registry[key] = store
         return store
+
+
+@atexit.register
+def _close_all() -> None:
+    # A daemon thread still inside DuckDB when the interpreter tears down aborts the process
+    # ("FATAL: exception not rethrown"); close every connection while threads can still be waited for.
+    with _registry_lock:
+        stores = list(_registry.values())
+    for store in stores:
+        store.close()
 
 
 class Store:
@@ -114,13 +125,18 @@ class Store:
             return con.execute(sql, params or []).fetchall()
 
     def close(self) -> None:
+        """Close for good: later use raises StoreError. Waits for the transaction in progress, if any."""
         self._closed.set()
         with self._lock:
             self._disconnect()
+        if self._keeper is not None and self._keeper is not threading.current_thread():
+            self._keeper.join(timeout=5)
 
     # -- connection management ---------------------------------------------------------------------
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._closed.is_set():
+            raise StoreError(f"{self.path} was closed")
         if self._con is None:
             self._con = self._connect()
             if self.writable and self._keeper is None:

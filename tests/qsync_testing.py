@@ -1,0 +1,116 @@
+"""Helpers the tests share, importable by the `qsync` processes they start (PYTHONPATH=tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qsync.embedders.base import EmbedResult
+from qsync.embedders.hashing import HashingEmbedder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CountingEmbedder(HashingEmbedder):
+    """The hashing embedder, logging every text it embeds to $QSYNC_TEST_EMBED_LOG (one line per call).
+
+    The line is written after the vectors exist and before they are returned, like an API that has
+    answered (and billed) but whose answer the caller has not yet stored.
+    """
+
+    def embed(self, texts: list[str]) -> EmbedResult:
+        result = super().embed(texts)
+        log = os.environ.get("QSYNC_TEST_EMBED_LOG")
+        if log:
+            line = json.dumps({"pid": os.getpid(), "texts": texts}) + "\n"
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+        return result
+
+
+def counting_factory(dimensions: int | None = None, latency_s: float = 0.0) -> CountingEmbedder:
+    return CountingEmbedder(dimensions=dimensions or 64, latency_s=latency_s)
+
+
+def read_embed_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def qsync_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def qsync_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qsync", *args]
+
+
+def run_qsync(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(qsync_cmd(*args), env=env or qsync_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def status_json(db: Path, job: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    out = run_qsync("status", job, "--db", str(db), "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Write records as CSV or JSON lines, by the file's extension."""
+    if path.suffix == ".csv":
+        import pandas as pd
+
+        pd.DataFrame(records).to_csv(path, index=False)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def make_records(n: int, start: int = 0, prefix: str = "text") -> list[dict[str, Any]]:
+    words = ["river", "stone", "cloud", "lamp", "orbit", "fern", "copper", "violin", "harbor", "maple"]
+    return [
+        {"id": f"r{i}", "text": f"{prefix} {i} {words[i % 10]} {words[(i * 7) % 10]} {words[(i // 10) % 10]}", "n": i}
+        for i in range(start, start + n)
+    ]
+
+
+def qdrant_points(path: Path, collection: str) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """Every point of a local-mode collection: id -> (vector, payload). Opens and closes the folder."""
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(path=str(path))
+    try:
+        points: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+        offset = None
+        while True:
+            batch, offset = client.scroll(collection, limit=1000, offset=offset, with_vectors=True, with_payload=True)
+            for p in batch:
+                points[str(p.id)] = (np.asarray(p.vector, dtype=np.float32), dict(p.payload or {}))
+            if offset is None:
+                return points
+    finally:
+        client.close()
