@@ -60,7 +60,9 @@ def qsync_cmd(*args: str) -> list[str]:
 
 
 def run_qsync(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(qsync_cmd(*args), env=env or qsync_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        qsync_cmd(*args), check=False, env=env or qsync_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def status_json(db: Path, job: str, env: dict[str, str] | None = None) -> dict[str, Any]:

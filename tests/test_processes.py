@@ -78,7 +78,7 @@ def test_sigkill_loop_resumes_exactly_and_never_pays_twice(tmp_path: Path) -> No
     for fraction in (0.1, 0.3, 0.5, 0.7, 0.85):
         proc = _start(run_args, env, tmp_path / "runs.log")
         target = int(fraction * len(records))
-        wait_for(lambda t=target: _processed(db) >= t or proc.poll() is not None, timeout=120, interval=0.01)
+        wait_for(lambda t=target, p=proc: _processed(db) >= t or p.poll() is not None, timeout=120, interval=0.01)
         time.sleep(rng.uniform(0, 0.08))  # land anywhere in a batch: mid-embed, mid-upsert, mid-commit
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
