@@ -178,7 +178,11 @@ class FileSource:
             relation = f"read_csv({path}, header = true, all_varchar = true, store_rejects = true)"
             con.execute(f"CREATE OR REPLACE TEMP TABLE __qsync_csv AS SELECT * FROM {relation}")
             _register_typed(con, "__qsync_csv", columns, self.description)
-            rejected = con.execute("SELECT line, error_type, error_message FROM reject_errors ORDER BY line").fetchall()
+            # DuckDB may report several errors for one line; one skip per line, with the first error.
+            rejected = con.execute(
+                "SELECT line, first(error_type ORDER BY column_idx), first(error_message ORDER BY column_idx) "
+                "FROM reject_errors GROUP BY line ORDER BY line"
+            ).fetchall()
             return [RejectedRow(None, f"line {line}: {etype.lower()}: {msg}") for line, etype, msg in rejected]
         return _register_python(con, _read_json_records(self.path), columns, self.description)
 
@@ -330,7 +334,10 @@ def _register_python(
         text, text_problem = _text_of(record, columns)
         problem = problem or text_problem
         try:
-            payload = json.dumps({c: _json_value(record.get(c)) for c in payload_cols}, default=str)
+            values = {c: _json_value(record.get(c)) for c in payload_cols}
+            if isinstance(values[columns.id_column], float) and record_id is not None:
+                values[columns.id_column] = int(record_id)  # 2.0 from a pandas column with gaps is the id 2
+            payload = json.dumps(values, default=str)
         except (TypeError, ValueError) as exc:
             payload, problem = "{}", problem or f"payload cannot be stored as JSON ({exc})"
         ordinals.append(ordinal)

@@ -35,7 +35,8 @@ from .schema import MIGRATIONS, SCHEMA_VERSION
 _LOCK_PATTERN = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
 _PID_PATTERN = re.compile(r"PID (\d+)")
 _RETRY_INTERVAL_S = 0.02
-_REQUEST_MAX_AGE_S = 30.0  # a request file older than this was left by a killed process
+_REQUEST_MAX_AGE_S = 30.0
+_MAX_YIELD_S = 1.0  # a request file older than this was left by a killed process
 
 _registry: weakref.WeakValueDictionary[str, Store] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
@@ -137,6 +138,8 @@ class Store:
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._closed.is_set():
             raise StoreError(f"{self.path} was closed")
+        if self._con is not None and self._others_waiting():
+            self._yield_to_others()
         if self._con is None:
             self._con = self._connect()
             if self.writable and self._keeper is None:
@@ -215,6 +218,14 @@ class Store:
                 continue
             return True
         return False
+
+    def _yield_to_others(self) -> None:
+        """Let go of the file until the processes waiting for it got in (they delete their request
+        once connected), for at most _MAX_YIELD_S: a busy writer must not starve a reader."""
+        self._disconnect()
+        deadline = time.monotonic() + _MAX_YIELD_S
+        while self._others_waiting() and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def _keep(self) -> None:
         """Close the connection when idle or when another process waits for the file."""

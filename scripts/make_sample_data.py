@@ -27,13 +27,15 @@ def synsets(kind: str) -> list[dict[str, object]]:
         fields = head.split()
         offset, lexfile, count = fields[0], int(fields[1]), int(fields[3], 16)
         lemmas = [fields[4 + 2 * i].replace("_", " ") for i in range(count)]
-        out.append({
-            "id": f"{kind}:{offset}",
-            "lemmas": ", ".join(lemmas),
-            "pos": POS[kind],
-            "lexfile": lexfile,
-            "text": f"{', '.join(lemmas)}: {gloss.strip()}",
-        })
+        out.append(
+            {
+                "id": f"{kind}:{offset}",
+                "lemmas": ", ".join(lemmas),
+                "pos": POS[kind],
+                "lexfile": lexfile,
+                "text": f"{', '.join(lemmas)}: {gloss.strip()}",
+            }
+        )
     return out
 
 

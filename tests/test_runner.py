@@ -1,0 +1,195 @@
+"""The runner in-process: cache reuse, real sink failures, permanent failures, pause, cancel, one owner."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from qsync_testing import make_records, wait_for, write_records
+
+import qsync
+from qsync.embedders.base import EmbedResult
+from qsync.embedders.hashing import HashingEmbedder
+from qsync.errors import PermanentError
+from qsync.runner import Runner, RunSettings
+from qsync.sink import QdrantSink, SinkSpec, _local_client
+
+FAST = RunSettings(concurrency=2, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2)
+
+
+class RecordingEmbedder(HashingEmbedder):
+    def __init__(self, dimensions: int = 32, latency_s: float = 0.0, poison: str | None = None) -> None:
+        super().__init__(dimensions, latency_s)
+        self.calls: list[list[str]] = []
+        self.poison = poison
+
+    def embed(self, texts: list[str]) -> EmbedResult:
+        if self.poison and any(self.poison in t for t in texts):
+            raise PermanentError(f"the API rejected a text containing {self.poison!r}")
+        self.calls.append(list(texts))
+        return super().embed(texts)
+
+
+class UnreachableFirstSink(QdrantSink):
+    """Upserts go to a Qdrant server that is not there (a closed port) for the first `failures` calls."""
+
+    def __init__(self, real: QdrantSink, failures: int) -> None:
+        super().__init__(real.spec, real.collection, real.dimensions)
+        self.failures = failures
+        self.acknowledged: list[list[str]] = []
+        self._down = QdrantSink(SinkSpec(url="http://127.0.0.1:9"), real.collection, real.dimensions)
+
+    def upsert(self, record_ids: list[str], vectors: Any, payloads: list[dict[str, Any]]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            self._down.upsert(record_ids, vectors, payloads)  # raises: connection refused
+        super().upsert(record_ids, vectors, payloads)
+        self.acknowledged.append(list(record_ids))
+
+
+def _plan(tmp_path: Path, n: int = 400, job: str = "j", src_name: str = "src.jsonl") -> tuple[Path, Path]:
+    src, db = tmp_path / src_name, tmp_path / "q.duckdb"
+    write_records(src, make_records(n))
+    qsync.create_job(src, collection="c", job=job, db=db, qdrant_path=tmp_path / "qdrant", dimensions=32, batch_size=50)
+    return src, db
+
+
+def _runner(db: Path, job: str = "j", embedder: Any = None, **kw: Any) -> Runner:
+    return qsync.make_runner(job, db=db, settings=kw.pop("settings", FAST), embedder=embedder, **kw)
+
+
+def test_second_job_over_the_same_texts_embeds_nothing(tmp_path: Path) -> None:
+    src, db = _plan(tmp_path)
+    first = RecordingEmbedder()
+    assert _runner(db, embedder=first).run().ok
+    assert sum(map(len, first.calls)) == 400
+
+    qsync.create_job(src, collection="c2", job="again", db=db, qdrant_path=tmp_path / "qdrant", dimensions=32)
+    second = RecordingEmbedder()
+    assert _runner(db, "again", embedder=second).run().ok
+    assert second.calls == []
+    info = qsync.status("again", db=db)
+    assert info["embedded_texts"] == 0 and info["cache_hits"] == 400 and info["saved_tokens"] > 0
+    assert _local_client(str(tmp_path / "qdrant")).count("c2").count == 400
+
+
+def test_unreachable_qdrant_fails_batches_which_complete_later_never_done_early(tmp_path: Path) -> None:
+    _, db = _plan(tmp_path)
+    runner = _runner(db, embedder=RecordingEmbedder())
+    flaky = UnreachableFirstSink(runner.sink, failures=5)
+    runner.sink = flaky
+    result = runner.run()
+    assert result.ok, result.message
+    batches = qsync.batches("j", db=db)
+    assert batches.attempts.sum() == 8 + 5
+    assert (batches.status == "done").all()
+    # Every batch marked done had its upsert acknowledged; the refused attempts left an error behind.
+    assert sorted(map(tuple, flaky.acknowledged)) == sorted(
+        tuple(qsync.batch_records("j", b, db=db).record_id) for b in range(8)
+    )
+    attempts = qsync.api._reader(db).query_df("SELECT outcome, error FROM attempts ORDER BY started_at")
+    refused = attempts[attempts.outcome == "failed"]
+    assert len(refused) == 5 and refused.error.str.contains("unreachable").all()
+    # The vectors paid for before each refused upsert were reused, not bought again.
+    assert qsync.status("j", db=db)["embedded_texts"] == 400
+
+
+def test_failing_batches_end_the_job_failed_and_resume_retries_them(tmp_path: Path) -> None:
+    _, db = _plan(tmp_path)
+    result = _runner(db, embedder=RecordingEmbedder(poison="text 120 ")).run()
+    assert result.status == "failed"
+    assert "1 batches failed" in result.message and "qsync resume j" in result.message
+    failed = qsync.batches("j", status="failed", db=db)
+    assert list(failed.batch_no) == [2]
+    assert "rejected a text containing" in failed.last_error.iloc[0]
+    info = qsync.status("j", db=db)
+    assert info["status"] == "failed" and info["owner"] is None and info["processed_records"] == 350
+
+    again = RecordingEmbedder()
+    assert _runner(db, embedder=again).run().ok
+    assert sum(map(len, again.calls)) == 50  # only the failed batch
+    assert qsync.status("j", db=db)["processed_records"] == 400
+
+
+def test_dimension_mismatch_is_refused_before_any_embedding(tmp_path: Path) -> None:
+    _, db = _plan(tmp_path)
+    assert _runner(db, embedder=RecordingEmbedder()).run().ok
+    src = tmp_path / "other.jsonl"
+    write_records(src, make_records(10, prefix="other"))
+    qsync.create_job(src, collection="c", job="wide", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64)
+    embedder = RecordingEmbedder(dimensions=64)
+    result = _runner(db, "wide", embedder=embedder).run()
+    assert result.status == "failed"
+    assert "holds vectors of size 32, but this job makes 64" in (result.message or "")
+    assert embedder.calls == []
+
+
+def test_stop_pauses_within_a_batch_and_resume_completes(tmp_path: Path) -> None:
+    _, db = _plan(tmp_path, n=1000)
+    runner = _runner(db, embedder=RecordingEmbedder(latency_s=0.05))
+    thread = threading.Thread(target=lambda: setattr(runner, "result", runner.run()))
+    thread.start()
+    wait_for(lambda: qsync.status("j", db=db)["processed_records"] >= 100)
+    runner.request_stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    result = runner.result  # type: ignore[attr-defined]
+    assert result.status == "paused" and "qsync resume j" in result.message
+    info = qsync.status("j", db=db)
+    assert info["status"] == "paused" and info["batches_running"] == 0 and info["processed_records"] < 1000
+    assert _runner(db, embedder=RecordingEmbedder()).run().ok
+    assert qsync.status("j", db=db)["processed_records"] == 1000
+
+
+def test_cancel_stops_a_running_job_at_its_next_heartbeat(tmp_path: Path) -> None:
+    _, db = _plan(tmp_path, n=2000)
+    runner = _runner(db, embedder=RecordingEmbedder(latency_s=0.05))
+    thread = threading.Thread(target=lambda: setattr(runner, "result", runner.run()))
+    thread.start()
+    wait_for(lambda: qsync.status("j", db=db)["processed_records"] >= 100)
+    assert qsync.cancel("j", db=db) == "cancel requested"
+    thread.join(timeout=10)
+    assert runner.result.status == "cancelled"  # type: ignore[attr-defined]
+    assert qsync.status("j", db=db)["status"] == "cancelled"
+    with pytest.raises(qsync.QsyncError, match="was cancelled"):
+        _runner(db, embedder=RecordingEmbedder()).run()
+
+
+def test_a_second_runner_in_the_same_process_is_refused(tmp_path: Path) -> None:
+    _, db = _plan(tmp_path, n=1000)
+    first = _runner(db, embedder=RecordingEmbedder(latency_s=0.05))
+    thread = threading.Thread(target=first.run)
+    thread.start()
+    try:
+        wait_for(lambda: qsync.status("j", db=db)["status"] == "running")
+        with pytest.raises(qsync.LeaseHeld, match="is being run by process"):
+            _runner(db, embedder=RecordingEmbedder()).run()
+    finally:
+        first.request_stop()
+        thread.join(timeout=10)
+
+
+def test_backoff_honours_retry_after_and_grows_with_jitter() -> None:
+    runner = Runner.__new__(Runner)
+    runner.settings = RunSettings(retry_base_s=1.0, retry_max_s=8.0)
+    runner._random = np.random.default_rng(1)  # type: ignore[assignment]
+    assert runner._backoff(3, 15.0) == 15.0
+    delays = [runner._backoff(n, None) for n in (1, 2, 3, 4, 5, 6)]
+    for n, d in zip((1, 2, 3, 4, 5, 6), delays, strict=True):
+        ceiling = min(8.0, 2 ** (n - 1))
+        assert ceiling / 2 <= d <= ceiling
+
+
+def test_listeners_see_start_progress_and_finish(tmp_path: Path) -> None:
+    _, db = _plan(tmp_path, n=200)
+    events: list[Any] = []
+    assert _runner(db, embedder=RecordingEmbedder(), listeners=[events.append]).run().ok
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "JobStarted" and kinds[-1] == "JobFinished"
+    progress = [e for e in events if isinstance(e, qsync.Progress)]
+    assert [p.done_records for p in progress][-1] == 200
+    assert all(a.done_records <= b.done_records for a, b in itertools.pairwise(progress))

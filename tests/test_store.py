@@ -1,0 +1,130 @@
+"""The DuckDB store: atomic transactions, schema versions, and sharing the file between processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from qsync_testing import qsync_env
+
+from qsync.errors import SchemaTooNew, StoreError, StoreLocked
+from qsync.schema import SCHEMA_VERSION
+from qsync.store import Store, open_store
+
+
+def test_a_failed_transaction_changes_nothing(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "q.duckdb"), writable=True)
+    with store.transaction() as con:
+        con.execute("INSERT INTO skipped VALUES ('j', 1, 'a', 'plan', 'first', now())")
+    with pytest.raises(RuntimeError), store.transaction() as con:
+        con.execute("INSERT INTO skipped VALUES ('j', 2, 'b', 'plan', 'second', now())")
+        raise RuntimeError("crash between two writes")
+    assert store.query_rows("SELECT record_id FROM skipped") == [("a",)]
+    store.close()
+
+
+def test_a_new_file_is_migrated_and_a_newer_one_refused(tmp_path: Path) -> None:
+    path = tmp_path / "q.duckdb"
+    store = Store(str(path), writable=True)
+    assert store.query_rows("SELECT version FROM qsync_schema") == [(SCHEMA_VERSION,)]
+    with store.transaction() as con:
+        con.execute("UPDATE qsync_schema SET version = ?", [SCHEMA_VERSION + 1])
+    store.close()
+    for writable in (True, False):
+        with pytest.raises(SchemaTooNew, match=r"written by a newer qsync .* Upgrade qsync"):
+            Store(str(path), writable=writable).query_rows("SELECT 1")
+
+
+def test_reading_a_missing_store_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no qsync store at"):
+        open_store(tmp_path / "nothing.duckdb", writable=False)
+
+
+def _create(path: Path) -> None:
+    store = Store(str(path), writable=True)
+    store.query_rows("SELECT 1")
+    store.close()
+
+
+def _hold(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process that opens the file with plain DuckDB and keeps it, as a stuck tool would."""
+    code = textwrap.dedent(
+        f"""
+        import duckdb, time
+        con = duckdb.connect({str(path)!r})
+        print("holding", flush=True)
+        time.sleep({seconds})
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=qsync_env())
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def test_a_file_held_by_another_process_is_a_clear_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "q.duckdb"
+    _create(path)
+    holder = _hold(path, 30)
+    try:
+        store = Store(str(path), writable=False, lock_timeout_s=0.5)
+        with pytest.raises(StoreLocked, match=rf"held by process {holder.pid} and was not released within"):
+            store.query_rows("SELECT 1")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_writer_waits_for_a_short_holder_instead_of_failing(tmp_path: Path) -> None:
+    path = tmp_path / "q.duckdb"
+    _create(path)
+    holder = _hold(path, 1.0)
+    started = time.monotonic()
+    store = Store(str(path), writable=True, lock_timeout_s=20)
+    with store.transaction() as con:
+        con.execute("INSERT INTO skipped VALUES ('j', 1, 'a', 'plan', 'x', now())")
+    assert 0.5 < time.monotonic() - started < 15
+    holder.wait()
+    store.close()
+
+
+def test_a_busy_writer_in_another_process_yields_to_readers(tmp_path: Path) -> None:
+    """The writer commits in a tight loop; readers in this process still get in, every time, quickly."""
+    path = tmp_path / "q.duckdb"
+    _create(path)
+    code = textwrap.dedent(
+        f"""
+        import time
+        from qsync.store import Store
+        store = Store({str(path)!r}, writable=True)
+        print("ready", flush=True)
+        end = time.monotonic() + 6
+        n = 0
+        while time.monotonic() < end:
+            with store.transaction() as con:
+                con.execute("INSERT INTO skipped VALUES ('w', ?, NULL, 'plan', 'x', now())", [n])
+            n += 1
+        store.close()
+        print(n, flush=True)
+        """
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=qsync_env())
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+    seen: list[int] = []
+    waits: list[float] = []
+    for _ in range(15):
+        t0 = time.monotonic()
+        seen.append(Store(str(path), writable=False, lock_timeout_s=5).query_rows("SELECT count(*) FROM skipped")[0][0])
+        waits.append(time.monotonic() - t0)
+        time.sleep(0.1)
+    writes = int(writer.stdout.readline())
+    writer.wait()
+    assert writes > 100  # the writer kept writing while being read
+    assert seen == sorted(seen) and seen[-1] > seen[0]
+    assert max(waits) < 2.0, waits
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM skipped").fetchall()[0][0] == writes
