@@ -32,7 +32,7 @@ def _add_json(p: argparse.ArgumentParser) -> None:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=4, help="batches in flight at once (default 4)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (notices still print)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +136,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             job=args.job,
             db=args.db,
             concurrency=args.concurrency,
-            listeners=[] if args.quiet else [ProgressBar()],
+            listeners=[ProgressBar(disable=True if args.quiet else None)],
             id_column=args.id_column,
             text_column=None if args.text_template else args.text_column,
             text_template=args.text_template,
@@ -155,7 +155,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.job,
             db=args.db,
             concurrency=args.concurrency,
-            listeners=[] if args.quiet else [ProgressBar()],
+            listeners=[ProgressBar(disable=True if args.quiet else None)],
         )
         return _report(result, args.db)
     if command == "status":

@@ -261,3 +261,22 @@ def test_status_json_has_the_documented_fields(tmp_path: Path) -> None:
     assert [j["job"] for j in jobs] == ["j"]
     done = json.loads(run_qsync("batches", "j", "--db", str(db), "--status", "done", "--json").stdout)
     assert len(done) == 3
+
+
+def test_ctrl_c_pauses_cleanly_and_resume_completes(tmp_path: Path) -> None:
+    src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(1500))
+    env = qsync_env()
+    proc = subprocess.Popen(
+        qsync_cmd(*_run_args(src, db, concurrency=2, latency=0.2)), env=env, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: _processed(db) >= 200, timeout=60)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    assert "stopping after the batches in flight" in err and "qsync resume j" in err
+    info = qsync.status("j", db=db)
+    assert info["status"] == "paused" and info["owner"] is None and info["batches_running"] == 0
+    assert 200 <= info["processed_records"] < 1500
+    assert run_qsync("resume", "j", "--db", str(db), env=env).returncode == 0
+    _assert_collection_matches(db.with_suffix(".qdrant"), {r["id"]: r["text"] for r in make_records(1500)})
