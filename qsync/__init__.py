@@ -13,6 +13,7 @@ from .api import (
     skipped,
     status,
 )
+from .costs import cost, cost_over_time, estimate
 from .embedders import EmbedderSpec, EmbedResult, HashingEmbedder
 from .errors import (
     ConfigError,
@@ -60,7 +61,10 @@ __all__ = [
     "batch_records",
     "batches",
     "cancel",
+    "cost",
+    "cost_over_time",
     "create_job",
+    "estimate",
     "jobs",
     "make_runner",
     "point_id",

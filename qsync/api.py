@@ -20,6 +20,7 @@ import pandas as pd
 from .clock import SYSTEM_CLOCK, Clock
 from .config import default_qdrant_path, env_float, resolve_db
 from .embedders.base import Embedder, EmbedderSpec, build_embedder
+from .embedders.gemini import api_key_from_env
 from .errors import JobNotFound
 from .events import Listener
 from .lease import lease_is_live
@@ -40,6 +41,12 @@ def default_settings(concurrency: int = 4) -> RunSettings:
         stale_after_s=env_float("QSYNC_STALE_AFTER_S", 60.0),
         retry_base_s=env_float("QSYNC_RETRY_BASE_S", 1.0),
     )
+
+
+def default_embedder(requested: str | None) -> str:
+    if requested:
+        return requested
+    return "gemini" if api_key_from_env() else "hash"
 
 
 def default_job_name(source: Source | pd.DataFrame | PathLike, collection: str) -> str:
@@ -69,19 +76,22 @@ def create_job(
     text_column: str | None = "text",
     text_template: str | None = None,
     payload_columns: Sequence[str] = (),
-    embedder: str = "hash",
+    embedder: str | None = None,
     dimensions: int | None = None,
     embedder_options: dict[str, Any] | None = None,
     batch_size: int = 100,
     qdrant_path: PathLike | None = None,
     qdrant_url: str | None = None,
     source_db: str | None = None,
+    max_cost_usd: float | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> PlanSummary:
-    """Snapshot the source into a new job's manifest. Nothing is embedded yet."""
+    """Snapshot the source into a new job's manifest. Nothing is embedded yet.
+
+    The embedder defaults to Gemini when GEMINI_API_KEY or GOOGLE_API_KEY is set, else the offline one."""
     db_path = resolve_db(db)
     columns = Columns(id_column, None if text_template else text_column, text_template, tuple(payload_columns))
-    spec = EmbedderSpec(embedder, dimensions, dict(embedder_options or {}))
+    spec = EmbedderSpec(default_embedder(embedder), dimensions, dict(embedder_options or {}))
     built = build_embedder(spec)
     src = as_source(source, database=source_db)
     job_id = job or default_job_name(src, collection)
@@ -89,6 +99,7 @@ def create_job(
         "columns": columns.to_dict(),
         "embedder": EmbedderSpec(spec.kind, built.dimensions, spec.options).to_dict(),
         "sink": _sink_spec(db_path, qdrant_path, qdrant_url).to_dict(),
+        "max_cost_usd": max_cost_usd,
     }
     return _plan_job(open_store(db_path), job_id, src, columns, built, config, collection, batch_size, clock)
 
@@ -103,20 +114,14 @@ def run_job(
     qdrant_path: PathLike | None = None,
     qdrant_url: str | None = None,
     embedder: Embedder | None = None,
+    max_cost_usd: float | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> RunResult:
     """Run (or resume) a planned job until it completes, pauses or fails."""
     return make_runner(
-        job,
-        db=db,
-        concurrency=concurrency,
-        listeners=listeners,
-        settings=settings,
-        qdrant_path=qdrant_path,
-        qdrant_url=qdrant_url,
-        embedder=embedder,
-        clock=clock,
-    ).run()
+        job, db=db, concurrency=concurrency, listeners=listeners, settings=settings,
+        qdrant_path=qdrant_path, qdrant_url=qdrant_url, embedder=embedder, max_cost_usd=max_cost_usd, clock=clock,
+    ).run()  # fmt: skip
 
 
 resume_job = run_job
@@ -132,6 +137,7 @@ def make_runner(
     qdrant_path: PathLike | None = None,
     qdrant_url: str | None = None,
     embedder: Embedder | None = None,
+    max_cost_usd: float | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> Runner:
     """A Runner for the job, not started: notebooks run it in a thread and call request_stop()."""
@@ -143,7 +149,9 @@ def make_runner(
     stored_sink = SinkSpec.from_dict(config["sink"])
     sink_spec = _sink_spec(db_path, qdrant_path, qdrant_url) if (qdrant_path or qdrant_url) else stored_sink
     sink = QdrantSink(sink_spec, row["collection"], built.dimensions)
-    return Runner(store, job, built, sink, settings or default_settings(concurrency), listeners, clock)
+    settings = settings or default_settings(concurrency)
+    settings.max_cost_usd = max_cost_usd if max_cost_usd is not None else config.get("max_cost_usd")
+    return Runner(store, job, built, sink, settings, listeners, clock)
 
 
 def run(
@@ -164,7 +172,10 @@ def run(
         create_job(source, collection=collection, db=db, job=job_id, **plan_options)
     elif existing["status"] == "completed":
         return RunResult(job_id, "completed", "already completed; nothing to do", 0, 0.0)
-    return run_job(job_id, db=db, concurrency=concurrency, listeners=listeners, settings=settings)
+    return run_job(
+        job_id, db=db, concurrency=concurrency, listeners=listeners, settings=settings,
+        max_cost_usd=plan_options.get("max_cost_usd"),
+    )  # fmt: skip
 
 
 def cancel(job: str, *, db: PathLike | None = None, clock: Clock = SYSTEM_CLOCK) -> str:
@@ -201,7 +212,7 @@ _JOBS_SQL = """
            j.owner_pid, j.owner_host, j.lease_token IS NOT NULL AS leased, j.cancel_requested
     FROM jobs j LEFT JOIN (
         SELECT job_id,
-               sum(records) FILTER (WHERE status = 'done') AS processed_records,
+               sum(records - skipped_records) FILTER (WHERE status = 'done') AS processed_records,
                count(*) FILTER (WHERE status = 'done') AS batches_done,
                count(*) FILTER (WHERE status = 'failed') AS batches_failed,
                count(*) FILTER (WHERE status = 'running') AS batches_running,
@@ -242,7 +253,7 @@ def status(job: str | None = None, *, db: PathLike | None = None, clock: Clock =
 
 def batches(job: str, *, status: str | None = None, db: PathLike | None = None) -> pd.DataFrame:
     """The job's batches with attempts, last error, records, tokens and cost."""
-    sql = """SELECT batch_no, status, records, attempts, last_error, embedded_texts, cache_hits, tokens,
+    sql = """SELECT batch_no, status, records, skipped_records, attempts, last_error, embedded_texts, cache_hits, tokens,
                     tokens_estimated, saved_tokens, cost_usd, started_at, finished_at, duration_s,
                     first_ordinal, last_ordinal
              FROM batches WHERE job_id = ?"""

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import api
+from . import api, costs
 from .errors import LeaseHeld, QsyncError, StoreLocked
 from .progress import ProgressBar
 from .runner import RunResult
@@ -30,6 +30,39 @@ def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source", required=True, help="a .parquet, .csv, .tsv, .jsonl or .json file, or 'sql:SELECT …' (DuckDB SQL)"
+    )
+    p.add_argument("--source-db", help="DuckDB database file that an sql: source runs against (read-only)")
+    p.add_argument("--id-column", default="id")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--text-column", default="text")
+    group.add_argument("--text-template", help="build the text from several columns, e.g. '{title}: {body}'")
+
+
+def _add_embedder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--embedder",
+        help="'gemini' (default when GEMINI_API_KEY or GOOGLE_API_KEY is set), 'hash' (offline, the default "
+        "otherwise) or 'package.module:factory' for your own",
+    )
+    p.add_argument("--dimensions", type=int, help="vector size (default 768)")
+    p.add_argument("--model", help="Gemini model (default gemini-embedding-001)")
+    p.add_argument("--task-type", help="Gemini task type (default RETRIEVAL_DOCUMENT)")
+    p.add_argument("--texts-per-minute", type=float, help="client-side limit (default from pricing.json: 3000)")
+    p.add_argument("--tokens-per-minute", type=float, help="client-side limit (default 1,000,000)")
+    p.add_argument("--price-per-million", type=float, help="USD per 1M input tokens (default from pricing.json)")
+
+
+def _gemini_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = {
+        "model": "model", "task_type": "task_type", "texts_per_minute": "texts_per_minute",
+        "tokens_per_minute": "tokens_per_minute", "price_per_million": "price_per_million_tokens",
+    }  # fmt: skip
+    return {option: getattr(args, arg) for arg, option in names.items() if getattr(args, arg, None) is not None}
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=4, help="batches in flight at once (default 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (notices still print)")
@@ -40,28 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="create a job from a source and run it, or resume the job of that name")
-    run.add_argument(
-        "--source",
-        required=True,
-        help="a .parquet, .csv, .tsv, .jsonl or .json file, or 'sql:SELECT …' (DuckDB SQL)",
-    )
-    run.add_argument("--source-db", help="DuckDB database file that an sql: source runs against (read-only)")
-    run.add_argument("--id-column", default="id")
-    group = run.add_mutually_exclusive_group()
-    group.add_argument("--text-column", default="text")
-    group.add_argument("--text-template", help="build the text from several columns, e.g. '{title}: {body}'")
+    _add_source_options(run)
     run.add_argument("--payload-columns", default="", help="comma-separated columns stored in each point's payload")
     run.add_argument("--collection", required=True)
     _add_db(run)
     where = run.add_mutually_exclusive_group()
     where.add_argument("--qdrant-path", help="local-mode Qdrant folder, or :memory: (default: beside --db)")
     where.add_argument("--qdrant-url", help="a Qdrant server (default: $QDRANT_URL); key from $QDRANT_API_KEY")
-    run.add_argument(
-        "--embedder",
-        default="hash",
-        help="'hash' (offline, default) or 'package.module:factory' for your own",
-    )
-    run.add_argument("--dimensions", type=int, help="vector size (default: the embedder's, 768 for hash)")
+    _add_embedder_options(run)
     run.add_argument(
         "--simulate-latency",
         type=float,
@@ -69,12 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="make the hash embedder sleep per call, standing in for a remote API",
     )
+    run.add_argument("--max-cost-usd", type=float, help="pause the job before its embedding cost would pass this")
     run.add_argument("--batch-size", type=int, default=100)
     run.add_argument("--job", help="job name (default: COLLECTION:SOURCE-STEM); an existing job is resumed")
     _add_run_options(run)
 
     resume = sub.add_parser("resume", help="continue a paused, failed or stale job")
     resume.add_argument("job")
+    resume.add_argument("--max-cost-usd", type=float, help="a new budget for the job (e.g. after it paused on one)")
     _add_db(resume)
     _add_run_options(resume)
 
@@ -97,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     skipped.add_argument("job")
     _add_db(skipped)
     _add_json(skipped)
+
+    cost = sub.add_parser("cost", help="tokens and dollars a job spent, and what the cache and resumes saved")
+    cost.add_argument("job")
+    _add_db(cost)
+    _add_json(cost)
+
+    estimate = sub.add_parser("estimate", help="records, tokens, dollars and duration of a run, before running it")
+    _add_source_options(estimate)
+    _add_embedder_options(estimate)
+    _add_db(estimate)
+    _add_json(estimate)
 
     cancel = sub.add_parser("cancel", help="cancel a job (a running one stops at its next heartbeat)")
     cancel.add_argument("job")
@@ -127,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "run":
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = _gemini_options(args)
         if args.simulate_latency:
             options["latency_s"] = args.simulate_latency
         result = api.run(
@@ -148,11 +180,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             qdrant_path=args.qdrant_path,
             qdrant_url=args.qdrant_url,
             source_db=args.source_db,
+            max_cost_usd=args.max_cost_usd,
         )
         return _report(result, args.db)
     if command == "resume":
         result = api.run_job(
             args.job,
+            max_cost_usd=args.max_cost_usd,
             db=args.db,
             concurrency=args.concurrency,
             listeners=[ProgressBar(disable=True if args.quiet else None)],
@@ -163,9 +197,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(info, indent=2, default=str))
         else:
-            width = max(map(len, info))
-            for key, value in info.items():
-                print(f"{key:<{width}}  {'' if value is None else value}")
+            _print_mapping(info)
         return EXIT_OK
     if command == "jobs":
         _print_frame(
@@ -188,6 +220,33 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if command == "skipped":
         _print_frame(api.skipped(args.job, db=args.db), args.json)
+        return EXIT_OK
+    if command == "cost":
+        frame = costs.cost(args.job, db=args.db)
+        if args.json:
+            print(json.dumps(_jsonable(frame.iloc[0].to_dict()), indent=2))
+        else:
+            _print_mapping(frame.iloc[0].to_dict())
+        return EXIT_OK
+    if command == "estimate":
+        options = _gemini_options(args)
+        estimate = costs.estimate(
+            args.source,
+            id_column=args.id_column,
+            text_column=None if args.text_template else args.text_column,
+            text_template=args.text_template,
+            model=options.get("model", "gemini-embedding-001"),
+            dimensions=args.dimensions or 768,
+            task_type=options.get("task_type", "RETRIEVAL_DOCUMENT"),
+            texts_per_minute=args.texts_per_minute,
+            tokens_per_minute=args.tokens_per_minute,
+            db=args.db,
+            source_db=args.source_db,
+        )
+        if args.json:
+            print(json.dumps(estimate, indent=2))
+        else:
+            _print_mapping(estimate)
         return EXIT_OK
     if command == "cancel":
         print(f"{args.job}: {api.cancel(args.job, db=args.db)}")
@@ -213,6 +272,17 @@ def _report(result: RunResult, db: str | None) -> int:
         return EXIT_OK
     print(f"qsync: {result.status}: {result.message}", file=sys.stderr)
     return EXIT_PAUSED if result.status in ("paused", "cancelled") else EXIT_ERROR
+
+
+def _jsonable(mapping: dict[Any, Any]) -> dict[str, Any]:
+    return {str(k): v.item() if hasattr(v, "item") else v for k, v in mapping.items()}
+
+
+def _print_mapping(mapping: dict[Any, Any]) -> None:
+    width = max(len(str(k)) for k in mapping)
+    for key, value in mapping.items():
+        shown = f"{value:.6f}".rstrip("0").rstrip(".") if isinstance(value, float) and value else value
+        print(f"{key!s:<{width}}  {'' if shown is None else shown}")
 
 
 def _print_frame(frame: pd.DataFrame, as_json: bool, columns: list[str] | None = None) -> None:

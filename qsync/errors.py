@@ -67,3 +67,19 @@ class LeaseLost(QsyncError):
 
 class JobNotRunnable(QsyncError):
     """The job is in a state that cannot run (cancelled, or already completed)."""
+
+
+class RateLimited(TransientError):
+    """The API answered 429 for a per-minute limit."""
+
+
+class InvalidInput(PermanentError):
+    """The API refused a request because of what it contains; one text may be to blame."""
+
+
+class PauseJob(QsyncError):
+    """Stop the job now, resumable later: a per-day quota, or the budget, is used up."""
+
+
+class StopJob(QsyncError):
+    """Stop the job now and fail it: more calls would be wasted (an invalid API key, an unknown model)."""

@@ -18,7 +18,7 @@ import duckdb
 
 from .clock import Clock
 from .errors import JobNotFound, JobNotRunnable, LeaseHeld, LeaseLost
-from .store import Store, first_row
+from .store import Store, first_row, pid_alive
 
 HOST = socket.gethostname()
 
@@ -38,16 +38,6 @@ class Lease:
         if row is None or row[0] != self.token:
             holder = f"process {row[1]} on {row[2]}" if row and row[0] else "nobody (it was released)"
             raise LeaseLost(f"job {self.job_id!r} is now owned by {holder}; this runner stopped without writing")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def lease_is_live(

@@ -15,7 +15,7 @@ cannot change a thing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +28,15 @@ from .store import Store, arrow_table, first_row
 BATCH_STATES = ("pending", "running", "done", "failed")
 
 
-def cache_key(embedder: Embedder, content_hash: str) -> str:
+class CacheIdentity(Protocol):
+    """What makes two vectors of one text interchangeable."""
+
+    model: str
+    dimensions: int
+    task_type: str
+
+
+def cache_key(embedder: CacheIdentity, content_hash: str) -> str:
     return f"{embedder.model}|{embedder.dimensions}|{embedder.task_type}|{content_hash}"
 
 
@@ -157,16 +165,34 @@ class Ledger:
                 [len(hashes), tokens, cost, tokens_estimated, self.job_id, work.batch_no],
             )
 
-    def complete(self, work: BatchWork, cache_hits: int, saved_tokens: int, duration_s: float) -> None:
+    def complete(
+        self,
+        work: BatchWork,
+        cache_hits: int,
+        saved_tokens: int,
+        duration_s: float,
+        skips: dict[int, str] | None = None,
+    ) -> None:
+        """Mark the batch done (Qdrant has acknowledged it); `skips` are records the embedder refused."""
+        skips = skips or {}
         with self.store.transaction() as con:
             self.lease.verify(con)
             now = self.clock.now()
             con.execute(
                 """UPDATE batches SET status = 'done', finished_at = ?, duration_s = ?, last_error = NULL,
-                       cache_hits = cache_hits + ?, saved_tokens = saved_tokens + ?
+                       cache_hits = cache_hits + ?, saved_tokens = saved_tokens + ?, skipped_records = ?
                    WHERE job_id = ? AND batch_no = ?""",
-                [now, duration_s, cache_hits, saved_tokens, self.job_id, work.batch_no],
+                [now, duration_s, cache_hits, saved_tokens, len(skips), self.job_id, work.batch_no],
             )
+            for i, reason in skips.items():
+                con.execute(
+                    "INSERT INTO skipped VALUES (?, ?, ?, 'embed', ?, ?)",
+                    [self.job_id, work.ordinals[i], work.record_ids[i], reason, now],
+                )
+            if skips:
+                con.execute(
+                    "UPDATE jobs SET skipped_records = skipped_records + ? WHERE job_id = ?", [len(skips), self.job_id]
+                )
             self._end_attempt(con, work, now, "done", None)
             con.execute("UPDATE jobs SET updated_at = ? WHERE job_id = ?", [now, self.job_id])
 

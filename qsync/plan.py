@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .clock import Clock
-from .embedders.base import Embedder
 from .errors import ConfigError, SourceError
 from .sources import INPUT_VIEW, Columns, Source
 from .store import Store, first_row
@@ -20,6 +19,13 @@ from .store import Store, first_row
 # Rough and deliberately simple: ~4 bytes of UTF-8 per token for Gemini's tokenizer on English text.
 # Used to skip oversize texts before paying for them, and for estimates, where it is labelled as such.
 BYTES_PER_TOKEN = 4
+
+
+class PlanLimits(Protocol):
+    """What planning needs to know of the embedder."""
+
+    max_text_tokens: int
+    max_batch_texts: int
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ def create_job(
     job_id: str,
     source: Source,
     columns: Columns,
-    embedder: Embedder,
+    embedder: PlanLimits,
     config: dict[str, Any],
     collection: str,
     batch_size: int,

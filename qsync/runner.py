@@ -22,9 +22,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import lease as leases
+from .budget import Budget
 from .clock import SYSTEM_CLOCK, Clock
 from .embedders.base import Embedder
-from .errors import LeaseLost, PermanentError, QsyncError, StoreError, TransientError
+from .errors import (
+    InvalidInput,
+    LeaseLost,
+    PauseJob,
+    PermanentError,
+    QsyncError,
+    StopJob,
+    StoreError,
+    TransientError,
+)
 from .events import BatchFinished, JobFinished, JobStarted, Listener, Notice, Progress, emit
 from .ledger import BatchWork, Ledger
 from .sink import QdrantSink
@@ -41,6 +51,7 @@ class RunSettings:
     stale_after_s: float = 60.0
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0
+    max_cost_usd: float | None = None  # pause the job before its embedding cost would pass this
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,9 @@ class _Outcome:
     error: str | None = None
     transient: bool = False
     retry_after_s: float | None = None
-    fatal: BaseException | None = None
+    skipped: int = 0
+    fatal: BaseException | None = None  # the runner cannot go on (lease lost, store broken)
+    halt: BaseException | None = None  # the job must stop (PauseJob: resumable; StopJob: failed)
 
 
 @dataclass
@@ -106,6 +119,8 @@ class Runner:
         self._stop = threading.Event()  # finish in-flight work, then pause
         self._cancel = threading.Event()
         self._lost: BaseException | None = None
+        self._halt: BaseException | None = None
+        self.budget = Budget(self.settings.max_cost_usd)
         self._random = random.Random()
 
     def request_stop(self) -> None:
@@ -133,6 +148,7 @@ class Runner:
                 emit(self.listeners, JobFinished(self.job_id, "failed", refusal))
                 return RunResult(self.job_id, "failed", refusal, 0, 0.0)
             totals = self._read_totals()
+            self.budget.spent_usd = totals.cost_usd
             emit(
                 self.listeners,
                 JobStarted(
@@ -178,11 +194,15 @@ class Runner:
                     if outcome.fatal is not None:
                         self._lost = self._lost or outcome.fatal
                         continue
+                    if outcome.halt is not None:
+                        self._halt = self._halt or outcome.halt
+                        continue
                     totals.tokens += outcome.tokens
                     totals.cost_usd += outcome.cost
                     totals.saved_tokens += outcome.saved_tokens
                     if outcome.outcome == "done":
                         totals.done_records += outcome.records
+                        totals.skipped_records += outcome.skipped
                         totals.batches_done += 1
                         totals.failed.discard(outcome.batch_no)
                         run_records += outcome.records
@@ -241,7 +261,7 @@ class Runner:
         emit(self.listeners, JobFinished(self.job_id, "failed", message))
 
     def _stopping(self) -> bool:
-        return self._stop.is_set() or self._cancel.is_set() or self._lost is not None
+        return self._stop.is_set() or self._cancel.is_set() or self._lost is not None or self._halt is not None
 
     def _final_status(self, totals: _Totals) -> tuple[str, str | None]:
         if self._cancel.is_set():
@@ -249,6 +269,10 @@ class Runner:
         remaining = totals.batches_total - totals.batches_done
         if remaining == 0:
             return "completed", None
+        if isinstance(self._halt, PauseJob):
+            return "paused", f"{self._halt} (`qsync resume {self.job_id}`)"
+        if self._halt is not None:
+            return "failed", f"{self._halt} (`qsync resume {self.job_id}`)"
         if self._stop.is_set():
             return "paused", f"stopped with {remaining} batches to go; `qsync resume {self.job_id}` continues"
         errors = self.store.query_rows(
@@ -286,7 +310,7 @@ class Runner:
     def _read_totals(self) -> _Totals:
         row = self.store.query_rows(
             """SELECT j.total_records, j.skipped_records, j.batches_total,
-                      coalesce(sum(b.records) FILTER (WHERE b.status = 'done'), 0),
+                      coalesce(sum(b.records - b.skipped_records) FILTER (WHERE b.status = 'done'), 0),
                       count(*) FILTER (WHERE b.status = 'done'),
                       coalesce(sum(b.tokens), 0), coalesce(sum(b.cost_usd), 0), coalesce(sum(b.saved_tokens), 0),
                       list(b.batch_no) FILTER (WHERE b.status = 'failed')
@@ -338,18 +362,30 @@ class Runner:
                 ledger.release(work)
                 outcome.outcome = "released"
                 return outcome
-            vectors = self._vectors(ledger, work, outcome)
+            vectors, rejected = self._vectors(ledger, work, outcome)
             if self._stopping():  # paid vectors are cached: releasing now loses nothing
                 ledger.release(work)
                 outcome.outcome = "released"
                 return outcome
-            payloads = [_load_payload(p) for p in work.payloads]
-            self.sink.upsert(work.record_ids, vectors, payloads)
-            ledger.complete(work, outcome.cache_hits, outcome.saved_tokens, time.monotonic() - t0)
+            keep = [i for i, h in enumerate(work.hashes) if h not in rejected]
+            if keep:
+                payloads = [_load_payload(work.payloads[i]) for i in keep]
+                self.sink.upsert([work.record_ids[i] for i in keep], vectors[keep], payloads)
+            skips = {i: rejected[h] for i, h in enumerate(work.hashes) if h in rejected}
+            ledger.complete(work, outcome.cache_hits, outcome.saved_tokens, time.monotonic() - t0, skips)
             outcome.outcome = "done"
+            outcome.records = len(keep)
+            outcome.skipped = len(skips)
             return outcome
         except (LeaseLost, StoreError) as exc:
             return _Outcome(batch_no, "lost", fatal=exc)
+        except (PauseJob, StopJob) as exc:
+            # The job must stop: this batch is not at fault, so it goes back to pending untouched.
+            try:
+                ledger.release(work)
+            except (LeaseLost, StoreError) as lost:
+                return _Outcome(batch_no, "lost", fatal=lost)
+            return _Outcome(batch_no, "halted", error=str(exc), halt=exc)
         except TransientError as exc:
             outcome.error, outcome.transient, outcome.retry_after_s = str(exc), True, exc.retry_after_s
         except PermanentError as exc:
@@ -363,28 +399,51 @@ class Runner:
             return _Outcome(batch_no, "lost", fatal=exc)
         return outcome
 
-    def _vectors(self, ledger: Ledger, work: BatchWork, outcome: _Outcome) -> np.ndarray:
-        """Vectors for every record of the batch: cached ones free, the rest embedded and persisted."""
+    def _vectors(self, ledger: Ledger, work: BatchWork, outcome: _Outcome) -> tuple[np.ndarray, dict[str, str]]:
+        """Vectors for every record of the batch, and the texts the API refused (hash -> reason).
+
+        Cached vectors are free; the rest are embedded and persisted call by call, before anything else
+        can fail. A request refused for its content is split in halves until the refused text is alone.
+        """
+        dims = self.embedder.dimensions
         by_hash = {h: v for h, (v, _) in work.cached.items()}
-        missing: dict[str, str] = {}
-        for h, text in zip(work.hashes, work.texts, strict=True):
+        missing: dict[str, tuple[str, int]] = {}
+        for h, text, estimate in zip(work.hashes, work.texts, work.token_estimates, strict=True):
             if h not in by_hash:
-                missing.setdefault(h, text)
-        hits = len(set(work.hashes)) - len(missing)
-        outcome.cache_hits = hits
-        outcome.saved_tokens = sum(t for h, (_, t) in work.cached.items())
-        if missing:
-            hashes = list(missing)
-            result = self.embedder.embed([missing[h] for h in hashes])
+                missing.setdefault(h, (text, estimate))
+        outcome.cache_hits = len(set(work.hashes)) - len(missing)
+        outcome.saved_tokens = sum(t for _, t in work.cached.values())
+        rejected: dict[str, str] = {}
+        pending = [list(missing)] if missing else []
+        while pending:
+            hashes = pending.pop()
+            estimate = sum(missing[h][1] for h in hashes)
+            self.budget.reserve(estimate * self.embedder.price_per_million_tokens / 1_000_000)
+            try:
+                result = self.embedder.embed([missing[h][0] for h in hashes])
+            except InvalidInput as exc:
+                self.budget.settle(estimate * self.embedder.price_per_million_tokens / 1_000_000, 0.0)
+                if len(hashes) == 1:
+                    rejected[hashes[0]] = f"refused by the embedder: {exc}"
+                else:
+                    half = len(hashes) // 2
+                    pending += [hashes[half:], hashes[:half]]
+                continue
+            except BaseException:
+                self.budget.settle(estimate * self.embedder.price_per_million_tokens / 1_000_000, 0.0)
+                raise
+            cost = sum(result.tokens_per_text) * self.embedder.price_per_million_tokens / 1_000_000
+            self.budget.settle(estimate * self.embedder.price_per_million_tokens / 1_000_000, cost)
             ledger.record_embeddings(
                 work, self.embedder, hashes, result.vectors, result.tokens_per_text, result.tokens_estimated
             )
-            outcome.embedded = len(hashes)
-            outcome.tokens = sum(result.tokens_per_text)
-            outcome.cost = outcome.tokens * self.embedder.price_per_million_tokens / 1_000_000
+            outcome.embedded += len(hashes)
+            outcome.tokens += sum(result.tokens_per_text)
+            outcome.cost += cost
             for h, vec in zip(hashes, result.vectors, strict=True):
                 by_hash[h] = vec
-        return np.stack([by_hash[h] for h in work.hashes])
+        zero = np.zeros(dims, dtype=np.float32)
+        return np.stack([by_hash.get(h, zero) for h in work.hashes]), rejected
 
 
 def _load_payload(text: str) -> dict[str, object]:

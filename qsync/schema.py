@@ -8,7 +8,7 @@ table as delete + insert and the tables are small, so a scan is both correct and
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _V1 = """
 CREATE TABLE qsync_schema (version INTEGER NOT NULL);
@@ -105,5 +105,11 @@ CREATE TABLE embeddings (
 );
 """
 
-MIGRATIONS: list[str] = [_V1]
+# v2: records the embedder refused are skipped inside their batch (stage 'embed'); a done batch's
+# loaded records are `records - skipped_records`.
+_V2 = """
+ALTER TABLE batches ADD COLUMN skipped_records INTEGER DEFAULT 0;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -36,10 +36,21 @@ _LOCK_PATTERN = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE
 _PID_PATTERN = re.compile(r"PID (\d+)")
 _RETRY_INTERVAL_S = 0.02
 _REQUEST_MAX_AGE_S = 30.0
-_MAX_YIELD_S = 1.0  # a request file older than this was left by a killed process
+_MAX_YIELD_S = 1.0
+_MIN_HOLD_S = 0.25  # a request file older than this was left by a killed process
 
 _registry: weakref.WeakValueDictionary[str, Store] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def open_store(path: str | os.PathLike[str], *, writable: bool = True, lock_timeout_s: float = 60.0) -> Store:
@@ -75,6 +86,7 @@ class Store:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.RLock()
         self._last_used = time.monotonic()
+        self._yielded_at = 0.0
         self._migrated = False
         self._keeper: threading.Thread | None = None
         self._closed = threading.Event()
@@ -130,15 +142,16 @@ class Store:
         self._closed.set()
         with self._lock:
             self._disconnect()
-        if self._keeper is not None and self._keeper is not threading.current_thread():
-            self._keeper.join(timeout=5)
+        keeper = self._keeper
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(timeout=5)
 
     # -- connection management ---------------------------------------------------------------------
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._closed.is_set():
             raise StoreError(f"{self.path} was closed")
-        if self._con is not None and self._others_waiting():
+        if self._con is not None and self._may_yield() and self._others_waiting():
             self._yield_to_others()
         if self._con is None:
             self._con = self._connect()
@@ -210,8 +223,10 @@ class Store:
         for entry in entries:
             if entry.name.startswith(own):
                 continue
+            pid = entry.name.split("-", 1)[0]
             try:
-                if now - entry.stat().st_mtime > _REQUEST_MAX_AGE_S:
+                # A request left by a killed process would make us yield for nothing: drop it.
+                if (pid.isdigit() and not pid_alive(int(pid))) or now - entry.stat().st_mtime > _REQUEST_MAX_AGE_S:
                     Path(entry.path).unlink()
                     continue
             except OSError:
@@ -219,23 +234,34 @@ class Store:
             return True
         return False
 
+    def _may_yield(self) -> bool:
+        # Between two yields the writer keeps the file for _MIN_HOLD_S: each yield costs a close (with a
+        # checkpoint) and a reopen, and readers polling many times a second must not stall the job.
+        return time.monotonic() - self._yielded_at >= _MIN_HOLD_S
+
     def _yield_to_others(self) -> None:
         """Let go of the file until the processes waiting for it got in (they delete their request
         once connected), for at most _MAX_YIELD_S: a busy writer must not starve a reader."""
         self._disconnect()
+        self._yielded_at = time.monotonic()
         deadline = time.monotonic() + _MAX_YIELD_S
         while self._others_waiting() and time.monotonic() < deadline:
             time.sleep(0.005)
 
     def _keep(self) -> None:
-        """Close the connection when idle or when another process waits for the file."""
+        """Close the connection when idle or when another process waits for the file.
+
+        Runs only while a connection is open: it ends once it has closed it, and _connection starts a
+        new one with the next connection, so an idle store costs no thread and no polling."""
         while not self._closed.wait(_RETRY_INTERVAL_S):
-            if self._con is None:
-                continue
             idle = time.monotonic() - self._last_used > self.idle_close_s
-            if (idle or self._others_waiting()) and self._lock.acquire(blocking=False):
+            if not (idle or self._con is None or (self._may_yield() and self._others_waiting())):
+                continue
+            if self._lock.acquire(blocking=False):
                 try:
                     self._disconnect()
+                    self._keeper = None
+                    return
                 finally:
                     self._lock.release()
 

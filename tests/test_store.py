@@ -128,3 +128,39 @@ def test_a_busy_writer_in_another_process_yields_to_readers(tmp_path: Path) -> N
     assert max(waits) < 2.0, waits
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM skipped").fetchall()[0][0] == writes
+
+
+def test_a_version_1_store_is_migrated_forward_keeping_its_jobs(tmp_path: Path) -> None:
+    from qsync.schema import MIGRATIONS
+
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as con:  # a file as qsync 0.1 (schema 1) left it
+        con.execute(MIGRATIONS[0])
+        con.execute("INSERT INTO qsync_schema VALUES (1)")
+        con.execute("INSERT INTO batches (job_id, batch_no, status, records, first_ordinal, last_ordinal) "
+                    "VALUES ('old', 0, 'done', 100, 0, 99)")  # fmt: skip
+    with pytest.raises(StoreError, match="schema version 1; run any qsync job command once to migrate"):
+        Store(str(path), writable=False).query_rows("SELECT 1")
+    store = Store(str(path), writable=True)
+    assert store.query_rows("SELECT version FROM qsync_schema") == [(SCHEMA_VERSION,)]
+    assert store.query_rows("SELECT records, skipped_records FROM batches") == [(100, 0)]
+    store.close()
+
+
+def test_a_request_left_by_a_killed_process_does_not_stall_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "q.duckdb"
+    _create(path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    waiting = Path(str(path) + ".waiting")
+    waiting.mkdir(exist_ok=True)
+    (waiting / f"{dead.pid}-deadbeef").touch()  # as a reader SIGKILLed while waiting would leave it
+    store = Store(str(path), writable=True)
+    started = time.monotonic()
+    for n in range(20):
+        with store.transaction() as con:
+            con.execute("INSERT INTO skipped VALUES ('j', ?, NULL, 'plan', 'x', now())", [n])
+        time.sleep(0.03)
+    assert time.monotonic() - started < 3.0  # not 20 yields of up to a second each
+    assert not list(waiting.iterdir())
+    store.close()

@@ -56,7 +56,9 @@ def build_embedder(spec: EmbedderSpec) -> Embedder:
 
         return HashingEmbedder(dimensions=spec.dimensions or 768, **spec.options)
     if spec.kind == "gemini":
-        raise ConfigError("the Gemini embedder is not available in this version of qsync; use --embedder hash")
+        from .gemini import GeminiEmbedder
+
+        return GeminiEmbedder(dimensions=spec.dimensions or 768, **spec.options)
     if ":" in spec.kind:
         module_name, _, attr = spec.kind.partition(":")
         try:

@@ -1,0 +1,198 @@
+"""Money: what a job will cost before it runs, what it cost, and what resume and the cache saved.
+
+Costs are recorded per batch when the vectors are persisted (ledger.record_embeddings), from the tokens
+the API reported (usageMetadata), else counted (countTokens), else estimated (flagged in the ledger).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .clock import SYSTEM_CLOCK
+from .config import resolve_db
+from .embedders.gemini import DEFAULT_MODEL, api_key_from_env
+from .errors import JobNotFound
+from .ledger import cache_key
+from .plan import create_job as plan_job
+from .pricing import default_limits, model_info, price_per_million
+from .ratelimit import SAFETY
+from .sources import Columns, Source, as_source
+from .store import Store, open_store
+
+PathLike = str | os.PathLike[str]
+
+
+def _price(store: Store, job: str) -> float:
+    rows = store.query_rows("SELECT config FROM jobs WHERE job_id = ?", [job])
+    if not rows:
+        raise JobNotFound(f"no job named {job!r} in {store.path}")
+    embedder = json.loads(rows[0][0])["embedder"]
+    options = embedder.get("options") or {}
+    if "price_per_million_tokens" in options:
+        return float(options["price_per_million_tokens"])
+    if embedder["kind"] == "gemini":
+        return price_per_million(options.get("model", DEFAULT_MODEL))
+    return 0.0
+
+
+def cost(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
+    """One row: tokens and dollars spent, and what the cache and resumes saved."""
+    store = open_store(resolve_db(db), writable=False)
+    price = _price(store, job)
+    frame = store.query_df(
+        """
+        WITH runs AS (
+            SELECT lease_token, min(started_at) AS started FROM attempts WHERE job_id = $1 GROUP BY lease_token
+        ), done AS (
+            SELECT a.batch_no, min(a.finished_at) AS finished FROM attempts a
+            WHERE a.job_id = $1 AND a.outcome = 'done' GROUP BY a.batch_no
+        ), resumed AS (  -- for each run after the first: the batches it found done and did not redo
+            SELECT coalesce(sum(b.records - b.skipped_records), 0) AS records, coalesce(sum(b.tokens), 0) AS tokens
+            FROM runs r JOIN done d ON d.finished < r.started JOIN batches b ON b.job_id = $1 AND b.batch_no = d.batch_no
+        )
+        SELECT $1 AS job,
+               CAST(coalesce(sum(b.embedded_texts), 0) AS BIGINT) AS texts_embedded,
+               CAST(coalesce(sum(b.tokens), 0) AS BIGINT) AS tokens,
+               coalesce(bool_or(b.tokens_estimated), false) AS tokens_estimated,
+               coalesce(sum(b.cost_usd), 0) AS cost_usd,
+               CAST(coalesce(sum(b.cache_hits), 0) AS BIGINT) AS cache_hits,
+               CAST(coalesce(sum(b.saved_tokens), 0) AS BIGINT) AS cache_saved_tokens,
+               CAST((SELECT records FROM resumed) AS BIGINT) AS resume_skipped_records,
+               CAST((SELECT tokens FROM resumed) AS BIGINT) AS resume_saved_tokens,
+               (SELECT count(*) FROM runs) AS runs
+        FROM batches b WHERE b.job_id = $1
+        """,
+        [job],
+    )
+    frame["price_usd_per_million_tokens"] = price
+    frame["cache_saved_usd"] = frame["cache_saved_tokens"] * price / 1e6
+    frame["resume_saved_usd"] = frame["resume_saved_tokens"] * price / 1e6
+    return frame
+
+
+def cost_over_time(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
+    """Cumulative records, tokens and dollars as batches finished."""
+    return open_store(resolve_db(db), writable=False).query_df(
+        """SELECT finished_at, batch_no, records - skipped_records AS records, tokens, cost_usd,
+                  sum(records - skipped_records) OVER w AS cumulative_records,
+                  sum(tokens) OVER w AS cumulative_tokens, sum(cost_usd) OVER w AS cumulative_cost_usd
+           FROM batches WHERE job_id = ? AND status = 'done'
+           WINDOW w AS (ORDER BY finished_at, batch_no ROWS UNBOUNDED PRECEDING)
+           ORDER BY finished_at, batch_no""",
+        [job],
+    )
+
+
+@dataclass
+class _PlanLimits:
+    """What planning needs of an embedder, without building one (no key, no network)."""
+
+    model: str
+    dimensions: int
+    task_type: str
+    max_text_tokens: int
+    max_batch_texts: int
+    price_per_million_tokens: float = 0.0
+
+
+def estimate(
+    source: Source | pd.DataFrame | PathLike,
+    *,
+    id_column: str = "id",
+    text_column: str | None = "text",
+    text_template: str | None = None,
+    model: str = DEFAULT_MODEL,
+    dimensions: int = 768,
+    task_type: str = "RETRIEVAL_DOCUMENT",
+    texts_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    db: PathLike | None = None,
+    source_db: str | None = None,
+    sample: int = 200,
+    count_tokens: Any = None,
+) -> dict[str, Any]:
+    """Records, tokens, dollars and duration of a Gemini backfill, before running it; nothing is embedded.
+
+    Tokens are estimated at ~4 bytes each; when a key is set, countTokens on a sample of `sample` texts
+    calibrates that estimate. Texts already in the embedding cache of `db` are not counted."""
+    info = model_info(model)
+    limits = _PlanLimits(
+        model, dimensions, task_type, int(info.get("max_text_tokens", 2048)), int(info.get("max_batch_texts", 100))
+    )
+    columns = Columns(id_column, None if text_template else text_column, text_template)
+    with tempfile.TemporaryDirectory(prefix="qsync-estimate-") as tmp:
+        scratch = Store(str(Path(tmp) / "estimate.duckdb"), writable=True)
+        try:
+            summary = plan_job(
+                scratch, "estimate", as_source(source, database=source_db), columns, limits,
+                {}, "estimate", limits.max_batch_texts, SYSTEM_CLOCK,
+            )  # fmt: skip
+            texts = scratch.query_df(
+                "SELECT content_hash, any_value(text) AS text, any_value(token_estimate) AS token_estimate "
+                "FROM manifest GROUP BY content_hash"
+            )
+            reasons = scratch.query_rows("SELECT reason, count(*) FROM skipped GROUP BY reason ORDER BY 2 DESC")
+        finally:
+            scratch.close()
+    cached = _cached_hashes(db, limits, list(texts["content_hash"]))
+    todo = texts[~texts["content_hash"].isin(cached)]
+    estimated_tokens = int(todo["token_estimate"].sum())
+    basis = "estimated at ~4 bytes per token"
+    counter = count_tokens
+    if counter is None and api_key_from_env():
+        from .embedders.gemini import GeminiEmbedder
+
+        counter = GeminiEmbedder(dimensions=dimensions, model=model, task_type=task_type).count_tokens
+    if counter is not None and len(todo):
+        picked = todo.sample(n=min(sample, len(todo)), random_state=0)
+        counted = sum(int(counter(list(chunk))) for chunk in _chunks(list(picked["text"]), 100))
+        ratio = counted / max(1, int(picked["token_estimate"].sum()))
+        estimated_tokens = round(estimated_tokens * ratio)
+        basis = f"estimate calibrated with countTokens on {len(picked)} texts (ratio {ratio:.3f})"
+    default_texts, default_tokens = default_limits()
+    texts_limit = (texts_per_minute or default_texts) * SAFETY
+    tokens_limit = (tokens_per_minute or default_tokens) * SAFETY
+    minutes = max(len(todo) / texts_limit, estimated_tokens / tokens_limit) if len(todo) else 0.0
+    return {
+        "records": summary.total_records,
+        "valid_records": summary.valid_records,
+        "skipped_records": summary.skipped_records,
+        "skip_reasons": {reason: int(n) for reason, n in reasons},
+        "unique_texts": len(texts),
+        "cached_texts": len(texts) - len(todo),
+        "texts_to_embed": len(todo),
+        "tokens": estimated_tokens,
+        "tokens_basis": basis,
+        "model": model,
+        "cost_usd": estimated_tokens * price_per_million(model) / 1e6,
+        "cost_usd_batch_mode": estimated_tokens * price_per_million(model, batch_mode=True) / 1e6,
+        "expected_minutes": round(minutes, 2),
+        "texts_per_minute": texts_per_minute or default_texts,
+        "tokens_per_minute": tokens_per_minute or default_tokens,
+    }
+
+
+def _cached_hashes(db: PathLike | None, limits: _PlanLimits, hashes: Sequence[str]) -> set[str]:
+    path = resolve_db(db)
+    if not path.exists() or not hashes:
+        return set()
+    store = open_store(path, writable=False)
+    found: set[str] = set()
+    for chunk in _chunks(list(hashes), 1000):
+        keys = [cache_key(limits, h) for h in chunk]
+        placeholders = ", ".join("?" * len(keys))
+        rows = store.query_rows(f"SELECT content_hash FROM embeddings WHERE cache_key IN ({placeholders})", keys)
+        found.update(r[0] for r in rows)
+    return found
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)] if items else []

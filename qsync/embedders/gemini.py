@@ -1,0 +1,238 @@
+"""Gemini embeddings through google-genai (never the end-of-life google-generativeai).
+
+qsync owns retries (the SDK's are switched off): 429s, 5xx, timeouts and dropped connections are retried,
+honouring RetryInfo.retryDelay when the answer carries one. A per-day quota pauses the job; an invalid
+key stops it; a 400 caused by the content of a request is raised as InvalidInput so the runner can split
+the batch and skip just the guilty record. The API key is read from the environment, handed to the SDK
+and scrubbed from every message qsync produces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import (
+    ConfigError,
+    InvalidInput,
+    PauseJob,
+    PermanentError,
+    QsyncError,
+    RateLimited,
+    StopJob,
+    TransientError,
+)
+from ..pricing import default_limits, model_info, price_per_million
+from ..ratelimit import RateLimiter
+from ..retry import RetryPolicy
+from .base import EmbedResult, Vectors
+
+DEFAULT_MODEL = "gemini-embedding-001"
+_DELAY = re.compile(r"^([\d.]+)s$")
+_REQUEST_OVERHEAD_BYTES = 256  # JSON around each text in batchEmbedContents
+
+
+def api_key_from_env() -> str | None:
+    return os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY") or None
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text.encode("utf-8")) / 4))
+
+
+class GeminiEmbedder:
+    task_type: str
+
+    def __init__(
+        self,
+        dimensions: int | None = 768,
+        model: str = DEFAULT_MODEL,
+        task_type: str = "RETRIEVAL_DOCUMENT",
+        texts_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        price_per_million_tokens: float | None = None,
+        timeout_s: float = 60.0,
+        max_attempts: int = 8,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        from google import genai
+        from google.genai import types
+
+        key = api_key_from_env()
+        if not key:
+            raise ConfigError("the Gemini embedder needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")
+        info = model_info(model)
+        self.model = model.removeprefix("models/")
+        self.dimensions = dimensions or 768
+        self.task_type = task_type
+        self.full_dimensions = int(info.get("full_dimensions", 3072))
+        self.max_batch_texts = int(info.get("max_batch_texts", 100))
+        self.max_text_tokens = int(info.get("max_text_tokens", 2048))
+        self.max_request_bytes = int(info.get("max_request_bytes", 4 * 1024 * 1024))
+        self.price_per_million_tokens = (
+            price_per_million_tokens if price_per_million_tokens is not None else price_per_million(self.model)
+        )
+        default_texts, default_tokens = default_limits()
+        self.limiter = RateLimiter(texts_per_minute or default_texts, tokens_per_minute or default_tokens, clock=clock)
+        self.retry = RetryPolicy(max_attempts=max_attempts, clock=clock)
+        self._secret = key
+        self._types = types
+        # Retries are ours (attempts=1 turns the SDK's off); the timeout is per HTTP call, in ms.
+        self._client = genai.Client(
+            api_key=key,
+            http_options=types.HttpOptions(
+                timeout=int(timeout_s * 1000), retry_options=types.HttpRetryOptions(attempts=1)
+            ),
+        )
+
+    # -- Embedder interface --------------------------------------------------------------------------
+
+    def embed(self, texts: list[str]) -> EmbedResult:
+        vectors: list[Vectors] = []
+        tokens: list[int] = []
+        estimated = False
+        for chunk in self._requests(texts):
+            v, t, e = self.retry.call(partial(self._embed_once, chunk), on_retry=self._on_retry)
+            vectors.append(v)
+            tokens.extend(t)
+            estimated = estimated or e
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, self.dimensions), dtype=np.float32)
+        return EmbedResult(matrix, tokens, estimated)
+
+    def count_tokens(self, texts: list[str]) -> int:
+        """Tokens the API counts for these texts (countTokens; free, but it is a call)."""
+        contents: Any = list(texts)  # the SDK's union type does not admit list[str], though it takes it
+        response = self._call(
+            lambda: self._client.models.count_tokens(model=self.model, contents=contents), "countTokens"
+        )
+        return int(response.total_tokens or 0)
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _requests(self, texts: list[str]) -> list[list[str]]:
+        """Cut into requests of at most max_batch_texts texts and max_request_bytes bytes."""
+        chunks: list[list[str]] = [[]]
+        size = 0
+        for text in texts:
+            cost = len(text.encode("utf-8")) + _REQUEST_OVERHEAD_BYTES
+            if chunks[-1] and (len(chunks[-1]) >= self.max_batch_texts or size + cost > self.max_request_bytes):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(text)
+            size += cost
+        return [c for c in chunks if c]
+
+    def _embed_once(self, texts: list[str]) -> tuple[Vectors, list[int], bool]:
+        estimates = [estimate_tokens(t) for t in texts]
+        self.limiter.acquire(len(texts), sum(estimates))
+        config = self._types.EmbedContentConfig(task_type=self.task_type or None, output_dimensionality=self.dimensions)
+        contents: Any = list(texts)
+        response = self._call(
+            lambda: self._client.models.embed_content(model=self.model, contents=contents, config=config),
+            "batchEmbedContents",
+        )
+        self.limiter.succeeded()
+        embeddings = response.embeddings or []
+        if len(embeddings) != len(texts):
+            raise TransientError(f"Gemini answered {len(embeddings)} embeddings for {len(texts)} texts")
+        matrix = np.asarray([e.values for e in embeddings], dtype=np.float32)
+        if matrix.shape[1] != self.dimensions:
+            raise PermanentError(f"Gemini answered vectors of size {matrix.shape[1]}, expected {self.dimensions}")
+        if self.dimensions < self.full_dimensions:
+            # Only the full-size output is normalised by the API; truncated ones must be, for cosine.
+            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        usage = getattr(response, "usage_metadata", None)
+        total = getattr(usage, "prompt_token_count", None) or getattr(usage, "total_token_count", None)
+        if total:
+            self.limiter.settle(sum(estimates), int(total))
+            return matrix, split_tokens(int(total), estimates), False
+        try:
+            counted = self.count_tokens(texts)
+            self.limiter.settle(sum(estimates), counted)
+            return matrix, split_tokens(counted, estimates), False
+        except QsyncError:
+            return matrix, estimates, True  # labelled estimated in the ledger
+
+    def _on_retry(self, exc: TransientError, wait: float) -> None:
+        if isinstance(exc, RateLimited):
+            self.limiter.throttle(exc.retry_after_s)
+
+    def _call(self, fn: Any, what: str) -> Any:
+        from google.genai import errors as genai_errors
+
+        try:
+            return fn()
+        except genai_errors.APIError as exc:
+            raise self._convert_api_error(exc, what) from None
+        except Exception as exc:  # httpx timeouts and dropped connections, and anything else from the wire
+            name = type(exc).__name__
+            if any(k in name for k in ("Timeout", "Connect", "Protocol", "Network", "ReadError", "WriteError")):
+                raise TransientError(f"Gemini {what}: {name}: {self._scrub(str(exc))}") from None
+            raise
+
+    def _convert_api_error(self, exc: Any, what: str) -> QsyncError:
+        code = int(getattr(exc, "code", 0) or 0)
+        status = str(getattr(exc, "status", "") or "")
+        message = self._scrub(str(getattr(exc, "message", "") or exc))
+        details = _details(exc)
+        text = f"Gemini {what} answered {code} {status}: {message}"
+        if code == 429:
+            quota_ids = [v.get("quotaId", "") for d in details for v in d.get("violations", []) or []]
+            if any("PerDay" in q for q in quota_ids):
+                return PauseJob(
+                    f"the Gemini per-day quota is used up ({', '.join(quota_ids)}); the job is paused — "
+                    "resume it once the quota resets (midnight Pacific time) or with another project's key"
+                )
+            return RateLimited(text, _retry_delay(details))
+        reasons = {d.get("reason") for d in details}
+        if "API_KEY_INVALID" in reasons or code in (401, 403) or status in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            return StopJob(f"Gemini refused the API key ({message}); set a valid GEMINI_API_KEY and resume the job")
+        if code == 404:
+            return StopJob(f"Gemini does not know model {self.model!r} ({message})")
+        if code == 408 or code >= 500:
+            return TransientError(text, _retry_delay(details))
+        if code == 400:
+            return InvalidInput(text)
+        return PermanentError(text)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+
+def _details(exc: Any) -> list[dict[str, Any]]:
+    body = getattr(exc, "details", None)
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return []
+    if isinstance(body, dict):
+        found = body.get("error", body).get("details", [])
+        return [d for d in found if isinstance(d, dict)]
+    return []
+
+
+def _retry_delay(details: list[dict[str, Any]]) -> float | None:
+    for detail in details:
+        if detail.get("@type", "").endswith("google.rpc.RetryInfo"):
+            match = _DELAY.match(str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def split_tokens(total: int, estimates: list[int]) -> list[int]:
+    """Share a per-request token total among its texts in proportion to their estimates, summing exactly."""
+    weight = sum(estimates) or 1
+    raw = [total * e / weight for e in estimates]
+    shares = [int(r) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: raw[i] - shares[i], reverse=True)[: total - sum(shares)]:
+        shares[i] += 1
+    return shares

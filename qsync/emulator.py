@@ -1,0 +1,350 @@
+"""A local emulator of the Gemini REST API, for tests, benchmarks and rehearsals. Never used in a real run.
+
+    emu = GeminiEmulator(latency_s=0.3, texts_per_minute=3000, tokens_per_minute=1_000_000).start()
+    os.environ["GOOGLE_GEMINI_BASE_URL"] = emu.url      # the google-genai SDK honours it
+    ...
+    emu.stop(); emu.texts_embedded                       # every text it embedded, counted
+
+It answers what qsync's Gemini code calls, under /v1 and /v1beta: `models/{m}:batchEmbedContents`,
+`:embedContent`, `:countTokens`, `:generateContent`, and Batch Mode's `:asyncBatchEmbedContent` with
+`batches/{id}` to poll it. Vectors are deterministic (seeded by model and text), so a test can recompute
+the vector any text must have. Faults are real HTTP answers shaped like Google's: 429 RESOURCE_EXHAUSTED
+with or without RetryInfo, a per-day quota 429, 5xx at a set rate, 400 API_KEY_INVALID, 400 for a request
+over 100 texts or 4 MiB or a text over 2,048 tokens, answers slower than a client's timeout, and
+connections closed without an answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+FULL_DIMENSIONS = 3072
+MAX_TEXTS_PER_REQUEST = 100
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+MAX_TOKENS_PER_TEXT = 2048
+_TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+_ROUTE = re.compile(r"^/(v1|v1beta)/(models/[^:/]+|batches/[^:/]+)(?::(\w+))?$")
+
+
+def count_tokens(text: str) -> int:
+    """The emulator's tokenizer: words and punctuation, long words costing more (like subword pieces)."""
+    return sum(1 + len(piece) // 6 for piece in _TOKEN.findall(text))
+
+
+def emulated_vector(model: str, text: str, dimensions: int | None) -> np.ndarray:
+    """The vector the emulator answers for `text`: the first `dimensions` of a fixed 3,072-d vector.
+
+    Like the real API, only the full 3,072-d vector is unit length; shorter ones must be normalised."""
+    seed = int.from_bytes(hashlib.sha256(f"{model}\x00{text}".encode()).digest()[:8], "little")
+    full = np.random.default_rng(seed).standard_normal(FULL_DIMENSIONS).astype(np.float32)
+    full /= np.linalg.norm(full)
+    return full[: dimensions or FULL_DIMENSIONS]
+
+
+def _error(code: int, status: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details:
+        body["details"] = details
+    return {"error": body}
+
+
+@dataclass
+class GeminiEmulator:
+    api_key: str = "test-key"
+    latency_s: float = 0.0
+    texts_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    texts_per_day: int | None = None
+    retry_info_share: float = 1.0  # share of rate-limit 429s that carry RetryInfo
+    server_error_rate: float = 0.0  # share of requests answered 500/503
+    slow_rate: float = 0.0  # share of requests answered after `slow_s` (beyond a client's timeout)
+    slow_s: float = 5.0
+    reset_rate: float = 0.0  # share of requests whose connection is closed without an answer
+    usage_metadata: bool = True  # whether embed answers carry usageMetadata
+    poison: tuple[str, ...] = ()  # a text containing one of these is refused with 400
+    seed: int = 0
+    batch_job_seconds: float = 0.5  # how long a Batch Mode job stays RUNNING
+    window_s: float = 60.0
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    # Counters a test reads.
+    texts_embedded: Counter[str] = field(default_factory=Counter)
+    tokens_metered: int = 0
+    requests: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._random = random.Random(self.seed)
+        self._window: deque[tuple[float, int, int]] = deque()  # (time, texts, tokens) of accepted requests
+        self._day_texts = 0
+        self._batches: dict[str, dict[str, Any]] = {}
+        self._server: ThreadingHTTPServer | None = None
+        self.hooks: list[Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]] | None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> GeminiEmulator:
+        emulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                return
+
+            def do_POST(self) -> None:
+                emulator._handle(self, "POST")
+
+            def do_GET(self) -> None:
+                emulator._handle(self, "GET")
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name="gemini-emulator", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> GeminiEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def reset_day(self) -> None:
+        """The per-day quota clears (as it would at midnight Pacific time)."""
+        with self._lock:
+            self._day_texts = 0
+
+    # -- request handling ------------------------------------------------------------------------
+
+    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        path = handler.path.split("?", 1)[0]
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        match = _ROUTE.match(path)
+        if match is None:
+            return self._send(handler, 404, _error(404, "NOT_FOUND", f"no such method {path}"))
+        _, resource, verb = match.groups()
+        verb = verb or ("get" if method == "GET" else "post")
+        with self._lock:
+            self.requests[verb] += 1
+            fate = self._random.random()
+        if handler.headers.get("x-goog-api-key") != self.api_key:
+            return self._send(handler, 400, _error(
+                400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
+                [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                  "domain": "googleapis.com"}],
+            ))  # fmt: skip
+        if fate < self.reset_rate:
+            handler.close_connection = True
+            handler.connection.close()  # no answer at all: the client sees a dropped connection
+            return None
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        if fate < self.reset_rate + self.slow_rate:
+            time.sleep(self.slow_s)
+        if fate < self.reset_rate + self.slow_rate + self.server_error_rate:
+            code, status = (503, "UNAVAILABLE") if fate * 1000 % 2 < 1 else (500, "INTERNAL")
+            return self._send(handler, code, _error(code, status, "The service is currently unavailable."))
+        if len(raw) > MAX_REQUEST_BYTES:
+            return self._send(handler, 400, _error(400, "INVALID_ARGUMENT", "Request payload size exceeds the limit"))
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            return self._send(handler, 400, _error(400, "INVALID_ARGUMENT", "Invalid JSON payload received."))
+        for hook in self.hooks:
+            answer = hook(verb, body)
+            if answer is not None:
+                return self._send(handler, *answer)
+        model = resource.removeprefix("models/")
+        if verb in ("batchEmbedContents", "embedContent"):
+            requests = body.get("requests") if verb == "batchEmbedContents" else [body]
+            return self._send(handler, *self._embed(model, requests or []))
+        if verb == "countTokens":
+            texts = [p.get("text", "") for c in body.get("contents", []) for p in c.get("parts", [])]
+            return self._send(handler, 200, {"totalTokens": sum(count_tokens(t) for t in texts)})
+        if verb == "generateContent":
+            return self._send(handler, *self._generate(body))
+        if verb == "asyncBatchEmbedContent":
+            return self._send(handler, *self._create_batch(model, body))
+        if verb == "get" and resource.startswith("batches/"):
+            return self._send(handler, *self._get_batch(resource))
+        return self._send(handler, 404, _error(404, "NOT_FOUND", f"no such method {verb}"))
+
+    def _embed(self, model: str, requests: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+        if len(requests) > MAX_TEXTS_PER_REQUEST:
+            return 400, _error(400, "INVALID_ARGUMENT", "* BatchEmbedContentsRequest.requests: at most 100 requests")
+        texts = ["".join(p.get("text", "") for p in r.get("content", {}).get("parts", [])) for r in requests]
+        for i, text in enumerate(texts):
+            if any(p in text for p in self.poison):
+                return 400, _error(400, "INVALID_ARGUMENT", f"* BatchEmbedContentsRequest.requests[{i}]: "
+                                   "content contains an unsupported sequence")  # fmt: skip
+            if count_tokens(text) > MAX_TOKENS_PER_TEXT:
+                return 400, _error(400, "INVALID_ARGUMENT", f"* BatchEmbedContentsRequest.requests[{i}]: input "
+                                   f"token count is {count_tokens(text)} but the model supports up to 2048")  # fmt: skip
+        tokens = sum(count_tokens(t) for t in texts)
+        limited = self._admit(len(texts), tokens)
+        if limited is not None:
+            return limited
+        embeddings = [
+            {"values": [round(float(x), 7) for x in emulated_vector(model, t, r.get("outputDimensionality"))]}
+            for t, r in zip(texts, requests, strict=True)
+        ]
+        with self._lock:
+            self.texts_embedded.update(texts)
+            self.tokens_metered += tokens
+        answer: dict[str, Any] = {"embeddings": embeddings}
+        if self.usage_metadata:
+            answer["usageMetadata"] = {"promptTokenCount": tokens, "totalTokenCount": tokens}
+        return 200, answer
+
+    def _admit(self, texts: int, tokens: int) -> tuple[int, dict[str, Any]] | None:
+        """Per-minute (sliding window) and per-day limits; each text counts as one request, as on Gemini."""
+        now = time.monotonic()
+        with self._lock:
+            if self.texts_per_day is not None and self._day_texts + texts > self.texts_per_day:
+                self.requests["429-day"] += 1
+                return 429, _error(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota (per day).", [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                        "quotaMetric": "generativelanguage.googleapis.com/embed_content_requests",
+                        "quotaId": "EmbedContentRequestsPerDayPerProjectPerModel"}]},
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "43200s"},
+                ])  # fmt: skip
+            while self._window and self._window[0][0] <= now - self.window_s:
+                self._window.popleft()
+            used_texts = sum(w[1] for w in self._window)
+            used_tokens = sum(w[2] for w in self._window)
+            over_texts = self.texts_per_minute is not None and used_texts + texts > self.texts_per_minute
+            over_tokens = self.tokens_per_minute is not None and used_tokens + tokens > self.tokens_per_minute
+            if over_texts or over_tokens:
+                self.requests["429"] += 1
+                wait = max(1, math.ceil(self._window[0][0] + self.window_s - now)) if self._window else 1
+                details: list[dict[str, Any]] = [{
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                        "quotaMetric": "generativelanguage.googleapis.com/embed_content_requests",
+                        "quotaId": "EmbedContentRequestsPerMinutePerProjectPerModel"
+                        if over_texts else "EmbedContentInputTokensPerMinutePerProjectPerModel"}]},
+                ]  # fmt: skip
+                if self._random.random() < self.retry_info_share:
+                    details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{wait}s"})
+                return 429, _error(
+                    429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", details
+                )
+            self._window.append((now, texts, tokens))
+            self._day_texts += texts
+        return None
+
+    def _generate(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        prompt = "".join(p.get("text", "") for c in body.get("contents", []) for p in c.get("parts", []))
+        words = _TOKEN.findall(prompt)
+        answer = " ".join(words[-12:]) if words else "empty"  # deterministic: the prompt's last words
+        prompt_tokens, answer_tokens = count_tokens(prompt), count_tokens(answer)
+        with self._lock:
+            self.tokens_metered += prompt_tokens + answer_tokens
+            self.requests["generated"] += 1
+        return 200, {
+            "candidates": [{"content": {"role": "model", "parts": [{"text": answer}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": answer_tokens,
+                              "totalTokenCount": prompt_tokens + answer_tokens},
+        }  # fmt: skip
+
+    def _create_batch(self, model: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        batch = body.get("batch", body)
+        requests = batch.get("inputConfig", {}).get("requests", {}).get("requests", [])
+        name = f"batches/emu-{len(self._batches) + 1}-{int(time.time() * 1000)}"
+        with self._lock:
+            self._batches[name] = {"model": model, "requests": requests, "created": time.monotonic()}
+        return 200, {"name": name, "metadata": self._batch_state(name)}
+
+    def _batch_state(self, name: str) -> dict[str, Any]:
+        job = self._batches[name]
+        done = time.monotonic() - job["created"] >= self.batch_job_seconds
+        state: dict[str, Any] = {
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+            "name": name, "model": f"models/{job['model']}",
+            "state": "BATCH_STATE_SUCCEEDED" if done else "BATCH_STATE_RUNNING",
+        }  # fmt: skip
+        if done:
+            if "output" not in job:
+                inner = [r.get("request", r) for r in job["requests"]]
+                texts = ["".join(p.get("text", "") for p in r.get("content", {}).get("parts", [])) for r in inner]
+                tokens = [count_tokens(t) for t in texts]
+                job["output"] = [
+                    {"response": {"embedding": {"values": [round(float(x), 7) for x in emulated_vector(
+                        job["model"], t, r.get("outputDimensionality"))]}}, "metadata": r0.get("metadata", {})}
+                    for t, r, r0 in zip(texts, inner, job["requests"], strict=True)
+                ]  # fmt: skip
+                with self._lock:
+                    self.texts_embedded.update(texts)
+                    self.tokens_metered += sum(tokens)
+            state["output"] = {"inlinedEmbedContentResponses": {"inlinedResponses": job["output"]}}
+        return state
+
+    def _get_batch(self, name: str) -> tuple[int, dict[str, Any]]:
+        if name not in self._batches:
+            return 404, _error(404, "NOT_FOUND", f"{name} not found")
+        state = self._batch_state(name)
+        return 200, {"name": name, "metadata": state, "done": state["state"] != "BATCH_STATE_RUNNING",
+                     **({"response": state["output"]} if "output" in state else {})}  # fmt: skip
+
+    @staticmethod
+    def _send(handler: BaseHTTPRequestHandler, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        try:
+            handler.send_response(code)
+            handler.send_header("Content-Type", "application/json; charset=UTF-8")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (its timeout): nothing to answer
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the Gemini emulator until Ctrl-C")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--texts-per-minute", type=int)
+    parser.add_argument("--tokens-per-minute", type=int)
+    parser.add_argument("--api-key", default="test-key")
+    args = parser.parse_args()
+    emulator = GeminiEmulator(
+        api_key=args.api_key, latency_s=args.latency, port=args.port,
+        texts_per_minute=args.texts_per_minute, tokens_per_minute=args.tokens_per_minute,
+    ).start()  # fmt: skip
+    print(f"GOOGLE_GEMINI_BASE_URL={emulator.url} GEMINI_API_KEY={args.api_key}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        emulator.stop()
+
+
+if __name__ == "__main__":
+    main()

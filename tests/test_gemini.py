@@ -1,0 +1,236 @@
+"""Gemini through the real google-genai SDK against the local emulator: faults, quotas, cost, secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from qsync_testing import make_records, qdrant_points, qsync_env, run_qsync, write_records
+
+import qsync
+from qsync.emulator import GeminiEmulator, count_tokens, emulated_vector
+from qsync.runner import RunSettings
+from qsync.sink import _local_client
+
+SECRET = "AIzaTEST-secret-key-0123456789"
+MODEL = "gemini-embedding-001"
+FAST = RunSettings(concurrency=4, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2)
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
+    emu = GeminiEmulator(api_key=SECRET, window_s=1.0, seed=3).start()
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emu.url)
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    yield emu
+    emu.stop()
+
+
+def _job(tmp_path: Path, n: int = 600, job: str = "g", **options: Any) -> tuple[Path, list[dict[str, Any]]]:
+    records = make_records(n)
+    src, db = tmp_path / f"{job}.jsonl", tmp_path / "q.duckdb"
+    write_records(src, records)
+    embedder_options = {"max_attempts": 12, "texts_per_minute": 10**7, **options.pop("embedder_options", {})}
+    qsync.create_job(
+        src, collection="c", job=job, db=db, qdrant_path=tmp_path / "qdrant", dimensions=options.pop("dims", 64),
+        batch_size=50, embedder_options=embedder_options, **options,
+    )  # fmt: skip
+    return db, records
+
+
+def _run(db: Path, job: str = "g", **kw: Any) -> qsync.RunResult:
+    return qsync.run_job(job, db=db, settings=RunSettings(**{**FAST.__dict__, **kw.pop("settings", {})}), **kw)
+
+
+def _assert_vectors(tmp_path: Path, records: list[dict[str, Any]], dims: int = 64) -> None:
+    client = _local_client(str(tmp_path / "qdrant"))
+    points, _ = client.scroll("c", limit=100_000, with_vectors=True)
+    by_id = {str(p.id): np.asarray(p.vector) for p in points}
+    assert len(by_id) == len(records)
+    for r in records:
+        expected = emulated_vector(MODEL, r["text"], dims)
+        np.testing.assert_allclose(by_id[qsync.point_id(r["id"])], expected / np.linalg.norm(expected), atol=1e-5)
+
+
+def test_the_default_embedder_is_gemini_when_a_key_is_set(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    db, records = _job(tmp_path, n=120)
+    assert json.loads(qsync.api._reader(db).query_rows("SELECT config FROM jobs")[0][0])["embedder"]["kind"] == "gemini"
+    assert _run(db).ok
+    _assert_vectors(tmp_path, records)
+    assert sum(emulator.texts_embedded.values()) == 120
+
+
+def test_completes_through_5xx_429_timeouts_and_resets_without_paying_twice(
+    tmp_path: Path, emulator: GeminiEmulator
+) -> None:
+    emulator.server_error_rate = 0.1
+    emulator.reset_rate = 0.03
+    emulator.slow_rate = 0.03
+    emulator.slow_s = 2.5
+    emulator.texts_per_minute = 150  # per 1 s window here: the client below asks for twice that
+    emulator.retry_info_share = 0.5
+    db, records = _job(
+        tmp_path, n=900, embedder_options={"texts_per_minute": 300 * 60, "timeout_s": 1.0, "max_attempts": 20}
+    )
+    result = _run(db)
+    assert result.ok, result.message
+    assert emulator.requests["429"] > 0 and emulator.requests["batchEmbedContents"] > 18
+    # Answers that failed embedded nothing; every text was embedded exactly once.
+    assert set(emulator.texts_embedded) == {r["text"] for r in records}
+    assert max(emulator.texts_embedded.values()) == 1
+    _assert_vectors(tmp_path, records)
+
+
+def test_a_per_day_quota_pauses_the_job_and_resume_finishes_it(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    emulator.texts_per_day = 300
+    db, records = _job(tmp_path, n=600)
+    result = _run(db)
+    assert result.status == "paused"
+    assert "per-day quota is used up" in (result.message or "") and "qsync resume g" in (result.message or "")
+    info = qsync.status("g", db=db)
+    assert info["status"] == "paused" and info["processed_records"] == 300 and info["batches_failed"] == 0
+    emulator.reset_day()
+    assert _run(db).ok
+    assert max(emulator.texts_embedded.values()) == 1 and len(emulator.texts_embedded) == 600
+    _assert_vectors(tmp_path, records)
+
+
+@pytest.mark.parametrize("usage_metadata", [True, False])
+def test_recorded_cost_matches_metered_tokens_and_the_estimate(
+    tmp_path: Path, emulator: GeminiEmulator, usage_metadata: bool
+) -> None:
+    emulator.usage_metadata = usage_metadata
+    db, _records = _job(tmp_path, n=500)
+    src = tmp_path / "g.jsonl"
+    before = qsync.estimate(src, dimensions=64, db=db)
+    assert _run(db).ok
+    cost = qsync.cost("g", db=db).iloc[0]
+    assert cost["tokens"] == emulator.tokens_metered
+    assert cost["cost_usd"] == pytest.approx(emulator.tokens_metered * 0.15 / 1e6, rel=0.01)
+    assert not cost["tokens_estimated"]
+    assert emulator.requests["countTokens"] == (0 if usage_metadata else 10) + 2  # + the estimate's calibration
+    assert before["tokens"] == pytest.approx(cost["tokens"], rel=0.10)
+    assert before["cost_usd"] == pytest.approx(cost["cost_usd"], rel=0.10)
+    assert before["cost_usd_batch_mode"] == pytest.approx(before["cost_usd"] / 2)
+    # A second estimate knows the cache: nothing left to pay for.
+    after = qsync.estimate(src, dimensions=64, db=db)
+    assert after["texts_to_embed"] == 0 and after["cost_usd"] == 0
+
+
+def test_an_invalid_key_stops_the_job_at_once_with_a_clear_message(
+    tmp_path: Path, emulator: GeminiEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, _ = _job(tmp_path, n=600)
+    monkeypatch.setenv("GEMINI_API_KEY", "AIza-wrong-key-987")
+    result = _run(db)
+    assert result.status == "failed"
+    assert "refused the API key" in (result.message or "") and "GEMINI_API_KEY" in (result.message or "")
+    assert "AIza-wrong-key-987" not in (result.message or "")
+    assert emulator.requests["batchEmbedContents"] <= FAST.concurrency  # no more calls wasted
+    info = qsync.status("g", db=db)
+    assert info["batches_failed"] == 0 and info["batches_running"] == 0  # batches are not to blame
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    assert _run(db).ok
+
+
+def test_a_record_the_api_refuses_is_isolated_and_skipped_with_its_reason(
+    tmp_path: Path, emulator: GeminiEmulator
+) -> None:
+    emulator.poison = ("POISON",)
+    records = make_records(200)
+    records[77]["text"] += " POISON"
+    src, db = tmp_path / "p.jsonl", tmp_path / "q.duckdb"
+    write_records(src, records)
+    qsync.create_job(
+        src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64, batch_size=50,
+        embedder_options={"texts_per_minute": 10**7},
+    )  # fmt: skip
+    assert _run(db).ok
+    skipped = qsync.skipped("g", db=db)
+    assert list(skipped.record_id) == ["r77"] and list(skipped.stage) == ["embed"]
+    assert "unsupported sequence" in skipped.reason.iloc[0]
+    info = qsync.status("g", db=db)
+    assert info["processed_records"] == 199 and info["skipped_records"] == 1 and info["total_records"] == 200
+    good = [r for r in records if r["id"] != "r77"]
+    _assert_vectors(tmp_path, good)
+    assert max(emulator.texts_embedded.values()) == 1  # the split re-sent refused halves, never paid ones
+
+
+def test_the_budget_pauses_before_it_is_exceeded_and_resume_raises_it(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    db, records = _job(tmp_path, n=600, max_cost_usd=0.0002)
+    result = _run(db)
+    assert result.status == "paused" and "budget of $0.0002 would be exceeded" in (result.message or "")
+    spent = qsync.cost("g", db=db).iloc[0]["cost_usd"]
+    assert 0 < spent <= 0.0002
+    assert _run(db, max_cost_usd=1.0).ok
+    _assert_vectors(tmp_path, records)
+
+
+def test_the_key_never_lands_in_the_store_logs_messages_or_cli_output(
+    tmp_path: Path, emulator: GeminiEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    emulator.server_error_rate = 0.2
+    src, db, other = tmp_path / "s.jsonl", tmp_path / "q.duckdb", tmp_path / "other.jsonl"
+    write_records(src, make_records(300))
+    write_records(other, make_records(100, prefix="other"))  # not in the cache: must call the API
+    env = qsync_env(GEMINI_API_KEY=SECRET, GOOGLE_GEMINI_BASE_URL=emulator.url)
+    outputs = [
+        run_qsync("run", "--source", str(src), "--collection", "c", "--db", str(db), "--job", "s", "--dimensions", "64",
+                  "--texts-per-minute", "1000000", env=env),
+        run_qsync("status", "s", "--db", str(db), "--json", env=env),
+        run_qsync("cost", "s", "--db", str(db), env=env),
+        run_qsync("estimate", "--source", str(src), "--db", str(db), env=env),
+        run_qsync("run", "--source", str(other), "--collection", "c", "--db", str(db), "--job", "bad",
+                  "--dimensions", "64", env={**env, "GEMINI_API_KEY": SECRET[::-1]}),
+    ]  # fmt: skip
+    assert outputs[0].returncode == 0, outputs[0].stderr
+    assert outputs[-1].returncode == 1 and "refused the API key" in outputs[-1].stderr
+    for out in outputs:
+        assert SECRET not in out.stdout + out.stderr and SECRET[::-1] not in out.stdout + out.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert SECRET.encode() not in data and SECRET[::-1].encode() not in data, path
+    assert SECRET not in caplog.text
+
+
+def test_estimate_reports_records_tokens_dollars_and_duration(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    records = make_records(3000)
+    records[5]["text"] = ""
+    src = tmp_path / "e.jsonl"
+    write_records(src, records)
+    out = run_qsync("estimate", "--source", str(src), "--json", env=qsync_env(GEMINI_API_KEY=SECRET,
+                    GOOGLE_GEMINI_BASE_URL=emulator.url))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    actual = sum(count_tokens(r["text"]) for r in records if r["text"])
+    assert result["records"] == 3000 and result["skipped_records"] == 1 and result["texts_to_embed"] == 2999
+    assert result["skip_reasons"] == {"text is empty or whitespace": 1}
+    assert result["tokens"] == pytest.approx(actual, rel=0.10)
+    assert result["expected_minutes"] == pytest.approx(2999 / (3000 * 0.97), rel=0.01)
+    assert "calibrated with countTokens" in result["tokens_basis"]
+    assert sum(emulator.texts_embedded.values()) == 0  # nothing embedded
+
+
+def test_qdrant_points_carry_gemini_vectors_from_a_cli_run(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    src, db = tmp_path / "v.jsonl", tmp_path / "q.duckdb"
+    records = make_records(150)
+    write_records(src, records)
+    env = qsync_env(GEMINI_API_KEY=SECRET, GOOGLE_GEMINI_BASE_URL=emulator.url)
+    out = run_qsync(
+        "run", "--source", str(src), "--collection", "c", "--db", str(db), "--dimensions", "64",
+        "--texts-per-minute", "1000000", env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    points = qdrant_points(db.with_suffix(".qdrant"), "c")
+    for r in records:
+        vector, _payload = points[qsync.point_id(r["id"])]
+        expected = emulated_vector(MODEL, r["text"], 64)
+        np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-5)
