@@ -21,7 +21,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import default_qdrant_path, env_float, resolve_db
 from .embedders.base import Embedder, EmbedderSpec, build_embedder
 from .embedders.gemini import api_key_from_env
-from .errors import JobNotFound
+from .errors import ConfigError, JobNotFound
 from .events import Listener
 from .lease import lease_is_live
 from .plan import PlanSummary
@@ -84,6 +84,7 @@ def create_job(
     qdrant_url: str | None = None,
     source_db: str | None = None,
     max_cost_usd: float | None = None,
+    batch_mode: bool = False,
     clock: Clock = SYSTEM_CLOCK,
 ) -> PlanSummary:
     """Snapshot the source into a new job's manifest. Nothing is embedded yet.
@@ -92,6 +93,8 @@ def create_job(
     db_path = resolve_db(db)
     columns = Columns(id_column, None if text_template else text_column, text_template, tuple(payload_columns))
     spec = EmbedderSpec(default_embedder(embedder), dimensions, dict(embedder_options or {}))
+    if batch_mode and spec.kind != "gemini":
+        raise ConfigError("Batch Mode is a Gemini feature: use --embedder gemini with --batch-mode")
     built = build_embedder(spec)
     src = as_source(source, database=source_db)
     job_id = job or default_job_name(src, collection)
@@ -100,6 +103,7 @@ def create_job(
         "embedder": EmbedderSpec(spec.kind, built.dimensions, spec.options).to_dict(),
         "sink": _sink_spec(db_path, qdrant_path, qdrant_url).to_dict(),
         "max_cost_usd": max_cost_usd,
+        "batch_mode": batch_mode,
     }
     return _plan_job(open_store(db_path), job_id, src, columns, built, config, collection, batch_size, clock)
 
@@ -151,6 +155,8 @@ def make_runner(
     sink = QdrantSink(sink_spec, row["collection"], built.dimensions)
     settings = settings or default_settings(concurrency)
     settings.max_cost_usd = max_cost_usd if max_cost_usd is not None else config.get("max_cost_usd")
+    settings.batch_mode = bool(config.get("batch_mode"))
+    settings.batch_mode_poll_s = env_float("QSYNC_BATCH_POLL_S", settings.batch_mode_poll_s)
     return Runner(store, job, built, sink, settings, listeners, clock)
 
 
@@ -205,7 +211,8 @@ _JOBS_SQL = """
            CAST(coalesce(b.processed_records, 0) AS BIGINT) AS processed_records, j.skipped_records,
            j.batches_total, CAST(coalesce(b.batches_done, 0) AS INTEGER) AS batches_done,
            CAST(coalesce(b.batches_failed, 0) AS INTEGER) AS batches_failed, CAST(coalesce(b.batches_running, 0) AS INTEGER) AS batches_running,
-           CAST(coalesce(b.tokens, 0) AS BIGINT) AS tokens, coalesce(b.cost_usd, 0) AS cost_usd,
+           CAST(coalesce(b.tokens, 0) + coalesce(r.tokens, 0) AS BIGINT) AS tokens,
+           coalesce(b.cost_usd, 0) + coalesce(r.cost_usd, 0) AS cost_usd,
            CAST(coalesce(b.saved_tokens, 0) AS BIGINT) AS saved_tokens, CAST(coalesce(b.embedded_texts, 0) AS BIGINT) AS embedded_texts,
            CAST(coalesce(b.cache_hits, 0) AS BIGINT) AS cache_hits,
            j.created_at, j.started_at, j.updated_at, j.finished_at, j.heartbeat_at,
@@ -220,6 +227,9 @@ _JOBS_SQL = """
                sum(embedded_texts) AS embedded_texts, sum(cache_hits) AS cache_hits
         FROM batches GROUP BY job_id
     ) b USING (job_id)
+    LEFT JOIN (
+        SELECT job_id, sum(tokens) AS tokens, sum(cost_usd) AS cost_usd FROM remote_jobs GROUP BY job_id
+    ) r USING (job_id)
 """
 
 

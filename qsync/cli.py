@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the hash embedder sleep per call, standing in for a remote API",
     )
     run.add_argument("--max-cost-usd", type=float, help="pause the job before its embedding cost would pass this")
+    run.add_argument(
+        "--batch-mode",
+        action="store_true",
+        help="embed with Gemini Batch Mode (half price; results within 24 h; polled, also after a restart)",
+    )
     run.add_argument("--batch-size", type=int, default=100)
     run.add_argument("--job", help="job name (default: COLLECTION:SOURCE-STEM); an existing job is resumed")
     _add_run_options(run)
@@ -181,6 +186,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             qdrant_url=args.qdrant_url,
             source_db=args.source_db,
             max_cost_usd=args.max_cost_usd,
+            batch_mode=args.batch_mode,
         )
         return _report(result, args.db)
     if command == "resume":

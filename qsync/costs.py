@@ -67,11 +67,19 @@ def cost(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
                CAST(coalesce(sum(b.saved_tokens), 0) AS BIGINT) AS cache_saved_tokens,
                CAST((SELECT records FROM resumed) AS BIGINT) AS resume_skipped_records,
                CAST((SELECT tokens FROM resumed) AS BIGINT) AS resume_saved_tokens,
-               (SELECT count(*) FROM runs) AS runs
+               (SELECT count(*) FROM runs) AS runs,
+               CAST((SELECT coalesce(sum(texts), 0) FROM remote_jobs WHERE job_id = $1 AND state = 'ingested')
+                    AS BIGINT) AS batch_mode_texts,
+               CAST((SELECT coalesce(sum(tokens), 0) FROM remote_jobs WHERE job_id = $1) AS BIGINT)
+                    AS batch_mode_tokens,
+               (SELECT coalesce(sum(cost_usd), 0) FROM remote_jobs WHERE job_id = $1) AS batch_mode_cost_usd
         FROM batches b WHERE b.job_id = $1
         """,
         [job],
     )
+    # Totals include what Batch Mode paid; the columns above it split it out.
+    frame["tokens"] = frame["tokens"] + frame["batch_mode_tokens"]
+    frame["cost_usd"] = frame["cost_usd"] + frame["batch_mode_cost_usd"]
     frame["price_usd_per_million_tokens"] = price
     frame["cache_saved_usd"] = frame["cache_saved_tokens"] * price / 1e6
     frame["resume_saved_usd"] = frame["resume_saved_tokens"] * price / 1e6

@@ -40,6 +40,11 @@ def cache_key(embedder: CacheIdentity, content_hash: str) -> str:
     return f"{embedder.model}|{embedder.dimensions}|{embedder.task_type}|{content_hash}"
 
 
+def batch_mode_origin(job_id: str) -> str:
+    """The `origin` of vectors a job prefetched in Batch Mode: paid once, at the batch price."""
+    return f"batch-mode:{job_id}"
+
+
 @dataclass
 class BatchWork:
     """A claimed batch: its records, and the vectors the cache already holds for them."""
@@ -52,7 +57,7 @@ class BatchWork:
     texts: list[str]
     token_estimates: list[int]
     payloads: list[str]
-    cached: dict[str, tuple[Vectors, int]]  # content hash -> (vector, tokens it cost when paid for)
+    cached: dict[str, tuple[Vectors, int]]  # content hash -> (vector, tokens reusing it saved)
 
 
 class Ledger:
@@ -100,8 +105,9 @@ class Ledger:
                 placeholders = ", ".join("?" * len(keys))
                 table = arrow_table(
                     con,
-                    f"SELECT content_hash, tokens, vector FROM embeddings WHERE cache_key IN ({placeholders})",
-                    keys,
+                    f"SELECT content_hash, CASE WHEN origin = ? THEN 0 ELSE tokens END AS tokens, vector "
+                    f"FROM embeddings WHERE cache_key IN ({placeholders})",
+                    [batch_mode_origin(self.job_id), *keys],
                 )
                 if table.num_rows:
                     flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
@@ -147,6 +153,7 @@ class Ledger:
                 "tokens": pa.array(tokens_per_text, pa.int32()),
                 "vector": pa.array(list(vectors.astype(np.float32)), pa.list_(pa.float32())),
                 "created_at": pa.array([now] * len(hashes), pa.timestamp("us")),
+                "origin": pa.array([None] * len(hashes), pa.string()),
             }
         )
         tokens = int(sum(tokens_per_text))

@@ -52,6 +52,8 @@ class RunSettings:
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0
     max_cost_usd: float | None = None  # pause the job before its embedding cost would pass this
+    batch_mode: bool = False  # prefetch vectors with Gemini Batch Mode (half price, slow) before upserting
+    batch_mode_poll_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,9 @@ class Runner:
                     took_over,
                 ),
             )
-            ready: list[tuple[float, int]] = [(0.0, b) for b in ledger.runnable_batches()]
+            if self.settings.batch_mode:
+                self._prefetch(lease)
+            ready: list[tuple[float, int]] = [] if self._stopping() else [(0.0, b) for b in ledger.runnable_batches()]
             heapq.heapify(ready)
             attempts: dict[int, int] = {}
             work_q: queue.Queue[int | None] = queue.Queue()
@@ -248,6 +252,24 @@ class Runner:
         finally:
             heartbeat_stop.set()
             heartbeat.join(timeout=30)
+
+    def _prefetch(self, lease: leases.Lease) -> None:
+        """Batch Mode: fill the cache with half-price vectors first; the run then upserts from it."""
+        from .batchmode import BatchModePrefetcher
+
+        emit(self.listeners, Notice(self.job_id, "Batch Mode: submitting uncached texts and polling for results"))
+        prefetcher = BatchModePrefetcher(
+            self.store, lease, self.embedder, self.clock,
+            getattr(self.embedder, "batch_price_per_million_tokens", self.embedder.price_per_million_tokens),
+            self.budget,
+            poll_s=self.settings.batch_mode_poll_s,
+        )  # fmt: skip
+        try:
+            prefetcher.run(self._stop)
+        except (PauseJob, StopJob) as exc:
+            self._halt = exc
+        except KeyboardInterrupt:
+            self._stop.set()
 
     def _give_up(self, lease: leases.Lease, error: BaseException) -> None:
         """After a fatal error, leave the job `failed` with the reason, unless we no longer own it."""

@@ -8,7 +8,7 @@ table as delete + insert and the tables are small, so a scan is both correct and
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1 = """
 CREATE TABLE qsync_schema (version INTEGER NOT NULL);
@@ -111,5 +111,24 @@ _V2 = """
 ALTER TABLE batches ADD COLUMN skipped_records INTEGER DEFAULT 0;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2]
+# v3: Gemini Batch Mode. Each remote batch job is recorded the moment it is submitted, so a restart goes
+# on polling it instead of paying for the same texts again; `origin` marks vectors a job prefetched in
+# Batch Mode, which its batches then use without counting them as savings.
+_V3 = """
+CREATE TABLE remote_jobs (
+    job_id        VARCHAR NOT NULL,
+    name          VARCHAR NOT NULL,       -- the Gemini batch job, e.g. batches/123
+    state         VARCHAR NOT NULL,       -- submitted | ingested | failed
+    content_hashes VARCHAR[] NOT NULL,
+    texts         INTEGER NOT NULL,
+    tokens        BIGINT NOT NULL DEFAULT 0,
+    cost_usd      DOUBLE NOT NULL DEFAULT 0,
+    submitted_at  TIMESTAMP NOT NULL,
+    finished_at   TIMESTAMP,
+    error         VARCHAR
+);
+ALTER TABLE embeddings ADD COLUMN origin VARCHAR;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 assert len(MIGRATIONS) == SCHEMA_VERSION

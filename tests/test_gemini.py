@@ -234,3 +234,55 @@ def test_qdrant_points_carry_gemini_vectors_from_a_cli_run(tmp_path: Path, emula
         vector, _payload = points[qsync.point_id(r["id"])]
         expected = emulated_vector(MODEL, r["text"], 64)
         np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-5)
+
+
+def test_batch_mode_fills_the_cache_at_half_price_and_upserts_from_it(
+    tmp_path: Path, emulator: GeminiEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QSYNC_BATCH_POLL_S", "0.1")
+    emulator.batch_job_seconds = 0.3
+    db, records = _job(tmp_path, n=600, batch_mode=True)
+    assert _run(db).ok
+    assert emulator.requests["asyncBatchEmbedContent"] == 1 and emulator.requests["batchEmbedContents"] == 0
+    assert max(emulator.texts_embedded.values()) == 1 and len(emulator.texts_embedded) == 600
+    cost = qsync.cost("g", db=db).iloc[0]
+    assert cost["batch_mode_texts"] == 600 and cost["tokens"] == emulator.tokens_metered
+    assert cost["cost_usd"] == pytest.approx(emulator.tokens_metered * 0.075 / 1e6, rel=0.01)
+    assert cost["cache_saved_tokens"] == 0  # prefetched vectors are not savings
+    _assert_vectors(tmp_path, records)
+
+
+def test_batch_mode_goes_on_polling_after_a_kill_instead_of_paying_again(
+    tmp_path: Path, emulator: GeminiEmulator
+) -> None:
+    import signal
+    import subprocess
+
+    import duckdb
+    from qsync_testing import qsync_cmd, wait_for
+
+    emulator.batch_job_seconds = 4.0
+    src, db = tmp_path / "b.jsonl", tmp_path / "q.duckdb"
+    records = make_records(300)
+    write_records(src, records)
+    env = qsync_env(GEMINI_API_KEY=SECRET, GOOGLE_GEMINI_BASE_URL=emulator.url, QSYNC_BATCH_POLL_S="0.2")
+    args = ["run", "--source", str(src), "--collection", "c", "--db", str(db), "--job", "b", "--dimensions", "64",
+            "--batch-mode", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(qsync_cmd(*args), env=env)
+
+    def submitted() -> bool:
+        try:
+            with duckdb.connect(str(db), read_only=True) as con:
+                return bool(con.execute("SELECT count(*) FROM remote_jobs").fetchall()[0][0])
+        except duckdb.Error:
+            return False
+
+    wait_for(submitted, timeout=30)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert emulator.requests["asyncBatchEmbedContent"] == 1
+    resumed = run_qsync("resume", "b", "--db", str(db), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert emulator.requests["asyncBatchEmbedContent"] == 1 and emulator.requests["batchEmbedContents"] == 0
+    points = qdrant_points(db.with_suffix(".qdrant"), "c")
+    assert len(points) == 300

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import warnings
 from functools import partial
 from typing import Any
 
@@ -35,6 +36,8 @@ from ..retry import RetryPolicy
 from .base import EmbedResult, Vectors
 
 DEFAULT_MODEL = "gemini-embedding-001"
+# Batch Mode embeddings are marked experimental in the SDK; qsync uses them knowingly.
+warnings.filterwarnings("ignore", message=r"batches\.create_embeddings\(\) is experimental")
 _DELAY = re.compile(r"^([\d.]+)s$")
 _REQUEST_OVERHEAD_BYTES = 256  # JSON around each text in batchEmbedContents
 
@@ -79,6 +82,11 @@ class GeminiEmbedder:
         self.price_per_million_tokens = (
             price_per_million_tokens if price_per_million_tokens is not None else price_per_million(self.model)
         )
+        self.batch_price_per_million_tokens = (
+            price_per_million_tokens / 2
+            if price_per_million_tokens is not None
+            else price_per_million(self.model, batch_mode=True)
+        )
         default_texts, default_tokens = default_limits()
         self.limiter = RateLimiter(texts_per_minute or default_texts, tokens_per_minute or default_tokens, clock=clock)
         self.retry = RetryPolicy(max_attempts=max_attempts, clock=clock)
@@ -113,6 +121,62 @@ class GeminiEmbedder:
             lambda: self._client.models.count_tokens(model=self.model, contents=contents), "countTokens"
         )
         return int(response.total_tokens or 0)
+
+    # -- Batch Mode -----------------------------------------------------------------------------------
+
+    def submit_batch(self, texts: list[str], display_name: str) -> str:
+        """Submit texts as one Batch Mode job (half price, answered within 24 h); return its name."""
+        types = self._types
+        source = types.EmbeddingsBatchJobSource(
+            inlined_requests=types.EmbedContentBatch(
+                contents=list(texts),
+                config=types.EmbedContentConfig(
+                    task_type=self.task_type or None, output_dimensionality=self.dimensions
+                ),
+            )
+        )
+        job = self.retry.call(
+            lambda: self._call(
+                lambda: self._client.batches.create_embeddings(
+                    model=self.model, src=source, config=types.CreateEmbeddingsBatchJobConfig(display_name=display_name)
+                ),
+                "batches.create_embeddings",
+            ),
+            on_retry=self._on_retry,
+        )
+        return str(job.name)
+
+    def poll_batch(self, name: str) -> tuple[str, Vectors | None, str | None]:
+        """(state, vectors once succeeded, error once failed) of a Batch Mode job."""
+        job = self.retry.call(
+            lambda: self._call(lambda: self._client.batches.get(name=name), "batches.get"), on_retry=self._on_retry
+        )
+        state = str(getattr(job.state, "value", job.state) or "")
+        if state.endswith("SUCCEEDED"):
+            responses = (job.dest.inlined_embed_content_responses if job.dest else None) or []
+            rows = []
+            for item in responses:
+                if item.error is not None or item.response is None or item.response.embedding is None:
+                    return "JOB_STATE_FAILED", None, f"an item of {name} failed: {item.error}"
+                rows.append(item.response.embedding.values or [])
+            matrix = np.asarray(rows, dtype=np.float32)
+            if self.dimensions < self.full_dimensions and len(matrix):
+                matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+            return state, matrix, None
+        if state.endswith(("FAILED", "CANCELLED", "EXPIRED")):
+            return state, None, str(job.error or state)
+        return state, None, None
+
+    def count_tokens_many(self, texts: list[str]) -> list[int]:
+        """Per-text token counts via countTokens, in requests of max_batch_texts; estimates if it fails."""
+        counts: list[int] = []
+        for chunk in self._requests(texts):
+            estimates = [estimate_tokens(t) for t in chunk]
+            try:
+                counts.extend(split_tokens(self.count_tokens(chunk), estimates))
+            except QsyncError:
+                counts.extend(estimates)
+        return counts
 
     # -- internals -------------------------------------------------------------------------------------
 
