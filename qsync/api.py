@@ -21,6 +21,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import default_qdrant_path, env_float, resolve_db
 from .embedders.base import Embedder, EmbedderSpec, build_embedder
 from .embedders.gemini import api_key_from_env
+from .enrich import Enricher, EnrichSpec
 from .errors import ConfigError, JobNotFound
 from .events import Listener
 from .lease import lease_is_live
@@ -85,6 +86,7 @@ def create_job(
     source_db: str | None = None,
     max_cost_usd: float | None = None,
     batch_mode: bool = False,
+    enrich: EnrichSpec | dict[str, Any] | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> PlanSummary:
     """Snapshot the source into a new job's manifest. Nothing is embedded yet.
@@ -95,6 +97,9 @@ def create_job(
     spec = EmbedderSpec(default_embedder(embedder), dimensions, dict(embedder_options or {}))
     if batch_mode and spec.kind != "gemini":
         raise ConfigError("Batch Mode is a Gemini feature: use --embedder gemini with --batch-mode")
+    enrich_spec = EnrichSpec.from_dict(enrich) if isinstance(enrich, dict) else enrich
+    if enrich_spec is not None:
+        enrich_spec.check_fields(["text", id_column, *payload_columns])
     built = build_embedder(spec)
     src = as_source(source, database=source_db)
     job_id = job or default_job_name(src, collection)
@@ -104,6 +109,7 @@ def create_job(
         "sink": _sink_spec(db_path, qdrant_path, qdrant_url).to_dict(),
         "max_cost_usd": max_cost_usd,
         "batch_mode": batch_mode,
+        "enrich": enrich_spec.to_dict() if enrich_spec else None,
     }
     return _plan_job(open_store(db_path), job_id, src, columns, built, config, collection, batch_size, clock)
 
@@ -157,7 +163,10 @@ def make_runner(
     settings.max_cost_usd = max_cost_usd if max_cost_usd is not None else config.get("max_cost_usd")
     settings.batch_mode = bool(config.get("batch_mode"))
     settings.batch_mode_poll_s = env_float("QSYNC_BATCH_POLL_S", settings.batch_mode_poll_s)
-    return Runner(store, job, built, sink, settings, listeners, clock)
+    runner = Runner(store, job, built, sink, settings, listeners, clock)
+    if config.get("enrich"):
+        runner.enricher = Enricher(EnrichSpec.from_dict(config["enrich"]), clock)
+    return runner
 
 
 def run(
@@ -212,7 +221,7 @@ _JOBS_SQL = """
            j.batches_total, CAST(coalesce(b.batches_done, 0) AS INTEGER) AS batches_done,
            CAST(coalesce(b.batches_failed, 0) AS INTEGER) AS batches_failed, CAST(coalesce(b.batches_running, 0) AS INTEGER) AS batches_running,
            CAST(coalesce(b.tokens, 0) + coalesce(r.tokens, 0) AS BIGINT) AS tokens,
-           coalesce(b.cost_usd, 0) + coalesce(r.cost_usd, 0) AS cost_usd,
+           coalesce(b.cost_usd, 0) + coalesce(b.enrich_cost_usd, 0) + coalesce(r.cost_usd, 0) AS cost_usd,
            CAST(coalesce(b.saved_tokens, 0) AS BIGINT) AS saved_tokens, CAST(coalesce(b.embedded_texts, 0) AS BIGINT) AS embedded_texts,
            CAST(coalesce(b.cache_hits, 0) AS BIGINT) AS cache_hits,
            j.created_at, j.started_at, j.updated_at, j.finished_at, j.heartbeat_at,
@@ -224,6 +233,7 @@ _JOBS_SQL = """
                count(*) FILTER (WHERE status = 'failed') AS batches_failed,
                count(*) FILTER (WHERE status = 'running') AS batches_running,
                sum(tokens) AS tokens, sum(cost_usd) AS cost_usd, sum(saved_tokens) AS saved_tokens,
+               sum(enrich_cost_usd) AS enrich_cost_usd,
                sum(embedded_texts) AS embedded_texts, sum(cache_hits) AS cache_hits
         FROM batches GROUP BY job_id
     ) b USING (job_id)
@@ -264,7 +274,7 @@ def status(job: str | None = None, *, db: PathLike | None = None, clock: Clock =
 def batches(job: str, *, status: str | None = None, db: PathLike | None = None) -> pd.DataFrame:
     """The job's batches with attempts, last error, records, tokens and cost."""
     sql = """SELECT batch_no, status, records, skipped_records, attempts, last_error, embedded_texts, cache_hits, tokens,
-                    tokens_estimated, saved_tokens, cost_usd, started_at, finished_at, duration_s,
+                    tokens_estimated, saved_tokens, cost_usd, enrich_tokens, enrich_cost_usd, started_at, finished_at, duration_s,
                     first_ordinal, last_ordinal
              FROM batches WHERE job_id = ?"""
     params: list[Any] = [job]

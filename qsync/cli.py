@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the hash embedder sleep per call, standing in for a remote API",
     )
     run.add_argument("--max-cost-usd", type=float, help="pause the job before its embedding cost would pass this")
+    run.add_argument("--enrich-prompt", help="ask a Gemini model about each record first, e.g. 'Summarise: {text}'")
+    run.add_argument("--enrich-model", default="gemini-2.5-flash-lite")
+    run.add_argument("--enrich-field", default="enrichment", help="payload key for the answer")
+    run.add_argument(
+        "--enrich-embed", default="text", choices=["text", "answer", "both"], help="what to embed (default: text)"
+    )
     run.add_argument(
         "--batch-mode",
         action="store_true",
@@ -187,6 +193,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             source_db=args.source_db,
             max_cost_usd=args.max_cost_usd,
             batch_mode=args.batch_mode,
+            enrich=None
+            if not args.enrich_prompt
+            else {
+                "prompt": args.enrich_prompt,
+                "model": args.enrich_model,
+                "field": args.enrich_field,
+                "embed": args.enrich_embed,
+            },
         )
         return _report(result, args.db)
     if command == "resume":

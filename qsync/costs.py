@@ -72,14 +72,17 @@ def cost(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
                     AS BIGINT) AS batch_mode_texts,
                CAST((SELECT coalesce(sum(tokens), 0) FROM remote_jobs WHERE job_id = $1) AS BIGINT)
                     AS batch_mode_tokens,
-               (SELECT coalesce(sum(cost_usd), 0) FROM remote_jobs WHERE job_id = $1) AS batch_mode_cost_usd
+               (SELECT coalesce(sum(cost_usd), 0) FROM remote_jobs WHERE job_id = $1) AS batch_mode_cost_usd,
+               CAST(coalesce(sum(b.enrich_tokens), 0) AS BIGINT) AS enrich_tokens,
+               coalesce(sum(b.enrich_cost_usd), 0) AS enrich_cost_usd
         FROM batches b WHERE b.job_id = $1
         """,
         [job],
     )
-    # Totals include what Batch Mode paid; the columns above it split it out.
+    # Totals include Batch Mode and enrichment; their own columns split them out. `tokens` counts
+    # embedding tokens only (enrichment tokens are priced differently).
     frame["tokens"] = frame["tokens"] + frame["batch_mode_tokens"]
-    frame["cost_usd"] = frame["cost_usd"] + frame["batch_mode_cost_usd"]
+    frame["cost_usd"] = frame["cost_usd"] + frame["batch_mode_cost_usd"] + frame["enrich_cost_usd"]
     frame["price_usd_per_million_tokens"] = price
     frame["cache_saved_usd"] = frame["cache_saved_tokens"] * price / 1e6
     frame["resume_saved_usd"] = frame["resume_saved_tokens"] * price / 1e6

@@ -98,28 +98,7 @@ class Ledger:
                    WHERE job_id = ? AND batch_no = ? ORDER BY ordinal""",
                 [self.job_id, batch_no],
             ).fetchall()
-            keys = sorted({cache_key(embedder, r[2]) for r in records})
-            cached: dict[str, tuple[Vectors, int]] = {}
-            if keys:
-                # A literal IN list lets DuckDB use the primary-key index (a join would scan the cache).
-                placeholders = ", ".join("?" * len(keys))
-                table = arrow_table(
-                    con,
-                    f"SELECT content_hash, CASE WHEN origin = ? THEN 0 ELSE tokens END AS tokens, vector "
-                    f"FROM embeddings WHERE cache_key IN ({placeholders})",
-                    [batch_mode_origin(self.job_id), *keys],
-                )
-                if table.num_rows:
-                    flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                    matrix = np.asarray(flat, dtype=np.float32).reshape(table.num_rows, -1)
-                    for i, (h, tokens) in enumerate(
-                        zip(
-                            table.column("content_hash").to_pylist(),
-                            table.column("tokens").to_pylist(),
-                            strict=True,
-                        )
-                    ):
-                        cached[h] = (matrix[i], int(tokens))
+            cached = self._cached_vectors(con, embedder, [r[2] for r in records])
         return BatchWork(
             batch_no=batch_no,
             attempt=attempt,
@@ -131,6 +110,31 @@ class Ledger:
             payloads=[r[5] for r in records],
             cached=cached,
         )
+
+    def cached_vectors(self, embedder: CacheIdentity, hashes: list[str]) -> dict[str, tuple[Vectors, int]]:
+        with self.store.reading() as con:
+            return self._cached_vectors(con, embedder, hashes)
+
+    def _cached_vectors(self, con: Any, embedder: CacheIdentity, hashes: list[str]) -> dict[str, tuple[Vectors, int]]:
+        """content hash -> (vector, tokens reusing it saves) for the hashes the cache holds."""
+        keys = sorted({cache_key(embedder, h) for h in hashes})
+        if not keys:
+            return {}
+        # A literal IN list lets DuckDB use the primary-key index (a join would scan the whole cache).
+        placeholders = ", ".join("?" * len(keys))
+        table = arrow_table(
+            con,
+            f"SELECT content_hash, CASE WHEN origin = ? THEN 0 ELSE tokens END AS tokens, vector "
+            f"FROM embeddings WHERE cache_key IN ({placeholders})",
+            [batch_mode_origin(self.job_id), *keys],
+        )
+        if not table.num_rows:
+            return {}
+        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        matrix = np.asarray(flat, dtype=np.float32).reshape(table.num_rows, -1)
+        hashes_found = table.column("content_hash").to_pylist()
+        tokens = table.column("tokens").to_pylist()
+        return {h: (matrix[i], int(t)) for i, (h, t) in enumerate(zip(hashes_found, tokens, strict=True))}
 
     def record_embeddings(
         self,
@@ -170,6 +174,32 @@ class Ledger:
                        cost_usd = cost_usd + ?, tokens_estimated = tokens_estimated OR ?
                    WHERE job_id = ? AND batch_no = ?""",
                 [len(hashes), tokens, cost, tokens_estimated, self.job_id, work.batch_no],
+            )
+
+    def cached_generations(self, keys: list[str]) -> dict[str, str]:
+        """Answers already paid for (by any job), by generation key."""
+        if not keys:
+            return {}
+        placeholders = ", ".join("?" * len(keys))
+        rows = self.store.query_rows(
+            f"SELECT cache_key, answer FROM generations WHERE cache_key IN ({placeholders})", list(keys)
+        )
+        return {str(k): str(a) for k, a in rows}
+
+    def record_generation(
+        self, work: BatchWork, key: str, model: str, answer: str, tokens_in: int, tokens_out: int, cost: float
+    ) -> None:
+        """Persist one enrichment answer and its cost the moment it arrives."""
+        with self.store.transaction() as con:
+            self.lease.verify(con)
+            con.execute(
+                "INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [key, model, answer, tokens_in, tokens_out, cost, self.clock.now()],
+            )
+            con.execute(
+                "UPDATE batches SET enrich_tokens = enrich_tokens + ?, enrich_cost_usd = enrich_cost_usd + ? "
+                "WHERE job_id = ? AND batch_no = ?",
+                [tokens_in + tokens_out, cost, self.job_id, work.batch_no],
             )
 
     def complete(

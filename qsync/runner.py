@@ -10,13 +10,16 @@ A SIGKILL at any point leaves each batch either done or unfinished with its paid
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import logging
+import math
 import queue
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +28,7 @@ from . import lease as leases
 from .budget import Budget
 from .clock import SYSTEM_CLOCK, Clock
 from .embedders.base import Embedder
+from .enrich import Enricher, generation_key
 from .errors import (
     InvalidInput,
     LeaseLost,
@@ -123,6 +127,7 @@ class Runner:
         self._lost: BaseException | None = None
         self._halt: BaseException | None = None
         self.budget = Budget(self.settings.max_cost_usd)
+        self.enricher: Enricher | None = None  # set by make_runner when the job enriches
         self._random = random.Random()
 
     def request_stop(self) -> None:
@@ -384,7 +389,8 @@ class Runner:
                 ledger.release(work)
                 outcome.outcome = "released"
                 return outcome
-            vectors, rejected = self._vectors(ledger, work, outcome)
+            refused = self._enrich(ledger, work, outcome) if self.enricher is not None else {}
+            vectors, rejected = self._vectors(ledger, work, outcome, refused)
             if self._stopping():  # paid vectors are cached: releasing now loses nothing
                 ledger.release(work)
                 outcome.outcome = "released"
@@ -421,21 +427,72 @@ class Runner:
             return _Outcome(batch_no, "lost", fatal=exc)
         return outcome
 
-    def _vectors(self, ledger: Ledger, work: BatchWork, outcome: _Outcome) -> tuple[np.ndarray, dict[str, str]]:
+    def _enrich(self, ledger: Ledger, work: BatchWork, outcome: _Outcome) -> dict[str, str]:
+        """Ask the enrichment model about each record (cached answers are free); put the answers into the
+        payloads and, if the job says so, into the texts to embed. Returns records it refused (hash -> why)."""
+        assert self.enricher is not None
+        spec = self.enricher.spec
+        payloads = [_load_payload(p) for p in work.payloads]
+        prompts = [spec.render(t, p) for t, p in zip(work.texts, payloads, strict=True)]
+        keys = [generation_key(spec.model, p) for p in prompts]
+        answers = ledger.cached_generations(sorted(set(keys)))
+        missing = {k: p for k, p in zip(keys, prompts, strict=True) if k not in answers}
+        refused: dict[str, str] = {}
+
+        def generate(key: str, prompt: str) -> str:
+            assert self.enricher is not None
+            estimate = math.ceil(len(prompt.encode("utf-8")) / 4) * self.enricher.price_in / 1e6
+            self.budget.reserve(estimate)
+            try:
+                answer, tokens_in, tokens_out, cost = self.enricher.generate(prompt)
+            except BaseException:
+                self.budget.settle(estimate, 0.0)
+                raise
+            self.budget.settle(estimate, cost)
+            ledger.record_generation(work, key, spec.model, answer, tokens_in, tokens_out, cost)
+            outcome.cost += cost
+            return answer
+
+        if missing:
+            with ThreadPoolExecutor(max_workers=min(8, len(missing)), thread_name_prefix="qsync-enrich") as pool:
+                futures = {pool.submit(generate, k, p): k for k, p in missing.items()}
+                for future in as_completed(futures):
+                    try:
+                        answers[futures[future]] = future.result()
+                    except InvalidInput as exc:
+                        refused[futures[future]] = f"refused by the enrichment model: {exc}"
+        for i, key in enumerate(keys):
+            if key in refused:
+                refused[work.hashes[i]] = refused[key]
+                continue
+            payloads[i][spec.field] = answers[key]
+            work.payloads[i] = json.dumps(payloads[i])
+            text = spec.text_to_embed(work.texts[i], answers[key])
+            if text != work.texts[i]:
+                work.texts[i] = text
+                work.hashes[i] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+                work.token_estimates[i] = math.ceil(len(text.encode("utf-8")) / 4)
+        return {h: why for h, why in refused.items() if h in set(work.hashes)}
+
+    def _vectors(
+        self, ledger: Ledger, work: BatchWork, outcome: _Outcome, refused: dict[str, str] | None = None
+    ) -> tuple[np.ndarray, dict[str, str]]:
         """Vectors for every record of the batch, and the texts the API refused (hash -> reason).
 
         Cached vectors are free; the rest are embedded and persisted call by call, before anything else
         can fail. A request refused for its content is split in halves until the refused text is alone.
         """
         dims = self.embedder.dimensions
+        if self.enricher is not None:  # the texts changed after claim looked the cache up
+            work.cached = ledger.cached_vectors(self.embedder, work.hashes)
         by_hash = {h: v for h, (v, _) in work.cached.items()}
         missing: dict[str, tuple[str, int]] = {}
+        rejected: dict[str, str] = dict(refused or {})
         for h, text, estimate in zip(work.hashes, work.texts, work.token_estimates, strict=True):
-            if h not in by_hash:
+            if h not in by_hash and h not in rejected:
                 missing.setdefault(h, (text, estimate))
         outcome.cache_hits = len(set(work.hashes)) - len(missing)
         outcome.saved_tokens = sum(t for _, t in work.cached.values())
-        rejected: dict[str, str] = {}
         pending = [list(missing)] if missing else []
         while pending:
             hashes = pending.pop()

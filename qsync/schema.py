@@ -8,7 +8,7 @@ table as delete + insert and the tables are small, so a scan is both correct and
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _V1 = """
 CREATE TABLE qsync_schema (version INTEGER NOT NULL);
@@ -130,5 +130,21 @@ CREATE TABLE remote_jobs (
 ALTER TABLE embeddings ADD COLUMN origin VARCHAR;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+# v4: enrichment with generateContent. Answers are cached like vectors (never paid twice); batches
+# carry the tokens and cost of their answers.
+_V4 = """
+CREATE TABLE generations (
+    cache_key     VARCHAR PRIMARY KEY,    -- model|sha256(prompt)
+    model         VARCHAR NOT NULL,
+    answer        VARCHAR NOT NULL,
+    input_tokens  INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd      DOUBLE NOT NULL,
+    created_at    TIMESTAMP NOT NULL
+);
+ALTER TABLE batches ADD COLUMN enrich_tokens BIGINT DEFAULT 0;
+ALTER TABLE batches ADD COLUMN enrich_cost_usd DOUBLE DEFAULT 0;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 assert len(MIGRATIONS) == SCHEMA_VERSION

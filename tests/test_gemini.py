@@ -286,3 +286,52 @@ def test_batch_mode_goes_on_polling_after_a_kill_instead_of_paying_again(
     assert emulator.requests["asyncBatchEmbedContent"] == 1 and emulator.requests["batchEmbedContents"] == 0
     points = qdrant_points(db.with_suffix(".qdrant"), "c")
     assert len(points) == 300
+
+
+def test_enrichment_answers_go_to_the_payload_are_embedded_and_never_paid_twice(
+    tmp_path: Path, emulator: GeminiEmulator
+) -> None:
+    from qsync.emulator import _TOKEN
+
+    records = make_records(120)
+    src, db = tmp_path / "e.jsonl", tmp_path / "q.duckdb"
+    write_records(src, records)
+    prompt = "Summarise record {id} briefly: {text}"
+    qsync.create_job(
+        src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64, batch_size=50,
+        payload_columns=["n"], embedder_options={"texts_per_minute": 10**7},
+        enrich={"prompt": prompt, "field": "summary", "embed": "answer"},
+    )  # fmt: skip
+    assert _run(db).ok
+    assert emulator.requests["generated"] == 120
+
+    def answer(r: dict[str, Any]) -> str:  # what the emulator answers: the prompt's last 12 tokens
+        return " ".join(_TOKEN.findall(prompt.format(id=r["id"], text=r["text"]))[-12:])
+
+    client = _local_client(str(tmp_path / "qdrant"))
+    points, _ = client.scroll("c", limit=1000, with_vectors=True, with_payload=True)
+    by_id = {p.payload["id"]: p for p in points if p.payload}
+    for r in records:
+        point = by_id[r["id"]]
+        assert point.payload is not None and point.payload["summary"] == answer(r)
+        expected = emulated_vector(MODEL, answer(r), 64)
+        np.testing.assert_allclose(point.vector, expected / np.linalg.norm(expected), atol=1e-5)
+    cost = qsync.cost("g", db=db).iloc[0]
+    assert cost["enrich_tokens"] > 0 and cost["enrich_cost_usd"] > 0
+    assert cost["cost_usd"] == pytest.approx(cost["enrich_cost_usd"] + cost["tokens"] * 0.15 / 1e6)
+
+    # A second job with the same prompt reuses every answer and every vector.
+    qsync.create_job(
+        src, collection="c2", job="again", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64, payload_columns=["n"],
+        enrich={"prompt": prompt, "field": "summary", "embed": "answer"},
+    )  # fmt: skip
+    assert _run(db, "again").ok
+    assert emulator.requests["generated"] == 120 and max(emulator.texts_embedded.values()) == 1
+
+
+def test_an_enrichment_prompt_over_unknown_columns_is_refused_at_plan_time(tmp_path: Path) -> None:
+    src = tmp_path / "e.jsonl"
+    write_records(src, make_records(3))
+    with pytest.raises(qsync.ConfigError, match="uses title, which the job does not keep"):
+        qsync.create_job(src, collection="c", db=tmp_path / "q.duckdb", embedder="hash",
+                         enrich={"prompt": "Classify {title}: {text}"})  # fmt: skip

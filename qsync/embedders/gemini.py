@@ -50,6 +50,69 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text.encode("utf-8")) / 4))
 
 
+class GeminiClient:
+    """The google-genai client with qsync's boundary: SDK retries off, errors converted, the key scrubbed."""
+
+    def __init__(self, timeout_s: float = 60.0, model: str = DEFAULT_MODEL) -> None:
+        from google import genai
+        from google.genai import types
+
+        key = api_key_from_env()
+        if not key:
+            raise ConfigError("Gemini needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")
+        self.model = model.removeprefix("models/")
+        self.types = types
+        self._secret = key
+        # Retries are ours (attempts=1 turns the SDK's off); the timeout is per HTTP call, in ms.
+        self.client = genai.Client(
+            api_key=key,
+            http_options=types.HttpOptions(
+                timeout=int(timeout_s * 1000), retry_options=types.HttpRetryOptions(attempts=1)
+            ),
+        )
+
+    def call(self, fn: Any, what: str) -> Any:
+        from google.genai import errors as genai_errors
+
+        try:
+            return fn()
+        except genai_errors.APIError as exc:
+            raise self._convert_api_error(exc, what) from None
+        except Exception as exc:  # httpx timeouts and dropped connections, and anything else from the wire
+            name = type(exc).__name__
+            if any(k in name for k in ("Timeout", "Connect", "Protocol", "Network", "ReadError", "WriteError")):
+                raise TransientError(f"Gemini {what}: {name}: {self.scrub(str(exc))}") from None
+            raise
+
+    def _convert_api_error(self, exc: Any, what: str) -> QsyncError:
+        code = int(getattr(exc, "code", 0) or 0)
+        status = str(getattr(exc, "status", "") or "")
+        message = self.scrub(str(getattr(exc, "message", "") or exc))
+        details = _details(exc)
+        text = f"Gemini {what} answered {code} {status}: {message}"
+        if code == 429:
+            quota_ids = [v.get("quotaId", "") for d in details for v in d.get("violations", []) or []]
+            if any("PerDay" in q for q in quota_ids):
+                return PauseJob(
+                    f"the Gemini per-day quota is used up ({', '.join(quota_ids)}); the job is paused — "
+                    "resume it once the quota resets (midnight Pacific time) or with another project's key"
+                )
+            return RateLimited(text, _retry_delay(details))
+        reasons = {d.get("reason") for d in details}
+        if "API_KEY_INVALID" in reasons or code in (401, 403) or status in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            return StopJob(f"Gemini refused the API key ({message}); set a valid GEMINI_API_KEY and resume the job")
+        if code == 404:
+            return StopJob(f"Gemini does not know model {self.model!r} ({message})")
+        if code == 408 or code >= 500:
+            return TransientError(text, _retry_delay(details))
+        if code == 400:
+            return InvalidInput(text)
+        return PermanentError(text)
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+
 class GeminiEmbedder:
     task_type: str
 
@@ -65,12 +128,7 @@ class GeminiEmbedder:
         max_attempts: int = 8,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        from google import genai
-        from google.genai import types
-
-        key = api_key_from_env()
-        if not key:
-            raise ConfigError("the Gemini embedder needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")
+        self.api = GeminiClient(timeout_s=timeout_s, model=model)
         info = model_info(model)
         self.model = model.removeprefix("models/")
         self.dimensions = dimensions or 768
@@ -90,15 +148,8 @@ class GeminiEmbedder:
         default_texts, default_tokens = default_limits()
         self.limiter = RateLimiter(texts_per_minute or default_texts, tokens_per_minute or default_tokens, clock=clock)
         self.retry = RetryPolicy(max_attempts=max_attempts, clock=clock)
-        self._secret = key
-        self._types = types
-        # Retries are ours (attempts=1 turns the SDK's off); the timeout is per HTTP call, in ms.
-        self._client = genai.Client(
-            api_key=key,
-            http_options=types.HttpOptions(
-                timeout=int(timeout_s * 1000), retry_options=types.HttpRetryOptions(attempts=1)
-            ),
-        )
+        self._types = self.api.types
+        self._client = self.api.client
 
     # -- Embedder interface --------------------------------------------------------------------------
 
@@ -229,45 +280,7 @@ class GeminiEmbedder:
             self.limiter.throttle(exc.retry_after_s)
 
     def _call(self, fn: Any, what: str) -> Any:
-        from google.genai import errors as genai_errors
-
-        try:
-            return fn()
-        except genai_errors.APIError as exc:
-            raise self._convert_api_error(exc, what) from None
-        except Exception as exc:  # httpx timeouts and dropped connections, and anything else from the wire
-            name = type(exc).__name__
-            if any(k in name for k in ("Timeout", "Connect", "Protocol", "Network", "ReadError", "WriteError")):
-                raise TransientError(f"Gemini {what}: {name}: {self._scrub(str(exc))}") from None
-            raise
-
-    def _convert_api_error(self, exc: Any, what: str) -> QsyncError:
-        code = int(getattr(exc, "code", 0) or 0)
-        status = str(getattr(exc, "status", "") or "")
-        message = self._scrub(str(getattr(exc, "message", "") or exc))
-        details = _details(exc)
-        text = f"Gemini {what} answered {code} {status}: {message}"
-        if code == 429:
-            quota_ids = [v.get("quotaId", "") for d in details for v in d.get("violations", []) or []]
-            if any("PerDay" in q for q in quota_ids):
-                return PauseJob(
-                    f"the Gemini per-day quota is used up ({', '.join(quota_ids)}); the job is paused — "
-                    "resume it once the quota resets (midnight Pacific time) or with another project's key"
-                )
-            return RateLimited(text, _retry_delay(details))
-        reasons = {d.get("reason") for d in details}
-        if "API_KEY_INVALID" in reasons or code in (401, 403) or status in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-            return StopJob(f"Gemini refused the API key ({message}); set a valid GEMINI_API_KEY and resume the job")
-        if code == 404:
-            return StopJob(f"Gemini does not know model {self.model!r} ({message})")
-        if code == 408 or code >= 500:
-            return TransientError(text, _retry_delay(details))
-        if code == 400:
-            return InvalidInput(text)
-        return PermanentError(text)
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return self.api.call(fn, what)
 
 
 def _details(exc: Any) -> list[dict[str, Any]]:
