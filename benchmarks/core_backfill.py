@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 import qsync
+from qsync import runner as runner_module
 from qsync.events import BatchFinished, Event, JobStarted
 from qsync.ledger import Ledger
 
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--dimensions", type=int, default=768)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--dir", help="work folder (default: a temporary one)")
+    parser.add_argument("--qdrant-path", help="Qdrant location (default: a folder beside the DuckDB file; :memory:)")
     args = parser.parse_args()
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="qsync-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +81,8 @@ def main() -> None:
     command = [
         sys.executable, "-m", "qsync", "run", "--source", str(src), "--collection", "bench", "--db", str(db),
         "--job", "bench", "--dimensions", str(args.dimensions), "--concurrency", str(args.concurrency),
-        "--payload-columns", "pos", "--quiet",
+        "--payload-columns", "pos", "--quiet", "--embedder", "hash",
+        *(["--qdrant-path", args.qdrant_path] if args.qdrant_path else []),
     ]  # fmt: skip
     started = time.perf_counter()
     worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -108,8 +111,12 @@ def main() -> None:
     )
 
     timings: dict[str, list[float]] = defaultdict(list)
-    for name in ("claim", "record_embeddings", "complete"):
+    for name in ("claim", "record_embeddings", "complete", "runnable_batches"):
         setattr(Ledger, name, timed(timings, name, getattr(Ledger, name)))
+    runner_module.leases.acquire = timed(timings, "acquire", runner_module.leases.acquire)
+    runner_module.QdrantSink.ensure_collection = timed(
+        timings, "open_qdrant", runner_module.QdrantSink.ensure_collection
+    )
     marks: dict[str, float] = {}
 
     def listener(event: Event) -> None:
@@ -119,21 +126,28 @@ def main() -> None:
             marks["first_batch"] = time.perf_counter()
 
     t_resume = time.perf_counter()
-    result = qsync.run_job("bench", db=db, concurrency=args.concurrency, listeners=[listener])
+    result = qsync.run_job(
+        "bench", db=db, concurrency=args.concurrency, listeners=[listener], qdrant_path=args.qdrant_path
+    )
     resume_s = time.perf_counter() - t_resume
     after = qsync.status("bench", db=db)
     resumed_records = after["processed_records"] - before["processed_records"]
     batches = len(timings["complete"])
+    find_place = {k: round(sum(timings.pop(k)), 3) for k in ("acquire", "runnable_batches", "open_qdrant")}
     per_batch = {k: 1000 * sum(v) / max(1, len(v)) for k, v in timings.items()}
     checkpoint_ms = sum(per_batch.values())
     report = {
         "records": args.records,
         "dimensions": args.dimensions,
         "concurrency": args.concurrency,
+        "qdrant": args.qdrant_path or "local folder",
         "status": result.status,
         "first_run_records_per_s": round(first_rate),
         "killed_at_records": before["processed_records"],
-        "resume_find_place_s": round(marks["found_place"] - t_resume, 3),
+        "resume_ledger_find_place_s": round(find_place["acquire"] + find_place["runnable_batches"], 3),
+        "resume_ledger_steps_s": {k: v for k, v in find_place.items() if k != "open_qdrant"},
+        "resume_open_local_qdrant_s": find_place["open_qdrant"],
+        "resume_until_started_s": round(marks["found_place"] - t_resume, 3),
         "resume_first_batch_done_s": round(marks["first_batch"] - t_resume, 3),
         "resume_records": resumed_records,
         "resume_records_per_s": round(resumed_records / resume_s),

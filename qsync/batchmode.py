@@ -15,14 +15,13 @@ import uuid
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from .budget import Budget
 from .clock import Clock
 from .embedders.gemini import estimate_tokens
 from .errors import PermanentError
 from .lease import Lease
-from .ledger import batch_mode_origin, cache_key
+from .ledger import batch_mode_origin, cache_key, insert_vectors
 from .store import Store
 
 log = logging.getLogger("qsync")
@@ -135,28 +134,10 @@ class BatchModePrefetcher:
 
     def _ingest(self, name: str, hashes: list[str], vectors: np.ndarray, tokens: list[int]) -> None:
         now = self.clock.now()
-        e = self.embedder
-        table = pa.table(
-            {
-                "cache_key": [cache_key(e, h) for h in hashes],
-                "model": [e.model] * len(hashes),
-                "dimensions": pa.array([e.dimensions] * len(hashes), pa.int32()),
-                "task_type": [e.task_type] * len(hashes),
-                "content_hash": hashes,
-                "tokens": pa.array(tokens, pa.int32()),
-                "vector": pa.array(list(vectors.astype(np.float32)), pa.list_(pa.float32())),
-                "created_at": pa.array([now] * len(hashes), pa.timestamp("us")),
-                "origin": [batch_mode_origin(self.job_id)] * len(hashes),
-            }
-        )
         total = int(sum(tokens))
         with self.store.transaction() as con:
             self.lease.verify(con)
-            con.register("__qsync_batch_vectors", table)
-            try:
-                con.execute("INSERT INTO embeddings SELECT * FROM __qsync_batch_vectors ON CONFLICT DO NOTHING")
-            finally:
-                con.unregister("__qsync_batch_vectors")
+            insert_vectors(con, self.embedder, hashes, vectors, tokens, now, batch_mode_origin(self.job_id))
             con.execute(
                 "UPDATE remote_jobs SET state = 'ingested', tokens = ?, cost_usd = ?, finished_at = ? "
                 "WHERE job_id = ? AND name = ?",

@@ -59,7 +59,7 @@ def run_demo(directory: str, source: str | None, kill_at: float) -> int:
     command = [
         sys.executable, "-m", "qsync", "run", "--source", str(sample), "--collection", COLLECTION,
         "--payload-columns", "lemmas,pos", "--db", str(db), "--job", JOB, "--concurrency", "2",
-        "--simulate-latency", str(LATENCY_S), "--quiet",
+        "--simulate-latency", str(LATENCY_S), "--quiet", "--embedder", "hash",  # offline even with a key set
     ]  # fmt: skip
     with log_path.open("w") as log:
         worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

@@ -183,7 +183,7 @@ class GeminiEmulator:
         model = resource.removeprefix("models/")
         if verb in ("batchEmbedContents", "embedContent"):
             requests = body.get("requests") if verb == "batchEmbedContents" else [body]
-            return self._send(handler, *self._embed(model, requests or []))
+            return self._send(handler, *self._embed(model, requests or [], single=verb == "embedContent"))
         if verb == "countTokens":
             texts = [p.get("text", "") for c in body.get("contents", []) for p in c.get("parts", [])]
             return self._send(handler, 200, {"totalTokens": sum(count_tokens(t) for t in texts)})
@@ -195,7 +195,7 @@ class GeminiEmulator:
             return self._send(handler, *self._get_batch(resource))
         return self._send(handler, 404, _error(404, "NOT_FOUND", f"no such method {verb}"))
 
-    def _embed(self, model: str, requests: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    def _embed(self, model: str, requests: list[dict[str, Any]], single: bool = False) -> tuple[int, dict[str, Any]]:
         if len(requests) > MAX_TEXTS_PER_REQUEST:
             return 400, _error(400, "INVALID_ARGUMENT", "* BatchEmbedContentsRequest.requests: at most 100 requests")
         texts = ["".join(p.get("text", "") for p in r.get("content", {}).get("parts", [])) for r in requests]
@@ -217,7 +217,8 @@ class GeminiEmulator:
         with self._lock:
             self.texts_embedded.update(texts)
             self.tokens_metered += tokens
-        answer: dict[str, Any] = {"embeddings": embeddings}
+        # embedContent answers one `embedding`; batchEmbedContents a list of `embeddings`.
+        answer: dict[str, Any] = {"embedding": embeddings[0]} if single else {"embeddings": embeddings}
         if self.usage_metadata:
             answer["usageMetadata"] = {"promptTokenCount": tokens, "totalTokenCount": tokens}
         return 200, answer

@@ -40,6 +40,36 @@ def cache_key(embedder: CacheIdentity, content_hash: str) -> str:
     return f"{embedder.model}|{embedder.dimensions}|{embedder.task_type}|{content_hash}"
 
 
+def insert_vectors(
+    con: Any,
+    embedder: CacheIdentity,
+    hashes: list[str],
+    vectors: Vectors,
+    tokens: list[int],
+    now: Any,
+    origin: str | None,
+) -> None:
+    """Add vectors to the embedding cache (inside the caller's transaction); existing keys are kept."""
+    table = pa.table(
+        {
+            "cache_key": [cache_key(embedder, h) for h in hashes],
+            "model": [embedder.model] * len(hashes),
+            "dimensions": pa.array([embedder.dimensions] * len(hashes), pa.int32()),
+            "task_type": [embedder.task_type] * len(hashes),
+            "content_hash": hashes,
+            "tokens": pa.array(tokens, pa.int32()),
+            "vector": pa.array(list(vectors.astype(np.float32)), pa.list_(pa.float32())),
+            "created_at": pa.array([now] * len(hashes), pa.timestamp("us")),
+            "origin": pa.array([origin] * len(hashes), pa.string()),
+        }
+    )
+    con.register("__qsync_new_vectors", table)
+    try:
+        con.execute("INSERT INTO embeddings SELECT * FROM __qsync_new_vectors ON CONFLICT DO NOTHING")
+    finally:
+        con.unregister("__qsync_new_vectors")
+
+
 def batch_mode_origin(job_id: str) -> str:
     """The `origin` of vectors a job prefetched in Batch Mode: paid once, at the batch price."""
     return f"batch-mode:{job_id}"
@@ -147,28 +177,11 @@ class Ledger:
     ) -> None:
         """Persist freshly paid-for vectors and their cost. Called before the upsert."""
         now = self.clock.now()
-        table = pa.table(
-            {
-                "cache_key": [cache_key(embedder, h) for h in hashes],
-                "model": [embedder.model] * len(hashes),
-                "dimensions": pa.array([embedder.dimensions] * len(hashes), pa.int32()),
-                "task_type": [embedder.task_type] * len(hashes),
-                "content_hash": hashes,
-                "tokens": pa.array(tokens_per_text, pa.int32()),
-                "vector": pa.array(list(vectors.astype(np.float32)), pa.list_(pa.float32())),
-                "created_at": pa.array([now] * len(hashes), pa.timestamp("us")),
-                "origin": pa.array([None] * len(hashes), pa.string()),
-            }
-        )
         tokens = int(sum(tokens_per_text))
         cost = tokens * embedder.price_per_million_tokens / 1_000_000
         with self.store.transaction() as con:
             self.lease.verify(con)
-            con.register("__qsync_new_vectors", table)
-            try:
-                con.execute("INSERT INTO embeddings SELECT * FROM __qsync_new_vectors ON CONFLICT DO NOTHING")
-            finally:
-                con.unregister("__qsync_new_vectors")
+            insert_vectors(con, embedder, hashes, vectors, tokens_per_text, now, origin=None)
             con.execute(
                 """UPDATE batches SET embedded_texts = embedded_texts + ?, tokens = tokens + ?,
                        cost_usd = cost_usd + ?, tokens_estimated = tokens_estimated OR ?

@@ -38,6 +38,9 @@ class ProgressBar:
             )
             self._shown = event.done_records
         elif isinstance(event, Progress) and self._bar is not None:
+            total = event.total_records - event.skipped_records  # the embedder may refuse a record
+            if total != self._bar.total:
+                self._bar.total = total
             self._bar.update(event.done_records - self._shown)
             self._shown = event.done_records
             self._bar.set_postfix(

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import queue
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -41,6 +40,7 @@ from .errors import (
 )
 from .events import BatchFinished, JobFinished, JobStarted, Listener, Notice, Progress, emit
 from .ledger import BatchWork, Ledger
+from .retry import RetryPolicy
 from .sink import QdrantSink
 from .store import Store
 
@@ -128,7 +128,7 @@ class Runner:
         self._halt: BaseException | None = None
         self.budget = Budget(self.settings.max_cost_usd)
         self.enricher: Enricher | None = None  # set by make_runner when the job enriches
-        self._random = random.Random()
+        self._retry = RetryPolicy(base_s=self.settings.retry_base_s, max_s=self.settings.retry_max_s, clock=clock)
 
     def request_stop(self) -> None:
         """Pause after the batches in flight (within one embed call). Safe from any thread."""
@@ -218,7 +218,7 @@ class Runner:
                     elif outcome.outcome == "failed":
                         totals.failed.add(outcome.batch_no)
                         if outcome.transient and attempts[outcome.batch_no] < self.settings.max_attempts:
-                            delay = self._backoff(attempts[outcome.batch_no], outcome.retry_after_s)
+                            delay = self._retry.delay(attempts[outcome.batch_no], outcome.retry_after_s)
                             heapq.heappush(ready, (self.clock.monotonic() + delay, outcome.batch_no))
                     emit(
                         self.listeners,
@@ -311,12 +311,6 @@ class Runner:
             f"{len(totals.failed)} batches failed after {self.settings.max_attempts} attempts (last error: {last}); "
             f"`qsync batches {self.job_id} --status failed` lists them, `qsync resume {self.job_id}` retries them"
         )
-
-    def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
-        if retry_after_s is not None:
-            return retry_after_s
-        ceiling = min(self.settings.retry_max_s, self.settings.retry_base_s * float(2 ** (attempt - 1)))
-        return ceiling * (0.5 + self._random.random() / 2)  # jitter: concurrent retries spread out
 
     def _progress(self, totals: _Totals, run_records: int, started: float) -> Progress:
         return Progress(

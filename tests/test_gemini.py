@@ -335,3 +335,37 @@ def test_an_enrichment_prompt_over_unknown_columns_is_refused_at_plan_time(tmp_p
     with pytest.raises(qsync.ConfigError, match="uses title, which the job does not keep"):
         qsync.create_job(src, collection="c", db=tmp_path / "q.duckdb", embedder="hash",
                          enrich={"prompt": "Classify {title}: {text}"})  # fmt: skip
+
+
+def test_a_text_the_plan_let_through_but_the_api_finds_too_long_is_skipped(
+    tmp_path: Path, emulator: GeminiEmulator
+) -> None:
+    records = make_records(60)
+    records[10]["text"] = "a " * 2100  # ~1,050 tokens by qsync's estimate, 2,100 by the API's count
+    src, db = tmp_path / "long.jsonl", tmp_path / "q.duckdb"
+    write_records(src, records)
+    qsync.create_job(
+        src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64,
+        embedder_options={"texts_per_minute": 10**7},
+    )  # fmt: skip
+    assert _run(db).ok
+    skipped = qsync.skipped("g", db=db)
+    assert list(skipped.record_id) == ["r10"]
+    assert "input token count is 2100 but the model supports up to 2048" in skipped.reason.iloc[0]
+    assert qsync.status("g", db=db)["processed_records"] == 59
+
+
+def test_the_emulator_refuses_oversized_requests_like_the_api(emulator: GeminiEmulator) -> None:
+    import httpx
+
+    url = f"{emulator.url}/v1/models/{MODEL}:batchEmbedContents"
+    headers = {"x-goog-api-key": SECRET}
+    one = {"model": f"models/{MODEL}", "content": {"parts": [{"text": "hello"}]}}
+    too_many = httpx.post(url, json={"requests": [one] * 101}, headers=headers)
+    assert too_many.status_code == 400 and "at most 100" in too_many.json()["error"]["message"]
+    huge = {"model": f"models/{MODEL}", "content": {"parts": [{"text": "x" * (5 * 1024 * 1024)}]}}
+    too_big = httpx.post(url, json={"requests": [huge]}, headers=headers)
+    assert too_big.status_code == 400 and "payload size" in too_big.json()["error"]["message"]
+    ok = httpx.post(url.replace("/v1/", "/v1beta/").replace("batchEmbedContents", "embedContent"), json=one,
+                    headers=headers)  # fmt: skip
+    assert ok.status_code == 200 and len(ok.json()["embedding"]["values"]) == 3072

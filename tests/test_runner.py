@@ -7,7 +7,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from qsync_testing import make_records, wait_for, write_records
 
@@ -171,17 +170,6 @@ def test_a_second_runner_in_the_same_process_is_refused(tmp_path: Path) -> None:
     finally:
         first.request_stop()
         thread.join(timeout=10)
-
-
-def test_backoff_honours_retry_after_and_grows_with_jitter() -> None:
-    runner = Runner.__new__(Runner)
-    runner.settings = RunSettings(retry_base_s=1.0, retry_max_s=8.0)
-    runner._random = np.random.default_rng(1)  # type: ignore[assignment]
-    assert runner._backoff(3, 15.0) == 15.0
-    delays = [runner._backoff(n, None) for n in (1, 2, 3, 4, 5, 6)]
-    for n, d in zip((1, 2, 3, 4, 5, 6), delays, strict=True):
-        ceiling = min(8.0, 2 ** (n - 1))
-        assert ceiling / 2 <= d <= ceiling
 
 
 def test_listeners_see_start_progress_and_finish(tmp_path: Path) -> None:
