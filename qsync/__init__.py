@@ -30,6 +30,7 @@ from .events import BatchFinished, JobFinished, JobStarted, Notice, Progress
 from .runner import RunResult, RunSettings
 from .sink import POINT_ID_NAMESPACE, point_id
 from .sources import Columns, DataFrameSource, FileSource, SqlSource
+from .verification import VerifyReport, verify
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,7 @@ __all__ = [
     "StoreError",
     "StoreLocked",
     "TransientError",
+    "VerifyReport",
     "batch_records",
     "batches",
     "cancel",
@@ -73,4 +75,5 @@ __all__ = [
     "run_job",
     "skipped",
     "status",
+    "verify",
 ]

@@ -28,7 +28,7 @@ from .lease import lease_is_live
 from .plan import PlanSummary
 from .plan import create_job as _plan_job
 from .runner import Runner, RunResult, RunSettings
-from .sink import QdrantSink, SinkSpec
+from .sink import CollectionOptions, QdrantSink, SinkSpec
 from .sources import Columns, Source, as_source
 from .store import Store, first_row, open_store
 
@@ -87,6 +87,13 @@ def create_job(
     max_cost_usd: float | None = None,
     batch_mode: bool = False,
     enrich: EnrichSpec | dict[str, Any] | None = None,
+    distance: str = "cosine",
+    on_disk: bool = False,
+    payload_indexes: Sequence[str] = (),
+    vector_name: str | None = None,
+    extra_vectors: Sequence[str] = (),
+    incremental: bool = True,
+    delete_missing: bool = False,
     clock: Clock = SYSTEM_CLOCK,
 ) -> PlanSummary:
     """Snapshot the source into a new job's manifest. Nothing is embedded yet.
@@ -103,15 +110,34 @@ def create_job(
     built = build_embedder(spec)
     src = as_source(source, database=source_db)
     job_id = job or default_job_name(src, collection)
+    sink_spec = _sink_spec(db_path, qdrant_path, qdrant_url)
+    options = CollectionOptions(distance, on_disk, tuple(payload_indexes), vector_name, tuple(extra_vectors))
+    target = QdrantSink(sink_spec, collection, built.dimensions, options).target
+    signature = embedder_signature(built, enrich_spec)
     config = {
         "columns": columns.to_dict(),
         "embedder": EmbedderSpec(spec.kind, built.dimensions, spec.options).to_dict(),
-        "sink": _sink_spec(db_path, qdrant_path, qdrant_url).to_dict(),
+        "sink": sink_spec.to_dict(),
+        "collection_options": options.to_dict(),
+        "target": target,
+        "embedder_signature": signature,
+        "delete_missing": delete_missing,
         "max_cost_usd": max_cost_usd,
         "batch_mode": batch_mode,
         "enrich": enrich_spec.to_dict() if enrich_spec else None,
     }
-    return _plan_job(open_store(db_path), job_id, src, columns, built, config, collection, batch_size, clock)
+    return _plan_job(
+        open_store(db_path), job_id, src, columns, built, config, collection, batch_size, clock,
+        target=target, embedder_signature=signature, incremental=incremental, delete_missing=delete_missing,
+    )  # fmt: skip
+
+
+def embedder_signature(embedder: Embedder, enrich: EnrichSpec | None) -> str:
+    """What must match for a record's point to count as unchanged: the model, its output, the enrichment."""
+    signature = f"{embedder.model}|{embedder.dimensions}|{embedder.task_type}"
+    if enrich is not None:
+        signature += "|enrich:" + hashlib.sha256(json.dumps(enrich.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    return signature
 
 
 def run_job(
@@ -158,12 +184,15 @@ def make_runner(
     built = embedder or build_embedder(EmbedderSpec.from_dict(config["embedder"]))
     stored_sink = SinkSpec.from_dict(config["sink"])
     sink_spec = _sink_spec(db_path, qdrant_path, qdrant_url) if (qdrant_path or qdrant_url) else stored_sink
-    sink = QdrantSink(sink_spec, row["collection"], built.dimensions)
+    options = CollectionOptions.from_dict(config.get("collection_options"))
+    sink = QdrantSink(sink_spec, row["collection"], built.dimensions, options)
     settings = settings or default_settings(concurrency)
     settings.max_cost_usd = max_cost_usd if max_cost_usd is not None else config.get("max_cost_usd")
     settings.batch_mode = bool(config.get("batch_mode"))
     settings.batch_mode_poll_s = env_float("QSYNC_BATCH_POLL_S", settings.batch_mode_poll_s)
     runner = Runner(store, job, built, sink, settings, listeners, clock)
+    runner.target = config.get("target", sink.target)
+    runner.embedder_signature = config.get("embedder_signature", runner.embedder_signature)
     if config.get("enrich"):
         runner.enricher = Enricher(EnrichSpec.from_dict(config["enrich"]), clock)
     return runner
@@ -180,17 +209,33 @@ def run(
     settings: RunSettings | None = None,
     **plan_options: Any,
 ) -> RunResult:
-    """Create the job if it does not exist, then run or resume it: what `qsync run` does."""
+    """What `qsync run` does: resume the job of that name if it is unfinished; otherwise plan a new one.
+
+    Re-running a completed backfill is a re-sync: the new job (NAME#2, NAME#3, ...) embeds and writes only
+    records that are new or whose text changed, and with delete_missing=True removes records that left."""
     job_id = job or default_job_name(as_source(source, database=plan_options.get("source_db")), collection)
-    existing = _find_job(open_store(resolve_db(db)), job_id)
+    store = open_store(resolve_db(db))
+    existing = _find_job(store, job_id)
+    if existing is not None and existing["status"] in ("completed", "cancelled"):
+        job_id = _next_name(store, job_id)
+        existing = None
     if existing is None:
         create_job(source, collection=collection, db=db, job=job_id, **plan_options)
-    elif existing["status"] == "completed":
-        return RunResult(job_id, "completed", "already completed; nothing to do", 0, 0.0)
     return run_job(
         job_id, db=db, concurrency=concurrency, listeners=listeners, settings=settings,
         max_cost_usd=plan_options.get("max_cost_usd"),
     )  # fmt: skip
+
+
+def _next_name(store: Store, base: str) -> str:
+    base = base.split("#", 1)[0]
+    names = {
+        r[0] for r in store.query_rows("SELECT job_id FROM jobs WHERE job_id = ? OR job_id LIKE ?", [base, base + "#%"])
+    }
+    n = 2
+    while f"{base}#{n}" in names:
+        n += 1
+    return f"{base}#{n}"
 
 
 def cancel(job: str, *, db: PathLike | None = None, clock: Clock = SYSTEM_CLOCK) -> str:
@@ -218,6 +263,8 @@ def cancel(job: str, *, db: PathLike | None = None, clock: Clock = SYSTEM_CLOCK)
 _JOBS_SQL = """
     SELECT j.job_id AS job, j.status, j.message, j.collection, j.source, j.total_records,
            CAST(coalesce(b.processed_records, 0) AS BIGINT) AS processed_records, j.skipped_records,
+           coalesce(j.unchanged_records, 0) AS unchanged_records,
+           (SELECT count(*) FROM deletions d WHERE d.job_id = j.job_id AND d.done) AS deleted_records,
            j.batches_total, CAST(coalesce(b.batches_done, 0) AS INTEGER) AS batches_done,
            CAST(coalesce(b.batches_failed, 0) AS INTEGER) AS batches_failed, CAST(coalesce(b.batches_running, 0) AS INTEGER) AS batches_running,
            CAST(coalesce(b.tokens, 0) + coalesce(r.tokens, 0) AS BIGINT) AS tokens,

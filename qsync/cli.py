@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import api, costs
+from . import api, costs, verification
 from .errors import LeaseHeld, QsyncError, StoreLocked
 from .progress import ProgressBar
 from .runner import RunResult
@@ -95,6 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--enrich-embed", default="text", choices=["text", "answer", "both"], help="what to embed (default: text)"
     )
+    run.add_argument("--distance", default="cosine", choices=["cosine", "dot", "euclid", "manhattan"])
+    run.add_argument("--on-disk", action="store_true", help="create the collection with vectors on disk")
+    run.add_argument(
+        "--payload-index", action="append", default=[], metavar="COLUMN[:TYPE]",
+        help="index a payload column (keyword, integer, float, bool, text, uuid, datetime); repeatable",
+    )  # fmt: skip
+    run.add_argument("--vector-name", help="write a named vector (e.g. one per model, so models can share points)")
+    run.add_argument(
+        "--extra-vector", action="append", default=[], metavar="NAME:DIMS",
+        help="another named vector to create with a new collection, for a model that will share it; repeatable",
+    )  # fmt: skip
+    run.add_argument("--full", action="store_true", help="re-sync: write every record, even those unchanged")
+    run.add_argument(
+        "--delete-missing", action="store_true", help="re-sync: delete points of records no longer in the source"
+    )
     run.add_argument(
         "--batch-mode",
         action="store_true",
@@ -140,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embedder_options(estimate)
     _add_db(estimate)
     _add_json(estimate)
+
+    verify = sub.add_parser("verify", help="compare the collection with the ledger; --repair fixes it from the cache")
+    verify.add_argument("job")
+    verify.add_argument("--repair", action="store_true", help="re-upsert missing or wrong points (no embedder call)")
+    _add_db(verify)
+    _add_json(verify)
 
     cancel = sub.add_parser("cancel", help="cancel a job (a running one stops at its next heartbeat)")
     cancel.add_argument("job")
@@ -193,6 +214,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             source_db=args.source_db,
             max_cost_usd=args.max_cost_usd,
             batch_mode=args.batch_mode,
+            distance=args.distance,
+            on_disk=args.on_disk,
+            payload_indexes=args.payload_index,
+            vector_name=args.vector_name,
+            extra_vectors=args.extra_vector,
+            incremental=not args.full,
+            delete_missing=args.delete_missing,
             enrich=None
             if not args.enrich_prompt
             else {
@@ -268,6 +296,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             _print_mapping(estimate)
         return EXIT_OK
+    if command == "verify":
+        report = verification.verify(args.job, db=args.db, repair=args.repair)
+        data = report.to_dict()
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            _print_mapping({k: v for k, v in data.items() if k != "samples"})
+            for kind, ids in report.samples.items():
+                if ids:
+                    print(f"{kind}: {', '.join(ids)}{' …' if len(ids) == verification.SAMPLE else ''}")
+        return EXIT_OK if report.ok else EXIT_ERROR
     if command == "cancel":
         print(f"{args.job}: {api.cancel(args.job, db=args.db)}")
         return EXIT_OK

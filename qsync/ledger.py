@@ -14,7 +14,7 @@ cannot change a thing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,6 +23,7 @@ import pyarrow as pa
 from .clock import Clock
 from .embedders.base import Embedder, Vectors
 from .lease import Lease
+from .sink import point_id
 from .store import Store, arrow_table, first_row
 
 BATCH_STATES = ("pending", "running", "done", "failed")
@@ -88,14 +89,23 @@ class BatchWork:
     token_estimates: list[int]
     payloads: list[str]
     cached: dict[str, tuple[Vectors, int]]  # content hash -> (vector, tokens reusing it saved)
+    source_hashes: list[str] = field(default_factory=list)  # the manifest's hashes (hashes may change: enrich)
+
+    def __post_init__(self) -> None:
+        if not self.source_hashes:
+            self.source_hashes = list(self.hashes)
 
 
 class Ledger:
-    def __init__(self, store: Store, lease: Lease, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, lease: Lease, clock: Clock, target: str = "", embedder_signature: str = ""
+    ) -> None:
         self.store = store
         self.lease = lease
         self.job_id = lease.job_id
         self.clock = clock
+        self.target = target  # see QdrantSink.target
+        self.embedder_signature = embedder_signature
 
     def runnable_batches(self) -> list[int]:
         rows = self.store.query_rows(
@@ -243,8 +253,58 @@ class Ledger:
                 con.execute(
                     "UPDATE jobs SET skipped_records = skipped_records + ? WHERE job_id = ?", [len(skips), self.job_id]
                 )
+            self._record_points(con, work, skips, now)
             self._end_attempt(con, work, now, "done", None)
             con.execute("UPDATE jobs SET updated_at = ? WHERE job_id = ?", [now, self.job_id])
+
+    def _record_points(self, con: Any, work: BatchWork, skips: dict[int, str], now: Any) -> None:
+        """What the collection now holds for this batch, in the transaction that marks it done."""
+        kept = [i for i in range(len(work.record_ids)) if i not in skips]
+        ids = [work.record_ids[i] for i in kept]
+        if not ids or not self.target:
+            return
+        table = pa.table(
+            {
+                "target": [self.target] * len(kept),
+                "record_id": ids,
+                "point_id": [point_id(r) for r in ids],
+                "source_hash": [work.source_hashes[i] for i in kept],
+                "vector_hash": [work.hashes[i] for i in kept],
+                "embedder": [self.embedder_signature] * len(kept),
+                "payload": [work.payloads[i] for i in kept],
+                "job_id": [self.job_id] * len(kept),
+                "updated_at": pa.array([now] * len(kept), pa.timestamp("us")),
+            }
+        )
+        con.register("__qsync_points", table)
+        try:
+            con.execute(
+                "DELETE FROM points WHERE target = ? AND record_id IN (SELECT record_id FROM __qsync_points)",
+                [self.target],
+            )
+            con.execute("INSERT INTO points SELECT * FROM __qsync_points")
+        finally:
+            con.unregister("__qsync_points")
+
+    def pending_deletions(self, limit: int) -> list[tuple[str, str]]:
+        rows = self.store.query_rows(
+            "SELECT record_id, point_id FROM deletions WHERE job_id = ? AND NOT done ORDER BY record_id LIMIT ?",
+            [self.job_id, limit],
+        )
+        return [(str(r), str(p)) for r, p in rows]
+
+    def mark_deleted(self, record_ids: list[str]) -> None:
+        """The points are gone from Qdrant (it acknowledged): record it, and forget them in `points`."""
+        with self.store.transaction() as con:
+            self.lease.verify(con)
+            con.execute(
+                "UPDATE deletions SET done = true WHERE job_id = ? AND record_id IN (SELECT unnest(?::VARCHAR[]))",
+                [self.job_id, record_ids],
+            )
+            con.execute(
+                "DELETE FROM points WHERE target = ? AND record_id IN (SELECT unnest(?::VARCHAR[]))",
+                [self.target, record_ids],
+            )
 
     def fail(self, work: BatchWork, error: str) -> None:
         with self.store.transaction() as con:

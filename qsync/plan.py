@@ -35,6 +35,7 @@ class PlanSummary:
     valid_records: int
     skipped_records: int
     batches: int
+    unchanged_records: int = 0
 
 
 def create_job(
@@ -47,7 +48,14 @@ def create_job(
     collection: str,
     batch_size: int,
     clock: Clock,
+    target: str = "",
+    embedder_signature: str = "",
+    incremental: bool = True,
+    delete_missing: bool = False,
 ) -> PlanSummary:
+    """Plan a job. With `incremental`, records whose text the target already holds, embedded by the same
+    embedder, are left out (unchanged: nothing to pay, nothing to write); with `delete_missing`, points
+    of records that are no longer in the source are scheduled for deletion."""
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
     batch_size = min(batch_size, embedder.max_batch_texts)
@@ -86,15 +94,35 @@ def create_job(
                 raise SourceError(f"cannot read {source.description}: {exc}") from exc
             raise
         con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE __qsync_unchanged AS
+            SELECT c.ordinal FROM __qsync_checked c JOIN points p
+              ON p.target = ? AND p.embedder = ? AND p.record_id = c.record_id AND p.source_hash = sha256(c.text)
+            WHERE c.reason IS NULL AND ?
+            """,
+            [target, embedder_signature, incremental and bool(target)],
+        )
+        con.execute(
             f"""
             INSERT INTO manifest
             SELECT ?, ordinal, record_id, sha256(text),
                 CAST((row_number() OVER (ORDER BY ordinal) - 1) // {batch_size} AS INTEGER),
                 token_estimate, text, payload
-            FROM __qsync_checked WHERE reason IS NULL ORDER BY ordinal
+            FROM __qsync_checked
+            WHERE reason IS NULL AND ordinal NOT IN (SELECT ordinal FROM __qsync_unchanged)
+            ORDER BY ordinal
             """,
             [job_id],
         )
+        if delete_missing and target:
+            # Only ids absent from the source leave; a record still there but now invalid keeps its point.
+            con.execute(
+                """INSERT INTO deletions (job_id, record_id, point_id)
+                   SELECT ?, record_id, point_id FROM points
+                   WHERE target = ? AND record_id NOT IN
+                         (SELECT record_id FROM __qsync_checked WHERE record_id IS NOT NULL)""",
+                [job_id, target],
+            )
         con.execute(
             "INSERT INTO skipped SELECT ?, ordinal, record_id, 'plan', reason, ? FROM __qsync_checked "
             "WHERE reason IS NOT NULL ORDER BY ordinal",
@@ -115,16 +143,18 @@ def create_job(
             con.execute(
                 """SELECT (SELECT count(*) FROM manifest WHERE job_id = $1),
                       (SELECT count(*) FROM skipped WHERE job_id = $1),
-                      (SELECT count(*) FROM batches WHERE job_id = $1)""",
+                      (SELECT count(*) FROM batches WHERE job_id = $1),
+                      (SELECT count(*) FROM __qsync_unchanged)""",
                 [job_id],
             )
         )
         assert counts is not None
-        valid, skipped, batches = (int(c) for c in counts)
+        to_embed, skipped, batches, unchanged = (int(c) for c in counts)
+        valid = to_embed + unchanged
         con.execute(
             """INSERT INTO jobs (job_id, status, message, config, source, collection, batch_size, total_records,
-                   skipped_records, batches_total, created_at, updated_at)
-               VALUES (?, 'planned', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   skipped_records, batches_total, created_at, updated_at, unchanged_records)
+               VALUES (?, 'planned', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             [
                 job_id,
                 json.dumps(config),
@@ -136,13 +166,14 @@ def create_job(
                 batches,
                 now,
                 now,
+                unchanged,
             ],
         )
-        for name in ("__qsync_checked", "__qsync_csv"):
+        for name in ("__qsync_checked", "__qsync_csv", "__qsync_unchanged"):
             con.execute(f"DROP TABLE IF EXISTS {name}")
         con.execute(f"DROP VIEW IF EXISTS {INPUT_VIEW}")
         _unregister(con)
-    return PlanSummary(job_id, valid + skipped, valid, skipped, batches)
+    return PlanSummary(job_id, valid + skipped, valid, skipped, batches, unchanged)
 
 
 def _unregister(con: Any) -> None:

@@ -20,6 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -128,6 +129,9 @@ class Runner:
         self._halt: BaseException | None = None
         self.budget = Budget(self.settings.max_cost_usd)
         self.enricher: Enricher | None = None  # set by make_runner when the job enriches
+        self.target = sink.target
+        self.embedder_signature = f"{embedder.model}|{embedder.dimensions}|{embedder.task_type}"
+        self._deletion_error: str | None = None
         self._retry = RetryPolicy(base_s=self.settings.retry_base_s, max_s=self.settings.retry_max_s, clock=clock)
 
     def request_stop(self) -> None:
@@ -139,7 +143,7 @@ class Runner:
     def run(self) -> RunResult:
         started = self.clock.monotonic()
         lease, took_over = leases.acquire(self.store, self.job_id, self.clock, self.settings.stale_after_s)
-        ledger = Ledger(self.store, lease, self.clock)
+        ledger = Ledger(self.store, lease, self.clock, self.target, self.embedder_signature)
         run_records = 0
         heartbeat_stop = threading.Event()
         heartbeat = threading.Thread(
@@ -148,7 +152,7 @@ class Runner:
         heartbeat.start()
         try:
             try:
-                self.sink.ensure_collection()
+                self._retry.call(self.sink.ensure_collection)  # a Qdrant that is briefly away is waited for
             except QsyncError as exc:
                 refusal = f"Qdrant refused the collection: {exc}"
                 leases.release(self.store, lease, self.clock, "failed", refusal)
@@ -250,6 +254,8 @@ class Runner:
             if self._lost is not None:
                 self._give_up(lease, self._lost)
                 raise self._lost
+            if not interrupted and not self._stopping() and totals.batches_done == totals.batches_total:
+                self._apply_deletions(ledger)
             status, message = self._final_status(totals)
             leases.release(self.store, lease, self.clock, status, message)
             emit(self.listeners, JobFinished(self.job_id, status, message))
@@ -257,6 +263,17 @@ class Runner:
         finally:
             heartbeat_stop.set()
             heartbeat.join(timeout=30)
+
+    def _apply_deletions(self, ledger: Ledger) -> None:
+        """Delete the points of records that left the source (--delete-missing), 500 at a time."""
+        while chunk := ledger.pending_deletions(500):
+            try:
+                self._retry.call(partial(self.sink.delete, [p for _, p in chunk]))
+            except QsyncError as exc:
+                self._deletion_error = f"could not delete points of records that left the source: {exc}"
+                return
+            ledger.mark_deleted([r for r, _ in chunk])
+            emit(self.listeners, Notice(self.job_id, f"deleted {len(chunk)} points of records that left the source"))
 
     def _prefetch(self, lease: leases.Lease) -> None:
         """Batch Mode: fill the cache with half-price vectors first; the run then upserts from it."""
@@ -294,6 +311,8 @@ class Runner:
         if self._cancel.is_set():
             return "cancelled", "cancelled by `qsync cancel`"
         remaining = totals.batches_total - totals.batches_done
+        if remaining == 0 and self._deletion_error is not None:
+            return "failed", f"{self._deletion_error}; `qsync resume {self.job_id}` retries"
         if remaining == 0:
             return "completed", None
         if isinstance(self._halt, PauseJob):
@@ -330,7 +349,7 @@ class Runner:
 
     def _read_totals(self) -> _Totals:
         row = self.store.query_rows(
-            """SELECT j.total_records, j.skipped_records, j.batches_total,
+            """SELECT j.total_records, j.skipped_records + coalesce(j.unchanged_records, 0), j.batches_total,
                       coalesce(sum(b.records - b.skipped_records) FILTER (WHERE b.status = 'done'), 0),
                       count(*) FILTER (WHERE b.status = 'done'),
                       coalesce(sum(b.tokens), 0), coalesce(sum(b.cost_usd), 0), coalesce(sum(b.saved_tokens), 0),

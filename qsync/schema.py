@@ -8,7 +8,7 @@ table as delete + insert and the tables are small, so a scan is both correct and
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _V1 = """
 CREATE TABLE qsync_schema (version INTEGER NOT NULL);
@@ -146,5 +146,29 @@ ALTER TABLE batches ADD COLUMN enrich_tokens BIGINT DEFAULT 0;
 ALTER TABLE batches ADD COLUMN enrich_cost_usd DOUBLE DEFAULT 0;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
+# v5: what the ledger knows each collection holds, written in the transaction that marks a batch done.
+# It lets a new job over a changed source skip unchanged records, delete records that left the source,
+# and lets `qsync verify` compare the collection with what it should hold, and repair it from the cache.
+_V5 = """
+CREATE TABLE points (
+    target       VARCHAR NOT NULL,        -- sink location | collection | vector name
+    record_id    VARCHAR NOT NULL,
+    point_id     VARCHAR NOT NULL,
+    source_hash  VARCHAR NOT NULL,        -- sha256 of the record's text (the manifest's content_hash)
+    vector_hash  VARCHAR NOT NULL,        -- sha256 of the text embedded (differs when enrichment embeds answers)
+    embedder     VARCHAR NOT NULL,        -- model|dimensions|task_type[|enrichment signature]
+    payload      JSON NOT NULL,
+    job_id       VARCHAR NOT NULL,
+    updated_at   TIMESTAMP NOT NULL
+);
+CREATE TABLE deletions (
+    job_id     VARCHAR NOT NULL,
+    record_id  VARCHAR NOT NULL,
+    point_id   VARCHAR NOT NULL,
+    done       BOOLEAN NOT NULL DEFAULT false
+);
+ALTER TABLE jobs ADD COLUMN unchanged_records BIGINT DEFAULT 0;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -12,6 +12,7 @@ import contextlib
 import os
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,11 +93,60 @@ def _local_client(path: str) -> QdrantClient:
         return client
 
 
+@dataclass(frozen=True)
+class CollectionOptions:
+    """How a collection is created; an existing one must match distance and size (checked, never changed)."""
+
+    distance: str = "cosine"  # cosine | dot | euclid | manhattan
+    on_disk: bool = False  # keep vectors on disk (memmap) instead of in RAM
+    payload_indexes: tuple[str, ...] = ()  # "column" (keyword) or "column:integer|float|bool|keyword|text"
+    vector_name: str | None = None  # a named vector, e.g. one per model; None: the unnamed vector
+    # More named vectors to create with the collection ("name:dims"), for the other models that will share
+    # its points: Qdrant cannot add a named vector to an existing collection.
+    extra_vectors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.distance.lower() not in _DISTANCES:
+            raise ConfigError(f"unknown distance {self.distance!r}; use one of {', '.join(_DISTANCES)}")
+        if self.extra_vectors and not self.vector_name:
+            raise ConfigError("extra named vectors need --vector-name for this job's own vector")
+        for spec in self.extra_vectors:
+            name, _, dims = spec.partition(":")
+            if not name or not dims.isdigit():
+                raise ConfigError(f"extra vector {spec!r} should read NAME:DIMENSIONS, e.g. gemini:768")
+        for spec in self.payload_indexes:
+            kind = spec.partition(":")[2] or "keyword"
+            if kind not in _INDEX_TYPES:
+                raise ConfigError(f"unknown payload index type {kind!r}; use one of {', '.join(_INDEX_TYPES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"distance": self.distance, "on_disk": self.on_disk, "payload_indexes": list(self.payload_indexes),
+                "vector_name": self.vector_name, "extra_vectors": list(self.extra_vectors)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> CollectionOptions:
+        data = data or {}
+        return cls(
+            distance=data.get("distance", "cosine"),
+            on_disk=bool(data.get("on_disk", False)),
+            payload_indexes=tuple(data.get("payload_indexes") or ()),
+            vector_name=data.get("vector_name"),
+            extra_vectors=tuple(data.get("extra_vectors") or ()),
+        )
+
+
+_DISTANCES = ("cosine", "dot", "euclid", "manhattan")
+_INDEX_TYPES = ("keyword", "integer", "float", "bool", "text", "uuid", "datetime")
+
+
 class QdrantSink:
-    def __init__(self, spec: SinkSpec, collection: str, dimensions: int) -> None:
+    def __init__(
+        self, spec: SinkSpec, collection: str, dimensions: int, options: CollectionOptions | None = None
+    ) -> None:
         self.spec = spec
         self.collection = collection
         self.dimensions = dimensions
+        self.options = options or CollectionOptions()
         self._client: QdrantClient | None = None
         # Local mode is plain Python over SQLite: serialise calls into it.
         self._lock = threading.Lock()
@@ -110,38 +160,121 @@ class QdrantSink:
                 self._client = _local_client(self.spec.path)
             else:
                 self._client = QdrantClient(
-                    url=self.spec.url, api_key=os.environ.get("QDRANT_API_KEY") or None, timeout=30
+                    url=self.spec.url,
+                    api_key=os.environ.get("QDRANT_API_KEY") or None,
+                    timeout=int(os.environ.get("QDRANT_TIMEOUT_S") or 30),
                 )
         return self._client
 
+    @property
+    def target(self) -> str:
+        """What the ledger calls this destination: where, which collection, which vector."""
+        return f"{self.spec.describe()}|{self.collection}|{self.options.vector_name or ''}"
+
     def ensure_collection(self) -> None:
-        """Create the collection if missing; refuse one whose vectors have another size."""
+        """Create the collection if missing; refuse one whose vectors differ in size or distance."""
         from qdrant_client import models
 
+        distance = getattr(models.Distance, self.options.distance.upper())
+        name = self.options.vector_name
+        params: Any
         with self._lock, _converted(f"Qdrant at {self.spec.describe()}"):
             if self.client.collection_exists(self.collection):
                 vectors = self.client.get_collection(self.collection).config.params.vectors
-                size = getattr(vectors, "size", None)
+                if isinstance(vectors, dict):
+                    if name not in vectors:
+                        raise ConfigError(
+                            f"collection {self.collection!r} has the named vectors {', '.join(map(repr, vectors))} "
+                            f"but not {name!r}, and Qdrant cannot add one to an existing collection; use "
+                            f"--vector-name with one of those, or another collection"
+                        )
+                    params = vectors[name]
+                elif name is not None:
+                    raise ConfigError(
+                        f"collection {self.collection!r} has one unnamed vector; drop --vector-name to write it"
+                    )
+                else:
+                    params = vectors
+                size, existing = getattr(params, "size", None), getattr(params, "distance", None)
                 if size != self.dimensions:
                     raise ConfigError(
                         f"collection {self.collection!r} holds vectors of size {size}, but this job makes "
                         f"{self.dimensions}; use another collection or --dimensions {size}"
                     )
-                return
-            self.client.create_collection(
-                self.collection,
-                vectors_config=models.VectorParams(size=self.dimensions, distance=models.Distance.COSINE),
-            )
+                if existing is not None and existing != distance:
+                    raise ConfigError(
+                        f"collection {self.collection!r} uses {existing.value} distance, but this job asks for "
+                        f"{distance.value}; use another collection or --distance {existing.value.lower()}"
+                    )
+            else:
+                params = models.VectorParams(size=self.dimensions, distance=distance, on_disk=self.options.on_disk)
+                config: Any = params
+                if name:
+                    config = {name: params}
+                    for extra in self.options.extra_vectors:
+                        other, _, dims = extra.partition(":")
+                        config[other] = models.VectorParams(
+                            size=int(dims), distance=distance, on_disk=self.options.on_disk
+                        )
+                self.client.create_collection(self.collection, vectors_config=config)
+            for spec in self.options.payload_indexes:
+                field, _, kind = spec.partition(":")
+                self.client.create_payload_index(
+                    self.collection, field_name=field, field_schema=models.PayloadSchemaType(kind or "keyword")
+                )
 
     def upsert(self, record_ids: list[str], vectors: Vectors, payloads: list[dict[str, Any]]) -> None:
         from qdrant_client import models
 
-        points = [
-            models.PointStruct(id=point_id(rid), vector=vec.tolist(), payload=payload)
-            for rid, vec, payload in zip(record_ids, vectors, payloads, strict=True)
-        ]
+        name = self.options.vector_name
+        ids = [point_id(rid) for rid in record_ids]
         with self._lock, _converted(f"Qdrant at {self.spec.describe()}"):
-            self.client.upsert(self.collection, points=points, wait=True)
+            existing: set[str] = set()
+            if name is not None:
+                # An upsert replaces a point whole; points that carry another model's vector keep it when
+                # only this vector and the payload are updated.
+                existing = {str(p.id) for p in self.client.retrieve(self.collection, ids, with_payload=False)}
+            new = [
+                models.PointStruct(id=pid, vector={name: vec.tolist()} if name else vec.tolist(), payload=payload)
+                for pid, vec, payload in zip(ids, vectors, payloads, strict=True)
+                if pid not in existing
+            ]
+            if new:
+                self.client.upsert(self.collection, points=new, wait=True)
+            if existing:
+                assert name is not None
+                updates = [
+                    models.PointVectors(id=pid, vector={name: vec.tolist()})
+                    for pid, vec in zip(ids, vectors, strict=True)
+                    if pid in existing
+                ]
+                self.client.update_vectors(self.collection, points=updates, wait=True)
+                for pid, payload in zip(ids, payloads, strict=True):
+                    if pid in existing:
+                        self.client.set_payload(self.collection, payload=payload, points=[pid], wait=True)
+
+    def delete(self, point_ids: list[str]) -> None:
+        from qdrant_client import models
+
+        with self._lock, _converted(f"Qdrant at {self.spec.describe()}"):
+            self.client.delete(self.collection, points_selector=models.PointIdsList(points=list(point_ids)), wait=True)
+
+    def scan(self, page: int = 2000) -> Iterator[tuple[str, dict[str, Any], int | None]]:
+        """Every point of the collection: (id, payload, size of this sink's vector or None if absent)."""
+        name = self.options.vector_name
+        offset = None
+        while True:
+            with self._lock, _converted(f"Qdrant at {self.spec.describe()}"):
+                points, offset = self.client.scroll(
+                    self.collection, limit=page, offset=offset, with_payload=True,
+                    with_vectors=[name] if name else True,
+                )  # fmt: skip
+            for p in points:
+                vector = p.vector.get(name) if isinstance(p.vector, dict) and name else p.vector
+                size = len(vector) if isinstance(vector, list) else None
+                yield str(p.id), dict(p.payload or {}), size
+            if offset is None:
+                return
 
 
 class _converted:

@@ -51,6 +51,13 @@ class EmbedderSpec:
 
 
 def build_embedder(spec: EmbedderSpec) -> Embedder:
+    try:
+        return _build(spec)
+    except TypeError as exc:  # an option the embedder does not take
+        raise ConfigError(f"embedder {spec.kind!r} cannot take the options {sorted(spec.options)}: {exc}") from exc
+
+
+def _build(spec: EmbedderSpec) -> Embedder:
     if spec.kind == "hash":
         from .hashing import HashingEmbedder
 
