@@ -198,18 +198,15 @@ def make_runner(
     return runner
 
 
-def run(
+def prepare(
     source: Source | pd.DataFrame | PathLike,
     *,
     collection: str,
     job: str | None = None,
     db: PathLike | None = None,
-    concurrency: int = 4,
-    listeners: list[Listener] | None = None,
-    settings: RunSettings | None = None,
     **plan_options: Any,
-) -> RunResult:
-    """What `qsync run` does: resume the job of that name if it is unfinished; otherwise plan a new one.
+) -> str:
+    """The job `run` would run: the unfinished job of that name, else a newly planned one (returned by name).
 
     Re-running a completed backfill is a re-sync: the new job (NAME#2, NAME#3, ...) embeds and writes only
     records that are new or whose text changed, and with delete_missing=True removes records that left."""
@@ -221,6 +218,22 @@ def run(
         existing = None
     if existing is None:
         create_job(source, collection=collection, db=db, job=job_id, **plan_options)
+    return job_id
+
+
+def run(
+    source: Source | pd.DataFrame | PathLike,
+    *,
+    collection: str,
+    job: str | None = None,
+    db: PathLike | None = None,
+    concurrency: int = 4,
+    listeners: list[Listener] | None = None,
+    settings: RunSettings | None = None,
+    **plan_options: Any,
+) -> RunResult:
+    """What `qsync run` does: prepare() the job, then run it until it completes, pauses or fails."""
+    job_id = prepare(source, collection=collection, job=job, db=db, **plan_options)
     return run_job(
         job_id, db=db, concurrency=concurrency, listeners=listeners, settings=settings,
         max_cost_usd=plan_options.get("max_cost_usd"),

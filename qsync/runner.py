@@ -59,6 +59,7 @@ class RunSettings:
     max_cost_usd: float | None = None  # pause the job before its embedding cost would pass this
     batch_mode: bool = False  # prefetch vectors with Gemini Batch Mode (half price, slow) before upserting
     batch_mode_poll_s: float = 30.0
+    only_batches: set[int] | None = None  # run just these (e.g. retry selected batches from a notebook)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,9 @@ class Runner:
             )
             if self.settings.batch_mode:
                 self._prefetch(lease)
-            ready: list[tuple[float, int]] = [] if self._stopping() else [(0.0, b) for b in ledger.runnable_batches()]
+            only = self.settings.only_batches
+            runnable = [] if self._stopping() else ledger.runnable_batches()
+            ready: list[tuple[float, int]] = [(0.0, b) for b in runnable if only is None or b in only]
             heapq.heapify(ready)
             attempts: dict[int, int] = {}
             work_q: queue.Queue[int | None] = queue.Queue()
@@ -321,6 +324,8 @@ class Runner:
             return "failed", f"{self._halt} (`qsync resume {self.job_id}`)"
         if self._stop.is_set():
             return "paused", f"stopped with {remaining} batches to go; `qsync resume {self.job_id}` continues"
+        if self.settings.only_batches is not None and not (totals.failed & self.settings.only_batches):
+            return "paused", f"the chosen batches are done; {remaining} to go: `qsync resume {self.job_id}` continues"
         errors = self.store.query_rows(
             "SELECT last_error FROM batches WHERE job_id = ? AND status = 'failed' ORDER BY finished_at DESC LIMIT 1",
             [self.job_id],

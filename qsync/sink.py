@@ -55,7 +55,7 @@ class SinkSpec:
 
 
 # Local mode locks its folder for the life of the client; one client per folder per process lets two
-# jobs in one notebook share it.
+# jobs in one notebook share it (and `:memory:` is one in-memory Qdrant per process).
 _local_clients: dict[str, QdrantClient] = {}
 _local_lock = threading.Lock()
 
@@ -73,11 +73,11 @@ def _close_local_clients() -> None:
 def _local_client(path: str) -> QdrantClient:
     from qdrant_client import QdrantClient
 
-    if path == ":memory:":
-        return QdrantClient(location=":memory:")
-    key = str(Path(path).resolve())
+    key = path if path == ":memory:" else str(Path(path).resolve())
     with _local_lock:
         client = _local_clients.get(key)
+        if client is None and key == ":memory:":  # one in-memory Qdrant per process, shared by its jobs
+            client = _local_clients[key] = QdrantClient(location=":memory:")
         if client is None:
             Path(key).mkdir(parents=True, exist_ok=True)
             try:
