@@ -193,7 +193,8 @@ class Launcher:
         self.payload_columns = widgets.Text(",".join(defaults.get("payload_columns", [])),
                                             description="payload columns", style=style)  # fmt: skip
         self.collection = widgets.Text(collection, description="collection", style=style)
-        self.embedder = widgets.Dropdown(options=["hash", "gemini"], value=defaults.get("embedder", "hash"),
+        embedder = defaults.get("embedder", "hash")  # also "package.module:factory" for your own
+        self.embedder = widgets.Dropdown(options=list(dict.fromkeys(["hash", "gemini", embedder])), value=embedder,
                                          description="embedder", style=style)  # fmt: skip
         self.model = widgets.Text(defaults.get("model", "gemini-embedding-001"), description="model", style=style)
         self.dimensions = widgets.IntText(defaults.get("dimensions", 768), description="dimensions", style=style)
@@ -297,10 +298,10 @@ class Launcher:
 
     def stop(self) -> None:
         """Stop within one batch and cancel the job (it cannot be resumed; cached vectors stay reusable)."""
-        if self.job is not None:
+        if self._runner is not None and self._thread is not None and self._thread.is_alive():
+            self._runner.request_cancel()
+        elif self.job is not None:
             api.cancel(self.job, db=self.db)
-        if self._runner is not None:
-            self._runner.request_stop()
 
     def wait(self, timeout: float | None = None) -> RunResult | None:
         """Block until the background job ends (for headless runs, which must not end the kernel early)."""

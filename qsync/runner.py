@@ -139,6 +139,10 @@ class Runner:
         """Pause after the batches in flight (within one embed call). Safe from any thread."""
         self._stop.set()
 
+    def request_cancel(self) -> None:
+        """Stop like request_stop, and leave the job cancelled. Safe from any thread."""
+        self._cancel.set()
+
     # -- main loop ---------------------------------------------------------------------------------
 
     def run(self) -> RunResult:

@@ -44,13 +44,18 @@ _registry_lock = threading.Lock()
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process on this host is still running (a zombie, killed but not yet reaped, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): signal 0 is all we can know
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def open_store(path: str | os.PathLike[str], *, writable: bool = True, lock_timeout_s: float = 60.0) -> Store:

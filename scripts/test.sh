@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Install qsync with its dev extras into .venv (created if missing), then run every check:
-# ruff (lint + format), mypy (strict), and the whole pytest suite.
+# ruff (lint + format), mypy (strict), and the whole pytest suite (Debian's chromium is installed for the
+# browser test when missing and we are root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${QSYNC_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
+# The browser test drives Debian's chromium (Playwright's own browser download does not work offline).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"

@@ -116,3 +116,25 @@ def qdrant_points(path: Path, collection: str) -> dict[str, tuple[np.ndarray, di
                 return points
     finally:
         client.close()
+
+
+class FailOnceEmbedder(HashingEmbedder):
+    """Fails any call with a text containing `word` until the file $QSYNC_TEST_FAIL_ONCE exists (it creates
+    it when it fails), like an API that refused a batch once: the batch ends `failed`, a retry succeeds."""
+
+    def __init__(self, dimensions: int = 64, latency_s: float = 0.0, word: str = "violin") -> None:
+        super().__init__(dimensions, latency_s)
+        self.word = word
+
+    def embed(self, texts: list[str]) -> EmbedResult:
+        from qsync.errors import PermanentError
+
+        marker = os.environ.get("QSYNC_TEST_FAIL_ONCE")
+        if marker and any(self.word in t for t in texts) and not os.path.exists(marker):
+            Path(marker).touch()
+            raise PermanentError(f"the embedder refused a batch mentioning {self.word!r} (once)")
+        return super().embed(texts)
+
+
+def fail_once_factory(dimensions: int | None = None, latency_s: float = 0.0, word: str = "violin") -> FailOnceEmbedder:
+    return FailOnceEmbedder(dimensions=dimensions or 64, latency_s=latency_s, word=word)

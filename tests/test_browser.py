@@ -1,0 +1,147 @@
+"""A real JupyterLab in Debian's headless Chromium, driven by Playwright: 01_backfill run and Start clicked,
+a batch made to fail for real (an embedder that refuses one batch once), the inspector in 02 showing it,
+Resume clicked, the progress bar at 100% on screen. Screenshots go to test-artifacts/browser/."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from qsync_testing import REPO, qsync_env
+
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+try:
+    from playwright.sync_api import Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - CI installs it; see .ci/run
+    sync_playwright = None
+
+if (CHROMIUM is None or sync_playwright is None) and os.environ.get("CI"):
+    raise RuntimeError("CI must run the browser test: install Debian's chromium and `pip install playwright`")
+pytestmark = pytest.mark.skipif(CHROMIUM is None or sync_playwright is None, reason="needs chromium and playwright")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "lab"
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    shutil.copytree(REPO / "data", root / "data")
+    settings = tmp_path / "settings"
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    port, token = _free_port(), "qsync-browser-test"
+    env = qsync_env(
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
+        QSYNC_NB_DB=str(tmp_path / "nb.duckdb"),
+        QSYNC_NB_DIMENSIONS="64",
+        QSYNC_NB_EMBEDDER="qsync_testing:fail_once_factory",  # refuses the batch mentioning "violin", once
+        QSYNC_TEST_FAIL_ONCE=str(tmp_path / "failed-once"),
+    )
+    env.pop("QSYNC_NB_AUTOSTART", None)
+    log = (tmp_path / "jupyterlab.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
+         "--LabApp.expose_app_in_browser=True"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"JupyterLab did not start: {(tmp_path / 'jupyterlab.log').read_text()}") from None
+            time.sleep(0.3)
+    try:
+        yield f"{base}/lab/tree/notebooks/{{}}?reset&token={token}", tmp_path
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _open_and_run_all(page: Page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_function(
+        """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+                   const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+                   return k && k.status === 'idle'; }""",
+        timeout=60_000,
+    )
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+
+def test_launch_watch_inspect_and_resume_in_a_real_browser(jupyterlab: tuple[str, Path]) -> None:
+    url, tmp = jupyterlab
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert sync_playwright is not None and CHROMIUM is not None
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            _open_and_run_all(page, url.format("01_backfill.ipynb"))
+            start = page.locator("button.qsync-start")
+            expect(start).to_be_visible(timeout=60_000)
+            start.click()
+            status = page.locator(".qsync-status").first
+            expect(status).to_contain_text(re.compile(r": failed —"), timeout=120_000)  # refused once, for real
+            expect(page.locator(".qsync-message").first).to_contain_text("1 batches failed")
+            page.screenshot(path=str(ARTIFACTS / "01-after-start-one-batch-failed.png"), full_page=True)
+
+            # A second browser window, as a user would open the inspector beside the running notebook.
+            inspect = browser.new_page(viewport={"width": 1400, "height": 1000})
+            _open_and_run_all(inspect, url.format("02_inspect_batches.ipynb"))
+            table = inspect.locator(".qsync-batches").first
+            expect(table).to_contain_text("refused a batch mentioning 'violin'", timeout=60_000)
+            inspect.locator(".qsync-filter select").first.select_option("failed")
+            expect(table.locator("tbody tr")).to_have_count(1, timeout=30_000)
+            expect(table).to_contain_text("failed")
+            inspect.screenshot(path=str(ARTIFACTS / "02-inspector-failed-batch.png"), full_page=True)
+            inspect.close()
+
+            page.bring_to_front()
+            resume = page.locator("button.qsync-resume")
+            expect(resume).to_be_enabled(timeout=60_000)
+            resume.click()
+            bar = page.locator(".qsync-progress .progress-bar").first
+            expect(bar).to_have_attribute("style", re.compile(r"width: 100%"), timeout=120_000)
+            expect(status).to_contain_text(re.compile(r": completed —"), timeout=30_000)
+            expect(page.locator(".qsync-message").first).to_contain_text("completed", timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "03-resumed-progress-100.png"), full_page=True)
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "last-state.png"), full_page=True)
+            browser.close()
+    import qsync
+
+    info = qsync.status(db=tmp / "nb.duckdb")
+    assert info["status"] == "completed" and info["processed_records"] == 5000
