@@ -16,11 +16,42 @@ import numpy as np
 from .base import EmbedResult, Vectors
 
 _WORD = re.compile(r"\w+")
-MODEL = "qsync-hash-v1"
+# v2 ignores stop words, so that texts sharing content words (not "a", "of", "the") land near each other.
+MODEL = "qsync-hash-v2"
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "has",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "were",
+        "which",
+        "with",
+    ]
+)
 
 
 def tokenize(text: str) -> list[str]:
-    words = _WORD.findall(text.lower())
+    words = [w for w in _WORD.findall(text.lower()) if w not in _STOP]
     return words or [text.strip()]
 
 
