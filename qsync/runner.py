@@ -157,7 +157,7 @@ class Runner:
         heartbeat.start()
         try:
             try:
-                self._retry.call(self.sink.ensure_collection)  # a Qdrant that is briefly away is waited for
+                self._retry.call(self.sink.ensure_collection, on_retry=self._notify_retry)  # waits for a Qdrant away
             except QsyncError as exc:
                 refusal = f"Qdrant refused the collection: {exc}"
                 leases.release(self.store, lease, self.clock, "failed", refusal)
@@ -270,6 +270,10 @@ class Runner:
         finally:
             heartbeat_stop.set()
             heartbeat.join(timeout=30)
+            self.sink.close()
+
+    def _notify_retry(self, exc: TransientError, wait: float) -> None:
+        emit(self.listeners, Notice(self.job_id, f"{exc}; trying again in {wait:.0f}s"))
 
     def _apply_deletions(self, ledger: Ledger) -> None:
         """Delete the points of records that left the source (--delete-missing), 500 at a time."""

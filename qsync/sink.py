@@ -10,8 +10,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import sqlite3
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,7 @@ class SinkSpec:
 # Local mode locks its folder for the life of the client; one client per folder per process lets two
 # jobs in one notebook share it (and `:memory:` is one in-memory Qdrant per process).
 _local_clients: dict[str, QdrantClient] = {}
+_local_users: Counter[str] = Counter()
 _local_lock = threading.Lock()
 
 
@@ -68,16 +71,19 @@ def _close_local_clients() -> None:
             with contextlib.suppress(Exception):
                 client.close()
         _local_clients.clear()
+        _local_users.clear()
 
 
-def _local_client(path: str) -> QdrantClient:
+def _acquire_local(path: str) -> tuple[str, QdrantClient]:
+    """Open (or share) the local-mode client for a folder; release it when done so the folder is free
+    for other processes between jobs: a notebook that ran a job must not lock the CLI out."""
     from qdrant_client import QdrantClient
 
     key = path if path == ":memory:" else str(Path(path).resolve())
     with _local_lock:
         client = _local_clients.get(key)
         if client is None and key == ":memory:":  # one in-memory Qdrant per process, shared by its jobs
-            client = _local_clients[key] = QdrantClient(location=":memory:")
+            client = QdrantClient(location=":memory:")
         if client is None:
             Path(key).mkdir(parents=True, exist_ok=True)
             try:
@@ -89,8 +95,23 @@ def _local_client(path: str) -> QdrantClient:
                         "stop it, or use a Qdrant server with --qdrant-url"
                     ) from None
                 raise
-            _local_clients[key] = client
-        return client
+        _local_clients[key] = client
+        _local_users[key] += 1
+        return key, client
+
+
+def _release_local(key: str) -> None:
+    with _local_lock:
+        _local_users[key] -= 1
+        if _local_users[key] <= 0 and key != ":memory:" and key in _local_clients:
+            del _local_users[key]
+            with contextlib.suppress(Exception):
+                _local_clients.pop(key).close()
+
+
+def _local_client(path: str) -> QdrantClient:
+    """The local-mode client for a folder, kept open for the life of the process (tests, the demo)."""
+    return _acquire_local(path)[1]
 
 
 @dataclass(frozen=True)
@@ -148,6 +169,7 @@ class QdrantSink:
         self.dimensions = dimensions
         self.options = options or CollectionOptions()
         self._client: QdrantClient | None = None
+        self._local_key: str | None = None
         # Local mode is plain Python over SQLite: serialise calls into it.
         self._lock = threading.Lock()
 
@@ -157,7 +179,7 @@ class QdrantSink:
 
         if self._client is None:
             if self.spec.path is not None:
-                self._client = _local_client(self.spec.path)
+                self._local_key, self._client = _acquire_local(self.spec.path)
             else:
                 self._client = QdrantClient(
                     url=self.spec.url,
@@ -253,6 +275,16 @@ class QdrantSink:
                     if pid in existing:
                         self.client.set_payload(self.collection, payload=payload, points=[pid], wait=True)
 
+    def close(self) -> None:
+        """Let go of the client; a local folder is closed once no job of this process uses it."""
+        with self._lock:
+            if self._local_key is not None:
+                _release_local(self._local_key)
+            elif self._client is not None:
+                with contextlib.suppress(Exception):
+                    self._client.close()
+            self._client, self._local_key = None, None
+
     def delete(self, point_ids: list[str]) -> None:
         from qdrant_client import models
 
@@ -297,5 +329,7 @@ class _converted:
             if code == 429 or code >= 500:
                 raise TransientError(message) from exc
             raise PermanentError(message) from exc
-        if isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError, OSError)):
+        if isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError)):
             raise TransientError(f"{self.what} is unreachable: {exc}") from exc
+        if isinstance(exc, (sqlite3.Error, OSError)):  # local mode's storage: a full disk, a lost folder
+            raise TransientError(f"{self.what} could not write its storage (is the disk full?): {exc}") from exc

@@ -110,9 +110,11 @@ class Store:
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
+                if _is_io_failure(exc):  # a full disk or a lost file, not a bug: say so plainly
+                    raise _convert(exc, self.path) from exc  # type: ignore[arg-type]
                 raise
             else:
                 try:
@@ -304,12 +306,21 @@ class Store:
         self._migrated = True
 
 
+def _is_io_failure(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.IOException) or (
+        isinstance(exc, duckdb.Error) and "could not write" in str(exc).lower()
+    )
+
+
 def _convert(exc: duckdb.Error, path: str) -> StoreError:
     text = str(exc)
     lowered = text.lower()
-    if "no space left" in lowered:
-        return StoreError(f"the disk holding {path} is full: free space, then resume the job ({text})")
-    if "permission denied" in lowered or "read-only file system" in lowered:
+    if "no space left" in lowered or "file too large" in lowered or "disk quota" in lowered:
+        return StoreError(
+            f"cannot write {path}: the disk is full or a file size limit was reached; free space, then resume "
+            f"the job — nothing unfinished was marked done ({text})"
+        )
+    if "permission denied" in lowered or "read-only file system" in lowered or "operation not permitted" in lowered:
         return StoreError(f"cannot write {path}: permission denied; choose a writable --db ({text})")
     return StoreError(f"DuckDB failed on {path}: {text}")
 

@@ -71,6 +71,16 @@ def verify(job: str, *, db: PathLike | None = None, repair: bool = False) -> Ver
     expected = store.query_df(
         "SELECT record_id, point_id, vector_hash, embedder, payload FROM points WHERE target = ?", [target]
     )
+    try:
+        return _verify(job, store, sink, expected, id_column, dimensions, collection, repair)
+    finally:
+        sink.close()
+
+
+def _verify(
+    job: str, store: Any, sink: QdrantSink, expected: Any, id_column: str, dimensions: int, collection: str,
+    repair: bool,
+) -> VerifyReport:  # fmt: skip
     by_point = {p: i for i, p in enumerate(expected["point_id"])}
     present: set[str] = set()
     wrong_payload: list[str] = []
