@@ -14,6 +14,8 @@ import pytest
 import qsync
 from qsync.sink import _local_client
 
+pytestmark = pytest.mark.reliability
+
 
 def _run(tmp_path: Path, source: Any, **options: Any) -> tuple[dict[str, Any], pd.DataFrame, dict[str, dict[str, Any]]]:
     db, qdrant = tmp_path / "q.duckdb", tmp_path / "qdrant"

@@ -66,6 +66,7 @@ def test_the_default_embedder_is_gemini_when_a_key_is_set(tmp_path: Path, emulat
     assert sum(emulator.texts_embedded.values()) == 120
 
 
+@pytest.mark.reliability
 def test_completes_through_5xx_429_timeouts_and_resets_without_paying_twice(
     tmp_path: Path, emulator: GeminiEmulator
 ) -> None:
@@ -87,6 +88,7 @@ def test_completes_through_5xx_429_timeouts_and_resets_without_paying_twice(
     _assert_vectors(tmp_path, records)
 
 
+@pytest.mark.reliability
 def test_a_per_day_quota_pauses_the_job_and_resume_finishes_it(tmp_path: Path, emulator: GeminiEmulator) -> None:
     emulator.texts_per_day = 300
     db, records = _job(tmp_path, n=600)
@@ -123,6 +125,7 @@ def test_recorded_cost_matches_metered_tokens_and_the_estimate(
     assert after["texts_to_embed"] == 0 and after["cost_usd"] == 0
 
 
+@pytest.mark.reliability
 def test_an_invalid_key_stops_the_job_at_once_with_a_clear_message(
     tmp_path: Path, emulator: GeminiEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,6 +142,7 @@ def test_an_invalid_key_stops_the_job_at_once_with_a_clear_message(
     assert _run(db).ok
 
 
+@pytest.mark.reliability
 def test_a_record_the_api_refuses_is_isolated_and_skipped_with_its_reason(
     tmp_path: Path, emulator: GeminiEmulator
 ) -> None:
@@ -172,6 +176,7 @@ def test_the_budget_pauses_before_it_is_exceeded_and_resume_raises_it(tmp_path: 
     _assert_vectors(tmp_path, records)
 
 
+@pytest.mark.reliability
 def test_the_key_never_lands_in_the_store_logs_messages_or_cli_output(
     tmp_path: Path, emulator: GeminiEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -252,6 +257,7 @@ def test_batch_mode_fills_the_cache_at_half_price_and_upserts_from_it(
     _assert_vectors(tmp_path, records)
 
 
+@pytest.mark.reliability
 def test_batch_mode_goes_on_polling_after_a_kill_instead_of_paying_again(
     tmp_path: Path, emulator: GeminiEmulator
 ) -> None:
@@ -337,6 +343,7 @@ def test_an_enrichment_prompt_over_unknown_columns_is_refused_at_plan_time(tmp_p
                          enrich={"prompt": "Classify {title}: {text}"})  # fmt: skip
 
 
+@pytest.mark.reliability
 def test_a_text_the_plan_let_through_but_the_api_finds_too_long_is_skipped(
     tmp_path: Path, emulator: GeminiEmulator
 ) -> None:

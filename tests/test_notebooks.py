@@ -131,6 +131,7 @@ def test_attach_follows_a_job_run_by_the_cli(tmp_path: Path) -> None:
         proc.kill()
 
 
+@pytest.mark.reliability
 def test_a_job_whose_kernel_dies_resumes_from_a_fresh_kernel(tmp_path: Path) -> None:
     from jupyter_client.manager import start_new_kernel
 

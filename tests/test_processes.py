@@ -30,7 +30,7 @@ from qsync_testing import (
 import qsync
 from qsync.embedders.hashing import hash_vector
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 DIMS = 64
 

@@ -59,6 +59,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+@pytest.mark.reliability
 def test_verify_finds_exactly_the_points_removed_behind_its_back_and_repair_needs_no_embedder(
     tmp_path: Path, emulator: GeminiEmulator
 ) -> None:
@@ -172,6 +173,7 @@ def test_collection_options_and_a_distance_mismatch(tmp_path: Path) -> None:
     assert result.status == "failed" and "uses Dot distance, but this job asks for Cosine" in (result.message or "")
 
 
+@pytest.mark.reliability
 def test_a_qdrant_folder_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
     src, qdrant = tmp_path / "src.jsonl", tmp_path / "qdrant"
     write_records(src, make_records(200))

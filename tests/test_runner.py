@@ -76,6 +76,7 @@ def test_second_job_over_the_same_texts_embeds_nothing(tmp_path: Path) -> None:
     assert _local_client(str(tmp_path / "qdrant")).count("c2").count == 400
 
 
+@pytest.mark.reliability
 def test_unreachable_qdrant_fails_batches_which_complete_later_never_done_early(tmp_path: Path) -> None:
     _, db = _plan(tmp_path)
     runner = _runner(db, embedder=RecordingEmbedder())
@@ -97,6 +98,7 @@ def test_unreachable_qdrant_fails_batches_which_complete_later_never_done_early(
     assert qsync.status("j", db=db)["embedded_texts"] == 400
 
 
+@pytest.mark.reliability
 def test_failing_batches_end_the_job_failed_and_resume_retries_them(tmp_path: Path) -> None:
     _, db = _plan(tmp_path)
     result = _runner(db, embedder=RecordingEmbedder(poison="text 120 ")).run()
@@ -158,6 +160,7 @@ def test_cancel_stops_a_running_job_at_its_next_heartbeat(tmp_path: Path) -> Non
         _runner(db, embedder=RecordingEmbedder()).run()
 
 
+@pytest.mark.reliability
 def test_a_second_runner_in_the_same_process_is_refused(tmp_path: Path) -> None:
     _, db = _plan(tmp_path, n=1000)
     first = _runner(db, embedder=RecordingEmbedder(latency_s=0.05))

@@ -16,6 +16,8 @@ from qsync.errors import SchemaTooNew, StoreError, StoreLocked
 from qsync.schema import SCHEMA_VERSION
 from qsync.store import Store, open_store
 
+pytestmark = pytest.mark.reliability
+
 
 def test_a_failed_transaction_changes_nothing(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "q.duckdb"), writable=True)
