@@ -12,6 +12,7 @@ The core package never imports this module.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import html
 import io
@@ -19,6 +20,7 @@ import itertools
 import math
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,7 @@ class JobMonitor:
         self.widget = widgets.VBox([widgets.HBox([self.progress, self.label]), self.cost, self.plot])
         self._history: list[tuple[float, int]] = []
         self._last_draw = 0.0
+        self._last_show = 0.0
         self._started = time.monotonic()
         self._lock = threading.Lock()
         self._poller: threading.Thread | None = None
@@ -108,6 +111,9 @@ class JobMonitor:
         self, done: int, total: int, cost: float, tokens: int, failed: int, status: str, force: bool = False
     ) -> None:
         now = time.monotonic()
+        if not force and now - self._last_show < _MIN_REDRAW_S:
+            return  # a few updates a second at most: widget traffic must not slow the job
+        self._last_show = now
         elapsed = now - self._started
         with self._lock:
             self._history.append((elapsed, done))
@@ -151,6 +157,7 @@ class JobMonitor:
         """Follow a job by reading the ledger every `interval_s`, until it is no longer running."""
         monitor = cls(job, db)
         monitor._poller = threading.Thread(target=monitor._poll, args=(interval_s,), daemon=True)
+        _pollers.add(monitor)
         monitor._poller.start()
         return monitor
 
@@ -169,8 +176,20 @@ class JobMonitor:
                     return
             self._stop_polling.wait(interval_s)
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 5.0) -> None:
         self._stop_polling.set()
+        if self._poller is not None and self._poller is not threading.current_thread():
+            self._poller.join(wait_s)
+
+
+_pollers: weakref.WeakSet[JobMonitor] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_pollers() -> None:
+    # A poller still inside DuckDB or matplotlib while the interpreter tears down can abort the process.
+    for monitor in list(_pollers):
+        monitor.stop()
 
 
 class Launcher:

@@ -340,7 +340,7 @@ class Runner:
         )
         last = errors[0][0] if errors else "unknown"
         return "failed", (
-            f"{len(totals.failed)} batches failed after {self.settings.max_attempts} attempts (last error: {last}); "
+            f"{len(totals.failed)} batch{'es' if len(totals.failed) != 1 else ''} failed (last error: {last}); "
             f"`qsync batches {self.job_id} --status failed` lists them, `qsync resume {self.job_id}` retries them"
         )
 

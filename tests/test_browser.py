@@ -115,7 +115,7 @@ def test_launch_watch_inspect_and_resume_in_a_real_browser(jupyterlab: tuple[str
             start.click()
             status = page.locator(".qsync-status").first
             expect(status).to_contain_text(re.compile(r": failed —"), timeout=120_000)  # refused once, for real
-            expect(page.locator(".qsync-message").first).to_contain_text("1 batches failed")
+            expect(page.locator(".qsync-message").first).to_contain_text("1 batch failed")
             page.screenshot(path=str(ARTIFACTS / "01-after-start-one-batch-failed.png"), full_page=True)
 
             # A second browser window, as a user would open the inspector beside the running notebook.

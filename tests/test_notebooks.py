@@ -126,6 +126,7 @@ def test_attach_follows_a_job_run_by_the_cli(tmp_path: Path) -> None:
         wait_for(lambda: "running" in monitor.label.value, timeout=30)
         assert proc.wait(timeout=120) == 0
         wait_for(lambda: "completed" in monitor.label.value, timeout=10)
+        monitor.stop()
         assert monitor.progress.value == monitor.progress.max == 1200
     finally:
         proc.kill()

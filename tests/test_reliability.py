@@ -180,3 +180,24 @@ def test_the_key_never_lands_in_notebook_output(tmp_path: Path, emulator: Gemini
     assert "status='completed'" in text
     assert SECRET not in text
     assert collections.Counter(emulator.texts_embedded.values())[1] == 300
+
+
+def test_two_runners_racing_for_one_job(tmp_path: Path) -> None:
+    src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(600))
+    qsync.create_job(src, collection="c", job="race", db=db, embedder="hash", dimensions=32, batch_size=50,
+                     embedder_options={"latency_s": 0.05})  # fmt: skip
+    from qsync.store import open_store
+
+    open_store(db).close()  # let the racers have the file
+    args = ["resume", "race", "--db", str(db), "--quiet"]
+    env = qsync_env()
+    racers = [subprocess.Popen(qsync_cmd(*args), env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in racers)
+    codes = [code for code, _ in outcomes]
+    # One wins the lease and finishes; the other is refused, or (if it came second) finds nothing left to do.
+    assert codes[0] == 0 and codes[1] in (0, 4), outcomes
+    if codes[1] == 4:
+        assert "being run by process" in outcomes[1][1]
+    assert qsync.status("race", db=db)["processed_records"] == 600
+    assert qsync.verify("race", db=db).ok

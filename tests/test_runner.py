@@ -103,7 +103,7 @@ def test_failing_batches_end_the_job_failed_and_resume_retries_them(tmp_path: Pa
     _, db = _plan(tmp_path)
     result = _runner(db, embedder=RecordingEmbedder(poison="text 120 ")).run()
     assert result.status == "failed"
-    assert "1 batches failed" in result.message and "qsync resume j" in result.message
+    assert "1 batch failed" in result.message and "qsync resume j" in result.message
     failed = qsync.batches("j", status="failed", db=db)
     assert list(failed.batch_no) == [2]
     assert "rejected a text containing" in failed.last_error.iloc[0]
