@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import api, costs, verification
 from .errors import LeaseHeld, QsyncError, StoreLocked
+from .ledger import BATCH_STATES
 from .progress import ProgressBar
 from .runner import RunResult
 
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     batches = sub.add_parser("batches", help="list a job's batches")
     batches.add_argument("job")
-    batches.add_argument("--status", choices=["pending", "running", "done", "failed"])
+    batches.add_argument("--status", choices=BATCH_STATES)
     _add_db(batches)
     _add_json(batches)
 
