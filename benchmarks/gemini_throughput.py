@@ -7,6 +7,8 @@ ceiling: the emulator answers in 300 ms and enforces 3,000 texts/min and 1M toke
     minute, answering 429 RESOURCE_EXHAUSTED (with RetryInfo) beyond that. qsync runs with its defaults
     (the same limits, concurrency 4). Reported: texts per minute sustained over the whole run as a share
     of the limit, and the share of embed calls answered 429.
+overhead: as loop, but the emulator answers at once and both write to in-memory Qdrant: the cost of
+    qsync's checkpoints, exposed.
 loop: the emulator answers in 300 ms with no limits. A plain sequential loop (the design qsync replaces:
     embed a batch with the same SDK call, upsert it with wait=True, next batch) against qsync on the same
     records, both into local-mode Qdrant on disk. Reported: records/s of each.
@@ -73,14 +75,14 @@ def ceiling(minutes: float) -> dict[str, Any]:
     }
 
 
-def plain_loop(frame: pd.DataFrame, qdrant: Path, batch: int = 100) -> float:
+def plain_loop(frame: pd.DataFrame, qdrant: Path | str, batch: int = 100) -> float:
     """The design qsync replaces: one batch after another, no checkpoint, no overlap."""
     from google import genai
     from google.genai import types
     from qdrant_client import QdrantClient, models
 
     client = genai.Client(api_key=KEY, http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)))
-    sink = QdrantClient(path=str(qdrant))
+    sink = QdrantClient(location=":memory:") if str(qdrant) == ":memory:" else QdrantClient(path=str(qdrant))
     sink.create_collection("c", vectors_config=models.VectorParams(size=768, distance=models.Distance.COSINE))
     started = time.perf_counter()
     rows = frame.to_dict("records")
@@ -101,13 +103,14 @@ def plain_loop(frame: pd.DataFrame, qdrant: Path, batch: int = 100) -> float:
     return len(rows) / elapsed
 
 
-def loop(n: int, concurrency: int) -> dict[str, Any]:
-    emulator = GeminiEmulator(api_key=KEY, latency_s=0.3).start()
+def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = False) -> dict[str, Any]:
+    emulator = GeminiEmulator(api_key=KEY, latency_s=latency_s).start()
     _environment(emulator)
     frame = records(n)
     work = Path(tempfile.mkdtemp(prefix="qsync-loop-"))
-    loop_rate = plain_loop(frame, work / "loop.qdrant")
-    qsync.create_job(frame, collection="c", job="loop", db=work / "q.duckdb", qdrant_path=work / "qsync.qdrant",
+    loop_rate = plain_loop(frame, ":memory:" if in_memory else work / "loop.qdrant")
+    qdrant_path: Any = ":memory:" if in_memory else work / "qsync.qdrant"
+    qsync.create_job(frame, collection="c", job="loop", db=work / "q.duckdb", qdrant_path=qdrant_path,
                      embedder="gemini", dimensions=768, embedder_options={"texts_per_minute": 10**9,
                      "tokens_per_minute": 10**12})  # fmt: skip
     started = time.perf_counter()
@@ -116,6 +119,8 @@ def loop(n: int, concurrency: int) -> dict[str, Any]:
     emulator.stop()
     return {
         "records": n,
+        "emulator_latency_s": latency_s,
+        "qdrant": ":memory:" if in_memory else "local folder",
         "status": result.status,
         "plain_loop_records_per_s": round(loop_rate, 1),
         "qsync_records_per_s": round(qsync_rate, 1),
@@ -126,12 +131,17 @@ def loop(n: int, concurrency: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("which", choices=["ceiling", "loop"])
+    parser.add_argument("which", choices=["ceiling", "loop", "overhead"])
     parser.add_argument("--minutes", type=float, default=3.3)
     parser.add_argument("--records", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    report = ceiling(args.minutes) if args.which == "ceiling" else loop(args.records, args.concurrency)
+    if args.which == "ceiling":
+        report = ceiling(args.minutes)
+    elif args.which == "loop":
+        report = loop(args.records, args.concurrency)
+    else:  # no latency, no limits, in-memory Qdrant: what qsync's checkpoints cost against the bare loop
+        report = loop(args.records, args.concurrency, latency_s=0.0, in_memory=True)
     print(json.dumps(report, indent=2))
 
 

@@ -59,7 +59,10 @@ def insert_vectors(
             "task_type": [embedder.task_type] * len(hashes),
             "content_hash": hashes,
             "tokens": pa.array(tokens, pa.int32()),
-            "vector": pa.array(list(vectors.astype(np.float32)), pa.list_(pa.float32())),
+            # One flat buffer viewed as lists: ~100x faster than a list of per-row arrays.
+            "vector": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()), embedder.dimensions
+            ).cast(pa.list_(pa.float32())),
             "created_at": pa.array([now] * len(hashes), pa.timestamp("us")),
             "origin": pa.array([origin] * len(hashes), pa.string()),
         }
