@@ -25,6 +25,7 @@ from .enrich import Enricher, EnrichSpec
 from .errors import ConfigError, JobNotFound
 from .events import Listener
 from .lease import lease_is_live
+from .ledger import embedder_signature
 from .plan import PlanSummary
 from .plan import create_job as _plan_job
 from .runner import Runner, RunResult, RunSettings
@@ -113,7 +114,7 @@ def create_job(
     sink_spec = _sink_spec(db_path, qdrant_path, qdrant_url)
     options = CollectionOptions(distance, on_disk, tuple(payload_indexes), vector_name, tuple(extra_vectors))
     target = QdrantSink(sink_spec, collection, built.dimensions, options).target
-    signature = embedder_signature(built, enrich_spec)
+    signature = embedder_signature(built, enrich_spec.fingerprint() if enrich_spec else "")
     config = {
         "columns": columns.to_dict(),
         "embedder": EmbedderSpec(spec.kind, built.dimensions, spec.options).to_dict(),
@@ -130,14 +131,6 @@ def create_job(
         open_store(db_path), job_id, src, columns, built, config, collection, batch_size, clock,
         target=target, embedder_signature=signature, incremental=incremental, delete_missing=delete_missing,
     )  # fmt: skip
-
-
-def embedder_signature(embedder: Embedder, enrich: EnrichSpec | None) -> str:
-    """What must match for a record's point to count as unchanged: the model, its output, the enrichment."""
-    signature = f"{embedder.model}|{embedder.dimensions}|{embedder.task_type}"
-    if enrich is not None:
-        signature += "|enrich:" + hashlib.sha256(json.dumps(enrich.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-    return signature
 
 
 def run_job(

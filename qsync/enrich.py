@@ -9,6 +9,7 @@ embedded instead of the text, or with it, when the job says so.
 from __future__ import annotations
 
 import hashlib
+import json
 import string
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -52,6 +53,10 @@ class EnrichSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EnrichSpec:
         return cls(**data)
+
+    def fingerprint(self) -> str:
+        """Changes whenever the answers (and so the texts embedded) could change."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def render(self, text: str, payload: dict[str, Any]) -> str:
         values = {**{k: "" if v is None else v for k, v in payload.items()}, "text": text}

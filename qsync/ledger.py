@@ -37,8 +37,15 @@ class CacheIdentity(Protocol):
     task_type: str
 
 
+def embedder_signature(embedder: CacheIdentity, enrich_fingerprint: str = "") -> str:
+    """Who made a vector: model|dimensions|task_type, plus the enrichment that chose its text, if any.
+    A record's point counts as unchanged only when its signature matches."""
+    base = f"{embedder.model}|{embedder.dimensions}|{embedder.task_type}"
+    return f"{base}|enrich:{enrich_fingerprint}" if enrich_fingerprint else base
+
+
 def cache_key(embedder: CacheIdentity, content_hash: str) -> str:
-    return f"{embedder.model}|{embedder.dimensions}|{embedder.task_type}|{content_hash}"
+    return f"{embedder_signature(embedder)}|{content_hash}"
 
 
 def insert_vectors(
@@ -187,8 +194,8 @@ class Ledger:
         vectors: Vectors,
         tokens_per_text: list[int],
         tokens_estimated: bool,
-    ) -> None:
-        """Persist freshly paid-for vectors and their cost. Called before the upsert."""
+    ) -> float:
+        """Persist freshly paid-for vectors and their cost (returned). Called before the upsert."""
         now = self.clock.now()
         tokens = int(sum(tokens_per_text))
         cost = tokens * embedder.price_per_million_tokens / 1_000_000
@@ -201,6 +208,7 @@ class Ledger:
                    WHERE job_id = ? AND batch_no = ?""",
                 [len(hashes), tokens, cost, tokens_estimated, self.job_id, work.batch_no],
             )
+        return cost
 
     def cached_generations(self, keys: list[str]) -> dict[str, str]:
         """Answers already paid for (by any job), by generation key."""

@@ -282,6 +282,7 @@ class Launcher:
         self._runner = api.make_runner(self.job, db=self.db, concurrency=self.concurrency.value,
                                        listeners=[self.monitor, self._on_event],
                                        max_cost_usd=self.budget.value or None)  # fmt: skip
+        self.result = None
         self._thread = threading.Thread(target=self._run, name="qsync-notebook-job", daemon=True)
         self.start_button.disabled = self.resume_button.disabled = True
         self.pause_button.disabled = self.stop_button.disabled = False

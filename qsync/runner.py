@@ -40,7 +40,7 @@ from .errors import (
     TransientError,
 )
 from .events import BatchFinished, JobFinished, JobStarted, Listener, Notice, Progress, emit
-from .ledger import BatchWork, Ledger
+from .ledger import BatchWork, Ledger, embedder_signature
 from .retry import RetryPolicy
 from .sink import QdrantSink
 from .store import Store
@@ -131,7 +131,7 @@ class Runner:
         self.budget = Budget(self.settings.max_cost_usd)
         self.enricher: Enricher | None = None  # set by make_runner when the job enriches
         self.target = sink.target
-        self.embedder_signature = f"{embedder.model}|{embedder.dimensions}|{embedder.task_type}"
+        self.embedder_signature = embedder_signature(embedder)
         self._deletion_error: str | None = None
         self._retry = RetryPolicy(base_s=self.settings.retry_base_s, max_s=self.settings.retry_max_s, clock=clock)
 
@@ -465,7 +465,7 @@ class Runner:
         missing = {k: p for k, p in zip(keys, prompts, strict=True) if k not in answers}
         refused: dict[str, str] = {}
 
-        def generate(key: str, prompt: str) -> str:
+        def generate(key: str, prompt: str) -> tuple[str, float]:
             assert self.enricher is not None
             estimate = math.ceil(len(prompt.encode("utf-8")) / 4) * self.enricher.price_in / 1e6
             self.budget.reserve(estimate)
@@ -476,20 +476,21 @@ class Runner:
                 raise
             self.budget.settle(estimate, cost)
             ledger.record_generation(work, key, spec.model, answer, tokens_in, tokens_out, cost)
-            outcome.cost += cost
-            return answer
+            return answer, cost
 
         if missing:
             with ThreadPoolExecutor(max_workers=min(8, len(missing)), thread_name_prefix="qsync-enrich") as pool:
                 futures = {pool.submit(generate, k, p): k for k, p in missing.items()}
                 for future in as_completed(futures):
                     try:
-                        answers[futures[future]] = future.result()
+                        answers[futures[future]], cost = future.result()
+                        outcome.cost += cost
                     except InvalidInput as exc:
                         refused[futures[future]] = f"refused by the enrichment model: {exc}"
+        refused_hashes: dict[str, str] = {}
         for i, key in enumerate(keys):
             if key in refused:
-                refused[work.hashes[i]] = refused[key]
+                refused_hashes[work.hashes[i]] = refused[key]
                 continue
             payloads[i][spec.field] = answers[key]
             work.payloads[i] = json.dumps(payloads[i])
@@ -498,7 +499,7 @@ class Runner:
                 work.texts[i] = text
                 work.hashes[i] = hashlib.sha256(text.encode("utf-8")).hexdigest()
                 work.token_estimates[i] = math.ceil(len(text.encode("utf-8")) / 4)
-        return {h: why for h, why in refused.items() if h in set(work.hashes)}
+        return refused_hashes
 
     def _vectors(
         self, ledger: Ledger, work: BatchWork, outcome: _Outcome, refused: dict[str, str] | None = None
@@ -519,15 +520,16 @@ class Runner:
                 missing.setdefault(h, (text, estimate))
         outcome.cache_hits = len(set(work.hashes)) - len(missing)
         outcome.saved_tokens = sum(t for _, t in work.cached.values())
+        price = self.embedder.price_per_million_tokens / 1_000_000
         pending = [list(missing)] if missing else []
         while pending:
             hashes = pending.pop()
-            estimate = sum(missing[h][1] for h in hashes)
-            self.budget.reserve(estimate * self.embedder.price_per_million_tokens / 1_000_000)
+            reserved = sum(missing[h][1] for h in hashes) * price
+            self.budget.reserve(reserved)
             try:
                 result = self.embedder.embed([missing[h][0] for h in hashes])
             except InvalidInput as exc:
-                self.budget.settle(estimate * self.embedder.price_per_million_tokens / 1_000_000, 0.0)
+                self.budget.settle(reserved, 0.0)
                 if len(hashes) == 1:
                     rejected[hashes[0]] = f"refused by the embedder: {exc}"
                 else:
@@ -535,13 +537,12 @@ class Runner:
                     pending += [hashes[half:], hashes[:half]]
                 continue
             except BaseException:
-                self.budget.settle(estimate * self.embedder.price_per_million_tokens / 1_000_000, 0.0)
+                self.budget.settle(reserved, 0.0)
                 raise
-            cost = sum(result.tokens_per_text) * self.embedder.price_per_million_tokens / 1_000_000
-            self.budget.settle(estimate * self.embedder.price_per_million_tokens / 1_000_000, cost)
-            ledger.record_embeddings(
+            cost = ledger.record_embeddings(
                 work, self.embedder, hashes, result.vectors, result.tokens_per_text, result.tokens_estimated
             )
+            self.budget.settle(reserved, cost)
             outcome.embedded += len(hashes)
             outcome.tokens += sum(result.tokens_per_text)
             outcome.cost += cost

@@ -63,7 +63,7 @@ def open_store(path: str | os.PathLike[str], *, writable: bool = True, lock_time
     key = str(Path(path).expanduser().resolve())
     with _registry_lock:
         existing = _registry.get(key)
-        if existing is not None:
+        if existing is not None and not existing._closed.is_set():
             return existing
         store = Store(key, writable=writable, lock_timeout_s=lock_timeout_s)
         if writable:
