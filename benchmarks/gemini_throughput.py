@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from emulator_process import KEY, EmulatorProcess
 
 import qsync
 from qsync.emulator import GeminiEmulator
 
 REPO = Path(__file__).resolve().parents[1]
-KEY = "emulator-key"
 
 
 def records(n: int) -> pd.DataFrame:
@@ -104,8 +104,8 @@ def plain_loop(frame: pd.DataFrame, qdrant: Path | str, batch: int = 100) -> flo
 
 
 def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = False) -> dict[str, Any]:
-    emulator = GeminiEmulator(api_key=KEY, latency_s=latency_s).start()
-    _environment(emulator)
+    emulator = EmulatorProcess(latency_s=latency_s)  # its own process: it must not share our GIL
+    os.environ.update(emulator.env())
     frame = records(n)
     work = Path(tempfile.mkdtemp(prefix="qsync-loop-"))
     loop_rate = plain_loop(frame, ":memory:" if in_memory else work / "loop.qdrant")

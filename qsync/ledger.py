@@ -8,14 +8,21 @@ Batch states form a closed set:
 
 `record_embeddings` stores the vectors a batch paid for, and their tokens and cost, before the upsert
 that uses them: a crash after it costs nothing on resume. `complete` runs only after Qdrant acknowledged
-the upsert. Every method first checks the lease in the same transaction, so a runner that lost its job
+the upsert. Every write first checks the lease in the same transaction, so a runner that lost its job
 cannot change a thing.
+
+Writes are group-committed: while one worker's transaction runs, the writes other workers ask for
+queue up and then commit together in the next transaction (one lease check, one commit). Each caller
+still returns only once its own write is committed, so the order above holds batch by batch; what is
+saved is the per-transaction cost that a single DuckDB writer would otherwise serialise.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +34,8 @@ from .sink import point_id
 from .store import Store, arrow_table, first_row
 
 BATCH_STATES = ("pending", "running", "done", "failed")
+
+T = TypeVar("T")
 
 
 class CacheIdentity(Protocol):
@@ -106,6 +115,16 @@ class BatchWork:
             self.source_hashes = list(self.hashes)
 
 
+@dataclass
+class _Write:
+    """One caller's part of a group commit."""
+
+    apply: Callable[[Any], Any]  # runs inside the shared transaction
+    committed: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
 class Ledger:
     def __init__(
         self, store: Store, lease: Lease, clock: Clock, target: str = "", embedder_signature: str = ""
@@ -116,6 +135,40 @@ class Ledger:
         self.clock = clock
         self.target = target  # see QdrantSink.target
         self.embedder_signature = embedder_signature
+        self._queued: list[_Write] = []
+        self._queue_lock = threading.Lock()
+        self._committer = threading.Lock()  # held by the thread committing the current group
+
+    def _write(self, apply: Callable[[Any], T]) -> T:
+        """Run `apply(con)` in a lease-checked transaction; return its result once committed."""
+        write = _Write(apply)
+        with self._queue_lock:
+            self._queued.append(write)
+        with self._committer:
+            if not write.committed.is_set():  # else the previous group took it along
+                with self._queue_lock:
+                    group, self._queued = self._queued, []
+                self._commit(group)
+        if write.error is not None:
+            raise write.error
+        return write.result  # type: ignore[no-any-return]
+
+    def _commit(self, group: list[_Write]) -> None:
+        try:
+            with self.store.transaction() as con:
+                self.lease.verify(con)
+                results = [write.apply(con) for write in group]
+        except BaseException as exc:
+            if len(group) > 1:  # one write failed and took the others down: commit each on its own,
+                for write in group:  # so that only the failing caller sees its error
+                    self._commit([write])
+                return
+            group[0].error = exc
+            group[0].committed.set()
+            return
+        for write, result in zip(group, results, strict=True):
+            write.result = result
+            write.committed.set()
 
     def runnable_batches(self) -> list[int]:
         rows = self.store.query_rows(
@@ -125,30 +178,31 @@ class Ledger:
         return [int(r[0]) for r in rows]
 
     def claim(self, batch_no: int, embedder: Embedder) -> BatchWork:
-        with self.store.transaction() as con:
-            self.lease.verify(con)
-            now = self.clock.now()
-            row = first_row(
-                con.execute(
-                    """UPDATE batches SET status = 'running', attempts = attempts + 1, started_at = ?
-                   WHERE job_id = ? AND batch_no = ? AND status IN ('pending', 'failed')
-                   RETURNING attempts""",
-                    [now, self.job_id, batch_no],
-                )
-            )
-            if row is None:
-                raise RuntimeError(f"batch {batch_no} of {self.job_id!r} is not claimable")
-            attempt = int(row[0])
+        return self._write(lambda con: self._claim(con, batch_no, embedder))
+
+    def _claim(self, con: Any, batch_no: int, embedder: Embedder) -> BatchWork:
+        now = self.clock.now()
+        row = first_row(
             con.execute(
-                "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
-                [self.job_id, batch_no, attempt, self.lease.pid, self.lease.token, now],
+                """UPDATE batches SET status = 'running', attempts = attempts + 1, started_at = ?
+               WHERE job_id = ? AND batch_no = ? AND status IN ('pending', 'failed')
+               RETURNING attempts""",
+                [now, self.job_id, batch_no],
             )
-            records = con.execute(
-                """SELECT ordinal, record_id, content_hash, text, token_estimate, payload FROM manifest
-                   WHERE job_id = ? AND batch_no = ? ORDER BY ordinal""",
-                [self.job_id, batch_no],
-            ).fetchall()
-            cached = self._cached_vectors(con, embedder, [r[2] for r in records])
+        )
+        if row is None:
+            raise RuntimeError(f"batch {batch_no} of {self.job_id!r} is not claimable")
+        attempt = int(row[0])
+        con.execute(
+            "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
+            [self.job_id, batch_no, attempt, self.lease.pid, self.lease.token, now],
+        )
+        records = con.execute(
+            """SELECT ordinal, record_id, content_hash, text, token_estimate, payload FROM manifest
+               WHERE job_id = ? AND batch_no = ? ORDER BY ordinal""",
+            [self.job_id, batch_no],
+        ).fetchall()
+        cached = self._cached_vectors(con, embedder, [r[2] for r in records])
         return BatchWork(
             batch_no=batch_no,
             attempt=attempt,
@@ -199,8 +253,8 @@ class Ledger:
         now = self.clock.now()
         tokens = int(sum(tokens_per_text))
         cost = tokens * embedder.price_per_million_tokens / 1_000_000
-        with self.store.transaction() as con:
-            self.lease.verify(con)
+
+        def apply(con: Any) -> None:
             insert_vectors(con, embedder, hashes, vectors, tokens_per_text, now, origin=None)
             con.execute(
                 """UPDATE batches SET embedded_texts = embedded_texts + ?, tokens = tokens + ?,
@@ -208,6 +262,8 @@ class Ledger:
                    WHERE job_id = ? AND batch_no = ?""",
                 [len(hashes), tokens, cost, tokens_estimated, self.job_id, work.batch_no],
             )
+
+        self._write(apply)
         return cost
 
     def cached_generations(self, keys: list[str]) -> dict[str, str]:
@@ -224,8 +280,8 @@ class Ledger:
         self, work: BatchWork, key: str, model: str, answer: str, tokens_in: int, tokens_out: int, cost: float
     ) -> None:
         """Persist one enrichment answer and its cost the moment it arrives."""
-        with self.store.transaction() as con:
-            self.lease.verify(con)
+
+        def apply(con: Any) -> None:
             con.execute(
                 "INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [key, model, answer, tokens_in, tokens_out, cost, self.clock.now()],
@@ -235,6 +291,8 @@ class Ledger:
                 "WHERE job_id = ? AND batch_no = ?",
                 [tokens_in + tokens_out, cost, self.job_id, work.batch_no],
             )
+
+        self._write(apply)
 
     def complete(
         self,
@@ -246,8 +304,8 @@ class Ledger:
     ) -> None:
         """Mark the batch done (Qdrant has acknowledged it); `skips` are records the embedder refused."""
         skips = skips or {}
-        with self.store.transaction() as con:
-            self.lease.verify(con)
+
+        def apply(con: Any) -> None:
             now = self.clock.now()
             con.execute(
                 """UPDATE batches SET status = 'done', finished_at = ?, duration_s = ?, last_error = NULL,
@@ -267,6 +325,8 @@ class Ledger:
             self._record_points(con, work, skips, now)
             self._end_attempt(con, work, now, "done", None)
             con.execute("UPDATE jobs SET updated_at = ? WHERE job_id = ?", [now, self.job_id])
+
+        self._write(apply)
 
     def _record_points(self, con: Any, work: BatchWork, skips: dict[int, str], now: Any) -> None:
         """What the collection now holds for this batch, in the transaction that marks it done."""
@@ -306,8 +366,8 @@ class Ledger:
 
     def mark_deleted(self, record_ids: list[str]) -> None:
         """The points are gone from Qdrant (it acknowledged): record it, and forget them in `points`."""
-        with self.store.transaction() as con:
-            self.lease.verify(con)
+
+        def apply(con: Any) -> None:
             con.execute(
                 "UPDATE deletions SET done = true WHERE job_id = ? AND record_id IN (SELECT unnest(?::VARCHAR[]))",
                 [self.job_id, record_ids],
@@ -317,9 +377,10 @@ class Ledger:
                 [self.target, record_ids],
             )
 
+        self._write(apply)
+
     def fail(self, work: BatchWork, error: str) -> None:
-        with self.store.transaction() as con:
-            self.lease.verify(con)
+        def apply(con: Any) -> None:
             now = self.clock.now()
             con.execute(
                 "UPDATE batches SET status = 'failed', last_error = ?, finished_at = ? WHERE job_id = ? AND batch_no = ?",
@@ -328,16 +389,20 @@ class Ledger:
             self._end_attempt(con, work, now, "failed", error)
             con.execute("UPDATE jobs SET updated_at = ? WHERE job_id = ?", [now, self.job_id])
 
+        self._write(apply)
+
     def release(self, work: BatchWork) -> None:
         """Hand an unfinished batch back (clean stop): pending again, its paid vectors kept."""
-        with self.store.transaction() as con:
-            self.lease.verify(con)
+
+        def apply(con: Any) -> None:
             now = self.clock.now()
             con.execute(
                 "UPDATE batches SET status = 'pending' WHERE job_id = ? AND batch_no = ? AND status = 'running'",
                 [self.job_id, work.batch_no],
             )
             self._end_attempt(con, work, now, "released", None)
+
+        self._write(apply)
 
     def _end_attempt(self, con: Any, work: BatchWork, now: Any, outcome: str, error: str | None) -> None:
         con.execute(

@@ -1,0 +1,202 @@
+"""qsync side by side with LangChain's indexing API, on the same data, embedder and emulator.
+
+    pip install -r benchmarks/requirements-langchain.txt
+    python benchmarks/langchain_indexer.py [--records 5000] [--latency 0.3] [--kill-at 0.25]
+
+Both tools embed with gemini-embedding-001 (768 dimensions, RETRIEVAL_DOCUMENT) through the real
+google-genai SDK, against one Gemini emulator running in its own process (answering after `--latency`
+seconds, no rate limits), and write to embedded Qdrant in a local folder:
+
+- LangChain: `index(docs, SQLRecordManager(sqlite), QdrantVectorStore, batch_size=100)` with
+  `GoogleGenerativeAIEmbeddings(base_url=emulator)`, the setup its docs recommend for re-runnable loads;
+- qsync: `qsync run` with its defaults (concurrency 4), client-side rate limits lifted as the emulator
+  has none.
+
+For each tool, in fresh folders:
+1. a full run: records/s;
+2. `--trials` times: a run SIGKILLed at a random moment within a second after the emulator has
+   embedded `--kill-at` of the texts, then the same command again, to completion: texts the emulator
+   embedded more than once (paid twice), and the records in Qdrant at the end.
+
+A call in flight when the process dies is lost to any client (the API charged for an answer nobody
+read); a tool that checkpoints well loses nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from emulator_process import KEY, EmulatorProcess
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL, DIMENSIONS = "gemini-embedding-001", 768
+
+
+def make_records(path: Path, n: int) -> None:
+    base = pd.read_json(REPO / "data" / "wordnet_sample.jsonl", lines=True)
+    texts = base["text"].tolist()
+    frame = pd.DataFrame(
+        {"id": [f"r{i}" for i in range(n)], "text": [f"{texts[i % len(texts)]} [{i}]" for i in range(n)]}
+    )
+    frame.to_parquet(path)
+
+
+# -- the LangChain side (runs in a child process, so that it can be killed) ----------------------------
+
+
+def langchain_index(source: Path, work: Path, url: str) -> None:
+    from langchain_classic.indexes import SQLRecordManager
+    from langchain_core.documents import Document
+    from langchain_core.indexing import index
+    from langchain_google_genai import GoogleGenerativeAIEmbeddings
+    from langchain_qdrant import QdrantVectorStore
+    from qdrant_client import QdrantClient, models
+
+    embeddings = GoogleGenerativeAIEmbeddings(
+        model=MODEL, google_api_key=KEY, base_url=url,  # type: ignore[arg-type]
+        task_type="RETRIEVAL_DOCUMENT", output_dimensionality=DIMENSIONS,
+    )  # fmt: skip
+    client = QdrantClient(path=str(work / "qdrant"))
+    if not client.collection_exists("c"):
+        client.create_collection(
+            "c", vectors_config=models.VectorParams(size=DIMENSIONS, distance=models.Distance.COSINE)
+        )
+    store = QdrantVectorStore(client=client, collection_name="c", embedding=embeddings)
+    manager = SQLRecordManager("qdrant/c", db_url=f"sqlite:///{work / 'records.sqlite'}")
+    manager.create_schema()
+    frame = pd.read_parquet(source)
+    docs = (Document(page_content=t, metadata={"id": i}) for i, t in zip(frame["id"], frame["text"], strict=True))
+    result = index(docs, manager, store, batch_size=100, cleanup="incremental", source_id_key="id")
+    print(json.dumps(dict(result)), flush=True)
+    client.close()
+
+
+def langchain_points(work: Path) -> int:
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(path=str(work / "qdrant"))
+    try:
+        return client.count("c", exact=True).count
+    finally:
+        client.close()
+
+
+# -- the qsync side -------------------------------------------------------------------------------------
+
+
+def qsync_command(source: Path, work: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "qsync", "run", "--source", str(source), "--collection", "c", "--job", "bench",
+        "--db", str(work / "qsync.duckdb"), "--qdrant-path", str(work / "qdrant"), "--embedder", "gemini",
+        "--dimensions", str(DIMENSIONS), "--texts-per-minute", str(10**9), "--tokens-per-minute", str(10**12),
+        "--quiet",
+    ]  # fmt: skip
+
+
+def qsync_points(work: Path) -> int:
+    import qsync
+
+    return int(qsync.status("bench", db=work / "qsync.duckdb")["processed_records"])
+
+
+# -- the harness ----------------------------------------------------------------------------------------
+
+
+def run(
+    command: list[str], env: dict[str, str], emulator: EmulatorProcess, kill_at_texts: int | None, delay_s: float = 0
+) -> float:
+    """Run `command` to its end, or SIGKILL it `delay_s` after the emulator has embedded `kill_at_texts`."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reached: float | None = None
+    while child.poll() is None:
+        if kill_at_texts is not None and reached is None and emulator.stats()["texts_embedded"] >= kill_at_texts:
+            reached = time.perf_counter()
+        if reached is not None and time.perf_counter() - reached >= delay_s:
+            os.kill(child.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    _, err = child.communicate()
+    if kill_at_texts is None and child.returncode != 0:
+        raise RuntimeError(f"{command[:4]} failed ({child.returncode}):\n{err[-3000:]}")
+    return time.perf_counter() - started
+
+
+def command_for(tool: str, source: Path, work: Path) -> list[str]:
+    if tool == "langchain":
+        return [sys.executable, __file__, "--langchain-child", str(source), str(work)]
+    return qsync_command(source, work)
+
+
+def measure(tool: str, n: int, latency_s: float, kill_at: float, trials: int, seed: int) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix=f"qsync-vs-{tool}-"))
+    source = root / "records.parquet"
+    make_records(source, n)
+    (root / "full").mkdir()
+    with EmulatorProcess(latency_s=latency_s) as emulator:
+        env = {**os.environ, **emulator.env(), "EMULATOR_URL": emulator.url}
+        elapsed = run(command_for(tool, source, root / "full"), env, emulator, None)
+    report: dict[str, Any] = {"tool": tool, "records_per_s": round(n / elapsed, 1), "full_run_s": round(elapsed, 1)}
+    # A crash comes at any moment: kill at a random delay (within one second) after the threshold.
+    delays = random.Random(seed).sample(range(1000), trials)
+    kills = []
+    for trial, delay_ms in enumerate(delays):
+        work = root / f"trial-{trial}"
+        work.mkdir()
+        with EmulatorProcess(latency_s=latency_s) as emulator:  # a fresh one: its counters are this trial's
+            env = {**os.environ, **emulator.env(), "EMULATOR_URL": emulator.url}
+            run(command_for(tool, source, work), env, emulator, int(n * kill_at), delay_ms / 1000)
+            at_kill = emulator.stats()
+            rerun_s = run(command_for(tool, source, work), env, emulator, None)
+            final = emulator.stats()
+        kills.append(
+            {
+                "kill_delay_s": delay_ms / 1000,
+                "texts_embedded_before_kill": at_kill["texts_embedded"],
+                "texts_embedded_by_rerun": final["texts_embedded"] - at_kill["texts_embedded"],
+                "texts_embedded_twice": final["texts_embedded_twice"],
+                "rerun_s": round(rerun_s, 1),
+                "records_in_qdrant_at_end": langchain_points(work) if tool == "langchain" else qsync_points(work),
+            }
+        )
+    twice = [k["texts_embedded_twice"] for k in kills]
+    report.update(
+        texts_embedded_twice_mean=round(sum(twice) / len(twice), 1),
+        texts_embedded_twice_max=max(twice),
+        all_records_in_qdrant=all(k["records_in_qdrant_at_end"] == n for k in kills),
+        kills=kills,
+    )
+    return report
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--langchain-child":
+        langchain_index(Path(sys.argv[2]), Path(sys.argv[3]), os.environ["EMULATOR_URL"])
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=5000)
+    parser.add_argument("--latency", type=float, default=0.3, help="seconds the emulator takes per call")
+    parser.add_argument("--kill-at", type=float, default=0.25, help="share of texts embedded before the SIGKILL")
+    parser.add_argument("--trials", type=int, default=5, help="kills per tool, each at a random moment")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    results = [
+        measure(tool, args.records, args.latency, args.kill_at, args.trials, args.seed)
+        for tool in ("langchain", "qsync")
+    ]
+    print(json.dumps({"records": args.records, "emulator_latency_s": args.latency, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
