@@ -9,8 +9,8 @@ seconds, no rate limits), and write to embedded Qdrant in a local folder:
 
 - LangChain: `index(docs, SQLRecordManager(sqlite), QdrantVectorStore, batch_size=100)` with
   `GoogleGenerativeAIEmbeddings(base_url=emulator)`, the setup its docs recommend for re-runnable loads;
-- qsync: `qsync run` with its defaults (concurrency 4), client-side rate limits lifted as the emulator
-  has none.
+- qsync: `qsync run` with its defaults (concurrency 4), and again with `--concurrency 1`; client-side
+  rate limits lifted, as the emulator has none.
 
 For each tool, in fresh folders:
 1. a full run: records/s;
@@ -95,12 +95,12 @@ def langchain_points(work: Path) -> int:
 # -- the qsync side -------------------------------------------------------------------------------------
 
 
-def qsync_command(source: Path, work: Path) -> list[str]:
+def qsync_command(source: Path, work: Path, concurrency: int) -> list[str]:
     return [
         sys.executable, "-m", "qsync", "run", "--source", str(source), "--collection", "c", "--job", "bench",
         "--db", str(work / "qsync.duckdb"), "--qdrant-path", str(work / "qdrant"), "--embedder", "gemini",
         "--dimensions", str(DIMENSIONS), "--texts-per-minute", str(10**9), "--tokens-per-minute", str(10**12),
-        "--quiet",
+        "--concurrency", str(concurrency), "--quiet",
     ]  # fmt: skip
 
 
@@ -115,9 +115,11 @@ def qsync_points(work: Path) -> int:
 
 def run(
     command: list[str], env: dict[str, str], emulator: EmulatorProcess, kill_at_texts: int | None, delay_s: float = 0
-) -> float:
-    """Run `command` to its end, or SIGKILL it `delay_s` after the emulator has embedded `kill_at_texts`."""
+) -> tuple[float, dict[str, Any]]:
+    """Run `command` to its end, or SIGKILL it `delay_s` after the emulator has embedded `kill_at_texts`.
+    Returns the time taken and the emulator's counters right after the kill (or the end)."""
     started = time.perf_counter()
+    stats: dict[str, Any] = {}
     child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     reached: float | None = None
     while child.poll() is None:
@@ -125,18 +127,19 @@ def run(
             reached = time.perf_counter()
         if reached is not None and time.perf_counter() - reached >= delay_s:
             os.kill(child.pid, signal.SIGKILL)
+            stats = emulator.stats()  # the calls still in progress now: their answers can reach nobody
             break
         time.sleep(0.01)
     _, err = child.communicate()
     if kill_at_texts is None and child.returncode != 0:
         raise RuntimeError(f"{command[:4]} failed ({child.returncode}):\n{err[-3000:]}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, stats or emulator.stats()
 
 
 def command_for(tool: str, source: Path, work: Path) -> list[str]:
     if tool == "langchain":
         return [sys.executable, __file__, "--langchain-child", str(source), str(work)]
-    return qsync_command(source, work)
+    return qsync_command(source, work, int(tool.removeprefix("qsync-c")))
 
 
 def measure(tool: str, n: int, latency_s: float, kill_at: float, trials: int, seed: int) -> dict[str, Any]:
@@ -146,7 +149,7 @@ def measure(tool: str, n: int, latency_s: float, kill_at: float, trials: int, se
     (root / "full").mkdir()
     with EmulatorProcess(latency_s=latency_s) as emulator:
         env = {**os.environ, **emulator.env(), "EMULATOR_URL": emulator.url}
-        elapsed = run(command_for(tool, source, root / "full"), env, emulator, None)
+        elapsed, _ = run(command_for(tool, source, root / "full"), env, emulator, None)
     report: dict[str, Any] = {"tool": tool, "records_per_s": round(n / elapsed, 1), "full_run_s": round(elapsed, 1)}
     # A crash comes at any moment: kill at a random delay (within one second) after the threshold.
     delays = random.Random(seed).sample(range(1000), trials)
@@ -156,24 +159,27 @@ def measure(tool: str, n: int, latency_s: float, kill_at: float, trials: int, se
         work.mkdir()
         with EmulatorProcess(latency_s=latency_s) as emulator:  # a fresh one: its counters are this trial's
             env = {**os.environ, **emulator.env(), "EMULATOR_URL": emulator.url}
-            run(command_for(tool, source, work), env, emulator, int(n * kill_at), delay_ms / 1000)
-            at_kill = emulator.stats()
-            rerun_s = run(command_for(tool, source, work), env, emulator, None)
-            final = emulator.stats()
+            _, at_kill = run(command_for(tool, source, work), env, emulator, int(n * kill_at), delay_ms / 1000)
+            time.sleep(latency_s + 0.5)  # let the calls in flight finish, so that they count before the re-run
+            before_rerun = emulator.stats()
+            rerun_s, final = run(command_for(tool, source, work), env, emulator, None)
         kills.append(
             {
                 "kill_delay_s": delay_ms / 1000,
-                "texts_embedded_before_kill": at_kill["texts_embedded"],
-                "texts_embedded_by_rerun": final["texts_embedded"] - at_kill["texts_embedded"],
+                "texts_embedded_by_killed_run": before_rerun["texts_embedded"],
+                "embed_calls_in_flight_at_kill": at_kill["in_progress"].get("batchEmbedContents", 0),
+                "texts_embedded_by_rerun": final["texts_embedded"] - before_rerun["texts_embedded"],
                 "texts_embedded_twice": final["texts_embedded_twice"],
                 "rerun_s": round(rerun_s, 1),
                 "records_in_qdrant_at_end": langchain_points(work) if tool == "langchain" else qsync_points(work),
             }
         )
     twice = [k["texts_embedded_twice"] for k in kills]
+    in_flight = [k["embed_calls_in_flight_at_kill"] for k in kills]
     report.update(
         texts_embedded_twice_mean=round(sum(twice) / len(twice), 1),
         texts_embedded_twice_max=max(twice),
+        embed_calls_in_flight_at_kill_mean=round(sum(in_flight) / len(in_flight), 1),
         all_records_in_qdrant=all(k["records_in_qdrant_at_end"] == n for k in kills),
         kills=kills,
     )

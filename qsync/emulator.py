@@ -102,6 +102,7 @@ class GeminiEmulator:
     texts_embedded: Counter[str] = field(default_factory=Counter)
     tokens_metered: int = 0
     requests: Counter[str] = field(default_factory=Counter)
+    in_progress: Counter[str] = field(default_factory=Counter)  # requests received and not yet answered
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -156,6 +157,7 @@ class GeminiEmulator:
             counts = list(self.texts_embedded.values())
             return {
                 "requests": dict(self.requests),
+                "in_progress": {verb: n for verb, n in self.in_progress.items() if n},
                 "texts_embedded": sum(counts),
                 "distinct_texts": len(counts),
                 "texts_embedded_twice": sum(c - 1 for c in counts if c > 1),
@@ -182,7 +184,15 @@ class GeminiEmulator:
         verb = verb or ("get" if method == "GET" else "post")
         with self._lock:
             self.requests[verb] += 1
+            self.in_progress[verb] += 1
             fate = self._random.random()
+        try:
+            return self._respond(handler, raw, resource, verb, fate)
+        finally:
+            with self._lock:
+                self.in_progress[verb] -= 1
+
+    def _respond(self, handler: BaseHTTPRequestHandler, raw: bytes, resource: str, verb: str, fate: float) -> None:
         if handler.headers.get("x-goog-api-key") != self.api_key:
             return self._send(handler, 400, _error(
                 400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",

@@ -36,6 +36,7 @@ from .store import Store, arrow_table, first_row
 BATCH_STATES = ("pending", "running", "done", "failed")
 
 T = TypeVar("T")
+MANIFEST_READ_AHEAD = 16  # batches whose records one manifest query loads
 
 
 class CacheIdentity(Protocol):
@@ -120,6 +121,7 @@ class _Write:
     """One caller's part of a group commit."""
 
     apply: Callable[[Any], Any]  # runs inside the shared transaction
+    touches_job: bool = False  # the job's updated_at moves (once per group)
     committed: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -138,10 +140,12 @@ class Ledger:
         self._queued: list[_Write] = []
         self._queue_lock = threading.Lock()
         self._committer = threading.Lock()  # held by the thread committing the current group
+        self._manifests: dict[int, list[tuple[Any, ...]]] = {}  # read ahead: batch_no -> manifest rows
+        self._manifests_lock = threading.Lock()
 
-    def _write(self, apply: Callable[[Any], T]) -> T:
+    def _write(self, apply: Callable[[Any], T], touches_job: bool = False) -> T:
         """Run `apply(con)` in a lease-checked transaction; return its result once committed."""
-        write = _Write(apply)
+        write = _Write(apply, touches_job)
         with self._queue_lock:
             self._queued.append(write)
         with self._committer:
@@ -158,6 +162,8 @@ class Ledger:
             with self.store.transaction() as con:
                 self.lease.verify(con)
                 results = [write.apply(con) for write in group]
+                if any(write.touches_job for write in group):
+                    con.execute("UPDATE jobs SET updated_at = ? WHERE job_id = ?", [self.clock.now(), self.job_id])
         except BaseException as exc:
             if len(group) > 1:  # one write failed and took the others down: commit each on its own,
                 for write in group:  # so that only the failing caller sees its error
@@ -178,15 +184,31 @@ class Ledger:
         return [int(r[0]) for r in rows]
 
     def claim(self, batch_no: int, embedder: Embedder) -> BatchWork:
-        return self._write(lambda con: self._claim(con, batch_no, embedder))
+        """Mark the batch running (a new attempt) and load its records and the vectors already cached.
 
-    def _claim(self, con: Any, batch_no: int, embedder: Embedder) -> BatchWork:
+        Only the state change needs the write transaction: the manifest never changes once planned, and
+        the cache is looked up after the claim, so it sees every vector an earlier attempt persisted."""
+        attempt = self._write(lambda con: self._claim(con, batch_no))
+        records = self._manifest(batch_no)
+        return BatchWork(
+            batch_no=batch_no,
+            attempt=attempt,
+            ordinals=[r[0] for r in records],
+            record_ids=[r[1] for r in records],
+            hashes=[r[2] for r in records],
+            texts=[r[3] for r in records],
+            token_estimates=[r[4] for r in records],
+            payloads=[r[5] for r in records],
+            cached=self.cached_vectors(embedder, [r[2] for r in records]),
+        )
+
+    def _claim(self, con: Any, batch_no: int) -> int:
         now = self.clock.now()
         row = first_row(
             con.execute(
                 """UPDATE batches SET status = 'running', attempts = attempts + 1, started_at = ?
-               WHERE job_id = ? AND batch_no = ? AND status IN ('pending', 'failed')
-               RETURNING attempts""",
+                   WHERE job_id = ? AND batch_no = ? AND status IN ('pending', 'failed')
+                   RETURNING attempts""",
                 [now, self.job_id, batch_no],
             )
         )
@@ -197,23 +219,26 @@ class Ledger:
             "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
             [self.job_id, batch_no, attempt, self.lease.pid, self.lease.token, now],
         )
-        records = con.execute(
-            """SELECT ordinal, record_id, content_hash, text, token_estimate, payload FROM manifest
-               WHERE job_id = ? AND batch_no = ? ORDER BY ordinal""",
-            [self.job_id, batch_no],
-        ).fetchall()
-        cached = self._cached_vectors(con, embedder, [r[2] for r in records])
-        return BatchWork(
-            batch_no=batch_no,
-            attempt=attempt,
-            ordinals=[r[0] for r in records],
-            record_ids=[r[1] for r in records],
-            hashes=[r[2] for r in records],
-            texts=[r[3] for r in records],
-            token_estimates=[r[4] for r in records],
-            payloads=[r[5] for r in records],
-            cached=cached,
+        return attempt
+
+    def _manifest(self, batch_no: int) -> list[tuple[Any, ...]]:
+        """The batch's records, read MANIFEST_READ_AHEAD batches at a time (one query instead of many)."""
+        with self._manifests_lock:
+            rows = self._manifests.pop(batch_no, None)
+        if rows is not None:
+            return rows
+        fetched = self.store.query_rows(
+            """SELECT batch_no, ordinal, record_id, content_hash, text, token_estimate, payload FROM manifest
+               WHERE job_id = ? AND batch_no BETWEEN ? AND ? ORDER BY batch_no, ordinal""",
+            [self.job_id, batch_no, batch_no + MANIFEST_READ_AHEAD - 1],
         )
+        by_batch: dict[int, list[tuple[Any, ...]]] = {}
+        for row in fetched:
+            by_batch.setdefault(int(row[0]), []).append(tuple(row[1:]))
+        rows = by_batch.pop(batch_no, [])
+        with self._manifests_lock:
+            self._manifests.update(by_batch)
+        return rows
 
     def cached_vectors(self, embedder: CacheIdentity, hashes: list[str]) -> dict[str, tuple[Vectors, int]]:
         with self.store.reading() as con:
@@ -324,9 +349,8 @@ class Ledger:
                 )
             self._record_points(con, work, skips, now)
             self._end_attempt(con, work, now, "done", None)
-            con.execute("UPDATE jobs SET updated_at = ? WHERE job_id = ?", [now, self.job_id])
 
-        self._write(apply)
+        self._write(apply, touches_job=True)
 
     def _record_points(self, con: Any, work: BatchWork, skips: dict[int, str], now: Any) -> None:
         """What the collection now holds for this batch, in the transaction that marks it done."""
@@ -387,9 +411,8 @@ class Ledger:
                 [error, now, self.job_id, work.batch_no],
             )
             self._end_attempt(con, work, now, "failed", error)
-            con.execute("UPDATE jobs SET updated_at = ? WHERE job_id = ?", [now, self.job_id])
 
-        self._write(apply)
+        self._write(apply, touches_job=True)
 
     def release(self, work: BatchWork) -> None:
         """Hand an unfinished batch back (clean stop): pending again, its paid vectors kept."""

@@ -1,0 +1,137 @@
+"""The ledger's group commit: writes that queue while another commits go into one transaction, and
+each caller still gets its own result, or its own error."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from qsync_testing import make_records, wait_for
+
+import qsync
+from qsync import lease as leases
+from qsync.clock import SYSTEM_CLOCK
+from qsync.embedders.hashing import HashingEmbedder
+from qsync.errors import LeaseLost
+from qsync.ledger import BatchWork, Ledger
+from qsync.store import open_store
+
+
+def _ledger(tmp_path: Path) -> tuple[Ledger, list[int]]:
+    """A job of 10 batches of 10 records, its lease taken; returns the ledger and a transaction count."""
+    db = tmp_path / "q.duckdb"
+    qsync.create_job(pd.DataFrame(make_records(100)), collection="c", job="g", db=db, dimensions=8, batch_size=10)
+    store = open_store(db)
+    lease, _ = leases.acquire(store, "g", SYSTEM_CLOCK, stale_after_s=60)
+    transactions = [0]
+    opened = store.transaction
+
+    @contextlib.contextmanager
+    def counted() -> Iterator[Any]:
+        transactions[0] += 1
+        with opened() as con:
+            yield con
+
+    store.transaction = counted  # type: ignore[method-assign]
+    return Ledger(store, lease, SYSTEM_CLOCK), transactions
+
+
+def _claim_together(ledger: Ledger, batch_nos: list[int]) -> dict[int, BatchWork | BaseException]:
+    """Claim from one thread per batch, all queued behind a held commit, then let them go at once."""
+    results: dict[int, BatchWork | BaseException] = {}
+
+    def claim(batch_no: int) -> None:
+        try:
+            results[batch_no] = ledger.claim(batch_no, HashingEmbedder(dimensions=8))
+        except BaseException as exc:
+            results[batch_no] = exc
+
+    with ledger._committer:  # as if another group were committing: the claims queue up meanwhile
+        threads = [threading.Thread(target=claim, args=(b,)) for b in batch_nos]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(ledger._queued) == len(batch_nos), timeout=10)
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+def _statuses(ledger: Ledger) -> dict[int, tuple[str, int]]:
+    rows = ledger.store.query_rows("SELECT batch_no, status, attempts FROM batches WHERE job_id = 'g'")
+    return {int(b): (str(s), int(a)) for b, s, a in rows}
+
+
+def test_queued_writes_commit_in_one_transaction_and_each_caller_gets_its_own_result(tmp_path: Path) -> None:
+    ledger, transactions = _ledger(tmp_path)
+    results = _claim_together(ledger, list(range(8)))
+    assert transactions[0] == 1  # eight claims, one lease check, one commit
+    for batch_no, work in results.items():
+        assert isinstance(work, BatchWork)
+        assert work.batch_no == batch_no and work.attempt == 1
+        assert work.record_ids == [f"r{i}" for i in range(batch_no * 10, batch_no * 10 + 10)]
+    statuses = _statuses(ledger)
+    assert all(statuses[b] == ("running", 1) for b in range(8))
+    assert statuses[8] == statuses[9] == ("pending", 0)
+
+
+def test_a_failing_write_fails_only_its_caller_and_the_others_commit(tmp_path: Path) -> None:
+    ledger, transactions = _ledger(tmp_path)
+    ledger.claim(3, HashingEmbedder(dimensions=8))  # batch 3 is running: claiming it again must fail
+    results = _claim_together(ledger, [1, 2, 3, 4])
+    assert isinstance(results[3], RuntimeError) and "not claimable" in str(results[3])
+    assert all(isinstance(results[b], BatchWork) for b in (1, 2, 4))
+    # the group rolled back, then each write was committed on its own
+    assert transactions[0] == 1 + 1 + 4
+    statuses = _statuses(ledger)
+    assert [statuses[b] for b in (1, 2, 3, 4)] == [("running", 1)] * 4  # batch 3: still the one claim
+    assert statuses[5] == ("pending", 0)
+
+
+def test_a_lost_lease_fails_every_queued_write_and_writes_nothing(tmp_path: Path) -> None:
+    ledger, _ = _ledger(tmp_path)
+    with ledger.store.transaction() as con:  # another runner took the job over
+        con.execute("UPDATE jobs SET lease_token = 'someone-else' WHERE job_id = 'g'")
+    results = _claim_together(ledger, [0, 1, 2])
+    assert all(isinstance(r, LeaseLost) for r in results.values())
+    assert all(status == ("pending", 0) for status in _statuses(ledger).values())
+
+
+def test_the_batch_records_are_read_ahead_and_served_once(tmp_path: Path) -> None:
+    ledger, _ = _ledger(tmp_path)
+    queries: list[str] = []
+    original = ledger.store.query_rows
+
+    def counting(sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        if "FROM manifest" in sql:
+            queries.append(sql)
+        return original(sql, params)
+
+    ledger.store.query_rows = counting  # type: ignore[method-assign]
+    works = [ledger.claim(b, HashingEmbedder(dimensions=8)) for b in range(10)]
+    assert len(queries) == 1  # ten batches, one manifest query
+    assert [w.record_ids[0] for w in works] == [f"r{b * 10}" for b in range(10)]
+    ledger.release(works[4])
+    again = ledger.claim(4, HashingEmbedder(dimensions=8))  # served from the manifest again, not a stale copy
+    assert again.attempt == 2 and again.record_ids == works[4].record_ids
+    assert len(queries) == 2
+
+
+@pytest.mark.parametrize("kind", ["complete", "fail", "release"])
+def test_every_transition_goes_through_the_group_commit(tmp_path: Path, kind: str) -> None:
+    ledger, transactions = _ledger(tmp_path)
+    work = ledger.claim(0, HashingEmbedder(dimensions=8))
+    before = transactions[0]
+    if kind == "complete":
+        ledger.complete(work, cache_hits=0, saved_tokens=0, duration_s=0.1)
+    elif kind == "fail":
+        ledger.fail(work, "boom")
+    else:
+        ledger.release(work)
+    assert transactions[0] == before + 1
+    expected = {"complete": "done", "fail": "failed", "release": "pending"}[kind]
+    assert _statuses(ledger)[0][0] == expected
