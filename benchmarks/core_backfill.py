@@ -36,6 +36,7 @@ from qsync.events import BatchFinished, Event, JobStarted
 from qsync.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]
+PRICE = 0.15  # USD per 1M input tokens, gemini-embedding-001 (qsync/pricing.json)
 
 
 def make_source(path: Path, n: int) -> None:
@@ -82,6 +83,7 @@ def main() -> None:
         sys.executable, "-m", "qsync", "run", "--source", str(src), "--collection", "bench", "--db", str(db),
         "--job", "bench", "--dimensions", str(args.dimensions), "--concurrency", str(args.concurrency),
         "--payload-columns", "pos", "--quiet", "--embedder", "hash",
+        "--price-per-million", str(PRICE),  # priced as gemini-embedding-001, so the ledger counts dollars
         *(["--qdrant-path", args.qdrant_path] if args.qdrant_path else []),
     ]  # fmt: skip
     started = time.perf_counter()
@@ -155,6 +157,9 @@ def main() -> None:
         "checkpoint_ms_by_step": {k: round(v, 2) for k, v in per_batch.items()},
         "checkpoint_share_of_wall_time": round(checkpoint_ms * batches / 1000 / resume_s / args.concurrency, 3),
         "records_not_redone": before["processed_records"],
+        "usd_spent_before_kill": round(before["cost_usd"], 4),
+        "usd_spent_by_resume": round(after["cost_usd"] - before["cost_usd"], 4),
+        "usd_total": round(after["cost_usd"], 4),
         "texts_embedded_total": after["embedded_texts"],
         "texts_embedded_twice": after["embedded_texts"] - (after["total_records"] - after["skipped_records"]),
         "cache_hits_on_resume": after["cache_hits"],

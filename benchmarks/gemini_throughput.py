@@ -85,10 +85,10 @@ def plain_loop(frame: pd.DataFrame, qdrant: Path | str, batch: int = 100) -> flo
     from google.genai import types
     from qdrant_client import QdrantClient, models
 
+    started = time.perf_counter()  # like qsync's, the clock runs from opening the clients to the last point
     client = genai.Client(api_key=KEY, http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)))
     sink = QdrantClient(location=":memory:") if str(qdrant) == ":memory:" else QdrantClient(path=str(qdrant))
     sink.create_collection("c", vectors_config=models.VectorParams(size=768, distance=models.Distance.COSINE))
-    started = time.perf_counter()
     rows = frame.to_dict("records")
     for i in range(0, len(rows), batch):
         chunk = rows[i : i + batch]

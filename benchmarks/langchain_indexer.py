@@ -196,11 +196,10 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=0.25, help="share of texts embedded before the SIGKILL")
     parser.add_argument("--trials", type=int, default=5, help="kills per tool, each at a random moment")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--qsync-concurrency", default="4,1", help="qsync runs to measure, by --concurrency")
     args = parser.parse_args()
-    results = [
-        measure(tool, args.records, args.latency, args.kill_at, args.trials, args.seed)
-        for tool in ("langchain", "qsync")
-    ]
+    tools = ["langchain", *(f"qsync-c{c}" for c in args.qsync_concurrency.split(","))]
+    results = [measure(tool, args.records, args.latency, args.kill_at, args.trials, args.seed) for tool in tools]
     print(json.dumps({"records": args.records, "emulator_latency_s": args.latency, "results": results}, indent=2))
 
 

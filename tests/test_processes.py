@@ -263,6 +263,18 @@ def test_status_json_has_the_documented_fields(tmp_path: Path) -> None:
     assert len(done) == 3
 
 
+def test_an_offline_rehearsal_can_price_its_tokens(tmp_path: Path) -> None:
+    src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(120))
+    args = ["run", "--source", str(src), "--collection", "docs", "--db", str(db), "--job", "j", "--embedder", "hash",
+            "--dimensions", "8", "--price-per-million", "0.15", "--qdrant-path", str(tmp_path / "qdrant"), "--quiet"]  # fmt: skip
+    out = run_qsync(*args)
+    assert out.returncode == 0, out.stderr
+    info = status_json(db, "j")
+    assert info["tokens"] > 0
+    assert info["cost_usd"] == pytest.approx(info["tokens"] * 0.15 / 1_000_000)
+
+
 def test_ctrl_c_pauses_cleanly_and_resume_completes(tmp_path: Path) -> None:
     src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(1500))

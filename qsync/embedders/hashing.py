@@ -74,12 +74,14 @@ class HashingEmbedder:
     max_text_tokens = 2048  # the same limit as gemini-embedding-001, so plans agree across embedders
     price_per_million_tokens = 0.0
 
-    def __init__(self, dimensions: int = 768, latency_s: float = 0.0) -> None:
+    def __init__(self, dimensions: int = 768, latency_s: float = 0.0, price_per_million_tokens: float = 0.0) -> None:
         if dimensions < 1:
             raise ValueError("dimensions must be positive")
         self.dimensions = dimensions
         # Sleeps this long per call to stand in for a remote API in demos and tests.
         self.latency_s = latency_s
+        # Free, but a rehearsal may price its tokens (--price-per-million) to see what a paid run costs.
+        self.price_per_million_tokens = price_per_million_tokens
 
     def embed(self, texts: list[str]) -> EmbedResult:
         if self.latency_s:
