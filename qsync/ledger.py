@@ -122,7 +122,7 @@ class _Write:
 
     apply: Callable[[Any], Any]  # runs inside the shared transaction
     touches_job: bool = False  # the job's updated_at moves (once per group)
-    committed: threading.Event = field(default_factory=threading.Event)
+    committed: bool = False  # read and set only under the committer lock
     result: Any = None
     error: BaseException | None = None
 
@@ -149,7 +149,7 @@ class Ledger:
         with self._queue_lock:
             self._queued.append(write)
         with self._committer:
-            if not write.committed.is_set():  # else the previous group took it along
+            if not write.committed:  # else the previous group took it along
                 with self._queue_lock:
                     group, self._queued = self._queued, []
                 self._commit(group)
@@ -170,11 +170,11 @@ class Ledger:
                     self._commit([write])
                 return
             group[0].error = exc
-            group[0].committed.set()
+            group[0].committed = True
             return
         for write, result in zip(group, results, strict=True):
             write.result = result
-            write.committed.set()
+            write.committed = True
 
     def runnable_batches(self) -> list[int]:
         rows = self.store.query_rows(
