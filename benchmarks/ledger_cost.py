@@ -1,0 +1,84 @@
+"""What qsync's checkpoint costs alone: the ledger's writes for N batches, one thread, no API, no sink.
+
+    python benchmarks/ledger_cost.py [--batches 100] [--dimensions 768]
+
+Per batch of 100 records: claim, persist 100 dense random vectors (like Gemini's), mark done — the
+three ledger writes a worker makes — into a fresh qsync store. Reported: wall and CPU time per batch,
+and the share of each COMMIT (where DuckDB writes its WAL and, now and then, checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import qsync
+from qsync import lease as leases
+from qsync.clock import SYSTEM_CLOCK
+from qsync.embedders.hashing import HashingEmbedder
+from qsync.ledger import Ledger
+from qsync.store import open_store
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--dimensions", type=int, default=768)
+    args = parser.parse_args()
+    db = Path(tempfile.mkdtemp(prefix="qsync-ledger-")) / "q.duckdb"
+    n = args.batches * 100
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"record number {i}" for i in range(n)]})
+    qsync.create_job(frame, collection="c", job="j", db=db, dimensions=args.dimensions, qdrant_path=":memory:")
+    store = open_store(db)
+    lease, _ = leases.acquire(store, "j", SYSTEM_CLOCK, stale_after_s=60)
+    ledger = Ledger(store, lease, SYSTEM_CLOCK, target="bench", embedder_signature="bench")
+    embedder = HashingEmbedder(args.dimensions)  # only its identity is used: the vectors are random
+    rng = np.random.default_rng(0)
+    all_vectors = [rng.standard_normal((100, args.dimensions)).astype(np.float32) for _ in range(args.batches)]
+
+    commits: dict[str, float] = defaultdict(float)
+    step = [""]
+    opened = store.transaction
+
+    @contextlib.contextmanager
+    def timed_commit() -> Iterator[Any]:
+        with opened() as con:
+            yield con
+            started = time.perf_counter()  # the COMMIT runs as the `with` above exits
+        commits[step[0]] += time.perf_counter() - started
+
+    store.transaction = timed_commit  # type: ignore[method-assign]
+    cpu, wall = os.times(), time.perf_counter()
+    for batch_no, vectors in enumerate(all_vectors):
+        step[0] = "claim"
+        work = ledger.claim(batch_no, embedder)
+        step[0] = "persist vectors"
+        ledger.record_embeddings(work, embedder, work.hashes, vectors, [10] * 100, tokens_estimated=False)
+        step[0] = "mark done"
+        ledger.complete(work, cache_hits=0, saved_tokens=0, duration_s=0.0)
+    cpu_end, wall_end = os.times(), time.perf_counter()
+    per_batch = 1000 / args.batches
+    report = {
+        "batches": args.batches,
+        "dimensions": args.dimensions,
+        "wall_ms_per_batch": round((wall_end - wall) * per_batch, 1),
+        "cpu_ms_per_batch": round((cpu_end.user + cpu_end.system - cpu.user - cpu.system) * per_batch, 1),
+        "commit_ms_per_batch": {k: round(v * per_batch, 1) for k, v in commits.items()},
+    }
+    store.close()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
