@@ -108,19 +108,18 @@ def plain_loop(frame: pd.DataFrame, qdrant: Path | str, batch: int = 100) -> flo
 
 
 def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = False) -> dict[str, Any]:
-    emulator = EmulatorProcess(latency_s=latency_s)  # its own process: it must not share our GIL
-    os.environ.update(emulator.env())
-    frame = records(n)
-    work = Path(tempfile.mkdtemp(prefix="qsync-loop-"))
-    loop_rate = plain_loop(frame, ":memory:" if in_memory else work / "loop.qdrant")
-    qdrant_path: Any = ":memory:" if in_memory else work / "qsync.qdrant"
-    qsync.create_job(frame, collection="c", job="loop", db=work / "q.duckdb", qdrant_path=qdrant_path,
-                     embedder="gemini", dimensions=768, embedder_options={"texts_per_minute": 10**9,
-                     "tokens_per_minute": 10**12})  # fmt: skip
-    started = time.perf_counter()
-    result = qsync.run_job("loop", db=work / "q.duckdb", concurrency=concurrency)
-    qsync_rate = n / (time.perf_counter() - started)
-    emulator.stop()
+    with EmulatorProcess(latency_s=latency_s) as emulator:  # its own process: it must not share our GIL
+        os.environ.update(emulator.env())
+        frame = records(n)
+        work = Path(tempfile.mkdtemp(prefix="qsync-loop-"))
+        loop_rate = plain_loop(frame, ":memory:" if in_memory else work / "loop.qdrant")
+        qdrant_path: Any = ":memory:" if in_memory else work / "qsync.qdrant"
+        qsync.create_job(frame, collection="c", job="loop", db=work / "q.duckdb", qdrant_path=qdrant_path,
+                         embedder="gemini", dimensions=768, embedder_options={"texts_per_minute": 10**9,
+                         "tokens_per_minute": 10**12})  # fmt: skip
+        started = time.perf_counter()
+        result = qsync.run_job("loop", db=work / "q.duckdb", concurrency=concurrency)
+        qsync_rate = n / (time.perf_counter() - started)
     return {
         "records": n,
         "emulator_latency_s": latency_s,

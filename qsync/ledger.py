@@ -237,26 +237,25 @@ class Ledger:
             by_batch.setdefault(int(row[0]), []).append(tuple(row[1:]))
         rows = by_batch.pop(batch_no, [])
         with self._manifests_lock:
-            self._manifests.update(by_batch)
+            # Replace, not add: batches of an earlier read that were never claimed (done ones inside a
+            # retry's range, say) would otherwise pile up; this keeps at most one read's worth in memory.
+            self._manifests = by_batch
         return rows
 
     def cached_vectors(self, embedder: CacheIdentity, hashes: list[str]) -> dict[str, tuple[Vectors, int]]:
-        with self.store.reading() as con:
-            return self._cached_vectors(con, embedder, hashes)
-
-    def _cached_vectors(self, con: Any, embedder: CacheIdentity, hashes: list[str]) -> dict[str, tuple[Vectors, int]]:
         """content hash -> (vector, tokens reusing it saves) for the hashes the cache holds."""
         keys = sorted({cache_key(embedder, h) for h in hashes})
         if not keys:
             return {}
         # A literal IN list lets DuckDB use the primary-key index (a join would scan the whole cache).
         placeholders = ", ".join("?" * len(keys))
-        table = arrow_table(
-            con,
-            f"SELECT content_hash, CASE WHEN origin = ? THEN 0 ELSE tokens END AS tokens, vector "
-            f"FROM embeddings WHERE cache_key IN ({placeholders})",
-            [batch_mode_origin(self.job_id), *keys],
-        )
+        with self.store.reading() as con:
+            table = arrow_table(
+                con,
+                f"SELECT content_hash, CASE WHEN origin = ? THEN 0 ELSE tokens END AS tokens, vector "
+                f"FROM embeddings WHERE cache_key IN ({placeholders})",
+                [batch_mode_origin(self.job_id), *keys],
+            )
         if not table.num_rows:
             return {}
         flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)

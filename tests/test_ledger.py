@@ -18,14 +18,16 @@ from qsync import lease as leases
 from qsync.clock import SYSTEM_CLOCK
 from qsync.embedders.hashing import HashingEmbedder
 from qsync.errors import LeaseLost
-from qsync.ledger import BatchWork, Ledger
+from qsync.ledger import MANIFEST_READ_AHEAD, BatchWork, Ledger
 from qsync.store import open_store
 
 
-def _ledger(tmp_path: Path) -> tuple[Ledger, list[int]]:
-    """A job of 10 batches of 10 records, its lease taken; returns the ledger and a transaction count."""
+def _ledger(tmp_path: Path, batch_size: int = 10) -> tuple[Ledger, list[int]]:
+    """A job of 100 records (10 batches of 10), its lease taken; returns the ledger and a transaction count."""
     db = tmp_path / "q.duckdb"
-    qsync.create_job(pd.DataFrame(make_records(100)), collection="c", job="g", db=db, dimensions=8, batch_size=10)
+    qsync.create_job(
+        pd.DataFrame(make_records(100)), collection="c", job="g", db=db, dimensions=8, batch_size=batch_size
+    )
     store = open_store(db)
     lease, _ = leases.acquire(store, "g", SYSTEM_CLOCK, stale_after_s=60)
     transactions = [0]
@@ -119,6 +121,14 @@ def test_the_batch_records_are_read_ahead_and_served_once(tmp_path: Path) -> Non
     again = ledger.claim(4, HashingEmbedder(dimensions=8))  # served from the manifest again, not a stale copy
     assert again.attempt == 2 and again.record_ids == works[4].record_ids
     assert len(queries) == 2
+
+
+def test_the_read_ahead_holds_at_most_one_read_of_batches(tmp_path: Path) -> None:
+    ledger, _ = _ledger(tmp_path, batch_size=1)  # 100 batches of one record
+    for batch_no in range(0, 100, 20):  # scattered claims, as when only failed batches are retried
+        work = ledger.claim(batch_no, HashingEmbedder(dimensions=8))
+        assert work.record_ids == [f"r{batch_no}"]
+        assert len(ledger._manifests) <= MANIFEST_READ_AHEAD - 1
 
 
 @pytest.mark.parametrize("kind", ["complete", "fail", "release"])
