@@ -1,12 +1,14 @@
 """qsync: resumable, checkpointed backfills of embeddings into Qdrant."""
 
 from .api import (
+    SpecMismatch,
     batch_records,
     batches,
     cancel,
     create_job,
     jobs,
     make_runner,
+    open_job,
     prepare,
     resume_job,
     run,
@@ -15,7 +17,7 @@ from .api import (
     status,
 )
 from .costs import cost, cost_over_time, estimate
-from .embedders import EmbedderSpec, EmbedResult, HashingEmbedder
+from .embedders import EmbedResult, HashingEmbedder
 from .errors import (
     ConfigError,
     LeaseHeld,
@@ -28,14 +30,17 @@ from .errors import (
     TransientError,
 )
 from .events import BatchFinished, JobFinished, JobStarted, Notice, Progress
-from .runner import RunResult, RunSettings
+from .figures import JobFigures
+from .runner import RunResult
 from .sink import POINT_ID_NAMESPACE, point_id
 from .sources import Columns, DataFrameSource, FileSource, SqlSource
+from .spec import KEEP, EmbedderSpec, JobSpec, RunSettings, build_spec
 from .verification import VerifyReport, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "KEEP",
     "POINT_ID_NAMESPACE",
     "BatchFinished",
     "Columns",
@@ -45,7 +50,9 @@ __all__ = [
     "EmbedderSpec",
     "FileSource",
     "HashingEmbedder",
+    "JobFigures",
     "JobFinished",
+    "JobSpec",
     "JobStarted",
     "LeaseHeld",
     "LeaseLost",
@@ -56,6 +63,7 @@ __all__ = [
     "RunResult",
     "RunSettings",
     "SourceError",
+    "SpecMismatch",
     "SqlSource",
     "StoreError",
     "StoreLocked",
@@ -63,6 +71,7 @@ __all__ = [
     "VerifyReport",
     "batch_records",
     "batches",
+    "build_spec",
     "cancel",
     "cost",
     "cost_over_time",
@@ -70,6 +79,7 @@ __all__ = [
     "estimate",
     "jobs",
     "make_runner",
+    "open_job",
     "point_id",
     "prepare",
     "resume_job",

@@ -10,56 +10,56 @@ making no synchronous embedding call for those texts.
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
+from functools import partial
 from typing import Any
 
-import numpy as np
-
 from .budget import Budget
-from .clock import Clock
+from .cache import cache_key
+from .checkpoint import Checkpoint
+from .control import Control
 from .embedders.gemini import estimate_tokens
 from .errors import PermanentError
-from .lease import Lease
-from .ledger import batch_mode_origin, cache_key, insert_vectors
-from .store import Store
+from .retry import Retrier
 
 log = logging.getLogger("qsync")
 
 
-class BatchModePrefetcher:
+class BatchModeStage:
+    """The job stage that fills the cache with half-price vectors before the batches run."""
+
     def __init__(
         self,
-        store: Store,
-        lease: Lease,
+        checkpoint: Checkpoint,
         embedder: Any,  # GeminiEmbedder: submit_batch, poll_batch, count_tokens_many
-        clock: Clock,
-        price_per_million_tokens: float,
         budget: Budget,
+        retrier: Retrier,
+        control: Control,
         texts_per_job: int = 5000,
         poll_s: float = 30.0,
     ) -> None:
-        self.store = store
-        self.lease = lease
-        self.job_id = lease.job_id
+        self.checkpoint = checkpoint
+        self.store = checkpoint.store
+        self.job_id = checkpoint.job_id
         self.embedder = embedder
-        self.clock = clock
-        self.price = price_per_million_tokens
+        self.price = float(getattr(embedder, "batch_price_per_million_tokens", embedder.price_per_million_tokens))
         self.budget = budget
+        self.retrier = retrier
+        self.control = control
         self.texts_per_job = texts_per_job
         self.poll_s = poll_s
 
-    def run(self, stop: threading.Event) -> None:
-        """Submit what is missing, then poll until every remote job has been ingested (or `stop`)."""
+    def before_run(self) -> None:
+        """Submit what is missing, then poll until every remote job has been ingested (or the run stops)."""
         self._submit_missing()
-        while not stop.is_set():
+        while not self.control.stopping:
             pending = self._pending()
             if not pending:
                 return
             for name in pending:
                 self._poll(name)
-            if self._pending():
-                stop.wait(self.poll_s)
+            if self._pending() and not self.control.pause_for(self.poll_s):
+                return
 
     def _pending(self) -> list[str]:
         rows = self.store.query_rows(
@@ -87,31 +87,26 @@ class BatchModePrefetcher:
         )
         hashes, texts = list(origin_free["content_hash"]), list(origin_free["text"])
         for start in range(0, len(hashes), self.texts_per_job):
+            self.control.check()
             chunk_hashes = hashes[start : start + self.texts_per_job]
             chunk_texts = texts[start : start + self.texts_per_job]
             # The cap applies to the estimate at submit time: the real count arrives hours later.
             estimate = sum(estimate_tokens(t) for t in chunk_texts) * self.price / 1e6
             self.budget.reserve(estimate)
-            name = self.embedder.submit_batch(chunk_texts, f"qsync-{self.job_id}-{uuid.uuid4().hex[:8]}")
+            try:
+                name = self.retrier.call(partial(self.embedder.submit_batch, chunk_texts,
+                                                 f"qsync-{self.job_id}-{uuid.uuid4().hex[:8]}"))  # fmt: skip
+            except BaseException:
+                self.budget.settle(estimate, 0.0)
+                raise
             self.budget.settle(estimate, estimate)
-            with self.store.transaction() as con:
-                self.lease.verify(con)
-                con.execute(
-                    "INSERT INTO remote_jobs (job_id, name, state, content_hashes, texts, submitted_at) "
-                    "VALUES (?, ?, 'submitted', ?, ?, ?)",
-                    [self.job_id, name, chunk_hashes, len(chunk_hashes), self.clock.now()],
-                )
+            self.checkpoint.record_remote_job(name, chunk_hashes)
             log.info("qsync: submitted %s texts as Gemini batch job %s", len(chunk_hashes), name)
 
     def _poll(self, name: str) -> None:
-        _, vectors, error = self.embedder.poll_batch(name)
+        _, vectors, error = self.retrier.call(lambda: self.embedder.poll_batch(name))
         if error is not None:
-            with self.store.transaction() as con:
-                self.lease.verify(con)
-                con.execute(
-                    "UPDATE remote_jobs SET state = 'failed', error = ?, finished_at = ? WHERE job_id = ? AND name = ?",
-                    [error, self.clock.now(), self.job_id, name],
-                )
+            self.checkpoint.fail_remote_job(name, error)
             log.warning("qsync: Gemini batch job %s failed (%s); its texts are embedded synchronously", name, error)
             return
         if vectors is None:
@@ -130,17 +125,5 @@ class BatchModePrefetcher:
             )
         )
         tokens = self.embedder.count_tokens_many([texts[h] for h in hashes])
-        self._ingest(name, hashes, vectors, tokens)
-
-    def _ingest(self, name: str, hashes: list[str], vectors: np.ndarray, tokens: list[int]) -> None:
-        now = self.clock.now()
-        total = int(sum(tokens))
-        with self.store.transaction() as con:
-            self.lease.verify(con)
-            insert_vectors(con, self.embedder, hashes, vectors, tokens, now, batch_mode_origin(self.job_id))
-            con.execute(
-                "UPDATE remote_jobs SET state = 'ingested', tokens = ?, cost_usd = ?, finished_at = ? "
-                "WHERE job_id = ? AND name = ?",
-                [total, total * self.price / 1e6, now, self.job_id, name],
-            )
+        self.checkpoint.ingest_remote_job(name, self.embedder, hashes, vectors, tokens, self.price)
         log.info("qsync: ingested %s vectors from Gemini batch job %s", len(hashes), name)

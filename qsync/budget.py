@@ -1,4 +1,7 @@
-"""A spending cap for a job: calls are reserved against it before they are made, settled after."""
+"""A spending cap for a job's whole spend: embeddings, enrichment answers and Batch Mode submissions,
+across every resume. A run starts from what the checkpoint says the job has spent; each paid call is
+reserved against the cap (at its estimated, or for answers its highest, cost) before it is made, and
+settled with its real cost after."""
 
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ class Budget:
             if self.limit_usd is not None and self.spent_usd + self._reserved + usd > self.limit_usd + 1e-12:
                 raise PauseJob(
                     f"the budget of ${self.limit_usd:.4f} would be exceeded (${self.spent_usd:.4f} spent, "
-                    f"${self._reserved:.4f} in flight, next call ~${usd:.4f}); the job is paused — resume it "
-                    "with a higher --max-cost-usd"
+                    f"${self._reserved:.4f} in flight, next call ~${usd:.4f}); the job is paused until it is given "
+                    "a higher budget"
                 )
             self._reserved += usd
 

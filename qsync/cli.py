@@ -15,10 +15,11 @@ from typing import Any
 import pandas as pd
 
 from . import api, costs, verification
+from .checkpoint import BATCH_STATES
 from .errors import LeaseHeld, QsyncError, StoreLocked
-from .ledger import BATCH_STATES
 from .progress import ProgressBar
 from .runner import RunResult
+from .spec import KEEP, RunSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PAUSED, EXIT_REFUSED = 0, 1, 2, 3, 4
 
@@ -51,22 +52,38 @@ def _add_embedder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dimensions", type=int, help="vector size (default 768)")
     p.add_argument("--model", help="Gemini model (default gemini-embedding-001)")
     p.add_argument("--task-type", help="Gemini task type (default RETRIEVAL_DOCUMENT)")
-    p.add_argument("--texts-per-minute", type=float, help="client-side limit (default from pricing.json: 3000)")
-    p.add_argument("--tokens-per-minute", type=float, help="client-side limit (default 1,000,000)")
     p.add_argument("--price-per-million", type=float, help="USD per 1M input tokens (default from pricing.json)")
 
 
-def _gemini_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = {
-        "model": "model", "task_type": "task_type", "texts_per_minute": "texts_per_minute",
-        "tokens_per_minute": "tokens_per_minute", "price_per_million": "price_per_million_tokens",
-    }  # fmt: skip
-    return {option: getattr(args, arg) for arg, option in names.items() if getattr(args, arg, None) is not None}
+def _budget(text: str) -> float | None:
+    """--max-cost-usd: dollars, or 'none' to clear a stored cap."""
+    if text.strip().lower() in ("none", "no", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of dollars (or 'none')") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a budget must be more than $0; use 'none' for no cap")
+    return value
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--concurrency", type=int, default=4, help="batches in flight at once (default 4)")
+    p.add_argument("--concurrency", type=int, help="batches in flight at once (default 4)")
+    p.add_argument("--texts-per-minute", type=float, help="pace to this many texts a minute (Gemini default 3000)")
+    p.add_argument("--tokens-per-minute", type=float, help="pace to this many tokens a minute (Gemini default 1M)")
+    p.add_argument(
+        "--max-cost-usd", type=_budget, default=KEEP, metavar="USD|none",
+        help="cap the job's whole spend (embeddings, enrichment, Batch Mode, across resumes); a new value given on "
+        "resume replaces the stored one, 'none' clears it",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar (notices still print)")
+
+
+def _settings(args: argparse.Namespace) -> RunSettings:
+    return RunSettings.from_env(
+        concurrency=args.concurrency, texts_per_minute=args.texts_per_minute, tokens_per_minute=args.tokens_per_minute
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="make the hash embedder sleep per call, standing in for a remote API",
     )
-    run.add_argument("--max-cost-usd", type=float, help="pause the job before its embedding cost would pass this")
     run.add_argument("--enrich-prompt", help="ask a Gemini model about each record first, e.g. 'Summarise: {text}'")
     run.add_argument("--enrich-model", default="gemini-2.5-flash-lite")
     run.add_argument("--enrich-field", default="enrichment", help="payload key for the answer")
@@ -122,7 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = sub.add_parser("resume", help="continue a paused, failed or stale job")
     resume.add_argument("job")
-    resume.add_argument("--max-cost-usd", type=float, help="a new budget for the job (e.g. after it paused on one)")
     _add_db(resume)
     _add_run_options(resume)
 
@@ -154,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     estimate = sub.add_parser("estimate", help="records, tokens, dollars and duration of a run, before running it")
     _add_source_options(estimate)
     _add_embedder_options(estimate)
+    estimate.add_argument("--texts-per-minute", type=float, help="the limit to pace to (Gemini default 3000)")
+    estimate.add_argument("--tokens-per-minute", type=float, help="the limit to pace to (Gemini default 1M)")
     _add_db(estimate)
     _add_json(estimate)
 
@@ -192,28 +209,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "run":
-        options: dict[str, Any] = _gemini_options(args)
+        options: dict[str, Any] = {}
+        if args.price_per_million is not None:
+            options["price_per_million_tokens"] = args.price_per_million
         if args.simulate_latency:
             options["latency_s"] = args.simulate_latency
         result = api.run(
             args.source,
+            db=args.db,
+            settings=_settings(args),
+            listeners=[ProgressBar(disable=True if args.quiet else None)],
+            max_cost_usd=args.max_cost_usd,
             collection=args.collection,
             job=args.job,
-            db=args.db,
-            concurrency=args.concurrency,
-            listeners=[ProgressBar(disable=True if args.quiet else None)],
             id_column=args.id_column,
             text_column=None if args.text_template else args.text_column,
             text_template=args.text_template,
             payload_columns=[c.strip() for c in args.payload_columns.split(",") if c.strip()],
             embedder=args.embedder,
+            model=args.model,
             dimensions=args.dimensions,
+            task_type=args.task_type,
             embedder_options=options,
             batch_size=args.batch_size,
             qdrant_path=args.qdrant_path,
             qdrant_url=args.qdrant_url,
             source_db=args.source_db,
-            max_cost_usd=args.max_cost_usd,
             batch_mode=args.batch_mode,
             distance=args.distance,
             on_disk=args.on_disk,
@@ -235,9 +256,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "resume":
         result = api.run_job(
             args.job,
-            max_cost_usd=args.max_cost_usd,
             db=args.db,
-            concurrency=args.concurrency,
+            settings=_settings(args),
+            max_cost_usd=args.max_cost_usd,
             listeners=[ProgressBar(disable=True if args.quiet else None)],
         )
         return _report(result, args.db)
@@ -256,8 +277,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "job",
                 "status",
                 "processed_records",
-                "skipped_records",
                 "total_records",
+                "loaded_records",
+                "skipped_records",
+                "unchanged_records",
                 "batches_failed",
                 "cost_usd",
                 "updated_at",
@@ -278,15 +301,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             _print_mapping(frame.iloc[0].to_dict())
         return EXIT_OK
     if command == "estimate":
-        options = _gemini_options(args)
         estimate = costs.estimate(
             args.source,
             id_column=args.id_column,
             text_column=None if args.text_template else args.text_column,
             text_template=args.text_template,
-            model=options.get("model", "gemini-embedding-001"),
+            model=args.model or "gemini-embedding-001",
             dimensions=args.dimensions or 768,
-            task_type=options.get("task_type", "RETRIEVAL_DOCUMENT"),
+            task_type=args.task_type or "RETRIEVAL_DOCUMENT",
             texts_per_minute=args.texts_per_minute,
             tokens_per_minute=args.tokens_per_minute,
             db=args.db,
@@ -320,17 +342,19 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _report(result: RunResult, db: str | None) -> int:
     info = api.status(result.job_id, db=db)
-    summary = (
-        f"{result.job_id}: {result.status} — {info['processed_records']:,}/{info['total_records']:,} records loaded, "
-        f"{info['skipped_records']:,} skipped, {info['batches_failed']} batches failed, "
-        f"{info['tokens']:,} tokens, ${info['cost_usd']:.4f}"
+    print(
+        f"{result.job_id}: {result.status} — {info['processed_records']:,}/{info['total_records']:,} records processed: "
+        f"{info['loaded_records']:,} loaded, {info['skipped_records']:,} skipped, {info['unchanged_records']:,} "
+        f"unchanged; {info['batches_failed']} batches failed, {info['tokens']:,} tokens, ${info['cost_usd']:.4f}"
     )
-    print(summary)
     if info["skipped_records"]:
         print(f"  skipped records and reasons: qsync skipped {result.job_id!r}")
     if result.status == "completed":
         return EXIT_OK
     print(f"qsync: {result.status}: {result.message}", file=sys.stderr)
+    if result.status in ("paused", "failed"):
+        hint = f"qsync batches {result.job_id!r} --status failed lists them; " if info["batches_failed"] else ""
+        print(f"  {hint}`qsync resume {result.job_id}` continues", file=sys.stderr)
     return EXIT_PAUSED if result.status in ("paused", "cancelled") else EXIT_ERROR
 
 

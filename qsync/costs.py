@@ -16,38 +16,36 @@ from typing import Any
 
 import pandas as pd
 
-from .clock import SYSTEM_CLOCK
+from .cache import cache_key
+from .clock import SYSTEM_CLOCK, Clock
 from .config import resolve_db
 from .embedders.gemini import DEFAULT_MODEL, api_key_from_env
-from .errors import JobNotFound
-from .ledger import cache_key
+from .figures import read_figures
 from .plan import create_job as plan_job
 from .pricing import default_limits, model_info, price_per_million
 from .ratelimit import SAFETY
 from .sources import Columns, Source, as_source
+from .spec import EmbedderSpec
 from .store import Store, open_store
 
 PathLike = str | os.PathLike[str]
 
 
-def _price(store: Store, job: str) -> float:
-    rows = store.query_rows("SELECT config FROM jobs WHERE job_id = ?", [job])
-    if not rows:
-        raise JobNotFound(f"no job named {job!r} in {store.path}")
-    embedder = json.loads(rows[0][0])["embedder"]
-    options = embedder.get("options") or {}
-    if "price_per_million_tokens" in options:
-        return float(options["price_per_million_tokens"])
-    if embedder["kind"] == "gemini":
-        return price_per_million(options.get("model", DEFAULT_MODEL))
+def _price(config: dict[str, Any]) -> float:
+    embedder = EmbedderSpec.from_dict(config["embedder"])
+    if "price_per_million_tokens" in embedder.options:
+        return float(embedder.options["price_per_million_tokens"])
+    if embedder.kind == "gemini":
+        return price_per_million(embedder.resolved_model)
     return 0.0
 
 
-def cost(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
-    """One row: tokens and dollars spent, and what the cache and resumes saved."""
+def cost(job: str, *, db: PathLike | None = None, clock: Clock = SYSTEM_CLOCK) -> pd.DataFrame:
+    """One row: tokens and dollars spent (the same figures as `status`), and what the cache and resumes saved."""
     store = open_store(resolve_db(db), writable=False)
-    price = _price(store, job)
-    frame = store.query_df(
+    figures = read_figures(store, clock, job)
+    price = _price(json.loads(store.query_rows("SELECT config FROM jobs WHERE job_id = ?", [job])[0][0]))
+    savings = store.query_df(
         """
         WITH runs AS (
             SELECT lease_token, min(started_at) AS started FROM attempts WHERE job_id = $1 GROUP BY lease_token
@@ -55,35 +53,40 @@ def cost(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
             SELECT a.batch_no, min(a.finished_at) AS finished FROM attempts a
             WHERE a.job_id = $1 AND a.outcome = 'done' GROUP BY a.batch_no
         ), resumed AS (  -- for each run after the first: the batches it found done and did not redo
-            SELECT coalesce(sum(b.records - b.skipped_records), 0) AS records, coalesce(sum(b.tokens), 0) AS tokens
+            SELECT coalesce(sum(b.records), 0) AS records, coalesce(sum(b.tokens), 0) AS tokens
             FROM runs r JOIN done d ON d.finished < r.started JOIN batches b ON b.job_id = $1 AND b.batch_no = d.batch_no
         )
-        SELECT $1 AS job,
-               CAST(coalesce(sum(b.embedded_texts), 0) AS BIGINT) AS texts_embedded,
-               CAST(coalesce(sum(b.tokens), 0) AS BIGINT) AS tokens,
-               coalesce(bool_or(b.tokens_estimated), false) AS tokens_estimated,
-               coalesce(sum(b.cost_usd), 0) AS cost_usd,
-               CAST(coalesce(sum(b.cache_hits), 0) AS BIGINT) AS cache_hits,
-               CAST(coalesce(sum(b.saved_tokens), 0) AS BIGINT) AS cache_saved_tokens,
-               CAST((SELECT records FROM resumed) AS BIGINT) AS resume_skipped_records,
+        SELECT CAST((SELECT records FROM resumed) AS BIGINT) AS resume_skipped_records,
                CAST((SELECT tokens FROM resumed) AS BIGINT) AS resume_saved_tokens,
-               (SELECT count(*) FROM runs) AS runs,
-               CAST((SELECT coalesce(sum(texts), 0) FROM remote_jobs WHERE job_id = $1 AND state = 'ingested')
-                    AS BIGINT) AS batch_mode_texts,
-               CAST((SELECT coalesce(sum(tokens), 0) FROM remote_jobs WHERE job_id = $1) AS BIGINT)
-                    AS batch_mode_tokens,
-               (SELECT coalesce(sum(cost_usd), 0) FROM remote_jobs WHERE job_id = $1) AS batch_mode_cost_usd,
-               CAST(coalesce(sum(b.enrich_tokens), 0) AS BIGINT) AS enrich_tokens,
-               coalesce(sum(b.enrich_cost_usd), 0) AS enrich_cost_usd
-        FROM batches b WHERE b.job_id = $1
+               (SELECT count(*) FROM runs) AS runs
         """,
         [job],
     )
-    # Totals include Batch Mode and enrichment; their own columns split them out. `tokens` counts
-    # embedding tokens only (enrichment tokens are priced differently).
-    frame["tokens"] = frame["tokens"] + frame["batch_mode_tokens"]
-    frame["cost_usd"] = frame["cost_usd"] + frame["batch_mode_cost_usd"] + frame["enrich_cost_usd"]
-    frame["price_usd_per_million_tokens"] = price
+    row = figures.iloc[0]
+    frame = pd.DataFrame(
+        [
+            {
+                "job": job,
+                "texts_embedded": int(row["embedded_texts"]),
+                "tokens": int(row["tokens"]),
+                "tokens_estimated": bool(row["tokens_estimated"]),
+                "cost_usd": float(row["cost_usd"]),
+                "embed_cost_usd": float(row["embed_cost_usd"]),
+                "cache_hits": int(row["cache_hits"]),
+                "cache_saved_tokens": int(row["saved_tokens"]),
+                "resume_skipped_records": int(savings["resume_skipped_records"].iloc[0]),
+                "resume_saved_tokens": int(savings["resume_saved_tokens"].iloc[0]),
+                "runs": int(savings["runs"].iloc[0]),
+                "batch_mode_texts": int(row["batch_mode_texts"]),
+                "batch_mode_tokens": int(row["batch_mode_tokens"]),
+                "batch_mode_cost_usd": float(row["batch_mode_cost_usd"]),
+                "enrich_tokens": int(row["enrich_tokens"]),
+                "enrich_cost_usd": float(row["enrich_cost_usd"]),
+                "max_cost_usd": None if pd.isna(row["max_cost_usd"]) else float(row["max_cost_usd"]),
+                "price_usd_per_million_tokens": price,
+            }
+        ]
+    )
     frame["cache_saved_usd"] = frame["cache_saved_tokens"] * price / 1e6
     frame["resume_saved_usd"] = frame["resume_saved_tokens"] * price / 1e6
     return frame

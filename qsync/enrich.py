@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import string
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .clock import SYSTEM_CLOCK, Clock
 from .embedders.gemini import GeminiClient
-from .errors import ConfigError, TransientError
+from .errors import ConfigError, InvalidInput, TransientError
 from .pricing import model_info
-from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .budget import Budget
+    from .checkpoint import BatchWork, Checkpoint
+    from .retry import Retrier
 
 EMBED_CHOICES = ("text", "answer", "both")
 
@@ -70,27 +75,34 @@ def generation_key(model: str, prompt: str) -> str:
     return f"{model}|{hashlib.sha256(prompt.encode('utf-8')).hexdigest()}"
 
 
+# Answers are capped so that a call's cost has a ceiling the budget can reserve before it is made.
+MAX_OUTPUT_TOKENS = 512
+
+
 class Enricher:
-    def __init__(self, spec: EnrichSpec, clock: Clock = SYSTEM_CLOCK, timeout_s: float = 60.0) -> None:
+    """One generateContent call per `generate`; retries belong to the run's one retry layer."""
+
+    def __init__(self, spec: EnrichSpec, timeout_s: float = 60.0) -> None:
         self.spec = spec
         self.api = GeminiClient(timeout_s=timeout_s, model=spec.model)
-        self.retry = RetryPolicy(max_attempts=8, clock=clock)
         info = model_info(spec.model)
         if "usd_per_million_tokens" not in info:
             raise ConfigError(f"no price for {spec.model!r} in the pricing table")
         self.price_in = float(info["usd_per_million_tokens"])
         self.price_out = float(info.get("usd_per_million_output_tokens", info["usd_per_million_tokens"]))
 
+    def most_it_can_cost(self, prompt: str) -> float:
+        """What a call can cost at most: the prompt (~4 bytes a token, rounded up) and a full answer."""
+        tokens_in = math.ceil(len(prompt.encode("utf-8")) / 4) + 16
+        return (tokens_in * self.price_in + MAX_OUTPUT_TOKENS * self.price_out) / 1e6
+
     def generate(self, prompt: str) -> tuple[str, int, int, float]:
         """(answer, input tokens, output tokens, cost in USD)."""
-
-        def once() -> Any:
-            return self.api.call(
-                lambda: self.api.client.models.generate_content(model=self.spec.model, contents=prompt),
-                "generateContent",
-            )
-
-        response = self.retry.call(once)
+        config = self.api.types.GenerateContentConfig(max_output_tokens=MAX_OUTPUT_TOKENS)
+        response = self.api.call(
+            lambda: self.api.client.models.generate_content(model=self.spec.model, contents=prompt, config=config),
+            "generateContent",
+        )
         answer = response.text
         if answer is None:
             raise TransientError("Gemini generateContent answered no text")
@@ -98,3 +110,60 @@ class Enricher:
         tokens_in = int(getattr(usage, "prompt_token_count", 0) or 0)
         tokens_out = int(getattr(usage, "candidates_token_count", 0) or 0)
         return answer, tokens_in, tokens_out, (tokens_in * self.price_in + tokens_out * self.price_out) / 1e6
+
+
+class EnrichStage:
+    """The batch stage that asks the enrichment model about each record (cached answers are free), puts
+    the answers into the payloads and, if the job says so, into the texts to embed."""
+
+    def __init__(self, enricher: Enricher, checkpoint: Checkpoint, budget: Budget, retrier: Retrier) -> None:
+        self.enricher = enricher
+        self.checkpoint = checkpoint
+        self.budget = budget
+        self.retrier = retrier
+
+    def apply(self, work: BatchWork) -> dict[str, str]:
+        spec = self.enricher.spec
+        payloads = [_load_payload(p) for p in work.payloads]
+        prompts = [spec.render(t, p) for t, p in zip(work.texts, payloads, strict=True)]
+        keys = [generation_key(spec.model, p) for p in prompts]
+        answers = self.checkpoint.cached_generations(sorted(set(keys)))
+        missing = {k: p for k, p in zip(keys, prompts, strict=True) if k not in answers}
+        refused: dict[str, str] = {}
+        if missing:
+            with ThreadPoolExecutor(max_workers=min(8, len(missing)), thread_name_prefix="qsync-enrich") as pool:
+                futures = {pool.submit(self._generate, work, k, p): k for k, p in missing.items()}
+                for future in as_completed(futures):
+                    try:
+                        answers[futures[future]] = future.result()
+                    except InvalidInput as exc:
+                        refused[futures[future]] = f"refused by the enrichment model: {exc}"
+        refused_hashes: dict[str, str] = {}
+        for i, key in enumerate(keys):
+            if key in refused:
+                refused_hashes[work.hashes[i]] = refused[key]
+                continue
+            payloads[i][spec.field] = answers[key]
+            work.payloads[i] = json.dumps(payloads[i])
+            text = spec.text_to_embed(work.texts[i], answers[key])
+            if text != work.texts[i]:
+                work.texts[i] = text
+                work.hashes[i] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+                work.token_estimates[i] = math.ceil(len(text.encode("utf-8")) / 4)
+        return refused_hashes
+
+    def _generate(self, work: BatchWork, key: str, prompt: str) -> str:
+        ceiling = self.enricher.most_it_can_cost(prompt)
+        self.budget.reserve(ceiling)
+        cost = 0.0
+        try:
+            answer, tokens_in, tokens_out, cost = self.retrier.call(lambda: self.enricher.generate(prompt))
+            self.checkpoint.record_generation(work, key, self.enricher.spec.model, answer, tokens_in, tokens_out, cost)
+        finally:
+            self.budget.settle(ceiling, cost)
+        return answer
+
+
+def _load_payload(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}

@@ -11,34 +11,28 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from .figures import JobFigures
+
 log = logging.getLogger("qsync")
 
 
 @dataclass(frozen=True)
 class JobStarted:
     job_id: str
-    total_records: int
-    done_records: int  # already done before this run: what a resume does not redo
-    skipped_records: int
-    batches_total: int
-    batches_done: int
+    figures: JobFigures  # as the run starts: processed_records is what this run does not redo
     took_over_stale_owner: bool
 
 
 @dataclass(frozen=True)
 class Progress:
     job_id: str
-    total_records: int
-    done_records: int
-    skipped_records: int
-    batches_total: int
-    batches_done: int
-    batches_failed: int
-    tokens: int
-    cost_usd: float
-    saved_tokens: int
-    run_records: int  # records done by this run
+    figures: JobFigures  # read from the checkpoint, as `qsync status` would show them now
+    run_records: int  # records this run finished (loaded or skipped)
     elapsed_s: float  # of this run
+
+    @property
+    def done_records(self) -> int:
+        return self.figures.processed_records
 
 
 @dataclass(frozen=True)
@@ -57,6 +51,7 @@ class JobFinished:
     job_id: str
     status: str  # completed | paused | failed | cancelled
     message: str | None
+    figures: JobFigures | None = None  # None when the run could not read them (the store broke)
 
 
 @dataclass(frozen=True)

@@ -3,24 +3,26 @@
 A lease is live while its heartbeat is fresh and, when the owner is on this host, its process exists
 (so a job whose runner was SIGKILLed can be resumed at once instead of after `stale_after_s`). Taking
 over a stale lease writes a new token; the old owner checks its token inside every transaction it
-makes, so from that moment on it cannot write anything.
+makes, so from that moment on it cannot write anything. The writes themselves are in checkpoint.py.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import socket
-import uuid
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from types import TracebackType
 
 import duckdb
 
-from .clock import Clock
-from .errors import JobNotFound, JobNotRunnable, LeaseHeld, LeaseLost
-from .store import Store, first_row, pid_alive
+from .errors import LeaseLost, StoreError
+from .store import first_row, pid_alive
 
 HOST = socket.gethostname()
+log = logging.getLogger("qsync")
 
 
 @dataclass(frozen=True)
@@ -54,72 +56,45 @@ def lease_is_live(
     return (now - heartbeat_at).total_seconds() < stale_after_s
 
 
-def acquire(store: Store, job_id: str, clock: Clock, stale_after_s: float) -> tuple[Lease, bool]:
-    """Take the job's lease; return it and whether a stale owner was displaced."""
-    lease = Lease(job_id, uuid.uuid4().hex, os.getpid(), HOST)
-    with store.transaction() as con:
-        row = first_row(
-            con.execute(
-                "SELECT status, lease_token, owner_pid, owner_host, heartbeat_at FROM jobs WHERE job_id = ?",
-                [job_id],
-            )
-        )
-        if row is None:
-            raise JobNotFound(f"no job named {job_id!r} in {store.path}")
-        status, token, pid, host, heartbeat = row
-        if status == "cancelled":
-            raise JobNotRunnable(f"job {job_id!r} was cancelled; start a new job (cached embeddings are reused)")
-        now = clock.now()
-        if token is not None and lease_is_live(pid, host, heartbeat, now, stale_after_s):
-            age = (now - heartbeat).total_seconds()
-            raise LeaseHeld(
-                f"job {job_id!r} is being run by process {pid} on {host} (heartbeat {age:.0f}s ago); "
-                "watch it with `qsync status`, or stop that process first"
-            )
-        con.execute(
-            """UPDATE jobs SET lease_token = ?, owner_pid = ?, owner_host = ?, heartbeat_at = ?,
-                   status = 'running', message = NULL, started_at = coalesce(started_at, ?), updated_at = ?,
-                   finished_at = NULL
-               WHERE job_id = ?""",
-            [lease.token, lease.pid, lease.host, now, now, now, job_id],
-        )
-        # Whatever the previous owner had in flight is unfinished work again. Its paid embeddings are in
-        # the cache already, so redoing these batches costs no API call for them.
-        con.execute(
-            "UPDATE attempts SET outcome = 'abandoned', finished_at = ? WHERE job_id = ? AND outcome IS NULL",
-            [now, job_id],
-        )
-        con.execute("UPDATE batches SET status = 'pending' WHERE job_id = ? AND status = 'running'", [job_id])
-    return lease, token is not None
+class Heartbeat:
+    """While the `with` block runs, renew the lease every `interval_s` on a thread of its own.
 
+    `renew` returns False when a cancel was requested (then `on_cancel` is called) and raises LeaseLost
+    when another runner took the job (kept in `lost`, and `on_lost` is called)."""
 
-def renew(store: Store, lease: Lease, clock: Clock) -> bool:
-    """Heartbeat. Raises LeaseLost if another runner took the job; False if cancellation was requested."""
-    with store.transaction() as con:
-        lease.verify(con)
-        row = first_row(con.execute("SELECT cancel_requested FROM jobs WHERE job_id = ?", [lease.job_id]))
-        con.execute("UPDATE jobs SET heartbeat_at = ? WHERE job_id = ?", [clock.now(), lease.job_id])
-        return not (row and row[0])
+    def __init__(
+        self,
+        renew: Callable[[], bool],
+        interval_s: float,
+        on_cancel: Callable[[], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self._renew = renew
+        self.interval_s = interval_s
+        self._on_cancel = on_cancel
+        self._on_lost = on_lost
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="qsync-heartbeat", daemon=True)
+        self.lost: LeaseLost | None = None
 
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
 
-def release(store: Store, lease: Lease, clock: Clock, status: str, message: str | None) -> None:
-    """Give the job up, leaving it in `status` with a message that says what to do next."""
-    with store.transaction() as con:
-        lease.verify(con)
-        now = clock.now()
-        if status != "completed":
-            con.execute(
-                "UPDATE attempts SET outcome = 'released', finished_at = ? "
-                "WHERE job_id = ? AND lease_token = ? AND outcome IS NULL",
-                [now, lease.job_id, lease.token],
-            )
-            con.execute(
-                "UPDATE batches SET status = 'pending' WHERE job_id = ? AND status = 'running'",
-                [lease.job_id],
-            )
-        con.execute(
-            """UPDATE jobs SET status = ?, message = ?, lease_token = NULL, owner_pid = NULL, owner_host = NULL,
-                   updated_at = ?, finished_at = CASE WHEN ? IN ('completed', 'failed', 'cancelled') THEN ? END
-               WHERE job_id = ?""",
-            [status, message, now, status, now, lease.job_id],
-        )
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                if not self._renew():
+                    self._on_cancel()
+            except LeaseLost as exc:
+                self.lost = exc
+                self._on_lost()
+                return
+            except StoreError as exc:  # the file is busy or the disk is full: the next beat may succeed
+                log.warning("qsync heartbeat failed: %s", exc)

@@ -32,7 +32,9 @@ from . import api, costs
 from .config import resolve_db
 from .errors import QsyncError
 from .events import BatchFinished, Event, JobFinished, JobStarted, Notice, Progress
+from .figures import JobFigures
 from .runner import Runner, RunResult
+from .spec import RunSettings
 
 _MIN_REDRAW_S = 0.3
 
@@ -86,18 +88,13 @@ class JobMonitor:
             self.job = event.job_id
             self._started = time.monotonic()
             with self._lock:
-                self._history = [(0.0, event.done_records)]
-            self.progress.max = max(1, event.total_records - event.skipped_records)
-            self.progress.value = event.done_records
-            self.label.value = f"{event.job_id}: running"
+                self._history = [(0.0, event.figures.processed_records)]
+            self._show(event.figures, "running", force=True)
         elif isinstance(event, Progress):
-            self._show(event.done_records, event.total_records - event.skipped_records, event.cost_usd,
-                       event.tokens, event.batches_failed, "running")  # fmt: skip
+            self._show(event.figures, "running")
         elif isinstance(event, JobFinished):
-            info = api.status(event.job_id, db=self.db)
-            self._show(info["processed_records"], info["total_records"] - info["skipped_records"]
-                       - info.get("unchanged_records", 0), info["cost_usd"], info["tokens"], info["batches_failed"],
-                       event.status, force=True)  # fmt: skip
+            if event.figures is not None:
+                self._show(event.figures, event.status, force=True)
             if event.message:
                 self.label.value += f"<br><small>{html.escape(event.message)}</small>"
         elif isinstance(event, Notice):
@@ -107,14 +104,13 @@ class JobMonitor:
                 f"<span style='color:#b00'>batch {event.batch_no} failed: {html.escape(event.error or '')}</span>"
             )
 
-    def _show(
-        self, done: int, total: int, cost: float, tokens: int, failed: int, status: str, force: bool = False
-    ) -> None:
+    def _show(self, figures: JobFigures, status: str, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_show < _MIN_REDRAW_S:
             return  # a few updates a second at most: widget traffic must not slow the job
         self._last_show = now
         elapsed = now - self._started
+        done, total = figures.processed_records, figures.total_records
         with self._lock:
             self._history.append((elapsed, done))
             base_t, base_done = self._history[0]
@@ -125,10 +121,11 @@ class JobMonitor:
             self.progress.value = min(done, max(1, total))
         eta_text = f", ETA {eta:,.0f}s" if status == "running" and not math.isnan(eta) else ""
         self.label.value = (
-            f"{self.job}: <b>{status}</b> — {done:,}/{total:,} records, {rate:,.1f} rec/s{eta_text}, "
-            f"{failed} failed batches"
+            f"{self.job}: <b>{status}</b> — {done:,}/{total:,} records processed ({figures.loaded_records:,} "
+            f"loaded, {figures.skipped_records:,} skipped, {figures.unchanged_records:,} unchanged), "
+            f"{rate:,.1f} rec/s{eta_text}, {figures.batches_failed} failed batches"
         )
-        self.cost.value = f"cost so far: <b>${cost:.6f}</b> ({tokens:,} tokens)"
+        self.cost.value = f"cost so far: <b>${figures.cost_usd:.6f}</b> ({figures.tokens:,} tokens)"
         if force or now - self._last_draw >= _MIN_REDRAW_S * 3:
             self._last_draw = now
             self._draw()
@@ -169,10 +166,9 @@ class JobMonitor:
                 self.label.value = html.escape(str(exc))
             else:
                 self.job = info["job"]
-                total = info["total_records"] - info["skipped_records"] - info.get("unchanged_records", 0)
-                self._show(info["processed_records"], total, info["cost_usd"], info["tokens"],
-                           info["batches_failed"], info["status"], force=info["status"] != "running")  # fmt: skip
-                if info["status"] not in ("running", "planned"):
+                figures = JobFigures.from_row(info)
+                self._show(figures, figures.status, force=figures.status != "running")
+                if figures.status not in ("running", "planned"):
                     return
             self._stop_polling.wait(interval_s)
 
@@ -254,12 +250,13 @@ class Launcher:
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
 
-    def _embedder_options(self) -> dict[str, Any]:
-        options = dict(self.extra_options)
-        if self.embedder.value == "gemini":
-            options.update(model=self.model.value, texts_per_minute=self.texts_per_minute.value,
-                           tokens_per_minute=self.tokens_per_minute.value)  # fmt: skip
-        return options
+    def _settings(self) -> RunSettings:
+        gemini = self.embedder.value == "gemini"
+        return RunSettings.from_env(
+            concurrency=self.concurrency.value,
+            texts_per_minute=self.texts_per_minute.value if gemini else None,
+            tokens_per_minute=self.tokens_per_minute.value if gemini else None,
+        )
 
     def start(self) -> None:
         """Plan the job (or pick up the unfinished one of that name) and run it in the background."""
@@ -269,7 +266,8 @@ class Launcher:
                 id_column=self.id_column.value, text_column=self.text_column.value,
                 payload_columns=[c.strip() for c in self.payload_columns.value.split(",") if c.strip()],
                 embedder=self.embedder.value, dimensions=self.dimensions.value,
-                embedder_options=self._embedder_options(), batch_size=self.batch_size.value,
+                model=self.model.value if self.embedder.value == "gemini" else None,
+                embedder_options=self.extra_options, batch_size=self.batch_size.value,
                 qdrant_path=self.qdrant_path, max_cost_usd=self.budget.value or None,
             )  # fmt: skip
         except QsyncError as exc:
@@ -279,7 +277,7 @@ class Launcher:
 
     def _launch(self) -> None:
         assert self.job is not None
-        self._runner = api.make_runner(self.job, db=self.db, concurrency=self.concurrency.value,
+        self._runner = api.make_runner(self.job, db=self.db, settings=self._settings(),
                                        listeners=[self.monitor, self._on_event],
                                        max_cost_usd=self.budget.value or None)  # fmt: skip
         self.result = None
@@ -389,8 +387,7 @@ class BatchInspector:
         if not chosen:
             self.message.value = "select batches first"
             return
-        runner = api.make_runner(self.job, db=self.db)
-        runner.settings.only_batches = chosen
+        runner = api.make_runner(self.job, db=self.db, only_batches=sorted(chosen))
         self.message.value = f"retrying batches {sorted(chosen)}"
 
         def go() -> None:

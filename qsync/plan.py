@@ -7,10 +7,10 @@ offsets into a source that may have changed since.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .checkpoint import insert_job
 from .clock import Clock
 from .errors import ConfigError, SourceError
 from .sources import INPUT_VIEW, Columns, Source
@@ -52,6 +52,7 @@ def create_job(
     embedder_signature: str = "",
     incremental: bool = True,
     delete_missing: bool = False,
+    max_cost_usd: float | None = None,
 ) -> PlanSummary:
     """Plan a job. With `incremental`, records whose text the target already holds, embedded by the same
     embedder, are left out (unchanged: nothing to pay, nothing to write); with `delete_missing`, points
@@ -133,17 +134,11 @@ def create_job(
                 "INSERT INTO skipped VALUES (?, ?, NULL, 'plan', ?, ?)",
                 [job_id, row.ordinal, row.reason, now],
             )
-        con.execute(
-            """INSERT INTO batches (job_id, batch_no, status, records, first_ordinal, last_ordinal)
-               SELECT ?, batch_no, 'pending', count(*), min(ordinal), max(ordinal)
-               FROM manifest WHERE job_id = ? GROUP BY batch_no ORDER BY batch_no""",
-            [job_id, job_id],
-        )
         counts = first_row(
             con.execute(
                 """SELECT (SELECT count(*) FROM manifest WHERE job_id = $1),
                       (SELECT count(*) FROM skipped WHERE job_id = $1),
-                      (SELECT count(*) FROM batches WHERE job_id = $1),
+                      (SELECT count(DISTINCT batch_no) FROM manifest WHERE job_id = $1),
                       (SELECT count(*) FROM __qsync_unchanged)""",
                 [job_id],
             )
@@ -151,24 +146,8 @@ def create_job(
         assert counts is not None
         to_embed, skipped, batches, unchanged = (int(c) for c in counts)
         valid = to_embed + unchanged
-        con.execute(
-            """INSERT INTO jobs (job_id, status, message, config, source, collection, batch_size, total_records,
-                   skipped_records, batches_total, created_at, updated_at, unchanged_records)
-               VALUES (?, 'planned', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [
-                job_id,
-                json.dumps(config),
-                source.description,
-                collection,
-                batch_size,
-                valid + skipped,
-                skipped,
-                batches,
-                now,
-                now,
-                unchanged,
-            ],
-        )
+        insert_job(con, job_id, config, source.description, collection, batch_size,
+                   (valid + skipped, skipped, batches, unchanged), max_cost_usd, now)  # fmt: skip
         for name in ("__qsync_checked", "__qsync_csv", "__qsync_unchanged"):
             con.execute(f"DROP TABLE IF EXISTS {name}")
         con.execute(f"DROP VIEW IF EXISTS {INPUT_VIEW}")

@@ -1,4 +1,7 @@
-"""A terminal progress bar (records, rate, ETA) that listens to the runner's events."""
+"""A terminal progress bar (records, rate, ETA) that listens to the runner's events.
+
+The bar counts processed records (loaded, skipped or unchanged: figures.py) out of the job's total, and
+shows the same figures `qsync status` would, since both come from the checkpoint."""
 
 from __future__ import annotations
 
@@ -19,16 +22,18 @@ class ProgressBar:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, JobStarted):
-            if event.done_records:
+            figures = event.figures
+            if figures.processed_records:
                 self._write(
-                    f"resuming {event.job_id}: {event.done_records:,} of {event.total_records - event.skipped_records:,} "
-                    f"records already done ({event.batches_done}/{event.batches_total} batches); continuing"
+                    f"resuming {event.job_id}: {figures.processed_records:,} of {figures.total_records:,} records "
+                    f"already processed ({figures.batches_done}/{figures.batches_total} batches), "
+                    f"${figures.cost_usd:.4f} already spent; continuing"
                 )
             if event.took_over_stale_owner:
                 self._write("the previous runner had stopped without finishing; its unfinished batches are redone")
             self._bar = tqdm(
-                total=event.total_records - event.skipped_records,
-                initial=event.done_records,
+                total=figures.total_records,
+                initial=figures.processed_records,
                 unit="rec",
                 desc=event.job_id,
                 file=self.stream,
@@ -36,17 +41,15 @@ class ProgressBar:
                 dynamic_ncols=True,
                 smoothing=0.1,
             )
-            self._shown = event.done_records
+            self._shown = figures.processed_records
         elif isinstance(event, Progress) and self._bar is not None:
-            total = event.total_records - event.skipped_records  # the embedder may refuse a record
-            if total != self._bar.total:
-                self._bar.total = total
-            self._bar.update(event.done_records - self._shown)
-            self._shown = event.done_records
+            figures = event.figures
+            self._bar.update(figures.processed_records - self._shown)
+            self._shown = figures.processed_records
             self._bar.set_postfix(
-                failed=event.batches_failed,
-                tokens=f"{event.tokens:,}",
-                cost=f"${event.cost_usd:.4f}",
+                skipped=figures.skipped_records,
+                failed=figures.batches_failed,
+                cost=f"${figures.cost_usd:.4f}",
                 refresh=False,
             )
         elif isinstance(event, Notice):

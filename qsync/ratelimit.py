@@ -44,7 +44,8 @@ class RateLimiter:
         self.throttled = 0  # 429s seen
 
     def acquire(self, texts: int, tokens: int) -> float:
-        """Block until `texts` and `tokens` may be sent; return the seconds waited."""
+        """Reserve `texts` and `tokens`; return the seconds to wait before sending them. The caller waits
+        (through the run's Control, so that a Pause cuts the wait short)."""
         with self._lock:
             now = self.clock.monotonic()
             wait = max(0.0, self._paused_until - now)
@@ -58,7 +59,6 @@ class RateLimiter:
                 bucket.level -= amount
                 if bucket.level < 0:
                     wait = max(wait, -bucket.level / rate)
-        self.clock.sleep(wait)
         return wait
 
     def settle(self, estimated_tokens: int, actual_tokens: int) -> None:

@@ -8,7 +8,7 @@ table as delete + insert and the tables are small, so a scan is both correct and
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _V1 = """
 CREATE TABLE qsync_schema (version INTEGER NOT NULL);
@@ -170,5 +170,12 @@ CREATE TABLE deletions (
 ALTER TABLE jobs ADD COLUMN unchanged_records BIGINT DEFAULT 0;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
+# v6: the job's budget is a column (the whole spend across resumes; a resume may change or clear it), and
+# its spec is what `config` holds (spec.py reads both shapes).
+_V6 = """
+ALTER TABLE jobs ADD COLUMN max_cost_usd DOUBLE;
+UPDATE jobs SET max_cost_usd = TRY_CAST(json_extract_string(config, '$.max_cost_usd') AS DOUBLE);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]
 assert len(MIGRATIONS) == SCHEMA_VERSION

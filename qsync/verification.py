@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from .cache import cache_key
 from .config import resolve_db
 from .errors import JobNotFound
-from .ledger import cache_key
 from .sink import CollectionOptions, QdrantSink, SinkSpec
 from .store import open_store
 

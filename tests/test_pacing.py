@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime
 
 import pytest
 
+from qsync.control import Control, Interrupted
 from qsync.errors import RateLimited, TransientError
 from qsync.ratelimit import RateLimiter
-from qsync.retry import RetryPolicy
+from qsync.retry import Retrier, RetryPolicy
 
 
 class FakeClock:
@@ -39,7 +42,7 @@ def test_retry_honours_the_servers_delay_then_backs_off_exponentially() -> None:
             raise error
         return "ok"
 
-    assert RetryPolicy(max_attempts=5, base_s=1.0, clock=clock).call(flaky) == "ok"
+    assert Retrier(RetryPolicy(max_attempts=5, base_s=1.0), Control(sleep=clock.sleep)).call(flaky) == "ok"
     assert clock.sleeps[0] == 15.0  # RetryInfo.retryDelay
     assert 1.0 <= clock.sleeps[1] <= 2.0 and 2.0 <= clock.sleeps[2] <= 4.0  # 2^(n-1) with jitter in [1/2, 1]
 
@@ -51,7 +54,7 @@ def test_retry_gives_up_after_max_attempts() -> None:
         raise TransientError("down")
 
     with pytest.raises(TransientError):
-        RetryPolicy(max_attempts=3, clock=clock).call(always)
+        Retrier(RetryPolicy(max_attempts=3), Control(sleep=clock.sleep)).call(always)
     assert len(clock.sleeps) == 2
 
 
@@ -60,7 +63,7 @@ def test_limiter_paces_texts_just_under_the_limit() -> None:
     limiter = RateLimiter(3000, None, clock=clock)
     start = clock.t
     for _ in range(60):
-        limiter.acquire(100, 0)
+        clock.sleep(limiter.acquire(100, 0))
     sent_per_minute = 6000 / ((clock.t - start) / 60)
     assert 0.95 * 3000 <= sent_per_minute <= 3000
 
@@ -68,10 +71,10 @@ def test_limiter_paces_texts_just_under_the_limit() -> None:
 def test_limiter_paces_tokens_and_settles_real_counts() -> None:
     clock = FakeClock()
     limiter = RateLimiter(None, 60_000, clock=clock)  # 1,000 tokens a second (x 0.97)
-    limiter.acquire(1, 970)
+    clock.sleep(limiter.acquire(1, 970))
     assert clock.sleeps[-1] == pytest.approx(1.0)
     limiter.settle(estimated_tokens=970, actual_tokens=1940)  # the answer cost twice the estimate
-    limiter.acquire(1, 970)
+    clock.sleep(limiter.acquire(1, 970))
     assert clock.sleeps[-1] == pytest.approx(2.0)
 
 
@@ -84,3 +87,20 @@ def test_a_429_slows_everyone_down_and_success_wins_the_pace_back() -> None:
     for _ in range(10):
         limiter.succeeded()
     assert limiter.pace == 1.0
+
+
+def test_a_stop_ends_a_backoff_at_once_and_no_further_call_is_made() -> None:
+    control = Control()
+    calls: list[float] = []
+
+    def rate_limited() -> None:
+        calls.append(time.monotonic())
+        raise RateLimited("429", 30.0)  # the server asks for 30 s
+
+    retrier = Retrier(RetryPolicy(max_attempts=5), control)
+    threading.Timer(0.2, control.request_stop).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        retrier.call(rate_limited)
+    assert time.monotonic() - started < 1.0  # not 30 s
+    assert len(calls) == 1

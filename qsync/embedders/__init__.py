@@ -1,4 +1,4 @@
-from .base import Embedder, EmbedderSpec, EmbedResult, build_embedder
+from .base import Embedder, EmbedResult, build_embedder
 from .hashing import HashingEmbedder
 
-__all__ = ["EmbedResult", "Embedder", "EmbedderSpec", "HashingEmbedder", "build_embedder"]
+__all__ = ["EmbedResult", "Embedder", "HashingEmbedder", "build_embedder"]

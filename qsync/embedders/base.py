@@ -1,15 +1,18 @@
-"""The narrow interface every embedder implements, and how a job's config rebuilds one."""
+"""The narrow interface every embedder implements, and how a job's spec builds one."""
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..spec import EmbedderSpec
 
 Vectors = npt.NDArray[np.float32]
 
@@ -22,32 +25,35 @@ class EmbedResult:
 
 
 class Embedder(Protocol):
-    """Turns texts into vectors. Raises TransientError (retry) or PermanentError (give up)."""
+    """Turns texts into vectors, one API call per `embed`, no retries of its own: the run's one retry
+    layer decides (retry.py). Raises TransientError (worth retrying), RateLimited (a 429), InvalidInput
+    (the request's content was refused), PermanentError, PauseJob or StopJob."""
 
     model: str  # part of the cache key: a different model never reuses another's vectors
     dimensions: int
     task_type: str
-    max_batch_texts: int  # texts per API request
+    max_batch_texts: int  # texts per API call
     max_text_tokens: int  # longer texts are skipped at plan time
     price_per_million_tokens: float
 
     def embed(self, texts: list[str]) -> EmbedResult: ...
 
 
-@dataclass(frozen=True)
-class EmbedderSpec:
-    """What a job stores to rebuild its embedder on resume. Never holds a secret."""
+def request_chunks(embedder: Embedder, texts: list[str]) -> list[list[int]]:
+    """Indices of `texts` cut into API calls: the embedder's own `request_chunks` when it has one (a
+    byte limit, say), else runs of at most max_batch_texts."""
+    own = getattr(embedder, "request_chunks", None)
+    if own is not None:
+        chunks: list[list[int]] = own(texts)
+        return chunks
+    size = max(1, embedder.max_batch_texts)
+    return [list(range(i, min(i + size, len(texts)))) for i in range(0, len(texts), size)]
 
-    kind: str  # "hash", "gemini", or "package.module:factory" for your own
-    dimensions: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "dimensions": self.dimensions, "options": dict(self.options)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EmbedderSpec:
-        return cls(data["kind"], data.get("dimensions"), dict(data.get("options") or {}))
+def default_limits(embedder: Embedder) -> tuple[float | None, float | None]:
+    """(texts, tokens) per minute a run paces itself to when the settings name none."""
+    limits: tuple[float | None, float | None] = getattr(embedder, "default_limits", (None, None))
+    return limits
 
 
 def build_embedder(spec: EmbedderSpec) -> Embedder:
@@ -58,20 +64,19 @@ def build_embedder(spec: EmbedderSpec) -> Embedder:
 
 
 def _build(spec: EmbedderSpec) -> Embedder:
+    kwargs = spec.factory_kwargs()
     if spec.kind == "hash":
         from .hashing import HashingEmbedder
 
-        return HashingEmbedder(dimensions=spec.dimensions or 768, **spec.options)
+        return HashingEmbedder(**kwargs)
     if spec.kind == "gemini":
         from .gemini import GeminiEmbedder
 
-        return GeminiEmbedder(dimensions=spec.dimensions or 768, **spec.options)
-    if ":" in spec.kind:
-        module_name, _, attr = spec.kind.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"cannot load embedder {spec.kind!r}: {exc}") from exc
-        embedder: Embedder = factory(dimensions=spec.dimensions, **spec.options)
-        return embedder
-    raise ConfigError(f"unknown embedder {spec.kind!r}: use 'hash', 'gemini' or 'package.module:factory'")
+        return GeminiEmbedder(**kwargs)
+    module_name, _, attr = spec.kind.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load embedder {spec.kind!r}: {exc}") from exc
+    embedder: Embedder = factory(**kwargs)
+    return embedder

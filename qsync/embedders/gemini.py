@@ -1,8 +1,9 @@
 """Gemini embeddings through google-genai (never the end-of-life google-generativeai).
 
-qsync owns retries (the SDK's are switched off): 429s, 5xx, timeouts and dropped connections are retried,
-honouring RetryInfo.retryDelay when the answer carries one. A per-day quota pauses the job; an invalid
-key stops it; a 400 caused by the content of a request is raised as InvalidInput so the runner can split
+Each call is made once (the SDK's retries are switched off) and its errors are converted at this
+boundary: 429s, 5xx, timeouts and dropped connections become TransientError carrying RetryInfo.retryDelay
+when the answer has one, for the run's one retry layer (retry.py). A per-day quota pauses the job; an
+invalid key stops it; a 400 caused by the content of a request is raised as InvalidInput so the runner can split
 the batch and skip just the guilty record. The API key is read from the environment, handed to the SDK
 and scrubbed from every message qsync produces.
 """
@@ -14,12 +15,10 @@ import math
 import os
 import re
 import warnings
-from functools import partial
 from typing import Any
 
 import numpy as np
 
-from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
     ConfigError,
     InvalidInput,
@@ -31,8 +30,6 @@ from ..errors import (
     TransientError,
 )
 from ..pricing import default_limits, model_info, price_per_million
-from ..ratelimit import RateLimiter
-from ..retry import RetryPolicy
 from .base import EmbedResult, Vectors
 
 DEFAULT_MODEL = "gemini-embedding-001"
@@ -114,24 +111,23 @@ class GeminiClient:
 
 
 class GeminiEmbedder:
+    """One batchEmbedContents call per `embed`; retries and pacing belong to the run (retry.py,
+    ratelimit.py), so a Pause or Ctrl-C reaches every wait."""
+
     task_type: str
 
     def __init__(
         self,
-        dimensions: int | None = 768,
+        dimensions: int = 768,
         model: str = DEFAULT_MODEL,
         task_type: str = "RETRIEVAL_DOCUMENT",
-        texts_per_minute: float | None = None,
-        tokens_per_minute: float | None = None,
         price_per_million_tokens: float | None = None,
         timeout_s: float = 60.0,
-        max_attempts: int = 8,
-        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.api = GeminiClient(timeout_s=timeout_s, model=model)
         info = model_info(model)
         self.model = model.removeprefix("models/")
-        self.dimensions = dimensions or 768
+        self.dimensions = dimensions
         self.task_type = task_type
         self.full_dimensions = int(info.get("full_dimensions", 3072))
         self.max_batch_texts = int(info.get("max_batch_texts", 100))
@@ -145,25 +141,51 @@ class GeminiEmbedder:
             if price_per_million_tokens is not None
             else price_per_million(self.model, batch_mode=True)
         )
-        default_texts, default_tokens = default_limits()
-        self.limiter = RateLimiter(texts_per_minute or default_texts, tokens_per_minute or default_tokens, clock=clock)
-        self.retry = RetryPolicy(max_attempts=max_attempts, clock=clock)
+        texts, tokens = default_limits()
+        self.default_limits: tuple[float | None, float | None] = (float(texts), float(tokens))
         self._types = self.api.types
         self._client = self.api.client
 
     # -- Embedder interface --------------------------------------------------------------------------
 
     def embed(self, texts: list[str]) -> EmbedResult:
-        vectors: list[Vectors] = []
-        tokens: list[int] = []
-        estimated = False
-        for chunk in self._requests(texts):
-            v, t, e = self.retry.call(partial(self._embed_once, chunk), on_retry=self._on_retry)
-            vectors.append(v)
-            tokens.extend(t)
-            estimated = estimated or e
-        matrix = np.concatenate(vectors) if vectors else np.zeros((0, self.dimensions), dtype=np.float32)
-        return EmbedResult(matrix, tokens, estimated)
+        estimates = [estimate_tokens(t) for t in texts]
+        config = self._types.EmbedContentConfig(task_type=self.task_type or None, output_dimensionality=self.dimensions)
+        contents: Any = list(texts)
+        response = self._call(
+            lambda: self._client.models.embed_content(model=self.model, contents=contents, config=config),
+            "batchEmbedContents",
+        )
+        embeddings = response.embeddings or []
+        if len(embeddings) != len(texts):
+            raise TransientError(f"Gemini answered {len(embeddings)} embeddings for {len(texts)} texts")
+        matrix = np.asarray([e.values for e in embeddings], dtype=np.float32)
+        if matrix.shape[1] != self.dimensions:
+            raise PermanentError(f"Gemini answered vectors of size {matrix.shape[1]}, expected {self.dimensions}")
+        if self.dimensions < self.full_dimensions:
+            # Only the full-size output is normalised by the API; truncated ones must be, for cosine.
+            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        usage = getattr(response, "usage_metadata", None)
+        total = getattr(usage, "prompt_token_count", None) or getattr(usage, "total_token_count", None)
+        if total:
+            return EmbedResult(matrix, split_tokens(int(total), estimates))
+        try:
+            return EmbedResult(matrix, split_tokens(self.count_tokens(texts), estimates))
+        except QsyncError:
+            return EmbedResult(matrix, estimates, tokens_estimated=True)  # labelled estimated in the ledger
+
+    def request_chunks(self, texts: list[str]) -> list[list[int]]:
+        """Indices cut into calls of at most max_batch_texts texts and max_request_bytes bytes."""
+        chunks: list[list[int]] = [[]]
+        size = 0
+        for i, text in enumerate(texts):
+            cost = len(text.encode("utf-8")) + _REQUEST_OVERHEAD_BYTES
+            if chunks[-1] and (len(chunks[-1]) >= self.max_batch_texts or size + cost > self.max_request_bytes):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(i)
+            size += cost
+        return [c for c in chunks if c]
 
     def count_tokens(self, texts: list[str]) -> int:
         """Tokens the API counts for these texts (countTokens; free, but it is a call)."""
@@ -173,7 +195,7 @@ class GeminiEmbedder:
         )
         return int(response.total_tokens or 0)
 
-    # -- Batch Mode -----------------------------------------------------------------------------------
+    # -- Batch Mode (one attempt each; the Batch Mode stage retries) -----------------------------------
 
     def submit_batch(self, texts: list[str], display_name: str) -> str:
         """Submit texts as one Batch Mode job (half price, answered within 24 h); return its name."""
@@ -186,22 +208,17 @@ class GeminiEmbedder:
                 ),
             )
         )
-        job = self.retry.call(
-            lambda: self._call(
-                lambda: self._client.batches.create_embeddings(
-                    model=self.model, src=source, config=types.CreateEmbeddingsBatchJobConfig(display_name=display_name)
-                ),
-                "batches.create_embeddings",
+        job = self._call(
+            lambda: self._client.batches.create_embeddings(
+                model=self.model, src=source, config=types.CreateEmbeddingsBatchJobConfig(display_name=display_name)
             ),
-            on_retry=self._on_retry,
+            "batches.create_embeddings",
         )
         return str(job.name)
 
     def poll_batch(self, name: str) -> tuple[str, Vectors | None, str | None]:
         """(state, vectors once succeeded, error once failed) of a Batch Mode job."""
-        job = self.retry.call(
-            lambda: self._call(lambda: self._client.batches.get(name=name), "batches.get"), on_retry=self._on_retry
-        )
+        job = self._call(lambda: self._client.batches.get(name=name), "batches.get")
         state = str(getattr(job.state, "value", job.state) or "")
         if state.endswith("SUCCEEDED"):
             responses = (job.dest.inlined_embed_content_responses if job.dest else None) or []
@@ -219,65 +236,16 @@ class GeminiEmbedder:
         return state, None, None
 
     def count_tokens_many(self, texts: list[str]) -> list[int]:
-        """Per-text token counts via countTokens, in requests of max_batch_texts; estimates if it fails."""
+        """Per-text token counts via countTokens, one call per request's worth; estimates if it fails."""
         counts: list[int] = []
-        for chunk in self._requests(texts):
-            estimates = [estimate_tokens(t) for t in chunk]
+        for chunk in self.request_chunks(texts):
+            part = [texts[i] for i in chunk]
+            estimates = [estimate_tokens(t) for t in part]
             try:
-                counts.extend(split_tokens(self.count_tokens(chunk), estimates))
+                counts.extend(split_tokens(self.count_tokens(part), estimates))
             except QsyncError:
                 counts.extend(estimates)
         return counts
-
-    # -- internals -------------------------------------------------------------------------------------
-
-    def _requests(self, texts: list[str]) -> list[list[str]]:
-        """Cut into requests of at most max_batch_texts texts and max_request_bytes bytes."""
-        chunks: list[list[str]] = [[]]
-        size = 0
-        for text in texts:
-            cost = len(text.encode("utf-8")) + _REQUEST_OVERHEAD_BYTES
-            if chunks[-1] and (len(chunks[-1]) >= self.max_batch_texts or size + cost > self.max_request_bytes):
-                chunks.append([])
-                size = 0
-            chunks[-1].append(text)
-            size += cost
-        return [c for c in chunks if c]
-
-    def _embed_once(self, texts: list[str]) -> tuple[Vectors, list[int], bool]:
-        estimates = [estimate_tokens(t) for t in texts]
-        self.limiter.acquire(len(texts), sum(estimates))
-        config = self._types.EmbedContentConfig(task_type=self.task_type or None, output_dimensionality=self.dimensions)
-        contents: Any = list(texts)
-        response = self._call(
-            lambda: self._client.models.embed_content(model=self.model, contents=contents, config=config),
-            "batchEmbedContents",
-        )
-        self.limiter.succeeded()
-        embeddings = response.embeddings or []
-        if len(embeddings) != len(texts):
-            raise TransientError(f"Gemini answered {len(embeddings)} embeddings for {len(texts)} texts")
-        matrix = np.asarray([e.values for e in embeddings], dtype=np.float32)
-        if matrix.shape[1] != self.dimensions:
-            raise PermanentError(f"Gemini answered vectors of size {matrix.shape[1]}, expected {self.dimensions}")
-        if self.dimensions < self.full_dimensions:
-            # Only the full-size output is normalised by the API; truncated ones must be, for cosine.
-            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-        usage = getattr(response, "usage_metadata", None)
-        total = getattr(usage, "prompt_token_count", None) or getattr(usage, "total_token_count", None)
-        if total:
-            self.limiter.settle(sum(estimates), int(total))
-            return matrix, split_tokens(int(total), estimates), False
-        try:
-            counted = self.count_tokens(texts)
-            self.limiter.settle(sum(estimates), counted)
-            return matrix, split_tokens(counted, estimates), False
-        except QsyncError:
-            return matrix, estimates, True  # labelled estimated in the ledger
-
-    def _on_retry(self, exc: TransientError, wait: float) -> None:
-        if isinstance(exc, RateLimited):
-            self.limiter.throttle(exc.retry_after_s)
 
     def _call(self, fn: Any, what: str) -> Any:
         return self.api.call(fn, what)

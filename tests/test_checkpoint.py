@@ -1,4 +1,4 @@
-"""The ledger's group commit: writes that queue while another commits go into one transaction, and
+"""The checkpoint's group commit: writes that queue while another commits go into one transaction, and
 each caller still gets its own result, or its own error."""
 
 from __future__ import annotations
@@ -14,22 +14,23 @@ import pytest
 from qsync_testing import make_records, wait_for
 
 import qsync
-from qsync import lease as leases
+import os
+
+from qsync import checkpoint as cp
 from qsync.clock import SYSTEM_CLOCK
-from qsync.embedders.hashing import HashingEmbedder
 from qsync.errors import LeaseLost
-from qsync.ledger import MANIFEST_READ_AHEAD, BatchWork, Ledger
+from qsync.checkpoint import MANIFEST_READ_AHEAD, BatchWork, Checkpoint
 from qsync.store import open_store
 
 
-def _ledger(tmp_path: Path, batch_size: int = 10) -> tuple[Ledger, list[int]]:
+def _ledger(tmp_path: Path, batch_size: int = 10) -> tuple[Checkpoint, list[int]]:
     """A job of 100 records (10 batches of 10), its lease taken; returns the ledger and a transaction count."""
     db = tmp_path / "q.duckdb"
     qsync.create_job(
         pd.DataFrame(make_records(100)), collection="c", job="g", db=db, dimensions=8, batch_size=batch_size
     )
     store = open_store(db)
-    lease, _ = leases.acquire(store, "g", SYSTEM_CLOCK, stale_after_s=60)
+    lease, _ = cp.acquire_lease(store, "g", SYSTEM_CLOCK, 60, os.getpid())
     transactions = [0]
     opened = store.transaction
 
@@ -40,16 +41,16 @@ def _ledger(tmp_path: Path, batch_size: int = 10) -> tuple[Ledger, list[int]]:
             yield con
 
     store.transaction = counted  # type: ignore[method-assign]
-    return Ledger(store, lease, SYSTEM_CLOCK), transactions
+    return Checkpoint(store, lease, SYSTEM_CLOCK, "", ""), transactions
 
 
-def _claim_together(ledger: Ledger, batch_nos: list[int]) -> dict[int, BatchWork | BaseException]:
+def _claim_together(ledger: Checkpoint, batch_nos: list[int]) -> dict[int, BatchWork | BaseException]:
     """Claim from one thread per batch, all queued behind a held commit, then let them go at once."""
     results: dict[int, BatchWork | BaseException] = {}
 
     def claim(batch_no: int) -> None:
         try:
-            results[batch_no] = ledger.claim(batch_no, HashingEmbedder(dimensions=8))
+            results[batch_no] = ledger.claim(batch_no)
         except BaseException as exc:
             results[batch_no] = exc
 
@@ -63,7 +64,7 @@ def _claim_together(ledger: Ledger, batch_nos: list[int]) -> dict[int, BatchWork
     return results
 
 
-def _statuses(ledger: Ledger) -> dict[int, tuple[str, int]]:
+def _statuses(ledger: Checkpoint) -> dict[int, tuple[str, int]]:
     rows = ledger.store.query_rows("SELECT batch_no, status, attempts FROM batches WHERE job_id = 'g'")
     return {int(b): (str(s), int(a)) for b, s, a in rows}
 
@@ -83,7 +84,7 @@ def test_queued_writes_commit_in_one_transaction_and_each_caller_gets_its_own_re
 
 def test_a_failing_write_fails_only_its_caller_and_the_others_commit(tmp_path: Path) -> None:
     ledger, transactions = _ledger(tmp_path)
-    ledger.claim(3, HashingEmbedder(dimensions=8))  # batch 3 is running: claiming it again must fail
+    ledger.claim(3)  # batch 3 is running: claiming it again must fail
     results = _claim_together(ledger, [1, 2, 3, 4])
     assert isinstance(results[3], RuntimeError) and "not claimable" in str(results[3])
     assert all(isinstance(results[b], BatchWork) for b in (1, 2, 4))
@@ -114,11 +115,11 @@ def test_the_batch_records_are_read_ahead_and_served_once(tmp_path: Path) -> Non
         return original(sql, params)
 
     ledger.store.query_rows = counting  # type: ignore[method-assign]
-    works = [ledger.claim(b, HashingEmbedder(dimensions=8)) for b in range(10)]
+    works = [ledger.claim(b) for b in range(10)]
     assert len(queries) == 1  # ten batches, one manifest query
     assert [w.record_ids[0] for w in works] == [f"r{b * 10}" for b in range(10)]
     ledger.release(works[4])
-    again = ledger.claim(4, HashingEmbedder(dimensions=8))  # served from the manifest again, not a stale copy
+    again = ledger.claim(4)  # served from the manifest again, not a stale copy
     assert again.attempt == 2 and again.record_ids == works[4].record_ids
     assert len(queries) == 2
 
@@ -126,7 +127,7 @@ def test_the_batch_records_are_read_ahead_and_served_once(tmp_path: Path) -> Non
 def test_the_read_ahead_holds_at_most_one_read_of_batches(tmp_path: Path) -> None:
     ledger, _ = _ledger(tmp_path, batch_size=1)  # 100 batches of one record
     for batch_no in range(0, 100, 20):  # scattered claims, as when only failed batches are retried
-        work = ledger.claim(batch_no, HashingEmbedder(dimensions=8))
+        work = ledger.claim(batch_no)
         assert work.record_ids == [f"r{batch_no}"]
         assert len(ledger._manifests) <= MANIFEST_READ_AHEAD - 1
 
@@ -134,7 +135,7 @@ def test_the_read_ahead_holds_at_most_one_read_of_batches(tmp_path: Path) -> Non
 @pytest.mark.parametrize("kind", ["complete", "fail", "release"])
 def test_every_transition_goes_through_the_group_commit(tmp_path: Path, kind: str) -> None:
     ledger, transactions = _ledger(tmp_path)
-    work = ledger.claim(0, HashingEmbedder(dimensions=8))
+    work = ledger.claim(0)
     before = transactions[0]
     if kind == "complete":
         ledger.complete(work, cache_hits=0, saved_tokens=0, duration_s=0.1)

@@ -1,6 +1,14 @@
-"""Batch state transitions and the embedding cache, each one DuckDB transaction guarded by the lease.
+"""Every write to the state of jobs and batches, and nothing else writes it.
 
-Batch states form a closed set:
+Job states:
+
+    planned --lease--> running --release--> paused | failed | completed | cancelled
+    paused | failed | (stale) running --lease--> running            cancelled and completed are final
+
+A `running` job whose owner is gone is shown as `stale` (figures.py) but stays `running` in the file
+until someone takes its lease over.
+
+Batch states:
 
     pending --claim--> running --complete--> done
                        running --fail------> failed --claim--> running
@@ -8,92 +16,195 @@ Batch states form a closed set:
 
 `record_embeddings` stores the vectors a batch paid for, and their tokens and cost, before the upsert
 that uses them: a crash after it costs nothing on resume. `complete` runs only after Qdrant acknowledged
-the upsert. Every write first checks the lease in the same transaction, so a runner that lost its job
-cannot change a thing.
+the upsert. Every write of a run first checks the lease in the same transaction, so a runner that lost
+its job cannot change a thing.
 
-Writes are group-committed: while one worker's transaction runs, the writes other workers ask for
-queue up and then commit together in the next transaction (one lease check, one commit). Each caller
-still returns only once its own write is committed, so the order above holds batch by batch; what is
-saved is the per-transaction cost that a single DuckDB writer would otherwise serialise.
+A run's writes are group-committed: while one worker's transaction runs, the writes other workers ask
+for queue up and then commit together in the next transaction (one lease check, one commit). Each caller
+still returns only once its own write is committed, so the order above holds batch by batch.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from enum import Enum
+from typing import Any, TypeVar
 
-import numpy as np
 import pyarrow as pa
 
+from .cache import CacheIdentity, batch_mode_origin, insert_vectors, lookup_vectors
 from .clock import Clock
-from .embedders.base import Embedder, Vectors
-from .lease import Lease
+from .embedders.base import Vectors
+from .errors import JobNotFound, JobNotRunnable, LeaseHeld
+from .lease import HOST, Lease, lease_is_live
 from .sink import point_id
-from .store import Store, arrow_table, first_row
-
-BATCH_STATES = ("pending", "running", "done", "failed")
+from .store import Store, first_row
 
 T = TypeVar("T")
 MANIFEST_READ_AHEAD = 16  # batches whose records one manifest query loads
 
 
-class CacheIdentity(Protocol):
-    """What makes two vectors of one text interchangeable."""
+class JobState(str, Enum):
+    PLANNED = "planned"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
-    model: str
-    dimensions: int
-    task_type: str
-
-
-def embedder_signature(embedder: CacheIdentity, enrich_fingerprint: str = "") -> str:
-    """Who made a vector: model|dimensions|task_type, plus the enrichment that chose its text, if any.
-    A record's point counts as unchanged only when its signature matches."""
-    base = f"{embedder.model}|{embedder.dimensions}|{embedder.task_type}"
-    return f"{base}|enrich:{enrich_fingerprint}" if enrich_fingerprint else base
-
-
-def cache_key(embedder: CacheIdentity, content_hash: str) -> str:
-    return f"{embedder_signature(embedder)}|{content_hash}"
+    @property
+    def final(self) -> bool:
+        """Nothing more will happen to the job: a new run of its spec is a new job (a re-sync)."""
+        return self in (JobState.COMPLETED, JobState.CANCELLED)
 
 
-def insert_vectors(
+class BatchState(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+BATCH_STATES = tuple(s.value for s in BatchState)
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+
+def insert_job(
     con: Any,
-    embedder: CacheIdentity,
-    hashes: list[str],
-    vectors: Vectors,
-    tokens: list[int],
+    job_id: str,
+    config: dict[str, Any],
+    source: str,
+    collection: str,
+    batch_size: int,
+    counts: tuple[int, int, int, int],
+    max_cost_usd: float | None,
     now: Any,
-    origin: str | None,
 ) -> None:
-    """Add vectors to the embedding cache (inside the caller's transaction); existing keys are kept."""
-    table = pa.table(
-        {
-            "cache_key": [cache_key(embedder, h) for h in hashes],
-            "model": [embedder.model] * len(hashes),
-            "dimensions": pa.array([embedder.dimensions] * len(hashes), pa.int32()),
-            "task_type": [embedder.task_type] * len(hashes),
-            "content_hash": hashes,
-            "tokens": pa.array(tokens, pa.int32()),
-            # One flat buffer viewed as lists: ~100x faster than a list of per-row arrays.
-            "vector": pa.FixedSizeListArray.from_arrays(
-                pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel()), embedder.dimensions
-            ).cast(pa.list_(pa.float32())),
-            "created_at": pa.array([now] * len(hashes), pa.timestamp("us")),
-            "origin": pa.array([origin] * len(hashes), pa.string()),
-        }
+    """Record a planned job and its batches (inside the planning transaction, after its manifest).
+    `counts` are (total, skipped, batches, unchanged) records."""
+    total, skipped, batches, unchanged = counts
+    con.execute(
+        """INSERT INTO batches (job_id, batch_no, status, records, first_ordinal, last_ordinal)
+           SELECT ?, batch_no, 'pending', count(*), min(ordinal), max(ordinal)
+           FROM manifest WHERE job_id = ? GROUP BY batch_no ORDER BY batch_no""",
+        [job_id, job_id],
     )
-    con.register("__qsync_new_vectors", table)
-    try:
-        con.execute("INSERT INTO embeddings SELECT * FROM __qsync_new_vectors ON CONFLICT DO NOTHING")
-    finally:
-        con.unregister("__qsync_new_vectors")
+    con.execute(
+        """INSERT INTO jobs (job_id, status, message, config, source, collection, batch_size, total_records,
+               skipped_records, batches_total, created_at, updated_at, unchanged_records, max_cost_usd)
+           VALUES (?, 'planned', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [job_id, json.dumps(config), source, collection, batch_size, total, skipped, batches, now, now, unchanged,
+         max_cost_usd],
+    )  # fmt: skip
 
 
-def batch_mode_origin(job_id: str) -> str:
-    """The `origin` of vectors a job prefetched in Batch Mode: paid once, at the batch price."""
-    return f"batch-mode:{job_id}"
+def set_budget(store: Store, job_id: str, max_cost_usd: float | None, clock: Clock) -> None:
+    """A new cap for the job's whole spend (None: no cap), given on resume."""
+    with store.transaction() as con:
+        con.execute(
+            "UPDATE jobs SET max_cost_usd = ?, updated_at = ? WHERE job_id = ?", [max_cost_usd, clock.now(), job_id]
+        )
+
+
+def cancel(store: Store, job_id: str, clock: Clock) -> str:
+    """Cancel a job: at once if nobody runs it, else ask its runner (it sees the request at its next
+    heartbeat). Returns what happened: 'cancelled', 'cancel requested', or the final state it had."""
+    with store.transaction() as con:
+        row = first_row(con.execute("SELECT status, lease_token FROM jobs WHERE job_id = ?", [job_id]))
+        if row is None:
+            raise JobNotFound(f"no job named {job_id!r} in {store.path}")
+        if JobState(row[0]).final:
+            return str(row[0])
+        if row[1] is not None:
+            con.execute("UPDATE jobs SET cancel_requested = true WHERE job_id = ?", [job_id])
+            return "cancel requested"
+        now = clock.now()
+        con.execute(
+            "UPDATE jobs SET status = 'cancelled', message = 'cancelled', finished_at = ?, updated_at = ? "
+            "WHERE job_id = ?",
+            [now, now, job_id],
+        )
+        return "cancelled"
+
+
+# -- the lease -------------------------------------------------------------------------------------
+
+
+def acquire_lease(store: Store, job_id: str, clock: Clock, stale_after_s: float, pid: int) -> tuple[Lease, bool]:
+    """Take the job's lease (job -> running); return it and whether a stale owner was displaced."""
+    lease = Lease(job_id, uuid.uuid4().hex, pid, HOST)
+    with store.transaction() as con:
+        row = first_row(
+            con.execute(
+                "SELECT status, lease_token, owner_pid, owner_host, heartbeat_at FROM jobs WHERE job_id = ?",
+                [job_id],
+            )
+        )
+        if row is None:
+            raise JobNotFound(f"no job named {job_id!r} in {store.path}")
+        status, token, owner_pid, owner_host, heartbeat = row
+        if status == JobState.CANCELLED:
+            raise JobNotRunnable(f"job {job_id!r} was cancelled; start a new job (cached embeddings are reused)")
+        now = clock.now()
+        if token is not None and lease_is_live(owner_pid, owner_host, heartbeat, now, stale_after_s):
+            age = (now - heartbeat).total_seconds()
+            raise LeaseHeld(
+                f"job {job_id!r} is being run by process {owner_pid} on {owner_host} (heartbeat {age:.0f}s ago); "
+                "watch it with `qsync status`, or stop that process first"
+            )
+        con.execute(
+            """UPDATE jobs SET lease_token = ?, owner_pid = ?, owner_host = ?, heartbeat_at = ?,
+                   status = 'running', message = NULL, started_at = coalesce(started_at, ?), updated_at = ?,
+                   finished_at = NULL
+               WHERE job_id = ?""",
+            [lease.token, lease.pid, lease.host, now, now, now, job_id],
+        )
+        # Whatever the previous owner had in flight is unfinished work again. Its paid embeddings are in
+        # the cache already, so redoing these batches costs no API call for them.
+        con.execute(
+            "UPDATE attempts SET outcome = 'abandoned', finished_at = ? WHERE job_id = ? AND outcome IS NULL",
+            [now, job_id],
+        )
+        con.execute("UPDATE batches SET status = 'pending' WHERE job_id = ? AND status = 'running'", [job_id])
+    return lease, token is not None
+
+
+def renew_lease(store: Store, lease: Lease, clock: Clock) -> bool:
+    """Heartbeat. Raises LeaseLost if another runner took the job; False if cancellation was requested."""
+    with store.transaction() as con:
+        lease.verify(con)
+        row = first_row(con.execute("SELECT cancel_requested FROM jobs WHERE job_id = ?", [lease.job_id]))
+        con.execute("UPDATE jobs SET heartbeat_at = ? WHERE job_id = ?", [clock.now(), lease.job_id])
+        return not (row and row[0])
+
+
+def release_lease(store: Store, lease: Lease, clock: Clock, state: JobState, message: str | None) -> None:
+    """Give the job up, leaving it in `state` with a message that says what happened."""
+    with store.transaction() as con:
+        lease.verify(con)
+        now = clock.now()
+        if state != JobState.COMPLETED:
+            con.execute(
+                "UPDATE attempts SET outcome = 'released', finished_at = ? "
+                "WHERE job_id = ? AND lease_token = ? AND outcome IS NULL",
+                [now, lease.job_id, lease.token],
+            )
+            con.execute("UPDATE batches SET status = 'pending' WHERE job_id = ? AND status = 'running'", [lease.job_id])
+        con.execute(
+            """UPDATE jobs SET status = ?, message = ?, lease_token = NULL, owner_pid = NULL, owner_host = NULL,
+                   updated_at = ?, finished_at = CASE WHEN ? IN ('completed', 'failed', 'cancelled') THEN ? END
+               WHERE job_id = ?""",
+            [state.value, message, now, state.value, now, lease.job_id],
+        )
+
+
+# -- batches, within a run -------------------------------------------------------------------------
 
 
 @dataclass
@@ -108,7 +219,6 @@ class BatchWork:
     texts: list[str]
     token_estimates: list[int]
     payloads: list[str]
-    cached: dict[str, tuple[Vectors, int]]  # content hash -> (vector, tokens reusing it saved)
     source_hashes: list[str] = field(default_factory=list)  # the manifest's hashes (hashes may change: enrich)
 
     def __post_init__(self) -> None:
@@ -127,15 +237,15 @@ class _Write:
     error: BaseException | None = None
 
 
-class Ledger:
-    def __init__(
-        self, store: Store, lease: Lease, clock: Clock, target: str = "", embedder_signature: str = ""
-    ) -> None:
+class Checkpoint:
+    """The writes of one run, guarded by its lease and group-committed."""
+
+    def __init__(self, store: Store, lease: Lease, clock: Clock, target: str, embedder_signature: str) -> None:
         self.store = store
         self.lease = lease
         self.job_id = lease.job_id
         self.clock = clock
-        self.target = target  # see QdrantSink.target
+        self.target = target  # see JobSpec.target
         self.embedder_signature = embedder_signature
         self._queued: list[_Write] = []
         self._queue_lock = threading.Lock()
@@ -183,11 +293,9 @@ class Ledger:
         )
         return [int(r[0]) for r in rows]
 
-    def claim(self, batch_no: int, embedder: Embedder) -> BatchWork:
-        """Mark the batch running (a new attempt) and load its records and the vectors already cached.
-
-        Only the state change needs the write transaction: the manifest never changes once planned, and
-        the cache is looked up after the claim, so it sees every vector an earlier attempt persisted."""
+    def claim(self, batch_no: int) -> BatchWork:
+        """Mark the batch running (a new attempt) and load its records. Only the state change needs the
+        write transaction: the manifest never changes once planned."""
         attempt = self._write(lambda con: self._claim(con, batch_no))
         records = self._manifest(batch_no)
         return BatchWork(
@@ -199,7 +307,6 @@ class Ledger:
             texts=[r[3] for r in records],
             token_estimates=[r[4] for r in records],
             payloads=[r[5] for r in records],
-            cached=self.cached_vectors(embedder, [r[2] for r in records]),
         )
 
     def _claim(self, con: Any, batch_no: int) -> int:
@@ -244,39 +351,22 @@ class Ledger:
 
     def cached_vectors(self, embedder: CacheIdentity, hashes: list[str]) -> dict[str, tuple[Vectors, int]]:
         """content hash -> (vector, tokens reusing it saves) for the hashes the cache holds."""
-        keys = sorted({cache_key(embedder, h) for h in hashes})
-        if not keys:
-            return {}
-        # A literal IN list lets DuckDB use the primary-key index (a join would scan the whole cache).
-        placeholders = ", ".join("?" * len(keys))
         with self.store.reading() as con:
-            table = arrow_table(
-                con,
-                f"SELECT content_hash, CASE WHEN origin = ? THEN 0 ELSE tokens END AS tokens, vector "
-                f"FROM embeddings WHERE cache_key IN ({placeholders})",
-                [batch_mode_origin(self.job_id), *keys],
-            )
-        if not table.num_rows:
-            return {}
-        flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        matrix = np.asarray(flat, dtype=np.float32).reshape(table.num_rows, -1)
-        hashes_found = table.column("content_hash").to_pylist()
-        tokens = table.column("tokens").to_pylist()
-        return {h: (matrix[i], int(t)) for i, (h, t) in enumerate(zip(hashes_found, tokens, strict=True))}
+            return lookup_vectors(con, embedder, hashes, free_origin=batch_mode_origin(self.job_id))
 
     def record_embeddings(
         self,
         work: BatchWork,
-        embedder: Embedder,
+        embedder: CacheIdentity,
         hashes: list[str],
         vectors: Vectors,
         tokens_per_text: list[int],
         tokens_estimated: bool,
-    ) -> float:
-        """Persist freshly paid-for vectors and their cost (returned). Called before the upsert."""
+        cost: float,
+    ) -> None:
+        """Persist freshly paid-for vectors and their cost. Called before the upsert."""
         now = self.clock.now()
         tokens = int(sum(tokens_per_text))
-        cost = tokens * embedder.price_per_million_tokens / 1_000_000
 
         def apply(con: Any) -> None:
             insert_vectors(con, embedder, hashes, vectors, tokens_per_text, now, origin=None)
@@ -288,7 +378,6 @@ class Ledger:
             )
 
         self._write(apply)
-        return cost
 
     def cached_generations(self, keys: list[str]) -> dict[str, str]:
         """Answers already paid for (by any job), by generation key."""
@@ -432,3 +521,50 @@ class Ledger:
                WHERE job_id = ? AND batch_no = ? AND attempt = ? AND lease_token = ?""",
             [now, outcome, error, self.job_id, work.batch_no, work.attempt, self.lease.token],
         )
+
+    # -- Gemini Batch Mode jobs ------------------------------------------------------------------------
+
+    def record_remote_job(self, name: str, hashes: list[str]) -> None:
+        """A Batch Mode job was created: recorded at once, so a restart polls it instead of paying again."""
+
+        def apply(con: Any) -> None:
+            con.execute(
+                "INSERT INTO remote_jobs (job_id, name, state, content_hashes, texts, submitted_at) "
+                "VALUES (?, ?, 'submitted', ?, ?, ?)",
+                [self.job_id, name, hashes, len(hashes), self.clock.now()],
+            )
+
+        self._write(apply)
+
+    def fail_remote_job(self, name: str, error: str) -> None:
+        def apply(con: Any) -> None:
+            con.execute(
+                "UPDATE remote_jobs SET state = 'failed', error = ?, finished_at = ? WHERE job_id = ? AND name = ?",
+                [error, self.clock.now(), self.job_id, name],
+            )
+
+        self._write(apply)
+
+    def ingest_remote_job(
+        self, name: str, embedder: CacheIdentity, hashes: list[str], vectors: Vectors, tokens: list[int], price: float
+    ) -> None:
+        """A Batch Mode job succeeded: its vectors into the cache, its tokens and cost (Batch Mode price)."""
+        now = self.clock.now()
+        total = int(sum(tokens))
+
+        def apply(con: Any) -> None:
+            insert_vectors(con, embedder, hashes, vectors, tokens, now, batch_mode_origin(self.job_id))
+            con.execute(
+                "UPDATE remote_jobs SET state = 'ingested', tokens = ?, cost_usd = ?, finished_at = ? "
+                "WHERE job_id = ? AND name = ?",
+                [total, total * price / 1e6, now, self.job_id, name],
+            )
+
+        self._write(apply)
+
+    def last_error(self) -> str:
+        errors = self.store.query_rows(
+            "SELECT last_error FROM batches WHERE job_id = ? AND status = 'failed' ORDER BY finished_at DESC LIMIT 1",
+            [self.job_id],
+        )
+        return str(errors[0][0]) if errors else "unknown"

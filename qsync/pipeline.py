@@ -1,0 +1,243 @@
+"""One batch, from claim to done: claim -> stages -> vectors -> upsert -> complete.
+
+Order matters and is the whole point:
+1. claim the batch (a new attempt) and load its records from the manifest;
+2. run the batch stages (enrichment may change the texts to embed);
+3. vectors: take what the cache holds; wait for texts another batch is embedding right now; embed the
+   rest call by call, persisting each call's vectors and cost at once (never pay twice);
+4. upsert into Qdrant, which returns once the points are durable;
+5. mark the batch done, only now (nothing lost).
+A SIGKILL at any point leaves the batch either done or unfinished with its paid vectors cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .budget import Budget
+from .cache import cache_key
+from .checkpoint import BatchWork, Checkpoint
+from .control import Control, Interrupted
+from .embedders.base import Embedder, Vectors, request_chunks
+from .errors import (
+    InvalidInput,
+    LeaseLost,
+    PauseJob,
+    PermanentError,
+    RateLimited,
+    StopJob,
+    StoreError,
+    TransientError,
+)
+from .inflight import InFlight
+from .ratelimit import RateLimiter
+from .retry import Retrier
+from .sink import QdrantSink
+
+log = logging.getLogger("qsync")
+
+
+@dataclass
+class Outcome:
+    """What became of one batch in this run."""
+
+    batch_no: int
+    kind: str = "failed"  # done | failed | released | lost | halted
+    records: int = 0  # loaded into Qdrant (done batches)
+    skipped: int = 0  # refused by the embedder or the enrichment model (done batches)
+    embedded: int = 0  # texts this batch paid for
+    cache_hits: int = 0  # texts whose vector came from the cache or another batch's call
+    saved_tokens: int = 0
+    error: str | None = None
+    fatal: BaseException | None = None  # the run cannot go on (lease lost, store broken)
+    halt: BaseException | None = None  # the job must stop (PauseJob: resumable; StopJob: failed)
+
+
+class BatchStage(Protocol):
+    """A step between claim and embedding (enrichment). Returns records it refused: hash -> reason."""
+
+    def apply(self, work: BatchWork) -> dict[str, str]: ...
+
+
+class BatchPipeline:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        embedder: Embedder,
+        sink: QdrantSink,
+        retrier: Retrier,
+        control: Control,
+        budget: Budget,
+        limiter: RateLimiter | None,
+        inflight: InFlight,
+        stages: Sequence[BatchStage] = (),
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.embedder = embedder
+        self.sink = sink
+        self.retrier = retrier
+        self.control = control
+        self.budget = budget
+        self.limiter = limiter
+        self.inflight = inflight
+        self.stages = list(stages)
+        self._price = embedder.price_per_million_tokens / 1_000_000
+
+    def process(self, batch_no: int) -> Outcome:
+        started = time.monotonic()
+        try:
+            work = self.checkpoint.claim(batch_no)
+        except (LeaseLost, StoreError) as exc:
+            return Outcome(batch_no, "lost", fatal=exc)
+        outcome = Outcome(batch_no)
+        try:
+            self.control.check()
+            refused: dict[str, str] = {}
+            for stage in self.stages:
+                refused.update(stage.apply(work))
+            vectors, rejected = self._vectors(work, outcome, refused)
+            self.control.check()  # paid vectors are cached: stopping here loses nothing
+            keep = [i for i, h in enumerate(work.hashes) if h not in rejected]
+            if keep:
+                ids = [work.record_ids[i] for i in keep]
+                payloads = [_load_payload(work.payloads[i]) for i in keep]
+                self.retrier.call(lambda: self.sink.upsert(ids, vectors[keep], payloads))
+            skips = {i: rejected[h] for i, h in enumerate(work.hashes) if h in rejected}
+            self.checkpoint.complete(work, outcome.cache_hits, outcome.saved_tokens, time.monotonic() - started, skips)
+            outcome.kind, outcome.records, outcome.skipped = "done", len(keep), len(skips)
+            return outcome
+        except (LeaseLost, StoreError) as exc:
+            return Outcome(batch_no, "lost", fatal=exc)
+        except Interrupted:
+            return self._release(work, Outcome(batch_no, "released"))
+        except (PauseJob, StopJob) as exc:
+            # The job must stop: this batch is not at fault, so it goes back to pending untouched.
+            return self._release(work, Outcome(batch_no, "halted", error=str(exc), halt=exc))
+        except (TransientError, PermanentError) as exc:
+            outcome.error = str(exc)
+        except Exception as exc:  # a bug or an unconverted library error: fail this batch, keep the job going
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            log.exception("qsync batch %s failed unexpectedly", batch_no)
+        try:
+            self.checkpoint.fail(work, outcome.error or "unknown error")
+        except (LeaseLost, StoreError) as exc:
+            return Outcome(batch_no, "lost", fatal=exc)
+        return outcome
+
+    def _release(self, work: BatchWork, outcome: Outcome) -> Outcome:
+        try:
+            self.checkpoint.release(work)
+        except (LeaseLost, StoreError) as exc:
+            return Outcome(work.batch_no, "lost", fatal=exc)
+        return outcome
+
+    # -- vectors -----------------------------------------------------------------------------------
+
+    def _vectors(self, work: BatchWork, outcome: Outcome, refused: dict[str, str]) -> tuple[Vectors, dict[str, str]]:
+        """Vectors for every record of the batch, and the texts refused (hash -> reason)."""
+        by_hash: dict[str, Vectors] = {}
+        rejected = dict(refused)
+        texts = {h: (t, e) for h, t, e in zip(work.hashes, work.texts, work.token_estimates, strict=True)}
+        wanted = [h for h in dict.fromkeys(work.hashes) if h not in rejected]
+        for h, (vector, tokens) in self.checkpoint.cached_vectors(self.embedder, wanted).items():
+            by_hash[h] = vector
+            outcome.cache_hits += 1
+            outcome.saved_tokens += tokens
+        missing = [h for h in wanted if h not in by_hash]
+        while missing:
+            key_of = {cache_key(self.embedder, h): h for h in missing}
+            owned_keys, other_keys = self.inflight.claim(key_of)
+            owned = [key_of[k] for k in owned_keys]
+            try:
+                self._embed(owned, texts, work, outcome, by_hash, rejected)
+            finally:  # whatever this batch did not deliver, the batches waiting for it must do themselves
+                for h in owned:
+                    self.inflight.resolve(cache_key(self.embedder, h), by_hash.get(h))
+            found, failed = self.inflight.wait(other_keys, self.control)
+            for key, (vector, tokens) in found.items():
+                by_hash[key_of[key]] = vector
+                outcome.cache_hits += 1
+                outcome.saved_tokens += tokens
+            retry = [key_of[k] for k in failed]
+            # The owner may have saved them after all (resolved before we waited): look again.
+            for h, (vector, tokens) in self.checkpoint.cached_vectors(self.embedder, retry).items():
+                by_hash[h] = vector
+                outcome.cache_hits += 1
+                outcome.saved_tokens += tokens
+            missing = [h for h in retry if h not in by_hash and h not in rejected]
+        zero = np.zeros(self.embedder.dimensions, dtype=np.float32)
+        return np.stack([by_hash.get(h, zero) for h in work.hashes]), rejected
+
+    def _embed(
+        self,
+        hashes: list[str],
+        texts: dict[str, tuple[str, int]],
+        work: BatchWork,
+        outcome: Outcome,
+        by_hash: dict[str, Vectors],
+        rejected: dict[str, str],
+    ) -> None:
+        """Embed `hashes`, one API call per request chunk, persisting each call before the next. A call
+        refused for its content is split in halves until the refused text is alone, and it is skipped."""
+        pending = [[hashes[i] for i in chunk] for chunk in request_chunks(self.embedder, [texts[h][0] for h in hashes])]
+        pending.reverse()
+        while pending:
+            chunk = pending.pop()
+            try:
+                vectors, tokens, estimated = self._call(chunk, texts)
+            except InvalidInput as exc:
+                if len(chunk) == 1:
+                    rejected[chunk[0]] = f"refused by the embedder: {exc}"
+                else:
+                    half = len(chunk) // 2
+                    pending += [chunk[half:], chunk[:half]]
+                continue
+            cost = sum(tokens) * self._price
+            try:
+                self.checkpoint.record_embeddings(work, self.embedder, chunk, vectors, tokens, estimated, cost)
+            finally:
+                self.budget.settle(self._reserved(chunk, texts), cost)
+            outcome.embedded += len(chunk)
+            for h, vector in zip(chunk, vectors, strict=True):
+                by_hash[h] = vector
+
+    def _reserved(self, chunk: list[str], texts: dict[str, tuple[str, int]]) -> float:
+        return sum(texts[h][1] for h in chunk) * self._price
+
+    def _call(self, chunk: list[str], texts: dict[str, tuple[str, int]]) -> tuple[Vectors, list[int], bool]:
+        """One paid call, reserved against the budget and paced by the rate limiter, retried by the one
+        retry layer. The reservation is settled by the caller once the vectors are persisted."""
+        batch = [texts[h][0] for h in chunk]
+        estimate = sum(texts[h][1] for h in chunk)
+        self.budget.reserve(estimate * self._price)
+
+        def once() -> tuple[Vectors, list[int], bool]:
+            if self.limiter is not None:
+                self.control.wait(self.limiter.acquire(len(batch), estimate))
+            result = self.embedder.embed(batch)
+            if self.limiter is not None:
+                self.limiter.succeeded()
+                self.limiter.settle(estimate, sum(result.tokens_per_text))
+            return result.vectors, result.tokens_per_text, result.tokens_estimated
+
+        def throttle(exc: TransientError) -> None:
+            if self.limiter is not None and isinstance(exc, RateLimited):
+                self.limiter.throttle(exc.retry_after_s)
+
+        try:
+            return self.retrier.call(once, before_retry=throttle)
+        except BaseException:
+            self.budget.settle(estimate * self._price, 0.0)
+            raise
+
+
+def _load_payload(text: str) -> dict[str, object]:
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
