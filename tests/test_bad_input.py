@@ -70,7 +70,7 @@ def test_jsonl_bad_rows_are_skipped_with_reasons(tmp_path: Path) -> None:
     dupes = skipped[skipped.reason.str.startswith("duplicate id")]
     assert sorted(dupes.record_id) == ["7", "ok1"]
     assert info["total_records"] == len(lines) + 1
-    assert info["processed_records"] + info["skipped_records"] == info["total_records"]
+    assert info["loaded_records"] + info["skipped_records"] == info["total_records"] == info["processed_records"]
 
 
 def test_csv_unreadable_lines_are_skipped_with_line_numbers(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,14 @@ from qsync_testing import make_records, qdrant_points, qsync_env, run_qsync, wri
 
 import qsync
 from qsync.emulator import GeminiEmulator, count_tokens, emulated_vector
-from qsync.runner import RunSettings
+from qsync.spec import RunSettings
 from qsync.sink import _local_client
 
 SECRET = "AIzaTEST-secret-key-0123456789"
 MODEL = "gemini-embedding-001"
-FAST = RunSettings(concurrency=4, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2)
+FAST = RunSettings(
+    concurrency=4, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2, max_attempts=12, texts_per_minute=10**7
+)
 
 
 @pytest.fixture
@@ -36,16 +39,15 @@ def _job(tmp_path: Path, n: int = 600, job: str = "g", **options: Any) -> tuple[
     records = make_records(n)
     src, db = tmp_path / f"{job}.jsonl", tmp_path / "q.duckdb"
     write_records(src, records)
-    embedder_options = {"max_attempts": 12, "texts_per_minute": 10**7, **options.pop("embedder_options", {})}
     qsync.create_job(
         src, collection="c", job=job, db=db, qdrant_path=tmp_path / "qdrant", dimensions=options.pop("dims", 64),
-        batch_size=50, embedder_options=embedder_options, **options,
+        batch_size=50, **options,
     )  # fmt: skip
     return db, records
 
 
 def _run(db: Path, job: str = "g", **kw: Any) -> qsync.RunResult:
-    return qsync.run_job(job, db=db, settings=RunSettings(**{**FAST.__dict__, **kw.pop("settings", {})}), **kw)
+    return qsync.run_job(job, db=db, settings=replace(FAST, **kw.pop("settings", {})), **kw)
 
 
 def _assert_vectors(tmp_path: Path, records: list[dict[str, Any]], dims: int = 64) -> None:
@@ -76,10 +78,8 @@ def test_completes_through_5xx_429_timeouts_and_resets_without_paying_twice(
     emulator.slow_s = 2.5
     emulator.texts_per_minute = 150  # per 1 s window here: the client below asks for twice that
     emulator.retry_info_share = 0.5
-    db, records = _job(
-        tmp_path, n=900, embedder_options={"texts_per_minute": 300 * 60, "timeout_s": 1.0, "max_attempts": 20}
-    )
-    result = _run(db)
+    db, records = _job(tmp_path, n=900, embedder_options={"timeout_s": 1.0})
+    result = _run(db, settings={"texts_per_minute": 300 * 60, "max_attempts": 20})
     assert result.ok, result.message
     assert emulator.requests["429"] > 0 and emulator.requests["batchEmbedContents"] > 18
     # Answers that failed embedded nothing; every text was embedded exactly once.
@@ -94,7 +94,7 @@ def test_a_per_day_quota_pauses_the_job_and_resume_finishes_it(tmp_path: Path, e
     db, records = _job(tmp_path, n=600)
     result = _run(db)
     assert result.status == "paused"
-    assert "per-day quota is used up" in (result.message or "") and "qsync resume g" in (result.message or "")
+    assert "per-day quota is used up" in (result.message or "")
     info = qsync.status("g", db=db)
     assert info["status"] == "paused" and info["processed_records"] == 300 and info["batches_failed"] == 0
     emulator.reset_day()
@@ -153,14 +153,14 @@ def test_a_record_the_api_refuses_is_isolated_and_skipped_with_its_reason(
     write_records(src, records)
     qsync.create_job(
         src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64, batch_size=50,
-        embedder_options={"texts_per_minute": 10**7},
     )  # fmt: skip
     assert _run(db).ok
     skipped = qsync.skipped("g", db=db)
     assert list(skipped.record_id) == ["r77"] and list(skipped.stage) == ["embed"]
     assert "unsupported sequence" in skipped.reason.iloc[0]
     info = qsync.status("g", db=db)
-    assert info["processed_records"] == 199 and info["skipped_records"] == 1 and info["total_records"] == 200
+    assert info["loaded_records"] == 199 and info["skipped_records"] == 1 and info["total_records"] == 200
+    assert info["processed_records"] == 200 and info["remaining_records"] == 0
     good = [r for r in records if r["id"] != "r77"]
     _assert_vectors(tmp_path, good)
     assert max(emulator.texts_embedded.values()) == 1  # the split re-sent refused halves, never paid ones
@@ -305,7 +305,7 @@ def test_enrichment_answers_go_to_the_payload_are_embedded_and_never_paid_twice(
     prompt = "Summarise record {id} briefly: {text}"
     qsync.create_job(
         src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64, batch_size=50,
-        payload_columns=["n"], embedder_options={"texts_per_minute": 10**7},
+        payload_columns=["n"],
         enrich={"prompt": prompt, "field": "summary", "embed": "answer"},
     )  # fmt: skip
     assert _run(db).ok
@@ -353,13 +353,12 @@ def test_a_text_the_plan_let_through_but_the_api_finds_too_long_is_skipped(
     write_records(src, records)
     qsync.create_job(
         src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64,
-        embedder_options={"texts_per_minute": 10**7},
     )  # fmt: skip
     assert _run(db).ok
     skipped = qsync.skipped("g", db=db)
     assert list(skipped.record_id) == ["r10"]
     assert "input token count is 2100 but the model supports up to 2048" in skipped.reason.iloc[0]
-    assert qsync.status("g", db=db)["processed_records"] == 59
+    assert qsync.status("g", db=db)["loaded_records"] == 59
 
 
 def test_the_emulator_refuses_oversized_requests_like_the_api(emulator: GeminiEmulator) -> None:

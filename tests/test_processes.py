@@ -286,7 +286,7 @@ def test_ctrl_c_pauses_cleanly_and_resume_completes(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err
-    assert "stopping after the batches in flight" in err and "qsync resume j" in err
+    assert "stopping after the calls in flight" in err and "qsync resume j" in err
     info = qsync.status("j", db=db)
     assert info["status"] == "paused" and info["owner"] is None and info["batches_running"] == 0
     assert 200 <= info["processed_records"] < 1500

@@ -18,12 +18,11 @@ from qsync_testing import make_records, qsync_env, write_records
 import qsync
 from qsync.embedders.hashing import hash_vector
 from qsync.emulator import GeminiEmulator, emulated_vector
-from qsync.runner import RunSettings
+from qsync.spec import RunSettings
 from qsync.sink import _local_client
 
 SECRET = "qdrant-test-key"
-FAST = RunSettings(concurrency=2, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2)
-GEMINI = {"texts_per_minute": 10**7}
+FAST = RunSettings(concurrency=2, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2, texts_per_minute=10**7)
 
 
 @pytest.fixture
@@ -40,12 +39,10 @@ def _embedded(emu: GeminiEmulator) -> int:
 
 
 def _run(src: Path, tmp_path: Path, **options: Any) -> qsync.RunResult:
-    if options.get("embedder") != "hash":
-        options.setdefault("embedder_options", GEMINI)
     options.setdefault("dimensions", 32)
     return qsync.run(
         src, collection=options.pop("collection", "c"), db=tmp_path / "q.duckdb", qdrant_path=tmp_path / "qdrant",
-        settings=RunSettings(**FAST.__dict__), **options,
+        settings=FAST, **options,
     )  # fmt: skip
 
 
@@ -113,7 +110,8 @@ def test_resync_after_editing_one_percent_embeds_exactly_that_and_deletes_what_l
     assert result.ok and result.job_id == "c:src#2"
     assert _embedded(emulator) == 2020  # exactly the 20 edited texts
     info = qsync.status("c:src#2", db=tmp_path / "q.duckdb")
-    assert info["unchanged_records"] == 1970 and info["processed_records"] == 20 and info["deleted_records"] == 10
+    assert info["unchanged_records"] == 1970 and info["loaded_records"] == 20 and info["deleted_records"] == 10
+    assert info["processed_records"] == info["total_records"] == 1990
 
     points = _collection(tmp_path)
     assert set(points) == {r["id"] for r in new_records}
@@ -132,10 +130,9 @@ def test_a_change_of_model_re_embeds_everything_never_skips(tmp_path: Path, emul
     src = tmp_path / "src.jsonl"
     write_records(src, make_records(150))
     assert _run(src, tmp_path).ok
-    other = {**GEMINI, "model": "text-embedding-exp", "price_per_million_tokens": 0.1}
-    assert _run(src, tmp_path, embedder_options=other).ok
+    assert _run(src, tmp_path, model="text-embedding-exp", embedder_options={"price_per_million_tokens": 0.1}).ok
     info = qsync.status("c:src#2", db=tmp_path / "q.duckdb")
-    assert info["unchanged_records"] == 0 and info["processed_records"] == 150
+    assert info["unchanged_records"] == 0 and info["loaded_records"] == 150
     assert emulator.requests["batchEmbedContents"] == 4  # 2 batches per model
 
 
