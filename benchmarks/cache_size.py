@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from qsync.cache import insert_vectors
 from qsync.clock import SYSTEM_CLOCK
-from qsync.ledger import insert_vectors
 from qsync.store import open_store
 
 

@@ -31,9 +31,10 @@ from typing import Any
 import pandas as pd
 
 import qsync
+from qsync import checkpoint as checkpoint_module
 from qsync import runner as runner_module
+from qsync.checkpoint import Checkpoint
 from qsync.events import BatchFinished, Event, JobStarted
-from qsync.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]
 PRICE = 0.15  # USD per 1M input tokens, gemini-embedding-001 (qsync/pricing.json)
@@ -114,8 +115,8 @@ def main() -> None:
 
     timings: dict[str, list[float]] = defaultdict(list)
     for name in ("claim", "record_embeddings", "complete", "runnable_batches"):
-        setattr(Ledger, name, timed(timings, name, getattr(Ledger, name)))
-    runner_module.leases.acquire = timed(timings, "acquire", runner_module.leases.acquire)
+        setattr(Checkpoint, name, timed(timings, name, getattr(Checkpoint, name)))
+    runner_module.cp.acquire_lease = timed(timings, "acquire", checkpoint_module.acquire_lease)
     runner_module.QdrantSink.ensure_collection = timed(
         timings, "open_qdrant", runner_module.QdrantSink.ensure_collection
     )
@@ -128,9 +129,7 @@ def main() -> None:
             marks["first_batch"] = time.perf_counter()
 
     t_resume = time.perf_counter()
-    result = qsync.run_job(
-        "bench", db=db, concurrency=args.concurrency, listeners=[listener], qdrant_path=args.qdrant_path
-    )
+    result = qsync.run_job("bench", db=db, concurrency=args.concurrency, listeners=[listener])
     resume_s = time.perf_counter() - t_resume
     after = qsync.status("bench", db=db)
     resumed_records = after["processed_records"] - before["processed_records"]

@@ -33,6 +33,7 @@ from emulator_process import KEY, EmulatorProcess
 
 import qsync
 from qsync.emulator import GeminiEmulator
+from qsync.spec import RunSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,10 +116,10 @@ def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = Fal
         loop_rate = plain_loop(frame, ":memory:" if in_memory else work / "loop.qdrant")
         qdrant_path: Any = ":memory:" if in_memory else work / "qsync.qdrant"
         qsync.create_job(frame, collection="c", job="loop", db=work / "q.duckdb", qdrant_path=qdrant_path,
-                         embedder="gemini", dimensions=768, embedder_options={"texts_per_minute": 10**9,
-                         "tokens_per_minute": 10**12})  # fmt: skip
+                         embedder="gemini", dimensions=768)  # fmt: skip
         started = time.perf_counter()
-        result = qsync.run_job("loop", db=work / "q.duckdb", concurrency=concurrency)
+        unlimited = RunSettings(concurrency=concurrency, texts_per_minute=10**9, tokens_per_minute=10**12)
+        result = qsync.run_job("loop", db=work / "q.duckdb", settings=unlimited)
         qsync_rate = n / (time.perf_counter() - started)
     return {
         "records": n,

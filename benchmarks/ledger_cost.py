@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 import qsync
-from qsync import lease as leases
+from qsync import checkpoint as cp
+from qsync.checkpoint import Checkpoint
 from qsync.clock import SYSTEM_CLOCK
 from qsync.embedders.hashing import HashingEmbedder
-from qsync.ledger import Ledger
 from qsync.store import open_store
 
 
@@ -41,8 +41,8 @@ def main() -> None:
     frame = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"record number {i}" for i in range(n)]})
     qsync.create_job(frame, collection="c", job="j", db=db, dimensions=args.dimensions, qdrant_path=":memory:")
     store = open_store(db)
-    lease, _ = leases.acquire(store, "j", SYSTEM_CLOCK, stale_after_s=60)
-    ledger = Ledger(store, lease, SYSTEM_CLOCK, target="bench", embedder_signature="bench")
+    lease, _ = cp.acquire_lease(store, "j", SYSTEM_CLOCK, 60, os.getpid())
+    ledger = Checkpoint(store, lease, SYSTEM_CLOCK, target="bench", embedder_signature="bench")
     embedder = HashingEmbedder(args.dimensions)  # only its identity is used: the vectors are random
     rng = np.random.default_rng(0)
     all_vectors = [rng.standard_normal((100, args.dimensions)).astype(np.float32) for _ in range(args.batches)]
@@ -62,9 +62,9 @@ def main() -> None:
     cpu, wall = os.times(), time.perf_counter()
     for batch_no, vectors in enumerate(all_vectors):
         step[0] = "claim"
-        work = ledger.claim(batch_no, embedder)
+        work = ledger.claim(batch_no)
         step[0] = "persist vectors"
-        ledger.record_embeddings(work, embedder, work.hashes, vectors, [10] * 100, tokens_estimated=False)
+        ledger.record_embeddings(work, embedder, work.hashes, vectors, [10] * 100, tokens_estimated=False, cost=0.0)
         step[0] = "mark done"
         ledger.complete(work, cache_hits=0, saved_tokens=0, duration_s=0.0)
     cpu_end, wall_end = os.times(), time.perf_counter()

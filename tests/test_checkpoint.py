@@ -4,6 +4,7 @@ each caller still gets its own result, or its own error."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +15,10 @@ import pytest
 from qsync_testing import make_records, wait_for
 
 import qsync
-import os
-
 from qsync import checkpoint as cp
+from qsync.checkpoint import MANIFEST_READ_AHEAD, BatchWork, Checkpoint
 from qsync.clock import SYSTEM_CLOCK
 from qsync.errors import LeaseLost
-from qsync.checkpoint import MANIFEST_READ_AHEAD, BatchWork, Checkpoint
 from qsync.store import open_store
 
 

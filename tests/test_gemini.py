@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,8 @@ from qsync_testing import make_records, qdrant_points, qsync_env, run_qsync, wri
 
 import qsync
 from qsync.emulator import GeminiEmulator, count_tokens, emulated_vector
-from qsync.spec import RunSettings
 from qsync.sink import _local_client
+from qsync.spec import RunSettings
 
 SECRET = "AIzaTEST-secret-key-0123456789"
 MODEL = "gemini-embedding-001"

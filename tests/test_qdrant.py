@@ -18,8 +18,8 @@ from qsync_testing import make_records, qsync_env, write_records
 import qsync
 from qsync.embedders.hashing import hash_vector
 from qsync.emulator import GeminiEmulator, emulated_vector
-from qsync.spec import RunSettings
 from qsync.sink import _local_client
+from qsync.spec import RunSettings
 
 SECRET = "qdrant-test-key"
 FAST = RunSettings(concurrency=2, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2, texts_per_minute=10**7)

@@ -15,8 +15,8 @@ from qsync.embedders.base import EmbedResult
 from qsync.embedders.hashing import HashingEmbedder
 from qsync.errors import PermanentError
 from qsync.runner import Runner
-from qsync.spec import RunSettings
 from qsync.sink import QdrantSink, SinkSpec, _local_client
+from qsync.spec import RunSettings
 
 FAST = RunSettings(concurrency=2, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2)
 
