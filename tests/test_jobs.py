@@ -164,11 +164,10 @@ def test_every_view_of_a_job_shows_the_same_figures(tmp_path: Path, emulator: Ge
     write_records(src, grown)
     events: list[Any] = []
     emulator.latency_s = 0.05
-    stopper = threading.Timer(0.6, lambda: runner.request_stop())
     job = qsync.prepare(src, db=db, collection="c", batch_size=50, embedder="gemini", dimensions=32,
                         qdrant_path=tmp_path / "qdrant")  # fmt: skip
     runner = qsync.make_runner(job, db=db, settings=replace(FAST, concurrency=1), listeners=[events.append])
-    stopper.start()
+    threading.Timer(0.6, runner.request_stop).start()
     result = runner.run()
     assert result.status == "paused", result.message
     info = qsync.status(job, db=db)
