@@ -79,7 +79,7 @@ def run_demo(directory: str, source: str | None, kill_at: float) -> int:
     resumed_embedded = after["embedded_texts"] - before["embedded_texts"]
     restart_cost = after["total_records"] - after["skipped_records"]
     print(
-        f"4. {JOB}: {result.status}; {after['processed_records']:,} records in Qdrant, "
+        f"4. {JOB}: {result.status}; {after['loaded_records']:,} records in Qdrant, "
         f"{after['skipped_records']} skipped"
     )
     print(
@@ -113,7 +113,7 @@ def _kill_part_way(worker: subprocess.Popen[bytes], db: Path, kill_at: float) ->
         except QsyncError:
             time.sleep(0.1)  # not planned yet
             continue
-        total = info["total_records"] - info["skipped_records"]
+        total = info["total_records"]
         if total and info["processed_records"] >= kill_at * total:
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait()
