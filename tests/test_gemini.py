@@ -93,7 +93,9 @@ def test_a_per_day_quota_pauses_the_job_and_resume_finishes_it(tmp_path: Path, e
     assert result.status == "paused"
     assert "per-day quota is used up" in (result.message or "") and "qsync resume g" in (result.message or "")
     info = qsync.status("g", db=db)
-    assert info["status"] == "paused" and info["processed_records"] == 300 and info["batches_failed"] == 0
+    # 300 texts were paid for; a batch whose embedding returned as the pause landed is released, not
+    # upserted (its vectors are cached, so the resume pays nothing for it): which one happens is timing.
+    assert info["status"] == "paused" and info["processed_records"] in (250, 300) and info["batches_failed"] == 0
     emulator.reset_day()
     assert _run(db).ok
     assert max(emulator.texts_embedded.values()) == 1 and len(emulator.texts_embedded) == 600

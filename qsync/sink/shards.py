@@ -204,6 +204,11 @@ class edge_errors:
             raise _in_use(self.path) from exc
         if "No space left" in text or "os error 28" in text:
             raise TransientError(f"the Qdrant Edge shard {self.path} could not write: the disk is full") from exc
+        if "File too large" in text or "os error 27" in text:  # a limit on this process: waiting cannot lift it
+            raise PermanentError(
+                f"the Qdrant Edge shard {self.path} could not write: the disk is full, or a file passed this "
+                "process's size limit (ulimit -f; Edge preallocates 32 MB write-ahead log files)"
+            ) from exc
         if "dimension error" in text:
             raise PermanentError(f"the Qdrant Edge shard {self.path} refused a vector: {text}") from exc
         if isinstance(exc, OSError) or "os error" in text or "I/O error" in text:
