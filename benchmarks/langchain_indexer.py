@@ -98,7 +98,7 @@ def langchain_points(work: Path) -> int:
 def qsync_command(source: Path, work: Path, concurrency: int) -> list[str]:
     return [
         sys.executable, "-m", "qsync", "run", "--source", str(source), "--collection", "c", "--job", "bench",
-        "--db", str(work / "qsync.duckdb"), "--qdrant-path", str(work / "qdrant"), "--embedder", "gemini",
+        "--db", str(work / "qsync.duckdb"), "--qdrant-path", str(work / "qsync.qdrant"), "--embedder", "gemini",
         "--dimensions", str(DIMENSIONS), "--texts-per-minute", str(10**9), "--tokens-per-minute", str(10**12),
         "--concurrency", str(concurrency), "--quiet",
     ]  # fmt: skip

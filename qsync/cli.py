@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--collection", required=True)
     _add_db(run)
     where = run.add_mutually_exclusive_group()
-    where.add_argument("--qdrant-path", help="local-mode Qdrant folder, or :memory: (default: beside --db)")
+    where.add_argument("--qdrant-path", help="folder of Qdrant Edge shards, or :memory: (default: beside --db)")
     where.add_argument("--qdrant-url", help="a Qdrant server (default: $QDRANT_URL); key from $QDRANT_API_KEY")
     _add_embedder_options(run)
     run.add_argument(

@@ -13,7 +13,7 @@ def resolve_db(db: str | os.PathLike[str] | None) -> Path:
 
 
 def default_qdrant_path(db: Path) -> str:
-    """Local-mode Qdrant lives in a folder beside the DuckDB file: qsync.duckdb -> qsync.qdrant/."""
+    """Qdrant Edge shards live in a folder beside the DuckDB file: qsync.duckdb -> qsync.qdrant/<collection>/."""
     return str(db.with_suffix(".qdrant"))
 
 

@@ -1,6 +1,6 @@
 """`qsync demo`: the failure qsync exists for, acted out offline.
 
-A real `qsync run` process loads the WordNet sample into embedded Qdrant; the demo SIGKILLs it part-way
+A real `qsync run` process loads the WordNet sample into Qdrant Edge (in-process); the demo SIGKILLs it part-way
 (no flag, no clean shutdown), shows the job as stale, resumes it, and reports what the resume did not
 redo and what it did not pay for again.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from . import api
 from .errors import QsyncError
 from .progress import ProgressBar
-from .sink import _local_client
+from .sink import QdrantSink, SinkSpec
 
 SAMPLE = "wordnet_sample.jsonl"
 JOB = "demo"
@@ -54,7 +54,7 @@ def run_demo(directory: str, source: str | None, kill_at: float) -> int:
     workdir.mkdir(parents=True)
     db = workdir / "qsync.duckdb"
     log_path = workdir / "killed-run.log"
-    print(f"qsync demo: {sample.name} -> Qdrant collection '{COLLECTION}' (local mode, {workdir / 'qsync.qdrant'})")
+    print(f"qsync demo: {sample.name} -> Qdrant collection '{COLLECTION}' (Qdrant Edge, {workdir / 'qsync.qdrant'})")
     print(f"1. starting `qsync run` as a separate process; it will be killed with SIGKILL at ~{kill_at:.0%}")
     command = [
         sys.executable, "-m", "qsync", "run", "--source", str(sample), "--collection", COLLECTION,
@@ -128,9 +128,11 @@ def _show_search(collection: str, db: Path) -> None:
 
     query = "a domesticated animal kept as a pet"
     vector = HashingEmbedder().embed([query]).vectors[0]
-    client = _local_client(str(db.with_suffix(".qdrant")))
-    hits = client.query_points(collection, query=vector.tolist(), limit=3, with_payload=True).points
+    sink = QdrantSink(SinkSpec(path=str(db.with_suffix(".qdrant"))), collection, len(vector))
+    try:
+        hits = sink.query(vector, limit=3)
+    finally:
+        sink.close()
     print(f"5. search {query!r} (hashing embedder: shared words, not meaning):")
     for hit in hits:
-        payload = hit.payload or {}
-        print(f"   {hit.score:.3f}  {payload.get('id')}  {payload.get('lemmas')}")
+        print(f"   {hit.score:.3f}  {hit.payload.get('id')}  {hit.payload.get('lemmas')}")

@@ -100,22 +100,29 @@ def make_records(n: int, start: int = 0, prefix: str = "text") -> list[dict[str,
     ]
 
 
-def qdrant_points(path: Path, collection: str) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
-    """Every point of a local-mode collection: id -> (vector, payload). Opens and closes the folder."""
-    from qdrant_client import QdrantClient
+def qdrant_points(
+    path: Path, collection: str, vector: str | None = None
+) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """Every point of a Qdrant Edge collection: id -> (vector, payload), `vector` naming a named vector.
 
-    client = QdrantClient(path=str(path))
-    try:
-        points: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
-        offset = None
+    Reads through this process's open shard if a job here holds it, else loads it and closes it after.
+    """
+    from qdrant_edge import ScrollRequest
+
+    from qsync.sink.shards import open_shard
+
+    points: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+    with open_shard(path / collection) as shared:
+        offset: Any = None
         while True:
-            batch, offset = client.scroll(collection, limit=1000, offset=offset, with_vectors=True, with_payload=True)
+            batch, offset = shared.shard.scroll(
+                ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=True)
+            )
             for p in batch:
-                points[str(p.id)] = (np.asarray(p.vector, dtype=np.float32), dict(p.payload or {}))
+                v = p.vector.get(vector or "") if isinstance(p.vector, dict) else p.vector
+                points[str(p.id)] = (np.asarray(v, dtype=np.float32), dict(p.payload or {}))
             if offset is None:
                 return points
-    finally:
-        client.close()
 
 
 class FailOnceEmbedder(HashingEmbedder):

@@ -10,9 +10,9 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from qsync_testing import qdrant_points
 
 import qsync
-from qsync.sink import _local_client
 
 pytestmark = pytest.mark.reliability
 
@@ -22,10 +22,8 @@ def _run(tmp_path: Path, source: Any, **options: Any) -> tuple[dict[str, Any], p
     options.setdefault("dimensions", 32)
     result = qsync.run(source, collection="c", job="j", db=db, qdrant_path=qdrant, **options)
     assert result.status == "completed", result.message
-    client = _local_client(str(qdrant))
-    points, _ = client.scroll("c", limit=10_000, with_payload=True)
     id_column = options.get("id_column", "id")
-    by_id = {str(p.payload[id_column]): dict(p.payload) for p in points if p.payload}
+    by_id = {str(payload[id_column]): payload for _, payload in qdrant_points(qdrant, "c").values() if payload}
     return qsync.status("j", db=db), qsync.skipped("j", db=db), by_id
 
 

@@ -15,7 +15,6 @@ from qsync_testing import make_records, qdrant_points, qsync_env, run_qsync, wri
 
 import qsync
 from qsync.emulator import GeminiEmulator, count_tokens, emulated_vector
-from qsync.sink import _local_client
 from qsync.spec import RunSettings
 
 SECRET = "AIzaTEST-secret-key-0123456789"
@@ -51,9 +50,7 @@ def _run(db: Path, job: str = "g", **kw: Any) -> qsync.RunResult:
 
 
 def _assert_vectors(tmp_path: Path, records: list[dict[str, Any]], dims: int = 64) -> None:
-    client = _local_client(str(tmp_path / "qdrant"))
-    points, _ = client.scroll("c", limit=100_000, with_vectors=True)
-    by_id = {str(p.id): np.asarray(p.vector) for p in points}
+    by_id = {pid: vector for pid, (vector, _) in qdrant_points(tmp_path / "qdrant", "c").items()}
     assert len(by_id) == len(records)
     for r in records:
         expected = emulated_vector(MODEL, r["text"], dims)
@@ -96,7 +93,9 @@ def test_a_per_day_quota_pauses_the_job_and_resume_finishes_it(tmp_path: Path, e
     assert result.status == "paused"
     assert "per-day quota is used up" in (result.message or "")
     info = qsync.status("g", db=db)
-    assert info["status"] == "paused" and info["processed_records"] == 300 and info["batches_failed"] == 0
+    # 300 texts were paid for; a batch whose embedding returned as the pause landed is released, not
+    # upserted (its vectors are cached, so the resume pays nothing for it): which one happens is timing.
+    assert info["status"] == "paused" and info["processed_records"] in (250, 300) and info["batches_failed"] == 0
     emulator.reset_day()
     assert _run(db).ok
     assert max(emulator.texts_embedded.values()) == 1 and len(emulator.texts_embedded) == 600
@@ -314,14 +313,12 @@ def test_enrichment_answers_go_to_the_payload_are_embedded_and_never_paid_twice(
     def answer(r: dict[str, Any]) -> str:  # what the emulator answers: the prompt's last 12 tokens
         return " ".join(_TOKEN.findall(prompt.format(id=r["id"], text=r["text"]))[-12:])
 
-    client = _local_client(str(tmp_path / "qdrant"))
-    points, _ = client.scroll("c", limit=1000, with_vectors=True, with_payload=True)
-    by_id = {p.payload["id"]: p for p in points if p.payload}
+    by_id = {payload["id"]: (vector, payload) for vector, payload in qdrant_points(tmp_path / "qdrant", "c").values()}
     for r in records:
-        point = by_id[r["id"]]
-        assert point.payload is not None and point.payload["summary"] == answer(r)
+        vector, payload = by_id[r["id"]]
+        assert payload["summary"] == answer(r)
         expected = emulated_vector(MODEL, answer(r), 64)
-        np.testing.assert_allclose(point.vector, expected / np.linalg.norm(expected), atol=1e-5)
+        np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-5)
     cost = qsync.cost("g", db=db).iloc[0]
     assert cost["enrich_tokens"] > 0 and cost["enrich_cost_usd"] > 0
     assert cost["cost_usd"] == pytest.approx(cost["enrich_cost_usd"] + cost["tokens"] * 0.15 / 1e6)

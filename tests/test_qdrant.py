@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -12,13 +13,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from qdrant_client import models
-from qsync_testing import make_records, qsync_env, write_records
+from qsync_testing import make_records, qdrant_points, qsync_env, write_records
 
 import qsync
 from qsync.embedders.hashing import hash_vector
 from qsync.emulator import GeminiEmulator, emulated_vector
-from qsync.sink import _local_client
+from qsync.errors import ConfigError, TransientError
+from qsync.sink import CollectionOptions, QdrantSink, SinkSpec
+from qsync.sink.shards import open_shard
 from qsync.spec import RunSettings
 
 SECRET = "qdrant-test-key"
@@ -47,9 +49,8 @@ def _run(src: Path, tmp_path: Path, **options: Any) -> qsync.RunResult:
 
 
 def _collection(tmp_path: Path, name: str = "c", vector: str | None = None) -> dict[str, tuple[Any, dict[str, Any]]]:
-    client = _local_client(str(tmp_path / "qdrant"))
-    points, _ = client.scroll(name, limit=100_000, with_vectors=True, with_payload=True)
-    return {str(p.payload["id"]): (p.vector[vector] if vector else p.vector, p.payload) for p in points if p.payload}
+    points = qdrant_points(tmp_path / "qdrant", name, vector)
+    return {str(payload["id"]): (v, payload) for v, payload in points.values() if payload}
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -67,11 +68,15 @@ def test_verify_finds_exactly_the_points_removed_behind_its_back_and_repair_need
     assert result.ok
     assert qsync.verify("j", db=tmp_path / "q.duckdb").ok
 
-    client = _local_client(str(tmp_path / "qdrant"))
+    from qdrant_edge import Point, UpdateOperation
+
     removed = ["r3", "r77", "r150", "r151", "r399"]
-    client.delete("c", points_selector=models.PointIdsList(points=[qsync.point_id(r) for r in removed]), wait=True)
-    client.set_payload("c", payload={"id": "someone-else"}, points=[qsync.point_id("r10")], wait=True)
-    client.upsert("c", points=[models.PointStruct(id=qsync.point_id("stranger"), vector=[0.1] * 32, payload={})])
+    with open_shard(tmp_path / "qdrant" / "c") as shared:  # behind qsync's back, straight into the shard
+        shared.update(UpdateOperation.delete_points([qsync.point_id(r) for r in removed]))  # type: ignore[arg-type]
+        shared.update(UpdateOperation.set_payload([qsync.point_id("r10")], {"id": "someone-else"}))
+        shared.durable(
+            shared.update(UpdateOperation.upsert_points([Point(qsync.point_id("stranger"), [0.1] * 32, {})]))
+        )
 
     report = qsync.verify("j", db=tmp_path / "q.duckdb")
     assert not report.ok
@@ -143,19 +148,38 @@ def test_two_models_share_points_through_named_vectors(tmp_path: Path, emulator:
     assert _run(src, tmp_path, job="hash", embedder="hash", dimensions=16, vector_name="hash",
                 extra_vectors=["gemini:32"], payload_columns=["n"]).ok  # fmt: skip
     assert _run(src, tmp_path, job="gem", vector_name="gemini", payload_columns=["n"]).ok
-    client = _local_client(str(tmp_path / "qdrant"))
-    points, _ = client.scroll("c", limit=1000, with_vectors=True, with_payload=True)
-    assert len(points) == 120
-    for p in points:
-        assert p.payload is not None and isinstance(p.vector, dict)
-        text = records[int(p.payload["id"][1:])]["text"]
-        np.testing.assert_allclose(p.vector["hash"], hash_vector(text, 16), atol=1e-5)
-        np.testing.assert_allclose(p.vector["gemini"], _unit(emulated_vector("gemini-embedding-001", text, 32)),
-                                   atol=1e-5)  # fmt: skip
+    hashed, gemini = qdrant_points(tmp_path / "qdrant", "c", "hash"), qdrant_points(tmp_path / "qdrant", "c", "gemini")
+    assert len(hashed) == 120
+    for pid, (vector, payload) in hashed.items():
+        text = records[int(payload["id"][1:])]["text"]
+        np.testing.assert_allclose(vector, hash_vector(text, 16), atol=1e-5)
+        np.testing.assert_allclose(gemini[pid][0], _unit(emulated_vector("gemini-embedding-001", text, 32)), atol=1e-5)
     assert qsync.verify("hash", db=tmp_path / "q.duckdb").ok and qsync.verify("gem", db=tmp_path / "q.duckdb").ok
-    refused = _run(src, tmp_path, job="third", vector_name="other")
-    assert refused.status == "failed" and "cannot add one to an existing collection" in (refused.message or "")
-    assert emulator.requests["batchEmbedContents"] == 2  # refused before any embedding
+
+    # Qdrant Edge adds a named vector the shard lacks; the points keep the vectors they had.
+    assert _run(src, tmp_path, job="third", embedder="hash", dimensions=8, vector_name="third").ok
+    config = json.loads((tmp_path / "qdrant" / "c" / "edge_config.json").read_text())
+    assert set(config["vectors"]) == {"hash", "gemini", "third"} and config["vectors"]["third"]["size"] == 8
+    third, still = qdrant_points(tmp_path / "qdrant", "c", "third"), qdrant_points(tmp_path / "qdrant", "c", "gemini")
+    assert len(third) == 120
+    for pid, (vector, payload) in third.items():
+        text = records[int(payload["id"][1:])]["text"]
+        np.testing.assert_allclose(vector, hash_vector(text, 8), atol=1e-5)
+        np.testing.assert_allclose(still[pid][0], gemini[pid][0])
+    assert qsync.verify("third", db=tmp_path / "q.duckdb").ok and qsync.verify("gem", db=tmp_path / "q.duckdb").ok
+    assert emulator.requests["batchEmbedContents"] == 2
+
+
+def test_a_qdrant_server_refuses_to_add_a_named_vector(tmp_path: Path) -> None:
+    # qdrant-client's in-memory Qdrant behaves as a server does here: no named vector added after creation.
+    spec = SinkSpec(path=":memory:")
+    first = QdrantSink(spec, "named-refusal", 4, CollectionOptions(vector_name="a"))
+    first.ensure_collection()
+    second = QdrantSink(spec, "named-refusal", 4, CollectionOptions(vector_name="b"))
+    with pytest.raises(ConfigError, match="cannot add one to an existing collection"):
+        second.ensure_collection()
+    first.close()
+    second.close()
 
 
 def test_collection_options_and_a_distance_mismatch(tmp_path: Path) -> None:
@@ -163,32 +187,110 @@ def test_collection_options_and_a_distance_mismatch(tmp_path: Path) -> None:
     write_records(src, make_records(50))
     assert _run(src, tmp_path, embedder="hash", distance="dot", on_disk=True, payload_indexes=["n:integer"],
                 payload_columns=["n"]).ok  # fmt: skip
-    info = _local_client(str(tmp_path / "qdrant")).get_collection("c")
-    vectors = info.config.params.vectors
-    assert vectors.distance == models.Distance.DOT and vectors.on_disk  # type: ignore[union-attr]
+    config = json.loads((tmp_path / "qdrant" / "c" / "edge_config.json").read_text())
+    assert config["vectors"] == {"": {"size": 32, "distance": "Dot", "on_disk": True}}
+    with open_shard(tmp_path / "qdrant" / "c") as shared:
+        assert str(shared.shard.info().payload_schema["n"].data_type) == "PayloadSchemaType.Integer"
+    size = _run(src, tmp_path, job="wider", embedder="hash", distance="dot", dimensions=48)
+    assert size.status == "failed" and "holds vectors of size 32, but this job makes 48" in (size.message or "")
     result = _run(src, tmp_path, job="cosine", embedder="hash")
     assert result.status == "failed" and "uses Dot distance, but this job asks for Cosine" in (result.message or "")
 
 
+# What holds the shard: another qsync process (qsync's own folder lock), or any program using Qdrant Edge
+# directly (Edge's lock on wal/). The holder writes after the waiter has tried: a failed second load of an
+# open shard deletes files under the holder, so its last flush fails if the waiter ever tried to load.
+HOLDERS = {
+    "qsync": """
+        from qsync.sink import QdrantSink, SinkSpec
+        sink = QdrantSink(SinkSpec(path=QDRANT), "c", 16)
+        sink.ensure_collection()
+        print("holding", flush=True)
+        time.sleep(1.5)
+        sink.upsert(["held"], np.ones((1, 16), dtype=np.float32), [{"id": "held"}])
+        sink.close()
+    """,
+    "edge": """
+        from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, Point, UpdateOperation
+        shard = EdgeShard.create(QDRANT + "/c", EdgeConfig(vectors=EdgeVectorParams(16, Distance.Cosine)))
+        print("holding", flush=True)
+        time.sleep(1.5)
+        shard.update(UpdateOperation.upsert_points([Point(1, [1.0] * 16, {"id": "held"})]))
+        shard.flush()
+        shard.close()
+    """,
+}
+
+
 @pytest.mark.reliability
-def test_a_qdrant_folder_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
+@pytest.mark.parametrize("holder_kind", sorted(HOLDERS))
+def test_a_qdrant_folder_held_by_another_process_is_waited_for(tmp_path: Path, holder_kind: str) -> None:
     src, qdrant = tmp_path / "src.jsonl", tmp_path / "qdrant"
     write_records(src, make_records(200))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import time
-            from qdrant_client import QdrantClient
-            client = QdrantClient(path={str(qdrant)!r})
-            print("holding", flush=True)
-            time.sleep(1.5)
-        """)],
-        stdout=subprocess.PIPE, text=True, env=qsync_env(),
-    )  # fmt: skip
+    code = f"import time\nimport numpy as np\nQDRANT = {str(qdrant)!r}\n" + textwrap.dedent(HOLDERS[holder_kind])
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=qsync_env())
     assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
     started = time.monotonic()
     result = qsync.run(src, collection="c", job="j", db=tmp_path / "q.duckdb", qdrant_path=qdrant, embedder="hash",
                        dimensions=16, settings=RunSettings(concurrency=2, retry_base_s=0.3, retry_max_s=1.0))  # fmt: skip
-    assert holder.wait() == 0
+    assert holder.wait() == 0  # its writes after our attempts were flushed: nothing of its shard was damaged
     assert result.ok, result.message
     assert time.monotonic() - started > 0.8  # it waited for the folder instead of failing the job
     assert qsync.verify("j", db=tmp_path / "q.duckdb").ok
+    assert len(qdrant_points(qdrant, "c")) == 201  # the holder's point and the job's
+
+
+def test_a_busy_shard_is_a_transient_error_naming_the_folder(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import time\nQDRANT = {str(tmp_path)!r}\n" + textwrap.dedent("""
+            from qsync.sink import QdrantSink, SinkSpec
+            sink = QdrantSink(SinkSpec(path=QDRANT), "c", 4)
+            sink.ensure_collection()
+            print("holding", flush=True)
+            input()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=qsync_env(),
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+    try:
+        with pytest.raises(TransientError, match=r"shard .*/c is in use by another process"):
+            QdrantSink(SinkSpec(path=str(tmp_path)), "c", 4).ensure_collection()
+    finally:
+        holder.communicate("\n")
+
+
+def test_an_old_local_mode_folder_is_refused_with_how_to_move(tmp_path: Path) -> None:
+    from qdrant_client import QdrantClient
+
+    src, old = tmp_path / "src.jsonl", tmp_path / "qdrant"
+    write_records(src, make_records(60))
+    client = QdrantClient(path=str(old))  # the format qsync wrote before Qdrant Edge
+    client.close()
+    assert (old / "meta.json").exists()
+    result = _run(src, tmp_path, job="j", embedder="hash")
+    assert result.status == "failed"
+    assert "old format" in (result.message or "") and "new --qdrant-path" in (result.message or "")
+    moved = qsync.run(src, collection="c", job="moved", db=tmp_path / "q.duckdb", qdrant_path=tmp_path / "edge",
+                      embedder="hash", dimensions=32, settings=RunSettings(**FAST.__dict__))  # fmt: skip
+    assert moved.ok and qsync.verify("moved", db=tmp_path / "q.duckdb").ok
+
+
+def test_query_finds_the_nearest_point_on_edge_and_in_memory(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(50, 8)).astype(np.float32)
+    ids = [f"p{i}" for i in range(50)]
+    for spec, options in [
+        (SinkSpec(path=str(tmp_path)), CollectionOptions()),
+        (SinkSpec(path=str(tmp_path)), CollectionOptions(vector_name="v", extra_vectors=("w:3",))),
+        (SinkSpec(path=":memory:"), CollectionOptions(distance="euclid")),
+    ]:
+        collection = f"q-{options.vector_name}-{options.distance}"
+        sink = QdrantSink(spec, collection, 8, options)
+        sink.ensure_collection()
+        sink.upsert(ids, vectors, [{"id": i} for i in ids])
+        hits = sink.query(vectors[17] + 0.01, limit=3)
+        assert len(hits) == 3 and hits[0].point_id == qsync.point_id("p17") and hits[0].payload == {"id": "p17"}
+        sink.delete([qsync.point_id("p17")])
+        assert qsync.point_id("p17") not in {h.point_id for h in sink.query(vectors[17], limit=3)}
+        assert sum(1 for _ in sink.scan(page=7)) == 49
+        sink.close()

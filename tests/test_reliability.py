@@ -112,7 +112,9 @@ def test_a_full_disk_is_a_clear_error_and_nothing_is_marked_done_early(tmp_path:
     done_at_failure = _processed(db, "d")
     assert done_at_failure < 4000
     # Whatever was marked done is in Qdrant; then, with space again, resume finishes the job exactly.
-    points = qdrant_points(db.with_suffix(".qdrant"), "c")
+    # (Qdrant Edge preallocates 32 MB WAL files, so under this limit it may fail as it creates the shard.)
+    shard = db.with_suffix(".qdrant") / "c"
+    points = qdrant_points(shard.parent, "c") if (shard / "edge_config.json").exists() else {}
     assert len(points) >= done_at_failure
     assert run_qsync("resume", "d", "--db", str(db)).returncode == 0
     assert qsync.verify("d", db=db).ok and qsync.status("d", db=db)["processed_records"] == 4000
