@@ -294,3 +294,23 @@ def test_query_finds_the_nearest_point_on_edge_and_in_memory(tmp_path: Path) -> 
         assert qsync.point_id("p17") not in {h.point_id for h in sink.query(vectors[17], limit=3)}
         assert sum(1 for _ in sink.scan(page=7)) == 49
         sink.close()
+
+
+def test_backfill_locally_then_publish_to_another_qdrant_with_no_api_call(
+    tmp_path: Path, emulator: GeminiEmulator
+) -> None:
+    """Edge cannot export to a server: publishing is the same job run against the server's URL, every vector
+    from the cache. A server is stood in for by qdrant-client's in-memory mode (same client, same calls)."""
+    src = tmp_path / "src.jsonl"
+    records = make_records(300)
+    write_records(src, records)
+    assert _run(src, tmp_path, payload_columns=["n"]).ok
+    paid = emulator.requests.copy()
+    published = qsync.run(src, collection="c", job="publish", db=tmp_path / "q.duckdb", qdrant_path=":memory:",
+                          dimensions=32, payload_columns=["n"], settings=FAST)  # fmt: skip
+    assert published.ok, published.message
+    assert emulator.requests == paid  # not one API call: every vector came from the cache
+    info = qsync.status("publish", db=tmp_path / "q.duckdb")
+    assert info["loaded_records"] == 300 and info["embedded_texts"] == 0 and info["cache_hits"] == 300
+    report = qsync.verify("publish", db=tmp_path / "q.duckdb")
+    assert report.ok and report.present == report.expected == 300
