@@ -79,8 +79,7 @@ def run_demo(directory: str, source: str | None, kill_at: float) -> int:
     resumed_embedded = after["embedded_texts"] - before["embedded_texts"]
     restart_cost = after["total_records"] - after["skipped_records"]
     print(
-        f"4. {JOB}: {result.status}; {after['loaded_records']:,} records in Qdrant, "
-        f"{after['skipped_records']} skipped"
+        f"4. {JOB}: {result.status}; {after['loaded_records']:,} records in Qdrant, {after['skipped_records']} skipped"
     )
     print(
         f"   the resume skipped {before['processed_records']:,} records already done "
