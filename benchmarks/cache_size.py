@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from qsync.cache import insert_vectors
+from qsync.cache import append_vectors, insert_vectors
 from qsync.clock import SYSTEM_CLOCK
 from qsync.store import open_store
+from qsync.vectorfile import vector_file_for
 
 
 class _Gemini:
@@ -39,6 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     path = Path(tempfile.mkdtemp(prefix="qsync-cache-")) / "q.duckdb"
     store = open_store(path)
+    vector_file = vector_file_for(path)
     embedder = _Gemini(args.dimensions)
     rng = np.random.default_rng(0)
     report: dict[str, Any] = {"dimensions": args.dimensions, "raw_bytes_per_vector": 4 * args.dimensions, "steps": []}
@@ -48,15 +50,16 @@ def main() -> None:
         vectors = rng.standard_normal((100, args.dimensions)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         hashes = [hashlib.sha256(f"{b}/{i}".encode()).hexdigest() for i in range(100)]
+        offsets = append_vectors(vector_file, vectors)  # as the checkpoint does: bytes first, then the rows
         with store.transaction() as con:
-            insert_vectors(con, embedder, hashes, vectors, [10] * 100, SYSTEM_CLOCK.now(), origin=None)
+            insert_vectors(con, embedder, hashes, offsets, [10] * 100, SYSTEM_CLOCK.now(), origin=None)
         if (b + 1) % (batches // 10 or 1) == 0:
             now = time.perf_counter()
             report["steps"].append(
                 {
                     "vectors": (b + 1) * 100,
                     "ms_per_batch": round((now - step_started) / (batches // 10 or 1) * 1000, 1),
-                    "file_mb": round(path.stat().st_size / 2**20),
+                    "file_mb": round((path.stat().st_size + path.with_suffix(".vectors").stat().st_size) / 2**20),
                 }
             )
             step_started = now

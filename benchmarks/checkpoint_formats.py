@@ -120,12 +120,18 @@ class Data:
 
 
 def _ddl(cfg: Config, dims: int) -> str:
-    vector = {"A": "vector FLOAT[] NOT NULL", "B": f"vector FLOAT[{dims}] NOT NULL", "C": "vector BLOB NOT NULL",
-              "D": "vec_row BIGINT NOT NULL"}[cfg.fmt]
+    vector = {
+        "A": "vector FLOAT[] NOT NULL",
+        "B": f"vector FLOAT[{dims}] NOT NULL",
+        "C": "vector BLOB NOT NULL",
+        "D": "vec_row BIGINT NOT NULL",
+    }[cfg.fmt]
     key = "cache_key VARCHAR PRIMARY KEY" if cfg.key == "pk" else "cache_key VARCHAR NOT NULL"
-    ddl = (f"CREATE TABLE embeddings ({key}, model VARCHAR NOT NULL, dimensions INTEGER NOT NULL, "
-           f"task_type VARCHAR NOT NULL, content_hash VARCHAR NOT NULL, tokens INTEGER NOT NULL, {vector}, "
-           f"created_at TIMESTAMP NOT NULL, origin VARCHAR);")
+    ddl = (
+        f"CREATE TABLE embeddings ({key}, model VARCHAR NOT NULL, dimensions INTEGER NOT NULL, "
+        f"task_type VARCHAR NOT NULL, content_hash VARCHAR NOT NULL, tokens INTEGER NOT NULL, {vector}, "
+        f"created_at TIMESTAMP NOT NULL, origin VARCHAR);"
+    )
     if cfg.key == "unique":
         ddl += " CREATE UNIQUE INDEX embeddings_key ON embeddings (cache_key);"
     return ddl
@@ -194,7 +200,9 @@ class Sink:
         """The keys found and their vectors as an (n, dims) float32 matrix."""
         placeholders = ", ".join("?" * len(keys))
         column = "vec_row" if self.cfg.fmt == "D" else "vector"
-        rel = self.con.sql(f"SELECT cache_key, {column} FROM embeddings WHERE cache_key IN ({placeholders})", params=keys)
+        rel = self.con.sql(
+            f"SELECT cache_key, {column} FROM embeddings WHERE cache_key IN ({placeholders})", params=keys
+        )
         table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
         found = table.column("cache_key").to_pylist()
         col = table.column(column).combine_chunks()
@@ -345,7 +353,8 @@ def summarize(trials: list[Trial], batches: int) -> Iterator[list[str]]:
     for t in trials:
         by.setdefault(t.config, []).append(t)
     for name, ts in by.items():
-        def per(fn: Callable[[Trial], float]) -> list[float]:
+
+        def per(fn: Callable[[Trial], float], ts: list[Trial] = ts) -> list[float]:
             return [fn(t) for t in ts]
 
         all_in = per(lambda t: (sum(t.cpu_ms) + sum(t.checkpoint_cpu_ms) + t.close_cpu_ms) / batches)
@@ -365,8 +374,20 @@ def summarize(trials: list[Trial], batches: int) -> Iterator[list[str]]:
         ]
 
 
-HEADER = ["config", "runs", "wall med ms", "wall p99 ms", "wall max ms", "cpu mean ms", "manual ckpt ms",
-          "close ms", "all-in cpu ms", "bytes/vec", "lookup ms", "lookup reopen ms"]
+HEADER = [
+    "config",
+    "runs",
+    "wall med ms",
+    "wall p99 ms",
+    "wall max ms",
+    "cpu mean ms",
+    "manual ckpt ms",
+    "close ms",
+    "all-in cpu ms",
+    "bytes/vec",
+    "lookup ms",
+    "lookup reopen ms",
+]
 
 
 def print_table(rows: list[list[str]]) -> None:
@@ -390,8 +411,10 @@ def main() -> None:
     out: Path = args.out or Path(tempfile.mkdtemp(prefix="qsync-ckpt-"))
     out.mkdir(parents=True, exist_ok=True)
     configs = [CONFIGS[n] for n in args.configs.split(",")]
-    print(f"duckdb {duckdb.__version__}, pyarrow {pa.__version__}, numpy {np.__version__}; {os.cpu_count()} cpus; "
-          f"{args.batches} batches x {BATCH} vectors x {args.dims} dims per trial; {args.repeats} rounds; files in {out}")
+    print(
+        f"duckdb {duckdb.__version__}, pyarrow {pa.__version__}, numpy {np.__version__}; {os.cpu_count()} cpus; "
+        f"{args.batches} batches x {BATCH} vectors x {args.dims} dims per trial; {args.repeats} rounds; files in {out}"
+    )
     data = Data(args.batches, args.dims)
     trials: list[Trial] = []
     floors: list[dict[str, float]] = []
@@ -403,18 +426,23 @@ def main() -> None:
         for cfg in order:
             t = run_trial(cfg, data, args.batches, out, rnd)
             trials.append(t)
-            print(f"  round {rnd} {cfg.name:18s} wall med {statistics.median(t.wall_ms):6.1f} ms  "
-                  f"cpu mean {statistics.fmean(t.cpu_ms):6.1f} ms  max {max(t.wall_ms):6.0f} ms  "
-                  f"close {t.close_wall_ms:6.0f} ms  ({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"  round {rnd} {cfg.name:18s} wall med {statistics.median(t.wall_ms):6.1f} ms  "
+                f"cpu mean {statistics.fmean(t.cpu_ms):6.1f} ms  max {max(t.wall_ms):6.0f} ms  "
+                f"close {t.close_wall_ms:6.0f} ms  ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
             if args.json:  # after every trial, so an interrupted run keeps what it measured
                 args.json.write_text(json.dumps({"trials": [asdict(t) for t in trials], "floors": floors}))
 
-    print("\nPer batch of 100 vectors (median of runs, (min-max) across runs). wall/cpu: the batch's persist "
-          "(Arrow table, file write+fsync for D, BEGIN/INSERT/COMMIT). manual ckpt: median CHECKPOINT, not in "
-          "the batch figures. close: closing the connection (checkpoints the WAL). all-in cpu: batches + manual "
-          "checkpoints + close, per batch. bytes/vec: files after close / vectors. lookup: median of "
-          f"{LOOKUPS} lookups of 100 random existing keys into an (n, {args.dims}) float32 matrix, in the writing "
-          "session / after reopening.\n")
+    print(
+        "\nPer batch of 100 vectors (median of runs, (min-max) across runs). wall/cpu: the batch's persist "
+        "(Arrow table, file write+fsync for D, BEGIN/INSERT/COMMIT). manual ckpt: median CHECKPOINT, not in "
+        "the batch figures. close: closing the connection (checkpoints the WAL). all-in cpu: batches + manual "
+        "checkpoints + close, per batch. bytes/vec: files after close / vectors. lookup: median of "
+        f"{LOOKUPS} lookups of 100 random existing keys into an (n, {args.dims}) float32 matrix, in the writing "
+        "session / after reopening.\n"
+    )
     print_table(list(summarize(trials, args.batches)))
     print("\nCommit floor (median of rounds, (min-max)):")
     for k in floors[0]:

@@ -81,15 +81,15 @@ def ceiling(minutes: float) -> dict[str, Any]:
 
 
 def plain_loop(frame: pd.DataFrame, qdrant: Path | str, batch: int = 100) -> float:
-    """The design qsync replaces: one batch after another, no checkpoint, no overlap."""
+    """The design qsync replaces: one batch after another, no checkpoint, no overlap. It writes where
+    qsync writes: a Qdrant Edge shard in a folder (flushed once at the end: it keeps no promise of
+    durability), or qdrant-client's in-memory mode."""
     from google import genai
     from google.genai import types
-    from qdrant_client import QdrantClient, models
 
     started = time.perf_counter()  # like qsync's, the clock runs from opening the clients to the last point
     client = genai.Client(api_key=KEY, http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)))
-    sink = QdrantClient(location=":memory:") if str(qdrant) == ":memory:" else QdrantClient(path=str(qdrant))
-    sink.create_collection("c", vectors_config=models.VectorParams(size=768, distance=models.Distance.COSINE))
+    upsert, close = _plain_sink(qdrant)
     rows = frame.to_dict("records")
     for i in range(0, len(rows), batch):
         chunk = rows[i : i + batch]
@@ -98,14 +98,40 @@ def plain_loop(frame: pd.DataFrame, qdrant: Path | str, batch: int = 100) -> flo
             model="gemini-embedding-001", contents=contents,
             config=types.EmbedContentConfig(task_type="RETRIEVAL_DOCUMENT", output_dimensionality=768),
         )  # fmt: skip
-        points = [
-            models.PointStruct(id=qsync.point_id(r["id"]), vector=list(e.values or []), payload={"id": r["id"]})
-            for r, e in zip(chunk, response.embeddings or [], strict=True)
-        ]
-        sink.upsert("c", points=points, wait=True)
-    elapsed = time.perf_counter() - started
-    sink.close()
-    return len(rows) / elapsed
+        upsert([qsync.point_id(r["id"]) for r in chunk], [list(e.values or []) for e in response.embeddings or []],
+               [{"id": r["id"]} for r in chunk])  # fmt: skip
+    close()
+    return len(rows) / (time.perf_counter() - started)
+
+
+def _plain_sink(qdrant: Path | str) -> tuple[Any, Any]:
+    if str(qdrant) == ":memory:":
+        from qdrant_client import QdrantClient, models
+
+        client = QdrantClient(location=":memory:")
+        client.create_collection("c", vectors_config=models.VectorParams(size=768, distance=models.Distance.COSINE))
+
+        def upsert_client(ids: list[str], vectors: list[list[float]], payloads: list[dict[str, Any]]) -> None:
+            points = [
+                models.PointStruct(id=i, vector=v, payload=p) for i, v, p in zip(ids, vectors, payloads, strict=True)
+            ]
+            client.upsert("c", points=points, wait=True)
+
+        return upsert_client, client.close
+    from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, Point, UpdateOperation
+
+    shard = EdgeShard.create(str(qdrant), EdgeConfig(vectors=EdgeVectorParams(size=768, distance=Distance.Cosine)))
+
+    def upsert_edge(ids: list[str], vectors: list[list[float]], payloads: list[dict[str, Any]]) -> None:
+        shard.update(
+            UpdateOperation.upsert_points([Point(i, v, p) for i, v, p in zip(ids, vectors, payloads, strict=True)])
+        )
+
+    def close_edge() -> None:
+        shard.flush()
+        shard.close()
+
+    return upsert_edge, close_edge
 
 
 def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = False) -> dict[str, Any]:
@@ -113,7 +139,7 @@ def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = Fal
         os.environ.update(emulator.env())
         frame = records(n)
         work = Path(tempfile.mkdtemp(prefix="qsync-loop-"))
-        loop_rate = plain_loop(frame, ":memory:" if in_memory else work / "loop.qdrant")
+        loop_rate = plain_loop(frame, ":memory:" if in_memory else work / "loop-shard")
         qdrant_path: Any = ":memory:" if in_memory else work / "qsync.qdrant"
         qsync.create_job(frame, collection="c", job="loop", db=work / "q.duckdb", qdrant_path=qdrant_path,
                          embedder="gemini", dimensions=768)  # fmt: skip
@@ -124,7 +150,7 @@ def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = Fal
     return {
         "records": n,
         "emulator_latency_s": latency_s,
-        "qdrant": ":memory:" if in_memory else "local folder",
+        "qdrant": ":memory:" if in_memory else "Qdrant Edge shard",
         "status": result.status,
         "plain_loop_records_per_s": round(loop_rate, 1),
         "qsync_records_per_s": round(qsync_rate, 1),
@@ -145,8 +171,8 @@ def main() -> None:
         report = ceiling(args.minutes)
     elif args.which == "loop":
         report = loop(args.records, args.concurrency)
-    else:  # no latency, no limits, in-memory Qdrant: what qsync's checkpoints cost against the bare loop
-        report = loop(args.records, args.concurrency, latency_s=args.latency, in_memory=True)
+    else:  # no latency, no limits, both into Qdrant Edge: what qsync's checkpoints cost against the bare loop
+        report = loop(args.records, args.concurrency, latency_s=args.latency)
     print(json.dumps(report, indent=2))
 
 

@@ -1,4 +1,4 @@
-"""What qsync's checkpoint costs alone: the ledger's writes for N batches, one thread, no API, no sink.
+"""What qsync's checkpoint costs alone: its writes for N batches, one thread, no API, no sink.
 
     python benchmarks/ledger_cost.py [--batches 100] [--dimensions 768]
 
@@ -59,22 +59,37 @@ def main() -> None:
         commits[step[0]] += time.perf_counter() - started
 
     store.transaction = timed_commit  # type: ignore[method-assign]
+    steps_cpu: dict[str, float] = defaultdict(float)
+    batch_wall: list[float] = []
     cpu, wall = os.times(), time.perf_counter()
     for batch_no, vectors in enumerate(all_vectors):
+        started = time.perf_counter()
+        c0 = time.process_time()
         step[0] = "claim"
         work = ledger.claim(batch_no)
+        c1 = time.process_time()
         step[0] = "persist vectors"
         ledger.record_embeddings(work, embedder, work.hashes, vectors, [10] * 100, tokens_estimated=False, cost=0.0)
+        c2 = time.process_time()
         step[0] = "mark done"
         ledger.complete(work, cache_hits=0, saved_tokens=0, duration_s=0.0)
+        c3 = time.process_time()
+        batch_wall.append(time.perf_counter() - started)
+        for name, ms in (("claim", c1 - c0), ("persist vectors", c2 - c1), ("mark done", c3 - c2)):
+            steps_cpu[name] += ms
     cpu_end, wall_end = os.times(), time.perf_counter()
     per_batch = 1000 / args.batches
+    walls = sorted(batch_wall)
     report = {
         "batches": args.batches,
         "dimensions": args.dimensions,
         "wall_ms_per_batch": round((wall_end - wall) * per_batch, 1),
         "cpu_ms_per_batch": round((cpu_end.user + cpu_end.system - cpu.user - cpu.system) * per_batch, 1),
+        "cpu_ms_per_batch_by_step": {k: round(v * per_batch, 1) for k, v in steps_cpu.items()},
         "commit_ms_per_batch": {k: round(v * per_batch, 1) for k, v in commits.items()},
+        "batch_wall_ms_median": round(1000 * walls[len(walls) // 2], 1),
+        "batch_wall_ms_p99": round(1000 * walls[int(len(walls) * 0.99)], 1),
+        "batch_wall_ms_max": round(1000 * walls[-1], 1),
     }
     store.close()
     print(json.dumps(report, indent=2))

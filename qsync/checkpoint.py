@@ -34,15 +34,17 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
+import duckdb
 import pyarrow as pa
 
-from .cache import CacheIdentity, batch_mode_origin, insert_vectors, lookup_vectors
+from .cache import CacheIdentity, append_vectors, batch_mode_origin, insert_vectors, lookup_vectors
 from .clock import Clock
 from .embedders.base import Vectors
 from .errors import JobNotFound, JobNotRunnable, LeaseHeld
 from .lease import HOST, Lease, lease_is_live
 from .sink import point_id
 from .store import Store, first_row
+from .vectorfile import vector_file_for
 
 T = TypeVar("T")
 MANIFEST_READ_AHEAD = 16  # batches whose records one manifest query loads
@@ -252,6 +254,18 @@ class Checkpoint:
         self._committer = threading.Lock()  # held by the thread committing the current group
         self._manifests: dict[int, list[tuple[Any, ...]]] = {}  # read ahead: batch_no -> manifest rows
         self._manifests_lock = threading.Lock()
+        self.vectors = vector_file_for(store.path)
+        # Whether the target already holds points for records of this job (a re-sync, a publish over an
+        # earlier one): only then must `complete` delete their old rows first. A fresh backfill skips the
+        # delete, which scans the whole points table and would make each batch slower than the last.
+        self._replaces_points = bool(
+            target
+            and self.store.query_rows(
+                """SELECT EXISTS (SELECT 1 FROM points WHERE target = ? AND record_id IN
+                       (SELECT record_id FROM manifest WHERE job_id = ?))""",
+                [target, self.job_id],
+            )[0][0]
+        )
 
     def _write(self, apply: Callable[[Any], T], touches_job: bool = False) -> T:
         """Run `apply(con)` in a lease-checked transaction; return its result once committed."""
@@ -352,7 +366,7 @@ class Checkpoint:
     def cached_vectors(self, embedder: CacheIdentity, hashes: list[str]) -> dict[str, tuple[Vectors, int]]:
         """content hash -> (vector, tokens reusing it saves) for the hashes the cache holds."""
         with self.store.reading() as con:
-            return lookup_vectors(con, embedder, hashes, free_origin=batch_mode_origin(self.job_id))
+            return lookup_vectors(con, self.vectors, embedder, hashes, free_origin=batch_mode_origin(self.job_id))
 
     def record_embeddings(
         self,
@@ -367,9 +381,10 @@ class Checkpoint:
         """Persist freshly paid-for vectors and their cost. Called before the upsert."""
         now = self.clock.now()
         tokens = int(sum(tokens_per_text))
+        offsets = append_vectors(self.vectors, vectors)  # durable before the rows that point at them
 
-        def apply(con: Any) -> None:
-            insert_vectors(con, embedder, hashes, vectors, tokens_per_text, now, origin=None)
+        def apply(con: Any, ignore_existing: bool) -> None:
+            insert_vectors(con, embedder, hashes, offsets, tokens_per_text, now, None, ignore_existing=ignore_existing)
             con.execute(
                 """UPDATE batches SET embedded_texts = embedded_texts + ?, tokens = tokens + ?,
                        cost_usd = cost_usd + ?, tokens_estimated = tokens_estimated OR ?
@@ -377,7 +392,14 @@ class Checkpoint:
                 [len(hashes), tokens, cost, tokens_estimated, self.job_id, work.batch_no],
             )
 
-        self._write(apply)
+        self._write_vectors(apply)
+
+    def _write_vectors(self, apply: Callable[[Any, bool], None]) -> None:
+        """Commit rows of new vectors; if another job saved one of the keys meanwhile, again, keeping its."""
+        try:
+            self._write(lambda con: apply(con, False))
+        except duckdb.ConstraintException:
+            self._write(lambda con: apply(con, True))
 
     def cached_generations(self, keys: list[str]) -> dict[str, str]:
         """Answers already paid for (by any job), by generation key."""
@@ -461,10 +483,11 @@ class Checkpoint:
         )
         con.register("__qsync_points", table)
         try:
-            con.execute(
-                "DELETE FROM points WHERE target = ? AND record_id IN (SELECT record_id FROM __qsync_points)",
-                [self.target],
-            )
+            if self._replaces_points:
+                con.execute(
+                    "DELETE FROM points WHERE target = ? AND record_id IN (SELECT record_id FROM __qsync_points)",
+                    [self.target],
+                )
             con.execute("INSERT INTO points SELECT * FROM __qsync_points")
         finally:
             con.unregister("__qsync_points")
@@ -551,16 +574,18 @@ class Checkpoint:
         """A Batch Mode job succeeded: its vectors into the cache, its tokens and cost (Batch Mode price)."""
         now = self.clock.now()
         total = int(sum(tokens))
+        offsets = append_vectors(self.vectors, vectors)
+        origin = batch_mode_origin(self.job_id)
 
-        def apply(con: Any) -> None:
-            insert_vectors(con, embedder, hashes, vectors, tokens, now, batch_mode_origin(self.job_id))
+        def apply(con: Any, ignore_existing: bool) -> None:
+            insert_vectors(con, embedder, hashes, offsets, tokens, now, origin, ignore_existing=ignore_existing)
             con.execute(
                 "UPDATE remote_jobs SET state = 'ingested', tokens = ?, cost_usd = ?, finished_at = ? "
                 "WHERE job_id = ? AND name = ?",
                 [total, total * price / 1e6, now, self.job_id, name],
             )
 
-        self._write(apply)
+        self._write_vectors(apply)
 
     def last_error(self) -> str:
         errors = self.store.query_rows(

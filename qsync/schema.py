@@ -1,14 +1,18 @@
 """The DuckDB schema, versioned and migrated forward.
 
-MIGRATIONS[i] takes a store from version i to i + 1. A migration and the record that it ran commit in
-one transaction, so a crash mid-migration leaves the file at the old version, never in between.
+MIGRATIONS[i] takes a store from version i to i + 1: SQL, or a function of the connection when SQL alone
+cannot say it. A migration and the record that it ran commit in one transaction, so a crash
+mid-migration leaves the file at the old version, never in between.
 Tables that are updated in place (jobs, batches) carry no index: DuckDB handles an UPDATE of an indexed
 table as delete + insert and the tables are small, so a scan is both correct and fast.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 6
+from collections.abc import Callable
+from typing import Any
+
+SCHEMA_VERSION = 7
 
 _V1 = """
 CREATE TABLE qsync_schema (version INTEGER NOT NULL);
@@ -177,5 +181,63 @@ ALTER TABLE jobs ADD COLUMN max_cost_usd DOUBLE;
 UPDATE jobs SET max_cost_usd = TRY_CAST(json_extract_string(config, '$.max_cost_usd') AS DOUBLE);
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]
+
+def _v7(con: Any, db_path: str) -> None:
+    """v7: cached vectors move out of DuckDB into an append-only file beside it (vectorfile.py); the
+    table keeps each one's byte offset. Persisting a batch of 100 768-d vectors drops from ~20 ms of CPU
+    (with 2-5 s WAL checkpoints every ~100 batches) to ~3 ms (benchmarks/checkpoint_formats.py).
+    Existing vectors are copied into the file here."""
+    import numpy as np
+    import pyarrow as pa
+
+    from .store import arrow_table
+    from .vectorfile import vector_file_for
+
+    con.execute(
+        """CREATE TABLE embeddings_v7 (
+            cache_key    VARCHAR PRIMARY KEY,     -- model|dimensions|task_type|content_hash
+            model        VARCHAR NOT NULL,
+            dimensions   INTEGER NOT NULL,
+            task_type    VARCHAR NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            tokens       INTEGER NOT NULL,
+            byte_offset  BIGINT NOT NULL,         -- where its `dimensions` float32 start in the .vectors file
+            created_at   TIMESTAMP NOT NULL,
+            origin       VARCHAR
+        )"""
+    )
+    vectors = vector_file_for(db_path)
+    last = ""
+    while True:  # pages by key: a query's result must be drained before the next statement runs
+        batch = arrow_table(
+            con,
+            "SELECT cache_key, model, dimensions, task_type, content_hash, tokens, vector, created_at, origin "
+            "FROM embeddings WHERE cache_key > ? ORDER BY cache_key LIMIT 20000",
+            [last],
+        )
+        if not batch.num_rows:
+            break
+        last = batch.column("cache_key")[-1].as_py()
+        dims = batch.column("dimensions").to_numpy()
+        flat = np.asarray(batch.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False), "<f4")
+        offsets = np.empty(len(dims), dtype=np.int64)
+        ends = np.cumsum(dims)
+        for size in np.unique(dims):  # rows of one size are one matrix, appended at once
+            rows = np.flatnonzero(dims == size)
+            matrix = np.stack([flat[ends[r] - size : ends[r]] for r in rows])
+            first = vectors.append(matrix)
+            offsets[rows] = first + np.arange(len(rows), dtype=np.int64) * int(size) * 4
+        table = batch.drop_columns(["vector"]).append_column("byte_offset", pa.array(offsets, pa.int64()))
+        con.register("__qsync_v7", table)
+        con.execute(
+            "INSERT INTO embeddings_v7 SELECT cache_key, model, dimensions, task_type, content_hash, tokens, "
+            "byte_offset, created_at, origin FROM __qsync_v7"
+        )
+        con.unregister("__qsync_v7")
+    con.execute("DROP TABLE embeddings")
+    con.execute("ALTER TABLE embeddings_v7 RENAME TO embeddings")
+
+
+Migration = str | Callable[[Any, str], None]  # SQL, or fn(connection, DuckDB file path)
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -296,7 +296,10 @@ class Store:
             con.execute("BEGIN TRANSACTION")
             try:
                 for target, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-                    con.execute(migration)
+                    if isinstance(migration, str):
+                        con.execute(migration)
+                    else:
+                        migration(con, self.path)
                     con.execute("DELETE FROM qsync_schema")
                     con.execute("INSERT INTO qsync_schema VALUES (?)", [target])
                 con.execute("COMMIT")

@@ -21,6 +21,7 @@ from .config import resolve_db
 from .errors import JobNotFound
 from .sink import CollectionOptions, QdrantSink, SinkSpec
 from .store import open_store
+from .vectorfile import vector_file_for
 
 PathLike = str | os.PathLike[str]
 SAMPLE = 20
@@ -114,13 +115,16 @@ def _verify(
 def _repair(store: Any, sink: QdrantSink, todo: Any) -> tuple[int, int]:
     """Re-upsert from the embedding cache, 500 points at a time. Returns (repaired, not in the cache)."""
     repaired = unrepairable = 0
+    vector_file = vector_file_for(store.path)
     for start in range(0, len(todo), 500):
         chunk = todo.iloc[start : start + 500]
         keys = [cache_key(_Identity(e), h) for e, h in zip(chunk["embedder"], chunk["vector_hash"], strict=True)]
         placeholders = ", ".join("?" * len(keys))
-        found = dict(
-            store.query_rows(f"SELECT cache_key, vector FROM embeddings WHERE cache_key IN ({placeholders})", keys)
+        rows = store.query_rows(
+            f"SELECT cache_key, byte_offset, dimensions FROM embeddings WHERE cache_key IN ({placeholders})", keys
         )
+        matrix = vector_file.read([int(r[1]) for r in rows], [int(r[2]) for r in rows])
+        found = {str(r[0]): matrix[i] for i, r in enumerate(rows)}
         ids, vectors, payloads = [], [], []
         for key, record_id, payload in zip(keys, chunk["record_id"], chunk["payload"], strict=True):
             if key not in found:

@@ -243,10 +243,9 @@ def test_qdrant_points_carry_gemini_vectors_from_a_cli_run(tmp_path: Path, emula
 def test_batch_mode_fills_the_cache_at_half_price_and_upserts_from_it(
     tmp_path: Path, emulator: GeminiEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("QSYNC_BATCH_POLL_S", "0.1")
     emulator.batch_job_seconds = 0.3
     db, records = _job(tmp_path, n=600, batch_mode=True)
-    assert _run(db).ok
+    assert _run(db, settings={"batch_mode_poll_s": 0.1}).ok
     assert emulator.requests["asyncBatchEmbedContent"] == 1 and emulator.requests["batchEmbedContents"] == 0
     assert max(emulator.texts_embedded.values()) == 1 and len(emulator.texts_embedded) == 600
     cost = qsync.cost("g", db=db).iloc[0]

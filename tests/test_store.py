@@ -166,3 +166,43 @@ def test_a_request_left_by_a_killed_process_does_not_stall_the_writer(tmp_path: 
     assert time.monotonic() - started < 3.0  # not 20 yields of up to a second each
     assert not list(waiting.iterdir())
     store.close()
+
+
+def test_cached_vectors_of_a_version_6_store_move_to_the_vector_file_unchanged(tmp_path: Path) -> None:
+    """v7 moved the cache's vectors out of DuckDB (FLOAT[] column) into `<db>.vectors`: every old vector
+    must come back bit for bit, whatever its size, and still be found by its key."""
+    import numpy as np
+
+    from qsync.cache import cache_key, lookup_vectors
+    from qsync.schema import MIGRATIONS
+    from qsync.vectorfile import vector_file_for
+
+    class Identity:
+        def __init__(self, dims: int) -> None:
+            self.model, self.dimensions, self.task_type = "m", dims, "T"
+
+    path = tmp_path / "v6.duckdb"
+    rng = np.random.default_rng(6)
+    old = {dims: rng.standard_normal((5, dims)).astype(np.float32) for dims in (3, 8)}
+    with duckdb.connect(str(path)) as con:  # a file as qsync left it at schema 6
+        for migration in MIGRATIONS[:6]:
+            assert isinstance(migration, str)
+            con.execute(migration)
+        con.execute("INSERT INTO qsync_schema VALUES (6)")
+        for dims, matrix in old.items():
+            for i, vector in enumerate(matrix):
+                con.execute(
+                    "INSERT INTO embeddings VALUES (?, 'm', ?, 'T', ?, 7, ?, now(), NULL)",
+                    [cache_key(Identity(dims), f"h{i}"), dims, f"h{i}", vector.tolist()],
+                )
+    store = Store(str(path), writable=True)
+    assert store.query_rows("SELECT version FROM qsync_schema") == [(SCHEMA_VERSION,)]
+    with store.reading() as con:
+        for dims, matrix in old.items():
+            found = lookup_vectors(con, vector_file_for(path), Identity(dims), [f"h{i}" for i in range(5)])
+            assert sorted(found) == [f"h{i}" for i in range(5)]
+            for i in range(5):
+                np.testing.assert_array_equal(found[f"h{i}"][0], matrix[i])
+                assert found[f"h{i}"][1] == 7
+    assert path.with_suffix(".vectors").stat().st_size == 5 * (3 + 8) * 4
+    store.close()
