@@ -117,9 +117,11 @@ def main() -> None:
     for name in ("claim", "record_embeddings", "complete", "runnable_batches"):
         setattr(Checkpoint, name, timed(timings, name, getattr(Checkpoint, name)))
     runner_module.cp.acquire_lease = timed(timings, "acquire", checkpoint_module.acquire_lease)
-    runner_module.QdrantSink.ensure_collection = timed(
-        timings, "open_qdrant", runner_module.QdrantSink.ensure_collection
-    )
+    from qsync.sink.client import ClientSink
+    from qsync.sink.edge import EdgeSink
+
+    sink_class = ClientSink if args.qdrant_path == ":memory:" else EdgeSink
+    sink_class.ensure_collection = timed(timings, "open_qdrant", sink_class.ensure_collection)  # type: ignore[method-assign]
     marks: dict[str, float] = {}
 
     def listener(event: Event) -> None:
