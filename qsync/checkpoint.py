@@ -20,7 +20,8 @@ the upsert. Every write of a run first checks the lease in the same transaction,
 its job cannot change a thing.
 
 A run's writes are group-committed: while one worker's transaction runs, the writes other workers ask
-for queue up and then commit together in the next transaction (one lease check, one commit). Each caller
+for queue up and then commit together in the next transaction (one lease check, which also moves the
+job's updated_at, and one commit). Each caller
 still returns only once its own write is committed, so the order above holds batch by batch.
 """
 
@@ -233,7 +234,6 @@ class _Write:
     """One caller's part of a group commit."""
 
     apply: Callable[[Any], Any]  # runs inside the shared transaction
-    touches_job: bool = False  # the job's updated_at moves (once per group)
     committed: bool = False  # read and set only under the committer lock
     result: Any = None
     error: BaseException | None = None
@@ -267,9 +267,9 @@ class Checkpoint:
             )[0][0]
         )
 
-    def _write(self, apply: Callable[[Any], T], touches_job: bool = False) -> T:
+    def _write(self, apply: Callable[[Any], T]) -> T:
         """Run `apply(con)` in a lease-checked transaction; return its result once committed."""
-        write = _Write(apply, touches_job)
+        write = _Write(apply)
         with self._queue_lock:
             self._queued.append(write)
         with self._committer:
@@ -284,10 +284,8 @@ class Checkpoint:
     def _commit(self, group: list[_Write]) -> None:
         try:
             with self.store.transaction() as con:
-                self.lease.verify(con)
+                self.lease.verify_and_touch(con, self.clock.now())
                 results = [write.apply(con) for write in group]
-                if any(write.touches_job for write in group):
-                    con.execute("UPDATE jobs SET updated_at = ? WHERE job_id = ?", [self.clock.now(), self.job_id])
         except BaseException as exc:
             if len(group) > 1:  # one write failed and took the others down: commit each on its own,
                 for write in group:  # so that only the failing caller sees its error
@@ -307,10 +305,13 @@ class Checkpoint:
         )
         return [int(r[0]) for r in rows]
 
-    def claim(self, batch_no: int) -> BatchWork:
-        """Mark the batch running (a new attempt) and load its records. Only the state change needs the
-        write transaction: the manifest never changes once planned."""
-        attempt = self._write(lambda con: self._claim(con, batch_no))
+    def claim(self, batch_no: int, attempt: int | None = None) -> BatchWork:
+        """Mark the batch running (a new attempt) and load its records; with `attempt`, it was claimed
+        already (by `complete(..., claim_next=)`). Only the state change needs the write transaction:
+        the manifest never changes once planned."""
+        if attempt is None:
+            attempt = self._write(lambda con: self._claim(con, batch_no))
+        assert attempt is not None  # _claim raises rather than return None when it must claim
         records = self._manifest(batch_no)
         return BatchWork(
             batch_no=batch_no,
@@ -323,7 +324,7 @@ class Checkpoint:
             payloads=[r[5] for r in records],
         )
 
-    def _claim(self, con: Any, batch_no: int) -> int:
+    def _claim(self, con: Any, batch_no: int, must: bool = True) -> int | None:
         now = self.clock.now()
         row = first_row(
             con.execute(
@@ -334,6 +335,8 @@ class Checkpoint:
             )
         )
         if row is None:
+            if not must:
+                return None
             raise RuntimeError(f"batch {batch_no} of {self.job_id!r} is not claimable")
         attempt = int(row[0])
         con.execute(
@@ -436,11 +439,15 @@ class Checkpoint:
         saved_tokens: int,
         duration_s: float,
         skips: dict[int, str] | None = None,
-    ) -> None:
-        """Mark the batch done (Qdrant has acknowledged it); `skips` are records the embedder refused."""
+        claim_next: int | None = None,
+    ) -> int | None:
+        """Mark the batch done (Qdrant has acknowledged it); `skips` are records the embedder refused.
+
+        With `claim_next`, the worker's next batch is claimed in the same transaction (one commit a batch
+        fewer, on the file every worker waits for); returns its attempt number, None if not claimed."""
         skips = skips or {}
 
-        def apply(con: Any) -> None:
+        def apply(con: Any) -> int | None:
             now = self.clock.now()
             con.execute(
                 """UPDATE batches SET status = 'done', finished_at = ?, duration_s = ?, last_error = NULL,
@@ -459,8 +466,9 @@ class Checkpoint:
                 )
             self._record_points(con, work, skips, now)
             self._end_attempt(con, work, now, "done", None)
+            return None if claim_next is None else self._claim(con, claim_next, must=False)
 
-        self._write(apply, touches_job=True)
+        return self._write(apply)
 
     def _record_points(self, con: Any, work: BatchWork, skips: dict[int, str], now: Any) -> None:
         """What the collection now holds for this batch, in the transaction that marks it done."""
@@ -523,7 +531,7 @@ class Checkpoint:
             )
             self._end_attempt(con, work, now, "failed", error)
 
-        self._write(apply, touches_job=True)
+        self._write(apply)
 
     def release(self, work: BatchWork) -> None:
         """Hand an unfinished batch back (clean stop): pending again, its paid vectors kept."""

@@ -71,12 +71,12 @@ _SQL = """
                sum(cost_usd) AS cost_usd, sum(saved_tokens) AS saved_tokens,
                sum(enrich_tokens) AS enrich_tokens, sum(enrich_cost_usd) AS enrich_cost_usd,
                sum(embedded_texts) AS embedded_texts, sum(cache_hits) AS cache_hits
-        FROM batches GROUP BY job_id
+        FROM batches {where} GROUP BY job_id
     ) b USING (job_id)
     LEFT JOIN (
         SELECT job_id, sum(texts) FILTER (WHERE state = 'ingested') AS texts, sum(tokens) AS tokens,
                sum(cost_usd) AS cost_usd
-        FROM remote_jobs GROUP BY job_id
+        FROM remote_jobs {where} GROUP BY job_id
     ) r USING (job_id)
 """
 
@@ -118,11 +118,13 @@ class JobFigures:
 def read_figures(store: Store, clock: Clock, job: str | None = None, *, newest: bool = False) -> pd.DataFrame:
     """The figures of one job (`job`), of the newest job (`newest`), or of every job, newest first."""
     if job is not None:
-        frame = store.query_df(_SQL + " WHERE j.job_id = ?", [job])
+        # The job named in every part: DuckDB does not push the filter into the grouped subqueries, and a
+        # running job reads its figures a few times a second.
+        frame = store.query_df(_SQL.format(where="WHERE job_id = $job") + " WHERE j.job_id = $job", {"job": job})
         if frame.empty:
             raise JobNotFound(f"no job named {job!r} in {store.path}")
     else:
-        frame = store.query_df(_SQL + " ORDER BY j.created_at DESC" + (" LIMIT 1" if newest else ""))
+        frame = store.query_df(_SQL.format(where="") + " ORDER BY j.created_at DESC" + (" LIMIT 1" if newest else ""))
         if newest and frame.empty:
             raise JobNotFound(f"no jobs in {store.path} yet")
     return with_liveness(frame, clock)

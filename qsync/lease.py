@@ -38,8 +38,23 @@ class Lease:
             con.execute("SELECT lease_token, owner_pid, owner_host FROM jobs WHERE job_id = ?", [self.job_id])
         )
         if row is None or row[0] != self.token:
-            holder = f"process {row[1]} on {row[2]}" if row and row[0] else "nobody (it was released)"
-            raise LeaseLost(f"job {self.job_id!r} is now owned by {holder}; this runner stopped without writing")
+            self._lost(row)
+
+    def verify_and_touch(self, con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+        """verify, and move the job's updated_at, in one statement (a run's every write starts with it)."""
+        row = first_row(
+            con.execute(
+                "UPDATE jobs SET updated_at = ? WHERE job_id = ? AND lease_token = ? RETURNING job_id",
+                [now, self.job_id, self.token],
+            )
+        )
+        if row is None:
+            self._lost(first_row(con.execute("SELECT lease_token, owner_pid, owner_host FROM jobs WHERE job_id = ?",
+                                             [self.job_id])))  # fmt: skip
+
+    def _lost(self, row: tuple[object, ...] | None) -> None:
+        holder = f"process {row[1]} on {row[2]}" if row and row[0] else "nobody (it was released)"
+        raise LeaseLost(f"job {self.job_id!r} is now owned by {holder}; this runner stopped without writing")
 
 
 def lease_is_live(

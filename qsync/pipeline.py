@@ -58,6 +58,7 @@ class Outcome:
     error: str | None = None
     fatal: BaseException | None = None  # the run cannot go on (lease lost, store broken)
     halt: BaseException | None = None  # the job must stop (PauseJob: resumable; StopJob: failed)
+    next_attempt: int | None = None  # the worker's next batch was claimed with this one's completion
 
 
 class BatchStage(Protocol):
@@ -90,10 +91,12 @@ class BatchPipeline:
         self.stages = list(stages)
         self._price = embedder.price_per_million_tokens / 1_000_000
 
-    def process(self, batch_no: int) -> Outcome:
+    def process(self, batch_no: int, attempt: int | None = None, claim_next: int | None = None) -> Outcome:
+        """Run one batch. `attempt`: it was claimed already; `claim_next`: claim that batch in the same
+        transaction that marks this one done (see Outcome.next_attempt)."""
         started = time.monotonic()
         try:
-            work = self.checkpoint.claim(batch_no)
+            work = self.checkpoint.claim(batch_no, attempt)
         except (LeaseLost, StoreError) as exc:
             return Outcome(batch_no, "lost", fatal=exc)
         outcome = Outcome(batch_no)
@@ -110,7 +113,11 @@ class BatchPipeline:
                 payloads = [_load_payload(work.payloads[i]) for i in keep]
                 self.retrier.call(lambda: self.sink.upsert(ids, vectors[keep], payloads))
             skips = {i: rejected[h] for i, h in enumerate(work.hashes) if h in rejected}
-            self.checkpoint.complete(work, outcome.cache_hits, outcome.saved_tokens, time.monotonic() - started, skips)
+            if self.control.stopping:
+                claim_next = None
+            outcome.next_attempt = self.checkpoint.complete(
+                work, outcome.cache_hits, outcome.saved_tokens, time.monotonic() - started, skips, claim_next
+            )
             outcome.kind, outcome.records, outcome.skipped = "done", len(keep), len(skips)
             return outcome
         except (LeaseLost, StoreError) as exc:

@@ -34,7 +34,7 @@ from .spec import JobSpec, RunSettings
 from .store import Store
 
 log = logging.getLogger("qsync")
-_PROGRESS_EVERY_S = 0.25  # figures are read from the checkpoint at most this often while running
+_PROGRESS_EVERY_S = 0.5  # figures are read from the checkpoint at most this often while running
 
 
 @dataclass(frozen=True)
@@ -200,6 +200,8 @@ class Runner:
             tally.failed.add(outcome.batch_no)
 
     def _emit_progress(self, tally: _Tally, started: float) -> None:
+        if not self.listeners:
+            return  # nobody to tell: the figures query is not free
         try:
             figures = job_figures(self.store, self.clock, self.job_id)
         except StoreError as exc:  # a progress bar must never stop a paid backfill

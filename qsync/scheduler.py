@@ -59,12 +59,24 @@ class Scheduler:
                 on_first_interrupt()
 
     def _work(self, todo: queue.Queue[int], done: queue.Queue[Outcome]) -> None:
-        while not self.control.stopping:
+        batch_no = self._take(todo)
+        attempt: int | None = None  # set when the previous batch's completion claimed this one
+        while batch_no is not None:
+            following = self._take(todo)
             try:
-                batch_no = todo.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                done.put(self.pipeline.process(batch_no))
+                outcome = self.pipeline.process(batch_no, attempt, claim_next=following)
             except BaseException as exc:  # never let a worker die silently: the run must hear of it
-                done.put(Outcome(batch_no, "lost", fatal=exc))
+                outcome = Outcome(batch_no, "lost", fatal=exc)
+            done.put(outcome)
+            attempt = outcome.next_attempt
+            if self.control.stopping and attempt is None:
+                return  # `following` was not claimed: it stays pending
+            batch_no = following
+
+    def _take(self, todo: queue.Queue[int]) -> int | None:
+        if self.control.stopping:
+            return None
+        try:
+            return todo.get_nowait()
+        except queue.Empty:
+            return None

@@ -136,7 +136,7 @@ class Store:
             finally:
                 self._release()
 
-    def query_df(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+    def query_df(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pd.DataFrame:
         with self.reading() as con:
             return con.execute(sql, params or []).df()
 
