@@ -19,7 +19,7 @@ from .cache import cache_key
 from .checkpoint import Checkpoint
 from .control import Control
 from .embedders.gemini import estimate_tokens
-from .errors import PermanentError
+from .errors import PermanentError, TransientError
 from .retry import Retrier
 
 log = logging.getLogger("qsync")
@@ -92,15 +92,21 @@ class BatchModeStage:
             chunk_texts = texts[start : start + self.texts_per_job]
             # The cap applies to the estimate at submit time: the real count arrives hours later.
             estimate = sum(estimate_tokens(t) for t in chunk_texts) * self.price / 1e6
+            most_tokens = sum(len(t.encode("utf-8")) for t in chunk_texts)
             self.budget.reserve(estimate)
+            intent = self.checkpoint.open_intent(
+                "batch_mode", None, len(chunk_texts), most_tokens, most_tokens * self.price / 1e6, chunk_hashes
+            )
             try:
                 name = self.retrier.call(partial(self.embedder.submit_batch, chunk_texts,
                                                  f"qsync-{self.job_id}-{uuid.uuid4().hex[:8]}"))  # fmt: skip
-            except BaseException:
+            except BaseException as exc:
                 self.budget.settle(estimate, 0.0)
+                billed = isinstance(exc, TransientError) and exc.maybe_billed
+                self.checkpoint.close_intent(intent, "unconfirmed" if billed else "void")
                 raise
             self.budget.settle(estimate, estimate)
-            self.checkpoint.record_remote_job(name, chunk_hashes)
+            self.checkpoint.record_remote_job(name, chunk_hashes, intent)
             log.info("qsync: submitted %s texts as Gemini batch job %s", len(chunk_hashes), name)
 
     def _poll(self, name: str) -> None:

@@ -175,6 +175,11 @@ def acquire_lease(store: Store, job_id: str, clock: Clock, stale_after_s: float,
             [now, job_id],
         )
         con.execute("UPDATE batches SET status = 'pending' WHERE job_id = ? AND status = 'running'", [job_id])
+        # Calls the previous owner had on the wire may have been billed: their spend stays, unconfirmed.
+        con.execute(
+            "UPDATE spend_intents SET state = 'unconfirmed', closed_at = ? WHERE job_id = ? AND state = 'open'",
+            [now, job_id],
+        )
     return lease, token is not None
 
 
@@ -380,8 +385,10 @@ class Checkpoint:
         tokens_per_text: list[int],
         tokens_estimated: bool,
         cost: float,
+        intent: str | None = None,
     ) -> None:
-        """Persist freshly paid-for vectors and their cost. Called before the upsert."""
+        """Persist freshly paid-for vectors and their cost, settling the call's intent. Called before the
+        upsert."""
         now = self.clock.now()
         tokens = int(sum(tokens_per_text))
         offsets = append_vectors(self.vectors, vectors)  # durable before the rows that point at them
@@ -394,6 +401,7 @@ class Checkpoint:
                    WHERE job_id = ? AND batch_no = ?""",
                 [len(hashes), tokens, cost, tokens_estimated, self.job_id, work.batch_no],
             )
+            self._settle(con, intent)
 
         self._write_vectors(apply)
 
@@ -415,7 +423,15 @@ class Checkpoint:
         return {str(k): str(a) for k, a in rows}
 
     def record_generation(
-        self, work: BatchWork, key: str, model: str, answer: str, tokens_in: int, tokens_out: int, cost: float
+        self,
+        work: BatchWork,
+        key: str,
+        model: str,
+        answer: str,
+        tokens_in: int,
+        tokens_out: int,
+        cost: float,
+        intent: str | None = None,
     ) -> None:
         """Persist one enrichment answer and its cost the moment it arrives."""
 
@@ -429,6 +445,7 @@ class Checkpoint:
                 "WHERE job_id = ? AND batch_no = ?",
                 [tokens_in + tokens_out, cost, self.job_id, work.batch_no],
             )
+            self._settle(con, intent)
 
         self._write(apply)
 
@@ -555,14 +572,18 @@ class Checkpoint:
 
     # -- Gemini Batch Mode jobs ------------------------------------------------------------------------
 
-    def record_remote_job(self, name: str, hashes: list[str]) -> None:
-        """A Batch Mode job was created: recorded at once, so a restart polls it instead of paying again."""
+    def record_remote_job(self, name: str, hashes: list[str], intent: str) -> None:
+        """A Batch Mode job was created: recorded at once, so a restart polls it instead of paying again.
+        Its intent takes the job's name and stays open (unconfirmed spend) until its vectors are ingested."""
 
         def apply(con: Any) -> None:
             con.execute(
                 "INSERT INTO remote_jobs (job_id, name, state, content_hashes, texts, submitted_at) "
                 "VALUES (?, ?, 'submitted', ?, ?, ?)",
                 [self.job_id, name, hashes, len(hashes), self.clock.now()],
+            )
+            con.execute(
+                "UPDATE spend_intents SET intent_id = ? WHERE job_id = ? AND intent_id = ?", [name, self.job_id, intent]
             )
 
         self._write(apply)
@@ -573,6 +594,7 @@ class Checkpoint:
                 "UPDATE remote_jobs SET state = 'failed', error = ?, finished_at = ? WHERE job_id = ? AND name = ?",
                 [error, self.clock.now(), self.job_id, name],
             )
+            self._close(con, name, "void")
 
         self._write(apply)
 
@@ -592,8 +614,76 @@ class Checkpoint:
                 "WHERE job_id = ? AND name = ?",
                 [total, total * price / 1e6, now, self.job_id, name],
             )
+            self._settle(con, name)
 
         self._write_vectors(apply)
+
+    # -- write-ahead for money ---------------------------------------------------------------------------
+
+    def open_intent(
+        self, kind: str, batch_no: int | None, texts: int, tokens: int, cost: float, hashes: list[str] | None = None
+    ) -> str:
+        """Record a paid call before it is sent: `tokens` and `cost` are what it can cost at most. Returns
+        the intent's id, to settle (`record_*`) or close (`close_intent`) once the call ends."""
+        intent = uuid.uuid4().hex
+
+        def apply(con: Any) -> None:
+            con.execute(
+                """INSERT INTO spend_intents (job_id, intent_id, batch_no, kind, texts, tokens, cost_usd, state,
+                       content_hashes, lease_token, created_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)""",
+                [self.job_id, intent, batch_no, kind, texts, tokens, cost, hashes, self.lease.token, self.clock.now()],
+            )
+
+        self._write(apply)
+        return intent
+
+    def close_intent(self, intent: str, state: str) -> None:
+        """The call ended without an answer to save: 'void' (refused, so not billed) or 'unconfirmed' (it
+        may have been billed: a timeout, a dropped connection)."""
+        self._write(lambda con: self._close(con, intent, state))
+
+    def _settle(self, con: Any, intent: str | None) -> None:
+        if intent is not None:
+            self._close(con, intent, "settled")
+
+    def _close(self, con: Any, intent: str, state: str) -> None:
+        con.execute(
+            "UPDATE spend_intents SET state = ?, closed_at = ? WHERE job_id = ? AND intent_id = ?",
+            [state, self.clock.now(), self.job_id, intent],
+        )
+
+    def count_unconfirmed(self, count_tokens: Callable[[list[str]], int], price_per_million: float) -> int:
+        """Replace the upper bound of unconfirmed embedding calls by their exact token count (countTokens
+        on the texts they sent). Returns how many intents were counted."""
+        rows = self.store.query_rows(
+            "SELECT intent_id, content_hashes FROM spend_intents "
+            "WHERE job_id = ? AND kind = 'embed' AND state = 'unconfirmed' AND NOT counted",
+            [self.job_id],
+        )
+        counted = 0
+        for intent, hashes in rows:
+            texts = [
+                str(t)
+                for (t,) in self.store.query_rows(
+                    "SELECT any_value(text) FROM manifest WHERE job_id = ? AND content_hash IN "
+                    "(SELECT unnest(?::VARCHAR[])) GROUP BY content_hash",
+                    [self.job_id, list(hashes or [])],
+                )
+            ]
+            if not texts:
+                continue
+            tokens = int(count_tokens(texts))
+
+            def apply(con: Any, intent: str = intent, tokens: int = tokens) -> None:
+                con.execute(
+                    "UPDATE spend_intents SET tokens = ?, cost_usd = ?, counted = true WHERE job_id = ? AND intent_id = ?",
+                    [tokens, tokens * price_per_million / 1e6, self.job_id, intent],
+                )
+
+            self._write(apply)
+            counted += 1
+        return counted
 
     def last_error(self) -> str:
         errors = self.store.query_rows(

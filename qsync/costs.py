@@ -71,6 +71,8 @@ def cost(job: str, *, db: PathLike | None = None, clock: Clock = SYSTEM_CLOCK) -
                 "tokens": int(row["tokens"]),
                 "tokens_estimated": bool(row["tokens_estimated"]),
                 "cost_usd": float(row["cost_usd"]),
+                "unconfirmed_tokens": int(row["unconfirmed_tokens"]),
+                "unconfirmed_cost_usd": float(row["unconfirmed_cost_usd"]),
                 "embed_cost_usd": float(row["embed_cost_usd"]),
                 "cache_hits": int(row["cache_hits"]),
                 "cache_saved_tokens": int(row["saved_tokens"]),

@@ -91,10 +91,10 @@ class Enricher:
         self.price_in = float(info["usd_per_million_tokens"])
         self.price_out = float(info.get("usd_per_million_output_tokens", info["usd_per_million_tokens"]))
 
-    def most_it_can_cost(self, prompt: str) -> float:
-        """What a call can cost at most: the prompt (~4 bytes a token, rounded up) and a full answer."""
-        tokens_in = math.ceil(len(prompt.encode("utf-8")) / 4) + 16
-        return (tokens_in * self.price_in + MAX_OUTPUT_TOKENS * self.price_out) / 1e6
+    def most_it_can_cost(self, prompt: str) -> tuple[int, float]:
+        """(tokens, USD) a call can cost at most: every prompt byte a token, and a full answer."""
+        tokens_in = len(prompt.encode("utf-8")) + 16
+        return tokens_in + MAX_OUTPUT_TOKENS, (tokens_in * self.price_in + MAX_OUTPUT_TOKENS * self.price_out) / 1e6
 
     def generate(self, prompt: str) -> tuple[str, int, int, float]:
         """(answer, input tokens, output tokens, cost in USD)."""
@@ -153,12 +153,26 @@ class EnrichStage:
         return refused_hashes
 
     def _generate(self, work: BatchWork, key: str, prompt: str) -> str:
-        ceiling = self.enricher.most_it_can_cost(prompt)
+        most_tokens, ceiling = self.enricher.most_it_can_cost(prompt)
         self.budget.reserve(ceiling)
         cost = 0.0
+
+        def once() -> tuple[str, int, int, float, str]:
+            intent = self.checkpoint.open_intent("enrich", work.batch_no, 1, most_tokens, ceiling)
+            try:
+                return (*self.enricher.generate(prompt), intent)
+            except TransientError as exc:
+                self.checkpoint.close_intent(intent, "unconfirmed" if exc.maybe_billed else "void")
+                raise
+            except BaseException:
+                self.checkpoint.close_intent(intent, "void")
+                raise
+
         try:
-            answer, tokens_in, tokens_out, cost = self.retrier.call(lambda: self.enricher.generate(prompt))
-            self.checkpoint.record_generation(work, key, self.enricher.spec.model, answer, tokens_in, tokens_out, cost)
+            answer, tokens_in, tokens_out, cost, intent = self.retrier.call(once)
+            self.checkpoint.record_generation(
+                work, key, self.enricher.spec.model, answer, tokens_in, tokens_out, cost, intent
+            )
         finally:
             self.budget.settle(ceiling, cost)
         return answer

@@ -14,11 +14,15 @@ class QsyncError(Exception):
 
 
 class TransientError(QsyncError):
-    """Worth retrying later: a timeout, a 5xx, a refused connection, a rate limit."""
+    """Worth retrying later: a timeout, a 5xx, a refused connection, a rate limit.
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+    `maybe_billed`: the request may have reached the API and been paid for although no answer came back
+    (a read timeout, a dropped connection); its spend stays unconfirmed, never forgotten."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None, *, maybe_billed: bool = False) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.maybe_billed = maybe_billed
 
 
 class PermanentError(QsyncError):

@@ -13,7 +13,10 @@ Each record of the source is in exactly one of four places:
 
 `total = loaded + skipped + unchanged + remaining`; **processed** is `total - remaining` (what the
 progress bar shows). Cost is the job's whole spend: embeddings (synchronous and Batch Mode) and
-enrichment answers.
+enrichment answers, as the API reported it. **Unconfirmed** spend is paid calls that were sent but whose
+answer was not saved (in flight now, or cut off by a crash or a timeout): counted at most what they can
+have cost (every token at least a byte; after a crash, counted exactly with countTokens when possible),
+so that `cost_usd + unconfirmed_cost_usd` is never less than what was billed.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ _SQL = """
            coalesce(r.cost_usd, 0) AS batch_mode_cost_usd,
            CAST(coalesce(b.enrich_tokens, 0) AS BIGINT) AS enrich_tokens,
            coalesce(b.enrich_cost_usd, 0) AS enrich_cost_usd,
+           CAST(coalesce(u.tokens, 0) AS BIGINT) AS unconfirmed_tokens,
+           coalesce(u.cost_usd, 0) AS unconfirmed_cost_usd,
            j.max_cost_usd,
            j.created_at, j.started_at, j.updated_at, j.finished_at, j.heartbeat_at,
            j.owner_pid, j.owner_host, j.lease_token IS NOT NULL AS leased, j.cancel_requested
@@ -78,6 +83,10 @@ _SQL = """
                sum(cost_usd) AS cost_usd
         FROM remote_jobs {where} GROUP BY job_id
     ) r USING (job_id)
+    LEFT JOIN (  -- paid calls sent but not (yet) answered and saved: in flight, or cut off by a crash
+        SELECT job_id, sum(tokens) AS tokens, sum(cost_usd) AS cost_usd
+        FROM spend_intents {where} {and_where} state IN ('open', 'unconfirmed') GROUP BY job_id
+    ) u USING (job_id)
 """
 
 
@@ -100,6 +109,8 @@ class JobFigures:
     batches_failed: int
     tokens: int
     cost_usd: float
+    unconfirmed_tokens: int
+    unconfirmed_cost_usd: float
     saved_tokens: int
     max_cost_usd: float | None
 
@@ -120,11 +131,15 @@ def read_figures(store: Store, clock: Clock, job: str | None = None, *, newest: 
     if job is not None:
         # The job named in every part: DuckDB does not push the filter into the grouped subqueries, and a
         # running job reads its figures a few times a second.
-        frame = store.query_df(_SQL.format(where="WHERE job_id = $job") + " WHERE j.job_id = $job", {"job": job})
+        frame = store.query_df(
+            _SQL.format(where="WHERE job_id = $job", and_where="AND") + " WHERE j.job_id = $job", {"job": job}
+        )
         if frame.empty:
             raise JobNotFound(f"no job named {job!r} in {store.path}")
     else:
-        frame = store.query_df(_SQL.format(where="") + " ORDER BY j.created_at DESC" + (" LIMIT 1" if newest else ""))
+        frame = store.query_df(
+            _SQL.format(where="", and_where="WHERE") + " ORDER BY j.created_at DESC" + (" LIMIT 1" if newest else "")
+        )
         if newest and frame.empty:
             raise JobNotFound(f"no jobs in {store.path} yet")
     return with_liveness(frame, clock)

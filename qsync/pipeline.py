@@ -198,7 +198,7 @@ class BatchPipeline:
         while pending:
             chunk = pending.pop()
             try:
-                vectors, tokens, estimated = self._call(chunk, texts)
+                vectors, tokens, estimated, intent = self._call(chunk, texts, work.batch_no)
             except InvalidInput as exc:
                 if len(chunk) == 1:
                     rejected[chunk[0]] = f"refused by the embedder: {exc}"
@@ -208,7 +208,7 @@ class BatchPipeline:
                 continue
             cost = sum(tokens) * self._price
             try:
-                self.checkpoint.record_embeddings(work, self.embedder, chunk, vectors, tokens, estimated, cost)
+                self.checkpoint.record_embeddings(work, self.embedder, chunk, vectors, tokens, estimated, cost, intent)
             finally:
                 self.budget.settle(self._reserved(chunk, texts), cost)
             outcome.embedded += len(chunk)
@@ -218,21 +218,40 @@ class BatchPipeline:
     def _reserved(self, chunk: list[str], texts: dict[str, tuple[str, int]]) -> float:
         return sum(texts[h][1] for h in chunk) * self._price
 
-    def _call(self, chunk: list[str], texts: dict[str, tuple[str, int]]) -> tuple[Vectors, list[int], bool]:
-        """One paid call, reserved against the budget and paced by the rate limiter, retried by the one
-        retry layer. The reservation is settled by the caller once the vectors are persisted."""
+    def _call(
+        self, chunk: list[str], texts: dict[str, tuple[str, int]], batch_no: int
+    ) -> tuple[Vectors, list[int], bool, str | None]:
+        """One paid call: reserved against the budget, recorded as an intent before it is sent (write-ahead
+        for money), paced by the rate limiter, retried by the one retry layer. The caller settles the
+        reservation, and the intent (with the real cost) when it persists the vectors."""
         batch = [texts[h][0] for h in chunk]
         estimate = sum(texts[h][1] for h in chunk)
+        # Each token is at least one byte: the byte count bounds what an unanswered call may have cost.
+        most_tokens = sum(len(t.encode("utf-8")) for t in batch)
         self.budget.reserve(estimate * self._price)
 
-        def once() -> tuple[Vectors, list[int], bool]:
+        def once() -> tuple[Vectors, list[int], bool, str | None]:
             if self.limiter is not None:
                 self.control.wait(self.limiter.acquire(len(batch), estimate))
-            result = self.embedder.embed(batch)
+            intent = None
+            if self._price:  # a free embedder bills nothing: no intent to keep
+                intent = self.checkpoint.open_intent(
+                    "embed", batch_no, len(batch), most_tokens, most_tokens * self._price, chunk
+                )
+            try:
+                result = self.embedder.embed(batch)
+            except TransientError as exc:
+                if intent is not None:
+                    self.checkpoint.close_intent(intent, "unconfirmed" if exc.maybe_billed else "void")
+                raise
+            except BaseException:
+                if intent is not None:  # the API answered with a refusal: nothing was billed
+                    self.checkpoint.close_intent(intent, "void")
+                raise
             if self.limiter is not None:
                 self.limiter.succeeded()
                 self.limiter.settle(estimate, sum(result.tokens_per_text))
-            return result.vectors, result.tokens_per_text, result.tokens_estimated
+            return result.vectors, result.tokens_per_text, result.tokens_estimated, intent
 
         def throttle(exc: TransientError) -> None:
             if self.limiter is not None and isinstance(exc, RateLimited):

@@ -124,8 +124,9 @@ class Runner:
                     retrier.call(self.sink.ensure_collection)  # waits, with backoff, for a Qdrant that is away
                 except (QsyncError, Interrupted) as exc:
                     return self._finish(lease, JobState.FAILED, f"Qdrant refused the collection: {exc}", tally, started)
+                self._count_unconfirmed(checkpoint)
                 figures = job_figures(self.store, self.clock, self.job_id)
-                budget = Budget(self.max_cost_usd, spent_usd=figures.cost_usd)
+                budget = Budget(self.max_cost_usd, spent_usd=figures.cost_usd + figures.unconfirmed_cost_usd)
                 emit(self.listeners, JobStarted(self.job_id, figures, took_over))
                 self._run_batches(checkpoint, retrier, budget, tally, started)
                 if heartbeat.lost is not None:
@@ -137,6 +138,17 @@ class Runner:
                 return self._finish(lease, state, message, tally, started)
         finally:
             self.sink.close()
+
+    def _count_unconfirmed(self, checkpoint: Checkpoint) -> None:
+        """Calls a crash cut off were recorded at the most they could cost; count them exactly now (a free
+        countTokens call per intent) when the embedder can, so the figures and the budget are not inflated."""
+        count = getattr(self.embedder, "count_tokens", None)
+        if count is None:
+            return
+        try:
+            checkpoint.count_unconfirmed(count, self.embedder.price_per_million_tokens)
+        except QsyncError as exc:  # no key, API away: the upper bound stands, which errs on the safe side
+            log.warning("qsync could not count unconfirmed calls exactly: %s", exc)
 
     def _run_batches(
         self, checkpoint: Checkpoint, retrier: Retrier, budget: Budget, tally: _Tally, started: float

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _V1 = """
 CREATE TABLE qsync_schema (version INTEGER NOT NULL);
@@ -238,6 +238,29 @@ def _v7(con: Any, db_path: str) -> None:
     con.execute("ALTER TABLE embeddings_v7 RENAME TO embeddings")
 
 
+# v8: write-ahead for money. Every paid call (an embedding request, an enrichment answer, a Batch Mode
+# submission) is recorded here, with an upper bound of what it can cost, before it is sent; when its answer
+# is saved, the intent is settled in the same transaction (the real figures are then in batches,
+# generations or remote_jobs). An intent a crash left open, or whose call got no answer, is *unconfirmed*
+# spend: counted in every total, so what qsync reports is never less than what was billed.
+_V8 = """
+CREATE TABLE spend_intents (
+    job_id         VARCHAR NOT NULL,
+    intent_id      VARCHAR NOT NULL,
+    batch_no       INTEGER,                -- NULL for a Batch Mode submission
+    kind           VARCHAR NOT NULL,       -- embed | enrich | batch_mode
+    texts          INTEGER NOT NULL,
+    tokens         BIGINT NOT NULL,        -- at most this many (until counted exactly)
+    cost_usd       DOUBLE NOT NULL,
+    counted        BOOLEAN NOT NULL DEFAULT false,  -- tokens counted with countTokens (exact)
+    state          VARCHAR NOT NULL,       -- open | settled | void | unconfirmed
+    content_hashes VARCHAR[],              -- the texts sent (embed), to count them after a crash
+    lease_token    VARCHAR NOT NULL,
+    created_at     TIMESTAMP NOT NULL,
+    closed_at      TIMESTAMP
+);
+"""
+
 Migration = str | Callable[[Any, str], None]  # SQL, or fn(connection, DuckDB file path)
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7, _V8]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -78,7 +79,9 @@ class GeminiClient:
         except Exception as exc:  # httpx timeouts and dropped connections, and anything else from the wire
             name = type(exc).__name__
             if any(k in name for k in ("Timeout", "Connect", "Protocol", "Network", "ReadError", "WriteError")):
-                raise TransientError(f"Gemini {what}: {name}: {self.scrub(str(exc))}") from None
+                # A refused connection never reached Google; a timeout or a dropped answer may have been billed.
+                billed = not name.startswith("Connect")
+                raise TransientError(f"Gemini {what}: {name}: {self.scrub(str(exc))}", maybe_billed=billed) from None
             raise
 
     def _convert_api_error(self, exc: Any, what: str) -> QsyncError:
@@ -145,6 +148,11 @@ class GeminiEmbedder:
         self.default_limits: tuple[float | None, float | None] = (float(texts), float(tokens))
         self._types = self.api.types
         self._client = self.api.client
+        # Answers without usageMetadata (batchEmbedContents sends none) are priced by countTokens. Once
+        # one such answer is seen, each later call's count is asked for alongside it, not after it: the
+        # price costs no extra round trip on the batch's path.
+        self.counts_alongside = False
+        self._counter = ThreadPoolExecutor(max_workers=8, thread_name_prefix="qsync-count")
 
     # -- Embedder interface --------------------------------------------------------------------------
 
@@ -152,6 +160,7 @@ class GeminiEmbedder:
         estimates = [estimate_tokens(t) for t in texts]
         config = self._types.EmbedContentConfig(task_type=self.task_type or None, output_dimensionality=self.dimensions)
         contents: Any = list(texts)
+        counting = self._counter.submit(self.count_tokens, texts) if self.counts_alongside else None
         response = self._call(
             lambda: self._client.models.embed_content(model=self.model, contents=contents, config=config),
             "batchEmbedContents",
@@ -169,8 +178,10 @@ class GeminiEmbedder:
         total = getattr(usage, "prompt_token_count", None) or getattr(usage, "total_token_count", None)
         if total:
             return EmbedResult(matrix, split_tokens(int(total), estimates))
+        self.counts_alongside = True
         try:
-            return EmbedResult(matrix, split_tokens(self.count_tokens(texts), estimates))
+            counted = counting.result() if counting is not None else self.count_tokens(texts)
+            return EmbedResult(matrix, split_tokens(counted, estimates))
         except QsyncError:
             return EmbedResult(matrix, estimates, tokens_estimated=True)  # labelled estimated in the ledger
 

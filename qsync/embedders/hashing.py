@@ -83,6 +83,9 @@ class HashingEmbedder:
         # Free, but a rehearsal may price its tokens (--price-per-million) to see what a paid run costs.
         self.price_per_million_tokens = price_per_million_tokens
 
+    def count_tokens(self, texts: list[str]) -> int:
+        return sum(len(tokenize(t)) for t in texts)
+
     def embed(self, texts: list[str]) -> EmbedResult:
         if self.latency_s:
             time.sleep(self.latency_s)
