@@ -54,7 +54,7 @@ class JobPicker:
         self._on_change = on_change
         self.reload_button.on_click(lambda _: self.reload())
         self._quiet = False
-        self.dropdown.observe(lambda change: self._quiet or self._changed(change["new"]), names="value")
+        self.dropdown.observe(self._picked, names="value")
         self.reload(job)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -94,6 +94,10 @@ class JobPicker:
         finally:
             self._quiet = False
         self._changed(picked)
+
+    def _picked(self, change: dict[str, Any]) -> None:
+        if not self._quiet:
+            self._changed(change["new"])
 
     def _changed(self, job: str | None) -> None:
         if self._on_change is not None:
