@@ -42,6 +42,7 @@ class BatchInspector:
         self.handle: JobHandle | None = None
         self._frame = pd.DataFrame()
         self._last_refresh = 0.0
+        self._fresh = True
         self.summary = widgets.HTML("")
         self.summary.add_class("qsync-batch-summary")
         self.status = widgets.Dropdown(options=_STATUSES, value="all", description="Status",
@@ -105,6 +106,7 @@ class BatchInspector:
         """Show another job's batches (None: the file has no job yet)."""
         self.job = job
         self.page = 0
+        self._fresh = True
         self.records.value = self.message.value = ""
         self.body.layout.display = "" if job else "none"
         if job:
@@ -158,8 +160,9 @@ class BatchInspector:
         failed = everything[everything["status"] == "failed"]
         self.retry_button.disabled = failed.empty
         self.retry_button.description = f"Retry {len(failed)} failed batch{'es' if len(failed) != 1 else ''}"
-        if not failed.empty and self.batch_no.value not in set(everything["batch_no"]):
+        if self._fresh and not failed.empty:  # a job just opened: point at its first failed batch
             self.batch_no.value = int(failed["batch_no"].iloc[0])
+        self._fresh = False
         self.page = min(self.page, self.pages - 1)
         self._render_page()
         self._render_skips(skipped)

@@ -414,9 +414,12 @@ class Launcher:
             self._buttons(running=False, resumable=True)
             return
         self._buttons(running=True)
+        # Pause is offered once the run has started: a stop while it opens the collection would fail it.
+        self.pause_button.disabled = True
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, JobStarted):
+            self.pause_button.disabled = False
             f = event.figures
             if f.processed_records:
                 self.message.value = (
