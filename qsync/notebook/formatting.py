@@ -37,7 +37,7 @@ def usd_axis(axis: Axis) -> None:
 def column_formatter(name: str, values: pd.Series) -> Formatter:
     """A formatter chosen by the column's name and type: dollars, counts, seconds, text."""
     lowered = name.lower()
-    if "usd" in lowered or lowered in ("cost", "$"):
+    if "usd" in lowered or "$" in lowered or lowered == "cost":
         return usd
     if lowered.endswith("_s") or lowered == "seconds":
         return lambda v: number(v, 1)
@@ -70,7 +70,7 @@ def frame_html(
     if frame.empty:
         return f"<p class='qsync-empty'><i>{html.escape(empty)}</i></p>"
     formats = dict(formats or {})
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    head = "".join(f"<th style='padding:2px 12px'>{html.escape(str(c))}</th>" for c in frame.columns)
     fmts = [formats.get(str(c)) or column_formatter(str(c), frame[c]) for c in frame.columns]
     rows = []
     for values in frame.itertuples(index=False):
@@ -79,8 +79,8 @@ def frame_html(
             text = fmt(value)
             if len(text) > max_chars:
                 text = text[: max_chars - 1] + "…"
-            align = "right" if text[:1].isdigit() or text[:1] in "$<-+" else "left"
-            cells.append(f"<td style='text-align:{align}'>{html.escape(text)}</td>")
+            align = "right" if text[:1].isdigit() or text[:1] in "$<-+—" else "left"
+            cells.append(f"<td style='text-align:{align};padding:2px 12px'>{html.escape(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (
         f"<table class='{css}' style='border-collapse:collapse;font-size:12px'>"

@@ -26,7 +26,7 @@ PAGE_SIZE = 20
 _STATUSES = ["all", "failed", "pending", "running", "done"]
 _COLUMNS = {"batch_no": "batch", "status": "status", "records": "records", "skipped_records": "skipped",
             "attempts": "attempts", "last_error": "last error", "embedded_texts": "embedded",
-            "cache_hits": "cache hits", "tokens": "tokens", "cost_usd": "cost_usd", "duration_s": "duration_s"}  # fmt: skip
+            "cache_hits": "cache hits", "tokens": "tokens", "cost_usd": "cost ($)", "duration_s": "seconds"}  # fmt: skip
 _REFRESH_S = 0.5
 
 

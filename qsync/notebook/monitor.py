@@ -239,9 +239,13 @@ class JobMonitor:
             title += f" — {figures.batches_failed} failed batch{'es' if figures.batches_failed != 1 else ''}"
         left.set(title=title, xlabel=unit, ylim=(0, max(1, figures.total_records) * 1.05))
         left.legend(loc="upper left", fontsize=8)
-        right.plot(times, rates, color="tab:orange")
-        right.set(title="throughput (records/s, last 30 s)", xlabel=unit)
-        right.set_ylim(bottom=0)
+        if all(math.isnan(r) for r in rates):  # no rate yet: a sentence, not an empty frame with odd axes
+            right.text(0.5, 0.5, "measuring the rate…", ha="center", va="center", transform=right.transAxes)
+            right.set(xticks=[], yticks=[], title="throughput (records/s)")
+        else:
+            right.plot(times, rates, color="tab:orange")
+            right.set(title="throughput (records/s, last 30 s)", xlabel=unit)
+            right.set_ylim(bottom=0)
         self.plot.outputs = figure_output(fig)
 
     # -- fed by the runner's events ------------------------------------------------------------------
@@ -289,6 +293,7 @@ class JobMonitor:
         """Follow a job (the newest when none is named) by reading the ledger every `interval_s`, until it
         is no longer running."""
         monitor = cls(job, db)
+        monitor.label.value = f"<i>reading {html.escape(job or 'the newest job')}…</i>"
         monitor.follow(job, interval_s)
         return monitor
 
