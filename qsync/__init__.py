@@ -11,7 +11,6 @@ from .api import (
     open_job,
     prepare,
     resume_job,
-    run,
     run_job,
     skipped,
     status,
@@ -29,9 +28,12 @@ from .errors import (
     StoreLocked,
     TransientError,
 )
+from .estimates import estimate_vs_actual, record_estimate, recorded_estimate
 from .events import BatchFinished, JobFinished, JobStarted, Notice, Progress
 from .figures import JobFigures
 from .runner import RunResult
+from .search import search
+from .session import JobHandle, active_run, run, start
 from .sink import POINT_ID_NAMESPACE, point_id
 from .sources import Columns, DataFrameSource, FileSource, SqlSource
 from .spec import KEEP, EmbedderSpec, JobSpec, RunSettings, build_spec
@@ -52,6 +54,7 @@ __all__ = [
     "HashingEmbedder",
     "JobFigures",
     "JobFinished",
+    "JobHandle",
     "JobSpec",
     "JobStarted",
     "LeaseHeld",
@@ -69,6 +72,7 @@ __all__ = [
     "StoreLocked",
     "TransientError",
     "VerifyReport",
+    "active_run",
     "batch_records",
     "batches",
     "build_spec",
@@ -77,15 +81,20 @@ __all__ = [
     "cost_over_time",
     "create_job",
     "estimate",
+    "estimate_vs_actual",
     "jobs",
     "make_runner",
     "open_job",
     "point_id",
     "prepare",
+    "record_estimate",
+    "recorded_estimate",
     "resume_job",
     "run",
     "run_job",
+    "search",
     "skipped",
+    "start",
     "status",
     "verify",
 ]

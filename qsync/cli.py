@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job")
     _add_db(cancel)
 
+    search = sub.add_parser("search", help="the records of a job's collection nearest to a text")
+    search.add_argument("job")
+    search.add_argument("text")
+    search.add_argument("--limit", type=int, default=10, help="how many records (default 10)")
+    _add_db(search)
+    _add_json(search)
+
     demo = sub.add_parser("demo", help="offline demo: a backfill that is SIGKILLed part-way and resumed")
     demo.add_argument("--dir", default="qsync-demo", help="where the demo writes (default ./qsync-demo)")
     demo.add_argument("--source", help="default: the WordNet sample in data/")
@@ -332,6 +339,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK if report.ok else EXIT_ERROR
     if command == "cancel":
         print(f"{args.job}: {api.cancel(args.job, db=args.db)}")
+        return EXIT_OK
+    if command == "search":
+        from .search import search
+
+        _print_frame(search(args.job, args.text, limit=args.limit, db=args.db), args.json)
         return EXIT_OK
     if command == "demo":
         from .demo import run_demo

@@ -143,5 +143,9 @@ class FailOnceEmbedder(HashingEmbedder):
         return super().embed(texts)
 
 
-def fail_once_factory(dimensions: int | None = None, latency_s: float = 0.0, word: str = "violin") -> FailOnceEmbedder:
-    return FailOnceEmbedder(dimensions=dimensions or 64, latency_s=latency_s, word=word)
+def fail_once_factory(
+    dimensions: int | None = None, latency_s: float | None = None, word: str = "violin"
+) -> FailOnceEmbedder:
+    """`latency_s` defaults to $QSYNC_TEST_LATENCY (the browser test slows the notebook's runs this way)."""
+    latency = float(os.environ.get("QSYNC_TEST_LATENCY", "0")) if latency_s is None else latency_s
+    return FailOnceEmbedder(dimensions=dimensions or 64, latency_s=latency, word=word)

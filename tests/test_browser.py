@@ -62,6 +62,7 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         QSYNC_NB_DIMENSIONS="64",
         QSYNC_NB_EMBEDDER="qsync_testing:fail_once_factory",  # refuses the batch mentioning "violin", once
         QSYNC_TEST_FAIL_ONCE=str(tmp_path / "failed-once"),
+        QSYNC_TEST_LATENCY="0.4",  # a run lasts long enough to pause it and restart the kernel under it
     )
     env.pop("QSYNC_NB_AUTOSTART", None)
     log = (tmp_path / "jupyterlab.log").open("w")
@@ -83,26 +84,37 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
                 raise RuntimeError(f"JupyterLab did not start: {(tmp_path / 'jupyterlab.log').read_text()}") from None
             time.sleep(0.3)
     try:
-        yield f"{base}/lab/tree/notebooks/{{}}?reset&token={token}", tmp_path
+        yield f"{base}/lab/tree/notebooks/{{}}?reset&token={token}", tmp_path, root
     finally:
         server.terminate()
         server.wait(timeout=30)
         log.close()
 
 
+_KERNEL_IDLE = """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+    return k && k.status === 'idle'; }"""
+
+
 def _open_and_run_all(page: Page, url: str) -> None:
     page.goto(url)
-    page.wait_for_function(
-        """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-                   const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
-                   return k && k.status === 'idle'; }""",
-        timeout=60_000,
-    )
+    _run_all(page)
+
+
+def _run_all(page: Page) -> None:
+    page.wait_for_function(_KERNEL_IDLE, timeout=60_000)
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
 
+def _restart_kernel(page: Page) -> None:
+    """What Kernel > Restart does, without its confirmation dialog."""
+    page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()")
+    page.wait_for_timeout(1000)
+    page.wait_for_function(_KERNEL_IDLE, timeout=60_000)
+
+
 def test_launch_watch_inspect_and_resume_in_a_real_browser(jupyterlab: tuple[str, Path]) -> None:
-    url, tmp = jupyterlab
+    url, tmp, root = jupyterlab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert sync_playwright is not None and CHROMIUM is not None
     with sync_playwright() as playwright:
@@ -114,7 +126,7 @@ def test_launch_watch_inspect_and_resume_in_a_real_browser(jupyterlab: tuple[str
             expect(start).to_be_visible(timeout=60_000)
             start.click()
             status = page.locator(".qsync-status").first
-            expect(status).to_contain_text(re.compile(r": failed —"), timeout=120_000)  # refused once, for real
+            expect(status).to_contain_text(re.compile(r"· failed ·"), timeout=120_000)  # refused once, for real
             expect(page.locator(".qsync-message").first).to_contain_text("1 batch failed")
             page.screenshot(path=str(ARTIFACTS / "01-after-start-one-batch-failed.png"), full_page=True)
 
@@ -122,10 +134,11 @@ def test_launch_watch_inspect_and_resume_in_a_real_browser(jupyterlab: tuple[str
             inspect = browser.new_page(viewport={"width": 1400, "height": 1000})
             _open_and_run_all(inspect, url.format("02_inspect_batches.ipynb"))
             table = inspect.locator(".qsync-batches").first
-            expect(table).to_contain_text("refused a batch mentioning 'violin'", timeout=60_000)
+            expect(inspect.locator(".qsync-batch-summary").first).to_contain_text("1 failed", timeout=60_000)
+            expect(inspect.locator(".qsync-page").first).to_contain_text("page 1 of 3")
             inspect.locator(".qsync-filter select").first.select_option("failed")
             expect(table.locator("tbody tr")).to_have_count(1, timeout=30_000)
-            expect(table).to_contain_text("failed")
+            expect(table).to_contain_text("refused a batch mentioning 'violin'")
             inspect.screenshot(path=str(ARTIFACTS / "02-inspector-failed-batch.png"), full_page=True)
             inspect.close()
 
@@ -135,9 +148,62 @@ def test_launch_watch_inspect_and_resume_in_a_real_browser(jupyterlab: tuple[str
             resume.click()
             bar = page.locator(".qsync-progress .progress-bar").first
             expect(bar).to_have_attribute("style", re.compile(r"width: 100%"), timeout=120_000)
-            expect(status).to_contain_text(re.compile(r": completed —"), timeout=30_000)
+            expect(status).to_contain_text(re.compile(r"· completed ·"), timeout=30_000)
             expect(page.locator(".qsync-message").first).to_contain_text("completed", timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "03-resumed-progress-100.png"), full_page=True)
+            expect(page.locator(".qsync-searchbox").first).to_be_visible()
+            page.locator(".qsync-search-text input").first.fill("a musical instrument with strings")
+            page.locator("button.qsync-search").first.click()
+            expect(page.locator(".qsync-search-results").first).to_contain_text("musical instrument", timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "04-search-after-completion.png"), full_page=True)
+
+            # A re-sync: every text changed, so the job NAME#2 has work; Pause answers within a second.
+            sample = root / "data" / "wordnet_sample.jsonl"
+            lines = [json.loads(line) for line in sample.read_text().splitlines()]
+            sample.write_text("".join(json.dumps({**r, "text": r["text"] + " (revised)"}) + "\n" for r in lines))
+            start.click()
+            expect(page.locator(".qsync-message").first).to_contain_text("planning", timeout=1_000)
+            expect(status).to_contain_text("wordnet:wordnet_sample#2", timeout=60_000)
+            expect(status).to_contain_text(re.compile(r"· running ·"), timeout=60_000)
+            page.wait_for_timeout(1500)
+            clicked = time.monotonic()
+            page.locator("button.qsync-pause").click()
+            expect(status).to_contain_text("pausing", timeout=1_000)
+            assert time.monotonic() - clicked < 1.5  # the click itself, then the answer
+            expect(page.locator(".qsync-message").first).to_contain_text("in flight", timeout=1_000)
+            page.screenshot(path=str(ARTIFACTS / "05-pause-feedback.png"), full_page=True)
+            expect(status).to_contain_text(re.compile(r"· paused ·"), timeout=60_000)
+
+            # Resume, then restart the kernel while the re-sync runs; Run All; Start resumes NAME#2.
+            resume.click()
+            expect(status).to_contain_text(re.compile(r"· running ·"), timeout=30_000)
+            _restart_kernel(page)
+            _run_all(page)
+            message = page.locator(".qsync-message").first
+            expect(message).to_contain_text("wordnet:wordnet_sample#2", timeout=60_000)
+            expect(message).to_contain_text("already done", timeout=10_000)
+            page.locator(".qsync-launcher").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "06-after-kernel-restart-rerun.png"), full_page=True)
+            page.locator("button.qsync-start").click()
+            expect(status).to_contain_text(re.compile(r"wordnet:wordnet_sample#2 · completed"), timeout=120_000)
+            page.locator(".qsync-launcher").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "07-resync-resumed-completed.png"), full_page=True)
+
+            # 03: the job picker (newest first) and the estimate recorded at plan time beside the actual.
+            costs = browser.new_page(viewport={"width": 1400, "height": 1000})
+            _open_and_run_all(costs, url.format("03_cost_analysis.ipynb"))
+            picker = costs.locator(".qsync-job-picker select").first
+            expect(picker).to_be_visible(timeout=60_000)
+            expect(picker.locator("option")).to_have_count(2)
+            expect(picker.locator("option").first).to_contain_text("wordnet:wordnet_sample#2")
+            versus = costs.locator(".qsync-estimate").first
+            expect(versus).to_contain_text("estimate (plan time)", timeout=60_000)
+            expect(versus).to_contain_text("actual")
+            expect(costs.locator(".qsync-what-if").first).to_contain_text("Batch Mode")
+            costs.screenshot(path=str(ARTIFACTS / "08-costs-estimate-vs-actual.png"), full_page=True)
+            picker.select_option(index=1)
+            expect(versus).to_contain_text("estimate (plan time)", timeout=30_000)
+            costs.close()
         finally:
             page.screenshot(path=str(ARTIFACTS / "last-state.png"), full_page=True)
             browser.close()
@@ -145,3 +211,4 @@ def test_launch_watch_inspect_and_resume_in_a_real_browser(jupyterlab: tuple[str
 
     info = qsync.status(db=tmp / "nb.duckdb")
     assert info["status"] == "completed" and info["processed_records"] == 5000
+    assert sorted(qsync.jobs(db=tmp / "nb.duckdb")["job"]) == ["wordnet:wordnet_sample", "wordnet:wordnet_sample#2"]

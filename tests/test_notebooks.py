@@ -5,17 +5,31 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from qsync_testing import REPO, make_records, qdrant_points, qsync_cmd, qsync_env, wait_for, write_records
+from qsync_testing import (
+    REPO,
+    make_records,
+    qdrant_points,
+    qsync_cmd,
+    qsync_env,
+    run_qsync,
+    wait_for,
+    write_records,
+)
 
 import qsync
 from qsync.embedders.hashing import hash_vector
-from qsync.notebook import BatchInspector, CostPanel, JobMonitor, Launcher
+from qsync.formatting import usd
+from qsync.notebook import BatchInspector, CostPanel, JobMonitor, Launcher, RateMeter
+from qsync.notebook.formatting import humanize
+from qsync.notebook.launcher import parse_budget
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -43,75 +57,229 @@ def _text(nb: nbformat.NotebookNode) -> str:
     return "\n".join(parts)
 
 
+def _widget_text(nb: nbformat.NotebookNode) -> str:
+    """Outputs plus the widget state nbclient stores (HTML widgets' values live there)."""
+    import json
+
+    return _text(nb) + json.dumps(nb.metadata.get("widgets", {}))
+
+
 def test_every_notebook_runs_top_to_bottom_headless(tmp_path: Path) -> None:
-    env = {"QSYNC_NB_DB": str(tmp_path / "nb.duckdb"), "QSYNC_NB_AUTOSTART": "1", "QSYNC_NB_DIMENSIONS": "64"}
-    first = _execute("01_backfill.ipynb", env)
+    env = {"QSYNC_NB_DB": str(tmp_path / "nb.duckdb"), "QSYNC_NB_DIMENSIONS": "64"}
+    # Before any job exists, 02 and 03 say so in a sentence (no StoreError traceback).
+    empty = _widget_text(_execute("02_inspect_batches.ipynb", env))
+    assert "No jobs in" in empty and "Traceback" not in empty and "StoreError" not in empty
+    assert "No jobs in" in _widget_text(_execute("03_cost_analysis.ipynb", env))
+    first = _execute("01_backfill.ipynb", {**env, "QSYNC_NB_AUTOSTART": "1"})
     assert "status='completed'" in _text(first)
     info = qsync.status(db=tmp_path / "nb.duckdb")
     assert info["status"] == "completed" and info["processed_records"] == 5000
-    second = _execute("02_inspect_batches.ipynb", env)
-    assert "wordnet:wordnet_sample" in _text(second) and "batch_no" in _text(second)
+    assert "score" in _widget_text(first), "01 searches the collection once the job completed"
+    second = _widget_text(_execute("02_inspect_batches.ipynb", env))
+    assert "wordnet:wordnet_sample" in second and "page 1 of 3" in second and "NaN" not in second
     third = _execute("03_cost_analysis.ipynb", env)
-    assert "cost_usd_batch_mode" in _text(third)
+    text = _widget_text(third)
+    assert "estimate (plan time)" in text and "Batch Mode" in text and "cost_usd_batch_mode" in text
     images = [o for c in third.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, "03 draws its plot"
 
 
 def _launcher(tmp_path: Path, n: int = 1500, **defaults: Any) -> Launcher:
     src = tmp_path / "src.jsonl"
-    write_records(src, make_records(n))
+    if not src.exists():
+        write_records(src, make_records(n))
     return Launcher(source=str(src), collection="c", db=tmp_path / "q.duckdb", dimensions=32, batch_size=50,
                     concurrency=2, **defaults)  # fmt: skip
 
 
-def test_start_pause_resume_from_the_widgets(tmp_path: Path) -> None:
+def test_the_form_offers_the_source_columns_and_only_the_embedders_fields(tmp_path: Path) -> None:
+    launcher = _launcher(tmp_path)
+    assert launcher.id_column.value == "id" and launcher.text_column.value == "text"
+    assert set(launcher.payload_columns.options) == {"id", "text", "n"} and launcher.payload_columns.value == ()
+    assert launcher.gemini_fields.layout.display == "none", "no model or rate fields for the hashing embedder"
+    launcher.embedder.value = "gemini"
+    assert launcher.gemini_fields.layout.display == ""
+    assert parse_budget("") is None and parse_budget(" $2.50 ") == 2.5
+    with pytest.raises(ValueError, match="empty for no cap"):
+        parse_budget("0")
+
+
+def test_start_pause_resume_from_the_widgets_answer_at_once(tmp_path: Path) -> None:
     launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
+    launcher.payload_columns.value = ("n",)
+    started = time.monotonic()
     launcher.start_button.click()
+    assert time.monotonic() - started < 1.0 and "planning" in launcher.message.value
+    assert launcher.monitor.job == "c:src", "the monitor shows the job being started, never the previous one"
     db = tmp_path / "q.duckdb"
-    wait_for(lambda: qsync.status(db=db)["processed_records"] >= 200, timeout=60)
+    wait_for(lambda: db.exists() and qsync.status(db=db)["processed_records"] >= 200, timeout=60)
+    clicked = time.monotonic()
     launcher.pause_button.click()
+    assert time.monotonic() - clicked < 1.0
+    assert "in flight" in launcher.message.value or launcher.message.value.startswith("Pausing")
+    assert "pausing" in launcher.monitor.label.value
     result = launcher.wait(30)
     assert result is not None and result.status == "paused"
     info = qsync.status(db=db)
     assert info["status"] == "paused" and info["batches_running"] == 0 and info["processed_records"] < 1500
-    assert not launcher.resume_button.disabled and "paused" in launcher.monitor.label.value
+    assert not launcher.resume_button.disabled and "Press <b>Resume</b>" in launcher.message.value
+    history = len(launcher.monitor._history)
     launcher.resume_button.click()
+    assert "Resuming" in launcher.message.value
     result = launcher.wait(60)
     assert result is not None and result.ok
+    assert len(launcher.monitor._history) > history, "the plot keeps its history across Pause and Resume"
     assert launcher.monitor.progress.value == launcher.monitor.progress.max == 1500
-    assert "completed" in launcher.monitor.label.value
+    assert "completed" in launcher.monitor.label.value and "completed" in launcher.message.value
+    assert launcher.message.value.count("completed") == 1, "a message is said once"
     assert launcher.monitor.plot.outputs and "image/png" in launcher.monitor.plot.outputs[0]["data"]
-    assert qsync.status(db=db)["processed_records"] == 1500
+    assert launcher.search.widget.layout.display == "", "a search box once the job completed"
+    launcher.search.query.value = "text 7 violin maple river"
+    launcher.search.button.click()
+    assert "r7" in launcher.search.results.value
 
 
-def test_stop_cancels_within_a_batch(tmp_path: Path) -> None:
+def test_cancel_asks_first_and_differs_from_pause(tmp_path: Path) -> None:
     launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
     launcher.start_button.click()
-    wait_for(lambda: qsync.status(db=tmp_path / "q.duckdb")["processed_records"] >= 100, timeout=60)
-    launcher.stop_button.click()
+    wait_for(lambda: (tmp_path / "q.duckdb").exists() and
+             qsync.status(db=tmp_path / "q.duckdb")["processed_records"] >= 100, timeout=60)  # fmt: skip
+    launcher.cancel_button.click()
+    assert launcher.confirm.layout.display == "" and "cannot be resumed" in launcher.confirm_text.value
+    launcher.confirm_no.click()
+    assert launcher.confirm.layout.display == "none" and launcher.handle is not None and launcher.handle.running
+    launcher.cancel_button.click()
+    launcher.confirm_yes.click()
+    assert "ancelling" in launcher.message.value
     result = launcher.wait(30)
     assert result is not None and result.status == "cancelled"
+    assert "qsync cancel" not in launcher.message.value and "was cancelled" in launcher.message.value
 
 
-def test_the_inspector_shows_a_failed_batch_and_retries_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rerun_notebook_finds_its_job_and_a_resync_resumes_as_itself(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    first = _launcher(tmp_path, n=600)
+    first.payload_columns.value = ("n",)
+    first.budget.value = "3"
+    first.start()
+    assert first.wait(60) is not None
+    # A re-sync (c:src#2) paused part-way, as a kernel restart would leave it after the notebook re-ran.
+    write_records(tmp_path / "src.jsonl", make_records(1500, prefix="changed"))
+    second = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
+    assert second.payload_columns.value == ("n",) and second.budget.value == "3", "the form shows the stored job"
+    second.start()
+    wait_for(lambda: second.job == "c:src#2" and qsync.status("c:src#2", db=db)["processed_records"] >= 200, 60)
+    second.pause()
+    assert second.wait(30).status == "paused"  # type: ignore[union-attr]
+    third = _launcher(tmp_path, embedder_options={"latency_s": 0.05})  # Run All after a kernel restart
+    assert third.job == "c:src#2" and not third.resume_button.disabled
+    assert "already done" in third.message.value and "already paid" in third.message.value
+    third.start_button.click()
+    result = third.wait(60)
+    assert result is not None and result.job_id == "c:src#2" and result.ok, "Start resumed the re-sync, not #3"
+    assert "Resuming" in third.message.value or "completed" in third.message.value
+    assert sorted(qsync.jobs(db=db)["job"]) == ["c:src", "c:src#2"]
+
+
+def test_a_form_that_differs_from_the_unfinished_job_offers_two_ways_on(tmp_path: Path) -> None:
+    launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
+    launcher.start()
+    wait_for(lambda: launcher.job and qsync.status(launcher.job, db=tmp_path / "q.duckdb")["processed_records"], 60)
+    launcher.pause()
+    launcher.wait(30)
+    launcher.dimensions.value = 48
+    launcher.start()
+    launcher.wait(30)
+    assert launcher.mismatch.layout.display == ""
+    text = launcher.mismatch_text.value
+    assert "dimensions: the job has 32, this form has 48" in text and "Resume as stored" in text and "--" not in text
+    launcher.as_stored_button.click()
+    assert launcher.dimensions.value == 32
+    result = launcher.wait(60)
+    assert result is not None and result.ok and result.job_id == "c:src"
+
+
+def test_the_inspector_pages_filters_shows_a_failed_batch_and_retries_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("QSYNC_TEST_FAIL_ONCE", str(tmp_path / "failed-once"))
+    empty = BatchInspector(db=tmp_path / "q.duckdb")
+    assert "No jobs in" in empty.picker.empty.value and empty.body.layout.display == "none"
     launcher = _launcher(tmp_path, n=600, embedder="qsync_testing:fail_once_factory",
                          embedder_options={"word": "text 321 "})  # fmt: skip
     launcher.start()
     result = launcher.wait(60)
     assert result is not None and result.status == "failed"
-    inspector = BatchInspector(result.job_id, db=tmp_path / "q.duckdb")
+    assert "1 failed batch" in launcher.monitor.label.value and "Press <b>Resume</b>" in launcher.message.value
+    inspector = BatchInspector(db=tmp_path / "q.duckdb", page_size=5)
+    assert inspector.job == result.job_id and "page 1 of 3" in inspector.page_label.value
+    inspector.next_button.click()
+    assert "page 2 of 3" in inspector.page_label.value
     inspector.status.value = "failed"
-    assert "refused a batch mentioning" in inspector.table.value and inspector.selected.options == (6,)
-    inspector.selected.value = (6,)
+    assert "refused a batch mentioning" in inspector.table.value and "NaN" not in inspector.table.value
+    assert inspector.batch_no.value == 6 and inspector.retry_button.description == "Retry 1 failed batch"
+    inspector.show_button.click()
     assert "text 321 " in inspector.records.value
     inspector.retry(wait=True)
     assert inspector.result is not None and inspector.result.ok
+    assert "No batches match" in inspector.table.value, "the retried batch left the failed filter by itself"
     assert qsync.status(result.job_id, db=tmp_path / "q.duckdb")["status"] == "completed"
-    inspector.status.value = "all"
-    assert "failed" not in inspector.frame()["status"].tolist()
     panel = CostPanel(result.job_id, db=tmp_path / "q.duckdb")
-    assert "cache_saved_tokens" in panel.summary.value and panel.plot.outputs
+    assert "estimate (plan time)" in panel.versus.value and "resumes did not redo" in panel.summary.value
+    assert "Batch Mode" in panel.what_if.value and panel.plot.outputs
+
+
+def test_rate_and_eta_do_not_jump_after_resume() -> None:
+    meter = RateMeter(window_s=30, min_span_s=4)
+    for t in range(61):
+        meter.add(float(t), 50 * t)  # 50 records/s
+    assert meter.rate() == pytest.approx(50)
+    meter.restart(100.0, 3000)  # Resume: the first seconds finish the batches in flight together
+    meter.add(100.5, 3400)
+    assert meter.rate() is None, "no rate from a burst"
+    for t in range(1, 31):
+        meter.add(100.0 + t, 3400 + 50 * t)
+    assert meter.rate() == pytest.approx(50, rel=0.3)
+    assert meter.eta_s(1000) == pytest.approx(1000 / meter.rate())  # type: ignore[operator]
+
+
+def test_dollars_read_the_same_everywhere() -> None:
+    assert [usd(x) for x in (0, 0.00821025, 1.815e-05, 0.013390949999999999, 2.5, 1234.5, None)] == [
+        "$0", "$0.0082", "$0.000018", "$0.013", "$2.50", "$1,234.50", "—"
+    ]  # fmt: skip
+    assert humanize("resume it (`qsync resume j`) or use --dimensions 768") == (
+        "resume it (press Resume) or use set Dimensions to 768"
+    )
+
+
+def test_search_and_background_runs_from_a_cell(tmp_path: Path) -> None:
+    src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(800))
+    handle = qsync.run(src, background=True, db=db, collection="c", dimensions=32, batch_size=50,
+                       payload_columns=["n"], embedder_options={"latency_s": 0.05})  # fmt: skip
+    assert isinstance(handle, qsync.JobHandle) and handle.job_id == "c:src"
+    wait_for(lambda: handle.figures is not None and handle.figures.processed_records > 0, timeout=60)
+    handle.pause()
+    result = handle.wait(30)
+    assert result is not None and result.status == "paused"
+    again = qsync.start(src, db=db, collection="c", dimensions=32, batch_size=50, payload_columns=["n"])
+    assert again.job_id == "c:src" and again.wait(60).ok  # type: ignore[union-attr]
+    assert qsync.recorded_estimate("c:src", db=db) is not None
+    found = qsync.search("c:src", "text 7 violin maple river", limit=3, db=db)
+    assert list(found.columns) == ["score", "id", "n", "text"] and found["id"].iloc[0] == "r7"
+    out = run_qsync("search", "c:src", "text 7 violin maple river", "--limit", "2", "--db", str(db), "--json")
+    assert out.returncode == 0, out.stderr
+    import json
+
+    assert next(r["id"] for r in json.loads(out.stdout)) == "r7"
+
+
+def test_the_emulator_cli_offers_its_faults() -> None:
+    out = subprocess.run([sys.executable, "-m", "qsync.emulator", "--help"], capture_output=True, text=True,
+                         env=qsync_env(), check=True)  # fmt: skip
+    for option in ("--server-error-rate", "--texts-per-minute", "--tokens-per-minute", "--slow-rate",
+                   "--reset-rate", "--invalid-key", "--texts-per-day"):  # fmt: skip
+        assert option in out.stdout
 
 
 def test_attach_follows_a_job_run_by_the_cli(tmp_path: Path) -> None:

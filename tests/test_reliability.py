@@ -181,6 +181,8 @@ def test_the_key_never_lands_in_notebook_output(tmp_path: Path, emulator: Gemini
     text = nbformat.writes(nb)
     assert "status='completed'" in text
     assert SECRET not in text
+    query = "a musical instrument with strings"  # 01 searches the collection once the job completed
+    assert emulator.texts_embedded.pop(query) == 1
     assert collections.Counter(emulator.texts_embedded.values())[1] == 300
 
 

@@ -1,0 +1,22 @@
+"""JupyterLab widgets over the runner's events and the DuckDB ledger (install the `notebook` extra).
+
+    from qsync.notebook import Launcher, JobMonitor, BatchInspector, CostPanel
+    Launcher(source="data/wordnet_sample.jsonl", collection="wordnet")  # Start / Pause / Resume / Cancel
+    JobMonitor.attach("wordnet:wordnet_sample")                          # follow a job run elsewhere
+    BatchInspector(db="qsync.duckdb")                                    # pick a job, page its batches
+    CostPanel(db="qsync.duckdb")                                         # estimate vs actual, what-if
+
+Modules: formatting (tables, plots, messages), monitor, picker, launcher, inspector, costs, search.
+Jobs run in background threads, so the kernel stays free; widgets change from those threads only by
+trait assignment, and plots are PNGs set as an Output's `outputs`. The core package never imports this.
+"""
+
+from .costs import CostPanel
+from .formatting import show
+from .inspector import BatchInspector
+from .launcher import Launcher
+from .monitor import JobMonitor, RateMeter
+from .picker import JobPicker
+from .search import SearchBox
+
+__all__ = ["BatchInspector", "CostPanel", "JobMonitor", "JobPicker", "Launcher", "RateMeter", "SearchBox", "show"]

@@ -1,0 +1,192 @@
+"""Exploratory cost analysis of a job: the estimate recorded when it was planned beside what it spent,
+what the cache and resumes saved, a what-if table for the same records (model, dimensions, standard or
+Batch Mode, Qdrant storage), tokens per batch and cost over time. Dollars everywhere through `usd`."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .. import api, costs, estimates
+from ..errors import QsyncError
+from ..formatting import count, duration, gigabytes, number, percent, usd
+from ..pricing import _table, default_limits
+from ..ratelimit import SAFETY
+from ..spec import JobSpec
+from ..store import open_store
+from .formatting import error_html, figure_output, frame_html, usd_axis
+from .picker import JobPicker
+
+# Qdrant's sizing rule of thumb: float32 vectors times 1.5 for the index, payload and overhead.
+_BYTES_PER_DIMENSION = 4 * 1.5
+_WHAT_IF_DIMENSIONS = (768, 1536, 3072)
+
+
+def embedding_models() -> list[str]:
+    """The embedding models the pricing table prices (standard and Batch Mode)."""
+    models: dict[str, Any] = _table().get("models", {})
+    return [m for m, info in models.items() if "batch_usd_per_million_tokens" in info and "embedding" in m]
+
+
+def storage_gb(points: int, dimensions: int) -> float:
+    return points * dimensions * _BYTES_PER_DIMENSION / 1024**3
+
+
+def what_if(tokens: int, texts: int, points: int) -> pd.DataFrame:
+    """Dollars, minutes and Qdrant storage of embedding `texts` texts of `tokens` tokens into `points`
+    points, for each priced model, a few dimensions, standard and Batch Mode."""
+    texts_limit, tokens_limit = (x * SAFETY for x in default_limits())
+    minutes = max(texts / texts_limit, tokens / tokens_limit) if texts else 0.0
+    rows = []
+    for model in embedding_models():
+        info = _table()["models"][model]
+        for dims in _WHAT_IF_DIMENSIONS:
+            if dims > int(info.get("full_dimensions", 3072)):
+                continue
+            for mode, key in (("standard", "usd_per_million_tokens"), ("Batch Mode", "batch_usd_per_million_tokens")):
+                rows.append({
+                    "model": model, "dimensions": dims, "mode": mode,
+                    "cost_usd": tokens * float(info[key]) / 1e6,
+                    "time": duration(minutes * 60) if mode == "standard" else "within 24 h",
+                    "qdrant_storage": gigabytes(storage_gb(points, dims)),
+                })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+class CostPanel:
+    """`CostPanel(db=DB)`: a job picker, then the job's costs. `CostPanel(JOB, db=DB)` opens JOB."""
+
+    def __init__(self, job: str | None = None, db: str | Path | None = None) -> None:
+        self.db = db
+        self.job: str | None = None
+        self.versus = widgets.HTML()
+        self.versus.add_class("qsync-estimate")
+        self.summary = widgets.HTML()
+        self.summary.add_class("qsync-cost-summary")
+        self.what_if = widgets.HTML()
+        self.what_if.add_class("qsync-what-if")
+        self.plot = widgets.Output()
+        self.plot.add_class("qsync-plot")
+        self.refresh_button = widgets.Button(description="Refresh", icon="sync", layout={"width": "100px"})
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.body = widgets.VBox([
+            widgets.HTML("<h4 style='margin:6px 0'>Estimate at plan time and actual</h4>"), self.versus,
+            widgets.HTML("<h4 style='margin:6px 0'>Spent and saved</h4>"), self.summary, self.plot,
+            widgets.HTML("<h4 style='margin:6px 0'>What if: the same records with another model or mode</h4>"),
+            self.what_if, self.refresh_button,
+        ])  # fmt: skip
+        self.picker = JobPicker(db, job, on_change=self.open)
+        self.widget = widgets.VBox([self.picker.widget, self.body])
+        self.widget.add_class("qsync-costs")
+        if self.job is None:
+            self.open(self.picker.job)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def open(self, job: str | None) -> None:
+        self.job = job
+        self.body.layout.display = "" if job else "none"
+        if job:
+            self.refresh()
+
+    def refresh(self) -> None:
+        if self.job is None:
+            return
+        try:
+            self._render(self.job)
+        except QsyncError as exc:
+            self.summary.value = error_html(str(exc))
+
+    def _render(self, job: str) -> None:
+        versus = estimates.estimate_vs_actual(job, db=self.db)
+        recorded = estimates.recorded_estimate(job, db=self.db)
+        if versus.empty or recorded is None:
+            self.versus.value = (
+                f"<p><i>No estimate was recorded when {html.escape(job)} was planned (it was planned from a terminal "
+                "or by a script). Jobs started from the Launcher or <code>qsync.start</code> record one.</i></p>"
+            )
+        else:
+            fmt: dict[str, Callable[[Any], str]] = {"tokens": count, "cost_usd": usd, "minutes": lambda m: number(m, 1)}
+            shown = pd.DataFrame({
+                "": ["tokens", "cost", "minutes of work"],
+                "estimate (plan time)": [fmt[f](e) for f, e in zip(versus["figure"], versus["estimate"], strict=True)],
+                "actual": [fmt[f](a) for f, a in zip(versus["figure"], versus["actual"], strict=True)],
+                "error": [percent(e) for e in versus["error_pct"]],
+            })  # fmt: skip
+            when = pd.Timestamp(recorded["recorded_at"]).strftime("%Y-%m-%d %H:%M")
+            self.versus.value = frame_html(shown, css="qsync-table qsync-versus") + (
+                f"<p><small>estimated {when} for {count(recorded['texts_to_embed'])} texts to embed "
+                f"({count(recorded['cached_texts'])} already cached); {html.escape(str(recorded['tokens_basis']))}; "
+                f"priced at {usd(recorded['price_usd_per_million_tokens'])} per 1M tokens. Error: estimate minus "
+                "actual, in % of the actual.</small></p>"
+            )
+        spent = costs.cost(job, db=self.db).iloc[0]
+        rows = [
+            ("spent", usd(spent["cost_usd"])), ("tokens", count(spent["tokens"])),
+            ("texts embedded (paid)", count(spent["texts_embedded"])),
+            ("cache hits (not paid)", f"{count(spent['cache_hits'])} texts, {usd(spent['cache_saved_usd'])} saved"),
+            ("records resumes did not redo", f"{count(spent['resume_skipped_records'])}, "
+                                             f"{usd(spent['resume_saved_usd'])} saved"),
+            ("runs", count(spent["runs"])),
+            ("budget", usd(spent["max_cost_usd"]) if pd.notna(spent["max_cost_usd"]) else "no cap"),
+            ("price per 1M tokens", usd(spent["price_usd_per_million_tokens"])),
+        ]  # fmt: skip
+        self.summary.value = frame_html(pd.DataFrame(rows, columns=["", "value"]), css="qsync-table qsync-spent")
+        self._what_if(job, recorded)
+        self._draw(job)
+
+    def _what_if(self, job: str, recorded: dict[str, Any] | None) -> None:
+        store = open_store(self._db(), writable=False)
+        rows = store.query_rows(
+            "SELECT count(*), count(DISTINCT content_hash), coalesce(sum(token_estimate), 0) FROM manifest "
+            "WHERE job_id = ?", [job]
+        )  # fmt: skip
+        records, texts, byte_tokens = (int(x) for x in rows[0])
+        config = json.loads(store.query_rows("SELECT config FROM jobs WHERE job_id = ?", [job])[0][0])
+        spec = JobSpec.from_dict(config, job_id=job)
+        info = api.status(job, db=self.db)
+        points = int(info["loaded_records"]) + int(info["unchanged_records"]) + int(info["remaining_records"])
+        # Gemini's own count when the job is Gemini's and was estimated; else ~4 bytes per token.
+        tokens = int(recorded["tokens"]) if recorded and spec.embedder.kind == "gemini" else byte_tokens
+        if not records:
+            self.what_if.value = "<p><i>This job embeds no records (all unchanged or skipped).</i></p>"
+            return
+        self.what_if.value = frame_html(what_if(tokens, texts, points), css="qsync-table qsync-what-if-table") + (
+            f"<p><small>{count(records)} records ({count(texts)} distinct texts, ~{count(tokens)} tokens, cache not "
+            f"counted), {count(points)} points in Qdrant. Time at the default rate limits; storage: float32 vectors "
+            "x 1.5 for the index and payload (Qdrant's rule of thumb).</small></p>"
+        )
+
+    def _db(self) -> Path:
+        from ..config import resolve_db
+
+        return resolve_db(self.db)
+
+    def _draw(self, job: str) -> None:
+        batches = api.batches(job, db=self.db)
+        over_time = costs.cost_over_time(job, db=self.db)
+        if batches.empty or over_time.empty:
+            self.plot.outputs = ({"output_type": "display_data", "metadata": {}, "data": {
+                "text/html": "<p><i>No batch has finished yet: nothing to plot.</i></p>",
+                "text/plain": "No batch has finished yet: nothing to plot."}},)  # fmt: skip
+            return
+        # A bare Figure (not pyplot) draws off-screen without touching the kernel's matplotlib backend.
+        fig = Figure(figsize=(9, 2.6))
+        left, right = fig.subplots(1, 2)
+        done = batches[batches["status"] == "done"]
+        left.bar(done["batch_no"], done["tokens"], color="tab:blue", width=1.0)
+        left.set(title="tokens per batch", xlabel="batch")
+        elapsed = (over_time["finished_at"] - over_time["finished_at"].iloc[0]).dt.total_seconds() / 60
+        right.step(elapsed, over_time["cumulative_cost_usd"], where="post", color="tab:green")
+        right.set(title="cost over the run", xlabel="minutes since the first batch", ylabel="spent")
+        usd_axis(right.yaxis)
+        right.set_ylim(bottom=0)
+        self.plot.outputs = figure_output(fig)

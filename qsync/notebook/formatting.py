@@ -1,0 +1,129 @@
+"""How the widgets show things: tables as HTML with every number formatted, plots as PNG outputs, money
+through `qsync.formatting.usd` (also on plot axes), and messages in the words of buttons and fields."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+from matplotlib.axis import Axis
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from ..formatting import MISSING, count, duration, number, usd
+
+Formatter = Callable[[Any], str]
+
+
+def figure_output(fig: Figure) -> tuple[dict[str, Any], ...]:
+    """A figure as an Output widget's `outputs` (safe to set from any thread, unlike `with out:`)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return ({"output_type": "display_data", "data": {"image/png": data, "text/plain": "<plot>"}, "metadata": {}},)
+
+
+def usd_axis(axis: Axis) -> None:
+    """Tick labels in dollars, with the same precision rules as every other dollar figure."""
+    axis.set_major_formatter(FuncFormatter(lambda value, _: usd(value)))
+
+
+def column_formatter(name: str, values: pd.Series) -> Formatter:
+    """A formatter chosen by the column's name and type: dollars, counts, seconds, text."""
+    lowered = name.lower()
+    if "usd" in lowered or "$" in lowered or lowered == "cost":
+        return usd
+    if lowered.endswith("_s") or lowered == "seconds":
+        return lambda v: number(v, 1)
+    if pd.api.types.is_bool_dtype(values):
+        return lambda v: MISSING if _missing(v) else ("yes" if v else "no")
+    if pd.api.types.is_integer_dtype(values) or (
+        pd.api.types.is_float_dtype(values) and values.dropna().apply(float.is_integer).all()
+    ):
+        return count
+    if pd.api.types.is_float_dtype(values):
+        return lambda v: number(v, 2)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return lambda v: MISSING if _missing(v) else pd.Timestamp(v).strftime("%Y-%m-%d %H:%M:%S")
+    return lambda v: MISSING if _missing(v) else str(v)
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def frame_html(
+    frame: pd.DataFrame, empty: str = "Nothing to show.", formats: Mapping[str, Formatter] | None = None,
+    max_chars: int = 120, css: str = "qsync-table",
+) -> str:  # fmt: skip
+    """A DataFrame as an HTML table: numbers formatted (dollars, separators), `—` for missing, long
+    text cut to `max_chars`; an empty frame is the sentence `empty`."""
+    if frame.empty:
+        return f"<p class='qsync-empty'><i>{html.escape(empty)}</i></p>"
+    formats = dict(formats or {})
+    head = "".join(f"<th style='padding:2px 12px'>{html.escape(str(c))}</th>" for c in frame.columns)
+    fmts = [formats.get(str(c)) or column_formatter(str(c), frame[c]) for c in frame.columns]
+    rows = []
+    for values in frame.itertuples(index=False):
+        cells = []
+        for fmt, value in zip(fmts, values, strict=True):
+            text = fmt(value)
+            if len(text) > max_chars:
+                text = text[: max_chars - 1] + "…"
+            align = "right" if text[:1].isdigit() or text[:1] in "$<-+—" else "left"
+            cells.append(f"<td style='text-align:{align};padding:2px 12px'>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        f"<table class='{css}' style='border-collapse:collapse;font-size:12px'>"
+        f"<thead><tr style='text-align:left'>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def show(frame: pd.DataFrame, empty: str = "Nothing to show.") -> widgets.HTML:
+    """A DataFrame for a notebook cell: formatted numbers, dollars as dollars, no NaN or None."""
+    return widgets.HTML(frame_html(frame, empty))
+
+
+_CLI_ADVICE: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
+    (re.compile(r"`?qsync resume [^`;,)]+`?( continues)?"), "press Resume"),
+    (re.compile(r"`?qsync cancel [^`;,)]+`?"), "Cancel job"),
+    (re.compile(r"resume the job to continue"), "press Resume to continue"),
+    (re.compile(r"--dimensions (\d+)"), r"set Dimensions to \1"),
+    (re.compile(r"--distance (\w+)"), r"use \1 distance"),
+    (re.compile(r"--qdrant-url"), "a Qdrant server URL"),
+    (re.compile(r"--qdrant-path"), "another Qdrant folder"),
+    (re.compile(r"--price-per-million"), "a price per million tokens"),
+    (re.compile(r"--max-cost-usd"), "the Budget field"),
+    (re.compile(r"pass --db / set QSYNC_DB"), "check the DB path"),
+    (re.compile(r"--([a-z][a-z-]+)"), lambda m: f"the {m.group(1).replace('-', ' ')} setting"),
+]
+
+
+def humanize(message: str | None) -> str:
+    """A message from the core, with terminal advice (`qsync resume …`, `--dimensions 768`) put in the
+    words of the notebook's buttons and fields."""
+    text = message or ""
+    for pattern, replacement in _CLI_ADVICE:
+        text = pattern.sub(replacement, text)
+    return re.sub(r"\$(\d+\.\d{4,})", lambda m: usd(float(m.group(1))), text)
+
+
+def error_html(text: str) -> str:
+    return f"<span style='color:#b00020'>{html.escape(humanize(text))}</span>"
+
+
+def css_class(widget: widgets.Widget, name: str) -> widgets.Widget:
+    widget.add_class(name)
+    return widget
+
+
+__all__ = ["count", "duration", "figure_output", "frame_html", "humanize", "number", "show", "usd", "usd_axis"]

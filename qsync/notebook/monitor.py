@@ -1,0 +1,340 @@
+"""The progress of one job: a bar, records, a smoothed rate and ETA, failed batches, cost; plots of
+records and throughput over time that keep their history across Pause and Resume.
+
+Fed by the runner's events when the job runs in this kernel, or by reading the ledger (`attach`) when it
+runs elsewhere (another notebook, `qsync run` in a terminal). Widgets change only through trait
+assignments (safe from the runner's threads), a few times a second at most; plots are PNG outputs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import html
+import math
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+from matplotlib.figure import Figure
+
+from .. import api
+from ..errors import QsyncError
+from ..events import BatchFinished, Event, JobFinished, JobStarted, Notice, Progress
+from ..figures import JobFigures
+from ..formatting import count, duration, number, usd
+from .formatting import figure_output, humanize
+
+_MIN_REDRAW_S = 0.3
+_PLOT_EVERY_S = 1.0
+
+
+class RateMeter:
+    """Records per second over the last `window_s` of one run, so the rate neither jumps when a run starts
+    with a burst of batches finishing together nor counts the records done before a Resume."""
+
+    def __init__(self, window_s: float = 30.0, min_span_s: float = 4.0) -> None:
+        self.window_s = window_s
+        self.min_span_s = min_span_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def restart(self, t: float, done: int) -> None:
+        """A new run (Start, Resume, attach): earlier samples say nothing about this run's pace."""
+        self._samples = deque([(t, done)])
+
+    def add(self, t: float, done: int) -> None:
+        if not self._samples:
+            self._samples.append((t, done))
+            return
+        self._samples.append((t, done))
+        while len(self._samples) > 2 and self._samples[1][0] <= t - self.window_s:
+            self._samples.popleft()
+
+    def rate(self) -> float | None:
+        """None until the run has gone on for `min_span_s` (a rate from one burst would mislead)."""
+        if len(self._samples) < 2:
+            return None
+        (t0, d0), (t1, d1) = self._samples[0], self._samples[-1]
+        if t1 - t0 < self.min_span_s:
+            return None
+        return max(0.0, (d1 - d0) / (t1 - t0))
+
+    def eta_s(self, remaining: int) -> float | None:
+        rate = self.rate()
+        if remaining <= 0:
+            return 0.0
+        return remaining / rate if rate else None
+
+
+@dataclass
+class _Point:
+    t: float  # seconds since the monitor first saw the job
+    processed: int
+    skipped: int
+    rate: float | None  # smoothed, as shown at that moment
+    new_run: bool  # first point of a run: the plot breaks the line here (the pause between runs)
+
+
+class JobMonitor:
+    """Progress of one job. `JobMonitor(job, db)` as a listener of a run, or `JobMonitor.attach(job, db)`."""
+
+    def __init__(self, job: str | None = None, db: str | Path | None = None, *, show_messages: bool = True) -> None:
+        self.job = job
+        self.db = db
+        self.show_messages = show_messages  # the Launcher shows a run's messages itself, once
+        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout={"width": "420px"})
+        self.progress.add_class("qsync-progress")
+        self.label = widgets.HTML("")
+        self.label.add_class("qsync-status")
+        self.cost = widgets.HTML("")
+        self.cost.add_class("qsync-cost")
+        self.notice = widgets.HTML("")
+        self.notice.add_class("qsync-notice")
+        self.plot = widgets.Output()
+        self.plot.add_class("qsync-plot")
+        self.widget = widgets.VBox([widgets.HBox([self.progress]), self.label, self.cost, self.notice, self.plot])
+        self.widget.add_class("qsync-monitor")
+        self.meter = RateMeter()
+        self.figures: JobFigures | None = None
+        self.status = ""
+        self._history: list[_Point] = []
+        self._origin: float | None = None
+        self._new_run = True
+        self._last_show = 0.0
+        self._last_draw = 0.0
+        self._lock = threading.Lock()
+        self._poller: threading.Thread | None = None
+        self._stop_polling = threading.Event()
+        if job is None:
+            self.label.value = "<i>No job yet.</i>"
+        else:
+            self.label.value = f"<b>{html.escape(job)}</b> · waiting to start"
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # -- what is shown -------------------------------------------------------------------------------
+
+    def reset(self, job: str, status: str = "starting…") -> None:
+        """Show another job from scratch: never the previous job's figures under the new job's name."""
+        with self._lock:
+            self.job, self.figures, self.status = job, None, status
+            self._history, self._origin, self._new_run = [], None, True
+            self.meter = RateMeter()
+        with self.progress.hold_trait_notifications():
+            self.progress.value, self.progress.max = 0, 1
+        self.label.value = f"<b>{html.escape(job)}</b> · {html.escape(status)}"
+        self.cost.value = self.notice.value = ""
+        self.plot.outputs = ()
+
+    def set_status(self, status: str) -> None:
+        """A status shown at once (e.g. "pausing after the 3 batches in flight…"), before the job says so."""
+        self.status = status
+        if self.figures is not None:
+            self._render(self.figures, status)
+        elif self.job:
+            self.label.value = f"<b>{html.escape(self.job)}</b> · {html.escape(status)}"
+
+    def new_run(self) -> None:
+        """The next figures start a new run (Resume after Pause): the rate restarts, the history stays."""
+        self._new_run = True
+
+    def show(self, figures: JobFigures, status: str, *, force: bool = False, live: bool = True) -> None:
+        """Figures of the job at this moment. `live`: part of a run, so they feed the rate and the plot."""
+        now = time.monotonic()
+        if not force and now - self._last_show < _MIN_REDRAW_S:
+            return  # a few updates a second at most: widget traffic must not slow the job
+        self._last_show = now
+        with self._lock:
+            self.figures, self.status = figures, status
+            if live:
+                if self._origin is None:
+                    self._origin = now
+                t = now - self._origin
+                if self._new_run:
+                    self.meter.restart(t, figures.processed_records)
+                else:
+                    self.meter.add(t, figures.processed_records)
+                self._history.append(_Point(t, figures.processed_records, figures.skipped_records,
+                                            self.meter.rate(), self._new_run))  # fmt: skip
+                self._new_run = False
+        self._render(figures, status)
+        if force or now - self._last_draw >= _PLOT_EVERY_S:
+            self._last_draw = now
+            self._draw()
+
+    def _render(self, f: JobFigures, status: str) -> None:
+        total, done = f.total_records, f.processed_records
+        with self.progress.hold_trait_notifications():
+            self.progress.max = max(1, total)
+            self.progress.value = min(done, max(1, total))
+        parts = [f"<b>{html.escape(f.job)}</b> · <b>{html.escape(status)}</b>"]
+        if total == 0 or f.batches_total == 0:
+            parts.append(self._nothing_to_do(f))
+            self.label.value = " · ".join(parts)
+            self.cost.value = ""
+            return
+        parts.append(
+            f"{count(done)} / {count(total)} records ({count(f.loaded_records)} loaded, "
+            f"{count(f.skipped_records)} skipped, {count(f.unchanged_records)} unchanged)"
+        )
+        running = status == "running" or status.startswith(("pausing", "cancelling", "resuming"))
+        if running:
+            rate = self.meter.rate()
+            if rate is None:
+                parts.append("measuring the rate…")
+            else:
+                eta = self.meter.eta_s(f.remaining_records)
+                parts.append(f"{number(rate)} records/s" + (f" · about {duration(eta)} left" if eta else ""))
+        failed = f.batches_failed
+        failed_html = f"{failed} failed batch{'es' if failed != 1 else ''}"
+        parts.append(f"<span style='color:#b00020'>{failed_html}</span>" if failed else failed_html)
+        self.label.value = " · ".join(parts)
+        budget = f" of a {usd(f.max_cost_usd)} budget" if f.max_cost_usd is not None else " (no budget cap)"
+        self.cost.value = f"spent <b>{usd(f.cost_usd)}</b>{budget} · {count(f.tokens)} tokens"
+
+    @staticmethod
+    def _nothing_to_do(f: JobFigures) -> str:
+        if f.total_records == 0:
+            return "the source has no records"
+        return (
+            f"nothing to embed: {count(f.unchanged_records)} records unchanged since the last sync, "
+            f"{count(f.skipped_records)} skipped"
+        )
+
+    def _draw(self) -> None:
+        with self._lock:
+            history = list(self._history)
+            figures = self.figures
+        if figures is None or figures.batches_total == 0 or len(history) < 2 or history[-1].t <= history[0].t:
+            return  # an empty job, or a single moment: nothing worth a plot
+        minutes = history[-1].t > 180
+        scale = 60.0 if minutes else 1.0
+        times: list[float] = []
+        processed: list[float] = []
+        skipped: list[float] = []
+        rates: list[float] = []
+        for point in history:
+            if point.new_run and times:  # the pause between two runs: a gap, not a slope
+                times.append(math.nan)
+                processed.append(math.nan)
+                skipped.append(math.nan)
+                rates.append(math.nan)
+            times.append(point.t / scale)
+            processed.append(point.processed)
+            skipped.append(point.skipped)
+            rates.append(math.nan if point.rate is None else point.rate)
+        unit = "minutes" if minutes else "seconds"
+        # A bare Figure (not pyplot) draws off-screen without touching the kernel's matplotlib backend.
+        fig = Figure(figsize=(9, 2.4))
+        left, right = fig.subplots(1, 2)
+        left.plot(times, processed, label="processed")
+        left.plot(times, skipped, color="tab:red", label=f"skipped ({count(figures.skipped_records)})")
+        title = "records"
+        if figures.batches_failed:
+            title += f" — {figures.batches_failed} failed batch{'es' if figures.batches_failed != 1 else ''}"
+        left.set(title=title, xlabel=unit, ylim=(0, max(1, figures.total_records) * 1.05))
+        left.legend(loc="upper left", fontsize=8)
+        if all(math.isnan(r) for r in rates):  # no rate yet: a sentence, not an empty frame with odd axes
+            right.text(0.5, 0.5, "measuring the rate…", ha="center", va="center", transform=right.transAxes)
+            right.set(xticks=[], yticks=[], title="throughput (records/s)")
+        else:
+            right.plot(times, rates, color="tab:orange")
+            right.set(title="throughput (records/s, last 30 s)", xlabel=unit)
+            right.set_ylim(bottom=0)
+        self.plot.outputs = figure_output(fig)
+
+    # -- fed by the runner's events ------------------------------------------------------------------
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, JobStarted):
+            if self.job != event.job_id:
+                self.reset(event.job_id)
+            self.new_run()
+            self.notice.value = ""
+            self.show(event.figures, "running", force=True)
+        elif isinstance(event, Progress):
+            self.show(event.figures, self.status if self.status.endswith("…") else "running")
+        elif isinstance(event, JobFinished):
+            if event.figures is not None:
+                self.show(event.figures, event.status, force=True)
+            else:
+                self.set_status(event.status)
+            if event.message and self.show_messages:
+                self.notice.value = f"<small>{html.escape(humanize(event.message))}</small>"
+        elif isinstance(event, Notice):
+            self.notice.value = f"<small>{html.escape(humanize(event.text))}</small>"
+        elif isinstance(event, BatchFinished) and event.outcome == "failed":
+            self.notice.value = (
+                f"<small style='color:#b00020'>batch {event.batch_no} failed: "
+                f"{html.escape(humanize(event.error or ''))}</small>"
+            )
+
+    # -- a job run elsewhere ---------------------------------------------------------------------------
+
+    def load(self, job: str) -> JobFigures | None:
+        """Show a job's figures as stored (no rate, no plot): what a re-run notebook finds."""
+        try:
+            info = api.status(job, db=self.db)
+        except QsyncError as exc:
+            self.label.value = html.escape(humanize(str(exc)))
+            return None
+        self.reset(job, info["status"])
+        figures = JobFigures.from_row(info)
+        self.show(figures, figures.status, force=True, live=False)
+        return figures
+
+    @classmethod
+    def attach(cls, job: str | None = None, db: str | Path | None = None, interval_s: float = 1.0) -> JobMonitor:
+        """Follow a job (the newest when none is named) by reading the ledger every `interval_s`, until it
+        is no longer running."""
+        monitor = cls(job, db)
+        monitor.label.value = f"<i>reading {html.escape(job or 'the newest job')}…</i>"
+        monitor.follow(job, interval_s)
+        return monitor
+
+    def follow(self, job: str | None, interval_s: float = 1.0) -> None:
+        self.stop()
+        self._stop_polling = threading.Event()
+        self._poller = threading.Thread(target=self._poll, args=(job, interval_s), daemon=True)
+        _pollers.add(self)
+        self._poller.start()
+
+    def _poll(self, job: str | None, interval_s: float) -> None:
+        first = True
+        while not self._stop_polling.is_set():
+            try:
+                info = api.status(job, db=self.db)
+            except QsyncError as exc:
+                self.label.value = html.escape(humanize(str(exc)))
+            else:
+                if info["job"] != self.job:
+                    self.reset(info["job"])
+                figures = JobFigures.from_row(info)
+                live = figures.status == "running"
+                if first:
+                    self.new_run()
+                    first = False
+                self.show(figures, figures.status, force=True, live=live)
+                if figures.status not in ("running", "planned"):
+                    return
+            self._stop_polling.wait(interval_s)
+
+    def stop(self, wait_s: float = 5.0) -> None:
+        self._stop_polling.set()
+        if self._poller is not None and self._poller is not threading.current_thread():
+            self._poller.join(wait_s)
+
+
+_pollers: weakref.WeakSet[JobMonitor] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_pollers() -> None:
+    # A poller still inside DuckDB or matplotlib while the interpreter tears down can abort the process.
+    for monitor in list(_pollers):
+        monitor.stop()

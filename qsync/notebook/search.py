@@ -1,0 +1,55 @@
+"""A search box over a job's collection: type a text, see the nearest records (`qsync.search`)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..errors import QsyncError
+from ..search import search
+from .formatting import error_html, frame_html
+
+
+class SearchBox:
+    def __init__(self, job: str | None = None, db: str | Path | None = None, limit: int = 10) -> None:
+        self.job = job
+        self.db = db
+        self.title = widgets.HTML("")
+        self.query = widgets.Text(placeholder="type a text to find the records nearest to it",
+                                  layout={"width": "520px"})  # fmt: skip
+        self.query.add_class("qsync-search-text")
+        self.limit = widgets.BoundedIntText(limit, min=1, max=100, description="Results", layout={"width": "150px"},
+                                            style={"description_width": "60px"})  # fmt: skip
+        self.button = widgets.Button(description="Search", icon="search", button_style="info")
+        self.button.add_class("qsync-search")
+        self.results = widgets.HTML("")
+        self.results.add_class("qsync-search-results")
+        self.button.on_click(lambda _: self.run())
+        self.query.on_submit(lambda _: self.run())
+        self.widget = widgets.VBox([self.title, widgets.HBox([self.query, self.limit, self.button]), self.results])
+        self.widget.add_class("qsync-searchbox")
+        self.set_job(job)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def set_job(self, job: str | None) -> None:
+        self.job = job
+        self.results.value = ""
+        self.title.value = f"<b>Search {html.escape(job)}</b>" if job else ""
+
+    def run(self) -> None:
+        if not self.job:
+            self.results.value = "<i>No job to search yet.</i>"
+            return
+        self.results.value = "<i>searching…</i>"
+        try:
+            found = search(self.job, self.query.value, limit=self.limit.value, db=self.db)
+        except QsyncError as exc:
+            self.results.value = error_html(str(exc))
+            return
+        found["score"] = found["score"].map(lambda s: f"{s:.3f}")
+        self.results.value = frame_html(found, "No records found: is the collection empty?", max_chars=160)

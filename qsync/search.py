@@ -1,0 +1,73 @@
+"""Search a job's collection with a text: the question the backfill was for.
+
+    qsync.search("wordnet:wordnet_sample", "a musical instrument with strings", limit=5)
+
+The text is embedded by the job's own embedder (same model and dimensions; Gemini with the query task
+type, RETRIEVAL_QUERY, as the documents were embedded with RETRIEVAL_DOCUMENT) and looked up in the
+job's own collection through its sink, so the vectors compared were made the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import resolve_db
+from .embedders.base import build_embedder
+from .errors import ConfigError
+from .sink import QdrantSink
+from .spec import EmbedderSpec, JobSpec
+from .store import open_store
+
+PathLike = str | os.PathLike[str]
+QUERY_TASK = "RETRIEVAL_QUERY"
+
+
+def query_embedder_spec(spec: EmbedderSpec) -> EmbedderSpec:
+    """The job's embedder, set to embed a query: Gemini's query task type; any other embedder as is."""
+    return replace(spec, task_type=QUERY_TASK) if spec.kind == "gemini" else spec
+
+
+def search(job: str, text: str, limit: int = 10, db: PathLike | None = None) -> pd.DataFrame:
+    """The `limit` records of the job's collection nearest to `text`, best first: `score`, `id`, the
+    job's payload columns, and the `text` that was embedded for each record."""
+    if not text.strip():
+        raise ConfigError("type something to search for")
+    if limit < 1:
+        raise ConfigError(f"limit must be at least 1, not {limit}")
+    path = resolve_db(db)
+    store = open_store(path, writable=False)
+    rows = store.query_rows("SELECT config, collection, source FROM jobs WHERE job_id = ?", [job])
+    if not rows:
+        from .errors import JobNotFound
+
+        raise JobNotFound(f"no job named {job!r} in {path}")
+    spec = JobSpec.from_dict(json.loads(rows[0][0]), job_id=job, collection=rows[0][1], source=rows[0][2])
+    embedder = build_embedder(query_embedder_spec(spec.embedder))
+    vector = np.asarray(embedder.embed([text]).vectors[0], dtype=np.float32)
+    sink = QdrantSink(spec.sink, spec.collection, embedder.dimensions, spec.collection_options)
+    try:
+        hits = sink.query(vector, limit)
+    finally:
+        sink.close()
+    id_column, payload_columns = spec.columns.id_column, list(spec.columns.payload_columns)
+    records: list[dict[str, Any]] = []
+    for hit in hits:
+        record: dict[str, Any] = {"score": hit.score, "id": hit.payload.get(id_column, hit.point_id)}
+        record.update({c: hit.payload.get(c) for c in payload_columns if c != id_column})
+        records.append(record)
+    frame = pd.DataFrame(records, columns=["score", "id", *[c for c in payload_columns if c != id_column]])
+    if not frame.empty:
+        frame["id"] = frame["id"].astype(str)
+        texts = dict(store.query_rows(
+            f"SELECT record_id, any_value(text) FROM manifest WHERE job_id IN (SELECT job_id FROM jobs WHERE "
+            f"collection = ?) AND record_id IN ({', '.join('?' * len(frame))}) GROUP BY record_id",
+            [spec.collection, *frame["id"]],
+        ))  # fmt: skip
+        frame["text"] = [texts.get(i) for i in frame["id"]]
+    return frame
