@@ -122,7 +122,10 @@ class Runner:
             with heartbeat:
                 try:
                     retrier.call(self.sink.ensure_collection)  # waits, with backoff, for a Qdrant that is away
-                except (QsyncError, Interrupted) as exc:
+                except Interrupted:  # paused (or cancelled) while waiting for Qdrant: nothing was done yet
+                    state = JobState.CANCELLED if self.control.cancelled else JobState.PAUSED
+                    return self._finish(lease, state, f"{state.value} before the collection was ready", tally, started)
+                except QsyncError as exc:
                     return self._finish(lease, JobState.FAILED, f"Qdrant refused the collection: {exc}", tally, started)
                 self._count_unconfirmed(checkpoint)
                 figures = job_figures(self.store, self.clock, self.job_id)

@@ -190,3 +190,16 @@ def test_listeners_see_start_progress_and_finish(tmp_path: Path) -> None:
     progress = [e for e in events if isinstance(e, qsync.Progress)]
     assert [p.done_records for p in progress][-1] == 200
     assert all(a.done_records <= b.done_records for a, b in itertools.pairwise(progress))
+
+
+def test_a_pause_while_waiting_for_qdrant_leaves_the_job_paused_not_failed(tmp_path: Path) -> None:
+    _, db = _plan(tmp_path, n=100)
+    stored = _runner(db, embedder=RecordingEmbedder())
+    away = QdrantSink(SinkSpec(url="http://127.0.0.1:9"), "c", 32)  # a Qdrant server that is not there
+    slow_retries = RunSettings(concurrency=2, retry_base_s=5.0, retry_max_s=5.0, heartbeat_s=0.2)
+    runner = Runner(stored.store, "j", stored.spec, stored.embedder, away, slow_retries, None,
+                    stored.embedder_signature)  # fmt: skip
+    threading.Timer(0.5, runner.request_stop).start()
+    result = runner.run()
+    assert result.status == "paused", result.message
+    assert qsync.status("j", db=db)["status"] == "paused"
