@@ -143,7 +143,7 @@ def main() -> None:
         "records": args.records,
         "dimensions": args.dimensions,
         "concurrency": args.concurrency,
-        "qdrant": args.qdrant_path or "local folder",
+        "qdrant": args.qdrant_path or "Qdrant Edge shard",
         "status": result.status,
         "first_run_records_per_s": round(first_rate),
         "killed_at_records": before["processed_records"],
@@ -165,6 +165,7 @@ def main() -> None:
         "texts_embedded_twice": after["embedded_texts"] - (after["total_records"] - after["skipped_records"]),
         "cache_hits_on_resume": after["cache_hits"],
         "duckdb_file_mb": round(db.stat().st_size / 2**20),
+        "vector_file_mb": round(db.with_suffix(".vectors").stat().st_size / 2**20),
     }
     print(json.dumps(report, indent=2))
 
