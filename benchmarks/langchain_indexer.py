@@ -29,6 +29,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -197,10 +198,45 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5, help="kills per tool, each at a random moment")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--qsync-concurrency", default="4,1", help="qsync runs to measure, by --concurrency")
+    parser.add_argument(
+        "--speed-rounds", type=int, default=0,
+        help="instead of kills: this many rounds of one full run per tool, tools alternating within a round",
+    )  # fmt: skip
     args = parser.parse_args()
     tools = ["langchain", *(f"qsync-c{c}" for c in args.qsync_concurrency.split(","))]
+    if args.speed_rounds:
+        print(json.dumps(speed(tools, args.records, args.latency, args.speed_rounds), indent=2))
+        return
     results = [measure(tool, args.records, args.latency, args.kill_at, args.trials, args.seed) for tool in tools]
     print(json.dumps({"records": args.records, "emulator_latency_s": args.latency, "results": results}, indent=2))
+
+
+def speed(tools: list[str], n: int, latency_s: float, rounds: int) -> dict[str, Any]:
+    """Full runs only, tools alternating in every round (the machine's noise falls on each alike); records/s
+    and the process CPU each run used."""
+    root = Path(tempfile.mkdtemp(prefix="qsync-vs-speed-"))
+    source = root / "records.parquet"
+    make_records(source, n)
+    rates: dict[str, list[float]] = {tool: [] for tool in tools}
+    cpu: dict[str, list[float]] = {tool: [] for tool in tools}
+    with EmulatorProcess(latency_s=latency_s) as emulator:
+        env = {**os.environ, **emulator.env(), "EMULATOR_URL": emulator.url}
+        for round_no in range(rounds):
+            for tool in tools:
+                work = root / f"{tool}-{round_no}"
+                work.mkdir()
+                before = os.times()
+                elapsed, _ = run(command_for(tool, source, work), env, emulator, None)
+                after = os.times()
+                rates[tool].append(round(n / elapsed, 1))
+                cpu[tool].append(round(after.children_user + after.children_system
+                                       - before.children_user - before.children_system, 2))  # fmt: skip
+    return {
+        "records": n, "emulator_latency_s": latency_s, "rounds": rounds,
+        "records_per_s": {t: {"median": statistics.median(r), "min": min(r), "max": max(r), "runs": r}
+                          for t, r in rates.items()},
+        "cpu_s_per_run": {t: {"median": statistics.median(c), "runs": c} for t, c in cpu.items()},
+    }  # fmt: skip
 
 
 if __name__ == "__main__":
