@@ -10,7 +10,9 @@ It answers what qsync's Gemini code calls, under /v1 and /v1beta: `models/{m}:ba
 `batches/{id}` to poll it. Vectors are deterministic (seeded by model and text), so a test can recompute
 the vector any text must have. Faults are real HTTP answers shaped like Google's: 429 RESOURCE_EXHAUSTED
 with or without RetryInfo, a per-day quota 429, 5xx at a set rate, 400 API_KEY_INVALID, 400 for a request
-over 100 texts or 4 MiB or a text over 2,048 tokens, answers slower than a client's timeout, and
+over 100 texts or 4 MiB or a text over the model's limit (gemini-embedding-001: 2,048 tokens;
+gemini-embedding-2: 8,192, with the task as an instruction in the text: a `taskType` is accepted and
+ignored, as observed on the real API), answers slower than a client's timeout, and
 connections closed without an answer.
 """
 
@@ -35,7 +37,14 @@ import numpy as np
 FULL_DIMENSIONS = 3072
 MAX_TEXTS_PER_REQUEST = 100
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-MAX_TOKENS_PER_TEXT = 2048
+MAX_TOKENS_PER_TEXT = 2048  # gemini-embedding-001
+# Per model: input token limit, and USD per 1M tokens (standard, Batch Mode), as Google documents them.
+# Kept apart from qsync's pricing.json on purpose: a test comparing the two checks qsync's table.
+MODEL_TOKEN_LIMITS = {"gemini-embedding-001": MAX_TOKENS_PER_TEXT, "gemini-embedding-2": 8192}
+MODEL_PRICES = {"gemini-embedding-001": (0.15, 0.075), "gemini-embedding-2": (0.20, 0.10)}
+# Models that take their task as an instruction in the input: they accept `taskType` and ignore it
+# (observed: identical embeddings for every value, mteb PR #4851), and answer usage per modality.
+INSTRUCTION_MODELS = frozenset({"gemini-embedding-2"})
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 STATS_PATH = "/emulator/stats"  # counters for a client in another process (benchmarks); not a Gemini method
 _ROUTE = re.compile(r"^/(v1|v1beta)/(models/[^:/]+|batches/[^:/]+)(?::(\w+))?$")
@@ -101,6 +110,10 @@ class GeminiEmulator:
     # Counters a test reads.
     texts_embedded: Counter[str] = field(default_factory=Counter)
     tokens_metered: int = 0
+    tokens_by_model: Counter[str] = field(default_factory=Counter)
+    usd_metered: float = 0.0  # what the tokens cost at each model's price (Batch Mode at its price)
+    task_types_ignored: int = 0  # requests to an instruction model that carried a taskType anyway
+    received: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=500))  # recent embed requests
     requests: Counter[str] = field(default_factory=Counter)
     in_progress: Counter[str] = field(default_factory=Counter)  # requests received and not yet answered
 
@@ -239,13 +252,18 @@ class GeminiEmulator:
         if len(requests) > MAX_TEXTS_PER_REQUEST:
             return 400, _error(400, "INVALID_ARGUMENT", "* BatchEmbedContentsRequest.requests: at most 100 requests")
         texts = ["".join(p.get("text", "") for p in r.get("content", {}).get("parts", [])) for r in requests]
+        limit = MODEL_TOKEN_LIMITS.get(model, MAX_TOKENS_PER_TEXT)
         for i, text in enumerate(texts):
             if any(p in text for p in self.poison):
                 return 400, _error(400, "INVALID_ARGUMENT", f"* BatchEmbedContentsRequest.requests[{i}]: "
                                    "content contains an unsupported sequence")  # fmt: skip
-            if count_tokens(text) > MAX_TOKENS_PER_TEXT:
+            if count_tokens(text) > limit:
                 return 400, _error(400, "INVALID_ARGUMENT", f"* BatchEmbedContentsRequest.requests[{i}]: input "
-                                   f"token count is {count_tokens(text)} but the model supports up to 2048")  # fmt: skip
+                                   f"token count is {count_tokens(text)} but the model supports up to {limit}")  # fmt: skip
+        with self._lock:
+            self.received.extend({**r, "resource": model} for r in requests)  # as sent, + whose URL
+            if model in INSTRUCTION_MODELS:
+                self.task_types_ignored += sum(1 for r in requests if "taskType" in r or "task_type" in r)
         tokens = sum(count_tokens(t) for t in texts)
         limited = self._admit(len(texts), tokens)
         if limited is not None:
@@ -254,14 +272,23 @@ class GeminiEmulator:
             {"values": _answer_values(model, t, r.get("outputDimensionality"))}
             for t, r in zip(texts, requests, strict=True)
         ]
-        with self._lock:
-            self.texts_embedded.update(texts)
-            self.tokens_metered += tokens
+        self._meter(model, texts, tokens, batch_mode=False)
         # embedContent answers one `embedding`; batchEmbedContents a list of `embeddings`.
         answer: dict[str, Any] = {"embedding": embeddings[0]} if single else {"embeddings": embeddings}
         if self.usage_metadata:
-            answer["usageMetadata"] = {"promptTokenCount": tokens, "totalTokenCount": tokens}
+            usage: dict[str, Any] = {"promptTokenCount": tokens, "totalTokenCount": tokens}
+            if model in INSTRUCTION_MODELS:  # EmbeddingUsageMetadata: the documented (singular) name
+                usage["promptTokenDetails"] = [{"modality": "TEXT", "tokenCount": tokens}]
+            answer["usageMetadata"] = usage
         return 200, answer
+
+    def _meter(self, model: str, texts: list[str], tokens: int, *, batch_mode: bool) -> None:
+        standard, batch = MODEL_PRICES.get(model, (0.0, 0.0))
+        with self._lock:
+            self.texts_embedded.update(texts)
+            self.tokens_metered += tokens
+            self.tokens_by_model[model] += tokens
+            self.usd_metered += tokens * (batch if batch_mode else standard) / 1e6
 
     def _admit(self, texts: int, tokens: int) -> tuple[int, dict[str, Any]] | None:
         """Per-minute (sliding window) and per-day limits; each text counts as one request, as on Gemini."""
@@ -339,9 +366,7 @@ class GeminiEmulator:
                         job["model"], t, r.get("outputDimensionality"))}}, "metadata": r0.get("metadata", {})}
                     for t, r, r0 in zip(texts, inner, job["requests"], strict=True)
                 ]  # fmt: skip
-                with self._lock:
-                    self.texts_embedded.update(texts)
-                    self.tokens_metered += sum(tokens)
+                self._meter(job["model"], texts, sum(tokens), batch_mode=True)
             state["output"] = {"inlinedEmbedContentResponses": {"inlinedResponses": job["output"]}}
         return state
 

@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..pricing import default_limits, model_info, price_per_million
 from .base import EmbedResult, Vectors
+from .instructions import DOCUMENT_TASK, check_task, instruct, overhead_bytes, takes_instructions
 
 DEFAULT_MODEL = "gemini-embedding-001"
 # Batch Mode embeddings are marked experimental in the SDK; qsync uses them knowingly.
@@ -46,6 +47,18 @@ def api_key_from_env() -> str | None:
 
 def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text.encode("utf-8")) / 4))
+
+
+def default_task(model: str) -> str:
+    """The record-side task of a model: the document instruction, or the RETRIEVAL_DOCUMENT task type."""
+    return DOCUMENT_TASK if takes_instructions(model) else "RETRIEVAL_DOCUMENT"
+
+
+def text_token_limit(model: str, task: str) -> int:
+    """Tokens a record's own text may have: the model's input limit, less what its instruction takes
+    (the limit counts the whole input; estimated at ~4 bytes per token like the plan's counts)."""
+    limit = int(model_info(model).get("max_text_tokens", 2048))
+    return limit - math.ceil(overhead_bytes(task) / 4) if takes_instructions(model) else limit
 
 
 class GeminiClient:
@@ -123,7 +136,7 @@ class GeminiEmbedder:
         self,
         dimensions: int = 768,
         model: str = DEFAULT_MODEL,
-        task_type: str = "RETRIEVAL_DOCUMENT",
+        task_type: str | None = None,  # None: the model's record-side task (see default_task)
         price_per_million_tokens: float | None = None,
         timeout_s: float = 60.0,
     ) -> None:
@@ -131,10 +144,15 @@ class GeminiEmbedder:
         info = model_info(model)
         self.model = model.removeprefix("models/")
         self.dimensions = dimensions
-        self.task_type = task_type
+        self.task_type = task_type or default_task(self.model)
+        # gemini-embedding-2 takes no task_type: its task goes into each input as an instruction, and
+        # each record must be its own Content (a list of plain strings is merged into ONE embedding).
+        self.instructions = takes_instructions(self.model)
+        if self.instructions:
+            check_task(self.task_type)
         self.full_dimensions = int(info.get("full_dimensions", 3072))
         self.max_batch_texts = int(info.get("max_batch_texts", 100))
-        self.max_text_tokens = int(info.get("max_text_tokens", 2048))
+        self.max_text_tokens = text_token_limit(self.model, self.task_type)
         self.max_request_bytes = int(info.get("max_request_bytes", 4 * 1024 * 1024))
         self.price_per_million_tokens = (
             price_per_million_tokens if price_per_million_tokens is not None else price_per_million(self.model)
@@ -156,10 +174,26 @@ class GeminiEmbedder:
 
     # -- Embedder interface --------------------------------------------------------------------------
 
+    def sent_text(self, text: str) -> str:
+        """What the API receives for a record's text: the text itself, or with the model's instruction."""
+        return instruct(self.task_type, text) if self.instructions else text
+
+    def _contents(self, texts: list[str]) -> Any:
+        """The SDK's `contents`: plain strings for -001 (one request each), one Content per text for
+        models that aggregate a list of strings into one embedding (gemini-embedding-2)."""
+        if not self.instructions:
+            return list(texts)
+        types = self._types
+        return [types.Content(parts=[types.Part(text=self.sent_text(t))]) for t in texts]
+
+    def _config(self) -> Any:
+        task_type = None if self.instructions else (self.task_type or None)
+        return self._types.EmbedContentConfig(task_type=task_type, output_dimensionality=self.dimensions)
+
     def embed(self, texts: list[str]) -> EmbedResult:
-        estimates = [estimate_tokens(t) for t in texts]
-        config = self._types.EmbedContentConfig(task_type=self.task_type or None, output_dimensionality=self.dimensions)
-        contents: Any = list(texts)
+        estimates = [estimate_tokens(self.sent_text(t)) for t in texts]
+        config = self._config()
+        contents = self._contents(texts)
         counting = self._counter.submit(self.count_tokens, texts) if self.counts_alongside else None
         response = self._call(
             lambda: self._client.models.embed_content(model=self.model, contents=contents, config=config),
@@ -190,7 +224,7 @@ class GeminiEmbedder:
         chunks: list[list[int]] = [[]]
         size = 0
         for i, text in enumerate(texts):
-            cost = len(text.encode("utf-8")) + _REQUEST_OVERHEAD_BYTES
+            cost = len(self.sent_text(text).encode("utf-8")) + _REQUEST_OVERHEAD_BYTES
             if chunks[-1] and (len(chunks[-1]) >= self.max_batch_texts or size + cost > self.max_request_bytes):
                 chunks.append([])
                 size = 0
@@ -200,7 +234,7 @@ class GeminiEmbedder:
 
     def count_tokens(self, texts: list[str]) -> int:
         """Tokens the API counts for these texts (countTokens; free, but it is a call)."""
-        contents: Any = list(texts)  # the SDK's union type does not admit list[str], though it takes it
+        contents = self._contents(texts)  # Any: the SDK's union type does not admit list[str], though it takes it
         response = self._call(
             lambda: self._client.models.count_tokens(model=self.model, contents=contents), "countTokens"
         )
@@ -212,12 +246,7 @@ class GeminiEmbedder:
         """Submit texts as one Batch Mode job (half price, answered within 24 h); return its name."""
         types = self._types
         source = types.EmbeddingsBatchJobSource(
-            inlined_requests=types.EmbedContentBatch(
-                contents=list(texts),
-                config=types.EmbedContentConfig(
-                    task_type=self.task_type or None, output_dimensionality=self.dimensions
-                ),
-            )
+            inlined_requests=types.EmbedContentBatch(contents=self._contents(texts), config=self._config())
         )
         job = self._call(
             lambda: self._client.batches.create_embeddings(
@@ -251,7 +280,7 @@ class GeminiEmbedder:
         counts: list[int] = []
         for chunk in self.request_chunks(texts):
             part = [texts[i] for i in chunk]
-            estimates = [estimate_tokens(t) for t in part]
+            estimates = [estimate_tokens(self.sent_text(t)) for t in part]
             try:
                 counts.extend(split_tokens(self.count_tokens(part), estimates))
             except QsyncError:
