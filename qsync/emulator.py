@@ -13,7 +13,9 @@ with or without RetryInfo, a per-day quota 429, 5xx at a set rate, 400 API_KEY_I
 over 100 texts or 4 MiB or a text over the model's limit (gemini-embedding-001: 2,048 tokens;
 gemini-embedding-2: 8,192, with the task as an instruction in the text: a `taskType` is accepted and
 ignored, as observed on the real API), answers slower than a client's timeout, and
-connections closed without an answer.
+connections closed without an answer. gemini-embedding-2 also takes inline media parts (`inline_data` or
+`inlineData`: PNG/JPEG, at most 6 images per content; PDFs of at most 6 pages), aggregates a content's
+parts into one vector (seeded by its text and `media_key` of each part), and answers usage per modality.
 """
 
 from __future__ import annotations
