@@ -50,8 +50,16 @@ def _add_embedder_options(p: argparse.ArgumentParser) -> None:
         "otherwise) or 'package.module:factory' for your own",
     )
     p.add_argument("--dimensions", type=int, help="vector size (default 768)")
-    p.add_argument("--model", help="Gemini model (default gemini-embedding-001)")
-    p.add_argument("--task-type", help="Gemini task type (default RETRIEVAL_DOCUMENT)")
+    p.add_argument(
+        "--model",
+        help="Gemini model: gemini-embedding-001 (default; text up to 2,048 tokens) or gemini-embedding-2 "
+        "(text up to 8,192 tokens, 128-3072 dimensions)",
+    )
+    p.add_argument(
+        "--task-type",
+        help="Gemini task type (default RETRIEVAL_DOCUMENT); gemini-embedding-2 takes none: its records are "
+        "sent as 'title: none | text: ...' (document:v1), its search queries as 'task: search result | query: ...'",
+    )
     p.add_argument("--price-per-million", type=float, help="USD per 1M input tokens (default from pricing.json)")
 
 
@@ -169,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     estimate = sub.add_parser("estimate", help="records, tokens, dollars and duration of a run, before running it")
     _add_source_options(estimate)
     _add_embedder_options(estimate)
+    estimate.add_argument(
+        "--compare-models",
+        action="store_true",
+        help="estimate the same source with every priced embedding model (gemini-embedding-001 and -2), one row each",
+    )
     estimate.add_argument("--texts-per-minute", type=float, help="the limit to pace to (Gemini default 3000)")
     estimate.add_argument("--tokens-per-minute", type=float, help="the limit to pace to (Gemini default 1M)")
     _add_db(estimate)
@@ -308,19 +321,21 @@ def _dispatch(args: argparse.Namespace) -> int:
             _print_mapping(frame.iloc[0].to_dict())
         return EXIT_OK
     if command == "estimate":
-        estimate = costs.estimate(
-            args.source,
-            id_column=args.id_column,
-            text_column=None if args.text_template else args.text_column,
-            text_template=args.text_template,
-            model=args.model or "gemini-embedding-001",
-            dimensions=args.dimensions or 768,
-            task_type=args.task_type or "RETRIEVAL_DOCUMENT",
-            texts_per_minute=args.texts_per_minute,
-            tokens_per_minute=args.tokens_per_minute,
-            db=args.db,
-            source_db=args.source_db,
-        )
+        common: dict[str, Any] = {
+            "id_column": args.id_column,
+            "text_column": None if args.text_template else args.text_column,
+            "text_template": args.text_template,
+            "dimensions": args.dimensions or 768,
+            "task_type": args.task_type,
+            "texts_per_minute": args.texts_per_minute,
+            "tokens_per_minute": args.tokens_per_minute,
+            "db": args.db,
+            "source_db": args.source_db,
+        }
+        if args.compare_models:
+            _print_frame(costs.compare_models(args.source, **common), args.json)
+            return EXIT_OK
+        estimate = costs.estimate(args.source, model=args.model or "gemini-embedding-001", **common)
         if args.json:
             print(json.dumps(estimate, indent=2))
         else:

@@ -19,9 +19,11 @@ import pandas as pd
 from .cache import cache_key
 from .clock import SYSTEM_CLOCK, Clock
 from .config import resolve_db
-from .embedders.gemini import DEFAULT_MODEL, api_key_from_env
+from .embedders.gemini import DEFAULT_MODEL, api_key_from_env, default_task, text_token_limit
+from .embedders.instructions import overhead_bytes, takes_instructions
 from .figures import read_figures
 from .plan import create_job as plan_job
+from .pricing import _table as _pricing_table
 from .pricing import default_limits, model_info, price_per_million
 from .ratelimit import SAFETY
 from .sources import Columns, Source, as_source
@@ -127,7 +129,7 @@ def estimate(
     text_template: str | None = None,
     model: str = DEFAULT_MODEL,
     dimensions: int = 768,
-    task_type: str = "RETRIEVAL_DOCUMENT",
+    task_type: str | None = None,
     texts_per_minute: float | None = None,
     tokens_per_minute: float | None = None,
     db: PathLike | None = None,
@@ -137,11 +139,12 @@ def estimate(
 ) -> dict[str, Any]:
     """Records, tokens, dollars and duration of a Gemini backfill, before running it; nothing is embedded.
 
-    Tokens are estimated at ~4 bytes each; when a key is set, countTokens on a sample of `sample` texts
+    Tokens are estimated at ~4 bytes each (with the model's instruction, if it takes one); when a key is set, countTokens on a sample of `sample` texts
     calibrates that estimate. Texts already in the embedding cache of `db` are not counted."""
     info = model_info(model)
+    task_type = task_type or default_task(model)
     limits = _PlanLimits(
-        model, dimensions, task_type, int(info.get("max_text_tokens", 2048)), int(info.get("max_batch_texts", 100))
+        model, dimensions, task_type, text_token_limit(model, task_type), int(info.get("max_batch_texts", 100))
     )
     columns = Columns(id_column, None if text_template else text_column, text_template)
     with tempfile.TemporaryDirectory(prefix="qsync-estimate-") as tmp:
@@ -160,7 +163,9 @@ def estimate(
             scratch.close()
     cached = _cached_hashes(db, limits, list(texts["content_hash"]))
     todo = texts[~texts["content_hash"].isin(cached)]
-    estimated_tokens = int(todo["token_estimate"].sum())
+    # A model that takes its task as an instruction is billed for the instruction too, on every text.
+    added = -(-overhead_bytes(task_type) // 4) if takes_instructions(model) else 0
+    estimated_tokens = int(todo["token_estimate"].sum()) + added * len(todo)
     basis = "estimated at ~4 bytes per token"
     counter = count_tokens
     if counter is None and api_key_from_env():
@@ -170,7 +175,7 @@ def estimate(
     if counter is not None and len(todo):
         picked = todo.sample(n=min(sample, len(todo)), random_state=0)
         counted = sum(int(counter(list(chunk))) for chunk in _chunks(list(picked["text"]), 100))
-        ratio = counted / max(1, int(picked["token_estimate"].sum()))
+        ratio = counted / max(1, int(picked["token_estimate"].sum()) + added * len(picked))
         estimated_tokens = round(estimated_tokens * ratio)
         basis = f"estimate calibrated with countTokens on {len(picked)} texts (ratio {ratio:.3f})"
     default_texts, default_tokens = default_limits()
@@ -194,6 +199,35 @@ def estimate(
         "texts_per_minute": texts_per_minute or default_texts,
         "tokens_per_minute": tokens_per_minute or default_tokens,
     }
+
+
+def embedding_models() -> list[str]:
+    """The embedding models the pricing table prices, standard and Batch Mode (-001 and -2)."""
+    models: dict[str, Any] = _pricing_table().get("models", {})
+    return [m for m, info in models.items() if "batch_usd_per_million_tokens" in info and "embedding" in m]
+
+
+def instruction_tokens(model: str) -> int:
+    """Tokens (estimated) the model's record-side instruction adds to every text: 0 for -001."""
+    return -(-overhead_bytes(default_task(model)) // 4) if takes_instructions(model) else 0
+
+
+def compare_models(
+    source: Source | pd.DataFrame | PathLike, *, models: Sequence[str] | None = None, **options: Any
+) -> pd.DataFrame:
+    """`estimate` of the same source for each embedding model (default: every priced one), one row each.
+    The models differ in more than price: a text -001 skips as too long may fit -2's 8,192 tokens, and
+    -2 is billed for the instruction it receives with every text."""
+    rows = []
+    for model in models or embedding_models():
+        found = estimate(source, model=model, **options)
+        rows.append({
+            "model": model, "records": found["records"], "skipped_records": found["skipped_records"],
+            "texts_to_embed": found["texts_to_embed"], "tokens": found["tokens"], "cost_usd": found["cost_usd"],
+            "cost_usd_batch_mode": found["cost_usd_batch_mode"], "expected_minutes": found["expected_minutes"],
+            "tokens_basis": found["tokens_basis"],
+        })  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def _cached_hashes(db: PathLike | None, limits: _PlanLimits, hashes: Sequence[str]) -> set[str]:

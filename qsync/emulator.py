@@ -10,12 +10,17 @@ It answers what qsync's Gemini code calls, under /v1 and /v1beta: `models/{m}:ba
 `batches/{id}` to poll it. Vectors are deterministic (seeded by model and text), so a test can recompute
 the vector any text must have. Faults are real HTTP answers shaped like Google's: 429 RESOURCE_EXHAUSTED
 with or without RetryInfo, a per-day quota 429, 5xx at a set rate, 400 API_KEY_INVALID, 400 for a request
-over 100 texts or 4 MiB or a text over 2,048 tokens, answers slower than a client's timeout, and
-connections closed without an answer.
+over 100 texts or 4 MiB or a text over the model's limit (gemini-embedding-001: 2,048 tokens;
+gemini-embedding-2: 8,192, with the task as an instruction in the text: a `taskType` is accepted and
+ignored, as observed on the real API), answers slower than a client's timeout, and
+connections closed without an answer. gemini-embedding-2 also takes inline media parts (`inline_data` or
+`inlineData`: PNG/JPEG, at most 6 images per content; PDFs of at most 6 pages), aggregates a content's
+parts into one vector (seeded by its text and `media_key` of each part), and answers usage per modality.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -35,7 +40,26 @@ import numpy as np
 FULL_DIMENSIONS = 3072
 MAX_TEXTS_PER_REQUEST = 100
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-MAX_TOKENS_PER_TEXT = 2048
+MAX_TOKENS_PER_TEXT = 2048  # gemini-embedding-001
+# Per model: input token limit, and USD per 1M tokens (standard, Batch Mode), as Google documents them.
+# Kept apart from qsync's pricing.json on purpose: a test comparing the two checks qsync's table.
+MODEL_TOKEN_LIMITS = {"gemini-embedding-001": MAX_TOKENS_PER_TEXT, "gemini-embedding-2": 8192}
+MODEL_PRICES = {"gemini-embedding-001": (0.15, 0.075), "gemini-embedding-2": (0.20, 0.10)}  # text
+# gemini-embedding-2's image tokens are priced apart ($0.45, $0.225 in Batch Mode); PDF pages have no
+# published price: the emulator bills them as images.
+MEDIA_PRICES = {"IMAGE": (0.45, 0.225), "DOCUMENT": (0.45, 0.225)}
+# Models that take their task as an instruction in the input: they accept `taskType` and ignore it
+# (observed: identical embeddings for every value, mteb PR #4851), and answer usage per modality.
+INSTRUCTION_MODELS = frozenset({"gemini-embedding-2"})
+# Multimodal input (gemini-embedding-2 only), per the embeddings guide: PNG/JPEG images, at most 6 per
+# content; PDFs of at most 6 pages. Tokens per image: ~258, inferred from the published per-image price;
+# per PDF page: undocumented, the emulator charges an image's worth per page.
+MEDIA_MODELS = INSTRUCTION_MODELS
+MEDIA_TYPES = {"image/png": "IMAGE", "image/jpeg": "IMAGE", "application/pdf": "DOCUMENT"}
+MAX_IMAGES_PER_CONTENT = 6
+MAX_PDF_PAGES = 6
+TOKENS_PER_IMAGE = 258
+_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 STATS_PATH = "/emulator/stats"  # counters for a client in another process (benchmarks); not a Gemini method
 _ROUTE = re.compile(r"^/(v1|v1beta)/(models/[^:/]+|batches/[^:/]+)(?::(\w+))?$")
@@ -65,6 +89,59 @@ def emulated_vector(model: str, text: str, dimensions: int | None) -> np.ndarray
     return full[: dimensions or FULL_DIMENSIONS]
 
 
+def media_key(mime_type: str, data: bytes) -> str:
+    """How an inline media part enters the emulator's vector seed (and `texts_embedded`)."""
+    return f"\x00{mime_type}:{hashlib.sha256(data).hexdigest()}"
+
+
+@dataclass
+class _Input:
+    """One request's content as the emulator reads it: the key its vector is seeded by, and its tokens."""
+
+    key: str
+    text: str
+    tokens: Counter[str]  # per modality: TEXT, IMAGE, DOCUMENT
+
+
+def _read_input(model: str, request: dict[str, Any]) -> _Input | str:
+    """The request's content, or the reason it is refused. Parts may be snake_case (`inline_data`,
+    `mime_type`, as the SDK sends a Content it did not build) or camelCase, as the API accepts both."""
+    text, key, tokens, images = "", "", Counter[str](), 0
+    for part in request.get("content", {}).get("parts", []):
+        if "text" in part:
+            text += part["text"]
+            key += part["text"]
+            continue
+        inline = part.get("inline_data") or part.get("inlineData")
+        if inline is None:
+            return f"unsupported part {sorted(part)}"
+        if model not in MEDIA_MODELS:
+            return f"model {model} takes text only"
+        mime = inline.get("mime_type") or inline.get("mimeType") or ""
+        if mime not in MEDIA_TYPES:
+            return f"Unsupported MIME type: {mime}"
+        try:
+            # google-genai sends URL-safe base64 (pydantic's bytes encoding), hand-written clients the standard one.
+            encoded = str(inline.get("data", "")).replace("-", "+").replace("_", "/")
+            data = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except ValueError:
+            return "inline data is not valid base64"
+        if MEDIA_TYPES[mime] == "IMAGE":
+            images += 1
+            if images > MAX_IMAGES_PER_CONTENT:
+                return f"at most {MAX_IMAGES_PER_CONTENT} images per content"
+            tokens["IMAGE"] += TOKENS_PER_IMAGE
+        else:
+            pages = len(_PDF_PAGE.findall(data))
+            if pages > MAX_PDF_PAGES:
+                return f"the PDF has {pages} pages; at most {MAX_PDF_PAGES} are supported"
+            tokens["DOCUMENT"] += TOKENS_PER_IMAGE * max(1, pages)
+        key += media_key(mime, data)
+    if text:
+        tokens["TEXT"] += count_tokens(text)
+    return _Input(key, text, tokens)
+
+
 def _answer_values(model: str, text: str, dimensions: int | None) -> list[float]:
     """The vector as the JSON answer carries it, rounded to 7 decimals (numpy: 20x faster than a loop)."""
     values: list[float] = np.round(emulated_vector(model, text, dimensions).astype(np.float64), 7).tolist()
@@ -91,6 +168,9 @@ class GeminiEmulator:
     slow_s: float = 5.0
     reset_rate: float = 0.0  # share of requests whose connection is closed without an answer
     usage_metadata: bool = True  # whether embed answers carry usageMetadata
+    # The key of gemini-embedding-2's per-modality usage: Google's reference says promptTokenDetails (which
+    # google-genai drops); the SDK reads promptTokensDetails. Which one the live API sends is unknown.
+    usage_detail_key: str = "promptTokenDetails"
     poison: tuple[str, ...] = ()  # a text containing one of these is refused with 400
     seed: int = 0
     batch_job_seconds: float = 0.5  # how long a Batch Mode job stays RUNNING
@@ -101,6 +181,11 @@ class GeminiEmulator:
     # Counters a test reads.
     texts_embedded: Counter[str] = field(default_factory=Counter)
     tokens_metered: int = 0
+    tokens_by_model: Counter[str] = field(default_factory=Counter)
+    tokens_by_modality: Counter[str] = field(default_factory=Counter)
+    usd_metered: float = 0.0  # what the tokens cost at each model's price (Batch Mode at its price)
+    task_types_ignored: int = 0  # requests to an instruction model that carried a taskType anyway
+    received: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=500))  # recent embed requests
     requests: Counter[str] = field(default_factory=Counter)
     in_progress: Counter[str] = field(default_factory=Counter)  # requests received and not yet answered
 
@@ -238,15 +323,26 @@ class GeminiEmulator:
     def _embed(self, model: str, requests: list[dict[str, Any]], single: bool = False) -> tuple[int, dict[str, Any]]:
         if len(requests) > MAX_TEXTS_PER_REQUEST:
             return 400, _error(400, "INVALID_ARGUMENT", "* BatchEmbedContentsRequest.requests: at most 100 requests")
-        texts = ["".join(p.get("text", "") for p in r.get("content", {}).get("parts", [])) for r in requests]
-        for i, text in enumerate(texts):
-            if any(p in text for p in self.poison):
+        inputs = [_read_input(model, r) for r in requests]
+        limit = MODEL_TOKEN_LIMITS.get(model, MAX_TOKENS_PER_TEXT)
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                return 400, _error(400, "INVALID_ARGUMENT", f"* BatchEmbedContentsRequest.requests[{i}]: {item}")
+            if any(p in item.text for p in self.poison):
                 return 400, _error(400, "INVALID_ARGUMENT", f"* BatchEmbedContentsRequest.requests[{i}]: "
                                    "content contains an unsupported sequence")  # fmt: skip
-            if count_tokens(text) > MAX_TOKENS_PER_TEXT:
+            # The limit counts the whole input, across modalities.
+            if item.tokens.total() > limit:
                 return 400, _error(400, "INVALID_ARGUMENT", f"* BatchEmbedContentsRequest.requests[{i}]: input "
-                                   f"token count is {count_tokens(text)} but the model supports up to 2048")  # fmt: skip
-        tokens = sum(count_tokens(t) for t in texts)
+                                   f"token count is {item.tokens.total()} but the model supports up to {limit}")  # fmt: skip
+        read = [i for i in inputs if isinstance(i, _Input)]
+        texts = [i.key for i in read]
+        modalities = sum((i.tokens for i in read), Counter[str]())
+        with self._lock:
+            self.received.extend({**r, "resource": model} for r in requests)  # as sent, + whose URL
+            if model in INSTRUCTION_MODELS:
+                self.task_types_ignored += sum(1 for r in requests if "taskType" in r or "task_type" in r)
+        tokens = modalities.total()
         limited = self._admit(len(texts), tokens)
         if limited is not None:
             return limited
@@ -254,14 +350,30 @@ class GeminiEmulator:
             {"values": _answer_values(model, t, r.get("outputDimensionality"))}
             for t, r in zip(texts, requests, strict=True)
         ]
-        with self._lock:
-            self.texts_embedded.update(texts)
-            self.tokens_metered += tokens
+        self._meter(model, texts, tokens, batch_mode=False, modalities=modalities)
         # embedContent answers one `embedding`; batchEmbedContents a list of `embeddings`.
         answer: dict[str, Any] = {"embedding": embeddings[0]} if single else {"embeddings": embeddings}
         if self.usage_metadata:
-            answer["usageMetadata"] = {"promptTokenCount": tokens, "totalTokenCount": tokens}
+            usage: dict[str, Any] = {"promptTokenCount": tokens, "totalTokenCount": tokens}
+            if model in INSTRUCTION_MODELS:  # EmbeddingUsageMetadata: the documented (singular) name
+                usage[self.usage_detail_key] = [{"modality": m, "tokenCount": n} for m, n in sorted(modalities.items())]
+            answer["usageMetadata"] = usage
         return 200, answer
+
+    def _meter(
+        self, model: str, texts: list[str], tokens: int, *, batch_mode: bool, modalities: Counter[str] | None = None
+    ) -> None:
+        by_modality = modalities or Counter({"TEXT": tokens})
+        usd = 0.0
+        for modality, n in by_modality.items():
+            standard, batch = MEDIA_PRICES.get(modality) or MODEL_PRICES.get(model, (0.0, 0.0))
+            usd += n * (batch if batch_mode else standard) / 1e6
+        with self._lock:
+            self.tokens_by_modality.update(by_modality)
+            self.texts_embedded.update(texts)
+            self.tokens_metered += tokens
+            self.tokens_by_model[model] += tokens
+            self.usd_metered += usd
 
     def _admit(self, texts: int, tokens: int) -> tuple[int, dict[str, Any]] | None:
         """Per-minute (sliding window) and per-day limits; each text counts as one request, as on Gemini."""
@@ -339,9 +451,7 @@ class GeminiEmulator:
                         job["model"], t, r.get("outputDimensionality"))}}, "metadata": r0.get("metadata", {})}
                     for t, r, r0 in zip(texts, inner, job["requests"], strict=True)
                 ]  # fmt: skip
-                with self._lock:
-                    self.texts_embedded.update(texts)
-                    self.tokens_metered += sum(tokens)
+                self._meter(job["model"], texts, sum(tokens), batch_mode=True)
             state["output"] = {"inlinedEmbedContentResponses": {"inlinedResponses": job["output"]}}
         return state
 

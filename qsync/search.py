@@ -3,7 +3,8 @@
     qsync.search("wordnet:wordnet_sample", "a musical instrument with strings", limit=5)
 
 The text is embedded by the job's own embedder (same model and dimensions; Gemini with the query task
-type, RETRIEVAL_QUERY, as the documents were embedded with RETRIEVAL_DOCUMENT) and looked up in the
+type, RETRIEVAL_QUERY, as the documents were embedded with RETRIEVAL_DOCUMENT; gemini-embedding-2 with the
+query instruction `task: search result | query: …`, as records got `title: none | text: …`) and looked up in the
 job's own collection through its sink, so the vectors compared were made the same way.
 """
 
@@ -19,6 +20,8 @@ import pandas as pd
 
 from .config import resolve_db
 from .embedders.base import build_embedder
+from .embedders.instructions import QUERY_TASK as QUERY_INSTRUCTION
+from .embedders.instructions import takes_instructions
 from .errors import ConfigError
 from .sink import QdrantSink
 from .spec import EmbedderSpec, JobSpec
@@ -29,8 +32,11 @@ QUERY_TASK = "RETRIEVAL_QUERY"
 
 
 def query_embedder_spec(spec: EmbedderSpec) -> EmbedderSpec:
-    """The job's embedder, set to embed a query: Gemini's query task type; any other embedder as is."""
-    return replace(spec, task_type=QUERY_TASK) if spec.kind == "gemini" else spec
+    """The job's embedder, set to embed a query: Gemini's query task type (for gemini-embedding-2, the
+    query instruction, `task: search result | query: …`); any other embedder as is."""
+    if spec.kind != "gemini":
+        return spec
+    return replace(spec, task_type=QUERY_INSTRUCTION if takes_instructions(spec.resolved_model) else QUERY_TASK)
 
 
 def search(job: str, text: str, limit: int = 10, db: PathLike | None = None) -> pd.DataFrame:

@@ -29,8 +29,10 @@ from .config import default_qdrant_path, env_float, resolve_db
 from .embedders.gemini import DEFAULT_MODEL as GEMINI_DEFAULT_MODEL
 from .embedders.gemini import api_key_from_env
 from .embedders.hashing import MODEL as HASH_MODEL
+from .embedders.instructions import DOCUMENT_TASK, check_task, takes_instructions
 from .enrich import EnrichSpec
 from .errors import ConfigError
+from .pricing import model_info
 from .sink import CollectionOptions, SinkSpec
 from .sources import Columns, DataFrameSource, FileSource, Source, SqlSource, as_source
 
@@ -60,7 +62,9 @@ class EmbedderSpec:
     kind: str = "hash"  # "hash" (offline), "gemini", or "package.module:factory" for your own
     dimensions: int = 768
     model: str | None = None  # Gemini model (default gemini-embedding-001)
-    task_type: str | None = None  # Gemini task type (default RETRIEVAL_DOCUMENT)
+    # Gemini task type (default RETRIEVAL_DOCUMENT); for a model that takes its task as an instruction in
+    # the input (gemini-embedding-2), the instruction format's key (default document:v1)
+    task_type: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)  # more keyword arguments for the embedder
 
     def __post_init__(self) -> None:
@@ -70,6 +74,19 @@ class EmbedderSpec:
             raise ConfigError(f"unknown embedder {self.kind!r}: use 'hash', 'gemini' or 'package.module:factory'")
         if self.kind != "gemini" and (self.model or self.task_type):
             raise ConfigError("a model and a task type are Gemini settings; use them with the gemini embedder")
+        if self.kind == "gemini":
+            self._check_model()
+
+    def _check_model(self) -> None:
+        """Per-model checks, from the pricing table: the model's dimensions and how it takes its task."""
+        model = self.resolved_model
+        if takes_instructions(model):
+            check_task(self.resolved_task_type)
+        info = model_info(model)
+        if "min_dimensions" in info:
+            low, high = int(info["min_dimensions"]), int(info.get("full_dimensions", 3072))
+            if not low <= self.dimensions <= high:
+                raise ConfigError(f"{model} makes vectors of {low} to {high} dimensions, not {self.dimensions}")
 
     @property
     def resolved_model(self) -> str:
@@ -79,7 +96,10 @@ class EmbedderSpec:
 
     @property
     def resolved_task_type(self) -> str:
-        return (self.task_type or GEMINI_DEFAULT_TASK) if self.kind == "gemini" else ""
+        if self.kind != "gemini":
+            return ""
+        default = DOCUMENT_TASK if takes_instructions(self.resolved_model) else GEMINI_DEFAULT_TASK
+        return self.task_type or default
 
     def identity(self) -> dict[str, Any]:
         return {

@@ -15,8 +15,9 @@ import math
 import os
 import re
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +33,10 @@ from ..errors import (
 )
 from ..pricing import default_limits, model_info, price_per_million
 from .base import EmbedResult, Vectors
+from .instructions import DOCUMENT_TASK, check_task, instruct, overhead_bytes, takes_instructions
+
+if TYPE_CHECKING:
+    from ..media import Media
 
 DEFAULT_MODEL = "gemini-embedding-001"
 # Batch Mode embeddings are marked experimental in the SDK; qsync uses them knowingly.
@@ -46,6 +51,18 @@ def api_key_from_env() -> str | None:
 
 def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text.encode("utf-8")) / 4))
+
+
+def default_task(model: str) -> str:
+    """The record-side task of a model: the document instruction, or the RETRIEVAL_DOCUMENT task type."""
+    return DOCUMENT_TASK if takes_instructions(model) else "RETRIEVAL_DOCUMENT"
+
+
+def text_token_limit(model: str, task: str) -> int:
+    """Tokens a record's own text may have: the model's input limit, less what its instruction takes
+    (the limit counts the whole input; estimated at ~4 bytes per token like the plan's counts)."""
+    limit = int(model_info(model).get("max_text_tokens", 2048))
+    return limit - math.ceil(overhead_bytes(task) / 4) if takes_instructions(model) else limit
 
 
 class GeminiClient:
@@ -123,7 +140,7 @@ class GeminiEmbedder:
         self,
         dimensions: int = 768,
         model: str = DEFAULT_MODEL,
-        task_type: str = "RETRIEVAL_DOCUMENT",
+        task_type: str | None = None,  # None: the model's record-side task (see default_task)
         price_per_million_tokens: float | None = None,
         timeout_s: float = 60.0,
     ) -> None:
@@ -131,10 +148,15 @@ class GeminiEmbedder:
         info = model_info(model)
         self.model = model.removeprefix("models/")
         self.dimensions = dimensions
-        self.task_type = task_type
+        self.task_type = task_type or default_task(self.model)
+        # gemini-embedding-2 takes no task_type: its task goes into each input as an instruction, and
+        # each record must be its own Content (a list of plain strings is merged into ONE embedding).
+        self.instructions = takes_instructions(self.model)
+        if self.instructions:
+            check_task(self.task_type)
         self.full_dimensions = int(info.get("full_dimensions", 3072))
         self.max_batch_texts = int(info.get("max_batch_texts", 100))
-        self.max_text_tokens = int(info.get("max_text_tokens", 2048))
+        self.max_text_tokens = text_token_limit(self.model, self.task_type)
         self.max_request_bytes = int(info.get("max_request_bytes", 4 * 1024 * 1024))
         self.price_per_million_tokens = (
             price_per_million_tokens if price_per_million_tokens is not None else price_per_million(self.model)
@@ -156,10 +178,26 @@ class GeminiEmbedder:
 
     # -- Embedder interface --------------------------------------------------------------------------
 
+    def sent_text(self, text: str) -> str:
+        """What the API receives for a record's text: the text itself, or with the model's instruction."""
+        return instruct(self.task_type, text) if self.instructions else text
+
+    def _contents(self, texts: list[str]) -> Any:
+        """The SDK's `contents`: plain strings for -001 (one request each), one Content per text for
+        models that aggregate a list of strings into one embedding (gemini-embedding-2)."""
+        if not self.instructions:
+            return list(texts)
+        types = self._types
+        return [types.Content(parts=[types.Part(text=self.sent_text(t))]) for t in texts]
+
+    def _config(self) -> Any:
+        task_type = None if self.instructions else (self.task_type or None)
+        return self._types.EmbedContentConfig(task_type=task_type, output_dimensionality=self.dimensions)
+
     def embed(self, texts: list[str]) -> EmbedResult:
-        estimates = [estimate_tokens(t) for t in texts]
-        config = self._types.EmbedContentConfig(task_type=self.task_type or None, output_dimensionality=self.dimensions)
-        contents: Any = list(texts)
+        estimates = [estimate_tokens(self.sent_text(t)) for t in texts]
+        config = self._config()
+        contents = self._contents(texts)
         counting = self._counter.submit(self.count_tokens, texts) if self.counts_alongside else None
         response = self._call(
             lambda: self._client.models.embed_content(model=self.model, contents=contents, config=config),
@@ -185,12 +223,55 @@ class GeminiEmbedder:
         except QsyncError:
             return EmbedResult(matrix, estimates, tokens_estimated=True)  # labelled estimated in the ledger
 
+    def embed_media(self, items: list[tuple[Media, str | None]]) -> EmbedResult:
+        """One embedding per (media, caption): each item is ONE Content whose parts are the caption (when
+        given, as the document instruction's text) and the media inline, so the model aggregates them into
+        one vector. One API call; the caller keeps each call within the request-size limit."""
+        if not self.instructions:
+            raise ConfigError(f"{self.model} embeds text only; use gemini-embedding-2 for images and documents")
+        types = self._types
+        contents: Any = [
+            types.Content(
+                parts=[
+                    *([types.Part(text=self.sent_text(caption))] if caption else []),
+                    types.Part.from_bytes(data=media.data, mime_type=media.mime_type),
+                ]
+            )
+            for media, caption in items
+        ]
+        response = self._call(
+            lambda: self._client.models.embed_content(model=self.model, contents=contents, config=self._config()),
+            "batchEmbedContents",
+        )
+        embeddings = response.embeddings or []
+        if len(embeddings) != len(items):
+            raise TransientError(f"Gemini answered {len(embeddings)} embeddings for {len(items)} media records")
+        matrix = np.asarray([e.values for e in embeddings], dtype=np.float32)
+        if self.dimensions < self.full_dimensions:
+            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+        guessed = [media_token_estimate(m, self.sent_text(c) if c else None) for m, c in items]
+        usage = getattr(response, "usage_metadata", None)
+        total = int(getattr(usage, "prompt_token_count", None) or 0)
+        if not total:  # no usage: our own estimates, labelled as such
+            by_modality = sum((Counter(g) for g in guessed), Counter[str]())
+            return EmbedResult(matrix, [sum(g.values()) for g in guessed], True, dict(by_modality), True)
+        # The SDK parses `promptTokensDetails`; Google's reference names it `promptTokenDetails`, which the
+        # SDK drops. Use the split when it arrives; otherwise split the exact total by our estimates.
+        details = getattr(usage, "prompt_tokens_details", None) or []
+        split = {str(getattr(d.modality, "value", d.modality)): int(d.token_count or 0) for d in details}
+        estimated = not split
+        if estimated:
+            weights = sum((Counter(g) for g in guessed), Counter[str]())
+            names = sorted(weights)
+            split = dict(zip(names, split_tokens(total, [weights[n] for n in names]), strict=True))
+        return EmbedResult(matrix, split_tokens(total, [sum(g.values()) for g in guessed]), False, split, estimated)
+
     def request_chunks(self, texts: list[str]) -> list[list[int]]:
         """Indices cut into calls of at most max_batch_texts texts and max_request_bytes bytes."""
         chunks: list[list[int]] = [[]]
         size = 0
         for i, text in enumerate(texts):
-            cost = len(text.encode("utf-8")) + _REQUEST_OVERHEAD_BYTES
+            cost = len(self.sent_text(text).encode("utf-8")) + _REQUEST_OVERHEAD_BYTES
             if chunks[-1] and (len(chunks[-1]) >= self.max_batch_texts or size + cost > self.max_request_bytes):
                 chunks.append([])
                 size = 0
@@ -200,7 +281,7 @@ class GeminiEmbedder:
 
     def count_tokens(self, texts: list[str]) -> int:
         """Tokens the API counts for these texts (countTokens; free, but it is a call)."""
-        contents: Any = list(texts)  # the SDK's union type does not admit list[str], though it takes it
+        contents = self._contents(texts)  # Any: the SDK's union type does not admit list[str], though it takes it
         response = self._call(
             lambda: self._client.models.count_tokens(model=self.model, contents=contents), "countTokens"
         )
@@ -212,12 +293,7 @@ class GeminiEmbedder:
         """Submit texts as one Batch Mode job (half price, answered within 24 h); return its name."""
         types = self._types
         source = types.EmbeddingsBatchJobSource(
-            inlined_requests=types.EmbedContentBatch(
-                contents=list(texts),
-                config=types.EmbedContentConfig(
-                    task_type=self.task_type or None, output_dimensionality=self.dimensions
-                ),
-            )
+            inlined_requests=types.EmbedContentBatch(contents=self._contents(texts), config=self._config())
         )
         job = self._call(
             lambda: self._client.batches.create_embeddings(
@@ -251,7 +327,7 @@ class GeminiEmbedder:
         counts: list[int] = []
         for chunk in self.request_chunks(texts):
             part = [texts[i] for i in chunk]
-            estimates = [estimate_tokens(t) for t in part]
+            estimates = [estimate_tokens(self.sent_text(t)) for t in part]
             try:
                 counts.extend(split_tokens(self.count_tokens(part), estimates))
             except QsyncError:
@@ -282,6 +358,15 @@ def _retry_delay(details: list[dict[str, Any]]) -> float | None:
             if match:
                 return float(match.group(1))
     return None
+
+
+def media_token_estimate(media: Media, caption: str | None) -> dict[str, int]:
+    """Tokens a media record should cost, per modality, before the API says: ~258 an image (inferred from
+    the published per-image price), as much per PDF page (undocumented), ~4 bytes a caption token."""
+    found = {"DOCUMENT": 258 * max(1, media.pages)} if media.modality == "DOCUMENT" else {"IMAGE": 258}
+    if caption:
+        found["TEXT"] = estimate_tokens(caption)
+    return found
 
 
 def split_tokens(total: int, estimates: list[int]) -> list[int]:

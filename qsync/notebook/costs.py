@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import api, costs, estimates
+from ..embedders.gemini import default_task, text_token_limit
 from ..errors import QsyncError
 from ..formatting import count, duration, gigabytes, number, percent, usd
 from ..pricing import _table, default_limits
@@ -29,31 +30,40 @@ _BYTES_PER_DIMENSION = 4 * 1.5
 _WHAT_IF_DIMENSIONS = (768, 1536, 3072)
 
 
-def embedding_models() -> list[str]:
-    """The embedding models the pricing table prices (standard and Batch Mode)."""
-    models: dict[str, Any] = _table().get("models", {})
-    return [m for m, info in models.items() if "batch_usd_per_million_tokens" in info and "embedding" in m]
-
-
 def storage_gb(points: int, dimensions: int) -> float:
     return points * dimensions * _BYTES_PER_DIMENSION / 1024**3
 
 
-def what_if(tokens: int, texts: int, points: int) -> pd.DataFrame:
+def what_if(
+    tokens: int, texts: int, points: int, *, job_model: str | None = None, text_tokens: Sequence[int] = ()
+) -> pd.DataFrame:
     """Dollars, minutes and Qdrant storage of embedding `texts` texts of `tokens` tokens into `points`
-    points, for each priced model, a few dimensions, standard and Batch Mode."""
-    texts_limit, tokens_limit = (x * SAFETY for x in default_limits())
-    minutes = max(texts / texts_limit, tokens / tokens_limit) if texts else 0.0
+    points, for each priced model, a few dimensions, standard and Batch Mode.
+
+    The models differ in more than price. With `text_tokens` (each distinct text's ~4-bytes estimate), a
+    model whose text limit a text exceeds leaves it out: `too_long` counts those, and its tokens are not
+    priced. And a model that takes its task as an instruction pays for it on every text: `tokens` (as the
+    job's own model, `job_model`, counts them) is adjusted by the difference."""
+    own_instruction = costs.instruction_tokens(job_model) if job_model else 0
+    estimated = sum(text_tokens)
     rows = []
-    for model in embedding_models():
+    for model in costs.embedding_models():
         info = _table()["models"][model]
+        limit = text_token_limit(model, default_task(model))
+        too_long = [t for t in text_tokens if t > limit]
+        kept = texts - len(too_long)
+        # The job's measured tokens, less the share of texts this model would skip, with its instruction.
+        share = 1 - sum(too_long) / estimated if estimated else 1.0
+        model_tokens = round((tokens - own_instruction * texts) * share) + costs.instruction_tokens(model) * kept
+        texts_limit, tokens_limit = (x * SAFETY for x in default_limits())
+        minutes = max(kept / texts_limit, model_tokens / tokens_limit) if kept else 0.0
         for dims in _WHAT_IF_DIMENSIONS:
             if dims > int(info.get("full_dimensions", 3072)):
                 continue
             for mode, key in (("standard", "usd_per_million_tokens"), ("Batch Mode", "batch_usd_per_million_tokens")):
                 rows.append({
-                    "model": model, "dimensions": dims, "mode": mode,
-                    "cost_usd": tokens * float(info[key]) / 1e6,
+                    "model": model, "dimensions": dims, "mode": mode, "too_long": len(too_long),
+                    "cost_usd": model_tokens * float(info[key]) / 1e6,
                     "time": duration(minutes * 60) if mode == "standard" else "within 24 h",
                     "qdrant_storage": gigabytes(storage_gb(points, dims)),
                 })  # fmt: skip
@@ -150,6 +160,9 @@ class CostPanel:
             "WHERE job_id = ?", [job]
         )  # fmt: skip
         records, texts, byte_tokens = (int(x) for x in rows[0])
+        text_tokens = [int(r[0]) for r in store.query_rows(
+            "SELECT any_value(token_estimate) FROM manifest WHERE job_id = ? GROUP BY content_hash", [job]
+        )]  # fmt: skip
         config = json.loads(store.query_rows("SELECT config FROM jobs WHERE job_id = ?", [job])[0][0])
         spec = JobSpec.from_dict(config, job_id=job)
         info = api.status(job, db=self.db)
@@ -159,9 +172,13 @@ class CostPanel:
         if not records:
             self.what_if.value = "<p><i>This job embeds no records (all unchanged or skipped).</i></p>"
             return
-        self.what_if.value = frame_html(what_if(tokens, texts, points), css="qsync-table qsync-what-if-table") + (
+        self.what_if.value = frame_html(
+            what_if(tokens, texts, points, job_model=spec.embedder.resolved_model, text_tokens=text_tokens),
+            css="qsync-table qsync-what-if-table",
+        ) + (
             f"<p><small>{count(records)} records ({count(texts)} distinct texts, ~{count(tokens)} tokens, cache not "
-            f"counted), {count(points)} points in Qdrant. Time at the default rate limits; storage: float32 vectors "
+            f"counted), {count(points)} points in Qdrant. too_long: texts over the model's limit, which it would skip "
+            "(not priced); gemini-embedding-2's price includes the instruction it gets with each text. Time at the default rate limits; storage: float32 vectors "
             "x 1.5 for the index and payload (Qdrant's rule of thumb).</small></p>"
         )
 
