@@ -373,6 +373,7 @@ def _report(result: RunResult, db: str | None) -> int:
         f"{result.job_id}: {result.status} — {info['processed_records']:,}/{info['total_records']:,} records processed: "
         f"{info['loaded_records']:,} loaded, {info['skipped_records']:,} skipped, {info['unchanged_records']:,} "
         f"unchanged; {info['batches_failed']} batches failed, {info['tokens']:,} tokens, ${info['cost_usd']:.4f}"
+        + (f" (+ up to ${info['unconfirmed_cost_usd']:.4f} unconfirmed)" if info["unconfirmed_cost_usd"] else "")
     )
     if info["skipped_records"]:
         print(f"  skipped records and reasons: qsync skipped {result.job_id!r}")

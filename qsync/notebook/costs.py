@@ -141,6 +141,8 @@ class CostPanel:
         spent = costs.cost(job, db=self.db).iloc[0]
         rows = [
             ("spent", usd(spent["cost_usd"])), ("tokens", count(spent["tokens"])),
+            ("unconfirmed (sent, answer not saved: in flight, or cut off by a crash)",
+             f"at most {usd(spent['unconfirmed_cost_usd'])}, {count(spent['unconfirmed_tokens'])} tokens"),
             ("texts embedded (paid)", count(spent["texts_embedded"])),
             ("cache hits (not paid)", f"{count(spent['cache_hits'])} texts, {usd(spent['cache_saved_usd'])} saved"),
             ("records resumes did not redo", f"{count(spent['resume_skipped_records'])}, "

@@ -195,7 +195,12 @@ class JobMonitor:
         parts.append(f"<span style='color:#b00020'>{failed_html}</span>" if failed else failed_html)
         self.label.value = " · ".join(parts)
         budget = f" of a {usd(f.max_cost_usd)} budget" if f.max_cost_usd is not None else " (no budget cap)"
-        self.cost.value = f"spent <b>{usd(f.cost_usd)}</b>{budget} · {count(f.tokens)} tokens"
+        unconfirmed = (
+            f" · up to {usd(f.unconfirmed_cost_usd)} unconfirmed (calls sent whose answer was not saved)"
+            if f.unconfirmed_cost_usd
+            else ""
+        )
+        self.cost.value = f"spent <b>{usd(f.cost_usd)}</b>{budget} · {count(f.tokens)} tokens{unconfirmed}"
 
     @staticmethod
     def _nothing_to_do(f: JobFigures) -> str:
