@@ -215,6 +215,12 @@ def release_lease(store: Store, lease: Lease, clock: Clock, state: JobState, mes
 # -- batches, within a run -------------------------------------------------------------------------
 
 
+def load_payload(text: str) -> dict[str, Any]:
+    """A manifest row's payload (JSON) as a dict."""
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
+
+
 @dataclass
 class BatchWork:
     """A claimed batch: its records, and the vectors the cache already holds for them."""

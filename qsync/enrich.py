@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from .checkpoint import load_payload
 from .embedders.gemini import GeminiClient
 from .errors import ConfigError, InvalidInput, TransientError
 from .pricing import model_info
@@ -124,7 +125,7 @@ class EnrichStage:
 
     def apply(self, work: BatchWork) -> dict[str, str]:
         spec = self.enricher.spec
-        payloads = [_load_payload(p) for p in work.payloads]
+        payloads = [load_payload(p) for p in work.payloads]
         prompts = [spec.render(t, p) for t, p in zip(work.texts, payloads, strict=True)]
         keys = [generation_key(spec.model, p) for p in prompts]
         answers = self.checkpoint.cached_generations(sorted(set(keys)))
@@ -176,8 +177,3 @@ class EnrichStage:
         finally:
             self.budget.settle(ceiling, cost)
         return answer
-
-
-def _load_payload(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    return value if isinstance(value, dict) else {}

@@ -12,7 +12,6 @@ A SIGKILL at any point leaves the batch either done or unfinished with its paid 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ import numpy as np
 
 from .budget import Budget
 from .cache import cache_key
-from .checkpoint import BatchWork, Checkpoint
+from .checkpoint import BatchWork, Checkpoint, load_payload
 from .control import Control, Interrupted
 from .embedders.base import Embedder, Vectors, request_chunks
 from .errors import (
@@ -110,7 +109,7 @@ class BatchPipeline:
             keep = [i for i, h in enumerate(work.hashes) if h not in rejected]
             if keep:
                 ids = [work.record_ids[i] for i in keep]
-                payloads = [_load_payload(work.payloads[i]) for i in keep]
+                payloads = [load_payload(work.payloads[i]) for i in keep]
                 self.retrier.call(lambda: self.sink.upsert(ids, vectors[keep], payloads))
             skips = {i: rejected[h] for i, h in enumerate(work.hashes) if h in rejected}
             if self.control.stopping:
@@ -262,8 +261,3 @@ class BatchPipeline:
         except BaseException:
             self.budget.settle(estimate * self._price, 0.0)
             raise
-
-
-def _load_payload(text: str) -> dict[str, object]:
-    value = json.loads(text)
-    return value if isinstance(value, dict) else {}
