@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 import qsync
+from qsync.runner import Runner
 from qsync.sink import QdrantSink
 
 
@@ -42,6 +43,9 @@ class DroppingSink(QdrantSink):
     def upsert(self, record_ids: list[str], vectors: Any, payloads: list[dict[str, Any]]) -> None:
         return None
 
+    def close(self) -> None:
+        return None
+
 
 def one(n: int, batches: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="qsync-scaling-"))
@@ -57,10 +61,13 @@ def one(n: int, batches: int) -> dict[str, Any]:
                             embedder="hash", dimensions=8)  # fmt: skip
     plan_s = time.perf_counter() - started
     after_plan = rss_mb()
-    runner = qsync.make_runner("s", db=work / "q.duckdb", concurrency=4)
-    runner.sink = DroppingSink(runner.sink.spec, "c", 8)
     step = max(1, plan.batches // batches)
-    runner.settings.only_batches = set(range(0, plan.batches, step))
+    chosen = set(range(0, plan.batches, step))
+    stored = qsync.make_runner("s", db=work / "q.duckdb", concurrency=4)
+    runner = Runner(
+        stored.store, "s", stored.spec, stored.embedder, DroppingSink(stored.sink.spec, "c", 8), stored.settings,
+        None, stored.embedder_signature, only_batches=frozenset(chosen),
+    )  # fmt: skip
     peak = [after_plan]
     done = threading.Event()
 
@@ -81,7 +88,7 @@ def one(n: int, batches: int) -> dict[str, Any]:
         "plan_s": round(plan_s, 2),
         "rss_before_plan_mb": round(baseline),
         "rss_after_plan_mb": round(after_plan),
-        "batches_run": len(runner.settings.only_batches),
+        "batches_run": len(chosen),
         "records_run": processed,
         "run_records_per_s": round(processed / run_s),
         "rss_peak_while_running_mb": round(peak[0]),
