@@ -27,7 +27,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import resolve_db
 from .embedders.base import Embedder, build_embedder
 from .enrich import Enricher
-from .errors import ConfigError, JobNotFound
+from .errors import ConfigError, JobNotFound, TransientError
 from .events import Listener
 from .figures import read_figures
 from .plan import PlanSummary
@@ -49,6 +49,11 @@ class SpecMismatch(ConfigError):
         self.status = status
         self.differences = diffs
         listed = "\n".join(f"  - {d}" for d in diffs)
+        if any(d.startswith("dimensions:") for d in diffs):
+            listed += (
+                "\n  (vectors of another size also need another collection, or a named vector: a collection "
+                "holds one size per vector)"
+            )
         super().__init__(
             f"job {job_id!r} is unfinished ({status}) and was started with a different spec:\n{listed}\n"
             f"Either resume it as stored (`qsync resume {job_id}`), or cancel it (`qsync cancel {job_id}`) and run "
@@ -122,6 +127,8 @@ def _plan(
     store: Store, job_id: str, spec: JobSpec, source: Source, max_cost_usd: float | None, clock: Clock
 ) -> PlanSummary:
     built = build_embedder(spec.embedder)
+    store.query_rows("SELECT 1")  # the checkpoint file first: an unwritable --db is the clearer error
+    _check_collection(spec, built.dimensions)
     signature = embedder_signature(built, spec.enrich.fingerprint() if spec.enrich else "")
     config = {**spec.to_dict(), "target": spec.target, "embedder_signature": signature}
     return _plan_job(
@@ -129,6 +136,19 @@ def _plan(
         target=spec.target, embedder_signature=signature, incremental=spec.incremental,
         delete_missing=spec.delete_missing, max_cost_usd=max_cost_usd,
     )  # fmt: skip
+
+
+def _check_collection(spec: JobSpec, dimensions: int) -> None:
+    """Refuse a job whose vectors the collection cannot hold (another size or distance, or a vector name a
+    server cannot add) before it is planned, rather than leave a job that can only fail. A Qdrant that is
+    away or busy is not an error here: the run waits for it, and checks again."""
+    sink = QdrantSink(spec.sink, spec.collection, dimensions, spec.collection_options)
+    try:
+        sink.ensure_collection()
+    except TransientError:
+        pass
+    finally:
+        sink.close()
 
 
 def run(
@@ -272,6 +292,7 @@ def batches(job: str, *, status: str | None = None, db: PathLike | None = None) 
                     tokens_estimated, saved_tokens, cost_usd, enrich_tokens, enrich_cost_usd, started_at, finished_at, duration_s,
                     first_ordinal, last_ordinal
              FROM batches WHERE job_id = ?"""
+    _job_row(_reader(db), job)  # a job that does not exist is an error, not an empty table
     params: list[Any] = [job]
     if status:
         sql += " AND status = ?"
@@ -281,6 +302,7 @@ def batches(job: str, *, status: str | None = None, db: PathLike | None = None) 
 
 def skipped(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
     """Records that were not loaded, each with the reason."""
+    _job_row(_reader(db), job)
     return _reader(db).query_df(
         "SELECT ordinal, record_id, stage, reason, created_at FROM skipped WHERE job_id = ? ORDER BY ordinal NULLS LAST",
         [job],

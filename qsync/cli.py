@@ -7,7 +7,9 @@ Exit codes: 0 the job completed (or the command succeeded); 1 an error or a fail
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +18,7 @@ import pandas as pd
 
 from . import api, costs, verification
 from .checkpoint import BATCH_STATES
+from .embedders.gemini import api_key_from_env
 from .errors import LeaseHeld, QsyncError, StoreLocked
 from .progress import ProgressBar
 from .runner import RunResult
@@ -224,11 +227,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qsync: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `qsync jobs | head`: the reader has what it wanted
+        with contextlib.suppress(OSError):  # Python flushes stdout at exit: let that write go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "run":
+        if args.embedder is None and api_key_from_env():
+            print("qsync: embedding with Gemini (GEMINI_API_KEY or GOOGLE_API_KEY is set; --embedder hash stays "
+                  "offline)", file=sys.stderr)  # fmt: skip
         options: dict[str, Any] = {}
         if args.price_per_million is not None:
             options["price_per_million_tokens"] = args.price_per_million
@@ -380,7 +390,7 @@ def _report(result: RunResult, db: str | None) -> int:
     if result.status == "completed":
         return EXIT_OK
     print(f"qsync: {result.status}: {result.message}", file=sys.stderr)
-    if result.status in ("paused", "failed"):
+    if result.status == "paused" or info["batches_failed"]:
         hint = f"qsync batches {result.job_id!r} --status failed lists them; " if info["batches_failed"] else ""
         print(f"  {hint}`qsync resume {result.job_id}` continues", file=sys.stderr)
     return EXIT_PAUSED if result.status in ("paused", "cancelled") else EXIT_ERROR

@@ -23,11 +23,17 @@ class ProgressBar:
     def __call__(self, event: Event) -> None:
         if isinstance(event, JobStarted):
             figures = event.figures
-            if figures.processed_records:
+            if figures.batches_done or figures.cost_usd:
                 self._write(
                     f"resuming {event.job_id}: {figures.processed_records:,} of {figures.total_records:,} records "
                     f"already processed ({figures.batches_done}/{figures.batches_total} batches), "
                     f"${figures.cost_usd:.4f} already spent; continuing"
+                )
+            elif figures.skipped_records or figures.unchanged_records:
+                self._write(
+                    f"{event.job_id}: {figures.total_records:,} records: {figures.skipped_records:,} skipped at "
+                    f"planning, {figures.unchanged_records:,} already in the collection unchanged, "
+                    f"{figures.remaining_records:,} to do"
                 )
             if event.took_over_stale_owner:
                 self._write("the previous runner had stopped without finishing; its unfinished batches are redone")

@@ -138,6 +138,7 @@ class Runner:
                     self._give_up(lease, tally.fatal)
                     raise tally.fatal
                 state, message = self._final_state(checkpoint, retrier, tally)
+                self._count_unconfirmed(checkpoint)  # calls that timed out here: priced exactly, not at the bound
                 return self._finish(lease, state, message, tally, started)
         finally:
             self.sink.close()

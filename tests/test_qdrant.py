@@ -191,10 +191,12 @@ def test_collection_options_and_a_distance_mismatch(tmp_path: Path) -> None:
     assert config["vectors"] == {"": {"size": 32, "distance": "Dot", "on_disk": True}}
     with open_shard(tmp_path / "qdrant" / "c") as shared:
         assert str(shared.shard.info().payload_schema["n"].data_type) == "PayloadSchemaType.Integer"
-    size = _run(src, tmp_path, job="wider", embedder="hash", distance="dot", dimensions=48)
-    assert size.status == "failed" and "holds vectors of size 32, but this job makes 48" in (size.message or "")
-    result = _run(src, tmp_path, job="cosine", embedder="hash")
-    assert result.status == "failed" and "uses Dot distance, but this job asks for Cosine" in (result.message or "")
+    # Refused before a job is even planned: nothing is left behind that could only fail.
+    with pytest.raises(ConfigError, match="holds vectors of size 32, but this job makes 48"):
+        _run(src, tmp_path, job="wider", embedder="hash", distance="dot", dimensions=48)
+    with pytest.raises(ConfigError, match="uses Dot distance, but this job asks for Cosine"):
+        _run(src, tmp_path, job="cosine", embedder="hash")
+    assert list(qsync.jobs(db=tmp_path / "q.duckdb")["job"]) == ["c:src"]
 
 
 # What holds the shard: another qsync process (qsync's own folder lock), or any program using Qdrant Edge
@@ -267,9 +269,9 @@ def test_an_old_local_mode_folder_is_refused_with_how_to_move(tmp_path: Path) ->
     client = QdrantClient(path=str(old))  # the format qsync wrote before Qdrant Edge
     client.close()
     assert (old / "meta.json").exists()
-    result = _run(src, tmp_path, job="j", embedder="hash")
-    assert result.status == "failed"
-    assert "old format" in (result.message or "") and "new --qdrant-path" in (result.message or "")
+    with pytest.raises(ConfigError, match="old format") as refused:  # before a job is even planned
+        _run(src, tmp_path, job="j", embedder="hash")
+    assert "new --qdrant-path" in str(refused.value)
     moved = qsync.run(src, collection="c", job="moved", db=tmp_path / "q.duckdb", qdrant_path=tmp_path / "edge",
                       embedder="hash", dimensions=32, settings=RunSettings(**FAST.__dict__))  # fmt: skip
     assert moved.ok and qsync.verify("moved", db=tmp_path / "q.duckdb").ok

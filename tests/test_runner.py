@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -123,11 +124,17 @@ def test_failing_batches_end_the_job_failed_and_resume_retries_them(tmp_path: Pa
 
 
 def test_dimension_mismatch_is_refused_before_any_embedding(tmp_path: Path) -> None:
-    _, db = _plan(tmp_path)
-    assert _runner(db, embedder=RecordingEmbedder()).run().ok
     src = tmp_path / "other.jsonl"
     write_records(src, make_records(10, prefix="other"))
+    db = tmp_path / "q.duckdb"
+    # Planned against an empty Qdrant; the collection is then replaced, behind qsync's back, by one of 32-d
+    # vectors: the run checks again before it embeds anything.
     qsync.create_job(src, collection="c", job="wide", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64)
+    shutil.rmtree(tmp_path / "qdrant" / "c")
+    _plan(tmp_path)
+    assert _runner(db, embedder=RecordingEmbedder()).run().ok
+    with pytest.raises(qsync.ConfigError, match="holds vectors of size 32, but this job makes 64"):
+        qsync.create_job(src, collection="c", job="wider", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64)
     embedder = RecordingEmbedder(dimensions=64)
     result = _runner(db, "wide", embedder=embedder).run()
     assert result.status == "failed"

@@ -109,7 +109,12 @@ def acquire(path: Path, new_config: EdgeConfig | None = None) -> SharedShard:
         if shared is None:
             if not exists(path) and new_config is None:
                 raise ConfigError(f"there is no Qdrant Edge shard at {path}; has a job written to it yet?")
-            path.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise PermanentError(
+                    f"cannot create the Qdrant Edge folder {path}: {exc.strerror}; choose a writable --qdrant-path"
+                ) from None
             lock_fd = _lock_folder(path)
             try:
                 _probe_wal(path)
