@@ -234,10 +234,13 @@ class BatchWork:
     token_estimates: list[int]
     payloads: list[str]
     source_hashes: list[str] = field(default_factory=list)  # the manifest's hashes (hashes may change: enrich)
+    media_refs: list[str | None] = field(default_factory=list)  # each record's image or document (media jobs)
 
     def __post_init__(self) -> None:
         if not self.source_hashes:
             self.source_hashes = list(self.hashes)
+        if not self.media_refs:
+            self.media_refs = [None] * len(self.hashes)
 
 
 @dataclass
@@ -333,6 +336,7 @@ class Checkpoint:
             texts=[r[3] for r in records],
             token_estimates=[r[4] for r in records],
             payloads=[r[5] for r in records],
+            media_refs=[r[6] for r in records],
         )
 
     def _claim(self, con: Any, batch_no: int, must: bool = True) -> int | None:
@@ -363,7 +367,7 @@ class Checkpoint:
         if rows is not None:
             return rows
         fetched = self.store.query_rows(
-            """SELECT batch_no, ordinal, record_id, content_hash, text, token_estimate, payload FROM manifest
+            """SELECT batch_no, ordinal, record_id, content_hash, text, token_estimate, payload, media_ref FROM manifest
                WHERE job_id = ? AND batch_no BETWEEN ? AND ? ORDER BY batch_no, ordinal""",
             [self.job_id, batch_no, batch_no + MANIFEST_READ_AHEAD - 1],
         )
@@ -392,9 +396,10 @@ class Checkpoint:
         tokens_estimated: bool,
         cost: float,
         intent: str | None = None,
+        media_tokens: int = 0,
     ) -> None:
         """Persist freshly paid-for vectors and their cost, settling the call's intent. Called before the
-        upsert."""
+        upsert. `media_tokens`: the part of the tokens that were images or document pages."""
         now = self.clock.now()
         tokens = int(sum(tokens_per_text))
         offsets = append_vectors(self.vectors, vectors)  # durable before the rows that point at them
@@ -403,9 +408,10 @@ class Checkpoint:
             insert_vectors(con, embedder, hashes, offsets, tokens_per_text, now, None, ignore_existing=ignore_existing)
             con.execute(
                 """UPDATE batches SET embedded_texts = embedded_texts + ?, tokens = tokens + ?,
-                       cost_usd = cost_usd + ?, tokens_estimated = tokens_estimated OR ?
+                       cost_usd = cost_usd + ?, tokens_estimated = tokens_estimated OR ?,
+                       media_tokens = coalesce(media_tokens, 0) + ?
                    WHERE job_id = ? AND batch_no = ?""",
-                [len(hashes), tokens, cost, tokens_estimated, self.job_id, work.batch_no],
+                [len(hashes), tokens, cost, tokens_estimated, media_tokens, self.job_id, work.batch_no],
             )
             self._settle(con, intent)
 
@@ -669,16 +675,15 @@ class Checkpoint:
         )
         counted = 0
         for intent, hashes in rows:
-            texts = [
-                str(t)
-                for (t,) in self.store.query_rows(
-                    "SELECT any_value(text) FROM manifest WHERE job_id = ? AND content_hash IN "
-                    "(SELECT unnest(?::VARCHAR[])) GROUP BY content_hash",
-                    [self.job_id, list(hashes or [])],
-                )
-            ]
-            if not texts:
+            sent = self.store.query_rows(
+                "SELECT any_value(text), bool_or(media_ref IS NOT NULL) FROM manifest WHERE job_id = ? AND "
+                "content_hash IN (SELECT unnest(?::VARCHAR[])) GROUP BY content_hash",
+                [self.job_id, list(hashes or [])],
+            )
+            # countTokens on the captions alone would undercount a media call: its upper bound stays.
+            if not sent or any(media for _, media in sent):
                 continue
+            texts = [str(t) for t, _ in sent]
             tokens = int(count_tokens(texts))
 
             def apply(con: Any, intent: str = intent, tokens: int = tokens) -> None:

@@ -46,6 +46,18 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--text-template", help="build the text from several columns, e.g. '{title}: {body}'")
 
 
+def _add_media_options(p: argparse.ArgumentParser) -> None:
+    media = p.add_mutually_exclusive_group()
+    where = "a path relative to the source file's folder, or absolute; the text column, if any, is its caption"
+    media.add_argument(
+        "--image-column", help=f"column of each record's PNG/JPEG image ({where}); needs --model gemini-embedding-2"
+    )
+    media.add_argument(
+        "--document-column",
+        help=f"column of each record's PDF, at most 6 pages ({where}); needs --model gemini-embedding-2",
+    )
+
+
 def _add_embedder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--embedder",
@@ -103,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="create a job from a source and run it, or resume the job of that name")
     _add_source_options(run)
+    _add_media_options(run)
     run.add_argument("--payload-columns", default="", help="comma-separated columns stored in each point's payload")
     run.add_argument("--collection", required=True)
     _add_db(run)
@@ -256,6 +269,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             text_column=None if args.text_template else args.text_column,
             text_template=args.text_template,
             payload_columns=[c.strip() for c in args.payload_columns.split(",") if c.strip()],
+            image_column=args.image_column,
+            document_column=args.document_column,
             embedder=args.embedder,
             model=args.model,
             dimensions=args.dimensions,

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -24,7 +25,7 @@ from .budget import Budget
 from .cache import cache_key
 from .checkpoint import BatchWork, Checkpoint, load_payload
 from .control import Control, Interrupted
-from .embedders.base import Embedder, Vectors, request_chunks
+from .embedders.base import Embedder, EmbedResult, Vectors, request_chunks
 from .errors import (
     InvalidInput,
     LeaseLost,
@@ -36,11 +37,14 @@ from .errors import (
     TransientError,
 )
 from .inflight import InFlight
+from .media import Media, MediaProblem
+from .mediaplan import caption_of, file_size, load_planned
 from .ratelimit import RateLimiter
 from .retry import Retrier
 from .sink import QdrantSink
 
 log = logging.getLogger("qsync")
+_MEDIA_OVERHEAD_BYTES = 512  # JSON around one record's media part and caption in batchEmbedContents
 
 
 @dataclass
@@ -89,6 +93,7 @@ class BatchPipeline:
         self.inflight = inflight
         self.stages = list(stages)
         self._price = embedder.price_per_million_tokens / 1_000_000
+        self._media_price = getattr(embedder, "media_price_per_million_tokens", 0.0) / 1_000_000 or self._price
 
     def process(self, batch_no: int, attempt: int | None = None, claim_next: int | None = None) -> Outcome:
         """Run one batch. `attempt`: it was claimed already; `claim_next`: claim that batch in the same
@@ -191,13 +196,24 @@ class BatchPipeline:
         rejected: dict[str, str],
     ) -> None:
         """Embed `hashes`, one API call per request chunk, persisting each call before the next. A call
-        refused for its content is split in halves until the refused text is alone, and it is skipped."""
-        pending = [[hashes[i] for i in chunk] for chunk in request_chunks(self.embedder, [texts[h][0] for h in hashes])]
+        refused for its content is split in halves until the refused record is alone, and it is skipped.
+        Media records (a media reference in the manifest) go in calls of their own (`embed_media`)."""
+        refs = {h: r for h, r in zip(work.hashes, work.media_refs, strict=True) if r}
+        plain = [h for h in hashes if h not in refs]
+        pending = [[plain[i] for i in chunk] for chunk in request_chunks(self.embedder, [texts[h][0] for h in plain])]
+        pending += self._media_chunks([h for h in hashes if h in refs], texts, refs)
         pending.reverse()
         while pending:
             chunk = pending.pop()
             try:
-                vectors, tokens, estimated, intent = self._call(chunk, texts, work.batch_no)
+                if chunk[0] in refs:
+                    chunk, send = self._media_call(chunk, texts, refs, rejected)
+                    if not chunk:
+                        continue
+                else:
+                    batch = [texts[h][0] for h in chunk]
+                    send = partial(self.embedder.embed, batch)
+                result, intent = self._call(chunk, texts, work.batch_no, send, media=chunk[0] in refs)
             except InvalidInput as exc:
                 if len(chunk) == 1:
                     rejected[chunk[0]] = f"refused by the embedder: {exc}"
@@ -205,40 +221,93 @@ class BatchPipeline:
                     half = len(chunk) // 2
                     pending += [chunk[half:], chunk[:half]]
                 continue
-            cost = sum(tokens) * self._price
+            media_tokens = sum(v for k, v in (result.tokens_by_modality or {}).items() if k != "TEXT")
+            text_tokens = sum(result.tokens_per_text) - media_tokens
+            cost = text_tokens * self._price + media_tokens * self._media_price
             try:
-                self.checkpoint.record_embeddings(work, self.embedder, chunk, vectors, tokens, estimated, cost, intent)
+                self.checkpoint.record_embeddings(
+                    work, self.embedder, chunk, result.vectors, result.tokens_per_text, result.tokens_estimated,
+                    cost, intent, media_tokens,
+                )  # fmt: skip
             finally:
-                self.budget.settle(self._reserved(chunk, texts), cost)
+                self.budget.settle(self._reserved(chunk, texts, chunk[0] in refs), cost)
             outcome.embedded += len(chunk)
-            for h, vector in zip(chunk, vectors, strict=True):
+            for h, vector in zip(chunk, result.vectors, strict=True):
                 by_hash[h] = vector
 
-    def _reserved(self, chunk: list[str], texts: dict[str, tuple[str, int]]) -> float:
-        return sum(texts[h][1] for h in chunk) * self._price
+    def _media_chunks(
+        self, hashes: list[str], texts: dict[str, tuple[str, int]], refs: dict[str, str]
+    ) -> list[list[str]]:
+        """Media records cut into calls within the request limits, by file size before any file is read:
+        at most max_batch_texts records and max_request_bytes of base64; a file bigger than that goes
+        alone (the API judges it, and refuses only that record)."""
+        limit = int(getattr(self.embedder, "max_request_bytes", 4 * 1024 * 1024))
+        chunks: list[list[str]] = []
+        size = 0
+        for h in hashes:
+            cost = -(-file_size(refs[h]) // 3) * 4 + len(texts[h][0].encode("utf-8")) + _MEDIA_OVERHEAD_BYTES
+            if not chunks or len(chunks[-1]) >= self.embedder.max_batch_texts or size + cost > limit:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(h)
+            size += cost
+        return chunks
+
+    def _media_call(
+        self, chunk: list[str], texts: dict[str, tuple[str, int]], refs: dict[str, str], rejected: dict[str, str]
+    ) -> tuple[list[str], Callable[[], EmbedResult]]:
+        """The records of `chunk` whose file still reads as planned, and the call that embeds them; the
+        others are skipped with their reason."""
+        embed_media: Callable[[list[tuple[Media, str | None]]], EmbedResult] | None
+        embed_media = getattr(self.embedder, "embed_media", None)
+        if embed_media is None:  # the spec allows media columns with gemini-embedding-2 only: a replaced embedder
+            raise PermanentError(f"{self.embedder.model} embeds text only; this job's records are media")
+        items: list[tuple[Media, str | None]] = []
+        kept: list[str] = []
+        for h in chunk:
+            caption = caption_of(texts[h][0])
+            try:
+                items.append((load_planned(refs[h], h, caption), caption))
+            except MediaProblem as exc:
+                rejected[h] = str(exc)
+                continue
+            kept.append(h)
+        return kept, partial(embed_media, items)
+
+    def _reserved(self, chunk: list[str], texts: dict[str, tuple[str, int]], media: bool = False) -> float:
+        return sum(texts[h][1] for h in chunk) * (self._media_price if media else self._price)
 
     def _call(
-        self, chunk: list[str], texts: dict[str, tuple[str, int]], batch_no: int
-    ) -> tuple[Vectors, list[int], bool, str | None]:
+        self,
+        chunk: list[str],
+        texts: dict[str, tuple[str, int]],
+        batch_no: int,
+        send: Callable[[], EmbedResult],
+        media: bool = False,
+    ) -> tuple[EmbedResult, str | None]:
         """One paid call: reserved against the budget, recorded as an intent before it is sent (write-ahead
         for money), paced by the rate limiter, retried by the one retry layer. The caller settles the
         reservation, and the intent (with the real cost) when it persists the vectors."""
-        batch = [texts[h][0] for h in chunk]
         estimate = sum(texts[h][1] for h in chunk)
-        # Each token is at least one byte: the byte count bounds what an unanswered call may have cost.
-        most_tokens = sum(len(t.encode("utf-8")) for t in batch)
-        self.budget.reserve(estimate * self._price)
+        if media:
+            # Media tokens have no byte bound: the bound is our estimate (~258 an image or page), doubled.
+            most_tokens = 2 * estimate
+            most_cost = most_tokens * self._media_price
+        else:
+            # Each token is at least one byte: the byte count bounds what an unanswered call may have cost.
+            most_tokens = sum(len(texts[h][0].encode("utf-8")) for h in chunk)
+            most_cost = most_tokens * self._price
+        reserved = self._reserved(chunk, texts, media)
+        self.budget.reserve(reserved)
 
-        def once() -> tuple[Vectors, list[int], bool, str | None]:
+        def once() -> tuple[EmbedResult, str | None]:
             if self.limiter is not None:
-                self.control.wait(self.limiter.acquire(len(batch), estimate))
+                self.control.wait(self.limiter.acquire(len(chunk), estimate))
             intent = None
             if self._price:  # a free embedder bills nothing: no intent to keep
-                intent = self.checkpoint.open_intent(
-                    "embed", batch_no, len(batch), most_tokens, most_tokens * self._price, chunk
-                )
+                intent = self.checkpoint.open_intent("embed", batch_no, len(chunk), most_tokens, most_cost, chunk)
             try:
-                result = self.embedder.embed(batch)
+                result = send()
             except TransientError as exc:
                 if intent is not None:
                     self.checkpoint.close_intent(intent, "unconfirmed" if exc.maybe_billed else "void")
@@ -250,7 +319,7 @@ class BatchPipeline:
             if self.limiter is not None:
                 self.limiter.succeeded()
                 self.limiter.settle(estimate, sum(result.tokens_per_text))
-            return result.vectors, result.tokens_per_text, result.tokens_estimated, intent
+            return result, intent
 
         def throttle(exc: TransientError) -> None:
             if self.limiter is not None and isinstance(exc, RateLimited):
@@ -259,5 +328,5 @@ class BatchPipeline:
         try:
             return self.retrier.call(once, before_retry=throttle)
         except BaseException:
-            self.budget.settle(estimate * self._price, 0.0)
+            self.budget.settle(reserved, 0.0)
             raise

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from .checkpoint import insert_job
 from .clock import Clock
 from .errors import ConfigError, SourceError
+from .mediaplan import MEDIA_TABLE, check_media, media_base, media_store, register_media
 from .sources import INPUT_VIEW, Columns, Source
 from .store import Store, first_row
 
@@ -66,25 +67,38 @@ def create_job(
             raise ConfigError(f"a job named {job_id!r} exists already")
         rejected = source.register(con, columns)
         try:
+            if columns.media_kind:
+                check_media(con, columns.media_kind, media_base(source), media_store(store.path))
+            else:  # one query for both kinds of job: text jobs join an empty media table
+                register_media(con, [])
+            media = bool(columns.media_kind)
+            # A media record's text is its caption: it may be missing or blank, the media may not.
+            text_checks = (
+                "WHEN media_problem IS NOT NULL THEN media_problem"
+                if media
+                else """WHEN text IS NULL THEN 'text is missing'
+                        WHEN regexp_full_match(text, '[\\s\\p{Z}]*') THEN 'text is empty or whitespace'"""
+            )
             con.execute(
                 f"""
                 CREATE OR REPLACE TEMP TABLE __qsync_checked AS
                 WITH n AS (
-                    SELECT *,
-                        CAST(ceil(strlen(coalesce(text, '')) / {BYTES_PER_TOKEN}) AS INTEGER) AS token_estimate,
+                    SELECT i.*, m.media_ref, m.media_hash, m.media_problem,
+                        CAST(ceil(strlen(coalesce(text, '')) / {BYTES_PER_TOKEN}) AS INTEGER) AS text_tokens,
+                        CAST(coalesce(m.media_tokens, text_tokens) AS INTEGER) AS token_estimate,
                         min(ordinal) OVER (PARTITION BY record_id) AS first_ordinal
-                    FROM {INPUT_VIEW}
+                    FROM {INPUT_VIEW} i LEFT JOIN {MEDIA_TABLE} m USING (ordinal)
                 )
-                SELECT ordinal, record_id, text, payload, token_estimate,
+                SELECT ordinal, record_id, coalesce(text, '') AS text, payload, token_estimate, media_ref,
+                    coalesce(media_hash, sha256(text)) AS content_hash,
                     CASE
                         WHEN problem IS NOT NULL THEN problem
                         WHEN record_id IS NULL THEN 'id is missing'
-                        WHEN text IS NULL THEN 'text is missing'
-                        WHEN regexp_full_match(text, '[\\s\\p{{Z}}]*') THEN 'text is empty or whitespace'
+                        {text_checks}
                         WHEN ordinal <> first_ordinal
                             THEN 'duplicate id (first seen at row ' || CAST(first_ordinal + 1 AS VARCHAR) || ')'
-                        WHEN token_estimate > {embedder.max_text_tokens}
-                            THEN 'text too long: ~' || CAST(token_estimate AS VARCHAR)
+                        WHEN text_tokens > {embedder.max_text_tokens}
+                            THEN 'text too long: ~' || CAST(text_tokens AS VARCHAR)
                                  || ' tokens (estimated), limit {embedder.max_text_tokens}'
                     END AS reason
                 FROM n
@@ -98,7 +112,7 @@ def create_job(
             """
             CREATE OR REPLACE TEMP TABLE __qsync_unchanged AS
             SELECT c.ordinal FROM __qsync_checked c JOIN points p
-              ON p.target = ? AND p.embedder = ? AND p.record_id = c.record_id AND p.source_hash = sha256(c.text)
+              ON p.target = ? AND p.embedder = ? AND p.record_id = c.record_id AND p.source_hash = c.content_hash
             WHERE c.reason IS NULL AND ?
             """,
             [target, embedder_signature, incremental and bool(target)],
@@ -106,9 +120,9 @@ def create_job(
         con.execute(
             f"""
             INSERT INTO manifest
-            SELECT ?, ordinal, record_id, sha256(text),
+            SELECT ?, ordinal, record_id, content_hash,
                 CAST((row_number() OVER (ORDER BY ordinal) - 1) // {batch_size} AS INTEGER),
-                token_estimate, text, payload
+                token_estimate, text, payload, media_ref
             FROM __qsync_checked
             WHERE reason IS NULL AND ordinal NOT IN (SELECT ordinal FROM __qsync_unchanged)
             ORDER BY ordinal
@@ -156,7 +170,7 @@ def create_job(
 
 
 def _unregister(con: Any) -> None:
-    for name in (INPUT_VIEW, "__qsync_sql"):
+    for name in (INPUT_VIEW, "__qsync_sql", MEDIA_TABLE):
         try:
             con.unregister(name)
         except Exception:  # not registered for this source kind

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _V1 = """
 CREATE TABLE qsync_schema (version INTEGER NOT NULL);
@@ -261,6 +261,16 @@ CREATE TABLE spend_intents (
 );
 """
 
+# v9: media records (gemini-embedding-2). `media_ref` is the path of the record's image or document, read
+# again when its batch runs (its content_hash is sha256 of those bytes + caption: a file changed since
+# planning is a skip, never a vector filed under another file's hash); DataFrame bytes are written once
+# into a content-addressed folder beside the DuckDB file (media.py) and referenced from there. Batches
+# count their image and document tokens apart from the total.
+_V9 = """
+ALTER TABLE manifest ADD COLUMN media_ref VARCHAR;
+ALTER TABLE batches ADD COLUMN media_tokens BIGINT DEFAULT 0;
+"""
+
 Migration = str | Callable[[Any, str], None]  # SQL, or fn(connection, DuckDB file path)
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7, _V8]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7, _V8, _V9]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -1,7 +1,8 @@
 """Where records come from: a DataFrame, a Parquet / CSV / JSON-lines file, or a DuckDB SQL query.
 
 Every source is turned into one normalized relation with the columns
-    ordinal BIGINT, record_id VARCHAR, text VARCHAR, payload VARCHAR (JSON), problem VARCHAR
+    ordinal BIGINT, record_id VARCHAR, text VARCHAR, payload VARCHAR (JSON), problem VARCHAR,
+    media VARCHAR (a path as the source gives it), media_bytes BLOB (a DataFrame's or Parquet's bytes)
 registered as `__qsync_input` on the store's connection. `problem` carries what was already wrong with
 a row while reading it (malformed JSON line, a text that is not a string); the planner adds the checks
 that need the whole table (duplicate ids) or the embedder (length) and skips those rows with a reason.
@@ -27,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .errors import SourceError
+from .media import MediaKind
 from .store import arrow_table
 
 INPUT_VIEW = "__qsync_input"
@@ -34,22 +36,40 @@ INPUT_VIEW = "__qsync_input"
 
 @dataclass(frozen=True)
 class Columns:
-    """Which columns hold the id, the text (or a template over several columns) and the payload."""
+    """Which columns hold the id, the text (or a template over several columns) and the payload; for a
+    multimodal job, which one holds each record's image or document (a path, or bytes in a DataFrame),
+    whose text, if any, is then its caption."""
 
     id_column: str = "id"
     text_column: str | None = "text"
     text_template: str | None = None
     payload_columns: tuple[str, ...] = ()
+    image_column: str | None = None
+    document_column: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.text_column is None) == (self.text_template is None):
+        if self.image_column and self.document_column:
+            # One record, one embedding of one medium: a row with both would need two vectors per point.
+            raise SourceError("give one media column per job: an image column or a document column, not both")
+        if self.text_column is not None and self.text_template is not None:
+            raise SourceError("give exactly one of text_column or text_template")
+        if self.text_column is None and self.text_template is None and not self.media_column:
             raise SourceError("give exactly one of text_column or text_template")
         if self.text_template is not None and not template_fields(self.text_template):
             raise SourceError(f"text template {self.text_template!r} names no column, e.g. '{{title}}: {{body}}'")
 
+    @property
+    def media_column(self) -> str | None:
+        return self.image_column or self.document_column
+
+    @property
+    def media_kind(self) -> MediaKind | None:
+        return "image" if self.image_column else "document" if self.document_column else None
+
     def required(self) -> list[str]:
         text_cols = [self.text_column] if self.text_column else template_fields(self.text_template or "")
-        return list(dict.fromkeys([self.id_column, *text_cols, *self.payload_columns]))
+        media = [self.media_column] if self.media_column else []
+        return list(dict.fromkeys([self.id_column, *text_cols, *media, *self.payload_columns]))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +77,8 @@ class Columns:
             "text_column": self.text_column,
             "text_template": self.text_template,
             "payload_columns": list(self.payload_columns),
+            "image_column": self.image_column,
+            "document_column": self.document_column,
         }
 
 
@@ -99,7 +121,9 @@ def _sql_literal(text: str) -> str:
 
 
 def _normalize_sql(relation_sql: str, columns: Columns, types: Mapping[str, str]) -> str:
-    if columns.text_column is not None:
+    if columns.text_column is None and columns.text_template is None:
+        text_sql = "CAST(NULL AS VARCHAR)"  # a media job without captions
+    elif columns.text_column is not None:
         text_type = types[columns.text_column].upper()
         if text_type not in ("VARCHAR", "JSON") and not text_type.startswith("VARCHAR"):
             raise SourceError(
@@ -118,6 +142,13 @@ def _normalize_sql(relation_sql: str, columns: Columns, types: Mapping[str, str]
                 parts.append(f"coalesce(CAST({_ident(name)} AS VARCHAR), '')")
         all_null = " AND ".join(f"{_ident(f)} IS NULL" for f in fields)
         text_sql = f"CASE WHEN {all_null} THEN NULL ELSE concat({', '.join(parts)}) END"
+    media_sql, bytes_sql = "CAST(NULL AS VARCHAR)", "CAST(NULL AS BLOB)"
+    if columns.media_column:
+        name = _ident(columns.media_column)
+        if types[columns.media_column].upper() == "BLOB":
+            bytes_sql = name
+        else:
+            media_sql = f"CAST({name} AS VARCHAR)"
     payload_cols = list(dict.fromkeys([columns.id_column, *columns.payload_columns]))
     payload_sql = "to_json(struct_pack(" + ", ".join(f"{_ident(c)} := {_ident(c)}" for c in payload_cols) + "))"
     return f"""
@@ -125,7 +156,9 @@ def _normalize_sql(relation_sql: str, columns: Columns, types: Mapping[str, str]
                CAST({_ident(columns.id_column)} AS VARCHAR) AS record_id,
                {text_sql} AS text,
                CAST({payload_sql} AS VARCHAR) AS payload,
-               CAST(NULL AS VARCHAR) AS problem
+               CAST(NULL AS VARCHAR) AS problem,
+               {media_sql} AS media,
+               {bytes_sql} AS media_bytes
         FROM {relation_sql}
     """
 
@@ -293,6 +326,8 @@ def _json_value(value: Any) -> Any:
 
 def _text_of(record: Mapping[str, Any], columns: Columns) -> tuple[str | None, str | None]:
     """(text, problem)."""
+    if columns.text_column is None and columns.text_template is None:
+        return None, None  # a media job without captions
     if columns.text_column is not None:
         value = record.get(columns.text_column)
         if _is_missing(value):
@@ -307,6 +342,20 @@ def _text_of(record: Mapping[str, Any], columns: Columns) -> tuple[str | None, s
     return (columns.text_template or "").format_map({k: "" if _is_missing(v) else v for k, v in values.items()}), None
 
 
+def _media_of(record: Mapping[str, Any], columns: Columns) -> tuple[str | None, bytes | None, str | None]:
+    """(path, bytes, problem) of a record's media cell: a path (str or PathLike) or the bytes themselves."""
+    if not columns.media_column:
+        return None, None, None
+    value = record.get(columns.media_column)
+    if _is_missing(value):
+        return None, None, None  # the planner says 'media is missing'
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return None, bytes(value), None
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value), None, None
+    return None, None, f"{columns.media_column} holds {type(value).__name__}, not a file path or bytes"
+
+
 def _register_python(
     con: duckdb.DuckDBPyConnection,
     records: Iterable[tuple[int, Mapping[str, Any] | str]],
@@ -318,6 +367,8 @@ def _register_python(
     texts: list[str | None] = []
     payloads: list[str] = []
     problems: list[str | None] = []
+    media: list[str | None] = []
+    media_bytes: list[bytes | None] = []
     rejected: list[RejectedRow] = []
     payload_cols = list(dict.fromkeys([columns.id_column, *columns.payload_columns]))
     seen_columns: set[str] = set()
@@ -345,6 +396,11 @@ def _register_python(
         texts.append(text)
         payloads.append(payload)
         problems.append(problem)
+        path, data, media_problem = _media_of(record, columns)
+        media.append(path)
+        media_bytes.append(data)
+        if media_problem and not problems[-1]:
+            problems[-1] = media_problem
     if ordinals and columns.id_column not in seen_columns:
         _check_columns(sorted(seen_columns), columns, description)
     table = pa.table(
@@ -354,6 +410,8 @@ def _register_python(
             "text": pa.array(texts, pa.string()),
             "payload": pa.array(payloads, pa.string()),
             "problem": pa.array(problems, pa.string()),
+            "media": pa.array(media, pa.string()),
+            "media_bytes": pa.array(media_bytes, pa.binary()),
         }
     )
     con.register(INPUT_VIEW, table)

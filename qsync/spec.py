@@ -166,6 +166,23 @@ class JobSpec:
             raise ConfigError("Batch Mode is a Gemini feature: use the gemini embedder with Batch Mode")
         if self.enrich is not None:
             self.enrich.check_fields(["text", self.columns.id_column, *self.columns.payload_columns])
+        if self.columns.media_column:
+            self._check_media()
+
+    def _check_media(self) -> None:
+        """Media columns need a model that embeds media, and the paths that embed records one call at a time."""
+        option = "--image-column" if self.columns.image_column else "--document-column"
+        if self.embedder.kind != "gemini" or not model_info(self.embedder.resolved_model).get("multimodal"):
+            raise ConfigError(
+                f"{option} needs a multimodal model: use --model gemini-embedding-2 "
+                f"(not {self.embedder.resolved_model})"
+            )
+        if self.batch_mode:
+            raise ConfigError(f"{option} cannot be used with Batch Mode yet: it submits texts only")
+        if self.enrich is not None:
+            raise ConfigError(
+                f"{option} cannot be used with enrichment: it rewrites texts, and media records embed files"
+            )
 
     @property
     def target(self) -> str:
@@ -182,6 +199,8 @@ class JobSpec:
             "text column": columns.text_column,
             "text template": columns.text_template,
             "payload columns": list(columns.payload_columns),
+            "image column": columns.image_column,
+            "document column": columns.document_column,
             **self.embedder.identity(),
             "Qdrant": self.sink.describe(),
             "collection": self.collection,
@@ -229,6 +248,8 @@ class JobSpec:
                 cols.get("text_column"),
                 cols.get("text_template"),
                 tuple(cols.get("payload_columns") or ()),
+                cols.get("image_column"),
+                cols.get("document_column"),
             ),
             embedder=EmbedderSpec.from_dict(data["embedder"]),
             sink=SinkSpec.from_dict(data["sink"]),
@@ -302,6 +323,8 @@ class SpecOptions(TypedDict, total=False):
     text_column: str | None
     text_template: str | None
     payload_columns: Sequence[str]
+    image_column: str | None
+    document_column: str | None
     embedder: str | None
     model: str | None
     dimensions: int | None
@@ -332,6 +355,8 @@ def build_spec(
     text_column: str | None = "text",
     text_template: str | None = None,
     payload_columns: Sequence[str] = (),
+    image_column: str | None = None,
+    document_column: str | None = None,
     embedder: str | None = None,
     model: str | None = None,
     dimensions: int | None = None,
@@ -357,7 +382,15 @@ def build_spec(
     GOOGLE_API_KEY is set, else the offline hashing embedder; Qdrant to $QDRANT_URL when set and no
     path is given, else Qdrant Edge in a folder beside the DuckDB file."""
     src = as_source(source, database=source_db)
-    columns = Columns(id_column, None if text_template else text_column, text_template, tuple(payload_columns))
+    # A media record's text is its caption, and optional: text_column=None (or '') embeds the media alone.
+    columns = Columns(
+        id_column,
+        None if text_template else (text_column or None),
+        text_template,
+        tuple(payload_columns),
+        image_column or None,
+        document_column or None,
+    )
     kind = embedder or ("gemini" if api_key_from_env() else "hash")
     options = dict(embedder_options or {})
     model = model or options.pop("model", None)

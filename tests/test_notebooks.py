@@ -99,6 +99,14 @@ def test_the_form_offers_the_source_columns_and_only_the_embedders_fields(tmp_pa
     assert launcher.gemini_fields.layout.display == "none", "no model or rate fields for the hashing embedder"
     launcher.embedder.value = "gemini"
     assert launcher.gemini_fields.layout.display == ""
+    assert launcher.media_fields.layout.display == "none", "media columns need gemini-embedding-2"
+    assert launcher._spec_options()["image_column"] is None
+    launcher.model.value = "gemini-embedding-2"
+    assert launcher.media_fields.layout.display == ""
+    assert [v for _, v in launcher.image_column.options] == ["", "id", "text", "n"]
+    launcher.image_column.value = "text"
+    assert launcher._spec_options()["image_column"] == "text"
+    assert launcher._spec_options()["document_column"] is None
     assert parse_budget("") is None and parse_budget(" $2.50 ") == 2.5
     with pytest.raises(ValueError, match="empty for no cap"):
         parse_budget("0")

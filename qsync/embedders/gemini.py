@@ -161,6 +161,10 @@ class GeminiEmbedder:
         self.price_per_million_tokens = (
             price_per_million_tokens if price_per_million_tokens is not None else price_per_million(self.model)
         )
+        # Images and PDF pages are priced apart from text; a model without such a price bills them as text.
+        self.media_price_per_million_tokens = float(
+            info.get("usd_per_million_media_tokens", self.price_per_million_tokens)
+        )
         self.batch_price_per_million_tokens = (
             price_per_million_tokens / 2
             if price_per_million_tokens is not None

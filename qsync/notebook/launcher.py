@@ -26,6 +26,7 @@ from ..errors import QsyncError
 from ..events import Event, JobFinished, JobStarted
 from ..figures import JobFigures
 from ..formatting import count, usd
+from ..pricing import model_info
 from ..session import JobHandle, active_run, start_job
 from ..sources import as_source
 from ..spec import JobSpec, RunSettings, base_name, default_job_name
@@ -36,6 +37,7 @@ from .search import SearchBox
 
 _LABEL = {"description_width": "150px"}
 _FIELD = {"width": "440px"}
+_NO_MEDIA = ("(none)", "")
 _UNFINISHED = ("planned", "paused", "failed", "stale")
 _EMBEDDERS = [("hash — offline, free", "hash"), ("gemini — Gemini API (needs GEMINI_API_KEY)", "gemini")]
 
@@ -113,7 +115,17 @@ class Launcher:
                                                 description="Texts per minute", style=_LABEL, layout=_FIELD)  # fmt: skip
         self.tokens_per_minute = widgets.IntText(int(defaults.get("tokens_per_minute") or 1_000_000),
                                                  description="Tokens per minute", style=_LABEL, layout=_FIELD)  # fmt: skip
-        self.gemini_fields = widgets.VBox([self.model, self.texts_per_minute, self.tokens_per_minute])
+        # Media columns embed each record's image or PDF (its text as caption): gemini-embedding-2 only.
+        self.image_column = widgets.Dropdown(options=[_NO_MEDIA], description="Image column", style=_LABEL,
+                                             layout=_FIELD)  # fmt: skip
+        self.image_column.add_class("qsync-image-column")
+        self.document_column = widgets.Dropdown(options=[_NO_MEDIA], description="Document column", style=_LABEL,
+                                                layout=_FIELD)  # fmt: skip
+        self.document_column.add_class("qsync-document-column")
+        self.media_fields = widgets.VBox([self.image_column, self.document_column])
+        self.media_fields.add_class("qsync-media-fields")
+        self.gemini_fields = widgets.VBox([self.model, self.media_fields, self.texts_per_minute,
+                                           self.tokens_per_minute])  # fmt: skip
         self.gemini_fields.add_class("qsync-gemini-fields")
         self.dimensions = widgets.IntText(int(defaults.get("dimensions") or 768), description="Dimensions",
                                           style=_LABEL, layout=_FIELD)  # fmt: skip
@@ -165,6 +177,7 @@ class Launcher:
 
         self.read_button.on_click(lambda _: self.read_columns())
         self.embedder.observe(lambda _: self._show_embedder_fields(), names="value")
+        self.model.observe(lambda _: self._show_embedder_fields(), names="value")
         self.start_button.on_click(lambda _: self.start())
         self.pause_button.on_click(lambda _: self.pause())
         self.resume_button.on_click(lambda _: self.resume())
@@ -218,11 +231,19 @@ class Launcher:
         text_choices = (defaults.get("text_column"), keep_text, guessed_text, columns[-1])
         self.text_column.value = next(c for c in text_choices if c in columns)
         self.payload_columns.value = tuple(c for c in picked if c in columns)
+        for field, key in ((self.image_column, "image_column"), (self.document_column, "document_column")):
+            keep = defaults.get(key) or field.value
+            field.options = [_NO_MEDIA, *[(c, c) for c in columns]]
+            field.value = keep if keep in columns else ""
         if self.message.value.startswith("<span style='color:#b00020'>Source"):
             self.message.value = ""
 
+    def _media_model(self) -> bool:
+        return self.embedder.value == "gemini" and bool(model_info(self.model.value.strip()).get("multimodal"))
+
     def _show_embedder_fields(self) -> None:
         self.gemini_fields.layout.display = "" if self.embedder.value == "gemini" else "none"
+        self.media_fields.layout.display = "" if self._media_model() else "none"
 
     def _spec_options(self) -> dict[str, Any]:
         gemini = self.embedder.value == "gemini"
@@ -233,6 +254,8 @@ class Launcher:
             "model": self.model.value.strip() or None if gemini else None, "dimensions": self.dimensions.value,
             "embedder_options": self.extra_options, "batch_size": self.batch_size.value,
             "qdrant_path": self.qdrant_path,
+            "image_column": self.image_column.value or None if self._media_model() else None,
+            "document_column": self.document_column.value or None if self._media_model() else None,
         }  # fmt: skip
 
     def _settings(self) -> RunSettings:
@@ -267,6 +290,11 @@ class Launcher:
         if spec.columns.text_column:
             self.text_column.value = spec.columns.text_column
         self.payload_columns.value = tuple(spec.columns.payload_columns)
+        for field, media in ((self.image_column, spec.columns.image_column),
+                             (self.document_column, spec.columns.document_column)):  # fmt: skip
+            if media and media not in [v for _, v in field.options]:
+                field.options = [*field.options, (media, media)]
+            field.value = media or ""
         if spec.embedder.kind not in [v for _, v in self.embedder.options]:
             self.embedder.options = [*self.embedder.options, (spec.embedder.kind, spec.embedder.kind)]
         self.embedder.value = spec.embedder.kind

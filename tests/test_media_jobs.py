@@ -1,0 +1,183 @@
+"""Multimodal jobs end to end, through the real google-genai SDK against the emulator: a table of image
+paths with captions is planned (bad files skipped with their reasons), embedded, re-synced (a changed file
+is paid again, an unchanged one never), and searched with text; DataFrame bytes and PDFs too."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from qsync_testing import qdrant_points
+from test_media import pdf, png
+
+import qsync
+from qsync.emulator import TOKENS_PER_IMAGE, GeminiEmulator, count_tokens, emulated_vector, media_key
+from qsync.errors import ConfigError
+from qsync.media import MAX_MEDIA_BYTES
+from qsync.spec import RunSettings
+from qsync.store import open_store
+
+SECRET = "AIzaTEST-secret-key-0123456789"
+G2 = "gemini-embedding-2"
+FAST = RunSettings(concurrency=2, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2, texts_per_minute=10**7)
+GOOD = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
+    emu = GeminiEmulator(api_key=SECRET, window_s=1.0, seed=5).start()
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emu.url)
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Path:
+    """A JSON-lines table of image paths relative to its folder, three good and five bad."""
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    for name, rgb in GOOD.items():
+        (images / f"{name}.png").write_bytes(png(rgb))
+    (images / "cut.png").write_bytes(png((9, 9, 9))[:-20])
+    (images / "slides.png").write_bytes(pdf(2))
+    with (images / "huge.png").open("wb") as f:  # sparse: 21 MB on paper, nothing on disk
+        f.write(png((1, 2, 3)))
+        f.truncate(MAX_MEDIA_BYTES + 1024**2)
+    rows = [{"id": name, "caption": f"a {name} square", "image": f"images/{name}.png"} for name in GOOD]
+    rows += [
+        {"id": "cut", "caption": "a partial download", "image": "images/cut.png"},
+        {"id": "gone", "caption": "a file that is not there", "image": "images/gone.png"},
+        {"id": "huge", "caption": "too big", "image": "images/huge.png"},
+        {"id": "slides", "caption": "a PDF named .png", "image": "images/slides.png"},
+        {"id": "none", "caption": "no image at all", "image": None},
+    ]
+    src = tmp_path / "data" / "photos.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return src
+
+
+def _run(src: Path | pd.DataFrame, tmp_path: Path, **options: Any) -> qsync.RunResult:
+    opts: dict[str, Any] = {
+        "collection": "photos", "db": tmp_path / "q.duckdb", "qdrant_path": tmp_path / "qdrant",
+        "model": G2, "dimensions": 128, "text_column": "caption", "image_column": "image", "batch_size": 4,
+        **options,
+    }  # fmt: skip
+    result = qsync.run(src, settings=FAST, **opts)
+    assert result.ok, result.message
+    return result
+
+
+def _rows(tmp_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in open_store(tmp_path / "q.duckdb").query_rows(sql, list(params))]
+
+
+def _embed_calls(emu: GeminiEmulator) -> int:
+    return int(emu.stats()["requests"].get("batchEmbedContents", 0))
+
+
+def _expected(caption: str, data: bytes, mime: str = "image/png") -> np.ndarray:
+    vector = emulated_vector(G2, "title: none | text: " + caption + media_key(mime, data), 128)
+    return vector / np.linalg.norm(vector)
+
+
+def test_an_image_job_loads_the_good_files_and_skips_each_bad_one_with_its_reason(
+    tmp_path: Path, table: Path, emulator: GeminiEmulator
+) -> None:
+    result = _run(table, tmp_path)
+    points = qdrant_points(tmp_path / "qdrant", "photos")
+    assert sorted(p["id"] for _, p in points.values()) == sorted(GOOD)
+    for name, rgb in GOOD.items():
+        vector, _ = points[qsync.point_id(name)]
+        np.testing.assert_allclose(vector, _expected(f"a {name} square", png(rgb)), atol=1e-5)
+    skipped = qsync.skipped(result.job_id, db=tmp_path / "q.duckdb")
+    reasons = dict(zip(skipped["record_id"], skipped["reason"], strict=True))
+    assert set(skipped["stage"]) == {"plan"}
+    assert "corrupt PNG" in reasons["cut"]
+    assert "gone.png does not exist" in reasons["gone"]
+    assert "too big" in reasons["huge"]
+    assert "not a PNG or JPEG image" in reasons["slides"] and "application/pdf" in reasons["slides"]
+    assert reasons["none"] == "image is missing"
+    [(tokens, media_tokens, cost)] = _rows(
+        tmp_path, "SELECT sum(tokens), sum(media_tokens), sum(cost_usd) FROM batches WHERE job_id = ?", result.job_id
+    )
+    captions = sum(count_tokens(f"title: none | text: a {name} square") for name in GOOD)
+    assert tokens == 3 * TOKENS_PER_IMAGE + captions  # the API's total, exactly
+    # The SDK drops the per-modality split the API sends: qsync splits the exact total by its estimates.
+    assert media_tokens == pytest.approx(3 * TOKENS_PER_IMAGE, rel=0.02)
+    assert cost == pytest.approx(media_tokens * 0.45e-6 + (tokens - media_tokens) * 0.20e-6)
+
+
+def test_a_resync_pays_again_only_for_the_changed_file_and_search_finds_images_by_text(
+    tmp_path: Path, table: Path, emulator: GeminiEmulator
+) -> None:
+    _run(table, tmp_path)
+    calls = _embed_calls(emulator)
+    assert calls == 1  # three images within one request
+
+    unchanged = _run(table, tmp_path)
+    assert _embed_calls(emulator) == calls  # nothing changed: no call at all
+    assert unchanged.job_id == "photos:photos#2"
+
+    (table.parent / "images" / "green.png").write_bytes(png((0, 128, 0)))
+    changed = _run(table, tmp_path)
+    assert _embed_calls(emulator) == calls + 1
+    assert emulator.stats()["texts_embedded"] == 4  # red, green, blue, then the new green alone
+    assert _rows(tmp_path, "SELECT sum(embedded_texts) FROM batches WHERE job_id = ?", changed.job_id) == [(1,)]
+    vector, _ = qdrant_points(tmp_path / "qdrant", "photos")[qsync.point_id("green")]
+    np.testing.assert_allclose(vector, _expected("a green square", png((0, 128, 0))), atol=1e-5)
+
+    hits = qsync.search(changed.job_id, "a red bicycle", db=tmp_path / "q.duckdb")
+    assert sorted(hits["id"]) == sorted(GOOD)
+    received = list(emulator.received)[-1]
+    assert received["content"]["parts"][0]["text"].startswith("task: search result | query: ")
+
+
+def test_a_dataframe_of_pdf_bytes_is_kept_beside_the_store_and_a_long_pdf_is_skipped(
+    tmp_path: Path, emulator: GeminiEmulator
+) -> None:
+    frame = pd.DataFrame(
+        {"id": [1, 2, 3], "doc": [pdf(2), pdf(9), b"%PDF-1.4 cut"], "text": ["two pages", "nine pages", None]}
+    )
+    result = _run(frame, tmp_path, image_column=None, document_column="doc", text_column="text")
+    points = qdrant_points(tmp_path / "qdrant", "photos")
+    vector, _ = points[qsync.point_id("1")]
+    np.testing.assert_allclose(vector, _expected("two pages", pdf(2), "application/pdf"), atol=1e-5)
+    assert len(points) == 1
+    reasons = list(qsync.skipped(result.job_id, db=tmp_path / "q.duckdb")["reason"])
+    assert any("9 pages" in r for r in reasons) and any("corrupt PDF" in r for r in reasons)
+    kept = list((tmp_path / "q.duckdb.media").iterdir())
+    assert [p.read_bytes() for p in kept] == [pdf(2)]
+
+
+def test_media_columns_need_gemini_embedding_2(tmp_path: Path, table: Path, emulator: GeminiEmulator) -> None:
+    with pytest.raises(ConfigError, match="gemini-embedding-2"):
+        _run(table, tmp_path, model="gemini-embedding-001")
+    with pytest.raises(ConfigError, match="gemini-embedding-2"):
+        _run(table, tmp_path, model=None, embedder="hash")
+    with pytest.raises(ConfigError, match="Batch Mode"):
+        _run(table, tmp_path, batch_mode=True)
+
+
+def test_a_job_without_captions_embeds_the_images_alone(tmp_path: Path, table: Path, emulator: GeminiEmulator) -> None:
+    _run(table, tmp_path, text_column=None)
+    vector, _ = qdrant_points(tmp_path / "qdrant", "photos")[qsync.point_id("red")]
+    expected = emulated_vector(G2, media_key("image/png", png(GOOD["red"])), 128)
+    np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-5)
+
+
+def test_a_parquet_blob_column_holds_the_images_themselves(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    src = tmp_path / "photos.parquet"
+    pd.DataFrame(
+        {"id": ["red", "cut"], "image": [png(GOOD["red"]), png(GOOD["red"])[:-20]], "caption": ["a", "b"]}
+    ).to_parquet(src)
+    result = _run(src, tmp_path)
+    vector, _ = qdrant_points(tmp_path / "qdrant", "photos")[qsync.point_id("red")]
+    np.testing.assert_allclose(vector, _expected("a", png(GOOD["red"])), atol=1e-5)
+    assert "corrupt PNG" in qsync.skipped(result.job_id, db=tmp_path / "q.duckdb")["reason"][0]
