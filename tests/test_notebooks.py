@@ -120,7 +120,7 @@ def test_start_pause_resume_from_the_widgets_answer_at_once(tmp_path: Path) -> N
     assert time.monotonic() - started < 1.0 and "planning" in launcher.message.value
     assert launcher.monitor.job == "c:src", "the monitor shows the job being started, never the previous one"
     db = tmp_path / "q.duckdb"
-    wait_for(lambda: db.exists() and qsync.status(db=db)["processed_records"] >= 200, timeout=60)
+    wait_for(lambda: _processed(db) >= 200, timeout=60)
     clicked = time.monotonic()
     launcher.pause_button.click()
     assert time.monotonic() - clicked < 1.0
@@ -150,8 +150,7 @@ def test_start_pause_resume_from_the_widgets_answer_at_once(tmp_path: Path) -> N
 def test_cancel_asks_first_and_differs_from_pause(tmp_path: Path) -> None:
     launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
     launcher.start_button.click()
-    wait_for(lambda: (tmp_path / "q.duckdb").exists() and
-             qsync.status(db=tmp_path / "q.duckdb")["processed_records"] >= 100, timeout=60)  # fmt: skip
+    wait_for(lambda: _processed(tmp_path / "q.duckdb") >= 100, timeout=60)
     launcher.cancel_button.click()
     assert launcher.confirm.layout.display == "" and "cannot be resumed" in launcher.confirm_text.value
     launcher.confirm_no.click()
@@ -176,7 +175,7 @@ def test_a_rerun_notebook_finds_its_job_and_a_resync_resumes_as_itself(tmp_path:
     second = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
     assert second.payload_columns.value == ("n",) and second.budget.value == "3", "the form shows the stored job"
     second.start()
-    wait_for(lambda: second.job == "c:src#2" and qsync.status("c:src#2", db=db)["processed_records"] >= 200, 60)
+    wait_for(lambda: second.job == "c:src#2" and _processed(db, "c:src#2") >= 200, 60)
     second.pause()
     assert second.wait(30).status == "paused"  # type: ignore[union-attr]
     third = _launcher(tmp_path, embedder_options={"latency_s": 0.05})  # Run All after a kernel restart
@@ -192,7 +191,7 @@ def test_a_rerun_notebook_finds_its_job_and_a_resync_resumes_as_itself(tmp_path:
 def test_a_form_that_differs_from_the_unfinished_job_offers_two_ways_on(tmp_path: Path) -> None:
     launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
     launcher.start()
-    wait_for(lambda: launcher.job and qsync.status(launcher.job, db=tmp_path / "q.duckdb")["processed_records"], 60)
+    wait_for(lambda: launcher.job and _processed(tmp_path / "q.duckdb", launcher.job), 60)
     launcher.pause()
     launcher.wait(30)
     launcher.dimensions.value = 48
@@ -324,7 +323,7 @@ launcher.start()
     manager, client = start_new_kernel(kernel_name="python3", env=qsync_env())
     try:
         client.execute_interactive(start, timeout=60)
-        wait_for(lambda: db.exists() and qsync.status("nb", db=db)["processed_records"] >= 300, timeout=60)
+        wait_for(lambda: _processed(db, "nb") >= 300, timeout=60)
         os.kill(manager.provisioner.pid, signal.SIGKILL)  # the kernel dies mid-job (a zombie until reaped)
         wait_for(lambda: qsync.status("nb", db=db)["status"] == "stale", timeout=30)
     finally:
@@ -348,3 +347,11 @@ launcher.start()
         vector, _ = points[qsync.point_id(r["id"])]
         assert abs(float(vector @ hash_vector(r["text"], 32)) - 1.0) < 1e-5
     assert qsync.cost("nb", db=db).iloc[0]["resume_skipped_records"] >= done_before
+
+
+def _processed(db: Path, job: str | None = None) -> int:
+    """Records processed so far; 0 while the job is not planned yet (the file may exist before it is)."""
+    try:
+        return int(qsync.status(job, db=db)["processed_records"])
+    except qsync.QsyncError:
+        return 0

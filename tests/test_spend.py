@@ -83,7 +83,7 @@ def test_the_budget_counts_unconfirmed_spend(tmp_path: Path, emulator: GeminiEmu
     write_records(src, make_records(600))
     env = qsync_env(GEMINI_API_KEY=SECRET, GOOGLE_GEMINI_BASE_URL=emulator.url)
     proc = subprocess.Popen(qsync_cmd(*_args(src, db)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: status_json(db, "s", env=env)["processed_records"] >= 100 if db.exists() else False, timeout=60)
+    wait_for(lambda: _processed(db) >= 100, timeout=60)
     wait_for(lambda: emulator.stats()["in_progress"].get("batchEmbedContents", 0) >= 1, timeout=30, interval=0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -98,3 +98,10 @@ def test_the_budget_counts_unconfirmed_spend(tmp_path: Path, emulator: GeminiEmu
     assert "budget" in out.stderr
     assert emulator.requests["batchEmbedContents"] == calls  # not one new paid call
     assert status_json(db, "s", env=env)["status"] == "paused"
+
+
+def _processed(db: Path) -> int:
+    try:
+        return int(qsync.status("s", db=db)["processed_records"])
+    except qsync.QsyncError:  # not planned yet: the file can exist a moment before the job does
+        return 0

@@ -245,7 +245,14 @@ class JobMonitor:
         left.set(title=title, xlabel=unit, ylim=(0, max(1, figures.total_records) * 1.05))
         left.legend(loc="upper left", fontsize=8)
         if all(math.isnan(r) for r in rates):  # no rate yet: a sentence, not an empty frame with odd axes
-            right.text(0.5, 0.5, "measuring the rate…", ha="center", va="center", transform=right.transAxes)
+            run = history[max(i for i, p in enumerate(history) if p.new_run or i == 0) :]
+            if figures.status != "running" and len(run) > 1 and run[-1].t > run[0].t:
+                # Ended before a recent rate could be measured: say what the run averaged instead.
+                average = (run[-1].processed - run[0].processed) / (run[-1].t - run[0].t)
+                sentence = f"the run averaged\n{number(average)} records/s"
+            else:
+                sentence = "measuring the rate…"
+            right.text(0.5, 0.5, sentence, ha="center", va="center", transform=right.transAxes)
             right.set(xticks=[], yticks=[], title="throughput (records/s)")
         else:
             right.plot(times, rates, color="tab:orange")
