@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from qsync_testing import make_records, qsync_cmd, qsync_env, run_qsync, status_json, wait_for, write_records
 
+import qsync
 from qsync.emulator import GeminiEmulator
 
 pytestmark = pytest.mark.reliability
