@@ -125,17 +125,17 @@ NOTEBOOKS = {
             "import pandas as pd\n\n"
             "from qsync.notebook import show\n\n"
             "before = qsync.estimate(SOURCE, db=DB)\n"
-            'show(pd.DataFrame([{k: v for k, v in before.items() if k != "skip_reasons"}]))'
+            'show(pd.DataFrame([(k, v) for k, v in before.items() if k != "skip_reasons"], columns=["", "estimate"]))'
         ),
         new_code_cell(
             "import matplotlib.pyplot as plt\n\n"
-            "from qsync.notebook.formatting import usd_axis\n\n"
+            "# The job's records by the clock (the panel above plots its dollars by time into the run).\n"
             "if panel.job:\n"
             "    curve = qsync.cost_over_time(panel.job, db=DB)\n"
             "    fig, ax = plt.subplots(figsize=(6, 2.5))\n"
-            '    ax.plot(curve["finished_at"], curve["cumulative_cost_usd"])\n'
-            '    ax.set(title="cumulative cost", ylabel="spent")\n'
-            "    usd_axis(ax.yaxis)\n"
+            '    ax.plot(curve["finished_at"], curve["cumulative_records"])\n'
+            '    ax.set(title="records loaded, by the clock", ylabel="records")\n'
+            "    ax.set_ylim(bottom=0)\n"
             "    fig.autofmt_xdate()\n"
             "    plt.show()"
         ),

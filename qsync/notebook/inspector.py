@@ -173,8 +173,8 @@ class BatchInspector:
         self.table.value = frame_html(shown, "No batches match these filters.", max_chars=90)
         n = len(self._frame)
         self.page_label.value = (
-            f"&nbsp;page {self.page + 1} of {self.pages} · batches {count(start + 1 if n else 0)} to "
-            f"{count(min(n, start + self.page_size))} of {count(n)}&nbsp;"
+            f"&nbsp;page {self.page + 1} of {self.pages} · rows {count(start + 1 if n else 0)} to "
+            f"{count(min(n, start + self.page_size))} of {count(n)} batches&nbsp;"
         )
         self.prev_button.disabled = self.page == 0
         self.next_button.disabled = self.page >= self.pages - 1
