@@ -40,9 +40,9 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         "--source", required=True, help="a .parquet, .csv, .tsv, .jsonl or .json file, or 'sql:SELECT …' (DuckDB SQL)"
     )
     p.add_argument("--source-db", help="DuckDB database file that an sql: source runs against (read-only)")
-    p.add_argument("--id-column", default="id")
+    p.add_argument("--id-column", default="id", help="column with each record's id (default: id)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--text-column", default="text")
+    group.add_argument("--text-column", default="text", help="column with the text to embed (default: text)")
     group.add_argument("--text-template", help="build the text from several columns, e.g. '{title}: {body}'")
 
 
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(run)
     _add_media_options(run)
     run.add_argument("--payload-columns", default="", help="comma-separated columns stored in each point's payload")
-    run.add_argument("--collection", required=True)
+    run.add_argument("--collection", required=True, help="the Qdrant collection to write (created if missing)")
     _add_db(run)
     where = run.add_mutually_exclusive_group()
     where.add_argument("--qdrant-path", help="folder of Qdrant Edge shards, or :memory: (default: beside --db)")
@@ -131,12 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the hash embedder sleep per call, standing in for a remote API",
     )
     run.add_argument("--enrich-prompt", help="ask a Gemini model about each record first, e.g. 'Summarise: {text}'")
-    run.add_argument("--enrich-model", default="gemini-2.5-flash-lite")
+    run.add_argument("--enrich-model", default="gemini-2.5-flash-lite", help="the model that answers the prompt")
     run.add_argument("--enrich-field", default="enrichment", help="payload key for the answer")
     run.add_argument(
         "--enrich-embed", default="text", choices=["text", "answer", "both"], help="what to embed (default: text)"
     )
-    run.add_argument("--distance", default="cosine", choices=["cosine", "dot", "euclid", "manhattan"])
+    run.add_argument("--distance", default="cosine", choices=["cosine", "dot", "euclid", "manhattan"],
+                     help="distance of a new collection (default: cosine)")  # fmt: skip
     run.add_argument("--on-disk", action="store_true", help="create the collection with vectors on disk")
     run.add_argument(
         "--payload-index", action="append", default=[], metavar="COLUMN[:TYPE]",
@@ -156,17 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="embed with Gemini Batch Mode (half price; results within 24 h; polled, also after a restart)",
     )
-    run.add_argument("--batch-size", type=int, default=100)
+    run.add_argument("--batch-size", type=int, default=100, help="records per batch and checkpoint (default 100)")
     run.add_argument("--job", help="job name (default: COLLECTION:SOURCE-STEM); an existing job is resumed")
     _add_run_options(run)
 
     resume = sub.add_parser("resume", help="continue a paused, failed or stale job")
-    resume.add_argument("job")
+    resume.add_argument("job", help="job name, as `qsync jobs` lists them")
     _add_db(resume)
     _add_run_options(resume)
 
     status = sub.add_parser("status", help="progress of a job (the newest when none is named)")
-    status.add_argument("job", nargs="?")
+    status.add_argument("job", nargs="?", help="job name (default: the newest job)")
     _add_db(status)
     _add_json(status)
 
@@ -175,18 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(jobs)
 
     batches = sub.add_parser("batches", help="list a job's batches")
-    batches.add_argument("job")
+    batches.add_argument("job", help="job name, as `qsync jobs` lists them")
     batches.add_argument("--status", choices=BATCH_STATES)
     _add_db(batches)
     _add_json(batches)
 
     skipped = sub.add_parser("skipped", help="list records that were skipped, with reasons")
-    skipped.add_argument("job")
+    skipped.add_argument("job", help="job name, as `qsync jobs` lists them")
     _add_db(skipped)
     _add_json(skipped)
 
     cost = sub.add_parser("cost", help="tokens and dollars a job spent, and what the cache and resumes saved")
-    cost.add_argument("job")
+    cost.add_argument("job", help="job name, as `qsync jobs` lists them")
     _add_db(cost)
     _add_json(cost)
 
@@ -204,18 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(estimate)
 
     verify = sub.add_parser("verify", help="compare the collection with the ledger; --repair fixes it from the cache")
-    verify.add_argument("job")
+    verify.add_argument("job", help="job name; its collection is checked where the job wrote it")
     verify.add_argument("--repair", action="store_true", help="re-upsert missing or wrong points (no embedder call)")
     _add_db(verify)
     _add_json(verify)
 
     cancel = sub.add_parser("cancel", help="cancel a job (a running one stops at its next heartbeat)")
-    cancel.add_argument("job")
+    cancel.add_argument("job", help="job name, as `qsync jobs` lists them")
     _add_db(cancel)
 
     search = sub.add_parser("search", help="the records of a job's collection nearest to a text")
-    search.add_argument("job")
-    search.add_argument("text")
+    search.add_argument("job", help="job name: its collection is searched with its embedder")
+    search.add_argument("text", help="what to look for, in words")
     search.add_argument("--limit", type=int, default=10, help="how many records (default 10)")
     _add_db(search)
     _add_json(search)
