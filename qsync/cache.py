@@ -6,8 +6,10 @@ every job in the DuckDB file, so a second job over the same texts and model pays
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Protocol
 
+import duckdb
 import pyarrow as pa
 
 from .embedders.base import Vectors
@@ -72,7 +74,10 @@ def insert_vectors(
         conflict = " ON CONFLICT DO NOTHING" if ignore_existing else ""
         con.execute(f"INSERT INTO embeddings SELECT * FROM __qsync_new_vectors{conflict}")
     finally:
-        con.unregister("__qsync_new_vectors")
+        # After a failed INSERT the transaction is aborted and unregister fails too; its error must not hide
+        # the INSERT's (a key conflict is retried by the caller). The next register replaces the view anyway.
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("__qsync_new_vectors")
 
 
 def append_vectors(vectors_file: VectorFile, vectors: Vectors) -> list[int]:

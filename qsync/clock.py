@@ -1,4 +1,5 @@
-"""Time as a dependency, so retry, lease and rate logic can be tested without waiting."""
+"""Time as a dependency, so lease and rate logic can be tested without waiting. (Waits themselves go
+through the run's Control, control.py, so that Pause can cut them short.)"""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ class Clock(Protocol):
         """Wall-clock time in UTC, comparable across processes (leases, ledger timestamps)."""
         ...
 
-    def sleep(self, seconds: float) -> None: ...
-
 
 class SystemClock:
     def monotonic(self) -> float:
@@ -24,10 +23,6 @@ class SystemClock:
     def now(self) -> datetime:
         # Naive UTC: DuckDB TIMESTAMP columns are naive, and every process must agree on the zone.
         return datetime.now(timezone.utc).replace(tzinfo=None)
-
-    def sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            time.sleep(seconds)
 
 
 SYSTEM_CLOCK = SystemClock()

@@ -20,3 +20,9 @@ def default_qdrant_path(db: Path) -> str:
 def env_float(name: str, default: float) -> float:
     value = os.environ.get(name)
     return float(value) if value else default
+
+
+def stale_after_s() -> float:
+    """How old a heartbeat may be before its job counts as stale ($QSYNC_STALE_AFTER_S, default 60): read
+    here for the runner's lease and for the liveness shown by status, so both judge alike."""
+    return env_float("QSYNC_STALE_AFTER_S", 60.0)

@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from .clock import Clock
-from .config import env_float
+from .config import stale_after_s
 from .errors import JobNotFound
 from .lease import lease_is_live
 from .store import Store
@@ -151,7 +151,7 @@ def job_figures(store: Store, clock: Clock, job: str) -> JobFigures:
 
 def with_liveness(frame: pd.DataFrame, clock: Clock) -> pd.DataFrame:
     """A `running` job whose owner is gone is shown as `stale`: status never claims work nobody does."""
-    stale_after = env_float("QSYNC_STALE_AFTER_S", 60.0)
+    stale_after = stale_after_s()
     now = clock.now()
     frame = frame.copy()
     for i, row in frame.iterrows():

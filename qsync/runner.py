@@ -20,6 +20,7 @@ from .checkpoint import Checkpoint, JobState
 from .clock import SYSTEM_CLOCK, Clock
 from .control import Control, Interrupted
 from .embedders.base import Embedder, default_limits
+from .enrich import Enricher, EnrichStage
 from .errors import LeaseLost, PauseJob, QsyncError, StopJob, StoreError, TransientError
 from .events import BatchFinished, JobFinished, JobStarted, Listener, Notice, Progress, emit
 from .figures import JobFigures, job_figures
@@ -72,7 +73,7 @@ class Runner:
         max_cost_usd: float | None,
         embedder_signature: str,
         *,
-        enricher: object | None = None,  # enrich.Enricher, when the job enriches
+        enricher: Enricher | None = None,  # when the job enriches
         listeners: Sequence[Listener] = (),
         only_batches: frozenset[int] | None = None,
         clock: Clock = SYSTEM_CLOCK,
@@ -159,9 +160,6 @@ class Runner:
     ) -> None:
         stages: list[BatchStage] = []
         if self.enricher is not None:
-            from .enrich import Enricher, EnrichStage
-
-            assert isinstance(self.enricher, Enricher)
             stages.append(EnrichStage(self.enricher, checkpoint, budget, retrier))
         if self.spec.batch_mode:
             from .batchmode import BatchModeStage

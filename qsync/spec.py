@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
 
 from typing_extensions import Required
 
-from .config import default_qdrant_path, env_float, resolve_db
+from .config import default_qdrant_path, env_float, resolve_db, stale_after_s
 from .embedders.gemini import DEFAULT_MODEL as GEMINI_DEFAULT_MODEL
 from .embedders.gemini import api_key_from_env
 from .embedders.hashing import MODEL as HASH_MODEL
@@ -302,7 +302,7 @@ class RunSettings:
         """Defaults, then QSYNC_* environment variables, then explicit overrides (None = not given)."""
         base = cls(
             heartbeat_s=env_float("QSYNC_HEARTBEAT_S", 5.0),
-            stale_after_s=env_float("QSYNC_STALE_AFTER_S", 60.0),
+            stale_after_s=stale_after_s(),
             retry_base_s=env_float("QSYNC_RETRY_BASE_S", 1.0),
             batch_mode_poll_s=env_float("QSYNC_BATCH_POLL_S", 30.0),
         )

@@ -145,3 +145,25 @@ def test_every_transition_goes_through_the_group_commit(tmp_path: Path, kind: st
     assert transactions[0] == before + 1
     expected = {"complete": "done", "fail": "failed", "release": "pending"}[kind]
     assert _statuses(ledger)[0][0] == expected
+
+
+def test_a_vector_another_job_saved_meanwhile_keeps_the_first_copy(tmp_path: Path) -> None:
+    """Two jobs that embedded the same text at once both persist it: the second plain INSERT hits the
+    cache's key for real, is retried keeping the first copy, and the batch's figures still count it."""
+    import numpy as np
+
+    from qsync.cache import lookup_vectors
+    from qsync.embedders.hashing import HashingEmbedder
+
+    ledger, _ = _ledger(tmp_path)
+    embedder = HashingEmbedder(dimensions=8)
+    first_work, second_work = ledger.claim(0), ledger.claim(1)
+    text_hash = first_work.hashes[0]
+    first = np.full((1, 8), 1.0, dtype=np.float32)
+    ledger.record_embeddings(first_work, embedder, [text_hash], first, [3], False, 0.0)
+    ledger.record_embeddings(second_work, embedder, [text_hash], np.full((1, 8), 2.0, np.float32), [3], False, 0.0)
+    with ledger.store.reading() as con:
+        found = lookup_vectors(con, ledger.vectors, embedder, [text_hash])
+    np.testing.assert_array_equal(found[text_hash][0], first[0])
+    rows = ledger.store.query_rows("SELECT batch_no, embedded_texts FROM batches WHERE job_id = 'g' AND batch_no < 2")
+    assert sorted(rows) == [(0, 1), (1, 1)]  # both calls were paid: both are counted

@@ -244,7 +244,7 @@ class JobMonitor:
             title += f" — {figures.batches_failed} failed batch{'es' if figures.batches_failed != 1 else ''}"
         left.set(title=title, xlabel=unit, ylim=(0, max(1, figures.total_records) * 1.05))
         left.legend(loc="upper left", fontsize=8)
-        if all(math.isnan(r) for r in rates):  # no rate yet: a sentence, not an empty frame with odd axes
+        if sum(not math.isnan(r) for r in rates) < 2:  # no line to draw: a sentence, not an empty frame
             run = history[max(i for i, p in enumerate(history) if p.new_run or i == 0) :]
             if figures.status != "running" and len(run) > 1 and run[-1].t > run[0].t:
                 # Ended before a recent rate could be measured: say what the run averaged instead.
