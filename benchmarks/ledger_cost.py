@@ -25,7 +25,7 @@ import pandas as pd
 
 import qsync
 from qsync import checkpoint as cp
-from qsync.checkpoint import Checkpoint
+from qsync.checkpoint import Checkpoint, Completion
 from qsync.clock import SYSTEM_CLOCK
 from qsync.embedders.hashing import HashingEmbedder
 from qsync.store import open_store
@@ -72,7 +72,7 @@ def main() -> None:
         ledger.record_embeddings(work, embedder, work.hashes, vectors, [10] * 100, tokens_estimated=False, cost=0.0)
         c2 = time.process_time()
         step[0] = "mark done"
-        ledger.complete(work, cache_hits=0, saved_tokens=0, duration_s=0.0)
+        ledger.complete([Completion(work, cache_hits=0, saved_tokens=0, duration_s=0.0)])
         c3 = time.process_time()
         batch_wall.append(time.perf_counter() - started)
         for name, ms in (("claim", c1 - c0), ("persist vectors", c2 - c1), ("mark done", c3 - c2)):

@@ -15,8 +15,8 @@ Batch states:
                        running --release---> pending        (clean stop, or a dead owner's leftovers)
 
 `record_embeddings` stores the vectors a batch paid for, and their tokens and cost, before the upsert
-that uses them: a crash after it costs nothing on resume. `complete` runs only after Qdrant acknowledged
-the upsert. Every write of a run first checks the lease in the same transaction, so a runner that lost
+that uses them: a crash after it costs nothing on resume. `complete` runs only once Qdrant holds the
+batch's points durably, and marks many batches done in one transaction (one Qdrant Edge flush covers them). Every write of a run first checks the lease in the same transaction, so a runner that lost
 its job cannot change a thing.
 
 A run's writes are group-committed: while one worker's transaction runs, the writes other workers ask
@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
@@ -243,6 +243,17 @@ class BatchWork:
             self.media_refs = [None] * len(self.hashes)
 
 
+@dataclass(frozen=True)
+class Completion:
+    """A batch whose points Qdrant holds durably, to be marked done (Checkpoint.complete)."""
+
+    work: BatchWork
+    cache_hits: int
+    saved_tokens: int
+    duration_s: float
+    skips: dict[int, str] = field(default_factory=dict)  # record index -> why the embedder refused it
+
+
 @dataclass
 class _Write:
     """One caller's part of a group commit."""
@@ -319,13 +330,10 @@ class Checkpoint:
         )
         return [int(r[0]) for r in rows]
 
-    def claim(self, batch_no: int, attempt: int | None = None) -> BatchWork:
-        """Mark the batch running (a new attempt) and load its records; with `attempt`, it was claimed
-        already (by `complete(..., claim_next=)`). Only the state change needs the write transaction:
-        the manifest never changes once planned."""
-        if attempt is None:
-            attempt = self._write(lambda con: self._claim(con, batch_no))
-        assert attempt is not None  # _claim raises rather than return None when it must claim
+    def claim(self, batch_no: int) -> BatchWork:
+        """Mark the batch running (a new attempt) and load its records. Only the state change needs the
+        write transaction: the manifest never changes once planned."""
+        attempt = self._write(lambda con: self._claim(con, batch_no))
         records = self._manifest(batch_no)
         return BatchWork(
             batch_no=batch_no,
@@ -339,7 +347,7 @@ class Checkpoint:
             media_refs=[r[6] for r in records],
         )
 
-    def _claim(self, con: Any, batch_no: int, must: bool = True) -> int | None:
+    def _claim(self, con: Any, batch_no: int) -> int:
         now = self.clock.now()
         row = first_row(
             con.execute(
@@ -350,8 +358,6 @@ class Checkpoint:
             )
         )
         if row is None:
-            if not must:
-                return None
             raise RuntimeError(f"batch {batch_no} of {self.job_id!r} is not claimable")
         attempt = int(row[0])
         con.execute(
@@ -461,48 +467,39 @@ class Checkpoint:
 
         self._write(apply)
 
-    def complete(
-        self,
-        work: BatchWork,
-        cache_hits: int,
-        saved_tokens: int,
-        duration_s: float,
-        skips: dict[int, str] | None = None,
-        claim_next: int | None = None,
-    ) -> int | None:
-        """Mark the batch done (Qdrant has acknowledged it); `skips` are records the embedder refused.
+    def complete(self, batches: Sequence[Completion]) -> None:
+        """Mark batches done, in one transaction: Qdrant holds their points durably (see QdrantSink.durable)."""
 
-        With `claim_next`, the worker's next batch is claimed in the same transaction (one commit a batch
-        fewer, on the file every worker waits for); returns its attempt number, None if not claimed."""
-        skips = skips or {}
-
-        def apply(con: Any) -> int | None:
+        def apply(con: Any) -> None:
             now = self.clock.now()
-            con.execute(
-                """UPDATE batches SET status = 'done', finished_at = ?, duration_s = ?, last_error = NULL,
-                       cache_hits = cache_hits + ?, saved_tokens = saved_tokens + ?, skipped_records = ?
-                   WHERE job_id = ? AND batch_no = ?""",
-                [now, duration_s, cache_hits, saved_tokens, len(skips), self.job_id, work.batch_no],
-            )
-            for i, reason in skips.items():
+            for done in batches:
+                work = done.work
                 con.execute(
-                    "INSERT INTO skipped VALUES (?, ?, ?, 'embed', ?, ?)",
-                    [self.job_id, work.ordinals[i], work.record_ids[i], reason, now],
-                )
-            if skips:
+                    """UPDATE batches SET status = 'done', finished_at = ?, duration_s = ?, last_error = NULL,
+                           cache_hits = cache_hits + ?, saved_tokens = saved_tokens + ?, skipped_records = ?
+                       WHERE job_id = ? AND batch_no = ?""",
+                    [now, done.duration_s, done.cache_hits, done.saved_tokens, len(done.skips), self.job_id,
+                     work.batch_no],
+                )  # fmt: skip
+                for i, reason in done.skips.items():
+                    con.execute(
+                        "INSERT INTO skipped VALUES (?, ?, ?, 'embed', ?, ?)",
+                        [self.job_id, work.ordinals[i], work.record_ids[i], reason, now],
+                    )
+                self._end_attempt(con, work, now, "done", None)
+            skipped = sum(len(done.skips) for done in batches)
+            if skipped:
                 con.execute(
-                    "UPDATE jobs SET skipped_records = skipped_records + ? WHERE job_id = ?", [len(skips), self.job_id]
+                    "UPDATE jobs SET skipped_records = skipped_records + ? WHERE job_id = ?", [skipped, self.job_id]
                 )
-            self._record_points(con, work, skips, now)
-            self._end_attempt(con, work, now, "done", None)
-            return None if claim_next is None else self._claim(con, claim_next, must=False)
+            self._record_points(con, batches, now)
 
-        return self._write(apply)
+        self._write(apply)
 
-    def _record_points(self, con: Any, work: BatchWork, skips: dict[int, str], now: Any) -> None:
-        """What the collection now holds for this batch, in the transaction that marks it done."""
-        kept = [i for i in range(len(work.record_ids)) if i not in skips]
-        ids = [work.record_ids[i] for i in kept]
+    def _record_points(self, con: Any, batches: Sequence[Completion], now: Any) -> None:
+        """What the collection now holds for these batches, in the transaction that marks them done."""
+        kept = [(done.work, i) for done in batches for i in range(len(done.work.record_ids)) if i not in done.skips]
+        ids = [work.record_ids[i] for work, i in kept]
         if not ids or not self.target:
             return
         table = pa.table(
@@ -510,10 +507,10 @@ class Checkpoint:
                 "target": [self.target] * len(kept),
                 "record_id": ids,
                 "point_id": [point_id(r) for r in ids],
-                "source_hash": [work.source_hashes[i] for i in kept],
-                "vector_hash": [work.hashes[i] for i in kept],
+                "source_hash": [work.source_hashes[i] for work, i in kept],
+                "vector_hash": [work.hashes[i] for work, i in kept],
                 "embedder": [self.embedder_signature] * len(kept),
-                "payload": [work.payloads[i] for i in kept],
+                "payload": [work.payloads[i] for work, i in kept],
                 "job_id": [self.job_id] * len(kept),
                 "updated_at": pa.array([now] * len(kept), pa.timestamp("us")),
             }

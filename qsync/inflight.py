@@ -17,14 +17,16 @@ from .embedders.base import Vectors
 
 @dataclass
 class _Pending:
-    done: threading.Event
+    resolved: bool = False
     vector: Vectors | None = None
     tokens: int = 0
 
 
 class InFlight:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # One condition for all texts rather than an Event per text: a batch claims 100 texts, and
+        # waiting for another batch's call is rare.
+        self._cond = threading.Condition()
         self._pending: dict[str, _Pending] = {}
 
     def claim(self, keys: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -32,36 +34,38 @@ class InFlight:
         batch is embedding (to `wait` for)."""
         owned: list[str] = []
         others: list[str] = []
-        with self._lock:
+        with self._cond:
             for key in keys:
                 if key in self._pending:
                     others.append(key)
                 else:
-                    self._pending[key] = _Pending(threading.Event())
+                    self._pending[key] = _Pending()
                     owned.append(key)
         return owned, others
 
     def resolve(self, key: str, vector: Vectors | None, tokens: int = 0) -> None:
         """The owner's call ended: with the vector (already persisted), or None if it failed."""
-        with self._lock:
+        with self._cond:
             pending = self._pending.pop(key, None)
-        if pending is not None:
-            pending.vector, pending.tokens = vector, tokens
-            pending.done.set()
+            if pending is not None:
+                pending.vector, pending.tokens, pending.resolved = vector, tokens, True
+                self._cond.notify_all()
 
     def wait(self, keys: list[str], control: Control) -> tuple[dict[str, tuple[Vectors, int]], list[str]]:
         """Wait for other batches' calls: (vectors they saved with their tokens, keys whose call failed).
         Raises Interrupted if the run stops meanwhile."""
         found: dict[str, tuple[Vectors, int]] = {}
         failed: list[str] = []
-        with self._lock:
+        with self._cond:
             waits = {k: self._pending.get(k) for k in keys}
         for key, pending in waits.items():
             if pending is None:  # resolved between claim and wait: the vector is in the cache now
                 failed.append(key)
                 continue
-            while not pending.done.wait(0.05):
-                control.check()
+            with self._cond:
+                while not pending.resolved:
+                    self._cond.wait(0.05)
+                    control.check()
             if pending.vector is None:
                 failed.append(key)
             else:

@@ -5,8 +5,9 @@ Order matters and is the whole point:
 2. run the batch stages (enrichment may change the texts to embed);
 3. vectors: take what the cache holds; wait for texts another batch is embedding right now; embed the
    rest call by call, persisting each call's vectors and cost at once (never pay twice);
-4. upsert into Qdrant, which returns once the points are durable;
-5. mark the batch done, only now (nothing lost).
+4. write the points to Qdrant;
+5. `complete`: once the points are durable, mark the batch done (nothing lost). The scheduler's completer
+   calls it for many batches at once: one Qdrant Edge flush and one transaction cover them all.
 A SIGKILL at any point leaves the batch either done or unfinished with its paid vectors cached.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from .budget import Budget
 from .cache import cache_key
-from .checkpoint import BatchWork, Checkpoint, load_payload
+from .checkpoint import BatchWork, Checkpoint, Completion, load_payload
 from .control import Control, Interrupted
 from .embedders.base import Embedder, EmbedResult, Vectors, request_chunks
 from .errors import (
@@ -61,7 +62,15 @@ class Outcome:
     error: str | None = None
     fatal: BaseException | None = None  # the run cannot go on (lease lost, store broken)
     halt: BaseException | None = None  # the job must stop (PauseJob: resumable; StopJob: failed)
-    next_attempt: int | None = None  # the worker's next batch was claimed with this one's completion
+
+
+@dataclass
+class Upserted:
+    """A batch whose points are written to Qdrant, maybe not yet durably: BatchPipeline.complete ends it."""
+
+    done: Completion
+    outcome: Outcome
+    written: int  # the sink's number of the write, for QdrantSink.durable
 
 
 class BatchStage(Protocol):
@@ -95,12 +104,12 @@ class BatchPipeline:
         self._price = embedder.price_per_million_tokens / 1_000_000
         self._media_price = getattr(embedder, "media_price_per_million_tokens", 0.0) / 1_000_000 or self._price
 
-    def process(self, batch_no: int, attempt: int | None = None, claim_next: int | None = None) -> Outcome:
-        """Run one batch. `attempt`: it was claimed already; `claim_next`: claim that batch in the same
-        transaction that marks this one done (see Outcome.next_attempt)."""
+    def process(self, batch_no: int) -> Outcome | Upserted:
+        """Run one batch up to its points written to Qdrant (Upserted: `complete` marks it done), or to
+        its end (an Outcome: failed, released, lost, halted)."""
         started = time.monotonic()
         try:
-            work = self.checkpoint.claim(batch_no, attempt)
+            work = self.checkpoint.claim(batch_no)
         except (LeaseLost, StoreError) as exc:
             return Outcome(batch_no, "lost", fatal=exc)
         outcome = Outcome(batch_no)
@@ -112,34 +121,52 @@ class BatchPipeline:
             vectors, rejected = self._vectors(work, outcome, refused)
             self.control.check()  # paid vectors are cached: stopping here loses nothing
             keep = [i for i, h in enumerate(work.hashes) if h not in rejected]
+            written = 0
             if keep:
                 ids = [work.record_ids[i] for i in keep]
                 payloads = [load_payload(work.payloads[i]) for i in keep]
-                self.retrier.call(lambda: self.sink.upsert(ids, vectors[keep], payloads))
+                written = self.retrier.call(lambda: self.sink.write(ids, vectors[keep], payloads))
             skips = {i: rejected[h] for i, h in enumerate(work.hashes) if h in rejected}
-            if self.control.stopping:
-                claim_next = None
-            outcome.next_attempt = self.checkpoint.complete(
-                work, outcome.cache_hits, outcome.saved_tokens, time.monotonic() - started, skips, claim_next
-            )
-            outcome.kind, outcome.records, outcome.skipped = "done", len(keep), len(skips)
-            return outcome
-        except (LeaseLost, StoreError) as exc:
-            return Outcome(batch_no, "lost", fatal=exc)
-        except Interrupted:
-            return self._release(work, Outcome(batch_no, "released"))
-        except (PauseJob, StopJob) as exc:
-            # The job must stop: this batch is not at fault, so it goes back to pending untouched.
-            return self._release(work, Outcome(batch_no, "halted", error=str(exc), halt=exc))
-        except (TransientError, PermanentError) as exc:
-            outcome.error = str(exc)
-        except Exception as exc:  # a bug or an unconverted library error: fail this batch, keep the job going
-            outcome.error = f"{type(exc).__name__}: {exc}"
-            log.exception("qsync batch %s failed unexpectedly", batch_no)
+            outcome.records, outcome.skipped = len(keep), len(skips)
+            done = Completion(work, outcome.cache_hits, outcome.saved_tokens, time.monotonic() - started, skips)
+            return Upserted(done, outcome, written)
+        except Exception as exc:
+            return self._ended(work, outcome, exc)
+
+    def complete(self, group: Sequence[Upserted]) -> list[Outcome]:
+        """Mark batches done once Qdrant holds their points durably: one flush (Qdrant Edge) and one
+        transaction for the whole group. On an error no batch of the group is done."""
         try:
-            self.checkpoint.fail(work, outcome.error or "unknown error")
-        except (LeaseLost, StoreError) as exc:
-            return Outcome(batch_no, "lost", fatal=exc)
+            # Not through the retrier: a Pause must not interrupt finishing work that is done. A failed flush
+            # fails the group's batches; their vectors are cached, so trying them again costs no API call.
+            self.sink.durable(max(u.written for u in group))
+            self.checkpoint.complete([u.done for u in group])
+        except Exception as exc:
+            return [self._ended(u.done.work, u.outcome, exc) for u in group]
+        for u in group:
+            u.outcome.kind = "done"
+        return [u.outcome for u in group]
+
+    def _ended(self, work: BatchWork, outcome: Outcome, exc: Exception) -> Outcome:
+        """What an error means for the batch: the run cannot go on (lost), the batch goes back to pending
+        (a stop, a pause), or it failed and says why."""
+        if isinstance(exc, (LeaseLost, StoreError)):
+            return Outcome(work.batch_no, "lost", fatal=exc)
+        if isinstance(exc, Interrupted):
+            return self._release(work, Outcome(work.batch_no, "released"))
+        if isinstance(exc, (PauseJob, StopJob)):
+            # The job must stop: this batch is not at fault, so it goes back to pending untouched.
+            return self._release(work, Outcome(work.batch_no, "halted", error=str(exc), halt=exc))
+        if isinstance(exc, (TransientError, PermanentError)):
+            outcome.error = str(exc)
+        else:  # a bug or an unconverted library error: fail this batch, keep the job going
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            log.error("qsync batch %s failed unexpectedly", work.batch_no, exc_info=exc)
+        outcome.kind = "failed"
+        try:
+            self.checkpoint.fail(work, outcome.error)
+        except (LeaseLost, StoreError) as lost:
+            return Outcome(work.batch_no, "lost", fatal=lost)
         return outcome
 
     def _release(self, work: BatchWork, outcome: Outcome) -> Outcome:

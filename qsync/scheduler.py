@@ -1,8 +1,9 @@
 """Runs batches through the pipeline on `concurrency` worker threads, and hears Ctrl-C.
 
 Workers take the next batch number until none is left or the run is stopping; a batch is never
-requeued (the retry layer is per call, in retry.py). The scheduling thread (the caller's) hands each
-outcome to `on_outcome`. The first Ctrl-C asks the run to stop after the calls in flight; a second one
+requeued (the retry layer is per call, in retry.py). A worker hands a batch whose points it wrote to the
+completer (completer.py), which marks batches done in groups, and takes its next one. The scheduling
+thread (the caller's) hands each outcome to `on_outcome`. The first Ctrl-C asks the run to stop after the calls in flight; a second one
 stops at once (the unfinished batches go back to pending when the lease is released).
 """
 
@@ -12,8 +13,9 @@ import queue
 import threading
 from collections.abc import Callable
 
+from .completer import Completer
 from .control import Control
-from .pipeline import BatchPipeline, Outcome
+from .pipeline import BatchPipeline, Outcome, Upserted
 
 
 class Scheduler:
@@ -33,16 +35,23 @@ class Scheduler:
         for batch_no in batches:
             todo.put(batch_no)
         done: queue.Queue[Outcome] = queue.Queue()
+        count = min(self.concurrency, max(1, len(batches)))
+        # Beyond this many written batches waiting to be marked done, workers wait: bounded memory and redo.
+        completer = Completer(self.pipeline.complete, done.put, max_waiting=4 * count)
         workers = [
-            threading.Thread(target=self._work, args=(todo, done), name=f"qsync-worker-{i}", daemon=True)
-            for i in range(min(self.concurrency, max(1, len(batches))))
+            threading.Thread(target=self._work, args=(todo, done, completer), name=f"qsync-worker-{i}", daemon=True)
+            for i in range(count)
         ]
         for worker in workers:
             worker.start()
         interrupted = 0
+        completed = False
         while True:
             try:
-                if not any(w.is_alive() for w in workers) and done.empty():
+                if not completed and not any(w.is_alive() for w in workers):
+                    completer.close()  # every batch handed in is now done (or failed) and in `done`
+                    completed = True
+                if completed and done.empty():
                     return True
                 try:
                     outcome = done.get(timeout=0.05)
@@ -58,20 +67,16 @@ class Scheduler:
                     return False
                 on_first_interrupt()
 
-    def _work(self, todo: queue.Queue[int], done: queue.Queue[Outcome]) -> None:
-        batch_no = self._take(todo)
-        attempt: int | None = None  # set when the previous batch's completion claimed this one
-        while batch_no is not None:
-            following = self._take(todo)
+    def _work(self, todo: queue.Queue[int], done: queue.Queue[Outcome], completer: Completer) -> None:
+        while (batch_no := self._take(todo)) is not None:
             try:
-                outcome = self.pipeline.process(batch_no, attempt, claim_next=following)
+                result = self.pipeline.process(batch_no)
             except BaseException as exc:  # never let a worker die silently: the run must hear of it
-                outcome = Outcome(batch_no, "lost", fatal=exc)
-            done.put(outcome)
-            attempt = outcome.next_attempt
-            if self.control.stopping and attempt is None:
-                return  # `following` was not claimed: it stays pending
-            batch_no = following
+                result = Outcome(batch_no, "lost", fatal=exc)
+            if isinstance(result, Upserted):
+                completer.submit(result)
+            else:
+                done.put(result)
 
     def _take(self, todo: queue.Queue[int]) -> int | None:
         if self.control.stopping:

@@ -16,7 +16,7 @@ from qsync_testing import make_records, wait_for
 
 import qsync
 from qsync import checkpoint as cp
-from qsync.checkpoint import MANIFEST_READ_AHEAD, BatchWork, Checkpoint
+from qsync.checkpoint import MANIFEST_READ_AHEAD, BatchWork, Checkpoint, Completion
 from qsync.clock import SYSTEM_CLOCK
 from qsync.errors import LeaseLost
 from qsync.store import open_store
@@ -137,7 +137,7 @@ def test_every_transition_goes_through_the_group_commit(tmp_path: Path, kind: st
     work = ledger.claim(0)
     before = transactions[0]
     if kind == "complete":
-        ledger.complete(work, cache_hits=0, saved_tokens=0, duration_s=0.1)
+        ledger.complete([Completion(work, cache_hits=0, saved_tokens=0, duration_s=0.1)])
     elif kind == "fail":
         ledger.fail(work, "boom")
     else:

@@ -117,7 +117,8 @@ class ClientSink(QdrantSink):
                     self.collection, field_name=field, field_schema=models.PayloadSchemaType(kind)
                 )
 
-    def upsert(self, record_ids: list[str], vectors: Vectors, payloads: list[dict[str, Any]]) -> None:
+    def write(self, record_ids: list[str], vectors: Vectors, payloads: list[dict[str, Any]]) -> int:
+        """Durable on return (wait=True): the server acknowledged it."""
         from qdrant_client import models
 
         name = self.options.vector_name
@@ -147,6 +148,10 @@ class ClientSink(QdrantSink):
                 for pid, payload in zip(ids, payloads, strict=True):
                     if pid in existing:
                         self.client.set_payload(self.collection, payload=payload, points=[pid], wait=True)
+        return 0
+
+    def durable(self, written: int) -> None:
+        """Every write returned acknowledged (wait=True): nothing to wait for."""
 
     def delete(self, point_ids: list[str]) -> None:
         from qdrant_client import models

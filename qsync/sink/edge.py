@@ -87,7 +87,7 @@ class EdgeSink(QdrantSink):
             named[other] = EdgeVectorParams(dims, distance, on_disk=on_disk)
         return EdgeConfig(vectors=named)
 
-    def upsert(self, record_ids: list[str], vectors: Vectors, payloads: list[dict[str, Any]]) -> None:
+    def write(self, record_ids: list[str], vectors: Vectors, payloads: list[dict[str, Any]]) -> int:
         from qdrant_edge import Point, PointVectors, UpdateOperation
 
         name = self.options.vector_name
@@ -117,7 +117,10 @@ class EdgeSink(QdrantSink):
                 for pid, payload in zip(ids, payloads, strict=True):
                     if pid in existing:
                         seq = shared.update(UpdateOperation.set_payload([pid], payload))
-        shared.durable(seq)
+        return seq
+
+    def durable(self, written: int) -> None:
+        self._open().durable(written)
 
     def delete(self, point_ids: list[str]) -> None:
         from qdrant_edge import UpdateOperation
