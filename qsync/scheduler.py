@@ -18,6 +18,11 @@ from .control import Control
 from .pipeline import BatchPipeline, Outcome, Upserted
 
 
+# Beyond this many written batches per worker waiting to be marked done, workers wait: bounded memory, and
+# bounded work to redo (from the cache, no API call) after a crash.
+WAITING_PER_WORKER = 4
+
+
 class Scheduler:
     def __init__(self, pipeline: BatchPipeline, concurrency: int, control: Control) -> None:
         self.pipeline = pipeline
@@ -36,8 +41,7 @@ class Scheduler:
             todo.put(batch_no)
         done: queue.Queue[Outcome] = queue.Queue()
         count = min(self.concurrency, max(1, len(batches)))
-        # Beyond this many written batches waiting to be marked done, workers wait: bounded memory and redo.
-        completer = Completer(self.pipeline.complete, done.put, max_waiting=4 * count)
+        completer = Completer(self.pipeline.complete, done.put, max_waiting=WAITING_PER_WORKER * count)
         workers = [
             threading.Thread(target=self._work, args=(todo, done, completer), name=f"qsync-worker-{i}", daemon=True)
             for i in range(count)
