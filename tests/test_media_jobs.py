@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from qsync_testing import qdrant_points
+from qsync_testing import REPO, qdrant_points
 from test_media import pdf, png
 
 import qsync
 from qsync.emulator import TOKENS_PER_IMAGE, GeminiEmulator, count_tokens, emulated_vector, media_key
 from qsync.errors import ConfigError
+from qsync.estimates import prepare
 from qsync.media import MAX_MEDIA_BYTES
 from qsync.spec import RunSettings
 from qsync.store import open_store
@@ -181,3 +182,54 @@ def test_a_parquet_blob_column_holds_the_images_themselves(tmp_path: Path, emula
     vector, _ = qdrant_points(tmp_path / "qdrant", "photos")[qsync.point_id("red")]
     np.testing.assert_allclose(vector, _expected("a", png(GOOD["red"])), atol=1e-5)
     assert "corrupt PNG" in qsync.skipped(result.job_id, db=tmp_path / "q.duckdb")["reason"][0]
+
+
+# The estimate counts captions at ~4 bytes a token (calibrated here with the emulator's countTokens, as a
+# key is set) and each image or PDF page at pricing.json's figure; the emulator meters its own tokenizer
+# and its own per-image count. Media are ~95% of the sample's tokens: an estimate that counted captions
+# alone would be off by ~95%, so 5% is a tolerance that still catches it.
+TOLERANCE = 0.05
+
+
+@pytest.mark.parametrize(
+    ("table", "columns"),
+    [
+        ("images.csv", {"text_column": "caption", "image_column": "image"}),
+        ("documents.csv", {"text_column": "title", "image_column": None, "document_column": "document"}),
+    ],
+)
+def test_the_estimates_of_the_sample_set_count_media_within_five_percent_of_the_meter(
+    tmp_path: Path, emulator: GeminiEmulator, table: str, columns: dict[str, Any]
+) -> None:
+    source = REPO / "data" / table
+    db = tmp_path / "q.duckdb"
+    before = qsync.estimate(source, model=G2, dimensions=128, db=db, **columns)
+    # Planned as a notebook plans (the estimate recorded with the job), then run.
+    job = prepare(source, collection="media", db=db, qdrant_path=tmp_path / "qdrant", model=G2, dimensions=128,
+                  batch_size=8, **columns)  # fmt: skip
+    result = qsync.run_job(job, db=db, settings=FAST)
+    assert result.ok, result.message
+    metered = {"tokens": emulator.tokens_metered, "usd": emulator.usd_metered}
+    media = emulator.tokens_by_modality["IMAGE"] + emulator.tokens_by_modality["DOCUMENT"]
+    assert media > 0
+    assert before["media_tokens"] == media  # the same per-image and per-page figures as the emulator's
+    assert before["tokens"] == pytest.approx(metered["tokens"], rel=TOLERANCE)
+    assert before["cost_usd"] == pytest.approx(metered["usd"], rel=TOLERANCE)
+    assert before["cost_usd_batch_mode"] is None  # Batch Mode takes no media job
+    assert "PDF pages at 258" in before["tokens_basis"]
+    # The estimate recorded at plan time agrees, and so does the job's own ledger.
+    recorded = qsync.recorded_estimate(result.job_id, db=db)
+    assert recorded is not None and recorded["media_tokens"] == media
+    assert recorded["tokens"] == pytest.approx(metered["tokens"], rel=TOLERANCE)
+    assert recorded["cost_usd"] == pytest.approx(metered["usd"], rel=TOLERANCE)
+    versus = qsync.estimate_vs_actual(result.job_id, db=db).set_index("figure")
+    assert abs(versus.loc["cost_usd", "error_pct"]) < TOLERANCE * 100
+    # The SDK drops the API's per-modality split: qsync's split of each batch is marked as estimated.
+    batches = qsync.batches(result.job_id, db=db)
+    assert batches["media_tokens"].sum() == pytest.approx(media, rel=0.02)
+    assert batches.loc[batches["media_tokens"] > 0, "media_tokens_estimated"].all()
+
+
+def test_estimating_media_needs_a_model_that_embeds_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="text only"):
+        qsync.estimate(REPO / "data" / "images.csv", text_column="caption", image_column="image", db=tmp_path / "q")
