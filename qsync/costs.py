@@ -111,6 +111,32 @@ def cost_over_time(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
     )
 
 
+def tokens_by_modality(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
+    """The job's embedding tokens and dollars, text and media (images, PDF pages) apart, as each is priced.
+    `split` says where the division comes from: the API's per-modality usage, or qsync's own estimates
+    when the answer's split did not reach it (google-genai drops `promptTokenDetails`)."""
+    store = open_store(resolve_db(db), writable=False)
+    config = json.loads(store.query_rows("SELECT config FROM jobs WHERE job_id = ?", [job])[0][0])
+    tokens, media, estimated = store.query_rows(
+        "SELECT coalesce(sum(tokens), 0), coalesce(sum(media_tokens), 0), coalesce(bool_or(media_tokens_estimated), "
+        "false) FROM batches WHERE job_id = ?",
+        [job],
+    )[0]
+    embedder = EmbedderSpec.from_dict(config["embedder"])
+    media_price = media_price_per_million(embedder.resolved_model) if embedder.kind == "gemini" else 0.0
+    split = "estimated by qsync" if estimated else "reported by the API" if media else ""
+    rows = [
+        (
+            "text (captions, instructions)",
+            int(tokens) - int(media),
+            (int(tokens) - int(media)) * _price(config) / 1e6,
+            "",
+        ),
+        ("images and PDF pages", int(media), int(media) * media_price / 1e6, split),
+    ]
+    return pd.DataFrame(rows, columns=["modality", "tokens", "cost_usd", "split"])
+
+
 @dataclass
 class _PlanLimits:
     """What planning needs of an embedder, without building one (no key, no network)."""

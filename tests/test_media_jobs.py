@@ -5,6 +5,7 @@ is paid again, an unchanged one never), and searched with text; DataFrame bytes 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,21 @@ def test_the_estimates_of_the_sample_set_count_media_within_five_percent_of_the_
 def test_estimating_media_needs_a_model_that_embeds_them(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="text only"):
         qsync.estimate(REPO / "data" / "images.csv", text_column="caption", image_column="image", db=tmp_path / "q")
+
+
+def test_the_search_box_answers_enter_and_shows_a_media_jobs_hits_as_thumbnails(
+    tmp_path: Path, table: Path, emulator: GeminiEmulator
+) -> None:
+    from qsync.notebook import SearchBox
+
+    result = _run(table, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # Text.on_submit is deprecated in ipywidgets 8
+        box = SearchBox(result.job_id, db=tmp_path / "q.duckdb", limit=3)
+    assert not box.query.continuous_update
+    box.query.value = "a red square"  # what the browser sends on Enter
+    assert box.results.value.count('class="qsync-thumbnail"') == 3
+    assert box.results.value.count('<img src="data:image/jpeg;base64,') == 3
+    (table.parent / "images" / "red.png").unlink()  # gone since the run: a sentence, not a broken image
+    box.button.click()
+    assert "red.png is gone" in box.results.value and box.results.value.count("<img") == 2
