@@ -124,14 +124,11 @@ def tokens_by_modality(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
     )[0]
     embedder = EmbedderSpec.from_dict(config["embedder"])
     media_price = media_price_per_million(embedder.resolved_model) if embedder.kind == "gemini" else 0.0
-    split = "estimated by qsync" if estimated else "reported by the API" if media else ""
+    # One origin for both rows: the text's share is what the media's share leaves of the total.
+    split = "estimated by qsync" if estimated else "reported by the API" if media else "all text"
+    text = int(tokens) - int(media)
     rows = [
-        (
-            "text (captions, instructions)",
-            int(tokens) - int(media),
-            (int(tokens) - int(media)) * _price(config) / 1e6,
-            "",
-        ),
+        ("text (captions, instructions)", text, text * _price(config) / 1e6, split),
         ("images and PDF pages", int(media), int(media) * media_price / 1e6, split),
     ]
     return pd.DataFrame(rows, columns=["modality", "tokens", "cost_usd", "split"])

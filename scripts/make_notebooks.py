@@ -187,13 +187,22 @@ NOTEBOOKS = {
             "## Before the run: what it will cost\n\n"
             "`qsync.estimate` plans the job without embedding anything: it reads every file (that is how the bad "
             "ones are found), counts each image as ~258 tokens and each PDF page as much (Google prices images, "
-            "not tokens: the figure is inferred from its price), and the captions at ~4 bytes a token. Images "
-            "cost $0.45 per 1M tokens, text $0.20."
+            "not tokens: the figure is inferred from its price), and the captions at ~4 bytes a token. Image "
+            "tokens cost 0.45 USD per million, text tokens 0.20 USD."
         ),
         new_code_cell(
+            "from qsync.formatting import count, usd\n\n"
             'before = qsync.estimate(IMAGES, text_column="caption", image_column="image", model=MODEL, db=DB)\n'
-            'shown = ["records", "skipped_records", "texts_to_embed", "tokens", "media_tokens", "cost_usd", "tokens_basis"]\n'
-            'show(pd.DataFrame([(k, before[k]) for k in shown], columns=["", "estimate"]))'
+            "rows = [\n"
+            '    ("rows in the table", count(before["records"])),\n'
+            '    ("skipped while planning (bad files)", count(before["skipped_records"])),\n'
+            '    ("records to embed", count(before["texts_to_embed"])),\n'
+            '    ("tokens", count(before["tokens"])),\n'
+            '    ("of which images", count(before["media_tokens"])),\n'
+            '    ("cost", usd(before["cost_usd"])),\n'
+            "]\n"
+            'print(before["tokens_basis"])\n'
+            'show(pd.DataFrame(rows, columns=["", "estimate"]))'
         ),
         new_markdown_cell(
             "## Backfill\n\n"
@@ -206,8 +215,8 @@ NOTEBOOKS = {
             'images = qsync.run(IMAGES, text_column="caption", image_column="image", payload_columns=["category"], '
             "**common)\n"
             'documents = qsync.run(DOCUMENTS, text_column="title", document_column="document", **common)\n'
-            "print(images)\n"
-            "print(documents)"
+            "for job in (images, documents):\n"
+            '    print(f"{job.job_id}: {job.status}, {job.run_records} records in {job.elapsed_s:.1f} s")'
         ),
         new_markdown_cell(
             "## Skipped, with their reasons\n\n"
@@ -225,9 +234,10 @@ NOTEBOOKS = {
             "(`google-genai` drops it): the `split` column says so."
         ),
         new_code_cell(
+            "from qsync.notebook import estimate_beside_actual\n\n"
             "for job in (images, documents):\n"
             "    print(job.job_id)\n"
-            "    display(show(qsync.estimate_vs_actual(job.job_id, db=DB)))\n"
+            "    display(estimate_beside_actual(job.job_id, db=DB))\n"
             "show(qsync.tokens_by_modality(images.job_id, db=DB))"
         ),
         new_markdown_cell(

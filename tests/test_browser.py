@@ -212,3 +212,39 @@ def test_launch_watch_inspect_and_resume_in_a_real_browser(jupyterlab: tuple[str
     info = qsync.status(db=tmp / "nb.duckdb")
     assert info["status"] == "completed" and info["processed_records"] == 5000
     assert sorted(qsync.jobs(db=tmp / "nb.duckdb")["job"]) == ["wordnet:wordnet_sample", "wordnet:wordnet_sample#2"]
+
+
+def test_images_notebook_shows_search_hits_as_thumbnails_in_a_real_browser(jupyterlab: tuple[str, Path]) -> None:
+    url, _, _ = jupyterlab
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert sync_playwright is not None and CHROMIUM is not None
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            _open_and_run_all(page, url.format("04_images.ipynb"))
+            grid = page.locator(".qsync-thumbnail-grid").first
+            expect(grid).to_contain_text("Chelsea the cat", timeout=120_000)
+            expect(grid).to_contain_text("PDF, 1 page")
+            # Every thumbnail is a decoded picture on screen, not a broken image.
+            images = grid.locator("img")
+            expect(images.first).to_be_visible()
+            assert images.evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
+            # What a newcomer reads on the way: the estimate, the skips with reasons, estimate beside actual.
+            for name, text in (("09a-images-estimate", "tokens_basis"), ("09b-images-skipped", "does not exist"),
+                               ("09c-images-estimate-vs-actual", "estimated by qsync")):  # fmt: skip
+                page.get_by_text(text).first.scroll_into_view_if_needed()
+                page.wait_for_timeout(500)  # JupyterLab draws the cells scrolled into its window
+                page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+            grid.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "09-images-search-thumbnails.png"))
+            # The search box of the same job: Enter searches (no deprecated on_submit), hits as thumbnails.
+            page.locator(".qsync-search-text input").first.fill("a bee")
+            page.locator(".qsync-search-text input").first.press("Enter")
+            results = page.locator(".qsync-search-results").first
+            expect(results).to_contain_text("A bee flying", timeout=30_000)
+            results.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "10-images-search-box.png"))
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "last-state-04.png"), full_page=True)
+            browser.close()

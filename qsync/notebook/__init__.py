@@ -12,7 +12,7 @@ Jobs run in background threads, so the kernel stays free; widgets change from th
 trait assignment, and plots are PNGs set as an Output's `outputs`. The core package never imports this.
 """
 
-from .costs import CostPanel
+from .costs import CostPanel, estimate_beside_actual
 from .formatting import show
 from .inspector import BatchInspector
 from .launcher import Launcher
@@ -29,6 +29,7 @@ __all__ = [
     "Launcher",
     "RateMeter",
     "SearchBox",
+    "estimate_beside_actual",
     "show",
     "thumbnails",
 ]

@@ -56,7 +56,7 @@ def _card(row: dict[Hashable, Any]) -> str:
     return (
         f'<div class="qsync-thumbnail" style="{_CARD.format(w=SIZE)}">'
         f'<div style="{_BOX.format(w=SIZE)}">{picture or html.escape(what)}</div>'
-        f"<b>{float(row['score']):.3f}</b> <span>{html.escape(caption)}</span>"
+        f"<span><b>{html.escape(caption)}</b></span><span>score {float(row['score']):.3f}</span>"
         f'<span style="color:#777">{html.escape(str(row["id"]))} · {html.escape(what)}</span></div>'
     )
 
