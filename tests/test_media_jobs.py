@@ -163,8 +163,9 @@ def test_media_columns_need_gemini_embedding_2(tmp_path: Path, table: Path, emul
         _run(table, tmp_path, model="gemini-embedding-001")
     with pytest.raises(ConfigError, match="gemini-embedding-2"):
         _run(table, tmp_path, model=None, embedder="hash")
-    with pytest.raises(ConfigError, match="Batch Mode"):
+    with pytest.raises(ConfigError, match=r"Batch Mode yet.*Run the job without Batch Mode"):
         _run(table, tmp_path, batch_mode=True)
+    assert not (tmp_path / "q.duckdb").exists() or qsync.jobs(db=tmp_path / "q.duckdb").empty  # nothing planned
 
 
 def test_a_job_without_captions_embeds_the_images_alone(tmp_path: Path, table: Path, emulator: GeminiEmulator) -> None:
