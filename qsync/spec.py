@@ -182,8 +182,9 @@ class JobSpec:
             # manifest's texts, and a media record's text is only its caption, so it would embed captions alone.
             raise ConfigError(
                 f"{option} cannot be used with Batch Mode yet: qsync submits only texts to Gemini's Batch Mode. "
-                "Run the job without Batch Mode (leave out --batch-mode; batch_mode=False in Python): its images and PDFs are embedded as they are "
-                "read, at the standard price, and a budget (--max-cost-usd) still caps the spend"
+                "Run the job without Batch Mode (leave out --batch-mode; batch_mode=False in Python): its images "
+                "and PDFs are embedded as they are read, at the standard price, and a budget (--max-cost-usd) still "
+                "caps the spend"
             )
         if self.enrich is not None:
             raise ConfigError(
