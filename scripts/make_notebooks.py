@@ -211,7 +211,7 @@ NOTEBOOKS = {
             "re-sync (`media:images#2`) that finds every file unchanged and pays for nothing."
         ),
         new_code_cell(
-            'common = dict(collection=COLLECTION, embedder="gemini", model=MODEL, dimensions=DIMENSIONS, db=DB)\n'
+            'common = {"collection": COLLECTION, "embedder": "gemini", "model": MODEL, "dimensions": DIMENSIONS, "db": DB}\n'
             'images = qsync.run(IMAGES, text_column="caption", image_column="image", payload_columns=["category"], '
             "**common)\n"
             'documents = qsync.run(DOCUMENTS, text_column="title", document_column="document", **common)\n'
