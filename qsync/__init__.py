@@ -15,7 +15,7 @@ from .api import (
     skipped,
     status,
 )
-from .costs import cost, cost_over_time, estimate
+from .costs import cost, cost_over_time, estimate, tokens_by_modality
 from .embedders import EmbedResult, HashingEmbedder
 from .errors import (
     ConfigError,
@@ -96,5 +96,6 @@ __all__ = [
     "skipped",
     "start",
     "status",
+    "tokens_by_modality",
     "verify",
 ]

@@ -287,9 +287,11 @@ def status(job: str | None = None, *, db: PathLike | None = None, clock: Clock =
 
 
 def batches(job: str, *, status: str | None = None, db: PathLike | None = None) -> pd.DataFrame:
-    """The job's batches with attempts, last error, records, tokens and cost."""
+    """The job's batches with attempts, last error, records, tokens and cost. `media_tokens` is the image and
+    PDF-page part of `tokens`; `media_tokens_estimated` says qsync split it by its own estimates (the SDK
+    drops the API's per-modality counts) rather than the API reporting it."""
     sql = """SELECT batch_no, status, records, skipped_records, attempts, last_error, embedded_texts, cache_hits, tokens,
-                    tokens_estimated, saved_tokens, cost_usd, enrich_tokens, enrich_cost_usd, started_at, finished_at, duration_s,
+                    tokens_estimated, media_tokens, media_tokens_estimated, saved_tokens, cost_usd, enrich_tokens, enrich_cost_usd, started_at, finished_at, duration_s,
                     first_ordinal, last_ordinal
              FROM batches WHERE job_id = ?"""
     _job_row(_reader(db), job)  # a job that does not exist is an error, not an empty table

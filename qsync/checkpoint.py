@@ -403,21 +403,34 @@ class Checkpoint:
         cost: float,
         intent: str | None = None,
         media_tokens: int = 0,
+        media_tokens_estimated: bool = False,
     ) -> None:
         """Persist freshly paid-for vectors and their cost, settling the call's intent. Called before the
-        upsert. `media_tokens`: the part of the tokens that were images or document pages."""
+        upsert. `media_tokens`: the part of the tokens that were images or document pages;
+        `media_tokens_estimated`: that part was split by qsync's estimates, not reported by the API."""
         now = self.clock.now()
         tokens = int(sum(tokens_per_text))
         offsets = append_vectors(self.vectors, vectors)  # durable before the rows that point at them
+        split_estimated = media_tokens_estimated and media_tokens > 0
 
         def apply(con: Any, ignore_existing: bool) -> None:
             insert_vectors(con, embedder, hashes, offsets, tokens_per_text, now, None, ignore_existing=ignore_existing)
             con.execute(
                 """UPDATE batches SET embedded_texts = embedded_texts + ?, tokens = tokens + ?,
                        cost_usd = cost_usd + ?, tokens_estimated = tokens_estimated OR ?,
-                       media_tokens = coalesce(media_tokens, 0) + ?
+                       media_tokens = coalesce(media_tokens, 0) + ?,
+                       media_tokens_estimated = coalesce(media_tokens_estimated, false) OR ?
                    WHERE job_id = ? AND batch_no = ?""",
-                [len(hashes), tokens, cost, tokens_estimated, media_tokens, self.job_id, work.batch_no],
+                [
+                    len(hashes),
+                    tokens,
+                    cost,
+                    tokens_estimated,
+                    media_tokens,
+                    split_estimated,
+                    self.job_id,
+                    work.batch_no,
+                ],
             )
             self._settle(con, intent)
 

@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     estimate = sub.add_parser("estimate", help="records, tokens, dollars and duration of a run, before running it")
     _add_source_options(estimate)
+    _add_media_options(estimate)
     _add_embedder_options(estimate)
     estimate.add_argument(
         "--compare-models",
@@ -357,11 +358,15 @@ def _dispatch(args: argparse.Namespace) -> int:
             "tokens_per_minute": args.tokens_per_minute,
             "db": args.db,
             "source_db": args.source_db,
+            "image_column": args.image_column,
+            "document_column": args.document_column,
         }
         if args.compare_models:
             _print_frame(costs.compare_models(args.source, **common), args.json)
             return EXIT_OK
-        estimate = costs.estimate(args.source, model=args.model or "gemini-embedding-001", **common)
+        media = args.image_column or args.document_column  # only gemini-embedding-2 embeds media
+        default_model = "gemini-embedding-2" if media else "gemini-embedding-001"
+        estimate = costs.estimate(args.source, model=args.model or default_model, **common)
         if args.json:
             print(json.dumps(estimate, indent=2))
         else:

@@ -16,15 +16,17 @@ from typing import Any
 
 import pandas as pd
 
+from . import mediatokens
 from .cache import cache_key
 from .clock import SYSTEM_CLOCK, Clock
 from .config import resolve_db
 from .embedders.gemini import DEFAULT_MODEL, api_key_from_env, default_task, text_token_limit
 from .embedders.instructions import overhead_bytes, takes_instructions
+from .errors import ConfigError
 from .figures import read_figures
 from .plan import create_job as plan_job
 from .pricing import _table as _pricing_table
-from .pricing import default_limits, model_info, price_per_million
+from .pricing import default_limits, media_price_per_million, model_info, price_per_million
 from .ratelimit import SAFETY
 from .sources import Columns, Source, as_source
 from .spec import EmbedderSpec
@@ -109,6 +111,29 @@ def cost_over_time(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
     )
 
 
+def tokens_by_modality(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
+    """The job's embedding tokens and dollars, text and media (images, PDF pages) apart, as each is priced.
+    `split` says where the division comes from: the API's per-modality usage, or qsync's own estimates
+    when the answer's split did not reach it (google-genai drops `promptTokenDetails`)."""
+    store = open_store(resolve_db(db), writable=False)
+    config = json.loads(store.query_rows("SELECT config FROM jobs WHERE job_id = ?", [job])[0][0])
+    tokens, media, estimated = store.query_rows(
+        "SELECT coalesce(sum(tokens), 0), coalesce(sum(media_tokens), 0), coalesce(bool_or(media_tokens_estimated), "
+        "false) FROM batches WHERE job_id = ?",
+        [job],
+    )[0]
+    embedder = EmbedderSpec.from_dict(config["embedder"])
+    media_price = media_price_per_million(embedder.resolved_model) if embedder.kind == "gemini" else 0.0
+    # One origin for both rows: the text's share is what the media's share leaves of the total.
+    split = "estimated by qsync" if estimated else "reported by the API" if media else "all text"
+    text = int(tokens) - int(media)
+    rows = [
+        ("text (captions, instructions)", text, text * _price(config) / 1e6, split),
+        ("images and PDF pages", int(media), int(media) * media_price / 1e6, split),
+    ]
+    return pd.DataFrame(rows, columns=["modality", "tokens", "cost_usd", "split"])
+
+
 @dataclass
 class _PlanLimits:
     """What planning needs of an embedder, without building one (no key, no network)."""
@@ -127,6 +152,8 @@ def estimate(
     id_column: str = "id",
     text_column: str | None = "text",
     text_template: str | None = None,
+    image_column: str | None = None,
+    document_column: str | None = None,
     model: str = DEFAULT_MODEL,
     dimensions: int = 768,
     task_type: str | None = None,
@@ -139,14 +166,16 @@ def estimate(
 ) -> dict[str, Any]:
     """Records, tokens, dollars and duration of a Gemini backfill, before running it; nothing is embedded.
 
-    Tokens are estimated at ~4 bytes each (with the model's instruction, if it takes one); when a key is set, countTokens on a sample of `sample` texts
-    calibrates that estimate. Texts already in the embedding cache of `db` are not counted."""
-    info = model_info(model)
-    task_type = task_type or default_task(model)
-    limits = _PlanLimits(
-        model, dimensions, task_type, text_token_limit(model, task_type), int(info.get("max_batch_texts", 100))
-    )
-    columns = Columns(id_column, None if text_template else text_column, text_template)
+    Text tokens are estimated at ~4 bytes each (with the model's instruction, if it takes one); when a key
+    is set, countTokens on a sample of `sample` texts calibrates that estimate. With a media column, each
+    image or PDF page counts as mediatokens.py says, at the media price. Texts and media already in the
+    embedding cache of `db` are not counted."""
+    if (image_column or document_column) and not model_info(model).get("multimodal"):
+        raise ConfigError(f"{model} embeds text only: estimate images and documents with model='gemini-embedding-2'")
+    media = bool(image_column or document_column)
+    limits = plan_limits(model, dimensions, task_type)
+    columns = Columns(id_column, None if text_template else text_column, text_template,
+                      image_column=image_column, document_column=document_column)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="qsync-estimate-") as tmp:
         scratch = Store(str(Path(tmp) / "estimate.duckdb"), writable=True)
         try:
@@ -154,51 +183,117 @@ def estimate(
                 scratch, "estimate", as_source(source, database=source_db), columns, limits,
                 {}, "estimate", limits.max_batch_texts, SYSTEM_CLOCK,
             )  # fmt: skip
-            texts = scratch.query_df(
-                "SELECT content_hash, any_value(text) AS text, any_value(token_estimate) AS token_estimate "
-                "FROM manifest GROUP BY content_hash"
-            )
+            texts = scratch.query_df(MANIFEST_TEXTS, ["estimate"])
             reasons = scratch.query_rows("SELECT reason, count(*) FROM skipped GROUP BY reason ORDER BY 2 DESC")
         finally:
             scratch.close()
-    cached = _cached_hashes(db, limits, list(texts["content_hash"]))
-    todo = texts[~texts["content_hash"].isin(cached)]
-    # A model that takes its task as an instruction is billed for the instruction too, on every text.
-    added = -(-overhead_bytes(task_type) // 4) if takes_instructions(model) else 0
-    estimated_tokens = int(todo["token_estimate"].sum()) + added * len(todo)
-    basis = "estimated at ~4 bytes per token"
     counter = count_tokens
     if counter is None and api_key_from_env():
         from .embedders.gemini import GeminiEmbedder
 
-        counter = GeminiEmbedder(dimensions=dimensions, model=model, task_type=task_type).count_tokens
-    if counter is not None and len(todo):
-        picked = todo.sample(n=min(sample, len(todo)), random_state=0)
-        counted = sum(int(counter(list(chunk))) for chunk in _chunks(list(picked["text"]), 100))
-        ratio = counted / max(1, int(picked["token_estimate"].sum()) + added * len(picked))
-        estimated_tokens = round(estimated_tokens * ratio)
-        basis = f"estimate calibrated with countTokens on {len(picked)} texts (ratio {ratio:.3f})"
+        counter = GeminiEmbedder(dimensions=dimensions, model=model, task_type=limits.task_type).count_tokens
+    found = estimate_texts(texts, limits, db=db, sample=sample, count_tokens=counter)
     default_texts, default_tokens = default_limits()
-    texts_limit = (texts_per_minute or default_texts) * SAFETY
-    tokens_limit = (tokens_per_minute or default_tokens) * SAFETY
-    minutes = max(len(todo) / texts_limit, estimated_tokens / tokens_limit) if len(todo) else 0.0
+    todo, tokens = found.texts_to_embed, found.tokens
+    minutes = paced_minutes(todo, tokens, texts_per_minute, tokens_per_minute)
     return {
         "records": summary.total_records,
         "valid_records": summary.valid_records,
         "skipped_records": summary.skipped_records,
         "skip_reasons": {reason: int(n) for reason, n in reasons},
         "unique_texts": len(texts),
-        "cached_texts": len(texts) - len(todo),
-        "texts_to_embed": len(todo),
-        "tokens": estimated_tokens,
-        "tokens_basis": basis,
+        "cached_texts": len(texts) - todo,
+        "texts_to_embed": todo,
+        "tokens": tokens,
+        "media_tokens": found.media_tokens,
+        "tokens_basis": found.basis,
         "model": model,
-        "cost_usd": estimated_tokens * price_per_million(model) / 1e6,
-        "cost_usd_batch_mode": estimated_tokens * price_per_million(model, batch_mode=True) / 1e6,
+        "cost_usd": found.cost_usd(model),
+        # qsync's Batch Mode submits texts only: a media job has no Batch Mode price to offer (spec.py refuses it).
+        "cost_usd_batch_mode": None if media else found.cost_usd(model, batch_mode=True),
         "expected_minutes": round(minutes, 2),
         "texts_per_minute": texts_per_minute or default_texts,
         "tokens_per_minute": tokens_per_minute or default_tokens,
     }
+
+
+# What an estimate reads of a planned manifest: each distinct content once, its text (a media record's
+# caption), its token estimate, and the media part of it.
+MANIFEST_TEXTS = """
+    SELECT content_hash, any_value(text) AS text, any_value(token_estimate) AS token_estimate,
+           any_value(coalesce(media_tokens, 0)) AS media_tokens
+    FROM manifest WHERE job_id = ? GROUP BY content_hash"""
+
+
+def paced_minutes(
+    texts: int, tokens: int, texts_per_minute: float | None = None, tokens_per_minute: float | None = None
+) -> float:
+    """Minutes to send `texts` of `tokens` tokens at these limits (Gemini's defaults when None), at the
+    rate limiter's safety margin: whichever limit binds."""
+    default_texts, default_tokens = default_limits()
+    texts_limit = (texts_per_minute or default_texts) * SAFETY
+    tokens_limit = (tokens_per_minute or default_tokens) * SAFETY
+    return max(texts / texts_limit, tokens / tokens_limit) if texts else 0.0
+
+
+def plan_limits(model: str, dimensions: int, task_type: str | None = None) -> _PlanLimits:
+    """What planning and the cache key need of a Gemini model, without building an embedder."""
+    task = task_type or default_task(model)
+    info = model_info(model)
+    return _PlanLimits(model, dimensions, task, text_token_limit(model, task), int(info.get("max_batch_texts", 100)))
+
+
+@dataclass(frozen=True)
+class TextsEstimate:
+    """Tokens of the contents a job will embed (those not cached), text and media apart."""
+
+    texts_to_embed: int
+    text_tokens: int
+    media_tokens: int
+    basis: str
+
+    @property
+    def tokens(self) -> int:
+        return self.text_tokens + self.media_tokens
+
+    def cost_usd(self, model: str, *, batch_mode: bool = False, text_price: float | None = None) -> float:
+        """Dollars: text tokens at `text_price` (default: the model's), media at the model's media price."""
+        if text_price is None:
+            text_price = price_per_million(model, batch_mode=batch_mode)
+        return (
+            self.text_tokens * text_price + self.media_tokens * media_price_per_million(model, batch_mode=batch_mode)
+        ) / 1e6
+
+
+def estimate_texts(
+    texts: pd.DataFrame, limits: _PlanLimits, *, db: PathLike | None, sample: int = 200, count_tokens: Any = None
+) -> TextsEstimate:
+    """Tokens of `texts` (MANIFEST_TEXTS rows) that the embedding cache of `db` does not hold yet.
+
+    A text's tokens are its token estimate less its media part; a model that takes its task as an
+    instruction is billed for the instruction too, on every text it receives (a media record without a
+    caption sends none). `count_tokens(texts) -> int` calibrates the text part on a sample."""
+    cached = _cached_hashes(db, limits, list(texts["content_hash"]))
+    todo = texts[~texts["content_hash"].isin(cached)]
+    own = (todo["token_estimate"] - todo["media_tokens"]).astype(int)
+    sent = todo["text"] != ""
+    added = -(-overhead_bytes(limits.task_type) // 4) if takes_instructions(limits.model) else 0
+    text_tokens = int(own.sum()) + added * int(sent.sum())
+    basis = "estimated at ~4 bytes per token"
+    captioned = todo[sent]
+    if count_tokens is not None and len(captioned):
+        picked = captioned.sample(n=min(sample, len(captioned)), random_state=0)
+        counted = sum(int(count_tokens(list(chunk))) for chunk in _chunks(list(picked["text"]), 100))
+        ratio = counted / max(1, int(own[picked.index].sum()) + added * len(picked))
+        text_tokens = round(text_tokens * ratio)
+        basis = f"estimate calibrated with countTokens on {len(picked)} texts (ratio {ratio:.3f})"
+    media = int(todo["media_tokens"].sum())
+    if media:
+        basis += (
+            f"; images at {mediatokens.per_image(limits.model)} tokens, PDF pages at "
+            f"{mediatokens.per_page(limits.model)} each (inferred from Google's per-image price)"
+        )
+    return TextsEstimate(len(todo), text_tokens, media, basis)
 
 
 def embedding_models() -> list[str]:
@@ -217,13 +312,16 @@ def compare_models(
 ) -> pd.DataFrame:
     """`estimate` of the same source for each embedding model (default: every priced one), one row each.
     The models differ in more than price: a text -001 skips as too long may fit -2's 8,192 tokens, and
-    -2 is billed for the instruction it receives with every text."""
+    -2 is billed for the instruction it receives with every text. With a media column, only the models
+    that embed media are compared."""
     rows = []
-    for model in models or embedding_models():
+    media = options.get("image_column") or options.get("document_column")
+    for model in models or [m for m in embedding_models() if not media or model_info(m).get("multimodal")]:
         found = estimate(source, model=model, **options)
         rows.append({
             "model": model, "records": found["records"], "skipped_records": found["skipped_records"],
-            "texts_to_embed": found["texts_to_embed"], "tokens": found["tokens"], "cost_usd": found["cost_usd"],
+            "texts_to_embed": found["texts_to_embed"], "tokens": found["tokens"],
+            "media_tokens": found["media_tokens"], "cost_usd": found["cost_usd"],
             "cost_usd_batch_mode": found["cost_usd_batch_mode"], "expected_minutes": found["expected_minutes"],
             "tokens_basis": found["tokens_basis"],
         })  # fmt: skip

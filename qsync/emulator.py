@@ -24,6 +24,7 @@ import base64
 import hashlib
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -36,6 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
+
+from .embedders.hashing import hash_vector
 
 FULL_DIMENSIONS = 3072
 MAX_TEXTS_PER_REQUEST = 100
@@ -61,6 +64,10 @@ MAX_PDF_PAGES = 6
 TOKENS_PER_IMAGE = 258
 _PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+# gemini-embedding-2's documented instruction formats (`title: … | text: `, `task: … | query: `): the
+# "words" mode reads the content after them, as the model reads an instruction as one.
+_INSTRUCTION = re.compile(r"^(?:title: [^|]*\| text: |task: [^|]*\| query: )")
+OFFLINE_KEY = "offline-emulator-key"  # what start_offline sets: not a secret, and no Google key looks like it
 STATS_PATH = "/emulator/stats"  # counters for a client in another process (benchmarks); not a Gemini method
 _ROUTE = re.compile(r"^/(v1|v1beta)/(models/[^:/]+|batches/[^:/]+)(?::(\w+))?$")
 
@@ -142,9 +149,25 @@ def _read_input(model: str, request: dict[str, Any]) -> _Input | str:
     return _Input(key, text, tokens)
 
 
-def _answer_values(model: str, text: str, dimensions: int | None) -> list[float]:
-    """The vector as the JSON answer carries it, rounded to 7 decimals (numpy: 20x faster than a loop)."""
-    values: list[float] = np.round(emulated_vector(model, text, dimensions).astype(np.float64), 7).tolist()
+def worded_vector(model: str, key: str, text: str, dimensions: int | None) -> np.ndarray:
+    """The vector of the "words" mode: the words of the input's text (its instruction left out), hashed as
+    qsync's offline embedder hashes them, plus a little of the content's own noise (so two images with one
+    caption differ). Unit length. The emulator has no eyes: records land near the queries that share
+    their captions' words, which is what an offline search demo needs, and all it can offer."""
+    size = dimensions or FULL_DIMENSIONS
+    words = hash_vector(_INSTRUCTION.sub("", text), size) if text.strip() else np.zeros(size, np.float32)
+    noise = emulated_vector(model, key, size)
+    vector = words + 0.3 * noise / float(np.linalg.norm(noise))
+    return vector / float(np.linalg.norm(vector))
+
+
+def _answer_values(model: str, text: str, dimensions: int | None, words: str | None = None) -> list[float]:
+    """The vector as the JSON answer carries it, rounded to 7 decimals (numpy: 20x faster than a loop);
+    `words`: the input's text, for the "words" mode (worded_vector)."""
+    vector = (
+        emulated_vector(model, text, dimensions) if words is None else worded_vector(model, text, words, dimensions)
+    )
+    values: list[float] = np.round(vector.astype(np.float64), 7).tolist()
     return values
 
 
@@ -171,6 +194,10 @@ class GeminiEmulator:
     # The key of gemini-embedding-2's per-modality usage: Google's reference says promptTokenDetails (which
     # google-genai drops); the SDK reads promptTokensDetails. Which one the live API sends is unknown.
     usage_detail_key: str = "promptTokenDetails"
+    # "random": each input's vector is noise seeded by its content (tests recompute it: emulated_vector).
+    # "words": vectors follow the words of the input's text (worded_vector), so an offline search finds
+    # the records whose captions share the query's words (notebook 04 without a key).
+    vectors: str = "random"
     poison: tuple[str, ...] = ()  # a text containing one of these is refused with 400
     seed: int = 0
     batch_job_seconds: float = 0.5  # how long a Batch Mode job stays RUNNING
@@ -197,6 +224,9 @@ class GeminiEmulator:
         self._batches: dict[str, dict[str, Any]] = {}
         self._server: ThreadingHTTPServer | None = None
         self.hooks: list[Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]] | None]] = []
+
+    def _words(self, text: str) -> str | None:
+        return text if self.vectors == "words" else None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -347,8 +377,8 @@ class GeminiEmulator:
         if limited is not None:
             return limited
         embeddings = [
-            {"values": _answer_values(model, t, r.get("outputDimensionality"))}
-            for t, r in zip(texts, requests, strict=True)
+            {"values": _answer_values(model, i.key, r.get("outputDimensionality"), self._words(i.text))}
+            for i, r in zip(read, requests, strict=True)
         ]
         self._meter(model, texts, tokens, batch_mode=False, modalities=modalities)
         # embedContent answers one `embedding`; batchEmbedContents a list of `embeddings`.
@@ -475,6 +505,18 @@ class GeminiEmulator:
             pass  # the client gave up (its timeout): nothing to answer
 
 
+def start_offline(vectors: str = "words") -> GeminiEmulator:
+    """Start an emulator in this process and point google-genai at it (GOOGLE_GEMINI_BASE_URL and a
+    placeholder GEMINI_API_KEY), for a notebook or a rehearsal without a key: nothing leaves the machine
+    and nothing is billed. Refused when a real key is set, which must never be sent to a local server."""
+    if os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY"):
+        raise RuntimeError("a Gemini API key is set: use Gemini itself, or unset the key to rehearse offline")
+    emulator = GeminiEmulator(api_key=OFFLINE_KEY, vectors=vectors).start()
+    os.environ["GOOGLE_GEMINI_BASE_URL"] = emulator.url
+    os.environ["GEMINI_API_KEY"] = OFFLINE_KEY
+    return emulator
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -511,6 +553,9 @@ def main(argv: list[str] | None = None) -> None:
     key.add_argument("--invalid-key", action="store_true",
                      help="print a key the emulator refuses: every call is 400 API_KEY_INVALID, as with a wrong key")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault dice (same seed, same faults)")
+    parser.add_argument("--vectors", choices=("random", "words"), default="random",
+                        help="random: noise seeded by each input (default); words: vectors follow the words of "
+                        "each input's text, so a search finds records whose texts or captions share its words")  # fmt: skip
     args = parser.parse_args(argv)
     for name in ("server_error_rate", "slow_rate", "reset_rate", "retry_info_share"):
         if not 0.0 <= getattr(args, name) <= 1.0:
@@ -520,7 +565,7 @@ def main(argv: list[str] | None = None) -> None:
         tokens_per_minute=args.tokens_per_minute, window_s=args.window, retry_info_share=args.retry_info_share,
         texts_per_day=args.texts_per_day, server_error_rate=args.server_error_rate, slow_rate=args.slow_rate,
         slow_s=args.slow, reset_rate=args.reset_rate, poison=tuple(args.poison),
-        usage_metadata=not args.no_usage_metadata, seed=args.seed,
+        usage_metadata=not args.no_usage_metadata, seed=args.seed, vectors=args.vectors,
     ).start()  # fmt: skip
     printed_key = f"not-{args.api_key}" if args.invalid_key else args.api_key
     # Flushed: a parent process reads this line to learn the port (--port 0 picks a free one).

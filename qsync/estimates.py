@@ -45,8 +45,10 @@ CREATE TABLE IF NOT EXISTS plan_estimates (
     price_usd_per_million_tokens DOUBLE NOT NULL
 )
 """
+# Files whose table predates media jobs gain the column (a table of its own: no schema version to bump).
+_V2 = "ALTER TABLE plan_estimates ADD COLUMN IF NOT EXISTS media_tokens BIGINT DEFAULT 0  -- images, PDF pages"
 _COLUMNS = ("job_id", "recorded_at", "records", "texts_to_embed", "cached_texts", "tokens", "tokens_basis",
-            "cost_usd", "minutes", "price_usd_per_million_tokens")  # fmt: skip
+            "cost_usd", "minutes", "price_usd_per_million_tokens", "media_tokens")  # fmt: skip
 
 
 def prepare(
@@ -81,42 +83,43 @@ def record_estimate(
     store = open_store(path)
     row = store.query_rows("SELECT config, collection, source FROM jobs WHERE job_id = ?", [job])[0]
     spec = JobSpec.from_dict(json.loads(row[0]), job_id=job, collection=row[1], source=row[2])
-    manifest = store.query_df("SELECT record_id AS id, text FROM manifest WHERE job_id = ? ORDER BY ordinal", [job])
+    # Exactly the records the job will embed, as planned: each content once, its media part apart.
+    texts = store.query_df(costs.MANIFEST_TEXTS, [job])
+    records = int(store.query_rows("SELECT count(*) FROM manifest WHERE job_id = ?", [job])[0][0])
     embedder = build_embedder(spec.embedder)
     gemini = spec.embedder.kind == "gemini"
     model = spec.embedder.resolved_model if gemini and model_info(spec.embedder.resolved_model) else DEFAULT_MODEL
+    limits = costs.plan_limits(model, spec.embedder.dimensions, spec.embedder.resolved_task_type or None)
+    counter = _counter(embedder) if calibrate else (lambda texts: sum(_bytes_tokens(t) for t in texts))
+    found = costs.estimate_texts(texts, limits, db=path, count_tokens=counter) if len(texts) else None
     settings = settings or RunSettings.from_env()
-    found = costs.estimate(
-        manifest, model=model, dimensions=spec.embedder.dimensions,
-        task_type=spec.embedder.resolved_task_type or "RETRIEVAL_DOCUMENT",
-        texts_per_minute=settings.texts_per_minute, tokens_per_minute=settings.tokens_per_minute, db=path,
-        count_tokens=_counter(embedder) if calibrate else (lambda texts: sum(_bytes_tokens(t) for t in texts)),
-    ) if len(manifest) else None  # fmt: skip
     price = _price(spec, embedder)
-    tokens = int(found["tokens"]) if found else 0
+    tokens = found.tokens if found else 0
     estimate = {
         "job_id": job,
         "recorded_at": clock.now(),
-        "records": len(manifest),
-        "texts_to_embed": int(found["texts_to_embed"]) if found else 0,
-        "cached_texts": int(found["cached_texts"]) if found else 0,
+        "records": records,
+        "texts_to_embed": found.texts_to_embed if found else 0,
+        "cached_texts": len(texts) - found.texts_to_embed if found else 0,
         "tokens": tokens,
-        "tokens_basis": (
-            found["tokens_basis"]
-            if gemini
-            else found["tokens_basis"].replace("countTokens", "the embedder's own count")
-        )
+        "media_tokens": found.media_tokens if found else 0,
+        "tokens_basis": (found.basis if gemini else found.basis.replace("countTokens", "the embedder's own count"))
         if found
         else "nothing to embed",
-        "cost_usd": tokens * price / 1e6,
+        "cost_usd": found.cost_usd(model, batch_mode=spec.batch_mode, text_price=price) if found else 0.0,
         # Rate limits pace only Gemini's synchronous calls; Batch Mode answers "within 24 h".
-        "minutes": float(found["expected_minutes"]) if found and gemini and not spec.batch_mode else None,
+        "minutes": costs.paced_minutes(
+            found.texts_to_embed, tokens, settings.texts_per_minute, settings.tokens_per_minute
+        )
+        if found and gemini and not spec.batch_mode
+        else None,
         "price_usd_per_million_tokens": price,
     }
     with store.transaction() as con:
         con.execute(_DDL)
-        con.execute(f"INSERT OR IGNORE INTO plan_estimates VALUES ({', '.join('?' * len(_COLUMNS))})",
-                    [estimate[c] for c in _COLUMNS])  # fmt: skip
+        con.execute(_V2)
+        con.execute(f"INSERT OR IGNORE INTO plan_estimates ({', '.join(_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_COLUMNS))})", [estimate[c] for c in _COLUMNS])  # fmt: skip
     return estimate
 
 

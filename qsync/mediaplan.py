@@ -2,7 +2,8 @@
 
 The planner calls `check_media` once per job with a media column. Each row gets either a reference the
 batch will read again (`media_ref`, a resolved path), its content hash (sha256 of bytes + caption) and
-its token estimate, or the reason it is skipped (stage 'plan'). Reading every file here costs a pass over
+the tokens of its image or pages (mediatokens.py; the caption's are counted like any text), or the
+reason it is skipped (stage 'plan'). Reading every file here costs a pass over
 the media, and is what makes an unchanged file free on re-sync: its hash is known before anything is paid.
 
 Bytes held in a DataFrame cell have no file to read again; they are written once into a folder beside the
@@ -20,8 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from .embedders.gemini import media_token_estimate
 from .media import MAX_MEDIA_BYTES, Media, MediaKind, MediaProblem, check, content_hash, read, sniff
+from .mediatokens import MEDIA_MODEL, media_tokens
 from .sources import INPUT_VIEW, FileSource, Source
 
 MEDIA_TABLE = "__qsync_media"
@@ -33,7 +34,7 @@ class MediaRow:
     ordinal: int
     ref: str | None = None
     hash: str | None = None
-    tokens: int = 0
+    tokens: int = 0  # the image's or the pages' (not the caption's)
     problem: str | None = None
 
 
@@ -51,11 +52,11 @@ def caption_of(text: str | None) -> str | None:
     return text if text and text.strip() else None
 
 
-def check_media(con: Any, kind: MediaKind, base: Path, store_dir: Path) -> None:
+def check_media(con: Any, kind: MediaKind, base: Path, store_dir: Path, model: str = MEDIA_MODEL) -> None:
     """Register MEDIA_TABLE (ordinal, media_ref, media_hash, media_tokens, media_problem) for the rows of
-    INPUT_VIEW that have no problem yet."""
+    INPUT_VIEW that have no problem yet; `model` prices the media in tokens."""
     rows = con.execute(f"SELECT ordinal, text, media, media_bytes FROM {INPUT_VIEW} WHERE problem IS NULL").fetchall()
-    register_media(con, [_check_row(int(o), caption_of(t), p, d, kind, base, store_dir) for o, t, p, d in rows])
+    register_media(con, [_check_row(int(o), caption_of(t), p, d, kind, base, store_dir, model) for o, t, p, d in rows])
 
 
 def register_media(con: Any, checked: list[MediaRow]) -> None:
@@ -72,7 +73,14 @@ def register_media(con: Any, checked: list[MediaRow]) -> None:
 
 
 def _check_row(
-    ordinal: int, caption: str | None, path: str | None, data: bytes | None, kind: MediaKind, base: Path, store: Path
+    ordinal: int,
+    caption: str | None,
+    path: str | None,
+    data: bytes | None,
+    kind: MediaKind,
+    base: Path,
+    store: Path,
+    model: str,
 ) -> MediaRow:
     try:
         if data is not None:
@@ -87,8 +95,7 @@ def _check_row(
             return MediaRow(ordinal, problem=f"{kind} is missing")
     except MediaProblem as exc:
         return MediaRow(ordinal, problem=str(exc))
-    tokens = sum(media_token_estimate(media, caption).values())
-    return MediaRow(ordinal, ref, content_hash(media.data, caption), tokens)
+    return MediaRow(ordinal, ref, content_hash(media.data, caption), sum(media_tokens(media, model).values()))
 
 
 def keep_bytes(media: Media, store: Path) -> Path:

@@ -254,7 +254,7 @@ class BatchPipeline:
             try:
                 self.checkpoint.record_embeddings(
                     work, self.embedder, chunk, result.vectors, result.tokens_per_text, result.tokens_estimated,
-                    cost, intent, media_tokens,
+                    cost, intent, media_tokens, result.modality_estimated,
                 )  # fmt: skip
             finally:
                 self.budget.settle(self._reserved(chunk, texts, chunk[0] in refs), cost)

@@ -14,6 +14,7 @@ from .checkpoint import insert_job
 from .clock import Clock
 from .errors import ConfigError, SourceError
 from .mediaplan import MEDIA_TABLE, check_media, media_base, media_store, register_media
+from .mediatokens import MEDIA_MODEL
 from .sources import INPUT_VIEW, Columns, Source
 from .store import Store, first_row
 
@@ -68,7 +69,8 @@ def create_job(
         rejected = source.register(con, columns)
         try:
             if columns.media_kind:
-                check_media(con, columns.media_kind, media_base(source), media_store(store.path))
+                model = str(getattr(embedder, "model", MEDIA_MODEL))
+                check_media(con, columns.media_kind, media_base(source), media_store(store.path), model)
             else:  # one query for both kinds of job: text jobs join an empty media table
                 register_media(con, [])
             media = bool(columns.media_kind)
@@ -85,11 +87,12 @@ def create_job(
                 WITH n AS (
                     SELECT i.*, m.media_ref, m.media_hash, m.media_problem,
                         CAST(ceil(strlen(coalesce(text, '')) / {BYTES_PER_TOKEN}) AS INTEGER) AS text_tokens,
-                        CAST(coalesce(m.media_tokens, text_tokens) AS INTEGER) AS token_estimate,
+                        CAST(coalesce(m.media_tokens, 0) AS INTEGER) AS media_part,
+                        CAST(text_tokens + media_part AS INTEGER) AS token_estimate,
                         min(ordinal) OVER (PARTITION BY record_id) AS first_ordinal
                     FROM {INPUT_VIEW} i LEFT JOIN {MEDIA_TABLE} m USING (ordinal)
                 )
-                SELECT ordinal, record_id, coalesce(text, '') AS text, payload, token_estimate, media_ref,
+                SELECT ordinal, record_id, coalesce(text, '') AS text, payload, token_estimate, media_part AS media_tokens, media_ref,
                     coalesce(media_hash, sha256(text)) AS content_hash,
                     CASE
                         WHEN problem IS NOT NULL THEN problem
@@ -122,7 +125,7 @@ def create_job(
             INSERT INTO manifest
             SELECT ?, ordinal, record_id, content_hash,
                 CAST((row_number() OVER (ORDER BY ordinal) - 1) // {batch_size} AS INTEGER),
-                token_estimate, text, payload, media_ref
+                token_estimate, text, payload, media_ref, media_tokens
             FROM __qsync_checked
             WHERE reason IS NULL AND ordinal NOT IN (SELECT ordinal FROM __qsync_unchanged)
             ORDER BY ordinal

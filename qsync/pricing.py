@@ -34,6 +34,14 @@ def price_per_million(model: str, *, batch_mode: bool = False) -> float:
     return float(info[key])
 
 
+def media_price_per_million(model: str, *, batch_mode: bool = False) -> float:
+    """USD per 1M image and PDF-page tokens (priced apart from text); a model without its own media price
+    bills them as text."""
+    info = model_info(model)
+    key = "batch_usd_per_million_media_tokens" if batch_mode else "usd_per_million_media_tokens"
+    return float(info[key]) if key in info else price_per_million(model, batch_mode=batch_mode)
+
+
 def default_limits() -> tuple[int, int]:
     limits = _table().get("limits", {})
     return int(limits.get("texts_per_minute", 3000)), int(limits.get("tokens_per_minute", 1_000_000))

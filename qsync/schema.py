@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 _V1 = """
 CREATE TABLE qsync_schema (version INTEGER NOT NULL);
@@ -271,6 +271,14 @@ ALTER TABLE manifest ADD COLUMN media_ref VARCHAR;
 ALTER TABLE batches ADD COLUMN media_tokens BIGINT DEFAULT 0;
 """
 
+# v10: the media part of a record's token_estimate (its image or PDF pages, mediatokens.py), so an estimate
+# prices it at the media price and the caption at the text price; and whether a batch's media_tokens were
+# split by qsync's estimates (the SDK drops the API's per-modality counts) or reported by the API.
+_V10 = """
+ALTER TABLE manifest ADD COLUMN media_tokens INTEGER DEFAULT 0;
+ALTER TABLE batches ADD COLUMN media_tokens_estimated BOOLEAN DEFAULT false;
+"""
+
 Migration = str | Callable[[Any, str], None]  # SQL, or fn(connection, DuckDB file path)
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7, _V8, _V9]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7, _V8, _V9, _V10]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -41,7 +41,9 @@ def query_embedder_spec(spec: EmbedderSpec) -> EmbedderSpec:
 
 def search(job: str, text: str, limit: int = 10, db: PathLike | None = None) -> pd.DataFrame:
     """The `limit` records of the job's collection nearest to `text`, best first: `score`, `id`, the
-    job's payload columns, and the `text` that was embedded for each record."""
+    job's payload columns, and the `text` that was embedded for each record (a media record's caption);
+    for a job with a media column, `media`: the path of each hit's image or PDF as planned (None for a
+    text record of another job in the collection)."""
     if not text.strip():
         raise ConfigError("type something to search for")
     if limit < 1:
@@ -70,10 +72,14 @@ def search(job: str, text: str, limit: int = 10, db: PathLike | None = None) -> 
     frame = pd.DataFrame(records, columns=["score", "id", *[c for c in payload_columns if c != id_column]])
     if not frame.empty:
         frame["id"] = frame["id"].astype(str)
-        texts = dict(store.query_rows(
-            f"SELECT record_id, any_value(text) FROM manifest WHERE job_id IN (SELECT job_id FROM jobs WHERE "
-            f"collection = ?) AND record_id IN ({', '.join('?' * len(frame))}) GROUP BY record_id",
+        planned = {r[0]: r[1:] for r in store.query_rows(
+            f"SELECT record_id, any_value(text), any_value(media_ref) FROM manifest WHERE job_id IN (SELECT job_id "
+            f"FROM jobs WHERE collection = ?) AND record_id IN ({', '.join('?' * len(frame))}) GROUP BY record_id",
             [spec.collection, *frame["id"]],
-        ))  # fmt: skip
-        frame["text"] = [texts.get(i) for i in frame["id"]]
+        )}  # fmt: skip
+        frame["text"] = [planned.get(i, (None, None))[0] for i in frame["id"]]
+        if spec.columns.media_column:
+            frame["media"] = [planned.get(i, (None, None))[1] for i in frame["id"]]
+    elif spec.columns.media_column:
+        frame["text"], frame["media"] = [], []
     return frame

@@ -178,7 +178,14 @@ class JobSpec:
                 f"(not {self.embedder.resolved_model})"
             )
         if self.batch_mode:
-            raise ConfigError(f"{option} cannot be used with Batch Mode yet: it submits texts only")
+            # Refused here, before anything is planned: qsync's Batch Mode stage (batchmode.py) submits the
+            # manifest's texts, and a media record's text is only its caption, so it would embed captions alone.
+            raise ConfigError(
+                f"{option} cannot be used with Batch Mode yet: qsync submits only texts to Gemini's Batch Mode. "
+                "Run the job without Batch Mode (leave out --batch-mode; batch_mode=False in Python): its images "
+                "and PDFs are embedded as they are read, at the standard price, and a budget (--max-cost-usd) still "
+                "caps the spend"
+            )
         if self.enrich is not None:
             raise ConfigError(
                 f"{option} cannot be used with enrichment: it rewrites texts, and media records embed files"

@@ -140,6 +140,123 @@ NOTEBOOKS = {
             "    plt.show()"
         ),
     ],
+    "04_images.ipynb": [
+        new_markdown_cell(
+            "# 04 · Images and documents\n\n"
+            "Backfill a table of photos (and one of PDFs) with `gemini-embedding-2`, Google's multimodal embedding "
+            "model: each record's image and its caption become **one** vector, in the same space as text, so a "
+            "text query finds pictures. The notebook shows the estimate before the run, the cost after it, the "
+            "records skipped with their reasons, and the nearest images to a few words.\n\n"
+            "- The sample (`data/images.csv`, `data/documents.csv`): 31 real photos and scans, downscaled to "
+            "512 px, and 4 short PDFs; sources and licences per file in `data/MEDIA-LICENSES.md`. A few rows are "
+            "**bad on purpose** (a missing file, a download cut short, an HTML page named `.jpg`, a PDF over the "
+            "6-page limit): qsync skips each with its reason before anything is paid.\n"
+            "- With `GEMINI_API_KEY` set, this calls Gemini (less than a cent). Without it, qsync's **local "
+            "emulator** of the Gemini API answers instead: the same SDK, requests, token counts and prices, "
+            "nothing billed, nothing sent anywhere."
+        ),
+        new_code_cell(
+            "import os\n\n"
+            "import qsync\n\n"
+            "# Parameters (environment variables let CI and tests run this notebook on temporary files).\n"
+            'IMAGES = os.environ.get("QSYNC_NB_IMAGES", "../data/images.csv")\n'
+            'DOCUMENTS = os.environ.get("QSYNC_NB_DOCUMENTS", "../data/documents.csv")\n'
+            'COLLECTION = os.environ.get("QSYNC_NB_MEDIA_COLLECTION", "media")\n'
+            'DB = os.environ.get("QSYNC_NB_DB", "qsync-notebooks.duckdb")\n'
+            'DIMENSIONS = int(os.environ.get("QSYNC_NB_MEDIA_DIMENSIONS", "768"))  # gemini-embedding-2: 128 to 3,072\n'
+            'MODEL = "gemini-embedding-2"  # the model that embeds images and PDFs\n\n'
+            'if os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY"):\n'
+            '    print("A Gemini API key is set: this notebook calls Gemini.")\n'
+            "else:\n"
+            "    from qsync.emulator import start_offline\n\n"
+            "    emulator = start_offline()  # a local stand-in for the Gemini API, for this kernel only\n"
+            '    print(f"No GEMINI_API_KEY: Gemini is emulated locally at {emulator.url} (offline, free).")'
+        ),
+        new_markdown_cell(
+            "## The table\n\n"
+            "One row per image: its path (relative to the CSV), a caption and a category. The caption is embedded "
+            "with the image; leave `text_column` out to embed images alone. The last three rows are the bad ones."
+        ),
+        new_code_cell(
+            "import pandas as pd\n\n"
+            "from qsync.notebook import show\n\n"
+            "table = pd.read_csv(IMAGES)\n"
+            "show(pd.concat([table.head(3), table.tail(3)]))"
+        ),
+        new_markdown_cell(
+            "## Before the run: what it will cost\n\n"
+            "`qsync.estimate` plans the job without embedding anything: it reads every file (that is how the bad "
+            "ones are found), counts each image as ~258 tokens and each PDF page as much (Google prices images, "
+            "not tokens: the figure is inferred from its price), and the captions at ~4 bytes a token. Image "
+            "tokens cost 0.45 USD per million, text tokens 0.20 USD."
+        ),
+        new_code_cell(
+            "from qsync.formatting import count, usd\n\n"
+            'before = qsync.estimate(IMAGES, text_column="caption", image_column="image", model=MODEL, db=DB)\n'
+            "rows = [\n"
+            '    ("rows in the table", count(before["records"])),\n'
+            '    ("skipped while planning (bad files)", count(before["skipped_records"])),\n'
+            '    ("records to embed", count(before["texts_to_embed"])),\n'
+            '    ("tokens", count(before["tokens"])),\n'
+            '    ("of which images", count(before["media_tokens"])),\n'
+            '    ("cost", usd(before["cost_usd"])),\n'
+            "]\n"
+            'print(before["tokens_basis"])\n'
+            'show(pd.DataFrame(rows, columns=["", "estimate"]))'
+        ),
+        new_markdown_cell(
+            "## Backfill\n\n"
+            "Two jobs, one collection: the images, then the PDFs (a job has one media column). Each shows its "
+            "progress here and records its estimate when it plans. Run the notebook again and each becomes a "
+            "re-sync (`media:images#2`) that finds every file unchanged and pays for nothing."
+        ),
+        new_code_cell(
+            'common = {"collection": COLLECTION, "embedder": "gemini", "model": MODEL, "dimensions": DIMENSIONS, "db": DB}\n'
+            'images = qsync.run(IMAGES, text_column="caption", image_column="image", payload_columns=["category"], '
+            "**common)\n"
+            'documents = qsync.run(DOCUMENTS, text_column="title", document_column="document", **common)\n'
+            "for job in (images, documents):\n"
+            '    print(f"{job.job_id}: {job.status}, {job.run_records} records in {job.elapsed_s:.1f} s")'
+        ),
+        new_markdown_cell(
+            "## Skipped, with their reasons\n\n"
+            "Found while planning, so none of them cost anything; the rest of each job loaded."
+        ),
+        new_code_cell(
+            "skipped = pd.concat([qsync.skipped(job.job_id, db=DB) for job in (images, documents)])\n"
+            'show(skipped[["record_id", "reason"]], "Nothing was skipped.")'
+        ),
+        new_markdown_cell(
+            "## After the run: the estimate beside the actual\n\n"
+            "Tokens and dollars as recorded when each job was planned, against what the answers said. Then the "
+            "images job's tokens by modality: the API reports one total per request, and qsync splits it between "
+            "captions and pictures by its own estimates when the per-modality detail does not reach it "
+            "(`google-genai` drops it): the `split` column says so."
+        ),
+        new_code_cell(
+            "from qsync.notebook import estimate_beside_actual\n\n"
+            "for job in (images, documents):\n"
+            "    print(job.job_id)\n"
+            "    display(estimate_beside_actual(job.job_id, db=DB))\n"
+            "show(qsync.tokens_by_modality(images.job_id, db=DB))"
+        ),
+        new_markdown_cell(
+            "## Search across modalities\n\n"
+            "`qsync.search` embeds your words with the query instruction and returns the nearest records of the "
+            "collection, images and PDFs alike; `thumbnails` shows them as pictures (a PDF as a page icon), with "
+            "their score and caption.\n\n"
+            "**Offline, read the hits with care:** the emulator cannot see. It places each record by the words "
+            "of its caption (or title), so `a cat` finds the photo captioned *Chelsea the cat* and the PDF titled "
+            "*Looking after a house cat*, and a query that shares no word with any caption ranks at random. "
+            "With a key, Gemini embeds the pixels and the pages themselves."
+        ),
+        new_code_cell(
+            'from qsync.notebook import thumbnails\n\nthumbnails(qsync.search(images.job_id, "a cat", limit=6, db=DB))'
+        ),
+        new_code_cell('thumbnails(qsync.search(images.job_id, "a cup of espresso", limit=6, db=DB))'),
+        new_markdown_cell("Your own words: type and press Enter (or **Search**)."),
+        new_code_cell("from qsync.notebook import SearchBox\n\nSearchBox(images.job_id, db=DB, limit=6)"),
+    ],
 }
 
 

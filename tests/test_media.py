@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from qsync.embedders.gemini import GeminiEmbedder
-from qsync.emulator import TOKENS_PER_IMAGE, GeminiEmulator, count_tokens, emulated_vector, media_key
+from qsync.emulator import TOKENS_PER_IMAGE, GeminiEmulator, count_tokens, emulated_vector, media_key, start_offline
 from qsync.errors import ConfigError, InvalidInput
 from qsync.media import MAX_MEDIA_BYTES, MediaProblem, check, content_hash, read
 
@@ -171,3 +171,19 @@ def test_the_emulator_refuses_what_the_model_does_not_take(files: Path, emulator
         GeminiEmbedder(dimensions=128, model="gemini-embedding-001").embed_media(
             [(read(files / "red.png", "image"), None)]
         )
+
+
+def test_the_offline_emulator_never_takes_a_real_key_and_its_words_mode_follows_captions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from qsync.emulator import worded_vector
+
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    with pytest.raises(RuntimeError, match="key is set"):
+        start_offline()
+    # "words": the instruction is read as one, and records land near queries that share their words.
+    query = worded_vector(G2, "q", "task: search result | query: a cat", 768)
+    cat = worded_vector(G2, "1" + media_key("image/png", png((1, 1, 1))), "title: none | text: Chelsea the cat", 768)
+    dog = worded_vector(G2, "2" + media_key("image/png", png((2, 2, 2))), "title: none | text: two dogs", 768)
+    assert float(query @ cat) > 0.5 and float(query @ dog) < 0.2
+    assert abs(float(np.linalg.norm(cat)) - 1.0) < 1e-6

@@ -5,6 +5,7 @@ is paid again, an unchanged one never), and searched with text; DataFrame bytes 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from qsync_testing import qdrant_points
+from qsync_testing import REPO, qdrant_points
 from test_media import pdf, png
 
 import qsync
 from qsync.emulator import TOKENS_PER_IMAGE, GeminiEmulator, count_tokens, emulated_vector, media_key
 from qsync.errors import ConfigError
+from qsync.estimates import prepare
 from qsync.media import MAX_MEDIA_BYTES
 from qsync.spec import RunSettings
 from qsync.store import open_store
@@ -161,8 +163,9 @@ def test_media_columns_need_gemini_embedding_2(tmp_path: Path, table: Path, emul
         _run(table, tmp_path, model="gemini-embedding-001")
     with pytest.raises(ConfigError, match="gemini-embedding-2"):
         _run(table, tmp_path, model=None, embedder="hash")
-    with pytest.raises(ConfigError, match="Batch Mode"):
+    with pytest.raises(ConfigError, match=r"Batch Mode yet.*Run the job without Batch Mode"):
         _run(table, tmp_path, batch_mode=True)
+    assert not (tmp_path / "q.duckdb").exists() or qsync.jobs(db=tmp_path / "q.duckdb").empty  # nothing planned
 
 
 def test_a_job_without_captions_embeds_the_images_alone(tmp_path: Path, table: Path, emulator: GeminiEmulator) -> None:
@@ -181,3 +184,72 @@ def test_a_parquet_blob_column_holds_the_images_themselves(tmp_path: Path, emula
     vector, _ = qdrant_points(tmp_path / "qdrant", "photos")[qsync.point_id("red")]
     np.testing.assert_allclose(vector, _expected("a", png(GOOD["red"])), atol=1e-5)
     assert "corrupt PNG" in qsync.skipped(result.job_id, db=tmp_path / "q.duckdb")["reason"][0]
+
+
+# The estimate counts captions at ~4 bytes a token (calibrated here with the emulator's countTokens, as a
+# key is set) and each image or PDF page at pricing.json's figure; the emulator meters its own tokenizer
+# and its own per-image count. Media are ~95% of the sample's tokens: an estimate that counted captions
+# alone would be off by ~95%, so 5% is a tolerance that still catches it.
+TOLERANCE = 0.05
+
+
+@pytest.mark.parametrize(
+    ("table", "columns"),
+    [
+        ("images.csv", {"text_column": "caption", "image_column": "image"}),
+        ("documents.csv", {"text_column": "title", "image_column": None, "document_column": "document"}),
+    ],
+)
+def test_the_estimates_of_the_sample_set_count_media_within_five_percent_of_the_meter(
+    tmp_path: Path, emulator: GeminiEmulator, table: str, columns: dict[str, Any]
+) -> None:
+    source = REPO / "data" / table
+    db = tmp_path / "q.duckdb"
+    before = qsync.estimate(source, model=G2, dimensions=128, db=db, **columns)
+    # Planned as a notebook plans (the estimate recorded with the job), then run.
+    job = prepare(source, collection="media", db=db, qdrant_path=tmp_path / "qdrant", model=G2, dimensions=128,
+                  batch_size=8, **columns)  # fmt: skip
+    result = qsync.run_job(job, db=db, settings=FAST)
+    assert result.ok, result.message
+    metered = {"tokens": emulator.tokens_metered, "usd": emulator.usd_metered}
+    media = emulator.tokens_by_modality["IMAGE"] + emulator.tokens_by_modality["DOCUMENT"]
+    assert media > 0
+    assert before["media_tokens"] == media  # the same per-image and per-page figures as the emulator's
+    assert before["tokens"] == pytest.approx(metered["tokens"], rel=TOLERANCE)
+    assert before["cost_usd"] == pytest.approx(metered["usd"], rel=TOLERANCE)
+    assert before["cost_usd_batch_mode"] is None  # Batch Mode takes no media job
+    assert "PDF pages at 258" in before["tokens_basis"]
+    # The estimate recorded at plan time agrees, and so does the job's own ledger.
+    recorded = qsync.recorded_estimate(result.job_id, db=db)
+    assert recorded is not None and recorded["media_tokens"] == media
+    assert recorded["tokens"] == pytest.approx(metered["tokens"], rel=TOLERANCE)
+    assert recorded["cost_usd"] == pytest.approx(metered["usd"], rel=TOLERANCE)
+    versus = qsync.estimate_vs_actual(result.job_id, db=db).set_index("figure")
+    assert abs(versus.loc["cost_usd", "error_pct"]) < TOLERANCE * 100
+    # The SDK drops the API's per-modality split: qsync's split of each batch is marked as estimated.
+    batches = qsync.batches(result.job_id, db=db)
+    assert batches["media_tokens"].sum() == pytest.approx(media, rel=0.02)
+    assert batches.loc[batches["media_tokens"] > 0, "media_tokens_estimated"].all()
+
+
+def test_estimating_media_needs_a_model_that_embeds_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="text only"):
+        qsync.estimate(REPO / "data" / "images.csv", text_column="caption", image_column="image", db=tmp_path / "q")
+
+
+def test_the_search_box_answers_enter_and_shows_a_media_jobs_hits_as_thumbnails(
+    tmp_path: Path, table: Path, emulator: GeminiEmulator
+) -> None:
+    from qsync.notebook import SearchBox
+
+    result = _run(table, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # Text.on_submit is deprecated in ipywidgets 8
+        box = SearchBox(result.job_id, db=tmp_path / "q.duckdb", limit=3)
+    assert not box.query.continuous_update
+    box.query.value = "a red square"  # what the browser sends on Enter
+    assert box.results.value.count('class="qsync-thumbnail"') == 3
+    assert box.results.value.count('<img src="data:image/jpeg;base64,') == 3
+    (table.parent / "images" / "red.png").unlink()  # gone since the run: a sentence, not a broken image
+    box.button.click()
+    assert "red.png is gone" in box.results.value and box.results.value.count("<img") == 2

@@ -84,6 +84,45 @@ def test_every_notebook_runs_top_to_bottom_headless(tmp_path: Path) -> None:
     assert images, "03 draws its plot"
 
 
+def _widget_value(nb: nbformat.NotebookNode, cell_text: str) -> str:
+    """The value of the widget a cell displayed (an HTML widget's HTML), from the state nbclient stored."""
+    [cell] = [c for c in nb.cells if c.cell_type == "code" and cell_text in c.source]
+    [view] = [o["data"]["application/vnd.jupyter.widget-view+json"] for o in cell.outputs if "data" in o]
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    return str(state[view["model_id"]]["state"]["value"])
+
+
+def test_the_images_notebook_loads_the_sample_skips_the_bad_rows_and_shows_thumbnails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)  # no key: the notebook starts the emulator itself
+    db = tmp_path / "nb.duckdb"
+    nb = _execute("04_images.ipynb", {"QSYNC_NB_DB": str(db)})  # 768 dimensions, as a user runs it
+    text = _widget_text(nb)
+    assert "Gemini is emulated locally" in text and "Traceback" not in text
+    images, documents = qsync.status("media:images", db=db), qsync.status("media:documents", db=db)
+    assert (images["status"], images["loaded_records"], images["skipped_records"]) == ("completed", 31, 3)
+    assert (documents["status"], documents["loaded_records"], documents["skipped_records"]) == ("completed", 4, 1)
+    reasons = " | ".join(qsync.skipped("media:images", db=db)["reason"])
+    assert "no_such_photo.jpg does not exist" in reasons and "corrupt JPEG" in reasons
+    assert "not_an_image.jpg is not a PNG or JPEG image" in reasons
+    assert "has 8 pages" in qsync.skipped("media:documents", db=db)["reason"][0]
+    assert "no_such_photo.jpg does not exist" in text, "the notebook shows the skips with their reasons"
+    # The plan-time estimate counted the images: it is near what the job spent (emulator: exactly metered).
+    versus = qsync.estimate_vs_actual("media:images", db=db).set_index("figure")
+    assert abs(versus.loc["cost_usd", "error_pct"]) < 5 and "estimated by qsync" in text
+    # "a cat": the two best hits are the photo of Chelsea the cat, an inline thumbnail, and the cat-care
+    # PDF, shown as a page (offline, the emulator ranks by caption words: both captions say "cat").
+    top = _widget_value(nb, '"a cat"').split('class="qsync-thumbnail"')[1:3]
+    [photo] = [card for card in top if "Chelsea the cat" in card]
+    assert '<img src="data:image/jpeg;base64,' in photo
+    [page] = [card for card in top if "Looking after a house cat" in card]
+    assert "PDF, 1 page" in page and "<img" not in page
+    espresso = _widget_value(nb, '"a cup of espresso"').split('class="qsync-thumbnail"')[1:3]
+    assert any("A cup of espresso" in card and "<img" in card for card in espresso)
+
+
 def _launcher(tmp_path: Path, n: int = 1500, **defaults: Any) -> Launcher:
     src = tmp_path / "src.jsonl"
     if not src.exists():

@@ -31,6 +31,7 @@ from ..errors import (
     StopJob,
     TransientError,
 )
+from ..mediatokens import media_tokens
 from ..pricing import default_limits, model_info, price_per_million
 from .base import EmbedResult, Vectors
 from .instructions import DOCUMENT_TASK, check_task, instruct, overhead_bytes, takes_instructions
@@ -253,7 +254,7 @@ class GeminiEmbedder:
         matrix = np.asarray([e.values for e in embeddings], dtype=np.float32)
         if self.dimensions < self.full_dimensions:
             matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-        guessed = [media_token_estimate(m, self.sent_text(c) if c else None) for m, c in items]
+        guessed = [media_token_estimate(m, self.sent_text(c) if c else None, self.model) for m, c in items]
         usage = getattr(response, "usage_metadata", None)
         total = int(getattr(usage, "prompt_token_count", None) or 0)
         if not total:  # no usage: our own estimates, labelled as such
@@ -364,10 +365,10 @@ def _retry_delay(details: list[dict[str, Any]]) -> float | None:
     return None
 
 
-def media_token_estimate(media: Media, caption: str | None) -> dict[str, int]:
-    """Tokens a media record should cost, per modality, before the API says: ~258 an image (inferred from
-    the published per-image price), as much per PDF page (undocumented), ~4 bytes a caption token."""
-    found = {"DOCUMENT": 258 * max(1, media.pages)} if media.modality == "DOCUMENT" else {"IMAGE": 258}
+def media_token_estimate(media: Media, caption: str | None, model: str) -> dict[str, int]:
+    """Tokens a media record should cost, per modality, before the API says: its image or pages
+    (mediatokens.py, the one media estimate) and its caption as sent, at ~4 bytes a token."""
+    found = media_tokens(media, model)
     if caption:
         found["TEXT"] = estimate_tokens(caption)
     return found

@@ -6,17 +6,30 @@
     BatchInspector(db="qsync.duckdb")                                    # pick a job, page its batches
     CostPanel(db="qsync.duckdb")                                         # estimate vs actual, what-if
 
-Modules: formatting (tables, plots, messages), monitor, picker, launcher, inspector, costs, search.
+Modules: formatting (tables, plots, messages), monitor, picker, launcher, inspector, costs, search,
+thumbnails (a media job's search hits as pictures).
 Jobs run in background threads, so the kernel stays free; widgets change from those threads only by
 trait assignment, and plots are PNGs set as an Output's `outputs`. The core package never imports this.
 """
 
-from .costs import CostPanel
+from .costs import CostPanel, estimate_beside_actual
 from .formatting import show
 from .inspector import BatchInspector
 from .launcher import Launcher
 from .monitor import JobMonitor, RateMeter
 from .picker import JobPicker
 from .search import SearchBox
+from .thumbnails import thumbnails
 
-__all__ = ["BatchInspector", "CostPanel", "JobMonitor", "JobPicker", "Launcher", "RateMeter", "SearchBox", "show"]
+__all__ = [
+    "BatchInspector",
+    "CostPanel",
+    "JobMonitor",
+    "JobPicker",
+    "Launcher",
+    "RateMeter",
+    "SearchBox",
+    "estimate_beside_actual",
+    "show",
+    "thumbnails",
+]

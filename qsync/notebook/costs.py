@@ -15,10 +15,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import api, costs, estimates
+from ..config import resolve_db
 from ..embedders.gemini import default_task, text_token_limit
 from ..errors import QsyncError
 from ..formatting import count, duration, gigabytes, number, percent, usd
-from ..pricing import _table, default_limits
+from ..pricing import _table, default_limits, media_price_per_million
 from ..ratelimit import SAFETY
 from ..spec import JobSpec
 from ..store import open_store
@@ -70,6 +71,46 @@ def what_if(
     return pd.DataFrame(rows)
 
 
+def versus_html(job: str, db: str | Path | None = None) -> str:
+    """The estimate recorded when `job` was planned beside what it spent (tokens, dollars, minutes), with
+    the error in %, as an HTML table; a sentence when no estimate was recorded."""
+    versus = estimates.estimate_vs_actual(job, db=db)
+    recorded = estimates.recorded_estimate(job, db=db)
+    if versus.empty or recorded is None:
+        return (
+            f"<p><i>No estimate was recorded when {html.escape(job)} was planned (it was planned from a terminal "
+            "or by a script). Jobs started from the Launcher or <code>qsync.start</code> record one.</i></p>"
+        )
+    fmt: dict[str, Callable[[Any], str]] = {"tokens": count, "cost_usd": usd, "minutes": lambda m: number(m, 1)}
+    shown = pd.DataFrame({
+        "": ["tokens", "cost", "minutes of work"],
+        "estimate (plan time)": [fmt[f](e) for f, e in zip(versus["figure"], versus["estimate"], strict=True)],
+        "actual": [fmt[f](a) for f, a in zip(versus["figure"], versus["actual"], strict=True)],
+        "error": [percent(e) for e in versus["error_pct"]],
+    })  # fmt: skip
+    when = pd.Timestamp(recorded["recorded_at"]).strftime("%Y-%m-%d %H:%M")
+    media = int(recorded.get("media_tokens") or 0)
+    prices = f"priced at {usd(recorded['price_usd_per_million_tokens'])} per 1M tokens"
+    if media:  # images and PDF pages have a price of their own
+        config = json.loads(open_store(resolve_db(db), writable=False).query_rows(
+            "SELECT config FROM jobs WHERE job_id = ?", [job])[0][0])  # fmt: skip
+        model = JobSpec.from_dict(config, job_id=job).embedder.resolved_model
+        prices = (f"{count(media)} of the tokens are images or PDF pages at {usd(media_price_per_million(model))} "
+                  f"per 1M, the rest text at {usd(recorded['price_usd_per_million_tokens'])}")  # fmt: skip
+    return frame_html(shown, css="qsync-table qsync-versus") + (
+        f"<p><small>estimated {when} for {count(recorded['texts_to_embed'])} texts to embed "
+        f"({count(recorded['cached_texts'])} already cached); {html.escape(str(recorded['tokens_basis']))}; "
+        f"{prices}. Error: estimate minus actual, in % of the actual.</small></p>"
+    )
+
+
+def estimate_beside_actual(job: str, db: str | Path | None = None) -> widgets.HTML:
+    """`versus_html` as a widget, for a cell: the plan-time estimate of `job` beside what it spent."""
+    table = widgets.HTML(versus_html(job, db))
+    table.add_class("qsync-estimate")
+    return table
+
+
 class CostPanel:
     """`CostPanel(db=DB)`: a job picker, then the job's costs. `CostPanel(JOB, db=DB)` opens JOB."""
 
@@ -116,28 +157,8 @@ class CostPanel:
             self.summary.value = error_html(str(exc))
 
     def _render(self, job: str) -> None:
-        versus = estimates.estimate_vs_actual(job, db=self.db)
         recorded = estimates.recorded_estimate(job, db=self.db)
-        if versus.empty or recorded is None:
-            self.versus.value = (
-                f"<p><i>No estimate was recorded when {html.escape(job)} was planned (it was planned from a terminal "
-                "or by a script). Jobs started from the Launcher or <code>qsync.start</code> record one.</i></p>"
-            )
-        else:
-            fmt: dict[str, Callable[[Any], str]] = {"tokens": count, "cost_usd": usd, "minutes": lambda m: number(m, 1)}
-            shown = pd.DataFrame({
-                "": ["tokens", "cost", "minutes of work"],
-                "estimate (plan time)": [fmt[f](e) for f, e in zip(versus["figure"], versus["estimate"], strict=True)],
-                "actual": [fmt[f](a) for f, a in zip(versus["figure"], versus["actual"], strict=True)],
-                "error": [percent(e) for e in versus["error_pct"]],
-            })  # fmt: skip
-            when = pd.Timestamp(recorded["recorded_at"]).strftime("%Y-%m-%d %H:%M")
-            self.versus.value = frame_html(shown, css="qsync-table qsync-versus") + (
-                f"<p><small>estimated {when} for {count(recorded['texts_to_embed'])} texts to embed "
-                f"({count(recorded['cached_texts'])} already cached); {html.escape(str(recorded['tokens_basis']))}; "
-                f"priced at {usd(recorded['price_usd_per_million_tokens'])} per 1M tokens. Error: estimate minus "
-                "actual, in % of the actual.</small></p>"
-            )
+        self.versus.value = versus_html(job, self.db)
         spent = costs.cost(job, db=self.db).iloc[0]
         rows = [
             ("spent", usd(spent["cost_usd"])), ("tokens", count(spent["tokens"])),

@@ -1,4 +1,5 @@
-"""A search box over a job's collection: type a text, see the nearest records (`qsync.search`)."""
+"""A search box over a job's collection: type a text, see the nearest records (`qsync.search`); a media
+job's hits as thumbnails."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import ipywidgets as widgets
 from ..errors import QsyncError
 from ..search import search
 from .formatting import error_html, frame_html
+from .thumbnails import thumbnail_grid
 
 
 class SearchBox:
@@ -18,8 +20,10 @@ class SearchBox:
         self.job = job
         self.db = db
         self.title = widgets.HTML("")
-        self.query = widgets.Text(placeholder="type a text to find the records nearest to it",
-                                  layout={"width": "520px"})  # fmt: skip
+        # continuous_update=False: the value reaches the kernel on Enter (or leaving the field), not on every
+        # key, so observing it searches once per question (Text.on_submit is deprecated in ipywidgets 8).
+        self.query = widgets.Text(placeholder="type a text to find the records nearest to it, then Enter",
+                                  continuous_update=False, layout={"width": "520px"})  # fmt: skip
         self.query.add_class("qsync-search-text")
         self.limit = widgets.BoundedIntText(limit, min=1, max=100, description="Results", layout={"width": "150px"},
                                             style={"description_width": "60px"})  # fmt: skip
@@ -28,7 +32,7 @@ class SearchBox:
         self.results = widgets.HTML("")
         self.results.add_class("qsync-search-results")
         self.button.on_click(lambda _: self.run())
-        self.query.on_submit(lambda _: self.run())
+        self.query.observe(lambda _: self.run(), names="value")
         self.widget = widgets.VBox([self.title, widgets.HBox([self.query, self.limit, self.button]), self.results])
         self.widget.add_class("qsync-searchbox")
         self.set_job(job)
@@ -50,6 +54,9 @@ class SearchBox:
             found = search(self.job, self.query.value, limit=self.limit.value, db=self.db)
         except QsyncError as exc:
             self.results.value = error_html(str(exc))
+            return
+        if "media" in found.columns:  # a media job: its images (and PDFs) as thumbnails
+            self.results.value = thumbnail_grid(found)
             return
         found["score"] = found["score"].map(lambda s: f"{s:.3f}")
         self.results.value = frame_html(found, "No records found: is the collection empty?", max_chars=160)
