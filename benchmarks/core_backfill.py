@@ -72,6 +72,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--dir", help="work folder (default: a temporary one)")
     parser.add_argument("--qdrant-path", help="Qdrant location (default: a folder beside the DuckDB file; :memory:)")
+    parser.add_argument(
+        "--poll-s", type=float, default=1.0,
+        help="how often this process reads the job's status to know when to kill (the notebook monitor's "
+        "interval; each read from another process makes the runner close and reopen its DuckDB file)",
+    )  # fmt: skip
     args = parser.parse_args()
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="qsync-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +107,7 @@ def main() -> None:
         if done >= args.kill_at:
             os.kill(worker.pid, signal.SIGKILL)
             break
-        time.sleep(0.1)
+        time.sleep(args.poll_s)
     worker.wait()
     killed_at = time.perf_counter()
     before = qsync.status("bench", db=db)
@@ -143,6 +148,7 @@ def main() -> None:
         "records": args.records,
         "dimensions": args.dimensions,
         "concurrency": args.concurrency,
+        "status_read_every_s": args.poll_s,
         "qdrant": args.qdrant_path or "Qdrant Edge shard",
         "status": result.status,
         "first_run_records_per_s": round(first_rate),

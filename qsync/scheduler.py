@@ -17,7 +17,6 @@ from .completer import Completer
 from .control import Control
 from .pipeline import BatchPipeline, Outcome, Upserted
 
-
 # Beyond this many written batches per worker waiting to be marked done, workers wait: bounded memory, and
 # bounded work to redo (from the cache, no API call) after a crash.
 WAITING_PER_WORKER = 4
