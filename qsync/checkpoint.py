@@ -184,8 +184,9 @@ def acquire_lease(store: Store, job_id: str, clock: Clock, stale_after_s: float,
 
 
 def renew_lease(store: Store, lease: Lease, clock: Clock) -> bool:
-    """Heartbeat. Raises LeaseLost if another runner took the job; False if cancellation was requested."""
-    with store.transaction() as con:
+    """Heartbeat. Raises LeaseLost if another runner took the job; False if cancellation was requested.
+    It does not keep an idle connection open: a runner frozen between calls lets go of the file."""
+    with store.transaction(keeps_open=False) as con:
         lease.verify(con)
         row = first_row(con.execute("SELECT cancel_requested FROM jobs WHERE job_id = ?", [lease.job_id]))
         con.execute("UPDATE jobs SET heartbeat_at = ? WHERE job_id = ?", [clock.now(), lease.job_id])

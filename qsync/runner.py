@@ -120,7 +120,7 @@ class Runner:
         )
         tally = _Tally()
         try:
-            with heartbeat:
+            with self.store.held(), heartbeat:
                 try:
                     retrier.call(self.sink.ensure_collection)  # waits, with backoff, for a Qdrant that is away
                 except Interrupted:  # paused (or cancelled) while waiting for Qdrant: nothing was done yet

@@ -202,7 +202,9 @@ def test_stale_owner_is_taken_over_and_cannot_write_afterwards(tmp_path: Path) -
     src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(600))
     env = qsync_env(QSYNC_HEARTBEAT_S="0.2", QSYNC_STALE_AFTER_S="1.5")
-    args = [*_run_args(src, db, batch_size=50, concurrency=1, latency=0.6), "--qdrant-path", ":memory:"]
+    # Calls of 1 s: a running job lets go of the DuckDB file after HELD_IDLE_CLOSE_S (0.5 s) without use, so
+    # the owner can be frozen while it does not hold the file.
+    args = [*_run_args(src, db, batch_size=50, concurrency=1, latency=1.0), "--qdrant-path", ":memory:"]
     old = subprocess.Popen(qsync_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for(lambda: _processed(db) >= 100, timeout=60)
