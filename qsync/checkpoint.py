@@ -27,6 +27,7 @@ still returns only once its own write is committed, so the order above holds bat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import uuid
@@ -236,6 +237,8 @@ class BatchWork:
     payloads: list[str]
     source_hashes: list[str] = field(default_factory=list)  # the manifest's hashes (hashes may change: enrich)
     media_refs: list[str | None] = field(default_factory=list)  # each record's image or document (media jobs)
+    claimed: bool = False  # the claim (running, attempt) is committed; see Checkpoint.claim
+    claiming: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.source_hashes:
@@ -332,9 +335,17 @@ class Checkpoint:
         return [int(r[0]) for r in rows]
 
     def claim(self, batch_no: int) -> BatchWork:
-        """Mark the batch running (a new attempt) and load its records. Only the state change needs the
-        write transaction: the manifest never changes once planned."""
-        attempt = self._write(lambda con: self._claim(con, batch_no))
+        """Take the batch for a new attempt and load its records. The claim (running, attempt + 1) is written
+        in the batch's first write: the intent of its first paid call, or its completion. That saves a
+        transaction a batch on the file every worker waits for; a crash before it leaves the batch pending,
+        and nothing was spent on it yet. Raises RuntimeError if the batch is not pending or failed."""
+        rows = self.store.query_rows(
+            "SELECT attempts, status FROM batches WHERE job_id = ? AND batch_no = ?", [self.job_id, batch_no]
+        )
+        row = rows[0] if rows else None
+        if row is None or row[1] not in (BatchState.PENDING, BatchState.FAILED):
+            raise RuntimeError(f"batch {batch_no} of {self.job_id!r} is not claimable")
+        attempt = int(row[0]) + 1
         records = self._manifest(batch_no)
         return BatchWork(
             batch_no=batch_no,
@@ -348,8 +359,8 @@ class Checkpoint:
             media_refs=[r[6] for r in records],
         )
 
-    def _claim(self, con: Any, batch_no: int) -> int:
-        now = self.clock.now()
+    def _claim(self, con: Any, work: BatchWork) -> None:
+        batch_no, now = work.batch_no, self.clock.now()
         row = first_row(
             con.execute(
                 """UPDATE batches SET status = 'running', attempts = attempts + 1, started_at = ?
@@ -358,14 +369,32 @@ class Checkpoint:
                 [now, self.job_id, batch_no],
             )
         )
-        if row is None:
+        if row is None or int(row[0]) != work.attempt:
             raise RuntimeError(f"batch {batch_no} of {self.job_id!r} is not claimable")
-        attempt = int(row[0])
         con.execute(
             "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
-            [self.job_id, batch_no, attempt, self.lease.pid, self.lease.token, now],
+            [self.job_id, batch_no, work.attempt, self.lease.pid, self.lease.token, now],
         )
-        return attempt
+
+    def _write_for(self, works: Sequence[BatchWork], apply: Callable[[Any], T]) -> T:
+        """`_write` a change to these batches, claiming first (same transaction) those not claimed yet."""
+        if all(work.claimed for work in works):
+            return self._write(apply)
+        with contextlib.ExitStack() as held:
+            # Writes of one batch may run at once (its enrichment calls): the first claims, the others wait.
+            for work in sorted(works, key=lambda w: w.batch_no):
+                held.enter_context(work.claiming)
+            unclaimed = [work for work in works if not work.claimed]
+
+            def claimed_then(con: Any) -> T:
+                for work in unclaimed:
+                    self._claim(con, work)
+                return apply(con)
+
+            result = self._write(claimed_then)
+            for work in unclaimed:
+                work.claimed = True
+            return result
 
     def _manifest(self, batch_no: int) -> list[tuple[Any, ...]]:
         """The batch's records, read MANIFEST_READ_AHEAD batches at a time (one query instead of many)."""
@@ -435,14 +464,15 @@ class Checkpoint:
             )
             self._settle(con, intent)
 
-        self._write_vectors(apply)
+        self._write_vectors(apply, work)
 
-    def _write_vectors(self, apply: Callable[[Any, bool], None]) -> None:
+    def _write_vectors(self, apply: Callable[[Any, bool], None], work: BatchWork | None = None) -> None:
         """Commit rows of new vectors; if another job saved one of the keys meanwhile, again, keeping its."""
+        works = [work] if work is not None else []
         try:
-            self._write(lambda con: apply(con, False))
+            self._write_for(works, lambda con: apply(con, False))
         except duckdb.ConstraintException:
-            self._write(lambda con: apply(con, True))
+            self._write_for(works, lambda con: apply(con, True))
 
     def cached_generations(self, keys: list[str]) -> dict[str, str]:
         """Answers already paid for (by any job), by generation key."""
@@ -479,7 +509,7 @@ class Checkpoint:
             )
             self._settle(con, intent)
 
-        self._write(apply)
+        self._write_for([work], apply)
 
     def complete(self, batches: Sequence[Completion]) -> None:
         """Mark batches done, in one transaction: Qdrant holds their points durably (see QdrantSink.durable)."""
@@ -508,7 +538,7 @@ class Checkpoint:
                 )
             self._record_points(con, batches, now)
 
-        self._write(apply)
+        self._write_for([done.work for done in batches], apply)
 
     def _record_points(self, con: Any, batches: Sequence[Completion], now: Any) -> None:
         """What the collection now holds for these batches, in the transaction that marks them done."""
@@ -571,10 +601,13 @@ class Checkpoint:
             )
             self._end_attempt(con, work, now, "failed", error)
 
-        self._write(apply)
+        self._write_for([work], apply)
 
     def release(self, work: BatchWork) -> None:
-        """Hand an unfinished batch back (clean stop): pending again, its paid vectors kept."""
+        """Hand an unfinished batch back (clean stop): pending again, its paid vectors kept. A batch whose
+        claim was never written is pending already."""
+        if not work.claimed:
+            return
 
         def apply(con: Any) -> None:
             now = self.clock.now()
@@ -644,11 +677,19 @@ class Checkpoint:
     # -- write-ahead for money ---------------------------------------------------------------------------
 
     def open_intent(
-        self, kind: str, batch_no: int | None, texts: int, tokens: int, cost: float, hashes: list[str] | None = None
+        self,
+        kind: str,
+        work: BatchWork | None,
+        texts: int,
+        tokens: int,
+        cost: float,
+        hashes: list[str] | None = None,
     ) -> str:
-        """Record a paid call before it is sent: `tokens` and `cost` are what it can cost at most. Returns
-        the intent's id, to settle (`record_*`) or close (`close_intent`) once the call ends."""
+        """Record a paid call before it is sent: `tokens` and `cost` are what it can cost at most; `work`: the
+        batch it is for (None: Batch Mode). Returns the intent's id, to settle (`record_*`) or close
+        (`close_intent`) once the call ends."""
         intent = uuid.uuid4().hex
+        batch_no = None if work is None else work.batch_no
 
         def apply(con: Any) -> None:
             con.execute(
@@ -658,7 +699,7 @@ class Checkpoint:
                 [self.job_id, intent, batch_no, kind, texts, tokens, cost, hashes, self.lease.token, self.clock.now()],
             )
 
-        self._write(apply)
+        self._write_for([] if work is None else [work], apply)
         return intent
 
     def close_intent(self, intent: str, state: str) -> None:

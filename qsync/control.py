@@ -23,12 +23,23 @@ class Control:
     def __init__(self, sleep: Callable[[float], None] | None = None) -> None:
         self._stop = threading.Event()
         self._cancel = threading.Event()
+        self._wind_down = threading.Event()
         # Tests inject a sleep that records instead of waiting; it is called only when not stopping.
         self._sleep = sleep
 
     def request_stop(self) -> None:
         """Finish the API calls in flight, then pause the job."""
         self._stop.set()
+
+    def wind_down(self) -> None:
+        """Start no new batch; let the batches under way finish, their calls and waits included (the job
+        must stop for a reason of its own, such as the budget: a call that fit in it still goes out)."""
+        self._wind_down.set()
+
+    @property
+    def winding_down(self) -> bool:
+        """No new batch is to start: the run is stopping or winding down."""
+        return self._wind_down.is_set() or self._stop.is_set()
 
     def request_cancel(self) -> None:
         """Stop like request_stop, and leave the job cancelled."""

@@ -159,7 +159,7 @@ class EnrichStage:
         cost = 0.0
 
         def once() -> tuple[str, int, int, float, str]:
-            intent = self.checkpoint.open_intent("enrich", work.batch_no, 1, most_tokens, ceiling)
+            intent = self.checkpoint.open_intent("enrich", work, 1, most_tokens, ceiling)
             try:
                 return (*self.enricher.generate(prompt), intent)
             except TransientError as exc:

@@ -240,7 +240,7 @@ class BatchPipeline:
                 else:
                     batch = [texts[h][0] for h in chunk]
                     send = partial(self.embedder.embed, batch)
-                result, intent = self._call(chunk, texts, work.batch_no, send, media=chunk[0] in refs)
+                result, intent = self._call(chunk, texts, work, send, media=chunk[0] in refs)
             except InvalidInput as exc:
                 if len(chunk) == 1:
                     rejected[chunk[0]] = f"refused by the embedder: {exc}"
@@ -308,7 +308,7 @@ class BatchPipeline:
         self,
         chunk: list[str],
         texts: dict[str, tuple[str, int]],
-        batch_no: int,
+        work: BatchWork,
         send: Callable[[], EmbedResult],
         media: bool = False,
     ) -> tuple[EmbedResult, str | None]:
@@ -332,7 +332,7 @@ class BatchPipeline:
                 self.control.wait(self.limiter.acquire(len(chunk), estimate))
             intent = None
             if self._price:  # a free embedder bills nothing: no intent to keep
-                intent = self.checkpoint.open_intent("embed", batch_no, len(chunk), most_tokens, most_cost, chunk)
+                intent = self.checkpoint.open_intent("embed", work, len(chunk), most_tokens, most_cost, chunk)
             try:
                 result = send()
             except TransientError as exc:

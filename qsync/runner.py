@@ -180,7 +180,7 @@ class Runner:
         pipeline = BatchPipeline(
             checkpoint, self.embedder, self.sink, retrier, self.control, budget, limiter, InFlight(), stages
         )
-        runnable = [] if self.control.stopping else checkpoint.runnable_batches()
+        runnable = [] if self.control.stopping or tally.halt is not None else checkpoint.runnable_batches()
         if self.only_batches is not None:
             runnable = [b for b in runnable if b in self.only_batches]
 

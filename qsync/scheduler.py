@@ -60,8 +60,7 @@ class Scheduler:
                     outcome = done.get(timeout=0.05)
                 except queue.Empty:
                     continue
-                if outcome.fatal is not None or outcome.halt is not None:
-                    self.control.request_stop()
+                self._heed(outcome)
                 on_outcome(outcome)
             except KeyboardInterrupt:
                 interrupted += 1
@@ -79,10 +78,19 @@ class Scheduler:
             if isinstance(result, Upserted):
                 completer.submit(result)
             else:
+                self._heed(result)  # before this worker takes another batch
                 done.put(result)
 
+    def _heed(self, outcome: Outcome) -> None:
+        """A lost lease or a broken store stops the run at once; a job that must stop (the budget, a refused
+        key) starts no new batch, and the batches under way finish."""
+        if outcome.fatal is not None:
+            self.control.request_stop()
+        elif outcome.halt is not None:
+            self.control.wind_down()
+
     def _take(self, todo: queue.Queue[int]) -> int | None:
-        if self.control.stopping:
+        if self.control.winding_down:
             return None
         try:
             return todo.get_nowait()

@@ -43,18 +43,26 @@ def _ledger(tmp_path: Path, batch_size: int = 10) -> tuple[Checkpoint, list[int]
     return Checkpoint(store, lease, SYSTEM_CLOCK, "", ""), transactions
 
 
+def _paid(ledger: Checkpoint, work: BatchWork) -> str:
+    """The batch's first paid call is recorded: its claim is written with the intent."""
+    return ledger.open_intent("embed", work, len(work.hashes), 100, 0.001, work.hashes)
+
+
 def _claim_together(ledger: Checkpoint, batch_nos: list[int]) -> dict[int, BatchWork | BaseException]:
-    """Claim from one thread per batch, all queued behind a held commit, then let them go at once."""
+    """Take each batch, then write its first intent (and so its claim) from one thread per batch, all
+    queued behind a held commit, then let them go at once."""
+    works = {b: ledger.claim(b) for b in batch_nos}
     results: dict[int, BatchWork | BaseException] = {}
 
-    def claim(batch_no: int) -> None:
+    def write(batch_no: int) -> None:
         try:
-            results[batch_no] = ledger.claim(batch_no)
+            _paid(ledger, works[batch_no])
+            results[batch_no] = works[batch_no]
         except BaseException as exc:
             results[batch_no] = exc
 
-    with ledger._committer:  # as if another group were committing: the claims queue up meanwhile
-        threads = [threading.Thread(target=claim, args=(b,)) for b in batch_nos]
+    with ledger._committer:  # as if another group were committing: the writes queue up meanwhile
+        threads = [threading.Thread(target=write, args=(b,)) for b in batch_nos]
         for t in threads:
             t.start()
         wait_for(lambda: len(ledger._queued) == len(batch_nos), timeout=10)
@@ -71,7 +79,7 @@ def _statuses(ledger: Checkpoint) -> dict[int, tuple[str, int]]:
 def test_queued_writes_commit_in_one_transaction_and_each_caller_gets_its_own_result(tmp_path: Path) -> None:
     ledger, transactions = _ledger(tmp_path)
     results = _claim_together(ledger, list(range(8)))
-    assert transactions[0] == 1  # eight claims, one lease check, one commit
+    assert transactions[0] == 1  # eight claims with their intents, one lease check, one commit
     for batch_no, work in results.items():
         assert isinstance(work, BatchWork)
         assert work.batch_no == batch_no and work.attempt == 1
@@ -83,11 +91,20 @@ def test_queued_writes_commit_in_one_transaction_and_each_caller_gets_its_own_re
 
 def test_a_failing_write_fails_only_its_caller_and_the_others_commit(tmp_path: Path) -> None:
     ledger, transactions = _ledger(tmp_path)
-    ledger.claim(3)  # batch 3 is running: claiming it again must fail
+    taken = ledger.claim(3)
+
+    def claim_3_first(sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        rows = original(sql, params)
+        if "FROM batches" in sql and params == ["g", 3]:
+            _paid(ledger, taken)  # meanwhile batch 3 was claimed and is running: this claim must fail
+        return rows
+
+    original = ledger.store.query_rows
+    ledger.store.query_rows = claim_3_first  # type: ignore[method-assign]
     results = _claim_together(ledger, [1, 2, 3, 4])
     assert isinstance(results[3], RuntimeError) and "not claimable" in str(results[3])
     assert all(isinstance(results[b], BatchWork) for b in (1, 2, 4))
-    # the group rolled back, then each write was committed on its own
+    # the group rolled back, then each write was committed on its own (after the one that took batch 3)
     assert transactions[0] == 1 + 1 + 4
     statuses = _statuses(ledger)
     assert [statuses[b] for b in (1, 2, 3, 4)] == [("running", 1)] * 4  # batch 3: still the one claim
@@ -117,6 +134,7 @@ def test_the_batch_records_are_read_ahead_and_served_once(tmp_path: Path) -> Non
     works = [ledger.claim(b) for b in range(10)]
     assert len(queries) == 1  # ten batches, one manifest query
     assert [w.record_ids[0] for w in works] == [f"r{b * 10}" for b in range(10)]
+    _paid(ledger, works[4])
     ledger.release(works[4])
     again = ledger.claim(4)  # served from the manifest again, not a stale copy
     assert again.attempt == 2 and again.record_ids == works[4].record_ids
@@ -135,6 +153,7 @@ def test_the_read_ahead_holds_at_most_one_read_of_batches(tmp_path: Path) -> Non
 def test_every_transition_goes_through_the_group_commit(tmp_path: Path, kind: str) -> None:
     ledger, transactions = _ledger(tmp_path)
     work = ledger.claim(0)
+    _paid(ledger, work)
     before = transactions[0]
     if kind == "complete":
         ledger.complete([Completion(work, cache_hits=0, saved_tokens=0, duration_s=0.1)])
@@ -145,6 +164,20 @@ def test_every_transition_goes_through_the_group_commit(tmp_path: Path, kind: st
     assert transactions[0] == before + 1
     expected = {"complete": "done", "fail": "failed", "release": "pending"}[kind]
     assert _statuses(ledger)[0][0] == expected
+
+
+def test_a_claim_is_written_with_the_batch_first_write_and_not_at_all_before_it(tmp_path: Path) -> None:
+    ledger, transactions = _ledger(tmp_path)
+    cached, stopped = ledger.claim(0), ledger.claim(1)
+    assert transactions[0] == 0 and _statuses(ledger)[0] == ("pending", 0)
+    # A batch whose vectors all came from the cache: claimed and done in one transaction.
+    ledger.complete([Completion(cached, cache_hits=10, saved_tokens=0, duration_s=0.1)])
+    assert transactions[0] == 1 and _statuses(ledger)[0] == ("done", 1)
+    attempts = ledger.store.query_rows("SELECT attempt, outcome FROM attempts WHERE job_id = 'g' AND batch_no = 0")
+    assert attempts == [(1, "done")]
+    # Stopped before its first write: nothing to hand back, and no attempt was counted.
+    ledger.release(stopped)
+    assert transactions[0] == 1 and _statuses(ledger)[1] == ("pending", 0)
 
 
 def test_a_vector_another_job_saved_meanwhile_keeps_the_first_copy(tmp_path: Path) -> None:
