@@ -235,3 +235,12 @@ def test_the_what_if_table_prices_each_model_with_its_limit_and_instruction() ->
     # A 6,000-token text fits -2 but not -001.
     mid = what_if(1000, 2, 2, job_model=G2, text_tokens=[10, 6000]).set_index(["model", "mode"])
     assert mid.loc[(G1, "standard"), "too_long"].iloc[0] == 1 and mid.loc[(G2, "standard"), "too_long"].iloc[0] == 0
+
+
+def test_the_what_if_table_of_a_media_job_lists_only_media_models_and_prices_media_apart() -> None:
+    # 10 captioned images: 2,580 image tokens (258 each) of 2,640 in all, 60 of them captions and instructions.
+    table = what_if(2640, 10, 10, job_model=G2, text_tokens=[1] * 10, media_tokens=2580)
+    assert set(table["model"]) == {G2}  # gemini-embedding-001 embeds no images
+    assert set(table["mode"]) == {"standard"}  # qsync's Batch Mode submits texts only
+    row = table[table["dimensions"] == 768].iloc[0]
+    assert row["cost_usd"] == pytest.approx((60 * 0.20 + 2580 * 0.45) / 1e6)

@@ -36,7 +36,13 @@ def storage_gb(points: int, dimensions: int) -> float:
 
 
 def what_if(
-    tokens: int, texts: int, points: int, *, job_model: str | None = None, text_tokens: Sequence[int] = ()
+    tokens: int,
+    texts: int,
+    points: int,
+    *,
+    job_model: str | None = None,
+    text_tokens: Sequence[int] = (),
+    media_tokens: int = 0,
 ) -> pd.DataFrame:
     """Dollars, minutes and Qdrant storage of embedding `texts` texts of `tokens` tokens into `points`
     points, for each priced model, a few dimensions, standard and Batch Mode.
@@ -44,27 +50,35 @@ def what_if(
     The models differ in more than price. With `text_tokens` (each distinct text's ~4-bytes estimate), a
     model whose text limit a text exceeds leaves it out: `too_long` counts those, and its tokens are not
     priced. And a model that takes its task as an instruction pays for it on every text: `tokens` (as the
-    job's own model, `job_model`, counts them) is adjusted by the difference."""
+    job's own model, `job_model`, counts them) is adjusted by the difference. With `media_tokens` (the
+    images' and PDF pages' part of `tokens`), only the models that embed media are listed, that part at
+    their media price, and no Batch Mode: qsync submits only texts to it."""
     own_instruction = costs.instruction_tokens(job_model) if job_model else 0
     estimated = sum(text_tokens)
     rows = []
     for model in costs.embedding_models():
         info = _table()["models"][model]
+        if media_tokens and not info.get("multimodal"):
+            continue
         limit = text_token_limit(model, default_task(model))
         too_long = [t for t in text_tokens if t > limit]
         kept = texts - len(too_long)
         # The job's measured tokens, less the share of texts this model would skip, with its instruction.
         share = 1 - sum(too_long) / estimated if estimated else 1.0
-        model_tokens = round((tokens - own_instruction * texts) * share) + costs.instruction_tokens(model) * kept
+        own_text = tokens - media_tokens - own_instruction * texts
+        model_tokens = round(own_text * share) + costs.instruction_tokens(model) * kept
         texts_limit, tokens_limit = (x * SAFETY for x in default_limits())
-        minutes = max(kept / texts_limit, model_tokens / tokens_limit) if kept else 0.0
+        minutes = max(kept / texts_limit, (model_tokens + media_tokens) / tokens_limit) if kept else 0.0
+        modes = [("standard", "usd_per_million_tokens")]
+        if not media_tokens:
+            modes.append(("Batch Mode", "batch_usd_per_million_tokens"))
         for dims in _WHAT_IF_DIMENSIONS:
             if dims > int(info.get("full_dimensions", 3072)):
                 continue
-            for mode, key in (("standard", "usd_per_million_tokens"), ("Batch Mode", "batch_usd_per_million_tokens")):
+            for mode, key in modes:
                 rows.append({
                     "model": model, "dimensions": dims, "mode": mode, "too_long": len(too_long),
-                    "cost_usd": model_tokens * float(info[key]) / 1e6,
+                    "cost_usd": (model_tokens * float(info[key]) + media_tokens * media_price_per_million(model)) / 1e6,
                     "time": duration(minutes * 60) if mode == "standard" else "within 24 h",
                     "qdrant_storage": gigabytes(storage_gb(points, dims)),
                 })  # fmt: skip
@@ -179,12 +193,13 @@ class CostPanel:
     def _what_if(self, job: str, recorded: dict[str, Any] | None) -> None:
         store = open_store(self._db(), writable=False)
         rows = store.query_rows(
-            "SELECT count(*), count(DISTINCT content_hash), coalesce(sum(token_estimate), 0) FROM manifest "
-            "WHERE job_id = ?", [job]
+            "SELECT count(*), count(DISTINCT content_hash), coalesce(sum(token_estimate), 0), "
+            "coalesce(sum(media_tokens), 0) FROM manifest WHERE job_id = ?", [job]
         )  # fmt: skip
-        records, texts, byte_tokens = (int(x) for x in rows[0])
+        records, texts, byte_tokens, media_tokens = (int(x) for x in rows[0])
         text_tokens = [int(r[0]) for r in store.query_rows(
-            "SELECT any_value(token_estimate) FROM manifest WHERE job_id = ? GROUP BY content_hash", [job]
+            "SELECT any_value(token_estimate - coalesce(media_tokens, 0)) FROM manifest WHERE job_id = ? "
+            "GROUP BY content_hash", [job]
         )]  # fmt: skip
         config = json.loads(store.query_rows("SELECT config FROM jobs WHERE job_id = ?", [job])[0][0])
         spec = JobSpec.from_dict(config, job_id=job)
@@ -196,7 +211,14 @@ class CostPanel:
             self.what_if.value = "<p><i>This job embeds no records (all unchanged or skipped).</i></p>"
             return
         self.what_if.value = frame_html(
-            what_if(tokens, texts, points, job_model=spec.embedder.resolved_model, text_tokens=text_tokens),
+            what_if(
+                tokens,
+                texts,
+                points,
+                job_model=spec.embedder.resolved_model,
+                text_tokens=text_tokens,
+                media_tokens=media_tokens,
+            ),
             css="qsync-table qsync-what-if-table",
         ) + (
             f"<p><small>{count(records)} records ({count(texts)} distinct texts, ~{count(tokens)} tokens, cache not "
