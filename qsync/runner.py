@@ -92,6 +92,13 @@ class Runner:
         self.only_batches = only_batches
         self.clock = clock
         self.control = control or Control()
+        self._scheduler: Scheduler | None = None
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches this run is working on now (the checkpoint shows a batch running from its first write)."""
+        scheduler = self._scheduler
+        return scheduler.in_flight if scheduler is not None else 0
 
     def request_stop(self) -> None:
         """Pause after the API calls in flight; waits (backoff, rate limit) end at once. Any thread."""
@@ -198,7 +205,8 @@ class Runner:
                 self.listeners, Notice(self.job_id, "stopping after the calls in flight (Ctrl-C again to stop at once)")
             )
 
-        Scheduler(pipeline, self.settings.concurrency, self.control).run(runnable, on_outcome, on_interrupt)
+        self._scheduler = Scheduler(pipeline, self.settings.concurrency, self.control)
+        self._scheduler.run(runnable, on_outcome, on_interrupt)
         self._emit_progress(tally, started)
 
     def _tally(self, outcome: Outcome, tally: _Tally) -> None:

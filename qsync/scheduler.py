@@ -27,6 +27,15 @@ class Scheduler:
         self.pipeline = pipeline
         self.concurrency = max(1, concurrency)
         self.control = control
+        self._taken = 0  # batches taken by workers
+        self._ended = 0  # of those, whose outcome reached the scheduling thread
+        self._count_lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        """Batches under way: taken by a worker, not yet ended (done, failed, released...)."""
+        with self._count_lock:
+            return self._taken - self._ended
 
     def run(
         self,
@@ -61,6 +70,8 @@ class Scheduler:
                 except queue.Empty:
                     continue
                 self._heed(outcome)
+                with self._count_lock:
+                    self._ended += 1
                 on_outcome(outcome)
             except KeyboardInterrupt:
                 interrupted += 1
@@ -93,6 +104,9 @@ class Scheduler:
         if self.control.winding_down:
             return None
         try:
-            return todo.get_nowait()
+            batch_no = todo.get_nowait()
         except queue.Empty:
             return None
+        with self._count_lock:
+            self._taken += 1
+        return batch_no

@@ -102,6 +102,10 @@ class JobHandle:
     def concurrency(self) -> int:
         return self._runner.settings.concurrency if self._runner else 0
 
+    @property
+    def batches_in_flight(self) -> int:
+        return self._runner.batches_in_flight if self._runner else 0
+
     def pause(self) -> None:
         """Let the API calls in flight finish (their answers are saved), then leave the job paused."""
         if self._runner is not None:

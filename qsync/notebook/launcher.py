@@ -489,10 +489,7 @@ class Launcher:
             )
 
     def _in_flight(self) -> int:
-        try:
-            return int(api.status(self.job, db=self.db)["batches_running"]) if self.job else 0
-        except QsyncError:
-            return self.handle.concurrency if self.handle else 0
+        return self.handle.batches_in_flight if self.handle else 0
 
     def pause(self) -> None:
         """Stop after the batches in flight (their answers are saved); Resume continues."""
