@@ -97,6 +97,9 @@ class Store:
         self._keeper: threading.Thread | None = None
         self._closed = threading.Event()
         self._holds = 0  # runs in progress (`held`): the connection stays open between their transactions
+        self._readers = 0  # cursors reading now (see `reading`): the connection is not closed under them
+        self._readers_lock = threading.Lock()
+        self._tx_thread: int | None = None  # the thread whose transaction is in progress
         if not writable and not Path(path).exists():
             raise StoreError(f"no qsync store at {path} (run a job first, or pass --db / set QSYNC_DB)")
 
@@ -111,6 +114,7 @@ class Store:
         with self._lock:
             con = self._connection()
             con.execute("BEGIN TRANSACTION")
+            self._tx_thread = threading.get_ident()
             try:
                 yield con
             except BaseException as exc:
@@ -127,17 +131,56 @@ class Store:
                         con.execute("ROLLBACK")
                     raise _convert(exc, self.path) from exc
             finally:
+                self._tx_thread = None
                 self._release(keeps_open)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection for queries; read-only stores close it again at once."""
-        with self._lock:
+        """A connection for queries; read-only stores close it again at once.
+
+        A writable store reads through a cursor of its open connection, without waiting for the
+        transaction in progress (DuckDB reads a consistent snapshot meanwhile): a run's cache look-ups and
+        manifest reads used to queue behind every commit. Inside a transaction of this thread, the
+        transaction's own connection is used, so that the reads see its writes."""
+        cursor = self._reader() if self.writable and self._tx_thread != threading.get_ident() else None
+        if cursor is None:
+            with self._lock:
+                con = self._connection()
+                try:
+                    yield con
+                finally:
+                    self._release()
+            return
+        try:
+            yield cursor
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                cursor.close()
+            with self._readers_lock:
+                self._readers -= 1
+            self._last_used = time.monotonic()
+
+    def _reader(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of the open connection, counted so that nobody closes the connection under it."""
+        with self._readers_lock:
+            con = self._con
+            if con is not None:
+                self._readers += 1
+                try:
+                    return con.cursor()
+                except BaseException:
+                    self._readers -= 1
+                    raise
+        with self._lock:  # not open: open it (no transaction can be in progress without it)
             con = self._connection()
+            with self._readers_lock:
+                self._readers += 1
             try:
-                yield con
-            finally:
-                self._release()
+                return con.cursor()
+            except BaseException:
+                with self._readers_lock:
+                    self._readers -= 1
+                raise
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -165,8 +208,11 @@ class Store:
     def close(self) -> None:
         """Close for good: later use raises StoreError. Waits for the transaction in progress, if any."""
         self._closed.set()
-        with self._lock:
-            self._disconnect()
+        while True:
+            with self._lock:
+                if self._disconnect():
+                    break
+            time.sleep(0.005)  # a cursor is reading: it is done in a moment
         keeper = self._keeper
         if keeper is not None and keeper is not threading.current_thread():
             keeper.join(timeout=5)
@@ -191,11 +237,16 @@ class Store:
         if not self.writable:
             self._disconnect()
 
-    def _disconnect(self) -> None:
-        if self._con is not None:
+    def _disconnect(self) -> bool:
+        """Close the connection (held: self._lock) unless cursors are reading from it; whether it is closed."""
+        with self._readers_lock:
+            if self._readers:
+                return False
             con, self._con = self._con, None
+        if con is not None:
             with contextlib.suppress(duckdb.Error):
                 con.close()
+        return True
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         if self.writable:
@@ -268,7 +319,8 @@ class Store:
     def _yield_to_others(self) -> None:
         """Let go of the file until the processes waiting for it got in (they delete their request
         once connected), for at most _MAX_YIELD_S: a busy writer must not starve a reader."""
-        self._disconnect()
+        if not self._disconnect():
+            return  # a cursor is reading: let go at the next transaction
         self._yielded_at = time.monotonic()
         deadline = time.monotonic() + _MAX_YIELD_S
         while self._others_waiting() and time.monotonic() < deadline:
@@ -285,9 +337,9 @@ class Store:
                 continue
             if self._lock.acquire(blocking=False):
                 try:
-                    self._disconnect()
-                    self._keeper = None
-                    return
+                    if self._disconnect():
+                        self._keeper = None
+                        return
                 finally:
                     self._lock.release()
 
