@@ -67,6 +67,8 @@ class Scheduler:
                 outcome = self.pipeline.process(batch_no, attempt, claim_next=following)
             except BaseException as exc:  # never let a worker die silently: the run must hear of it
                 outcome = Outcome(batch_no, "lost", fatal=exc)
+            if outcome.fatal is not None or outcome.halt is not None:
+                self.control.request_stop()  # before this worker (or another) takes a batch: no call after a halt
             done.put(outcome)
             attempt = outcome.next_attempt
             if self.control.stopping and attempt is None:
