@@ -33,7 +33,10 @@ except ImportError:  # pragma: no cover - CI installs it; see .ci/run
 
 if (CHROMIUM is None or sync_playwright is None) and os.environ.get("CI"):
     raise RuntimeError("CI must run the browser test: install Debian's chromium and `pip install playwright`")
-pytestmark = pytest.mark.skipif(CHROMIUM is None or sync_playwright is None, reason="needs chromium and playwright")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None or sync_playwright is None, reason="needs chromium and playwright"),
+]
 
 
 def _free_port() -> int:

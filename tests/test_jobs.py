@@ -92,6 +92,7 @@ def _cli_args(src: Path, db: Path, *extra: str) -> list[str]:
             "--dimensions", "16", "--batch-size", "50", "--concurrency", "2", "--quiet", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_same_command_resumes_an_unfinished_resync_instead_of_starting_another(tmp_path: Path) -> None:
     src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(200))

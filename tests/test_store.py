@@ -94,6 +94,7 @@ def test_a_writer_waits_for_a_short_holder_instead_of_failing(tmp_path: Path) ->
     store.close()
 
 
+@pytest.mark.slow
 def test_a_busy_writer_in_another_process_yields_to_readers(tmp_path: Path) -> None:
     """The writer commits in a tight loop; readers in this process still get in, every time, quickly."""
     path = tmp_path / "q.duckdb"
