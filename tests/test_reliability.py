@@ -172,8 +172,8 @@ def test_the_key_never_lands_in_notebook_output(tmp_path: Path, emulator: Gemini
     from qsync_testing import REPO
 
     nb = nbformat.read(REPO / "notebooks" / "01_backfill.ipynb", as_version=4)
-    sample = tmp_path / "sample.jsonl"  # 300 WordNet records: at 3,000 texts/min that is 6 s, not 100
-    sample.write_text("".join((REPO / "data" / "wordnet_sample.jsonl").read_text().splitlines(keepends=True)[:300]))
+    sample = tmp_path / "sample.jsonl"  # 100 WordNet records: at 3,000 texts/min that is 2 s, not 100
+    sample.write_text("".join((REPO / "data" / "wordnet_sample.jsonl").read_text().splitlines(keepends=True)[:100]))
     env = {"QSYNC_NB_DB": str(tmp_path / "nb.duckdb"), "QSYNC_NB_AUTOSTART": "1", "QSYNC_NB_DIMENSIONS": "32",
            "QSYNC_NB_SOURCE": str(sample),
            "QSYNC_NB_EMBEDDER": "gemini", "GEMINI_API_KEY": SECRET, "GOOGLE_GEMINI_BASE_URL": emulator.url}  # fmt: skip
@@ -190,7 +190,7 @@ def test_the_key_never_lands_in_notebook_output(tmp_path: Path, emulator: Gemini
     assert SECRET not in text
     query = "a musical instrument with strings"  # 01 searches the collection once the job completed
     assert emulator.texts_embedded.pop(query) == 1
-    assert collections.Counter(emulator.texts_embedded.values())[1] == 300
+    assert collections.Counter(emulator.texts_embedded.values())[1] == 100
 
 
 def test_two_runners_racing_for_one_job(tmp_path: Path) -> None:
