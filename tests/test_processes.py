@@ -200,7 +200,7 @@ def _stop_while_not_holding_the_store(proc: subprocess.Popen[bytes], db: Path) -
 
 def test_stale_owner_is_taken_over_and_cannot_write_afterwards(tmp_path: Path) -> None:
     src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
-    write_records(src, make_records(600))
+    write_records(src, make_records(300))
     env = qsync_env(QSYNC_HEARTBEAT_S="0.2", QSYNC_STALE_AFTER_S="1.5")
     args = [*_run_args(src, db, batch_size=50, concurrency=1, latency=0.6), "--qdrant-path", ":memory:"]
     old = subprocess.Popen(qsync_cmd(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -229,7 +229,7 @@ def test_stale_owner_is_taken_over_and_cannot_write_afterwards(tmp_path: Path) -
             ).fetchall()[0][0]
             assert late == 0
         info = status_json(db, "j", env)
-        assert info["status"] == "completed" and info["processed_records"] == 600
+        assert info["status"] == "completed" and info["processed_records"] == 300
     finally:
         if old.poll() is None:
             os.kill(old.pid, signal.SIGCONT)
