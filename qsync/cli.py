@@ -20,6 +20,7 @@ from . import api, costs, verification
 from .checkpoint import BATCH_STATES
 from .embedders.gemini import api_key_from_env
 from .errors import LeaseHeld, QsyncError, StoreLocked
+from .formatting import formatted, usd, value_text
 from .progress import ProgressBar
 from .runner import RunResult
 from .spec import KEEP, RunSettings
@@ -398,8 +399,8 @@ def _report(result: RunResult, db: str | None) -> int:
     print(
         f"{result.job_id}: {result.status} — {info['processed_records']:,}/{info['total_records']:,} records processed: "
         f"{info['loaded_records']:,} loaded, {info['skipped_records']:,} skipped, {info['unchanged_records']:,} "
-        f"unchanged; {info['batches_failed']} batches failed, {info['tokens']:,} tokens, ${info['cost_usd']:.4f}"
-        + (f" (+ up to ${info['unconfirmed_cost_usd']:.4f} unconfirmed)" if info["unconfirmed_cost_usd"] else "")
+        f"unchanged; {info['batches_failed']} batches failed, {info['tokens']:,} tokens, {usd(info['cost_usd'])}"
+        + (f" (+ up to {usd(info['unconfirmed_cost_usd'])} unconfirmed)" if info["unconfirmed_cost_usd"] else "")
     )
     if info["skipped_records"]:
         print(f"  skipped records and reasons: qsync skipped {result.job_id!r}")
@@ -419,8 +420,7 @@ def _jsonable(mapping: dict[Any, Any]) -> dict[str, Any]:
 def _print_mapping(mapping: dict[Any, Any]) -> None:
     width = max(len(str(k)) for k in mapping)
     for key, value in mapping.items():
-        shown = f"{value:.6f}".rstrip("0").rstrip(".") if isinstance(value, float) and value else value
-        print(f"{key!s:<{width}}  {'' if shown is None else shown}")
+        print(f"{key!s:<{width}}  {value_text(str(key), value)}")
 
 
 def _print_frame(frame: pd.DataFrame, as_json: bool, columns: list[str] | None = None) -> None:
@@ -430,7 +430,7 @@ def _print_frame(frame: pd.DataFrame, as_json: bool, columns: list[str] | None =
     if frame.empty:
         print("(none)")
         return
-    shown = frame[columns] if columns else frame
+    shown = formatted(frame[columns] if columns else frame)  # dollars as dollars, `—` for missing values
     with pd.option_context(
         "display.max_rows", 500, "display.max_columns", 50, "display.width", 200, "display.max_colwidth", 80
     ):
