@@ -1,10 +1,12 @@
-"""The `qsync` command as a new user meets it: tables that read like the notebooks'.
+"""The `qsync` command as a new user meets it: columns guessed as the notebook guesses them, a missing
+column named as a usage error, tables that read like the notebooks'.
 
 `qsync.cli.main` runs in this process (what `python -m qsync` calls), so these tests start no interpreter.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from qsync_testing import make_records, write_records
 
 import qsync
-from qsync.cli import EXIT_OK, main
+from qsync.cli import EXIT_OK, EXIT_USAGE, main
 from qsync.formatting import usd
 
 
@@ -20,6 +22,55 @@ def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def test_the_cli_guesses_the_id_and_text_columns_the_launcher_guesses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qsync.notebook import Launcher
+
+    src, db = tmp_path / "articles.csv", tmp_path / "q.duckdb"
+    write_records(src, [{"doc_id": r["id"], "n": r["n"], "body": r["text"]} for r in make_records(120)])
+    launcher = Launcher(source=str(src), collection="c", db=db)
+    assert (launcher.id_column.value, launcher.text_column.value) == ("doc_id", "body")
+
+    code, out, err = _cli(capsys, "run", "--source", str(src), "--collection", "c", "--db", str(db),
+                          "--embedder", "hash", "--dimensions", "8", "--quiet")  # fmt: skip
+    assert code == EXIT_OK, err
+    assert "id column: 'doc_id' (guessed" in err and "text column: 'body' (guessed" in err
+    assert "c:articles: completed" in out and "120 loaded" in out
+    code, out, err = _cli(capsys, "estimate", "--source", str(src), "--db", str(db), "--json")
+    assert code == EXIT_OK, err
+    assert json.loads(out)["valid_records"] == 120
+
+
+def test_a_missing_column_is_a_usage_error_that_names_the_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv, jsonl, db = tmp_path / "a.csv", tmp_path / "b.jsonl", tmp_path / "q.duckdb"
+    write_records(csv, [{"id": r["id"], "body": r["text"], "n": r["n"]} for r in make_records(20)])
+    write_records(jsonl, make_records(20))
+    common = ["--collection", "c", "--db", str(db), "--embedder", "hash", "--dimensions", "8", "--quiet"]
+    attempts = [
+        (["--source", str(csv), "--text-column", "bdoy"], "'bdoy' not found (columns are: id, body, n)"),
+        (
+            ["--source", str(jsonl), "--text-column", "txt"],
+            "'txt' not found (columns are: id, n, text)",
+        ),  # no record has it
+        (["--source", str(csv), "--payload-columns", "title"], "'title' not found (columns are: id, body, n)"),
+        (["--source", str(jsonl), "--id-column", "key"], "'key' not found (columns are: id, n, text)"),
+    ]
+    for args, message in attempts:
+        code, _, err = _cli(capsys, "run", *args, *common)
+        assert code == EXIT_USAGE and message in err and "Traceback" not in err, (args, err)
+    nothing = tmp_path / "c.csv"
+    write_records(nothing, [{"k": 1, "v": "x"}])
+    code, _, err = _cli(capsys, "run", "--source", str(nothing), *common)
+    assert code == EXIT_USAGE and "no column is named like an id (columns are: k, v)" in err
+    code, _, err = _cli(capsys, "estimate", "--source", str(nothing), "--id-column", "k")
+    assert code == EXIT_USAGE and "no column is named like a text (columns are: k, v)" in err
+    assert "--text-column or --text-template" in err
+    assert qsync.jobs(db=db).empty  # refused before anything was planned
 
 
 def test_cli_tables_show_dollars_and_no_nan_or_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
