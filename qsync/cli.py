@@ -21,6 +21,7 @@ from .checkpoint import BATCH_STATES
 from .columns import guess_columns, source_columns
 from .embedders.gemini import api_key_from_env
 from .errors import LeaseHeld, MissingColumn, QsyncError, StoreLocked
+from .events import BatchFinished, Event
 from .formatting import formatted, usd, value_text
 from .progress import ProgressBar
 from .runner import RunResult
@@ -144,6 +145,19 @@ def _announce_guess(name: str, column: str | None) -> None:
     if column not in (None, name):  # `id` and `text` were the defaults before columns were guessed: no news
         print(f"qsync: {name} column: {column!r} (guessed from the source's columns; --{name}-column to choose)",
               file=sys.stderr)  # fmt: skip
+
+
+class _RunTexts:
+    """What this run embedded and found in the embedding cache, batch by batch."""
+
+    def __init__(self) -> None:
+        self.embedded = 0
+        self.cached = 0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, BatchFinished):
+            self.embedded += event.embedded_texts
+            self.cached += event.cache_hits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,11 +313,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.simulate_latency:
             options["latency_s"] = args.simulate_latency
         id_column, text_column = _columns(args, text_optional=bool(args.image_column or args.document_column))
+        texts = _RunTexts()
         result = api.run(
             args.source,
             db=args.db,
             settings=_settings(args),
-            listeners=[ProgressBar(disable=True if args.quiet else None)],
+            listeners=[ProgressBar(disable=True if args.quiet else None), texts],
             max_cost_usd=args.max_cost_usd,
             collection=args.collection,
             job=args.job,
@@ -339,16 +354,17 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "embed": args.enrich_embed,
             },
         )
-        return _report(result, args.db)
+        return _report(result, args.db, texts, args.simulate_latency)
     if command == "resume":
+        texts = _RunTexts()
         result = api.run_job(
             args.job,
             db=args.db,
             settings=_settings(args),
             max_cost_usd=args.max_cost_usd,
-            listeners=[ProgressBar(disable=True if args.quiet else None)],
+            listeners=[ProgressBar(disable=True if args.quiet else None), texts],
         )
-        return _report(result, args.db)
+        return _report(result, args.db, texts)
     if command == "status":
         info = api.status(args.job, db=args.db)
         if args.json:
@@ -435,7 +451,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(command)
 
 
-def _report(result: RunResult, db: str | None) -> int:
+def _report(result: RunResult, db: str | None, texts: _RunTexts, simulated_latency_s: float = 0.0) -> int:
     info = api.status(result.job_id, db=db)
     print(
         f"{result.job_id}: {result.status} — {info['processed_records']:,}/{info['total_records']:,} records processed: "
@@ -443,6 +459,11 @@ def _report(result: RunResult, db: str | None) -> int:
         f"unchanged; {info['batches_failed']} batches failed, {info['tokens']:,} tokens, {usd(info['cost_usd'])}"
         + (f" (+ up to {usd(info['unconfirmed_cost_usd'])} unconfirmed)" if info["unconfirmed_cost_usd"] else "")
     )
+    if texts.cached and not texts.embedded:  # a run that took no time: say why
+        latency = (
+            f" (--simulate-latency {simulated_latency_s:g} slows embedder calls only)" if simulated_latency_s else ""
+        )
+        print(f"  all {texts.cached:,} texts were in the embedding cache: 0 API calls{latency}")
     if info["skipped_records"]:
         print(f"  skipped records and reasons: qsync skipped {result.job_id!r}")
     if result.status == "completed":

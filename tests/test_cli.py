@@ -1,5 +1,5 @@
 """The `qsync` command as a new user meets it: columns guessed as the notebook guesses them, a missing
-column named as a usage error, tables that read like the notebooks'.
+column named as a usage error, tables that read like the notebooks', a run that says why it was instant.
 
 `qsync.cli.main` runs in this process (what `python -m qsync` calls), so these tests start no interpreter.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,20 @@ def test_cli_tables_show_dollars_and_no_nan_or_none(tmp_path: Path, capsys: pyte
     assert re.search(rf"\ncost_usd +{re.escape(spent)}\n", outputs["cost"])
     assert re.search(r"max_cost_usd +—\n", outputs["status"])  # no cap: a dash, not None
     assert re.search(r"\bdone +100 +0 +1 +— ", outputs["batches"])  # records, skipped, attempts; no last error: a dash
+
+
+def test_a_run_whose_texts_are_all_cached_says_why_it_was_instant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, db = tmp_path / "s.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(120))
+    common = ["--source", str(src), "--db", str(db), "--embedder", "hash", "--dimensions", "8", "--quiet"]
+    code, out, err = _cli(capsys, "run", *common, "--collection", "first")
+    assert code == EXIT_OK, err
+    assert "embedding cache" not in out  # it embedded every text
+    started = time.monotonic()
+    code, out, err = _cli(capsys, "run", *common, "--collection", "second", "--simulate-latency", "5")
+    assert code == EXIT_OK, err
+    assert time.monotonic() - started < 5  # not one simulated call
+    assert "all 120 texts were in the embedding cache: 0 API calls" in out
+    assert "--simulate-latency 5 slows embedder calls only" in out
