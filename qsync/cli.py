@@ -18,8 +18,11 @@ import pandas as pd
 
 from . import api, costs, verification
 from .checkpoint import BATCH_STATES
+from .columns import guess_columns, source_columns
 from .embedders.gemini import api_key_from_env
-from .errors import LeaseHeld, QsyncError, StoreLocked
+from .errors import LeaseHeld, MissingColumn, QsyncError, StoreLocked
+from .events import BatchFinished, Event
+from .formatting import formatted, usd, value_text
 from .progress import ProgressBar
 from .runner import RunResult
 from .spec import KEEP, RunSettings
@@ -40,9 +43,13 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
         "--source", required=True, help="a .parquet, .csv, .tsv, .jsonl or .json file, or 'sql:SELECT …' (DuckDB SQL)"
     )
     p.add_argument("--source-db", help="DuckDB database file that an sql: source runs against (read-only)")
-    p.add_argument("--id-column", default="id", help="column with each record's id (default: id)")
+    p.add_argument(
+        "--id-column", help="column with each record's id (default: guessed from the names: id, record_id, doc_id, …)"
+    )
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--text-column", default="text", help="column with the text to embed (default: text)")
+    group.add_argument(
+        "--text-column", help="column with the text to embed (default: guessed from the names: text, content, body, …)"
+    )
     group.add_argument("--text-template", help="build the text from several columns, e.g. '{title}: {body}'")
 
 
@@ -107,6 +114,50 @@ def _settings(args: argparse.Namespace) -> RunSettings:
     return RunSettings.from_env(
         concurrency=args.concurrency, texts_per_minute=args.texts_per_minute, tokens_per_minute=args.tokens_per_minute
     )
+
+
+def _columns(args: argparse.Namespace, *, text_optional: bool = False) -> tuple[str, str | None]:
+    """The id and text columns: as given, else guessed from the source's column names by the guess the
+    notebook's launcher makes (qsync.columns.guess_columns); a guess other than `id` or `text` is announced.
+    `--text-column ''` is a given answer: no text (a media job's records without captions)."""
+    text_given = args.text_column is not None or args.text_template is not None
+    if args.id_column and text_given:
+        return args.id_column, None if args.text_template else args.text_column
+    available = source_columns(args.source, args.source_db)
+    guessed_id, guessed_text = guess_columns(available, args.id_column)
+    listed = ", ".join(available) or "none"
+    if guessed_id is None:
+        raise MissingColumn(f"no --id-column given, and no column is named like an id (columns are: {listed})")
+    if not args.id_column:
+        _announce_guess("id", guessed_id)
+    if text_given:
+        return guessed_id, None if args.text_template else args.text_column
+    if guessed_text is None and not text_optional:
+        raise MissingColumn(
+            f"no --text-column given, and no column is named like a text (columns are: {listed}); "
+            "pass --text-column or --text-template"
+        )
+    _announce_guess("text", guessed_text)
+    return guessed_id, guessed_text
+
+
+def _announce_guess(name: str, column: str | None) -> None:
+    if column not in (None, name):  # `id` and `text` were the defaults before columns were guessed: no news
+        print(f"qsync: {name} column: {column!r} (guessed from the source's columns; --{name}-column to choose)",
+              file=sys.stderr)  # fmt: skip
+
+
+class _RunTexts:
+    """What this run embedded and found in the embedding cache, batch by batch."""
+
+    def __init__(self) -> None:
+        self.embedded = 0
+        self.cached = 0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, BatchFinished):
+            self.embedded += event.embedded_texts
+            self.cached += event.cache_hits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LeaseHeld, StoreLocked) as exc:
         print(f"qsync: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    except MissingColumn as exc:  # the command named (or left out) a column: usage, like a bad option
+        print(f"qsync: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except QsyncError as exc:
         print(f"qsync: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -259,16 +313,18 @@ def _dispatch(args: argparse.Namespace) -> int:
             options["price_per_million_tokens"] = args.price_per_million
         if args.simulate_latency:
             options["latency_s"] = args.simulate_latency
+        id_column, text_column = _columns(args, text_optional=bool(args.image_column or args.document_column))
+        texts = _RunTexts()
         result = api.run(
             args.source,
             db=args.db,
             settings=_settings(args),
-            listeners=[ProgressBar(disable=True if args.quiet else None)],
+            listeners=[ProgressBar(disable=True if args.quiet else None), texts],
             max_cost_usd=args.max_cost_usd,
             collection=args.collection,
             job=args.job,
-            id_column=args.id_column,
-            text_column=None if args.text_template else args.text_column,
+            id_column=id_column,
+            text_column=text_column,
             text_template=args.text_template,
             payload_columns=[c.strip() for c in args.payload_columns.split(",") if c.strip()],
             image_column=args.image_column,
@@ -299,16 +355,17 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "embed": args.enrich_embed,
             },
         )
-        return _report(result, args.db)
+        return _report(result, args.db, texts, args.simulate_latency)
     if command == "resume":
+        texts = _RunTexts()
         result = api.run_job(
             args.job,
             db=args.db,
             settings=_settings(args),
             max_cost_usd=args.max_cost_usd,
-            listeners=[ProgressBar(disable=True if args.quiet else None)],
+            listeners=[ProgressBar(disable=True if args.quiet else None), texts],
         )
-        return _report(result, args.db)
+        return _report(result, args.db, texts)
     if command == "status":
         info = api.status(args.job, db=args.db)
         if args.json:
@@ -348,9 +405,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             _print_mapping(frame.iloc[0].to_dict())
         return EXIT_OK
     if command == "estimate":
+        id_column, text_column = _columns(args)
         common: dict[str, Any] = {
-            "id_column": args.id_column,
-            "text_column": None if args.text_template else args.text_column,
+            "id_column": id_column,
+            "text_column": text_column,
             "text_template": args.text_template,
             "dimensions": args.dimensions or 768,
             "task_type": args.task_type,
@@ -398,14 +456,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(command)
 
 
-def _report(result: RunResult, db: str | None) -> int:
+def _report(result: RunResult, db: str | None, texts: _RunTexts, simulated_latency_s: float = 0.0) -> int:
     info = api.status(result.job_id, db=db)
     print(
         f"{result.job_id}: {result.status} — {info['processed_records']:,}/{info['total_records']:,} records processed: "
         f"{info['loaded_records']:,} loaded, {info['skipped_records']:,} skipped, {info['unchanged_records']:,} "
-        f"unchanged; {info['batches_failed']} batches failed, {info['tokens']:,} tokens, ${info['cost_usd']:.4f}"
-        + (f" (+ up to ${info['unconfirmed_cost_usd']:.4f} unconfirmed)" if info["unconfirmed_cost_usd"] else "")
+        f"unchanged; {info['batches_failed']} batches failed, {info['tokens']:,} tokens, {usd(info['cost_usd'])}"
+        + (f" (+ up to {usd(info['unconfirmed_cost_usd'])} unconfirmed)" if info["unconfirmed_cost_usd"] else "")
     )
+    if texts.cached and not texts.embedded:  # a run that took no time: say why
+        latency = (
+            f" (--simulate-latency {simulated_latency_s:g} slows embedder calls only)" if simulated_latency_s else ""
+        )
+        print(f"  all {texts.cached:,} texts were in the embedding cache: 0 API calls{latency}")
     if info["skipped_records"]:
         print(f"  skipped records and reasons: qsync skipped {result.job_id!r}")
     if result.status == "completed":
@@ -424,8 +487,7 @@ def _jsonable(mapping: dict[Any, Any]) -> dict[str, Any]:
 def _print_mapping(mapping: dict[Any, Any]) -> None:
     width = max(len(str(k)) for k in mapping)
     for key, value in mapping.items():
-        shown = f"{value:.6f}".rstrip("0").rstrip(".") if isinstance(value, float) and value else value
-        print(f"{key!s:<{width}}  {'' if shown is None else shown}")
+        print(f"{key!s:<{width}}  {value_text(str(key), value)}")
 
 
 def _print_frame(frame: pd.DataFrame, as_json: bool, columns: list[str] | None = None) -> None:
@@ -435,7 +497,7 @@ def _print_frame(frame: pd.DataFrame, as_json: bool, columns: list[str] | None =
     if frame.empty:
         print("(none)")
         return
-    shown = frame[columns] if columns else frame
+    shown = formatted(frame[columns] if columns else frame)  # dollars as dollars, `—` for missing values
     with pd.option_context(
         "display.max_rows", 500, "display.max_columns", 50, "display.width", 200, "display.max_colwidth", 80
     ):

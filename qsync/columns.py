@@ -51,8 +51,9 @@ def _describe(sql: str, database: str | None) -> list[str]:
         raise SourceError(f"cannot read the source's columns: {exc}") from exc
 
 
-def guess_columns(columns: Sequence[str]) -> tuple[str | None, str | None]:
-    """(id column, text column) by name, or None where nothing fits."""
+def guess_columns(columns: Sequence[str], id_column: str | None = None) -> tuple[str | None, str | None]:
+    """(id column, text column) by name, or None where nothing fits; the text is never the id column
+    (`id_column` when it is given). The notebook launcher and the CLI both guess with this."""
     lowered = {c.lower(): c for c in columns}
 
     def first(names: Sequence[str], exclude: Any = None) -> str | None:
@@ -61,6 +62,6 @@ def guess_columns(columns: Sequence[str]) -> tuple[str | None, str | None]:
                 return lowered[name]
         return None
 
-    id_col = first(_ID_NAMES) or next((c for c in columns if c.lower().endswith("_id")), None)
+    id_col = id_column or first(_ID_NAMES) or next((c for c in columns if c.lower().endswith("_id")), None)
     text_col = first(_TEXT_NAMES, exclude=id_col)
     return id_col, text_col

@@ -21,6 +21,7 @@ parts into one vector (seeded by its text and `media_key` of each part), and ans
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -247,7 +248,9 @@ class GeminiEmulator:
 
         self._server = _Server((self.host, self.port), Handler)
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name="gemini-emulator", daemon=True).start()
+        # stop() waits for the serving loop to look at its shutdown flag: every 50 ms, not the default 0.5 s.
+        serve = functools.partial(self._server.serve_forever, poll_interval=0.05)
+        threading.Thread(target=serve, name="gemini-emulator", daemon=True).start()
         return self
 
     def stop(self) -> None:

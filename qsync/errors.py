@@ -37,6 +37,11 @@ class SourceError(PermanentError):
     """The input cannot be read at all (missing file, missing column, unknown format)."""
 
 
+class MissingColumn(SourceError):
+    """A column the job names (or needs, and none could be guessed) is not in the source: a usage error,
+    whose message lists the columns there are."""
+
+
 class StoreError(QsyncError):
     """The DuckDB checkpoint file cannot be used."""
 

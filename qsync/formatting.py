@@ -1,24 +1,27 @@
 """How figures read to a person: dollars with sensible precision, counts with separators, durations.
 
-One function per kind of figure, used by the CLI's search output, every notebook widget, the DataFrames
-the notebooks display and the axes of their plots, so `$0.0082` reads the same everywhere (never
-`0.00821025`, `1.815e-05` or `0.013390949999999999`).
+One function per kind of figure, and one (`column_formatter`) that picks it for a table's column, used by
+the CLI's tables and listings, every notebook widget, the DataFrames the notebooks display and the axes
+of their plots, so `$0.0082` reads the same everywhere (never `0.00821025`, `1.815e-05` or
+`0.013390949999999999`), and a missing value is `—` (never `NaN`, `None` or `NaT`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
+import pandas as pd
+
 MISSING = "—"
+Formatter = Callable[[Any], str]
 
 
 def _missing(value: Any) -> bool:
-    if value is None:
-        return True
     try:
-        return bool(math.isnan(value))
-    except TypeError:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or an array is a value, not a missing one
         return False
 
 
@@ -70,3 +73,35 @@ def gigabytes(value: Any) -> str:
         return MISSING
     gb = float(value)
     return f"{gb:,.2f} GB" if gb >= 0.01 else f"{gb * 1024:,.1f} MB"
+
+
+def column_formatter(name: str, values: pd.Series) -> Formatter:
+    """A formatter chosen by the column's name and type: dollars, identifiers, counts, seconds, text."""
+    lowered = name.lower()
+    if "usd" in lowered or "$" in lowered or lowered == "cost":
+        return usd
+    if lowered == "id" or lowered.endswith(("_id", "pid", "_no")):  # names, not quantities: no separators
+        return lambda v: MISSING if _missing(v) else str(v)
+    if lowered.endswith("_s") or lowered == "seconds":
+        return lambda v: number(v, 1)
+    if pd.api.types.is_bool_dtype(values):
+        return lambda v: MISSING if _missing(v) else ("yes" if v else "no")
+    if pd.api.types.is_integer_dtype(values) or (
+        pd.api.types.is_float_dtype(values) and values.dropna().apply(float.is_integer).all()
+    ):
+        return count
+    if pd.api.types.is_float_dtype(values):
+        return lambda v: number(v, 2)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return lambda v: MISSING if _missing(v) else pd.Timestamp(v).strftime("%Y-%m-%d %H:%M:%S")
+    return lambda v: MISSING if _missing(v) else str(v)
+
+
+def formatted(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every cell as the text a person reads (see `column_formatter`)."""
+    return pd.DataFrame({c: frame[c].map(column_formatter(str(c), frame[c])) for c in frame.columns}, index=frame.index)
+
+
+def value_text(name: str, value: Any) -> str:
+    """One named value (a line of `qsync status`), formatted as it would be in a column of that name."""
+    return column_formatter(name, pd.Series([value]))(value)

@@ -27,7 +27,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from .errors import SourceError
+from .errors import MissingColumn, SourceError
 from .media import MediaKind
 from .store import arrow_table
 
@@ -103,7 +103,7 @@ def template_fields(template: str) -> list[str]:
 def _check_columns(available: Sequence[str], columns: Columns, description: str) -> None:
     missing = [c for c in columns.required() if c not in available]
     if missing:
-        raise SourceError(
+        raise MissingColumn(
             f"{description}: column(s) {', '.join(map(repr, missing))} not found "
             f"(columns are: {', '.join(available) or 'none'})"
         )
@@ -401,7 +401,7 @@ def _register_python(
         media_bytes.append(data)
         if media_problem and not problems[-1]:
             problems[-1] = media_problem
-    if ordinals and columns.id_column not in seen_columns:
+    if ordinals:  # a key no record has is a missing column (one that only some records lack is a missing value)
         _check_columns(sorted(seen_columns), columns, description)
     table = pa.table(
         {

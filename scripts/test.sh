@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install qsync with its dev extras into .venv (created if missing), then run every check:
-# ruff (lint + format), mypy (strict), and the whole pytest suite (Debian's chromium is installed for the
-# browser test when missing and we are root).
+# ruff (lint + format), mypy (strict), and the whole pytest suite on two workers (Debian's chromium is
+# installed for the browser test when missing and we are root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${QSYNC_VENV:-.venv}"
@@ -15,4 +15,6 @@ fi
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 "$VENV/bin/mypy"
-"$VENV/bin/python" -m pytest "$@"
+# Two workers (pytest-xdist; QSYNC_TEST_WORKERS=0 for none), fed one test at a time so that the slow tests,
+# collected first (tests/conftest.py), never start last.
+"$VENV/bin/python" -m pytest -n "${QSYNC_TEST_WORKERS:-2}" --dist load --maxschedchunk 1 "$@"

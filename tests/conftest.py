@@ -3,4 +3,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow` run first: scripts/test.sh hands tests to its pytest-xdist workers one at a time
+    (--maxschedchunk 1), so the long ones start at once and the short ones fill in around them, instead of a
+    long test starting last and running alone. Every worker collects the same order (xdist requires it)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -65,6 +65,7 @@ def test_the_default_embedder_is_gemini_when_a_key_is_set(tmp_path: Path, emulat
     assert sum(emulator.texts_embedded.values()) == 120
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_completes_through_5xx_429_timeouts_and_resets_without_paying_twice(
     tmp_path: Path, emulator: GeminiEmulator
@@ -175,6 +176,7 @@ def test_the_budget_pauses_before_it_is_exceeded_and_resume_raises_it(tmp_path: 
     _assert_vectors(tmp_path, records)
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_the_key_never_lands_in_the_store_logs_messages_or_cli_output(
     tmp_path: Path, emulator: GeminiEmulator, caplog: pytest.LogCaptureFixture
@@ -255,6 +257,7 @@ def test_batch_mode_fills_the_cache_at_half_price_and_upserts_from_it(
     _assert_vectors(tmp_path, records)
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_batch_mode_goes_on_polling_after_a_kill_instead_of_paying_again(
     tmp_path: Path, emulator: GeminiEmulator

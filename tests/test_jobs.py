@@ -4,6 +4,7 @@ one retry layer whose waits a Pause cuts short."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import threading
@@ -91,6 +92,7 @@ def _cli_args(src: Path, db: Path, *extra: str) -> list[str]:
             "--dimensions", "16", "--batch-size", "50", "--concurrency", "2", "--quiet", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_same_command_resumes_an_unfinished_resync_instead_of_starting_another(tmp_path: Path) -> None:
     src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(200))
@@ -234,11 +236,22 @@ def test_pause_during_a_long_backoff_takes_effect_within_a_second(tmp_path: Path
     write_records(src, make_records(300))
     job = qsync.prepare(src, db=tmp_path / "q.duckdb", collection="c", batch_size=50, embedder="gemini",
                         dimensions=32, qdrant_path=tmp_path / "qdrant")  # fmt: skip
-    runner = qsync.make_runner(job, db=tmp_path / "q.duckdb", settings=replace(FAST, max_attempts=20))
+    long_waits: list[str] = []  # "…; trying again in 59s": a worker is about to wait out a long RetryInfo
+    done: list[int] = []  # the batch that got through
+
+    def hear(event: object) -> None:
+        if isinstance(event, qsync.Notice):
+            waits = re.search(r"trying again in (\d+)s", event.text)
+            if waits and int(waits.group(1)) >= 10:
+                long_waits.append(event.text)
+        elif isinstance(event, qsync.BatchFinished) and event.outcome == "done":
+            done.append(event.batch_no)
+
+    runner = qsync.make_runner(job, db=tmp_path / "q.duckdb", settings=replace(FAST, max_attempts=20), listeners=[hear])
     outcome: list[qsync.RunResult] = []
     thread = threading.Thread(target=lambda: outcome.append(runner.run()))
     thread.start()
-    wait_for(lambda: emulator.requests["429"] >= 3, timeout=30)
+    wait_for(lambda: long_waits and done, timeout=30)
     asked = time.monotonic()
     runner.request_stop()
     thread.join(timeout=10)

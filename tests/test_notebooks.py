@@ -64,6 +64,7 @@ def _widget_text(nb: nbformat.NotebookNode) -> str:
     return _text(nb) + json.dumps(nb.metadata.get("widgets", {}))
 
 
+@pytest.mark.slow
 def test_every_notebook_runs_top_to_bottom_headless(tmp_path: Path) -> None:
     env = {"QSYNC_NB_DB": str(tmp_path / "nb.duckdb"), "QSYNC_NB_DIMENSIONS": "64"}
     # Before any job exists, 02 and 03 say so in a sentence (no StoreError traceback).
@@ -346,6 +347,7 @@ def test_attach_follows_a_job_run_by_the_cli(tmp_path: Path) -> None:
         proc.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_a_job_whose_kernel_dies_resumes_from_a_fresh_kernel(tmp_path: Path) -> None:
     from jupyter_client.manager import start_new_kernel

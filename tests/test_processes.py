@@ -200,7 +200,7 @@ def _stop_while_not_holding_the_store(proc: subprocess.Popen[bytes], db: Path) -
 
 def test_stale_owner_is_taken_over_and_cannot_write_afterwards(tmp_path: Path) -> None:
     src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
-    write_records(src, make_records(600))
+    write_records(src, make_records(300))
     env = qsync_env(QSYNC_HEARTBEAT_S="0.2", QSYNC_STALE_AFTER_S="1.5")
     # Calls of 1 s: a running job lets go of the DuckDB file after HELD_IDLE_CLOSE_S (0.5 s) without use, so
     # the owner can be frozen while it does not hold the file.
@@ -231,7 +231,7 @@ def test_stale_owner_is_taken_over_and_cannot_write_afterwards(tmp_path: Path) -
             ).fetchall()[0][0]
             assert late == 0
         info = status_json(db, "j", env)
-        assert info["status"] == "completed" and info["processed_records"] == 600
+        assert info["status"] == "completed" and info["processed_records"] == 300
     finally:
         if old.poll() is None:
             os.kill(old.pid, signal.SIGCONT)

@@ -16,9 +16,7 @@ from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from ..formatting import MISSING, count, duration, number, usd
-
-Formatter = Callable[[Any], str]
+from ..formatting import Formatter, column_formatter, count, duration, number, usd
 
 
 def figure_output(fig: Figure) -> tuple[dict[str, Any], ...]:
@@ -32,33 +30,6 @@ def figure_output(fig: Figure) -> tuple[dict[str, Any], ...]:
 def usd_axis(axis: Axis) -> None:
     """Tick labels in dollars, with the same precision rules as every other dollar figure."""
     axis.set_major_formatter(FuncFormatter(lambda value, _: usd(value)))
-
-
-def column_formatter(name: str, values: pd.Series) -> Formatter:
-    """A formatter chosen by the column's name and type: dollars, counts, seconds, text."""
-    lowered = name.lower()
-    if "usd" in lowered or "$" in lowered or lowered == "cost":
-        return usd
-    if lowered.endswith("_s") or lowered == "seconds":
-        return lambda v: number(v, 1)
-    if pd.api.types.is_bool_dtype(values):
-        return lambda v: MISSING if _missing(v) else ("yes" if v else "no")
-    if pd.api.types.is_integer_dtype(values) or (
-        pd.api.types.is_float_dtype(values) and values.dropna().apply(float.is_integer).all()
-    ):
-        return count
-    if pd.api.types.is_float_dtype(values):
-        return lambda v: number(v, 2)
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return lambda v: MISSING if _missing(v) else pd.Timestamp(v).strftime("%Y-%m-%d %H:%M:%S")
-    return lambda v: MISSING if _missing(v) else str(v)
-
-
-def _missing(value: Any) -> bool:
-    try:
-        return value is None or bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def frame_html(
