@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from qsync.embedders.base import EmbedResult
 from qsync.embedders.hashing import HashingEmbedder
+from qsync.emulator import GeminiEmulator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,6 +50,20 @@ def read_embed_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def sdk_emulator(monkeypatch: pytest.MonkeyPatch, api_key: str, **options: Any) -> Iterator[GeminiEmulator]:
+    """A running Gemini emulator that the google-genai SDK of this process talks to: its URL and `api_key` in
+    the environment, GOOGLE_API_KEY unset (the SDK would prefer it). Stopped afterwards."""
+    emu = GeminiEmulator(api_key=api_key, **options).start()
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emu.url)
+    monkeypatch.setenv("GEMINI_API_KEY", api_key)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    try:
+        yield emu
+    finally:
+        emu.stop()
 
 
 def qsync_env(**extra: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from qsync_testing import make_records, qdrant_points, qsync_env, run_qsync, write_records
+from qsync_testing import make_records, qdrant_points, qsync_env, run_qsync, sdk_emulator, write_records
 
 import qsync
 from qsync.emulator import GeminiEmulator, count_tokens, emulated_vector
@@ -26,12 +26,8 @@ FAST = RunSettings(
 
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
-    emu = GeminiEmulator(api_key=SECRET, window_s=1.0, seed=3).start()
-    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emu.url)
-    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    yield emu
-    emu.stop()
+    with sdk_emulator(monkeypatch, SECRET, window_s=1.0, seed=3) as emu:
+        yield emu
 
 
 def _job(tmp_path: Path, n: int = 600, job: str = "g", **options: Any) -> tuple[Path, list[dict[str, Any]]]:

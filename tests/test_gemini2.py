@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from qsync_testing import make_records, qdrant_points, qsync_env, run_qsync, write_records
+from qsync_testing import make_records, qdrant_points, qsync_env, run_qsync, sdk_emulator, write_records
 
 import qsync
 from qsync import costs
@@ -31,12 +31,8 @@ LONG_TEXT = " ".join(["cat", "dog", "owl", "elk", "yak"] * 1200)
 
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
-    emu = GeminiEmulator(api_key=SECRET, window_s=1.0, seed=5).start()
-    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emu.url)
-    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    yield emu
-    emu.stop()
+    with sdk_emulator(monkeypatch, SECRET, window_s=1.0, seed=5) as emu:
+        yield emu
 
 
 def _source(tmp_path: Path, records: list[dict[str, Any]], name: str = "s") -> Path:

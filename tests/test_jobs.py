@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qsync_testing import make_records, qsync_cmd, qsync_env, run_qsync, status_json, wait_for, write_records
+from qsync_testing import (
+    make_records,
+    qsync_cmd,
+    qsync_env,
+    run_qsync,
+    sdk_emulator,
+    status_json,
+    wait_for,
+    write_records,
+)
 
 import qsync
 from qsync.emulator import GeminiEmulator
@@ -27,12 +36,8 @@ FAST = RunSettings(concurrency=4, retry_base_s=0.01, retry_max_s=0.05, heartbeat
 
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
-    emu = GeminiEmulator(api_key=SECRET, seed=5).start()
-    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emu.url)
-    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    yield emu
-    emu.stop()
+    with sdk_emulator(monkeypatch, SECRET, seed=5) as emu:
+        yield emu
 
 
 def _run(src: Any, tmp_path: Path, settings: RunSettings = FAST, **options: Any) -> qsync.RunResult:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qsync_testing import sdk_emulator
 
 from qsync.embedders.gemini import GeminiEmbedder
 from qsync.emulator import TOKENS_PER_IMAGE, GeminiEmulator, count_tokens, emulated_vector, media_key, start_offline
@@ -102,12 +103,8 @@ def test_the_content_hash_is_of_the_bytes_and_the_caption() -> None:
 
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
-    emu = GeminiEmulator(api_key=SECRET, seed=1).start()
-    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emu.url)
-    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    yield emu
-    emu.stop()
+    with sdk_emulator(monkeypatch, SECRET, seed=1) as emu:
+        yield emu
 
 
 @pytest.mark.parametrize("detail_key", ["promptTokenDetails", "promptTokensDetails"])

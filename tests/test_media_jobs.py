@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from qsync_testing import REPO, qdrant_points
+from qsync_testing import REPO, qdrant_points, sdk_emulator
 from test_media import pdf, png
 
 import qsync
@@ -32,12 +32,8 @@ GOOD = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
-    emu = GeminiEmulator(api_key=SECRET, window_s=1.0, seed=5).start()
-    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emu.url)
-    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    yield emu
-    emu.stop()
+    with sdk_emulator(monkeypatch, SECRET, window_s=1.0, seed=5) as emu:
+        yield emu
 
 
 @pytest.fixture

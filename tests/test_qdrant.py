@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from qsync_testing import make_records, qdrant_points, qsync_env, write_records
+from qsync_testing import make_records, qdrant_points, qsync_env, sdk_emulator, write_records
 
 import qsync
 from qsync.embedders.hashing import hash_vector
@@ -29,11 +29,8 @@ FAST = RunSettings(concurrency=2, retry_base_s=0.01, retry_max_s=0.05, heartbeat
 
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
-    emu = GeminiEmulator(api_key=SECRET).start()
-    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emu.url)
-    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
-    yield emu
-    emu.stop()
+    with sdk_emulator(monkeypatch, SECRET) as emu:
+        yield emu
 
 
 def _embedded(emu: GeminiEmulator) -> int:
