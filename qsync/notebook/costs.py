@@ -69,16 +69,15 @@ def what_if(
         model_tokens = round(own_text * share) + costs.instruction_tokens(model) * kept
         texts_limit, tokens_limit = (x * SAFETY for x in default_limits())
         minutes = max(kept / texts_limit, (model_tokens + media_tokens) / tokens_limit) if kept else 0.0
-        modes = [("standard", "usd_per_million_tokens")]
-        if not media_tokens:
-            modes.append(("Batch Mode", "batch_usd_per_million_tokens"))
+        modes = ["standard"] if media_tokens else ["standard", "Batch Mode"]
+        priced = costs.TextsEstimate(kept, model_tokens, media_tokens, "")  # text and media at their own prices
         for dims in _WHAT_IF_DIMENSIONS:
             if dims > int(info.get("full_dimensions", 3072)):
                 continue
-            for mode, key in modes:
+            for mode in modes:
                 rows.append({
                     "model": model, "dimensions": dims, "mode": mode, "too_long": len(too_long),
-                    "cost_usd": (model_tokens * float(info[key]) + media_tokens * media_price_per_million(model)) / 1e6,
+                    "cost_usd": priced.cost_usd(model, batch_mode=mode == "Batch Mode"),
                     "time": duration(minutes * 60) if mode == "standard" else "within 24 h",
                     "qdrant_storage": gigabytes(storage_gb(points, dims)),
                 })  # fmt: skip
