@@ -155,6 +155,32 @@ def test_a_batch_is_marked_done_only_once_a_flush_covers_its_points_and_flushes_
 
 
 @pytest.mark.reliability
+def test_a_flush_that_fails_fails_its_group_and_a_resume_loads_it_from_the_cache(tmp_path: Path) -> None:
+    # A real flush failure: once the shard's payload journal is gone (as a failed second load of a shard in
+    # use leaves it, qdrant-edge-py 0.9.0), every flush of the open shard fails.
+    _, db = _plan(tmp_path, n=3000)
+    broken: list[Path] = []
+
+    def break_the_shard(event: Any) -> None:
+        if isinstance(event, qsync.BatchFinished) and not broken:
+            broken.extend((tmp_path / "qdrant" / "c").rglob("tracker_journal.dat"))
+            for journal in broken:
+                journal.unlink()
+
+    first = RecordingEmbedder()
+    result = _runner(db, embedder=first, listeners=[break_the_shard]).run()
+    assert broken and result.status == "failed" and "Qdrant Edge failed" in (result.message or "")
+    statuses = qsync.batches("j", db=db).status.value_counts().to_dict()
+    assert statuses.get("failed", 0) > 0 and statuses.get("done", 0) + statuses["failed"] == 60
+    assert sum(map(len, first.calls)) == 3000  # every vector was paid for, and cached, before the flush
+
+    again = RecordingEmbedder()
+    assert _runner(db, embedder=again).run().ok
+    assert again.calls == []  # the failed groups' vectors came from the cache
+    assert qsync.verify("j", db=db).ok and len(qdrant_points(tmp_path / "qdrant", "c")) == 3000
+
+
+@pytest.mark.reliability
 def test_failing_batches_end_the_job_failed_and_resume_retries_them(tmp_path: Path) -> None:
     _, db = _plan(tmp_path)
     result = _runner(db, embedder=RecordingEmbedder(poison="text 120 ")).run()
