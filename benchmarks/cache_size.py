@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from qsync.cache import append_vectors, insert_vectors
 from qsync.clock import SYSTEM_CLOCK
-from qsync.store import open_store
-from qsync.vectorfile import vector_file_for
+from qsync.ledger.cache import append_vectors, insert_vectors
+from qsync.ledger.ledger import Ledger
 
 
 class _Gemini:
@@ -39,8 +38,8 @@ def main() -> None:
     parser.add_argument("--dimensions", type=int, default=768)
     args = parser.parse_args()
     path = Path(tempfile.mkdtemp(prefix="qsync-cache-")) / "q.duckdb"
-    store = open_store(path)
-    vector_file = vector_file_for(path)
+    store = Ledger(path)
+    vector_file = store.vectors
     embedder = _Gemini(args.dimensions)
     rng = np.random.default_rng(0)
     report: dict[str, Any] = {"dimensions": args.dimensions, "raw_bytes_per_vector": 4 * args.dimensions, "steps": []}
@@ -50,7 +49,8 @@ def main() -> None:
         vectors = rng.standard_normal((100, args.dimensions)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         hashes = [hashlib.sha256(f"{b}/{i}".encode()).hexdigest() for i in range(100)]
-        offsets = append_vectors(vector_file, vectors)  # as the checkpoint does: bytes first, then the rows
+        offsets = append_vectors(vector_file, vectors)  # as the ledger does: bytes first, then the rows
+        vector_file.sync()
         with store.transaction() as con:
             insert_vectors(con, embedder, hashes, offsets, [10] * 100, SYSTEM_CLOCK.now(), origin=None)
         if (b + 1) % (batches // 10 or 1) == 0:

@@ -31,13 +31,13 @@ from typing import Any
 import pandas as pd
 
 import qsync
-from qsync import checkpoint as checkpoint_module
-from qsync import runner as runner_module
-from qsync.checkpoint import Checkpoint
-from qsync.events import BatchFinished, Event, JobStarted
+from qsync.engine import runner as runner_module
+from qsync.engine.events import BatchFinished, Event, JobStarted
+from qsync.ledger import lease as lease_module
+from qsync.ledger.run import LeasedJob
 
 REPO = Path(__file__).resolve().parents[1]
-PRICE = 0.15  # USD per 1M input tokens, gemini-embedding-001 (qsync/pricing.json)
+PRICE = 0.15  # USD per 1M input tokens, gemini-embedding-001 (qsync/catalog/pricing.json)
 
 
 def make_source(path: Path, n: int) -> None:
@@ -120,8 +120,8 @@ def main() -> None:
 
     timings: dict[str, list[float]] = defaultdict(list)
     for name in ("claim", "record_embeddings", "complete", "runnable_batches"):
-        setattr(Checkpoint, name, timed(timings, name, getattr(Checkpoint, name)))
-    runner_module.cp.acquire_lease = timed(timings, "acquire", checkpoint_module.acquire_lease)
+        setattr(LeasedJob, name, timed(timings, name, getattr(LeasedJob, name)))
+    runner_module.take_lease = timed(timings, "acquire", lease_module.take_lease)  # type: ignore[attr-defined]
     from qsync.sink.client import ClientSink
     from qsync.sink.edge import EdgeSink
 
@@ -136,7 +136,7 @@ def main() -> None:
             marks["first_batch"] = time.perf_counter()
 
     t_resume = time.perf_counter()
-    result = qsync.run_job("bench", db=db, concurrency=args.concurrency, listeners=[listener])
+    result = qsync.resume("bench", db=db, concurrency=args.concurrency, listeners=[listener])
     resume_s = time.perf_counter() - t_resume
     after = qsync.status("bench", db=db)
     resumed_records = after["processed_records"] - before["processed_records"]

@@ -17,7 +17,7 @@ import statistics
 import time
 
 from qsync.embedders.gemini import GeminiEmbedder
-from qsync.emulator import GeminiEmulator
+from qsync.testing.emulator import GeminiEmulator
 
 KEY = "bench-key"
 

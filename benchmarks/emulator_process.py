@@ -19,7 +19,7 @@ KEY = "bench-key"
 
 class EmulatorProcess:
     def __init__(self, latency_s: float = 0.0, **limits: int) -> None:
-        args = [sys.executable, "-m", "qsync.emulator", "--port", "0", "--latency", str(latency_s), "--api-key", KEY]
+        args = [sys.executable, "-m", "qsync.testing", "--port", "0", "--latency", str(latency_s), "--api-key", KEY]
         for name, value in limits.items():  # texts_per_minute=..., tokens_per_minute=...
             args += [f"--{name.replace('_', '-')}", str(value)]
         self._process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)

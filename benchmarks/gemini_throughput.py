@@ -32,8 +32,10 @@ import pandas as pd
 from emulator_process import KEY, EmulatorProcess
 
 import qsync
-from qsync.emulator import GeminiEmulator
-from qsync.spec import RunSettings
+from qsync.app.jobs import create_job
+from qsync.spec.settings import RunSettings
+from qsync.spec.target import point_id
+from qsync.testing.emulator import GeminiEmulator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,10 +60,10 @@ def ceiling(minutes: float) -> dict[str, Any]:
                               tokens_per_minute=tokens_limit).start()  # fmt: skip
     _environment(emulator)
     work = Path(tempfile.mkdtemp(prefix="qsync-ceiling-"))
-    qsync.create_job(records(n), collection="c", job="ceiling", db=work / "q.duckdb", qdrant_path=":memory:",
+    create_job(records(n), collection="c", job="ceiling", db=work / "q.duckdb", qdrant_path=":memory:",
                      embedder="gemini", dimensions=768)  # fmt: skip
     started = time.perf_counter()
-    result = qsync.run_job("ceiling", db=work / "q.duckdb", concurrency=4)
+    result = qsync.resume("ceiling", db=work / "q.duckdb", concurrency=4)
     elapsed = time.perf_counter() - started
     emulator.stop()
     calls = emulator.requests["batchEmbedContents"]
@@ -98,7 +100,7 @@ def plain_loop(frame: pd.DataFrame, qdrant: Path | str, batch: int = 100) -> flo
             model="gemini-embedding-001", contents=contents,
             config=types.EmbedContentConfig(task_type="RETRIEVAL_DOCUMENT", output_dimensionality=768),
         )  # fmt: skip
-        upsert([qsync.point_id(r["id"]) for r in chunk], [list(e.values or []) for e in response.embeddings or []],
+        upsert([point_id(r["id"]) for r in chunk], [list(e.values or []) for e in response.embeddings or []],
                [{"id": r["id"]} for r in chunk])  # fmt: skip
     close()
     return len(rows) / (time.perf_counter() - started)
@@ -141,11 +143,11 @@ def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = Fal
         work = Path(tempfile.mkdtemp(prefix="qsync-loop-"))
         loop_rate = plain_loop(frame, ":memory:" if in_memory else work / "loop-shard")
         qdrant_path: Any = ":memory:" if in_memory else work / "qsync.qdrant"
-        qsync.create_job(frame, collection="c", job="loop", db=work / "q.duckdb", qdrant_path=qdrant_path,
+        create_job(frame, collection="c", job="loop", db=work / "q.duckdb", qdrant_path=qdrant_path,
                          embedder="gemini", dimensions=768)  # fmt: skip
         started = time.perf_counter()
         unlimited = RunSettings(concurrency=concurrency, texts_per_minute=10**9, tokens_per_minute=10**12)
-        result = qsync.run_job("loop", db=work / "q.duckdb", settings=unlimited)
+        result = qsync.resume("loop", db=work / "q.duckdb", settings=unlimited)
         qsync_rate = n / (time.perf_counter() - started)
     return {
         "records": n,

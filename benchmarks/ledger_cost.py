@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-import qsync
-from qsync import checkpoint as cp
-from qsync.checkpoint import Checkpoint, Completion
+from qsync.app.jobs import create_job
 from qsync.clock import SYSTEM_CLOCK
 from qsync.embedders.hashing import HashingEmbedder
-from qsync.store import open_store
+from qsync.ledger.batches import Completion
+from qsync.ledger.lease import take_lease
+from qsync.ledger.ledger import Ledger
+from qsync.ledger.run import LeasedJob
 
 
 def main() -> None:
@@ -39,10 +40,9 @@ def main() -> None:
     db = Path(tempfile.mkdtemp(prefix="qsync-ledger-")) / "q.duckdb"
     n = args.batches * 100
     frame = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"record number {i}" for i in range(n)]})
-    qsync.create_job(frame, collection="c", job="j", db=db, dimensions=args.dimensions, qdrant_path=":memory:")
-    store = open_store(db)
-    lease, _ = cp.acquire_lease(store, "j", SYSTEM_CLOCK, 60, os.getpid())
-    ledger = Checkpoint(store, lease, SYSTEM_CLOCK, target="bench", embedder_signature="bench")
+    create_job(frame, collection="c", job="j", db=db, dimensions=args.dimensions, qdrant_path=":memory:")
+    store = Ledger(db)
+    lease, _ = take_lease(store, "j", SYSTEM_CLOCK, 60, os.getpid())
     embedder = HashingEmbedder(args.dimensions)  # only its identity is used: the vectors are random
     rng = np.random.default_rng(0)
     all_vectors = [rng.standard_normal((100, args.dimensions)).astype(np.float32) for _ in range(args.batches)]
@@ -52,13 +52,14 @@ def main() -> None:
     opened = store.transaction
 
     @contextlib.contextmanager
-    def timed_commit() -> Iterator[Any]:
-        with opened() as con:
+    def timed_commit(*, keeps_open: bool = True) -> Iterator[Any]:
+        with opened(keeps_open=keeps_open) as con:
             yield con
             started = time.perf_counter()  # the COMMIT runs as the `with` above exits
         commits[step[0]] += time.perf_counter() - started
 
     store.transaction = timed_commit  # type: ignore[method-assign]
+    ledger = LeasedJob(store, lease, SYSTEM_CLOCK, target="bench", embedder_signature="bench")
     steps_cpu: dict[str, float] = defaultdict(float)
     batch_wall: list[float] = []
     cpu, wall = os.times(), time.perf_counter()

@@ -21,8 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 import qsync
-from qsync.emulator import GeminiEmulator
-from qsync.spec import RunSettings
+from qsync.app.jobs import make_runner
+from qsync.spec.settings import RunSettings
+from qsync.testing.emulator import GeminiEmulator
 
 KEY = "bench-key"
 
@@ -35,7 +36,7 @@ def trial(work: Path) -> float:
         db = work / "q.duckdb"
         job = qsync.prepare(frame, db=db, collection="c", batch_size=50, embedder="gemini", dimensions=32,
                             qdrant_path=":memory:")  # fmt: skip
-        runner = qsync.make_runner(job, db=db, settings=RunSettings(concurrency=4, max_attempts=20))
+        runner = make_runner(job, db=db, settings=RunSettings(concurrency=4, max_attempts=20))
         thread = threading.Thread(target=runner.run)
         thread.start()
         while emulator.requests["429"] < 3:

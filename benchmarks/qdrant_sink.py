@@ -28,8 +28,9 @@ import pandas as pd
 from qdrant_client import models
 
 import qsync
-from qsync.sink import QdrantSink, SinkSpec
+from qsync.sink.factory import open_sink as QdrantSink
 from qsync.sink.shards import acquire, open_shard, release
+from qsync.spec.target import SinkSpec, point_id
 
 
 def upsert(points: int, dimensions: int, runs: int) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def reopen(points: int, dimensions: int) -> dict[str, Any]:
     started = time.perf_counter()
     shared = acquire(root / "c")
     opened_s = time.perf_counter() - started
-    found = shared.shard.retrieve([qsync.point_id("r0")], with_payload=True, with_vector=True)
+    found = shared.shard.retrieve([point_id("r0")], with_payload=True, with_vector=True)
     first_read_s = time.perf_counter() - started
     count = shared.shard.info().points_count
     release(shared)
@@ -95,9 +96,13 @@ def verify(points: int, dimensions: int, qdrant: str) -> dict[str, Any]:
     started = time.perf_counter()
     clean = qsync.verify("v", db=work / "q.duckdb")
     verify_s = time.perf_counter() - started
-    gone = [qsync.point_id(f"r{i}") for i in range(0, points, 100)]
+    gone = [point_id(f"r{i}") for i in range(0, points, 100)]
     if qdrant == ":memory:":
-        client = QdrantSink(SinkSpec(path=qdrant), "c", dimensions).client  # type: ignore[attr-defined]
+        from qsync.sink.client import ClientSink
+
+        sink = QdrantSink(SinkSpec(path=qdrant), "c", dimensions)
+        assert isinstance(sink, ClientSink)
+        client = sink.client
         client.delete("c", points_selector=models.PointIdsList(points=gone), wait=True)
     else:
         from qdrant_edge import UpdateOperation

@@ -23,8 +23,8 @@ from typing import Any
 import pandas as pd
 
 import qsync
-from qsync.runner import Runner
-from qsync.sink import QdrantSink
+from qsync.app.jobs import create_job, make_runner
+from qsync.embedders.protocol import Vectors
 
 
 def rss_mb() -> float:
@@ -34,14 +34,34 @@ def rss_mb() -> float:
     return float("nan")
 
 
-class DroppingSink(QdrantSink):
-    """Acknowledges every upsert at once and keeps nothing: the benchmark measures the runner alone."""
+class DroppingSink:
+    """Acknowledges every write at once and keeps nothing: the benchmark measures the runner alone."""
+
+    collection, dimensions = "c", 8
+
+    def exists(self) -> bool:
+        return True
 
     def ensure_collection(self) -> None:
         return None
 
-    def upsert(self, record_ids: list[str], vectors: Any, payloads: list[dict[str, Any]]) -> None:
+    def write(self, record_ids: list[str], vectors: Vectors, payloads: list[dict[str, Any]]) -> int:
+        return 0
+
+    def durable(self, written: int) -> None:
         return None
+
+    def upsert(self, record_ids: list[str], vectors: Vectors, payloads: list[dict[str, Any]]) -> None:
+        return None
+
+    def delete(self, point_ids: list[str]) -> None:
+        return None
+
+    def scan(self, page: int = 2000) -> Any:
+        return iter(())
+
+    def query(self, vector: Any, limit: int = 10) -> Any:
+        return []
 
     def close(self) -> None:
         return None
@@ -57,17 +77,13 @@ def one(n: int, batches: int) -> dict[str, Any]:
     }).to_parquet(src)  # fmt: skip
     baseline = rss_mb()
     started = time.perf_counter()
-    plan = qsync.create_job(src, collection="c", job="s", db=work / "q.duckdb", qdrant_path=":memory:",
+    plan = create_job(src, collection="c", job="s", db=work / "q.duckdb", qdrant_path=":memory:",
                             embedder="hash", dimensions=8)  # fmt: skip
     plan_s = time.perf_counter() - started
     after_plan = rss_mb()
     step = max(1, plan.batches // batches)
     chosen = set(range(0, plan.batches, step))
-    stored = qsync.make_runner("s", db=work / "q.duckdb", concurrency=4)
-    runner = Runner(
-        stored.store, "s", stored.spec, stored.embedder, DroppingSink(stored.sink.spec, "c", 8), stored.settings,
-        None, stored.embedder_signature, only_batches=frozenset(chosen),
-    )  # fmt: skip
+    runner = make_runner("s", db=work / "q.duckdb", concurrency=4, sink=DroppingSink(), only_batches=chosen)
     peak = [after_plan]
     done = threading.Event()
 

@@ -1,101 +1,39 @@
-"""qsync: resumable, checkpointed backfills of embeddings into Qdrant."""
+"""qsync: resumable, checkpointed backfills of Gemini embeddings into Qdrant.
 
-from .api import (
-    SpecMismatch,
-    batch_records,
-    batches,
-    cancel,
-    create_job,
-    jobs,
-    make_runner,
-    open_job,
-    prepare,
-    resume_job,
-    run_job,
-    skipped,
-    status,
-)
-from .costs import cost, cost_over_time, estimate, tokens_by_modality
-from .embedders import EmbedResult, HashingEmbedder
-from .errors import (
-    ConfigError,
-    LeaseHeld,
-    LeaseLost,
-    PermanentError,
-    QsyncError,
-    SourceError,
-    StoreError,
-    StoreLocked,
-    TransientError,
-)
-from .estimates import estimate_vs_actual, record_estimate, recorded_estimate
-from .events import BatchFinished, JobFinished, JobStarted, Notice, Progress
-from .figures import JobFigures
-from .runner import RunResult
-from .search import search
-from .session import JobHandle, active_run, run, start
-from .sink import POINT_ID_NAMESPACE, point_id
-from .sources import Columns, DataFrameSource, FileSource, SqlSource
-from .spec import KEEP, EmbedderSpec, JobSpec, RunSettings, build_spec
-from .verification import VerifyReport, verify
+    import qsync
+    qsync.run("data/wordnet_sample.jsonl", collection="wordnet", payload_columns=["pos"])
+    qsync.status()                                  # the newest job's figures, as a dict
+    qsync.batches("wordnet:wordnet_sample", status="failed")
+
+The names here are the documented surface (docs/PYTHON-API.md); everything else is importable from its module
+(the layers: qsync.spec, qsync.input, qsync.ledger, qsync.engine, qsync.app, …; see docs/ARCHITECTURE.md).
+"""
+
+from qsync.api import run, start
+from qsync.app.jobs import cancel, prepare
+from qsync.app.jobs import run_job as resume
+from qsync.app.reading import batches, cost, jobs, search, skipped, status, verify
+from qsync.errors import QsyncError, SpecMismatch
+from qsync.money.estimate import estimate
+from qsync.spec.settings import RunSettings
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "KEEP",
-    "POINT_ID_NAMESPACE",
-    "BatchFinished",
-    "Columns",
-    "ConfigError",
-    "DataFrameSource",
-    "EmbedResult",
-    "EmbedderSpec",
-    "FileSource",
-    "HashingEmbedder",
-    "JobFigures",
-    "JobFinished",
-    "JobHandle",
-    "JobSpec",
-    "JobStarted",
-    "LeaseHeld",
-    "LeaseLost",
-    "Notice",
-    "PermanentError",
-    "Progress",
     "QsyncError",
-    "RunResult",
     "RunSettings",
-    "SourceError",
     "SpecMismatch",
-    "SqlSource",
-    "StoreError",
-    "StoreLocked",
-    "TransientError",
-    "VerifyReport",
-    "active_run",
-    "batch_records",
     "batches",
-    "build_spec",
     "cancel",
     "cost",
-    "cost_over_time",
-    "create_job",
     "estimate",
-    "estimate_vs_actual",
     "jobs",
-    "make_runner",
-    "open_job",
-    "point_id",
     "prepare",
-    "record_estimate",
-    "recorded_estimate",
-    "resume_job",
+    "resume",
     "run",
-    "run_job",
     "search",
     "skipped",
     "start",
     "status",
-    "tokens_by_modality",
     "verify",
 ]

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from qsync.cli.main import main
 
 sys.exit(main())

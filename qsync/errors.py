@@ -1,9 +1,10 @@
 """Every error qsync raises descends from QsyncError.
 
-Transient errors are retried (the batch goes back to the queue); permanent ones fail the batch or stop
-the job. SDK and database exceptions are converted to these at the boundary of each external service,
-so the runner never has to know which library raised what. Messages are what users read: they say what
-happened and what to run next, and never carry an API key.
+Transient errors are retried (per call, by the run's one retry layer); permanent ones fail the batch or stop
+the job. SDK, DuckDB and Qdrant exceptions are converted to these at the boundary of each external service,
+so the runner never has to know which library raised what, and no raw library exception reaches the CLI or
+a widget. Messages are what users read: they say what happened and what to run next, and never carry a
+secret.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 
 class QsyncError(Exception):
     """Root of every qsync error."""
+
+
+# -- calls to outside services ----------------------------------------------------------------------------
 
 
 class TransientError(QsyncError):
@@ -25,12 +29,55 @@ class TransientError(QsyncError):
         self.maybe_billed = maybe_billed
 
 
+class RateLimited(TransientError):
+    """The API answered 429 for a per-minute limit."""
+
+
 class PermanentError(QsyncError):
     """Retrying the same call will fail the same way."""
 
 
+class InvalidInput(PermanentError):
+    """The API refused a request because of what it contains; one text may be to blame."""
+
+
+class PauseJob(QsyncError):
+    """Stop the job now, resumable later: a per-day quota, or the budget, is used up."""
+
+
+class StopJob(QsyncError):
+    """Stop the job now and fail it: more calls would be wasted (an invalid API key, an unknown model)."""
+
+
+class Interrupted(QsyncError):
+    """A wait was cut short because the run is stopping (Pause, Stop, Ctrl-C, cancel)."""
+
+
+# -- what the user asked for ------------------------------------------------------------------------------
+
+
 class ConfigError(PermanentError):
     """Options, environment or an existing collection do not fit the job."""
+
+
+class SpecMismatch(ConfigError):
+    """The job of that name is unfinished and was started with a different spec."""
+
+    def __init__(self, job_id: str, status: str, differences: list[str], *, reuse_note: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.differences = differences
+        self.reuse_note = reuse_note
+        listed = "\n".join(f"  - {d}" for d in differences)
+        super().__init__(
+            f"job {job_id!r} is unfinished ({status}) and was started with a different spec:\n{listed}\n"
+            f"Either resume it as stored (`qsync resume {job_id}`), or cancel it (`qsync cancel {job_id}`) and run "
+            f"again to start afresh; {reuse_note}"
+        )
+
+
+class JobExists(ConfigError):
+    """A job of that name was planned already (perhaps a moment ago, by another process)."""
 
 
 class SourceError(PermanentError):
@@ -42,12 +89,19 @@ class MissingColumn(SourceError):
     whose message lists the columns there are."""
 
 
-class StoreError(QsyncError):
-    """The DuckDB checkpoint file cannot be used."""
+class MediaProblem(PermanentError):
+    """Why one record's image or document cannot be embedded: its skip reason (the job goes on)."""
 
 
-class StoreLocked(StoreError):
-    """Another process held the DuckDB file for longer than we were willing to wait."""
+# -- the ledger (the checkpoint file) ---------------------------------------------------------------------
+
+
+class LedgerError(QsyncError):
+    """The checkpoint file (DuckDB) or its vector file cannot be used."""
+
+
+class LedgerLocked(LedgerError):
+    """Another process held the checkpoint file for longer than we were willing to wait."""
 
     def __init__(self, path: str, holder_pid: int | None, waited_s: float) -> None:
         holder = f"process {holder_pid}" if holder_pid else "another process"
@@ -58,12 +112,20 @@ class StoreLocked(StoreError):
         self.holder_pid = holder_pid
 
 
-class SchemaTooNew(StoreError):
+class SchemaTooNew(LedgerError):
     """The file was written by a newer qsync."""
 
 
+class LedgerCorrupted(LedgerError):
+    """DuckDB found damaged blocks in the checkpoint file (its checksums do not match)."""
+
+
+class DiskFull(LedgerError):
+    """A file of the job (checkpoint, vectors or Qdrant shard) cannot grow: the disk is full or read-only."""
+
+
 class JobNotFound(QsyncError):
-    pass
+    """No job of that name in the checkpoint file."""
 
 
 class LeaseHeld(QsyncError):
@@ -78,17 +140,5 @@ class JobNotRunnable(QsyncError):
     """The job is in a state that cannot run (cancelled, or already completed)."""
 
 
-class RateLimited(TransientError):
-    """The API answered 429 for a per-minute limit."""
-
-
-class InvalidInput(PermanentError):
-    """The API refused a request because of what it contains; one text may be to blame."""
-
-
-class PauseJob(QsyncError):
-    """Stop the job now, resumable later: a per-day quota, or the budget, is used up."""
-
-
-class StopJob(QsyncError):
-    """Stop the job now and fail it: more calls would be wasted (an invalid API key, an unknown model)."""
+class NotClaimable(QsyncError):
+    """A batch is not pending or failed any more (another attempt took it, or it is done)."""

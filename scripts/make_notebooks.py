@@ -129,9 +129,10 @@ NOTEBOOKS = {
         ),
         new_code_cell(
             "import matplotlib.pyplot as plt\n\n"
+            "from qsync.app import reading\n\n"
             "# The job's records by the clock (the panel above plots its dollars by time into the run).\n"
             "if panel.job:\n"
-            "    curve = qsync.cost_over_time(panel.job, db=DB)\n"
+            "    curve = reading.cost_over_time(panel.job, db=DB)\n"
             "    fig, ax = plt.subplots(figsize=(6, 2.5))\n"
             '    ax.plot(curve["finished_at"], curve["cumulative_records"])\n'
             '    ax.set(title="records loaded, by the clock", ylabel="records")\n'
@@ -168,7 +169,7 @@ NOTEBOOKS = {
             'if os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY"):\n'
             '    print("A Gemini API key is set: this notebook calls Gemini.")\n'
             "else:\n"
-            "    from qsync.emulator import start_offline\n\n"
+            "    from qsync.testing import start_offline\n\n"
             "    emulator = start_offline()  # a local stand-in for the Gemini API, for this kernel only\n"
             '    print(f"No GEMINI_API_KEY: Gemini is emulated locally at {emulator.url} (offline, free).")'
         ),
@@ -234,11 +235,12 @@ NOTEBOOKS = {
             "(`google-genai` drops it): the `split` column says so."
         ),
         new_code_cell(
+            "from qsync.app import reading\n"
             "from qsync.notebook import estimate_beside_actual\n\n"
             "for job in (images, documents):\n"
             "    print(job.job_id)\n"
             "    display(estimate_beside_actual(job.job_id, db=DB))\n"
-            "show(qsync.tokens_by_modality(images.job_id, db=DB))"
+            "show(reading.tokens_by_modality(images.job_id, db=DB))"
         ),
         new_markdown_cell(
             "## Search across modalities\n\n"

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from qsync.embedders.base import EmbedResult
 from qsync.embedders.hashing import HashingEmbedder
-from qsync.emulator import GeminiEmulator
+from qsync.embedders.protocol import EmbedResult
+from qsync.testing.emulator import GeminiEmulator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,6 +90,14 @@ def status_json(db: Path, job: str, env: dict[str, str] | None = None) -> dict[s
     return result
 
 
+def ledger_rows(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    """Rows of a query on a checkpoint file, through its host (the one process that has the file open)."""
+    from qsync.ledger.ledger import Ledger
+
+    with Ledger(db, create=False) as ledger:
+        return ledger.query_rows(sql, params)
+
+
 def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,22 +133,13 @@ def qdrant_points(
 
     Reads through this process's open shard if a job here holds it, else loads it and closes it after.
     """
-    from qdrant_edge import ScrollRequest
-
     from qsync.sink.shards import open_shard
 
-    points: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
     with open_shard(path / collection) as shared:
-        offset: Any = None
-        while True:
-            batch, offset = shared.shard.scroll(
-                ScrollRequest(offset=offset, limit=1000, with_payload=True, with_vector=True)
-            )
-            for p in batch:
-                v = p.vector.get(vector or "") if isinstance(p.vector, dict) else p.vector
-                points[str(p.id)] = (np.asarray(v, dtype=np.float32), dict(p.payload or {}))
-            if offset is None:
-                return points
+        return {
+            point: (np.asarray(values, dtype=np.float32), payload)
+            for point, payload, values in shared.scroll(vector or "")
+        }
 
 
 class FailOnceEmbedder(HashingEmbedder):

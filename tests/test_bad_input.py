@@ -13,6 +13,9 @@ import pytest
 from qsync_testing import qdrant_points
 
 import qsync
+from qsync.app import reading
+from qsync.app.jobs import create_job
+from qsync.errors import SourceError
 
 pytestmark = pytest.mark.reliability
 
@@ -28,7 +31,7 @@ def _run(tmp_path: Path, source: Any, **options: Any) -> tuple[dict[str, Any], p
 
 
 def _reasons(skipped: pd.DataFrame) -> dict[Any, str]:
-    return {(r.record_id if isinstance(r.record_id, str) else r.ordinal): r.reason for r in skipped.itertuples()}
+    return {(r.record_id if isinstance(r.record_id, str) else r.ordinal): str(r.reason) for r in skipped.itertuples()}
 
 
 def test_jsonl_bad_rows_are_skipped_with_reasons(tmp_path: Path) -> None:
@@ -111,7 +114,7 @@ def test_parquet_with_a_text_template_and_sql_source(tmp_path: Path) -> None:
     _, skipped, points = _run(tmp_path, src, id_column="key", text_template="{title}: {body}", payload_columns=["lang"])
     assert set(points) == {"10", "11"}
     assert list(skipped.reason) == ["text is missing"]
-    texts = qsync.batch_records("j", 0, db=tmp_path / "q.duckdb").text.tolist()
+    texts = reading.batch_records("j", 0, db=tmp_path / "q.duckdb").text.tolist()
     assert texts == ["Alpha: first", ": second"]
 
     other = tmp_path / "sql"
@@ -125,17 +128,17 @@ def test_parquet_with_a_text_template_and_sql_source(tmp_path: Path) -> None:
 def test_missing_column_is_a_clear_error_and_creates_nothing(tmp_path: Path) -> None:
     src = tmp_path / "in.csv"
     src.write_text("id,body\n1,hello\n")
-    with pytest.raises(qsync.SourceError, match=r"column\(s\) 'text' not found \(columns are: id, body\)"):
-        qsync.create_job(src, collection="c", db=tmp_path / "q.duckdb", job="j")
+    with pytest.raises(SourceError, match=r"column\(s\) 'text' not found \(columns are: id, body\)"):
+        create_job(src, collection="c", db=tmp_path / "q.duckdb", job="j")
     assert qsync.jobs(db=tmp_path / "q.duckdb").empty
 
 
 def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
-    with pytest.raises(qsync.SourceError, match="does not exist"):
-        qsync.create_job(tmp_path / "nope.csv", collection="c", db=tmp_path / "q.duckdb")
+    with pytest.raises(SourceError, match="does not exist"):
+        create_job(tmp_path / "nope.csv", collection="c", db=tmp_path / "q.duckdb")
     (tmp_path / "data.xlsx").write_text("x")
-    with pytest.raises(qsync.SourceError, match="unknown format"):
-        qsync.create_job(tmp_path / "data.xlsx", collection="c", db=tmp_path / "q.duckdb")
+    with pytest.raises(SourceError, match="unknown format"):
+        create_job(tmp_path / "data.xlsx", collection="c", db=tmp_path / "q.duckdb")
 
 
 def test_empty_source_completes_with_nothing_to_do(tmp_path: Path) -> None:

@@ -30,11 +30,13 @@ CHROMIUM_ARGS = [
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
 except ImportError:  # pragma: no cover - CI installs it; see .ci/run
-    sync_playwright = None
+    HAVE_PLAYWRIGHT = False
+else:
+    HAVE_PLAYWRIGHT = True
 
-if (CHROMIUM is None or sync_playwright is None) and os.environ.get("CI"):
+if (CHROMIUM is None or not HAVE_PLAYWRIGHT) and os.environ.get("CI"):
     raise RuntimeError("CI must run the browser test: install Debian's chromium and `pip install playwright`")
-pytestmark = pytest.mark.skipif(CHROMIUM is None or sync_playwright is None, reason="needs chromium and playwright")
+pytestmark = pytest.mark.skipif(CHROMIUM is None or not HAVE_PLAYWRIGHT, reason="needs chromium and playwright")
 
 
 def _free_port() -> int:
@@ -44,7 +46,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     root = tmp_path / "lab"
     shutil.copytree(REPO / "notebooks", root / "notebooks")
     shutil.copytree(REPO / "data", root / "data")
@@ -118,7 +120,7 @@ def _restart_kernel(page: Page) -> None:
 def _chromium(last_state: str) -> Iterator[tuple[Browser, Page]]:
     """Debian's chromium, headless, with one page; the page's last state is saved as `last_state`."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    assert sync_playwright is not None and CHROMIUM is not None
+    assert HAVE_PLAYWRIGHT and CHROMIUM is not None
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -129,7 +131,7 @@ def _chromium(last_state: str) -> Iterator[tuple[Browser, Page]]:
             browser.close()
 
 
-def test_launch_watch_inspect_and_resume_in_a_real_browser(jupyterlab: tuple[str, Path]) -> None:
+def test_launch_watch_inspect_and_resume_in_a_real_browser(jupyterlab: tuple[str, Path, Path]) -> None:
     url, tmp, root = jupyterlab
     with _chromium("last-state.png") as (browser, page):
         _open_and_run_all(page, url.format("01_backfill.ipynb"))
@@ -226,7 +228,7 @@ def test_launch_watch_inspect_and_resume_in_a_real_browser(jupyterlab: tuple[str
     assert sorted(qsync.jobs(db=tmp / "nb.duckdb")["job"]) == ["wordnet:wordnet_sample", "wordnet:wordnet_sample#2"]
 
 
-def test_images_notebook_shows_search_hits_as_thumbnails_in_a_real_browser(jupyterlab: tuple[str, Path]) -> None:
+def test_images_notebook_shows_search_hits_as_thumbnails_in_a_real_browser(jupyterlab: tuple[str, Path, Path]) -> None:
     url, _, _ = jupyterlab
     with _chromium("last-state-04.png") as (_, page):
         _open_and_run_all(page, url.format("04_images.ipynb"))

@@ -15,7 +15,8 @@ import pytest
 from qsync_testing import make_records, write_records
 
 import qsync
-from qsync.cli import EXIT_OK, EXIT_USAGE, main
+from qsync.cli import main
+from qsync.cli.output import EXIT_OK, EXIT_USAGE
 from qsync.formatting import usd
 
 
@@ -33,7 +34,7 @@ def test_the_cli_guesses_the_id_and_text_columns_the_launcher_guesses(
     src, db = tmp_path / "articles.csv", tmp_path / "q.duckdb"
     write_records(src, [{"doc_id": r["id"], "n": r["n"], "body": r["text"]} for r in make_records(120)])
     launcher = Launcher(source=str(src), collection="c", db=db)
-    assert (launcher.id_column.value, launcher.text_column.value) == ("doc_id", "body")
+    assert (launcher.form.id_column.value, launcher.form.text_column.value) == ("doc_id", "body")
 
     code, out, err = _cli(capsys, "run", "--source", str(src), "--collection", "c", "--db", str(db),
                           "--embedder", "hash", "--dimensions", "8", "--quiet")  # fmt: skip
@@ -111,3 +112,54 @@ def test_a_run_whose_texts_are_all_cached_says_why_it_was_instant(
     assert time.monotonic() - started < 5  # not one simulated call
     assert "all 120 texts were in the embedding cache: 0 API calls" in out
     assert "--simulate-latency 5 slows embedder calls only" in out
+
+
+def test_a_job_started_from_the_terminal_records_its_estimate_like_one_from_a_notebook(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One prepare for every entry path: `qsync run` records the plan-time estimate the cost notebook shows."""
+    from qsync.app import reading
+
+    src, db = tmp_path / "r.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(150))
+    code, _, err = _cli(capsys, "run", "--source", str(src), "--collection", "c", "--db", str(db),
+                        "--embedder", "hash", "--dimensions", "8", "--quiet")  # fmt: skip
+    assert code == EXIT_OK, err
+    recorded = reading.recorded_estimate("c:r", db=db)
+    assert recorded is not None and recorded["records"] == 150 and recorded["texts_to_embed"] == 150
+    versus = reading.estimate_vs_actual("c:r", db=db).set_index("figure")
+    # the hashing embedder counts words
+    assert float(versus["estimate"].loc["tokens"]) == float(versus["actual"].loc["tokens"])
+
+
+def test_a_refused_resume_changes_nothing_not_even_the_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`resume --max-cost-usd X` refused because a live runner owns the job must leave the stored cap alone: the
+    budget is written with the lease, in its transaction, or not at all."""
+    import os
+
+    from qsync.app.jobs import create_job
+    from qsync.clock import SYSTEM_CLOCK
+    from qsync.ledger.jobs import JobState
+    from qsync.ledger.lease import release_lease, take_lease
+    from qsync.ledger.ledger import Ledger
+
+    db = tmp_path / "q.duckdb"
+    create_job(_records_file(tmp_path), collection="c", job="j", db=db,
+               embedder="hash", dimensions=8, max_cost_usd=5.0)  # fmt: skip
+    with Ledger(db) as ledger:
+        lease, _ = take_lease(ledger, "j", SYSTEM_CLOCK, 60, os.getpid())  # a live runner: this process
+        code, _, err = _cli(capsys, "resume", "j", "--db", str(db), "--max-cost-usd", "0.5")
+        assert code == 4 and "being run by process" in err, err
+        assert qsync.status("j", db=db)["max_cost_usd"] == 5.0
+        release_lease(ledger, lease, SYSTEM_CLOCK, JobState.PAUSED, "paused")
+    code, _, err = _cli(capsys, "resume", "j", "--db", str(db), "--max-cost-usd", "0.5", "--quiet")
+    assert code == EXIT_OK, err
+    assert qsync.status("j", db=db)["max_cost_usd"] == 0.5  # a run that holds the lease writes it
+
+
+def _records_file(tmp_path: Path) -> Path:
+    src = tmp_path / "records.jsonl"
+    write_records(src, make_records(50))
+    return src

@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 from qsync_testing import qdrant_points, qsync_env
 
-from qsync.sink import QdrantSink, SinkSpec, point_id
+from qsync.sink.factory import open_sink as QdrantSink
 from qsync.sink.shards import acquire, release
+from qsync.spec.target import SinkSpec, point_id
 
 # Four threads upsert batches of 50 into one shard and print each batch as its upsert returns, until killed.
 WRITER = """
     import sys, threading
     import numpy as np
-    from qsync.sink import CollectionOptions, QdrantSink, SinkSpec
+    from qsync.sink.factory import open_sink as QdrantSink
+    from qsync.spec.target import CollectionOptions, SinkSpec
 
     sink = QdrantSink(SinkSpec(path=sys.argv[1]), "c", 32, CollectionOptions(payload_indexes=("n:integer",)))
     sink.ensure_collection()

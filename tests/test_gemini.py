@@ -11,11 +11,25 @@ from typing import Any
 
 import numpy as np
 import pytest
-from qsync_testing import make_records, qdrant_points, qsync_env, run_qsync, sdk_emulator, write_records
+from qsync_testing import (
+    ledger_rows,
+    make_records,
+    qdrant_points,
+    qsync_env,
+    run_qsync,
+    sdk_emulator,
+    write_records,
+)
 
 import qsync
-from qsync.emulator import GeminiEmulator, count_tokens, emulated_vector
-from qsync.spec import RunSettings
+from qsync.app import reading
+from qsync.app.jobs import create_job
+from qsync.engine.runner import RunResult
+from qsync.errors import ConfigError
+from qsync.spec.settings import RunSettings
+from qsync.spec.target import point_id
+from qsync.testing.emulator import GeminiEmulator
+from qsync.testing.gemini_model import count_tokens, emulated_vector
 
 SECRET = "AIzaTEST-secret-key-0123456789"
 MODEL = "gemini-embedding-001"
@@ -34,15 +48,15 @@ def _job(tmp_path: Path, n: int = 600, job: str = "g", **options: Any) -> tuple[
     records = make_records(n)
     src, db = tmp_path / f"{job}.jsonl", tmp_path / "q.duckdb"
     write_records(src, records)
-    qsync.create_job(
+    create_job(
         src, collection="c", job=job, db=db, qdrant_path=tmp_path / "qdrant", dimensions=options.pop("dims", 64),
         batch_size=50, **options,
     )  # fmt: skip
     return db, records
 
 
-def _run(db: Path, job: str = "g", **kw: Any) -> qsync.RunResult:
-    return qsync.run_job(job, db=db, settings=replace(FAST, **kw.pop("settings", {})), **kw)
+def _run(db: Path, job: str = "g", **kw: Any) -> RunResult:
+    return qsync.resume(job, db=db, settings=replace(FAST, **kw.pop("settings", {})), **kw)
 
 
 def _assert_vectors(tmp_path: Path, records: list[dict[str, Any]], dims: int = 64) -> None:
@@ -50,12 +64,12 @@ def _assert_vectors(tmp_path: Path, records: list[dict[str, Any]], dims: int = 6
     assert len(by_id) == len(records)
     for r in records:
         expected = emulated_vector(MODEL, r["text"], dims)
-        np.testing.assert_allclose(by_id[qsync.point_id(r["id"])], expected / np.linalg.norm(expected), atol=1e-5)
+        np.testing.assert_allclose(by_id[point_id(r["id"])], expected / np.linalg.norm(expected), atol=1e-5)
 
 
 def test_the_default_embedder_is_gemini_when_a_key_is_set(tmp_path: Path, emulator: GeminiEmulator) -> None:
     db, records = _job(tmp_path, n=120)
-    assert json.loads(qsync.api._reader(db).query_rows("SELECT config FROM jobs")[0][0])["embedder"]["kind"] == "gemini"
+    assert reading.stored_job("g", db=db).spec.embedder.kind == "gemini"
     assert _run(db).ok
     _assert_vectors(tmp_path, records)
     assert sum(emulator.texts_embedded.values()) == 120
@@ -112,7 +126,8 @@ def test_recorded_cost_matches_metered_tokens_and_the_estimate(
     assert cost["tokens"] == emulator.tokens_metered
     assert cost["cost_usd"] == pytest.approx(emulator.tokens_metered * 0.15 / 1e6, rel=0.01)
     assert not cost["tokens_estimated"]
-    assert emulator.requests["countTokens"] == (0 if usage_metadata else 10) + 2  # + the estimate's calibration
+    # + the calibration of the estimate recorded when the job was planned, and of `before`: 2 calls of 100 each
+    assert emulator.requests["countTokens"] == (0 if usage_metadata else 10) + 2 + 2
     assert before["tokens"] == pytest.approx(cost["tokens"], rel=0.10)
     assert before["cost_usd"] == pytest.approx(cost["cost_usd"], rel=0.10)
     assert before["cost_usd_batch_mode"] == pytest.approx(before["cost_usd"] / 2)
@@ -147,7 +162,7 @@ def test_a_record_the_api_refuses_is_isolated_and_skipped_with_its_reason(
     records[77]["text"] += " POISON"
     src, db = tmp_path / "p.jsonl", tmp_path / "q.duckdb"
     write_records(src, records)
-    qsync.create_job(
+    create_job(
         src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64, batch_size=50,
     )  # fmt: skip
     assert _run(db).ok
@@ -233,7 +248,7 @@ def test_qdrant_points_carry_gemini_vectors_from_a_cli_run(tmp_path: Path, emula
     assert out.returncode == 0, out.stderr
     points = qdrant_points(db.with_suffix(".qdrant"), "c")
     for r in records:
-        vector, _payload = points[qsync.point_id(r["id"])]
+        vector, _payload = points[point_id(r["id"])]
         expected = emulated_vector(MODEL, r["text"], 64)
         np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-5)
 
@@ -261,7 +276,6 @@ def test_batch_mode_goes_on_polling_after_a_kill_instead_of_paying_again(
     import signal
     import subprocess
 
-    import duckdb
     from qsync_testing import qsync_cmd, wait_for
 
     emulator.batch_job_seconds = 4.0
@@ -275,9 +289,8 @@ def test_batch_mode_goes_on_polling_after_a_kill_instead_of_paying_again(
 
     def submitted() -> bool:
         try:
-            with duckdb.connect(str(db), read_only=True) as con:
-                return bool(con.execute("SELECT count(*) FROM remote_jobs").fetchall()[0][0])
-        except duckdb.Error:
+            return bool(ledger_rows(db, "SELECT count(*) FROM remote_jobs")[0][0])
+        except qsync.QsyncError:  # not planned yet
             return False
 
     wait_for(submitted, timeout=30)
@@ -294,13 +307,13 @@ def test_batch_mode_goes_on_polling_after_a_kill_instead_of_paying_again(
 def test_enrichment_answers_go_to_the_payload_are_embedded_and_never_paid_twice(
     tmp_path: Path, emulator: GeminiEmulator
 ) -> None:
-    from qsync.emulator import _TOKEN
+    from qsync.testing.gemini_model import TOKEN as _TOKEN
 
     records = make_records(120)
     src, db = tmp_path / "e.jsonl", tmp_path / "q.duckdb"
     write_records(src, records)
     prompt = "Summarise record {id} briefly: {text}"
-    qsync.create_job(
+    create_job(
         src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64, batch_size=50,
         payload_columns=["n"],
         enrich={"prompt": prompt, "field": "summary", "embed": "answer"},
@@ -322,7 +335,7 @@ def test_enrichment_answers_go_to_the_payload_are_embedded_and_never_paid_twice(
     assert cost["cost_usd"] == pytest.approx(cost["enrich_cost_usd"] + cost["tokens"] * 0.15 / 1e6)
 
     # A second job with the same prompt reuses every answer and every vector.
-    qsync.create_job(
+    create_job(
         src, collection="c2", job="again", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64, payload_columns=["n"],
         enrich={"prompt": prompt, "field": "summary", "embed": "answer"},
     )  # fmt: skip
@@ -333,8 +346,8 @@ def test_enrichment_answers_go_to_the_payload_are_embedded_and_never_paid_twice(
 def test_an_enrichment_prompt_over_unknown_columns_is_refused_at_plan_time(tmp_path: Path) -> None:
     src = tmp_path / "e.jsonl"
     write_records(src, make_records(3))
-    with pytest.raises(qsync.ConfigError, match="uses title, which the job does not keep"):
-        qsync.create_job(src, collection="c", db=tmp_path / "q.duckdb", embedder="hash",
+    with pytest.raises(ConfigError, match="uses title, which the job does not keep"):
+        create_job(src, collection="c", db=tmp_path / "q.duckdb", embedder="hash",
                          enrich={"prompt": "Classify {title}: {text}"})  # fmt: skip
 
 
@@ -346,7 +359,7 @@ def test_a_text_the_plan_let_through_but_the_api_finds_too_long_is_skipped(
     records[10]["text"] = "a " * 2100  # ~1,050 tokens by qsync's estimate, 2,100 by the API's count
     src, db = tmp_path / "long.jsonl", tmp_path / "q.duckdb"
     write_records(src, records)
-    qsync.create_job(
+    create_job(
         src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64,
     )  # fmt: skip
     assert _run(db).ok

@@ -14,11 +14,16 @@ import pytest
 from qsync_testing import make_records, qdrant_points, qsync_env, run_qsync, sdk_emulator, write_records
 
 import qsync
-from qsync import costs
-from qsync.emulator import GeminiEmulator, count_tokens, emulated_vector
+from qsync.app.jobs import create_job
+from qsync.app.options import build_spec
+from qsync.engine.runner import RunResult
 from qsync.errors import ConfigError
-from qsync.notebook.costs import what_if
-from qsync.spec import RunSettings, build_spec
+from qsync.money import estimate as costs
+from qsync.money.what_if import what_if
+from qsync.spec.settings import RunSettings
+from qsync.spec.target import point_id
+from qsync.testing.emulator import GeminiEmulator
+from qsync.testing.gemini_model import count_tokens, emulated_vector
 
 SECRET = "AIzaTEST-secret-key-0123456789"
 G2 = "gemini-embedding-2"
@@ -43,29 +48,30 @@ def _source(tmp_path: Path, records: list[dict[str, Any]], name: str = "s") -> P
 
 def _job(tmp_path: Path, src: Path, job: str, model: str, collection: str = "c", dims: int = 128) -> Path:
     db = tmp_path / "q.duckdb"
-    qsync.create_job(
+    create_job(
         src, collection=collection, job=job, db=db, qdrant_path=tmp_path / "qdrant", dimensions=dims,
         model=model, batch_size=50,
     )  # fmt: skip
     return db
 
 
-def _run(db: Path, job: str, **settings: Any) -> qsync.RunResult:
-    result = qsync.run_job(job, db=db, settings=replace(FAST, **settings))
+def _run(db: Path, job: str, **settings: Any) -> RunResult:
+    result = qsync.resume(job, db=db, settings=replace(FAST, **settings))
     assert result.ok, result.message
     return result
 
 
 def _expected(model: str, sent: str, dims: int = 128) -> np.ndarray:
     vector = emulated_vector(model, sent, dims)
-    return vector / np.linalg.norm(vector)
+    unit: np.ndarray = vector / np.linalg.norm(vector)
+    return unit
 
 
 def _assert_vectors(tmp_path: Path, collection: str, records: list[dict[str, Any]], model: str, prefix: str) -> None:
     points = qdrant_points(tmp_path / "qdrant", collection)
     assert len(points) == len(records)
     for r in records:
-        vector, _payload = points[qsync.point_id(r["id"])]
+        vector, _payload = points[point_id(r["id"])]
         np.testing.assert_allclose(vector, _expected(model, prefix + r["text"]), atol=1e-5)
 
 
@@ -121,8 +127,9 @@ def test_a_6000_token_text_is_embedded_by_2_and_skipped_by_001s_plan(tmp_path: P
     # The estimate compares the two models on the same source: what each skips, what each costs.
     table = costs.compare_models(src, dimensions=128, db=tmp_path / "fresh.duckdb").set_index("model")
     assert table.loc[G1, "skipped_records"] == 1 and table.loc[G2, "skipped_records"] == 0
-    assert table.loc[G2, "tokens"] > table.loc[G1, "tokens"] + 5000  # the long text, and the instructions
-    assert table.loc[G2, "cost_usd"] == pytest.approx(table.loc[G2, "tokens"] * 0.20 / 1e6)
+    tokens = table["tokens"]
+    assert int(tokens.loc[G2]) > int(tokens.loc[G1]) + 5000  # the long text, and the instructions
+    assert table.loc[G2, "cost_usd"] == pytest.approx(int(tokens.loc[G2]) * 0.20 / 1e6)
 
 
 def test_the_other_model_re_embeds_and_a_re_run_of_the_same_model_pays_nothing(
@@ -174,7 +181,7 @@ def test_batch_mode_sends_one_instructed_request_per_record_at_ten_cents(
     records = make_records(150)
     src = _source(tmp_path, records)
     db = tmp_path / "q.duckdb"
-    qsync.create_job(src, collection="c", job="b", db=db, qdrant_path=tmp_path / "qdrant", dimensions=128,
+    create_job(src, collection="c", job="b", db=db, qdrant_path=tmp_path / "qdrant", dimensions=128,
                      model=G2, batch_mode=True)  # fmt: skip
     _run(db, "b", batch_mode_poll_s=0.1)
     assert emulator.requests["asyncBatchEmbedContent"] == 1 and emulator.requests["batchEmbedContents"] == 0
@@ -227,10 +234,13 @@ def test_the_what_if_table_prices_each_model_with_its_limit_and_instruction() ->
     share = 900 / 9900
     assert table.loc[(G1, "standard"), "cost_usd"] == pytest.approx(round(1000 * share) * 0.15 / 1e6)
     assert table.loc[(G2, "standard"), "cost_usd"] == pytest.approx((round(1000 * share) + 9 * 5) * 0.20 / 1e6)
-    assert table.loc[(G2, "Batch Mode"), "cost_usd"] == pytest.approx(table.loc[(G2, "standard"), "cost_usd"] / 2)
+    assert table.loc[(G2, "Batch Mode"), "cost_usd"] == pytest.approx(
+        float(table["cost_usd"].loc[(G2, "standard")]) / 2
+    )
     # A 6,000-token text fits -2 but not -001.
     mid = what_if(1000, 2, 2, job_model=G2, text_tokens=[10, 6000]).set_index(["model", "mode"])
-    assert mid.loc[(G1, "standard"), "too_long"].iloc[0] == 1 and mid.loc[(G2, "standard"), "too_long"].iloc[0] == 0
+    too_long = mid["too_long"]  # one row per dimensions: each (model, mode) selects several
+    assert int(too_long.loc[(G1, "standard")].iloc[0]) == 1 and int(too_long.loc[(G2, "standard")].iloc[0]) == 0
 
 
 def test_the_what_if_table_of_a_media_job_lists_only_media_models_and_prices_media_apart() -> None:

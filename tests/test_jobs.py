@@ -27,8 +27,11 @@ from qsync_testing import (
 )
 
 import qsync
-from qsync.emulator import GeminiEmulator
-from qsync.spec import RunSettings
+from qsync.app.jobs import create_job, make_runner
+from qsync.engine.events import BatchFinished, JobFinished, Notice, Progress
+from qsync.engine.runner import RunResult
+from qsync.spec.settings import RunSettings
+from qsync.testing.emulator import GeminiEmulator
 
 SECRET = "AIzaJOBS-key-0123456789"
 FAST = RunSettings(concurrency=4, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2, texts_per_minute=10**7)
@@ -40,10 +43,13 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[GeminiEmulator]:
         yield emu
 
 
-def _run(src: Any, tmp_path: Path, settings: RunSettings = FAST, **options: Any) -> qsync.RunResult:
+def _run(src: Any, tmp_path: Path, settings: RunSettings = FAST, **options: Any) -> RunResult:
     options.setdefault("dimensions", 32)
     options.setdefault("collection", "c")
-    return qsync.run(src, db=tmp_path / "q.duckdb", qdrant_path=tmp_path / "qdrant", settings=settings, **options)
+    result: RunResult = qsync.run(
+        src, db=tmp_path / "q.duckdb", qdrant_path=tmp_path / "qdrant", settings=settings, **options
+    )
+    return result
 
 
 # -- each distinct text paid once ---------------------------------------------------------------------
@@ -127,7 +133,7 @@ def _processed(db: Path, job: str) -> int:
 def test_a_different_spec_for_an_unfinished_job_is_refused_naming_each_difference(tmp_path: Path) -> None:
     src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(300))
-    qsync.create_job(src, collection="c", db=db, qdrant_path=tmp_path / "qdrant", embedder="hash", dimensions=16,
+    create_job(src, collection="c", db=db, qdrant_path=tmp_path / "qdrant", embedder="hash", dimensions=16,
                      max_cost_usd=5.0)  # fmt: skip
     with pytest.raises(qsync.SpecMismatch) as refused:
         _run(src, tmp_path, embedder="hash", dimensions=64, payload_columns=["n"])
@@ -143,11 +149,11 @@ def test_a_different_spec_for_an_unfinished_job_is_refused_naming_each_differenc
 def test_cli_budget_none_clears_and_absent_keeps(tmp_path: Path) -> None:
     src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(60))
-    qsync.create_job(src, collection="c", db=db, embedder="hash", dimensions=16, batch_size=50, max_cost_usd=3.0)
+    create_job(src, collection="c", db=db, embedder="hash", dimensions=16, batch_size=50, max_cost_usd=3.0)
     out = run_qsync("resume", "c:docs", "--db", str(db), "--quiet", "--concurrency", "1")
     assert out.returncode == 0, out.stderr
     assert status_json(db, "c:docs")["max_cost_usd"] == 3.0
-    qsync.create_job(src, collection="c", job="other", db=db, embedder="hash", dimensions=16, max_cost_usd=3.0)
+    create_job(src, collection="c", job="other", db=db, embedder="hash", dimensions=16, max_cost_usd=3.0)
     out = run_qsync("resume", "other", "--db", str(db), "--quiet", "--max-cost-usd", "none")
     assert out.returncode == 0, out.stderr
     assert status_json(db, "other")["max_cost_usd"] is None
@@ -173,8 +179,13 @@ def test_every_view_of_a_job_shows_the_same_figures(tmp_path: Path, emulator: Ge
     emulator.latency_s = 0.05
     job = qsync.prepare(src, db=db, collection="c", batch_size=50, embedder="gemini", dimensions=32,
                         qdrant_path=tmp_path / "qdrant")  # fmt: skip
-    runner = qsync.make_runner(job, db=db, settings=replace(FAST, concurrency=1), listeners=[events.append])
-    threading.Timer(0.6, runner.request_stop).start()
+
+    def stop_after_two_batches(event: Any) -> None:  # part-way, whatever the machine's speed
+        events.append(event)
+        if sum(isinstance(e, BatchFinished) for e in events) == 2:
+            runner.request_stop()
+
+    runner = make_runner(job, db=db, settings=replace(FAST, concurrency=1), listeners=[stop_after_two_batches])
     result = runner.run()
     assert result.status == "paused", result.message
     info = qsync.status(job, db=db)
@@ -186,8 +197,8 @@ def test_every_view_of_a_job_shows_the_same_figures(tmp_path: Path, emulator: Ge
     listed = qsync.jobs(db=db).set_index("job").loc[job]
     cli = status_json(db, job)
     cost = qsync.cost(job, db=db).iloc[0]
-    final = [e for e in events if isinstance(e, qsync.JobFinished)][-1].figures
-    last_progress = [e for e in events if isinstance(e, qsync.Progress)][-1].figures
+    final = [e for e in events if isinstance(e, JobFinished)][-1].figures
+    last_progress = [e for e in events if isinstance(e, Progress)][-1].figures
     for key in ("total_records", "loaded_records", "skipped_records", "unchanged_records", "processed_records",
                 "remaining_records", "tokens", "cost_usd"):  # fmt: skip
         assert listed[key] == info[key] == cli[key], key
@@ -195,7 +206,7 @@ def test_every_view_of_a_job_shows_the_same_figures(tmp_path: Path, emulator: Ge
             assert getattr(final, key) == info[key] == getattr(last_progress, key), key
     assert cost["cost_usd"] == info["cost_usd"] and cost["tokens"] == info["tokens"]
     # Resume to the end: every record in exactly one place.
-    assert qsync.run_job(job, db=db, settings=FAST).ok
+    assert qsync.resume(job, db=db, settings=FAST).ok
     done = qsync.status(job, db=db)
     assert (done["loaded_records"], done["skipped_records"], done["unchanged_records"]) == (598, 2, 400)
     assert done["remaining_records"] == 0 and done["processed_records"] == done["total_records"] == 1000
@@ -208,10 +219,10 @@ def test_options_are_checked_and_settings_are_never_changed_behind_the_callers_b
     src = tmp_path / "s.jsonl"
     write_records(src, make_records(10))
     with pytest.raises(TypeError, match="dimension"):
-        qsync.run(src, collection="c", db=tmp_path / "q.duckdb", dimension=64)  # type: ignore[call-arg]
-    qsync.create_job(src, collection="c", db=tmp_path / "q.duckdb", embedder="hash")
+        qsync.run(src, collection="c", db=tmp_path / "q.duckdb", dimension=64)  # type: ignore[call-overload]
+    create_job(src, collection="c", db=tmp_path / "q.duckdb", embedder="hash")
     mine = RunSettings(concurrency=2)
-    runner = qsync.make_runner("c:s", db=tmp_path / "q.duckdb", settings=mine, concurrency=5)
+    runner = make_runner("c:s", db=tmp_path / "q.duckdb", settings=mine, concurrency=5)
     assert runner.settings.concurrency == 5 and mine.concurrency == 2
     with pytest.raises(AttributeError):
         mine.concurrency = 3  # type: ignore[misc]
@@ -245,15 +256,15 @@ def test_pause_during_a_long_backoff_takes_effect_within_a_second(tmp_path: Path
     done: list[int] = []  # the batch that got through
 
     def hear(event: object) -> None:
-        if isinstance(event, qsync.Notice):
+        if isinstance(event, Notice):
             waits = re.search(r"trying again in (\d+)s", event.text)
             if waits and int(waits.group(1)) >= 10:
                 long_waits.append(event.text)
-        elif isinstance(event, qsync.BatchFinished) and event.outcome == "done":
+        elif isinstance(event, BatchFinished) and event.outcome == "done":
             done.append(event.batch_no)
 
-    runner = qsync.make_runner(job, db=tmp_path / "q.duckdb", settings=replace(FAST, max_attempts=20), listeners=[hear])
-    outcome: list[qsync.RunResult] = []
+    runner = make_runner(job, db=tmp_path / "q.duckdb", settings=replace(FAST, max_attempts=20), listeners=[hear])
+    outcome: list[RunResult] = []
     thread = threading.Thread(target=lambda: outcome.append(runner.run()))
     thread.start()
     wait_for(lambda: long_waits and done, timeout=30)

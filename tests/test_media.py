@@ -13,9 +13,12 @@ import pytest
 from qsync_testing import sdk_emulator
 
 from qsync.embedders.gemini import GeminiEmbedder
-from qsync.emulator import TOKENS_PER_IMAGE, GeminiEmulator, count_tokens, emulated_vector, media_key, start_offline
-from qsync.errors import ConfigError, InvalidInput
-from qsync.media import MAX_MEDIA_BYTES, MediaProblem, check, content_hash, read
+from qsync.errors import ConfigError, InvalidInput, MediaProblem
+from qsync.input.media import MAX_MEDIA_BYTES, check, content_hash, read
+from qsync.spec.columns import MediaKind
+from qsync.testing import start_offline
+from qsync.testing.emulator import GeminiEmulator
+from qsync.testing.gemini_model import TOKENS_PER_IMAGE, count_tokens, emulated_vector, media_key
 
 SECRET = "AIzaTEST-secret-key-0123456789"
 G2 = "gemini-embedding-2"
@@ -83,9 +86,9 @@ def test_good_files_are_read_with_their_type(files: Path) -> None:
         ("red.png", "document", "is not a PDF document (its bytes say image/png)"),
     ],
 )
-def test_bad_files_give_a_reason(files: Path, name: str, kind: str, reason: str) -> None:
+def test_bad_files_give_a_reason(files: Path, name: str, kind: MediaKind, reason: str) -> None:
     with pytest.raises(MediaProblem, match=reason.replace("(", r"\(").replace(")", r"\)")):
-        read(files / name, kind)  # type: ignore[arg-type]
+        read(files / name, kind)
 
 
 def test_a_truncated_jpeg_is_refused_and_bytes_are_checked_like_files() -> None:
@@ -144,7 +147,7 @@ def test_each_media_record_is_one_content_and_one_vector_with_tokens_per_modalit
 def test_the_emulator_refuses_what_the_model_does_not_take(files: Path, emulator: GeminiEmulator) -> None:
     embedder = GeminiEmbedder(dimensions=128, model=G2)
     long_pdf = (files / "long.pdf").read_bytes()  # bypassing qsync's own check, to see the API's answer
-    from qsync.media import Media
+    from qsync.embedders.protocol import Media
 
     with pytest.raises(InvalidInput, match="at most 6 are supported"):
         embedder.embed_media([(Media("application/pdf", long_pdf), None)])
@@ -173,7 +176,7 @@ def test_the_emulator_refuses_what_the_model_does_not_take(files: Path, emulator
 def test_the_offline_emulator_never_takes_a_real_key_and_its_words_mode_follows_captions(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from qsync.emulator import worded_vector
+    from qsync.testing.gemini_model import worded_vector
 
     monkeypatch.setenv("GEMINI_API_KEY", SECRET)
     with pytest.raises(RuntimeError, match="key is set"):

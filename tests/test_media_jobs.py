@@ -17,12 +17,16 @@ from qsync_testing import REPO, qdrant_points, sdk_emulator
 from test_media import pdf, png
 
 import qsync
-from qsync.emulator import TOKENS_PER_IMAGE, GeminiEmulator, count_tokens, emulated_vector, media_key
+from qsync.app import reading
+from qsync.app.jobs import prepare
+from qsync.engine.runner import RunResult
 from qsync.errors import ConfigError
-from qsync.estimates import prepare
-from qsync.media import MAX_MEDIA_BYTES
-from qsync.spec import RunSettings
-from qsync.store import open_store
+from qsync.input.media import MAX_MEDIA_BYTES
+from qsync.ledger.ledger import Ledger
+from qsync.spec.settings import RunSettings
+from qsync.spec.target import point_id
+from qsync.testing.emulator import GeminiEmulator
+from qsync.testing.gemini_model import TOKENS_PER_IMAGE, count_tokens, emulated_vector, media_key
 
 SECRET = "AIzaTEST-secret-key-0123456789"
 G2 = "gemini-embedding-2"
@@ -48,7 +52,9 @@ def table(tmp_path: Path) -> Path:
     with (images / "huge.png").open("wb") as f:  # sparse: 21 MB on paper, nothing on disk
         f.write(png((1, 2, 3)))
         f.truncate(MAX_MEDIA_BYTES + 1024**2)
-    rows = [{"id": name, "caption": f"a {name} square", "image": f"images/{name}.png"} for name in GOOD]
+    rows: list[dict[str, str | None]] = [
+        {"id": name, "caption": f"a {name} square", "image": f"images/{name}.png"} for name in GOOD
+    ]
     rows += [
         {"id": "cut", "caption": "a partial download", "image": "images/cut.png"},
         {"id": "gone", "caption": "a file that is not there", "image": "images/gone.png"},
@@ -61,19 +67,20 @@ def table(tmp_path: Path) -> Path:
     return src
 
 
-def _run(src: Path | pd.DataFrame, tmp_path: Path, **options: Any) -> qsync.RunResult:
+def _run(src: Path | pd.DataFrame, tmp_path: Path, **options: Any) -> RunResult:
     opts: dict[str, Any] = {
         "collection": "photos", "db": tmp_path / "q.duckdb", "qdrant_path": tmp_path / "qdrant",
         "model": G2, "dimensions": 128, "text_column": "caption", "image_column": "image", "batch_size": 4,
         **options,
     }  # fmt: skip
-    result = qsync.run(src, settings=FAST, **opts)
+    result: RunResult = qsync.run(src, settings=FAST, **opts)
     assert result.ok, result.message
     return result
 
 
 def _rows(tmp_path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in open_store(tmp_path / "q.duckdb").query_rows(sql, list(params))]
+    with Ledger(tmp_path / "q.duckdb", create=False) as ledger:
+        return [tuple(r) for r in ledger.query_rows(sql, list(params))]
 
 
 def _embed_calls(emu: GeminiEmulator) -> int:
@@ -82,7 +89,8 @@ def _embed_calls(emu: GeminiEmulator) -> int:
 
 def _expected(caption: str, data: bytes, mime: str = "image/png") -> np.ndarray:
     vector = emulated_vector(G2, "title: none | text: " + caption + media_key(mime, data), 128)
-    return vector / np.linalg.norm(vector)
+    unit: np.ndarray = vector / np.linalg.norm(vector)
+    return unit
 
 
 def test_an_image_job_loads_the_good_files_and_skips_each_bad_one_with_its_reason(
@@ -92,7 +100,7 @@ def test_an_image_job_loads_the_good_files_and_skips_each_bad_one_with_its_reaso
     points = qdrant_points(tmp_path / "qdrant", "photos")
     assert sorted(p["id"] for _, p in points.values()) == sorted(GOOD)
     for name, rgb in GOOD.items():
-        vector, _ = points[qsync.point_id(name)]
+        vector, _ = points[point_id(name)]
         np.testing.assert_allclose(vector, _expected(f"a {name} square", png(rgb)), atol=1e-5)
     skipped = qsync.skipped(result.job_id, db=tmp_path / "q.duckdb")
     reasons = dict(zip(skipped["record_id"], skipped["reason"], strict=True))
@@ -128,7 +136,7 @@ def test_a_resync_pays_again_only_for_the_changed_file_and_search_finds_images_b
     assert _embed_calls(emulator) == calls + 1
     assert emulator.stats()["texts_embedded"] == 4  # red, green, blue, then the new green alone
     assert _rows(tmp_path, "SELECT sum(embedded_texts) FROM batches WHERE job_id = ?", changed.job_id) == [(1,)]
-    vector, _ = qdrant_points(tmp_path / "qdrant", "photos")[qsync.point_id("green")]
+    vector, _ = qdrant_points(tmp_path / "qdrant", "photos")[point_id("green")]
     np.testing.assert_allclose(vector, _expected("a green square", png((0, 128, 0))), atol=1e-5)
 
     hits = qsync.search(changed.job_id, "a red bicycle", db=tmp_path / "q.duckdb")
@@ -145,7 +153,7 @@ def test_a_dataframe_of_pdf_bytes_is_kept_beside_the_store_and_a_long_pdf_is_ski
     )
     result = _run(frame, tmp_path, image_column=None, document_column="doc", text_column="text")
     points = qdrant_points(tmp_path / "qdrant", "photos")
-    vector, _ = points[qsync.point_id("1")]
+    vector, _ = points[point_id("1")]
     np.testing.assert_allclose(vector, _expected("two pages", pdf(2), "application/pdf"), atol=1e-5)
     assert len(points) == 1
     reasons = list(qsync.skipped(result.job_id, db=tmp_path / "q.duckdb")["reason"])
@@ -166,7 +174,7 @@ def test_media_columns_need_gemini_embedding_2(tmp_path: Path, table: Path, emul
 
 def test_a_job_without_captions_embeds_the_images_alone(tmp_path: Path, table: Path, emulator: GeminiEmulator) -> None:
     _run(table, tmp_path, text_column=None)
-    vector, _ = qdrant_points(tmp_path / "qdrant", "photos")[qsync.point_id("red")]
+    vector, _ = qdrant_points(tmp_path / "qdrant", "photos")[point_id("red")]
     expected = emulated_vector(G2, media_key("image/png", png(GOOD["red"])), 128)
     np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-5)
 
@@ -177,7 +185,7 @@ def test_a_parquet_blob_column_holds_the_images_themselves(tmp_path: Path, emula
         {"id": ["red", "cut"], "image": [png(GOOD["red"]), png(GOOD["red"])[:-20]], "caption": ["a", "b"]}
     ).to_parquet(src)
     result = _run(src, tmp_path)
-    vector, _ = qdrant_points(tmp_path / "qdrant", "photos")[qsync.point_id("red")]
+    vector, _ = qdrant_points(tmp_path / "qdrant", "photos")[point_id("red")]
     np.testing.assert_allclose(vector, _expected("a", png(GOOD["red"])), atol=1e-5)
     assert "corrupt PNG" in qsync.skipped(result.job_id, db=tmp_path / "q.duckdb")["reason"][0]
 
@@ -205,7 +213,7 @@ def test_the_estimates_of_the_sample_set_count_media_within_five_percent_of_the_
     # Planned as a notebook plans (the estimate recorded with the job), then run.
     job = prepare(source, collection="media", db=db, qdrant_path=tmp_path / "qdrant", model=G2, dimensions=128,
                   batch_size=8, **columns)  # fmt: skip
-    result = qsync.run_job(job, db=db, settings=FAST)
+    result = qsync.resume(job, db=db, settings=FAST)
     assert result.ok, result.message
     metered = {"tokens": emulator.tokens_metered, "usd": emulator.usd_metered}
     media = emulator.tokens_by_modality["IMAGE"] + emulator.tokens_by_modality["DOCUMENT"]
@@ -216,12 +224,12 @@ def test_the_estimates_of_the_sample_set_count_media_within_five_percent_of_the_
     assert before["cost_usd_batch_mode"] is None  # Batch Mode takes no media job
     assert "PDF pages at 258" in before["tokens_basis"]
     # The estimate recorded at plan time agrees, and so does the job's own ledger.
-    recorded = qsync.recorded_estimate(result.job_id, db=db)
+    recorded = reading.recorded_estimate(result.job_id, db=db)
     assert recorded is not None and recorded["media_tokens"] == media
     assert recorded["tokens"] == pytest.approx(metered["tokens"], rel=TOLERANCE)
     assert recorded["cost_usd"] == pytest.approx(metered["usd"], rel=TOLERANCE)
-    versus = qsync.estimate_vs_actual(result.job_id, db=db).set_index("figure")
-    assert abs(versus.loc["cost_usd", "error_pct"]) < TOLERANCE * 100
+    versus = reading.estimate_vs_actual(result.job_id, db=db).set_index("figure")
+    assert abs(float(versus["error_pct"].loc["cost_usd"])) < TOLERANCE * 100
     # The SDK drops the API's per-modality split: qsync's split of each batch is marked as estimated.
     batches = qsync.batches(result.job_id, db=db)
     assert batches["media_tokens"].sum() == pytest.approx(media, rel=0.02)

@@ -25,17 +25,20 @@ from qsync_testing import (
 )
 
 import qsync
+from qsync.app import reading
+from qsync.app.session import JobHandle
 from qsync.embedders.hashing import hash_vector
 from qsync.formatting import usd
 from qsync.notebook import BatchInspector, CostPanel, JobMonitor, Launcher, RateMeter
+from qsync.notebook.form import parse_budget
 from qsync.notebook.formatting import humanize
-from qsync.notebook.launcher import parse_budget
+from qsync.spec.target import point_id
 
 NOTEBOOKS = REPO / "notebooks"
 
 
 def _execute(name: str, env: dict[str, str]) -> nbformat.NotebookNode:
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nb: nbformat.NotebookNode = nbformat.read(NOTEBOOKS / name, as_version=4)  # type: ignore[no-untyped-call]
     old = dict(os.environ)
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
@@ -111,8 +114,8 @@ def test_the_images_notebook_loads_the_sample_skips_the_bad_rows_and_shows_thumb
     assert "has 8 pages" in qsync.skipped("media:documents", db=db)["reason"][0]
     assert "no_such_photo.jpg does not exist" in text, "the notebook shows the skips with their reasons"
     # The plan-time estimate counted the images: it is near what the job spent (emulator: exactly metered).
-    versus = qsync.estimate_vs_actual("media:images", db=db).set_index("figure")
-    assert abs(versus.loc["cost_usd", "error_pct"]) < 5 and "estimated by qsync" in text
+    versus = reading.estimate_vs_actual("media:images", db=db).set_index("figure")
+    assert abs(float(versus["error_pct"].loc["cost_usd"])) < 5 and "estimated by qsync" in text
     # "a cat": the two best hits are the photo of Chelsea the cat, an inline thumbnail, and the cat-care
     # PDF, shown as a page (offline, the emulator ranks by caption words: both captions say "cat").
     top = _widget_value(nb, '"a cat"').split('class="qsync-thumbnail"')[1:3]
@@ -134,19 +137,21 @@ def _launcher(tmp_path: Path, n: int = 1500, **defaults: Any) -> Launcher:
 
 def test_the_form_offers_the_source_columns_and_only_the_embedders_fields(tmp_path: Path) -> None:
     launcher = _launcher(tmp_path)
-    assert launcher.id_column.value == "id" and launcher.text_column.value == "text"
-    assert set(launcher.payload_columns.options) == {"id", "text", "n"} and launcher.payload_columns.value == ()
-    assert launcher.gemini_fields.layout.display == "none", "no model or rate fields for the hashing embedder"
-    launcher.embedder.value = "gemini"
-    assert launcher.gemini_fields.layout.display == ""
-    assert launcher.media_fields.layout.display == "none", "media columns need gemini-embedding-2"
-    assert launcher._spec_options()["image_column"] is None
-    launcher.model.value = "gemini-embedding-2"
-    assert launcher.media_fields.layout.display == ""
-    assert [v for _, v in launcher.image_column.options] == ["", "id", "text", "n"]
-    launcher.image_column.value = "text"
-    assert launcher._spec_options()["image_column"] == "text"
-    assert launcher._spec_options()["document_column"] is None
+    assert launcher.form.id_column.value == "id" and launcher.form.text_column.value == "text"
+    assert (
+        set(launcher.form.payload_columns.options) == {"id", "text", "n"} and launcher.form.payload_columns.value == ()
+    )
+    assert launcher.form.gemini_fields.layout.display == "none", "no model or rate fields for the hashing embedder"
+    launcher.form.embedder.value = "gemini"
+    assert launcher.form.gemini_fields.layout.display == ""
+    assert launcher.form.media_fields.layout.display == "none", "media columns need gemini-embedding-2"
+    assert launcher.form.spec_options()["image_column"] is None
+    launcher.form.model.value = "gemini-embedding-2"
+    assert launcher.form.media_fields.layout.display == ""
+    assert [v for _, v in launcher.form.image_column.options] == ["", "id", "text", "n"]
+    launcher.form.image_column.value = "text"
+    assert launcher.form.spec_options()["image_column"] == "text"
+    assert launcher.form.spec_options()["document_column"] is None
     assert parse_budget("") is None and parse_budget(" $2.50 ") == 2.5
     with pytest.raises(ValueError, match="empty for no cap"):
         parse_budget("0")
@@ -154,7 +159,7 @@ def test_the_form_offers_the_source_columns_and_only_the_embedders_fields(tmp_pa
 
 def test_start_pause_resume_from_the_widgets_answer_at_once(tmp_path: Path) -> None:
     launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
-    launcher.payload_columns.value = ("n",)
+    launcher.form.payload_columns.value = ("n",)
     started = time.monotonic()
     launcher.start_button.click()
     assert time.monotonic() - started < 1.0 and "planning" in launcher.message.value
@@ -206,18 +211,21 @@ def test_cancel_asks_first_and_differs_from_pause(tmp_path: Path) -> None:
 def test_a_rerun_notebook_finds_its_job_and_a_resync_resumes_as_itself(tmp_path: Path) -> None:
     db = tmp_path / "q.duckdb"
     first = _launcher(tmp_path, n=600)
-    first.payload_columns.value = ("n",)
-    first.budget.value = "3"
+    first.form.payload_columns.value = ("n",)
+    first.form.budget.value = "3"
     first.start()
     assert first.wait(60) is not None
     # A re-sync (c:src#2) paused part-way, as a kernel restart would leave it after the notebook re-ran.
     write_records(tmp_path / "src.jsonl", make_records(1500, prefix="changed"))
     second = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
-    assert second.payload_columns.value == ("n",) and second.budget.value == "3", "the form shows the stored job"
+    assert second.form.payload_columns.value == ("n",) and second.form.budget.value == "3", (
+        "the form shows the stored job"
+    )
     second.start()
     wait_for(lambda: second.job == "c:src#2" and _processed(db, "c:src#2") >= 200, 60)
     second.pause()
-    assert second.wait(30).status == "paused"  # type: ignore[union-attr]
+    paused = second.wait(30)
+    assert paused is not None and paused.status == "paused"
     third = _launcher(tmp_path, embedder_options={"latency_s": 0.05})  # Run All after a kernel restart
     assert third.job == "c:src#2" and not third.resume_button.disabled
     assert "already done" in third.message.value and "already paid" in third.message.value
@@ -234,14 +242,14 @@ def test_a_form_that_differs_from_the_unfinished_job_offers_two_ways_on(tmp_path
     wait_for(lambda: launcher.job and _processed(tmp_path / "q.duckdb", launcher.job), 60)
     launcher.pause()
     launcher.wait(30)
-    launcher.dimensions.value = 48
+    launcher.form.dimensions.value = 48
     launcher.start()
     launcher.wait(30)
     assert launcher.mismatch.layout.display == ""
     text = launcher.mismatch_text.value
     assert "dimensions: the job has 32, this form has 48" in text and "Resume as stored" in text and "--" not in text
     launcher.as_stored_button.click()
-    assert launcher.dimensions.value == 32
+    assert launcher.form.dimensions.value == 32
     result = launcher.wait(60)
     assert result is not None and result.ok and result.job_id == "c:src"
 
@@ -286,8 +294,9 @@ def test_rate_and_eta_do_not_jump_after_resume() -> None:
     assert meter.rate() is None, "no rate from a burst"
     for t in range(1, 31):
         meter.add(100.0 + t, 3400 + 50 * t)
-    assert meter.rate() == pytest.approx(50, rel=0.3)
-    assert meter.eta_s(1000) == pytest.approx(1000 / meter.rate())  # type: ignore[operator]
+    rate = meter.rate()
+    assert rate is not None and rate == pytest.approx(50, rel=0.3)
+    assert meter.eta_s(1000) == pytest.approx(1000 / rate)
 
 
 def test_dollars_read_the_same_everywhere() -> None:
@@ -304,14 +313,16 @@ def test_search_and_background_runs_from_a_cell(tmp_path: Path) -> None:
     write_records(src, make_records(800))
     handle = qsync.run(src, background=True, db=db, collection="c", dimensions=32, batch_size=50,
                        payload_columns=["n"], embedder_options={"latency_s": 0.05})  # fmt: skip
-    assert isinstance(handle, qsync.JobHandle) and handle.job_id == "c:src"
+    assert isinstance(handle, JobHandle) and handle.job_id == "c:src"
     wait_for(lambda: handle.figures is not None and handle.figures.processed_records > 0, timeout=60)
     handle.pause()
     result = handle.wait(30)
     assert result is not None and result.status == "paused"
     again = qsync.start(src, db=db, collection="c", dimensions=32, batch_size=50, payload_columns=["n"])
-    assert again.job_id == "c:src" and again.wait(60).ok  # type: ignore[union-attr]
-    assert qsync.recorded_estimate("c:src", db=db) is not None
+    assert again.job_id == "c:src"
+    again_result = again.wait(60)
+    assert again_result is not None and again_result.ok
+    assert reading.recorded_estimate("c:src", db=db) is not None
     found = qsync.search("c:src", "text 7 violin maple river", limit=3, db=db)
     assert list(found.columns) == ["score", "id", "n", "text"] and found["id"].iloc[0] == "r7"
     out = run_qsync("search", "c:src", "text 7 violin maple river", "--limit", "2", "--db", str(db), "--json")
@@ -322,7 +333,7 @@ def test_search_and_background_runs_from_a_cell(tmp_path: Path) -> None:
 
 
 def test_the_emulator_cli_offers_its_faults() -> None:
-    out = subprocess.run([sys.executable, "-m", "qsync.emulator", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "qsync.testing", "--help"], capture_output=True, text=True,
                          env=qsync_env(), check=True)  # fmt: skip
     for option in ("--server-error-rate", "--texts-per-minute", "--tokens-per-minute", "--slow-rate",
                    "--reset-rate", "--invalid-key", "--texts-per-day"):  # fmt: skip
@@ -351,6 +362,7 @@ def test_attach_follows_a_job_run_by_the_cli(tmp_path: Path) -> None:
 @pytest.mark.reliability
 def test_a_job_whose_kernel_dies_resumes_from_a_fresh_kernel(tmp_path: Path) -> None:
     from jupyter_client.manager import start_new_kernel
+    from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
     src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
     records = make_records(1500)
@@ -365,7 +377,9 @@ launcher.start()
     try:
         client.execute_interactive(start, timeout=60)
         wait_for(lambda: _processed(db, "nb") >= 300, timeout=60)
-        os.kill(manager.provisioner.pid, signal.SIGKILL)  # the kernel dies mid-job (a zombie until reaped)
+        provisioner = manager.provisioner
+        assert isinstance(provisioner, LocalProvisioner) and provisioner.pid is not None
+        os.kill(provisioner.pid, signal.SIGKILL)  # the kernel dies mid-job (a zombie until reaped)
         wait_for(lambda: qsync.status("nb", db=db)["status"] == "stale", timeout=30)
     finally:
         client.stop_channels()
@@ -375,7 +389,7 @@ launcher.start()
     manager, client = start_new_kernel(kernel_name="python3", env=qsync_env())
     try:
         reply = client.execute_interactive(
-            f"import qsync\nresult = qsync.run_job('nb', db={str(db)!r})\nassert result.ok, result",
+            f"import qsync\nresult = qsync.resume('nb', db={str(db)!r})\nassert result.ok, result",
             timeout=120,
         )
         assert reply["content"]["status"] == "ok", reply["content"]
@@ -385,7 +399,7 @@ launcher.start()
     points = qdrant_points(db.with_suffix(".qdrant"), "c")
     assert len(points) == 1500
     for r in records:
-        vector, _ = points[qsync.point_id(r["id"])]
+        vector, _ = points[point_id(r["id"])]
         assert abs(float(vector @ hash_vector(r["text"], 32)) - 1.0) < 1e-5
     assert qsync.cost("nb", db=db).iloc[0]["resume_skipped_records"] >= done_before
 

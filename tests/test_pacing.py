@@ -8,10 +8,10 @@ from datetime import datetime
 
 import pytest
 
-from qsync.control import Control, Interrupted
-from qsync.errors import RateLimited, TransientError
-from qsync.ratelimit import RateLimiter
-from qsync.retry import Retrier, RetryPolicy
+from qsync.engine.control import Control
+from qsync.engine.ratelimit import RateLimiter
+from qsync.engine.retry import Retrier, RetryPolicy
+from qsync.errors import Interrupted, RateLimited, TransientError
 
 
 class FakeClock:

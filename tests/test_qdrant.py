@@ -17,11 +17,14 @@ from qsync_testing import make_records, qdrant_points, qsync_env, sdk_emulator, 
 
 import qsync
 from qsync.embedders.hashing import hash_vector
-from qsync.emulator import GeminiEmulator, emulated_vector
+from qsync.engine.runner import RunResult
 from qsync.errors import ConfigError, TransientError
-from qsync.sink import CollectionOptions, QdrantSink, SinkSpec
+from qsync.sink.factory import open_sink as QdrantSink
 from qsync.sink.shards import open_shard
-from qsync.spec import RunSettings
+from qsync.spec.settings import RunSettings
+from qsync.spec.target import CollectionOptions, SinkSpec, point_id
+from qsync.testing.emulator import GeminiEmulator
+from qsync.testing.gemini_model import emulated_vector
 
 SECRET = "qdrant-test-key"
 FAST = RunSettings(concurrency=2, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2, texts_per_minute=10**7)
@@ -37,12 +40,13 @@ def _embedded(emu: GeminiEmulator) -> int:
     return sum(emu.texts_embedded.values())
 
 
-def _run(src: Path, tmp_path: Path, **options: Any) -> qsync.RunResult:
+def _run(src: Path, tmp_path: Path, **options: Any) -> RunResult:
     options.setdefault("dimensions", 32)
-    return qsync.run(
+    result: RunResult = qsync.run(
         src, collection=options.pop("collection", "c"), db=tmp_path / "q.duckdb", qdrant_path=tmp_path / "qdrant",
         settings=FAST, **options,
     )  # fmt: skip
+    return result
 
 
 def _collection(tmp_path: Path, name: str = "c", vector: str | None = None) -> dict[str, tuple[Any, dict[str, Any]]]:
@@ -51,7 +55,8 @@ def _collection(tmp_path: Path, name: str = "c", vector: str | None = None) -> d
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v)
+    unit: np.ndarray = v / np.linalg.norm(v)
+    return unit
 
 
 @pytest.mark.reliability
@@ -65,15 +70,12 @@ def test_verify_finds_exactly_the_points_removed_behind_its_back_and_repair_need
     assert result.ok
     assert qsync.verify("j", db=tmp_path / "q.duckdb").ok
 
-    from qdrant_edge import Point, UpdateOperation
-
     removed = ["r3", "r77", "r150", "r151", "r399"]
     with open_shard(tmp_path / "qdrant" / "c") as shared:  # behind qsync's back, straight into the shard
-        shared.update(UpdateOperation.delete_points([qsync.point_id(r) for r in removed]))  # type: ignore[arg-type]
-        shared.update(UpdateOperation.set_payload([qsync.point_id("r10")], {"id": "someone-else"}))
-        shared.durable(
-            shared.update(UpdateOperation.upsert_points([Point(qsync.point_id("stranger"), [0.1] * 32, {})]))
-        )
+        shared.update(0, "delete", [point_id(r) for r in removed])
+        shared.update(0, "set_payload", point_id("r10"), {"id": "someone-else"})
+        stranger = np.full((1, 32), 0.1, dtype=np.float32)
+        shared.durable(shared.upsert([point_id("stranger")], None, stranger, [{}]))
 
     report = qsync.verify("j", db=tmp_path / "q.duckdb")
     assert not report.ok
@@ -187,7 +189,7 @@ def test_collection_options_and_a_distance_mismatch(tmp_path: Path) -> None:
     config = json.loads((tmp_path / "qdrant" / "c" / "edge_config.json").read_text())
     assert config["vectors"] == {"": {"size": 32, "distance": "Dot", "on_disk": True}}
     with open_shard(tmp_path / "qdrant" / "c") as shared:
-        assert str(shared.shard.info().payload_schema["n"].data_type) == "PayloadSchemaType.Integer"
+        assert shared.call("payload_schema") == {"n": "PayloadSchemaType.Integer"}
     # Refused before a job is even planned: nothing is left behind that could only fail.
     with pytest.raises(ConfigError, match="holds vectors of size 32, but this job makes 48"):
         _run(src, tmp_path, job="wider", embedder="hash", distance="dot", dimensions=48)
@@ -201,7 +203,8 @@ def test_collection_options_and_a_distance_mismatch(tmp_path: Path) -> None:
 # open shard deletes files under the holder, so its last flush fails if the waiter ever tried to load.
 HOLDERS = {
     "qsync": """
-        from qsync.sink import QdrantSink, SinkSpec
+        from qsync.sink.factory import open_sink as QdrantSink
+        from qsync.spec.target import SinkSpec
         sink = QdrantSink(SinkSpec(path=QDRANT), "c", 16)
         sink.ensure_collection()
         print("holding", flush=True)
@@ -242,7 +245,8 @@ def test_a_qdrant_folder_held_by_another_process_is_waited_for(tmp_path: Path, h
 def test_a_busy_shard_is_a_transient_error_naming_the_folder(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", f"import time\nQDRANT = {str(tmp_path)!r}\n" + textwrap.dedent("""
-            from qsync.sink import QdrantSink, SinkSpec
+            from qsync.sink.factory import open_sink as QdrantSink
+            from qsync.spec.target import SinkSpec
             sink = QdrantSink(SinkSpec(path=QDRANT), "c", 4)
             sink.ensure_collection()
             print("holding", flush=True)
@@ -288,9 +292,9 @@ def test_query_finds_the_nearest_point_on_edge_and_in_memory(tmp_path: Path) -> 
         sink.ensure_collection()
         sink.upsert(ids, vectors, [{"id": i} for i in ids])
         hits = sink.query(vectors[17] + 0.01, limit=3)
-        assert len(hits) == 3 and hits[0].point_id == qsync.point_id("p17") and hits[0].payload == {"id": "p17"}
-        sink.delete([qsync.point_id("p17")])
-        assert qsync.point_id("p17") not in {h.point_id for h in sink.query(vectors[17], limit=3)}
+        assert len(hits) == 3 and hits[0].point_id == point_id("p17") and hits[0].payload == {"id": "p17"}
+        sink.delete([point_id("p17")])
+        assert point_id("p17") not in {h.point_id for h in sink.query(vectors[17], limit=3)}
         assert sum(1 for _ in sink.scan(page=7)) == 49
         sink.close()
 

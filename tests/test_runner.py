@@ -13,14 +13,18 @@ import pytest
 from qsync_testing import make_records, qdrant_points, wait_for, write_records
 
 import qsync
-from qsync.checkpoint import Checkpoint
-from qsync.embedders.base import EmbedResult
+from qsync.app import reading
+from qsync.app.jobs import create_job, make_runner
 from qsync.embedders.hashing import HashingEmbedder
-from qsync.errors import PermanentError
-from qsync.runner import Runner
-from qsync.sink import QdrantSink, SinkSpec
+from qsync.embedders.protocol import EmbedResult
+from qsync.engine.events import BatchFinished, Notice, Progress
+from qsync.engine.runner import Runner
+from qsync.errors import ConfigError, LeaseHeld, PermanentError
+from qsync.ledger.run import LeasedJob
 from qsync.sink.edge import EdgeSink
-from qsync.spec import RunSettings
+from qsync.sink.factory import open_sink as QdrantSink
+from qsync.spec.settings import RunSettings
+from qsync.spec.target import SinkSpec
 
 FAST = RunSettings(concurrency=2, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2)
 
@@ -41,8 +45,8 @@ class RecordingEmbedder(HashingEmbedder):
 class UnreachableFirstSink(EdgeSink):
     """Upserts go to a Qdrant server that is not there (a closed port) for the first `failures` calls."""
 
-    def __init__(self, real: QdrantSink, failures: int) -> None:
-        super().__init__(real.spec, real.collection, real.dimensions)
+    def __init__(self, real: EdgeSink, failures: int) -> None:
+        super().__init__(real.spec, real.collection, real.dimensions, real.options)
         self.failures = failures
         self.acknowledged: list[list[str]] = []
         self._down = QdrantSink(SinkSpec(url="http://127.0.0.1:9"), real.collection, real.dimensions)
@@ -59,12 +63,20 @@ class UnreachableFirstSink(EdgeSink):
 def _plan(tmp_path: Path, n: int = 400, job: str = "j", src_name: str = "src.jsonl") -> tuple[Path, Path]:
     src, db = tmp_path / src_name, tmp_path / "q.duckdb"
     write_records(src, make_records(n))
-    qsync.create_job(src, collection="c", job=job, db=db, qdrant_path=tmp_path / "qdrant", dimensions=32, batch_size=50)
+    create_job(src, collection="c", job=job, db=db, qdrant_path=tmp_path / "qdrant", dimensions=32, batch_size=50)
     return src, db
 
 
 def _runner(db: Path, job: str = "j", embedder: Any = None, **kw: Any) -> Runner:
-    return qsync.make_runner(job, db=db, settings=kw.pop("settings", FAST), embedder=embedder, **kw)
+    return make_runner(job, db=db, settings=kw.pop("settings", FAST), embedder=embedder, **kw)
+
+
+def _stored_sink(db: Path, job: str = "j") -> EdgeSink:
+    """The job's own sink, as its spec builds it (to wrap in a test's fake)."""
+    spec = reading.stored_job(job, db=db).spec
+    sink = QdrantSink(spec.sink, spec.collection, spec.embedder.dimensions, spec.collection_options, base=db.parent)
+    assert isinstance(sink, EdgeSink)
+    return sink
 
 
 def test_second_job_over_the_same_texts_embeds_nothing(tmp_path: Path) -> None:
@@ -73,7 +85,7 @@ def test_second_job_over_the_same_texts_embeds_nothing(tmp_path: Path) -> None:
     assert _runner(db, embedder=first).run().ok
     assert sum(map(len, first.calls)) == 400
 
-    qsync.create_job(src, collection="c2", job="again", db=db, qdrant_path=tmp_path / "qdrant", dimensions=32)
+    create_job(src, collection="c2", job="again", db=db, qdrant_path=tmp_path / "qdrant", dimensions=32)
     second = RecordingEmbedder()
     assert _runner(db, "again", embedder=second).run().ok
     assert second.calls == []
@@ -85,12 +97,11 @@ def test_second_job_over_the_same_texts_embeds_nothing(tmp_path: Path) -> None:
 @pytest.mark.reliability
 def test_unreachable_qdrant_fails_batches_which_complete_later_never_done_early(tmp_path: Path) -> None:
     _, db = _plan(tmp_path)
-    stored = _runner(db, embedder=RecordingEmbedder())
-    flaky = UnreachableFirstSink(stored.sink, failures=5)
+    flaky = UnreachableFirstSink(_stored_sink(db), failures=5)
     notices: list[Any] = []
-    runner = Runner(
-        stored.store, "j", stored.spec, stored.embedder, flaky, FAST, None, stored.embedder_signature,
-        listeners=[lambda e: notices.append(e) if isinstance(e, qsync.Notice) else None],
+    runner = _runner(
+        db, embedder=RecordingEmbedder(), sink=flaky,
+        listeners=[lambda e: notices.append(e) if isinstance(e, Notice) else None],
     )  # fmt: skip
     result = runner.run()
     assert result.ok, result.message
@@ -100,7 +111,7 @@ def test_unreachable_qdrant_fails_batches_which_complete_later_never_done_early(
     assert (batches.status == "done").all()
     # Every batch marked done had its upsert acknowledged; each refusal was announced with its reason.
     assert sorted(map(tuple, flaky.acknowledged)) == sorted(
-        tuple(qsync.batch_records("j", b, db=db).record_id) for b in range(8)
+        tuple(reading.batch_records("j", b, db=db).record_id) for b in range(8)
     )
     refusals = [n.text for n in notices if "trying again" in n.text]
     assert len(refusals) == 5 and all("unreachable" in r for r in refusals)
@@ -111,8 +122,8 @@ def test_unreachable_qdrant_fails_batches_which_complete_later_never_done_early(
 class FlushWatchingSink(EdgeSink):
     """Records which write each record went out in, and how far the flushes have come."""
 
-    def __init__(self, real: QdrantSink) -> None:
-        super().__init__(real.spec, real.collection, real.dimensions)
+    def __init__(self, real: EdgeSink) -> None:
+        super().__init__(real.spec, real.collection, real.dimensions, real.options)
         self.write_of: dict[str, int] = {}
         self.durable_up_to = 0
         self.flush_calls = 0
@@ -134,20 +145,18 @@ def test_a_batch_is_marked_done_only_once_a_flush_covers_its_points_and_flushes_
     # A SIGKILL cannot show this (Edge's WAL survives a killed process without a flush; only a lost machine
     # would expose a batch marked done too early), so the order is watched where it happens.
     _, db = _plan(tmp_path, n=2000)
-    stored = _runner(db, embedder=RecordingEmbedder())
-    sink = FlushWatchingSink(stored.sink)
+    sink = FlushWatchingSink(_stored_sink(db))
     marked: list[str] = []
-    real_complete = Checkpoint.complete
+    real_complete = LeasedJob.complete
 
-    def complete(self: Checkpoint, batches: Any) -> None:
+    def complete(self: LeasedJob, batches: Any) -> None:
         for done in batches:
             assert all(sink.write_of[r] <= sink.durable_up_to for r in done.work.record_ids), done.work.batch_no
             marked.extend(done.work.record_ids)
         real_complete(self, batches)
 
-    monkeypatch.setattr(Checkpoint, "complete", complete)
-    runner = Runner(stored.store, "j", stored.spec, stored.embedder, sink, replace(FAST, concurrency=4), None,
-                    stored.embedder_signature)  # fmt: skip
+    monkeypatch.setattr(LeasedJob, "complete", complete)
+    runner = _runner(db, embedder=RecordingEmbedder(), sink=sink, settings=replace(FAST, concurrency=4))
     assert runner.run().ok
     assert sorted(marked) == sorted(sink.write_of) and len(marked) == 2000
     # 40 batches, but far fewer flushes: a group of batches shares one (each costs ~10 ms + ~4 ms per 100 points).
@@ -162,7 +171,7 @@ def test_a_flush_that_fails_fails_its_group_and_a_resume_loads_it_from_the_cache
     broken: list[Path] = []
 
     def break_the_shard(event: Any) -> None:
-        if isinstance(event, qsync.BatchFinished) and not broken:
+        if isinstance(event, BatchFinished) and not broken:
             broken.extend((tmp_path / "qdrant" / "c").rglob("tracker_journal.dat"))
             for journal in broken:
                 journal.unlink()
@@ -185,6 +194,7 @@ def test_failing_batches_end_the_job_failed_and_resume_retries_them(tmp_path: Pa
     _, db = _plan(tmp_path)
     result = _runner(db, embedder=RecordingEmbedder(poison="text 120 ")).run()
     assert result.status == "failed"
+    assert result.message is not None
     assert "1 batch failed" in result.message and "rejected a text containing" in result.message
     failed = qsync.batches("j", status="failed", db=db)
     assert list(failed.batch_no) == [2]
@@ -204,12 +214,12 @@ def test_dimension_mismatch_is_refused_before_any_embedding(tmp_path: Path) -> N
     db = tmp_path / "q.duckdb"
     # Planned against an empty Qdrant; the collection is then replaced, behind qsync's back, by one of 32-d
     # vectors: the run checks again before it embeds anything.
-    qsync.create_job(src, collection="c", job="wide", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64)
+    create_job(src, collection="c", job="wide", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64)
     shutil.rmtree(tmp_path / "qdrant" / "c")
     _plan(tmp_path)
     assert _runner(db, embedder=RecordingEmbedder()).run().ok
-    with pytest.raises(qsync.ConfigError, match="holds vectors of size 32, but this job makes 64"):
-        qsync.create_job(src, collection="c", job="wider", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64)
+    with pytest.raises(ConfigError, match="holds vectors of size 32, but this job makes 64"):
+        create_job(src, collection="c", job="wider", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64)
     embedder = RecordingEmbedder(dimensions=64)
     result = _runner(db, "wide", embedder=embedder).run()
     assert result.status == "failed"
@@ -256,7 +266,7 @@ def test_a_second_runner_in_the_same_process_is_refused(tmp_path: Path) -> None:
     thread.start()
     try:
         wait_for(lambda: qsync.status("j", db=db)["status"] == "running")
-        with pytest.raises(qsync.LeaseHeld, match="is being run by process"):
+        with pytest.raises(LeaseHeld, match="is being run by process"):
             _runner(db, embedder=RecordingEmbedder()).run()
     finally:
         first.request_stop()
@@ -269,18 +279,16 @@ def test_listeners_see_start_progress_and_finish(tmp_path: Path) -> None:
     assert _runner(db, embedder=RecordingEmbedder(), listeners=[events.append]).run().ok
     kinds = [type(e).__name__ for e in events]
     assert kinds[0] == "JobStarted" and kinds[-1] == "JobFinished"
-    progress = [e for e in events if isinstance(e, qsync.Progress)]
+    progress = [e for e in events if isinstance(e, Progress)]
     assert [p.done_records for p in progress][-1] == 200
     assert all(a.done_records <= b.done_records for a, b in itertools.pairwise(progress))
 
 
 def test_a_pause_while_waiting_for_qdrant_leaves_the_job_paused_not_failed(tmp_path: Path) -> None:
     _, db = _plan(tmp_path, n=100)
-    stored = _runner(db, embedder=RecordingEmbedder())
     away = QdrantSink(SinkSpec(url="http://127.0.0.1:9"), "c", 32)  # a Qdrant server that is not there
     slow_retries = RunSettings(concurrency=2, retry_base_s=5.0, retry_max_s=5.0, heartbeat_s=0.2)
-    runner = Runner(stored.store, "j", stored.spec, stored.embedder, away, slow_retries, None,
-                    stored.embedder_signature)  # fmt: skip
+    runner = _runner(db, embedder=RecordingEmbedder(), sink=away, settings=slow_retries)
     threading.Timer(0.5, runner.request_stop).start()
     result = runner.run()
     assert result.status == "paused", result.message

@@ -16,7 +16,7 @@ import pytest
 from qsync_testing import make_records, qsync_cmd, qsync_env, run_qsync, status_json, wait_for, write_records
 
 import qsync
-from qsync.emulator import GeminiEmulator
+from qsync.testing.emulator import GeminiEmulator
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 SECRET = "AIzaSPEND-key-0123456789"
@@ -50,7 +50,7 @@ def _spend(db: Path, env: dict[str, str]) -> dict[str, Any]:
 
 def _spend_in_process(db: Path) -> dict[str, Any]:
     """The same figures as `_spend` (the CLI prints qsync.cost), without starting a process for them."""
-    return {k: v.item() if hasattr(v, "item") else v for k, v in qsync.cost("s", db=db).iloc[0].to_dict().items()}
+    return {str(k): v.item() if hasattr(v, "item") else v for k, v in qsync.cost("s", db=db).iloc[0].to_dict().items()}
 
 
 def test_reported_spend_is_never_less_than_metered_across_kills(tmp_path: Path, emulator: GeminiEmulator) -> None:

@@ -1,4 +1,2 @@
-from .base import Embedder, EmbedResult, build_embedder
-from .hashing import HashingEmbedder
-
-__all__ = ["EmbedResult", "Embedder", "HashingEmbedder", "build_embedder"]
+"""Embedders: the interface and its capabilities (`protocol`), the offline hashing embedder, Gemini through
+google-genai, and `build_embedder` (`factory`), which makes one from a job's spec."""

@@ -2,7 +2,7 @@
 
 Each call is made once (the SDK's retries are switched off) and its errors are converted at this
 boundary: 429s, 5xx, timeouts and dropped connections become TransientError carrying RetryInfo.retryDelay
-when the answer has one, for the run's one retry layer (retry.py). A per-day quota pauses the job; an
+when the answer has one, for the run's one retry layer (engine.retry). A per-day quota pauses the job; an
 invalid key stops it; a 400 caused by the content of a request is raised as InvalidInput so the runner can split
 the batch and skip just the guilty record. The API key is read from the environment, handed to the SDK
 and scrubbed from every message qsync produces.
@@ -10,18 +10,29 @@ and scrubbed from every message qsync produces.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import os
 import re
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ..errors import (
+from qsync.catalog.instructions import check_task, default_task, instruct, takes_instructions
+from qsync.catalog.models import (
+    DEFAULT_EMBEDDING_MODEL,
+    default_limits,
+    full_dimensions,
+    max_batch_texts,
+    max_request_bytes,
+    price_per_million,
+)
+from qsync.catalog.tokens import estimate_tokens, media_tokens, text_token_limit
+from qsync.embedders.protocol import EmbedResult, Media, Vectors, split_tokens
+from qsync.errors import (
     ConfigError,
     InvalidInput,
     PauseJob,
@@ -31,15 +42,9 @@ from ..errors import (
     StopJob,
     TransientError,
 )
-from ..mediatokens import media_tokens
-from ..pricing import default_limits, model_info, price_per_million
-from .base import EmbedResult, Vectors
-from .instructions import DOCUMENT_TASK, check_task, instruct, overhead_bytes, takes_instructions
+from qsync.spec.defaults import DEFAULT_DIMENSIONS
 
-if TYPE_CHECKING:
-    from ..media import Media
-
-DEFAULT_MODEL = "gemini-embedding-001"
+DEFAULT_MODEL = DEFAULT_EMBEDDING_MODEL
 # Batch Mode embeddings are marked experimental in the SDK; qsync uses them knowingly.
 warnings.filterwarnings("ignore", message=r"batches\.create_embeddings\(\) is experimental")
 _DELAY = re.compile(r"^([\d.]+)s$")
@@ -50,20 +55,9 @@ def api_key_from_env() -> str | None:
     return os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY") or None
 
 
-def estimate_tokens(text: str) -> int:
-    return max(1, math.ceil(len(text.encode("utf-8")) / 4))
-
-
-def default_task(model: str) -> str:
-    """The record-side task of a model: the document instruction, or the RETRIEVAL_DOCUMENT task type."""
-    return DOCUMENT_TASK if takes_instructions(model) else "RETRIEVAL_DOCUMENT"
-
-
-def text_token_limit(model: str, task: str) -> int:
-    """Tokens a record's own text may have: the model's input limit, less what its instruction takes
-    (the limit counts the whole input; estimated at ~4 bytes per token like the plan's counts)."""
-    limit = int(model_info(model).get("max_text_tokens", 2048))
-    return limit - math.ceil(overhead_bytes(task) / 4) if takes_instructions(model) else limit
+def key_fingerprint(key: str) -> str:
+    """A stand-in for an API key that can be compared and logged without revealing it."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 class GeminiClient:
@@ -78,7 +72,7 @@ class GeminiClient:
             raise ConfigError("Gemini needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")
         self.model = model.removeprefix("models/")
         self.types = types
-        self._secret = key
+        self.secret = key
         # Retries are ours (attempts=1 turns the SDK's off); the timeout is per HTTP call, in ms.
         self.client = genai.Client(
             api_key=key,
@@ -128,25 +122,24 @@ class GeminiClient:
         return PermanentError(text)
 
     def scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return text.replace(self.secret, "***") if self.secret else text
 
 
 class GeminiEmbedder:
-    """One batchEmbedContents call per `embed`; retries and pacing belong to the run (retry.py,
-    ratelimit.py), so a Pause or Ctrl-C reaches every wait."""
+    """One batchEmbedContents call per `embed`; retries and pacing belong to the run (engine.retry,
+    engine.ratelimit), so a Pause or Ctrl-C reaches every wait."""
 
     task_type: str
 
     def __init__(
         self,
-        dimensions: int = 768,
+        dimensions: int = DEFAULT_DIMENSIONS,
         model: str = DEFAULT_MODEL,
         task_type: str | None = None,  # None: the model's record-side task (see default_task)
         price_per_million_tokens: float | None = None,
         timeout_s: float = 60.0,
     ) -> None:
         self.api = GeminiClient(timeout_s=timeout_s, model=model)
-        info = model_info(model)
         self.model = model.removeprefix("models/")
         self.dimensions = dimensions
         self.task_type = task_type or default_task(self.model)
@@ -155,22 +148,14 @@ class GeminiEmbedder:
         self.instructions = takes_instructions(self.model)
         if self.instructions:
             check_task(self.task_type)
-        self.full_dimensions = int(info.get("full_dimensions", 3072))
-        self.max_batch_texts = int(info.get("max_batch_texts", 100))
+        self.full_dimensions = full_dimensions(self.model)
+        self.max_batch_texts = max_batch_texts(self.model)
         self.max_text_tokens = text_token_limit(self.model, self.task_type)
-        self.max_request_bytes = int(info.get("max_request_bytes", 4 * 1024 * 1024))
-        self.price_per_million_tokens = (
-            price_per_million_tokens if price_per_million_tokens is not None else price_per_million(self.model)
-        )
-        # Images and PDF pages are priced apart from text; a model without such a price bills them as text.
-        self.media_price_per_million_tokens = float(
-            info.get("usd_per_million_media_tokens", self.price_per_million_tokens)
-        )
-        self.batch_price_per_million_tokens = (
-            price_per_million_tokens / 2
-            if price_per_million_tokens is not None
-            else price_per_million(self.model, batch_mode=True)
-        )
+        self.max_request_bytes = max_request_bytes(self.model)
+        override = price_per_million_tokens
+        self.price_per_million_tokens = price_per_million(self.model, override=override)
+        self.media_price_per_million_tokens = price_per_million(self.model, media=True, override=override)
+        self.batch_price_per_million_tokens = price_per_million(self.model, batch_mode=True, override=override)
         texts, tokens = default_limits()
         self.default_limits: tuple[float | None, float | None] = (float(texts), float(tokens))
         self._types = self.api.types
@@ -180,6 +165,10 @@ class GeminiEmbedder:
         # price costs no extra round trip on the batch's path.
         self.counts_alongside = False
         self._counter = ThreadPoolExecutor(max_workers=8, thread_name_prefix="qsync-count")
+
+    def rate_limit_key(self) -> str:
+        """Gemini's limits are per project and model: one pace for every run of this process with this key."""
+        return f"gemini|{key_fingerprint(self.api.secret)}|{self.model}"
 
     # -- Embedder interface --------------------------------------------------------------------------
 
@@ -366,19 +355,9 @@ def _retry_delay(details: list[dict[str, Any]]) -> float | None:
 
 
 def media_token_estimate(media: Media, caption: str | None, model: str) -> dict[str, int]:
-    """Tokens a media record should cost, per modality, before the API says: its image or pages
-    (mediatokens.py, the one media estimate) and its caption as sent, at ~4 bytes a token."""
-    found = media_tokens(media, model)
+    """Tokens a media record should cost, per modality, before the API says: its image or pages (the one
+    media estimate, catalog.tokens) and its caption as sent, at ~4 bytes a token."""
+    found = media_tokens(media.modality, media.pages, model)
     if caption:
         found["TEXT"] = estimate_tokens(caption)
     return found
-
-
-def split_tokens(total: int, estimates: list[int]) -> list[int]:
-    """Share a per-request token total among its texts in proportion to their estimates, summing exactly."""
-    weight = sum(estimates) or 1
-    raw = [total * e / weight for e in estimates]
-    shares = [int(r) for r in raw]
-    for i in sorted(range(len(raw)), key=lambda i: raw[i] - shares[i], reverse=True)[: total - sum(shares)]:
-        shares[i] += 1
-    return shares

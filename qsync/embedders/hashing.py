@@ -13,11 +13,12 @@ import zlib
 
 import numpy as np
 
-from .base import EmbedResult, Vectors
+from qsync.catalog.tokens import estimate_tokens
+from qsync.embedders.protocol import EmbedResult, Vectors
+from qsync.spec.defaults import DEFAULT_DIMENSIONS, HASH_MODEL
 
 _WORD = re.compile(r"\w+")
-# v2 ignores stop words, so that texts sharing content words (not "a", "of", "the") land near each other.
-MODEL = "qsync-hash-v2"
+MODEL = HASH_MODEL  # v2 ignores stop words, so that texts sharing content words land near each other
 _STOP = frozenset(
     [
         "a",
@@ -74,7 +75,9 @@ class HashingEmbedder:
     max_text_tokens = 2048  # the same limit as gemini-embedding-001, so plans agree across embedders
     price_per_million_tokens = 0.0
 
-    def __init__(self, dimensions: int = 768, latency_s: float = 0.0, price_per_million_tokens: float = 0.0) -> None:
+    def __init__(
+        self, dimensions: int = DEFAULT_DIMENSIONS, latency_s: float = 0.0, price_per_million_tokens: float = 0.0
+    ) -> None:
         if dimensions < 1:
             raise ValueError("dimensions must be positive")
         self.dimensions = dimensions
@@ -83,8 +86,10 @@ class HashingEmbedder:
         # Free, but a rehearsal may price its tokens (--price-per-million) to see what a paid run costs.
         self.price_per_million_tokens = price_per_million_tokens
 
+    # Tokens are counted as the plan estimates them (~4 bytes a token), not as words: a rehearsal's spend, its
+    # estimate beside the actual and what it would cost with Gemini then tell one story.
     def count_tokens(self, texts: list[str]) -> int:
-        return sum(len(tokenize(t)) for t in texts)
+        return sum(estimate_tokens(t) for t in texts)
 
     def embed(self, texts: list[str]) -> EmbedResult:
         if self.latency_s:
@@ -94,4 +99,4 @@ class HashingEmbedder:
             if texts
             else np.zeros((0, self.dimensions), dtype=np.float32)
         )
-        return EmbedResult(vectors=vectors, tokens_per_text=[len(tokenize(t)) for t in texts])
+        return EmbedResult(vectors=vectors, tokens_per_text=[estimate_tokens(t) for t in texts])

@@ -12,14 +12,14 @@ Jobs run in background threads, so the kernel stays free; widgets change from th
 trait assignment, and plots are PNGs set as an Output's `outputs`. The core package never imports this.
 """
 
-from .costs import CostPanel, estimate_beside_actual
-from .formatting import show
-from .inspector import BatchInspector
-from .launcher import Launcher
-from .monitor import JobMonitor, RateMeter
-from .picker import JobPicker
-from .search import SearchBox
-from .thumbnails import thumbnails
+from qsync.notebook.costs import CostPanel, estimate_beside_actual
+from qsync.notebook.formatting import show
+from qsync.notebook.inspector import BatchInspector
+from qsync.notebook.launcher import Launcher
+from qsync.notebook.monitor import JobMonitor, RateMeter
+from qsync.notebook.picker import JobPicker
+from qsync.notebook.search import SearchBox
+from qsync.notebook.thumbnails import thumbnails
 
 __all__ = [
     "BatchInspector",

@@ -5,8 +5,7 @@ Batch Mode, Qdrant storage), tokens per batch and cost over time. Dollars everyw
 from __future__ import annotations
 
 import html
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,85 +13,23 @@ import ipywidgets as widgets
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .. import api, costs, estimates
-from ..config import resolve_db
-from ..embedders.gemini import default_task, text_token_limit
-from ..errors import QsyncError
-from ..formatting import count, duration, gigabytes, number, percent, usd
-from ..pricing import _table, default_limits, media_price_per_million
-from ..ratelimit import SAFETY
-from ..spec import JobSpec
-from ..store import open_store
-from .formatting import error_html, figure_output, frame_html, usd_axis
-from .picker import JobPicker
-
-# Qdrant's sizing rule of thumb: float32 vectors times 1.5 for the index, payload and overhead.
-_BYTES_PER_DIMENSION = 4 * 1.5
-_WHAT_IF_DIMENSIONS = (768, 1536, 3072)
-
-
-def storage_gb(points: int, dimensions: int) -> float:
-    return points * dimensions * _BYTES_PER_DIMENSION / 1024**3
-
-
-def what_if(
-    tokens: int,
-    texts: int,
-    points: int,
-    *,
-    job_model: str | None = None,
-    text_tokens: Sequence[int] = (),
-    media_tokens: int = 0,
-) -> pd.DataFrame:
-    """Dollars, minutes and Qdrant storage of embedding `texts` texts of `tokens` tokens into `points`
-    points, for each priced model, a few dimensions, standard and Batch Mode.
-
-    The models differ in more than price. With `text_tokens` (each distinct text's ~4-bytes estimate), a
-    model whose text limit a text exceeds leaves it out: `too_long` counts those, and its tokens are not
-    priced. And a model that takes its task as an instruction pays for it on every text: `tokens` (as the
-    job's own model, `job_model`, counts them) is adjusted by the difference. With `media_tokens` (the
-    images' and PDF pages' part of `tokens`), only the models that embed media are listed, that part at
-    their media price, and no Batch Mode: qsync submits only texts to it."""
-    own_instruction = costs.instruction_tokens(job_model) if job_model else 0
-    estimated = sum(text_tokens)
-    rows = []
-    for model in costs.embedding_models():
-        info = _table()["models"][model]
-        if media_tokens and not info.get("multimodal"):
-            continue
-        limit = text_token_limit(model, default_task(model))
-        too_long = [t for t in text_tokens if t > limit]
-        kept = texts - len(too_long)
-        # The job's measured tokens, less the share of texts this model would skip, with its instruction.
-        share = 1 - sum(too_long) / estimated if estimated else 1.0
-        own_text = tokens - media_tokens - own_instruction * texts
-        model_tokens = round(own_text * share) + costs.instruction_tokens(model) * kept
-        texts_limit, tokens_limit = (x * SAFETY for x in default_limits())
-        minutes = max(kept / texts_limit, (model_tokens + media_tokens) / tokens_limit) if kept else 0.0
-        modes = ["standard"] if media_tokens else ["standard", "Batch Mode"]
-        priced = costs.TextsEstimate(kept, model_tokens, media_tokens, "")  # text and media at their own prices
-        for dims in _WHAT_IF_DIMENSIONS:
-            if dims > int(info.get("full_dimensions", 3072)):
-                continue
-            for mode in modes:
-                rows.append({
-                    "model": model, "dimensions": dims, "mode": mode, "too_long": len(too_long),
-                    "cost_usd": priced.cost_usd(model, batch_mode=mode == "Batch Mode"),
-                    "time": duration(minutes * 60) if mode == "standard" else "within 24 h",
-                    "qdrant_storage": gigabytes(storage_gb(points, dims)),
-                })  # fmt: skip
-    return pd.DataFrame(rows)
+from qsync.app import reading
+from qsync.errors import QsyncError
+from qsync.formatting import count, number, percent, usd
+from qsync.money.what_if import what_if
+from qsync.notebook.formatting import error_html, figure_output, frame_html, usd_axis
+from qsync.notebook.picker import JobPicker
 
 
 def versus_html(job: str, db: str | Path | None = None) -> str:
     """The estimate recorded when `job` was planned beside what it spent (tokens, dollars, minutes), with
     the error in %, as an HTML table; a sentence when no estimate was recorded."""
-    versus = estimates.estimate_vs_actual(job, db=db)
-    recorded = estimates.recorded_estimate(job, db=db)
+    versus = reading.estimate_vs_actual(job, db=db)
+    recorded = reading.recorded_estimate(job, db=db)
     if versus.empty or recorded is None:
         return (
-            f"<p><i>No estimate was recorded when {html.escape(job)} was planned (it was planned from a terminal "
-            "or by a script). Jobs started from the Launcher or <code>qsync.start</code> record one.</i></p>"
+            f"<p><i>No estimate was recorded when {html.escape(job)} was planned: it was planned by a qsync older "
+            "than the estimate (every job planned since records one, whichever way it was started).</i></p>"
         )
     fmt: dict[str, Callable[[Any], str]] = {"tokens": count, "cost_usd": usd, "minutes": lambda m: number(m, 1)}
     shown = pd.DataFrame({
@@ -105,10 +42,9 @@ def versus_html(job: str, db: str | Path | None = None) -> str:
     media = int(recorded.get("media_tokens") or 0)
     prices = f"priced at {usd(recorded['price_usd_per_million_tokens'])} per 1M tokens"
     if media:  # images and PDF pages have a price of their own
-        config = json.loads(open_store(resolve_db(db), writable=False).query_rows(
-            "SELECT config FROM jobs WHERE job_id = ?", [job])[0][0])  # fmt: skip
-        model = JobSpec.from_dict(config, job_id=job).embedder.resolved_model
-        prices = (f"{count(media)} of the tokens are images or PDF pages at {usd(media_price_per_million(model))} "
+        spec = reading.stored_job(job, db=db).spec
+        media_price = spec.embedder.price_per_million(batch_mode=spec.batch_mode, media=True)
+        prices = (f"{count(media)} of the tokens are images or PDF pages at {usd(media_price)} "
                   f"per 1M, the rest text at {usd(recorded['price_usd_per_million_tokens'])}")  # fmt: skip
     return frame_html(shown, css="qsync-table qsync-versus") + (
         f"<p><small>estimated {when} for {count(recorded['texts_to_embed'])} texts to embed "
@@ -170,9 +106,9 @@ class CostPanel:
             self.summary.value = error_html(str(exc))
 
     def _render(self, job: str) -> None:
-        recorded = estimates.recorded_estimate(job, db=self.db)
+        recorded = reading.recorded_estimate(job, db=self.db)
         self.versus.value = versus_html(job, self.db)
-        spent = costs.cost(job, db=self.db).iloc[0]
+        spent = reading.cost(job, db=self.db).iloc[0]
         rows = [
             ("spent", usd(spent["cost_usd"])), ("tokens", count(spent["tokens"])),
             ("unconfirmed (sent, answer not saved: in flight, or cut off by a crash)",
@@ -190,19 +126,10 @@ class CostPanel:
         self._draw(job)
 
     def _what_if(self, job: str, recorded: dict[str, Any] | None) -> None:
-        store = open_store(self._db(), writable=False)
-        rows = store.query_rows(
-            "SELECT count(*), count(DISTINCT content_hash), coalesce(sum(token_estimate), 0), "
-            "coalesce(sum(media_tokens), 0) FROM manifest WHERE job_id = ?", [job]
-        )  # fmt: skip
-        records, texts, byte_tokens, media_tokens = (int(x) for x in rows[0])
-        text_tokens = [int(r[0]) for r in store.query_rows(
-            "SELECT any_value(token_estimate - coalesce(media_tokens, 0)) FROM manifest WHERE job_id = ? "
-            "GROUP BY content_hash", [job]
-        )]  # fmt: skip
-        config = json.loads(store.query_rows("SELECT config FROM jobs WHERE job_id = ?", [job])[0][0])
-        spec = JobSpec.from_dict(config, job_id=job)
-        info = api.status(job, db=self.db)
+        plan = reading.planned_size(job, db=self.db)
+        records, texts, byte_tokens, media_tokens = plan.records, plan.texts, plan.tokens, plan.media_tokens
+        spec = reading.stored_job(job, db=self.db).spec
+        info = reading.status(job, db=self.db)
         points = int(info["loaded_records"]) + int(info["unchanged_records"]) + int(info["remaining_records"])
         # Gemini's own count when the job is Gemini's and was estimated; else ~4 bytes per token.
         tokens = int(recorded["tokens"]) if recorded and spec.embedder.kind == "gemini" else byte_tokens
@@ -215,7 +142,7 @@ class CostPanel:
                 texts,
                 points,
                 job_model=spec.embedder.resolved_model,
-                text_tokens=text_tokens,
+                text_tokens=plan.text_tokens,
                 media_tokens=media_tokens,
             ),
             css="qsync-table qsync-what-if-table",
@@ -226,18 +153,13 @@ class CostPanel:
             "x 1.5 for the index and payload (Qdrant's rule of thumb).</small></p>"
         )
 
-    def _db(self) -> Path:
-        from ..config import resolve_db
-
-        return resolve_db(self.db)
-
     def _draw(self, job: str) -> None:
-        batches = api.batches(job, db=self.db)
-        over_time = costs.cost_over_time(job, db=self.db)
+        batches = reading.batches(job, db=self.db)
+        over_time = reading.cost_over_time(job, db=self.db)
         if batches.empty or over_time.empty:
             self.plot.outputs = ({"output_type": "display_data", "metadata": {}, "data": {
-                "text/html": "<p><i>No batch has finished yet: nothing to plot.</i></p>",
-                "text/plain": "No batch has finished yet: nothing to plot."}},)  # fmt: skip
+                "text/html": "<p><i>No batch of this job has finished: nothing to plot.</i></p>",
+                "text/plain": "No batch of this job has finished: nothing to plot."}},)  # fmt: skip
             return
         # A bare Figure (not pyplot) draws off-screen without touching the kernel's matplotlib backend.
         fig = Figure(figsize=(9, 2.6))

@@ -16,7 +16,7 @@ from matplotlib.axis import Axis
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from ..formatting import Formatter, column_formatter, count, duration, number, usd
+from qsync.formatting import Formatter, column_formatter, count, duration, number, usd
 
 
 def figure_output(fig: Figure) -> tuple[dict[str, Any], ...]:

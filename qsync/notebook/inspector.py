@@ -13,14 +13,15 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
-from .. import api
-from ..errors import QsyncError
-from ..events import Event, JobFinished
-from ..formatting import count
-from ..runner import RunResult
-from ..session import JobHandle, active_run, start_job
-from .formatting import error_html, frame_html
-from .picker import JobPicker
+from qsync.app import reading
+from qsync.app.session import JobHandle, active_run, start_job
+from qsync.engine.events import Event, JobFinished
+from qsync.engine.runner import RunResult
+from qsync.errors import QsyncError
+from qsync.formatting import count
+from qsync.notebook.formatting import error_html, frame_html
+from qsync.notebook.picker import JobPicker
+from qsync.notebook.ui import KernelSide
 
 PAGE_SIZE = 20
 _STATUSES = ["all", "failed", "pending", "running", "done"]
@@ -43,6 +44,7 @@ class BatchInspector:
         self._frame = pd.DataFrame()
         self._last_refresh = 0.0
         self._fresh = True
+        self.ui = KernelSide()  # a retry's events arrive on its run's thread
         self.summary = widgets.HTML("")
         self.summary.add_class("qsync-batch-summary")
         self.status = widgets.Dropdown(options=_STATUSES, value="all", description="Status",
@@ -117,7 +119,7 @@ class BatchInspector:
         if self.job is None:
             return pd.DataFrame(columns=list(_COLUMNS))
         status = None if self.status.value == "all" else self.status.value
-        frame = api.batches(self.job, status=status, db=self.db)
+        frame = reading.batches(self.job, status=status, db=self.db)
         needle = self.error_filter.value.strip().lower()
         if needle:
             frame = frame[frame["last_error"].fillna("").str.lower().str.contains(needle, regex=False)]
@@ -141,9 +143,9 @@ class BatchInspector:
             return
         self._last_refresh = time.monotonic()
         try:
-            everything = api.batches(self.job, db=self.db)
+            everything = reading.batches(self.job, db=self.db)
             self._frame = self.frame()
-            skipped = api.skipped(self.job, db=self.db)
+            skipped = reading.skipped(self.job, db=self.db)
         except QsyncError as exc:
             self.message.value = error_html(str(exc))
             return
@@ -200,7 +202,7 @@ class BatchInspector:
         if self.job is None:
             return
         batch = int(self.batch_no.value)
-        frame = api.batch_records(self.job, batch, db=self.db)
+        frame = reading.batch_records(self.job, batch, db=self.db)
         self.records.value = f"<b>Records of batch {batch}</b>" + frame_html(
             frame[["ordinal", "record_id", "text"]].rename(columns={"ordinal": "row", "record_id": "id"}),
             f"Batch {batch} does not exist.",
@@ -211,7 +213,7 @@ class BatchInspector:
         if self.job is None:
             return
         if batches is None:
-            failed = api.batches(self.job, status="failed", db=self.db)
+            failed = reading.batches(self.job, status="failed", db=self.db)
             batches = [int(b) for b in failed["batch_no"]]
         if not batches:
             self.message.value = "No failed batch to retry."
@@ -232,6 +234,10 @@ class BatchInspector:
             self._after_retry(self.handle)
 
     def _on_event(self, event: Event) -> None:
+        """A listener of the retry's run (called on its thread)."""
+        self.ui.call(self._heard, event)
+
+    def _heard(self, event: Event) -> None:
         if isinstance(event, JobFinished):
             self._done_retrying()
         elif time.monotonic() - self._last_refresh >= _REFRESH_S:
@@ -247,8 +253,13 @@ class BatchInspector:
         try:
             result = handle.wait()
         except QsyncError as exc:
-            self.message.value = error_html(str(exc))
-            result = None
+            self.ui.call(self._retried, None, exc)
+            return
+        self.ui.call(self._retried, result, None)
+
+    def _retried(self, result: RunResult | None, error: QsyncError | None) -> None:
+        if error is not None:
+            self.message.value = error_html(str(error))
         if result is not None:
             self.result = result
             self.message.value = f"Retry finished: the job is <b>{html.escape(result.status)}</b>."

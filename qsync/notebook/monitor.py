@@ -22,12 +22,13 @@ from typing import Any
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
-from .. import api
-from ..errors import QsyncError
-from ..events import BatchFinished, Event, JobFinished, JobStarted, Notice, Progress
-from ..figures import JobFigures
-from ..formatting import count, duration, number, usd
-from .formatting import figure_output, humanize
+from qsync.app import reading
+from qsync.engine.events import BatchFinished, Event, JobFinished, JobStarted, Notice, Progress
+from qsync.errors import QsyncError
+from qsync.formatting import count, duration, number, usd
+from qsync.ledger.figures import JobFigures
+from qsync.notebook.formatting import figure_output, humanize
+from qsync.notebook.ui import KernelSide
 
 _MIN_REDRAW_S = 0.3
 _PLOT_EVERY_S = 1.0
@@ -107,6 +108,7 @@ class JobMonitor:
         self._last_show = 0.0
         self._last_draw = 0.0
         self._lock = threading.Lock()
+        self.ui = KernelSide()  # events and polls arrive on other threads: widgets change on the kernel's side
         self._poller: threading.Thread | None = None
         self._stop_polling = threading.Event()
         if job is None:
@@ -132,7 +134,7 @@ class JobMonitor:
         self.plot.outputs = ()
 
     def set_status(self, status: str) -> None:
-        """A status shown at once (e.g. "pausing after the 3 batches in flight…"), before the job says so."""
+        """A status shown at once (e.g. "pausing after the API calls in flight…"), before the job says so."""
         self.status = status
         if self.figures is not None:
             self._render(self.figures, status)
@@ -263,6 +265,10 @@ class JobMonitor:
     # -- fed by the runner's events ------------------------------------------------------------------
 
     def __call__(self, event: Event) -> None:
+        """A listener of the run (called on its thread): the event is shown on the kernel's side."""
+        self.ui.call(self._heard, event)
+
+    def _heard(self, event: Event) -> None:
         if isinstance(event, JobStarted):
             if self.job != event.job_id:
                 self.reset(event.job_id)
@@ -291,7 +297,7 @@ class JobMonitor:
     def load(self, job: str) -> JobFigures | None:
         """Show a job's figures as stored (no rate, no plot): what a re-run notebook finds."""
         try:
-            info = api.status(job, db=self.db)
+            info = reading.status(job, db=self.db)
         except QsyncError as exc:
             self.label.value = html.escape(humanize(str(exc)))
             return None
@@ -320,21 +326,26 @@ class JobMonitor:
         first = True
         while not self._stop_polling.is_set():
             try:
-                info = api.status(job, db=self.db)
+                info = reading.status(job, db=self.db)
             except QsyncError as exc:
-                self.label.value = html.escape(humanize(str(exc)))
+                self.ui.call(self._unreadable, exc)
             else:
-                if info["job"] != self.job:
-                    self.reset(info["job"])
-                figures = JobFigures.from_row(info)
-                live = figures.status == "running"
-                if first:
-                    self.new_run()
-                    first = False
-                self.show(figures, figures.status, force=True, live=live)
-                if figures.status not in ("running", "planned"):
+                self.ui.call(self._polled, info, first)
+                first = False
+                if info["status"] not in ("running", "planned"):
                     return
             self._stop_polling.wait(interval_s)
+
+    def _unreadable(self, exc: QsyncError) -> None:
+        self.label.value = html.escape(humanize(str(exc)))
+
+    def _polled(self, info: dict[str, Any], first: bool) -> None:
+        if info["job"] != self.job:
+            self.reset(info["job"])
+        figures = JobFigures.from_row(info)
+        if first:
+            self.new_run()
+        self.show(figures, figures.status, force=True, live=figures.status == "running")
 
     def stop(self, wait_s: float = 5.0) -> None:
         self._stop_polling.set()

@@ -11,10 +11,10 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
-from .. import api
-from ..config import resolve_db
-from ..errors import QsyncError
-from ..formatting import count, usd
+from qsync.app import reading
+from qsync.errors import QsyncError
+from qsync.formatting import count, usd
+from qsync.spec.defaults import resolve_db
 
 
 def job_choices(db: str | Path | None) -> list[tuple[str, str]]:
@@ -23,7 +23,7 @@ def job_choices(db: str | Path | None) -> list[tuple[str, str]]:
     if not path.exists():
         return []
     try:
-        frame = api.jobs(db=path)
+        frame = reading.jobs(db=path)
     except QsyncError:
         return []
     return [(_label(row), str(row["job"])) for _, row in frame.iterrows()]

@@ -9,10 +9,10 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..errors import QsyncError
-from ..search import search
-from .formatting import error_html, frame_html
-from .thumbnails import thumbnail_grid
+from qsync.app.reading import search
+from qsync.errors import QsyncError
+from qsync.notebook.formatting import error_html, frame_html
+from qsync.notebook.thumbnails import thumbnail_grid
 
 
 class SearchBox:
@@ -51,7 +51,7 @@ class SearchBox:
             return
         self.results.value = "<i>searching…</i>"
         try:
-            found = search(self.job, self.query.value, limit=self.limit.value, db=self.db)
+            found = search(self.job, self.query.value, self.limit.value, db=self.db)
         except QsyncError as exc:
             self.results.value = error_html(str(exc))
             return

@@ -18,7 +18,8 @@ from typing import Any
 import ipywidgets as widgets
 import pandas as pd
 
-from ..media import MediaProblem, read, sniff
+from qsync.errors import MediaProblem
+from qsync.input.media import read, sniff
 
 SIZE = 150  # px, the longer side of a thumbnail
 _CARD = (

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..embedders.base import Vectors
-from ..errors import ConfigError, PermanentError, TransientError
-from .base import MEMORY, CollectionOptions, Hit, QdrantSink, SinkSpec, mismatch, point_id
+from qsync.embedders.protocol import Vectors
+from qsync.errors import ConfigError, PermanentError, TransientError
+from qsync.sink.protocol import Hit, mismatch
+from qsync.spec.target import MEMORY, CollectionOptions, SinkSpec, point_id
 
 if TYPE_CHECKING:  # qdrant-client takes half a second to import: `qsync status` should not pay it
     from qdrant_client import QdrantClient
@@ -48,11 +49,14 @@ def _memory_client() -> QdrantClient:
         return _memory
 
 
-class ClientSink(QdrantSink):
-    def __init__(
-        self, spec: SinkSpec, collection: str, dimensions: int, options: CollectionOptions | None = None
-    ) -> None:
-        super().__init__(spec, collection, dimensions, options)
+class ClientSink:
+    """A collection of a Qdrant server (by URL) or of qdrant-client's in-memory Qdrant."""
+
+    def __init__(self, spec: SinkSpec, collection: str, dimensions: int, options: CollectionOptions) -> None:
+        self.spec = spec
+        self.collection = collection
+        self.dimensions = dimensions
+        self.options = options
         self._client: QdrantClient | None = None
         # The in-memory mode is plain Python and not thread-safe; a server takes one call at a time per
         # sink well enough, since the runner's batches are large.
@@ -75,6 +79,10 @@ class ClientSink(QdrantSink):
 
     def _converted(self) -> _converted:
         return _converted(f"Qdrant at {self.spec.describe()}")
+
+    def exists(self) -> bool:
+        with self._lock, self._converted():
+            return bool(self.client.collection_exists(self.collection))
 
     def ensure_collection(self) -> None:
         from qdrant_client import models
@@ -152,6 +160,9 @@ class ClientSink(QdrantSink):
 
     def durable(self, written: int) -> None:
         """Every write returned acknowledged (wait=True): nothing to wait for."""
+
+    def upsert(self, record_ids: list[str], vectors: Vectors, payloads: list[dict[str, Any]]) -> None:
+        self.write(record_ids, vectors, payloads)
 
     def delete(self, point_ids: list[str]) -> None:
         from qdrant_client import models

@@ -1,0 +1,271 @@
+"""The one path from options to a run, for the CLI, the Python API and the notebooks alike.
+
+    prepare(source, collection=...)  -> the job to run: the unfinished one of that name, or a new one planned
+                                        (its estimate recorded), per the job identity rules (`open_job`)
+    make_runner(job)                 -> the job's Runner, built from its stored spec, with its stages
+    run(source, ...)                 =  prepare + make_runner + Runner.run
+
+Nothing is written for an existing job before its runner holds the lease: a budget given for it is written by
+the runner together with the lease, so a run refused because another runner owns the job changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from typing_extensions import Unpack
+
+from qsync.app.options import SourceLike, SpecOptions, build_spec
+from qsync.clock import SYSTEM_CLOCK, Clock
+from qsync.embedders.factory import build_embedder
+from qsync.embedders.protocol import Embedder
+from qsync.engine.events import Listener
+from qsync.engine.runner import Runner, RunResult
+from qsync.engine.stage import StageFactory
+from qsync.errors import JobExists, SpecMismatch, TransientError
+from qsync.input.plan import plan_job
+from qsync.input.sources import Source
+from qsync.ledger import jobs as ledger_jobs
+from qsync.ledger.cache import embedder_signature
+from qsync.ledger.jobs import JobRecord
+from qsync.ledger.ledger import Ledger
+from qsync.ledger.plans import PlanSummary
+from qsync.money.recorded import record_estimate
+from qsync.sink.factory import open_sink
+from qsync.sink.protocol import Sink
+from qsync.spec.job import KEEP, BudgetOption, JobSpec, differences
+from qsync.spec.settings import RunSettings
+
+PathLike = str | os.PathLike[str]
+
+
+def prepare(
+    source: SourceLike,
+    *,
+    db: PathLike | None = None,
+    max_cost_usd: BudgetOption = KEEP,
+    settings: RunSettings | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    **options: Unpack[SpecOptions],
+) -> str:
+    """The job `run` would run, by name (see `open_job`). A new job is planned, with `max_cost_usd` as its budget,
+    and its estimate is recorded."""
+    spec, src = build_spec(source, db=db, **options)
+    with Ledger(db) as ledger:
+        return open_job(ledger, spec, src, max_cost_usd=max_cost_usd, settings=settings, clock=clock)
+
+
+def open_job(
+    ledger: Ledger,
+    spec: JobSpec,
+    source: Source,
+    *,
+    max_cost_usd: BudgetOption = KEEP,
+    settings: RunSettings | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> str:
+    """Job identity, in one place. The newest job of the spec's name (NAME, NAME#2, …):
+
+    - unfinished (planned, running, stale, paused, failed) and the same spec: it is resumed;
+    - unfinished and a different spec: refused before anything runs (SpecMismatch names each difference);
+    - completed or cancelled: a new job NAME#n+1 is planned, a re-sync: only new and changed records are
+      embedded and written (unless the spec asks for a full rewrite);
+    - none: a new job NAME is planned.
+
+    Two processes starting the same job at once both find no job and plan: the second finds the first's when it
+    commits, and takes the rules again, so it is refused as any second runner is (the job is being run)."""
+    try:
+        return _open_job(ledger, spec, source, max_cost_usd, settings, clock)
+    except JobExists:
+        return _open_job(ledger, spec, source, max_cost_usd, settings, clock)
+
+
+def _open_job(
+    ledger: Ledger,
+    spec: JobSpec,
+    source: Source,
+    max_cost_usd: BudgetOption,
+    settings: RunSettings | None,
+    clock: Clock,
+) -> str:
+    newest = ledger_jobs.newest_job(ledger, spec.name)
+    if newest is not None and not newest.state.final:
+        diffs = differences(newest.spec, spec)
+        if diffs:
+            raise _mismatch(newest, spec, diffs)
+        return newest.job_id
+    job_id = spec.name if newest is None else ledger_jobs.next_resync_name(ledger, spec.name)
+    embedder = build_embedder(spec.embedder)
+    plan(ledger, job_id, spec, source, embedder, None if max_cost_usd is KEEP else max_cost_usd, clock)
+    record_estimate(ledger, job_id, embedder, settings=settings, clock=clock)
+    return job_id
+
+
+def _mismatch(stored: JobRecord, given: JobSpec, diffs: list[str]) -> SpecMismatch:
+    """The refusal, saying truly what either way costs: vectors of the stored model and size are reused by a
+    resume; another model or size (or enrichment) is paid for again in full."""
+    same_vectors = stored.spec.embedder.identity() == given.embedder.identity() and stored.spec.enrich == given.enrich
+    note = (
+        "vectors already paid for are reused either way."
+        if same_vectors
+        else "resuming reuses the vectors already paid for; starting afresh with this spec embeds every text again "
+        "(another model, size, task or enrichment makes other vectors), at full price."
+    )
+    if any(d.startswith("dimensions:") for d in diffs):
+        note += (
+            " Vectors of another size also need another collection, or a named vector: a collection holds one size"
+            " per vector."
+        )
+    return SpecMismatch(stored.job_id, stored.status, diffs, reuse_note=note)
+
+
+def plan(
+    ledger: Ledger,
+    job_id: str,
+    spec: JobSpec,
+    source: Source,
+    embedder: Embedder,
+    max_cost_usd: float | None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> PlanSummary:
+    """Plan a job of exactly this name: snapshot the source into its manifest. Nothing is embedded yet."""
+    ledger.open()  # the checkpoint file first: an unwritable --db is the clearer error
+    _check_collection(spec, embedder.dimensions, ledger.path.parent)
+    signature = embedder_signature(embedder, spec.enrich.fingerprint() if spec.enrich else "")
+    config = {**spec.to_dict(), "target": spec.target, "embedder_signature": signature}
+    return plan_job(
+        ledger, job_id, source, spec.columns, embedder, config, spec.collection, spec.batch_size, clock,
+        target=spec.target, embedder_signature=signature, incremental=spec.incremental,
+        delete_missing=spec.delete_missing, max_cost_usd=max_cost_usd,
+    )  # fmt: skip
+
+
+def create_job(
+    source: SourceLike,
+    *,
+    db: PathLike | None = None,
+    max_cost_usd: float | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    **options: Unpack[SpecOptions],
+) -> PlanSummary:
+    """Plan a new job named `job` (default COLLECTION:SOURCE-STEM), refused if a job of that name exists; its
+    estimate is recorded. Nothing is embedded yet."""
+    spec, src = build_spec(source, db=db, **options)
+    embedder = build_embedder(spec.embedder)
+    with Ledger(db) as ledger:
+        summary = plan(ledger, spec.name, spec, src, embedder, max_cost_usd, clock)
+        record_estimate(ledger, spec.name, embedder, clock=clock)
+        return summary
+
+
+def _check_collection(spec: JobSpec, dimensions: int, base: Path) -> None:
+    """Refuse a job whose vectors the collection cannot hold (another size or distance, or a vector name a server
+    cannot add) before it is planned, rather than leave a job that can only fail. A Qdrant that is away or busy is
+    not an error here: the run waits for it, and checks again."""
+    sink = open_sink(spec.sink, spec.collection, dimensions, spec.collection_options, base=base)
+    try:
+        sink.ensure_collection()
+    except TransientError:
+        pass
+    finally:
+        sink.close()
+
+
+def make_runner(
+    job: str,
+    *,
+    db: PathLike | None = None,
+    settings: RunSettings | None = None,
+    concurrency: int | None = None,
+    listeners: Sequence[Listener] = (),
+    max_cost_usd: BudgetOption = KEEP,
+    embedder: Embedder | None = None,
+    sink: Sink | None = None,
+    only_batches: Sequence[int] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Runner:
+    """A Runner for the job as stored, not started (notebooks run it in a thread and call request_stop()).
+
+    `settings` default to RunSettings.from_env(); `concurrency` overrides theirs. A budget given here (None
+    clears it) is written with the lease when the run starts; `embedder` and `sink` replace the ones the spec
+    would build (tests put fakes of the outside services there)."""
+    ledger = Ledger(db, create=False)
+    try:
+        record = ledger_jobs.job_record(ledger, job)
+        spec = record.spec
+        settings = settings or RunSettings.from_env()
+        if concurrency is not None:
+            settings = replace(settings, concurrency=concurrency)
+        built = embedder or build_embedder(spec.embedder)
+        sink = sink or open_sink(spec.sink, spec.collection, built.dimensions, spec.collection_options,
+                                 base=ledger.path.parent)  # fmt: skip
+        signature = record.embedder_signature or embedder_signature(
+            built, spec.enrich.fingerprint() if spec.enrich else ""
+        )
+        return Runner(
+            ledger, job, spec, built, sink, settings, signature, budget=max_cost_usd, stages=stages_of(spec),
+            listeners=listeners, only_batches=frozenset(only_batches) if only_batches is not None else None,
+            clock=clock,
+        )  # fmt: skip
+    except BaseException:
+        ledger.close()
+        raise
+
+
+def stages_of(spec: JobSpec) -> list[StageFactory]:
+    """The optional stages a job's spec asks for: enrichment, then Batch Mode."""
+    stages: list[StageFactory] = []
+    if spec.enrich is not None:
+        from qsync.stages.enrich import enrich_stage
+
+        stages.append(enrich_stage(spec.enrich))
+    if spec.batch_mode:
+        from qsync.stages.batch_mode import batch_mode_stage
+
+        stages.append(batch_mode_stage)
+    return stages
+
+
+def run(
+    source: SourceLike,
+    *,
+    db: PathLike | None = None,
+    settings: RunSettings | None = None,
+    concurrency: int | None = None,
+    listeners: Sequence[Listener] = (),
+    max_cost_usd: BudgetOption = KEEP,
+    clock: Clock = SYSTEM_CLOCK,
+    **options: Unpack[SpecOptions],
+) -> RunResult:
+    """What `qsync run` does: open the job (`prepare`), then run it until it completes, pauses or fails."""
+    job_id = prepare(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock, **options)
+    return make_runner(job_id, db=db, settings=settings, concurrency=concurrency, listeners=listeners,
+                       max_cost_usd=max_cost_usd, clock=clock).run()  # fmt: skip
+
+
+def run_job(
+    job: str,
+    *,
+    db: PathLike | None = None,
+    settings: RunSettings | None = None,
+    concurrency: int | None = None,
+    listeners: Sequence[Listener] = (),
+    max_cost_usd: BudgetOption = KEEP,
+    embedder: Embedder | None = None,
+    only_batches: Sequence[int] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> RunResult:
+    """Run (or resume) a planned job, as stored, until it completes, pauses or fails."""
+    return make_runner(
+        job, db=db, settings=settings, concurrency=concurrency, listeners=listeners, max_cost_usd=max_cost_usd,
+        embedder=embedder, only_batches=only_batches, clock=clock,
+    ).run()  # fmt: skip
+
+
+def cancel(job: str, *, db: PathLike | None = None, clock: Clock = SYSTEM_CLOCK) -> str:
+    """Cancel a job. A live runner sees it at its next heartbeat and stops; a cancelled job stays so."""
+    with Ledger(db, create=False) as ledger:
+        return ledger_jobs.cancel(ledger, job, clock)

@@ -1,0 +1,166 @@
+"""The one place where a user's options become a job spec: defaults, environment, validation. The CLI, the
+Python API and the notebook launcher all call `build_spec`; nothing else parses options or reads the
+environment for them.
+
+The embedder defaults to Gemini when GEMINI_API_KEY or GOOGLE_API_KEY is set, else the offline hashing
+embedder; Qdrant to $QDRANT_URL when set and no path is given, else Qdrant Edge in a folder beside the
+checkpoint file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+import pandas as pd
+from typing_extensions import Required
+
+from qsync.embedders.gemini import api_key_from_env
+from qsync.input.sources import DataFrameSource, FileSource, Source, SqlSource, as_source
+from qsync.spec.columns import Columns
+from qsync.spec.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DIMENSIONS, default_qdrant_path, resolve_db
+from qsync.spec.embedder import EmbedderSpec
+from qsync.spec.enrich import EnrichSpec
+from qsync.spec.job import JobSpec
+from qsync.spec.target import MEMORY, CollectionOptions, SinkSpec
+
+PathLike = str | os.PathLike[str]
+SourceLike = Source | pd.DataFrame | PathLike
+
+
+class SpecOptions(TypedDict, total=False):
+    """The keyword arguments of `build_spec`, for functions that pass them on (typed: a misspelled option is an
+    error for mypy, and a TypeError at run time)."""
+
+    collection: Required[str]
+    job: str | None
+    id_column: str
+    text_column: str | None
+    text_template: str | None
+    payload_columns: Sequence[str]
+    image_column: str | None
+    document_column: str | None
+    embedder: str | None
+    model: str | None
+    dimensions: int | None
+    task_type: str | None
+    embedder_options: Mapping[str, Any] | None
+    batch_size: int
+    qdrant_path: PathLike | None
+    qdrant_url: str | None
+    source_db: str | None
+    batch_mode: bool
+    enrich: EnrichSpec | Mapping[str, Any] | None
+    distance: str
+    on_disk: bool
+    payload_indexes: Sequence[str]
+    vector_name: str | None
+    extra_vectors: Sequence[str]
+    incremental: bool
+    delete_missing: bool
+
+
+def build_spec(
+    source: SourceLike,
+    *,
+    collection: str,
+    db: PathLike | None = None,
+    job: str | None = None,
+    id_column: str = "id",
+    text_column: str | None = "text",
+    text_template: str | None = None,
+    payload_columns: Sequence[str] = (),
+    image_column: str | None = None,
+    document_column: str | None = None,
+    embedder: str | None = None,
+    model: str | None = None,
+    dimensions: int | None = None,
+    task_type: str | None = None,
+    embedder_options: Mapping[str, Any] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    qdrant_path: PathLike | None = None,
+    qdrant_url: str | None = None,
+    source_db: str | None = None,
+    batch_mode: bool = False,
+    enrich: EnrichSpec | Mapping[str, Any] | None = None,
+    distance: str = "cosine",
+    on_disk: bool = False,
+    payload_indexes: Sequence[str] = (),
+    vector_name: str | None = None,
+    extra_vectors: Sequence[str] = (),
+    incremental: bool = True,
+    delete_missing: bool = False,
+) -> tuple[JobSpec, Source]:
+    """The job spec these options describe, and the source to plan from."""
+    src = as_source(source, database=source_db)
+    # A media record's text is its caption, and optional: text_column=None (or '') embeds the media alone.
+    columns = Columns(
+        id_column,
+        None if text_template else (text_column or None),
+        text_template,
+        tuple(payload_columns),
+        image_column or None,
+        document_column or None,
+    )
+    kind = embedder or ("gemini" if api_key_from_env() else "hash")
+    options = dict(embedder_options or {})
+    model = model or options.pop("model", None)
+    task_type = task_type or options.pop("task_type", None)
+    embedder_spec = EmbedderSpec(kind, dimensions or DEFAULT_DIMENSIONS, model, task_type, options)
+    enrich_spec = EnrichSpec.from_dict(dict(enrich)) if isinstance(enrich, Mapping) else enrich
+    spec = JobSpec(
+        name=job or default_job_name(src, collection),
+        collection=collection,
+        source=source_identity(src),
+        source_db=source_db,
+        columns=columns,
+        embedder=embedder_spec,
+        sink=sink_spec(resolve_db(db), qdrant_path, qdrant_url),
+        collection_options=CollectionOptions(
+            distance, on_disk, tuple(payload_indexes), vector_name, tuple(extra_vectors)
+        ),
+        batch_size=batch_size,
+        enrich=enrich_spec,
+        batch_mode=batch_mode,
+        incremental=incremental,
+        delete_missing=delete_missing,
+    )
+    return spec, src
+
+
+def sink_spec(db: Path, qdrant_path: PathLike | None, qdrant_url: str | None) -> SinkSpec:
+    """Where points go: a URL; else a folder of Qdrant Edge shards, named relative to the checkpoint file's folder
+    when it is inside it (so the two can move together), else absolute; or ":memory:"."""
+    url = qdrant_url or (None if qdrant_path else os.environ.get("QDRANT_URL"))
+    if url:
+        return SinkSpec(url=url)
+    path = str(qdrant_path) if qdrant_path else str(default_qdrant_path(db))
+    if path == MEMORY:
+        return SinkSpec(path=path)
+    return SinkSpec(path=str(Path(path).expanduser().resolve())).relative_to(db.parent)
+
+
+def source_identity(source: Source) -> str:
+    """How a spec names its source: a DataFrame by kind only (its rows are snapshotted at plan time, as a file's
+    are), a file by its resolved path, a query by its text."""
+    if isinstance(source, DataFrameSource):
+        return "dataframe"
+    if isinstance(source, FileSource):
+        return str(source.path)
+    if isinstance(source, SqlSource):
+        return f"sql: {source.query}"
+    return source.description
+
+
+def default_job_name(source: Source, collection: str) -> str:
+    """COLLECTION:SOURCE-STEM (`docs:records`), `COLLECTION:dataframe`, or `COLLECTION:sql-<hash>`."""
+    if isinstance(source, DataFrameSource):
+        return f"{collection}:dataframe"
+    if isinstance(source, SqlSource):
+        return f"{collection}:sql-{hashlib.sha1(source.query.encode()).hexdigest()[:8]}"
+    if isinstance(source, FileSource):
+        return f"{collection}:{source.path.stem}"
+    return f"{collection}:{Path(source.description).stem}"

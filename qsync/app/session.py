@@ -1,0 +1,163 @@
+"""Runs that do not hold the caller: a job run in a background thread of this process, with a handle to pause,
+cancel or wait for it, and listeners that can join while it runs (the notebook's widgets).
+
+    handle = start_job("docs:records", db="q.duckdb")
+    handle.pause(); handle.wait(); handle.result
+
+Every background run of this process is registered by (db, job), so a notebook re-run (Run All) finds the run
+its previous cells started instead of starting a second runner on the same job; a kernel shut down under a run
+pauses it cleanly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from qsync.app import jobs
+from qsync.clock import SYSTEM_CLOCK, Clock
+from qsync.engine.events import Event, JobFinished, JobStarted, Listener, Progress, emit
+from qsync.engine.runner import Runner, RunResult
+from qsync.errors import ConfigError
+from qsync.ledger.figures import JobFigures
+from qsync.spec.defaults import resolve_db
+from qsync.spec.job import KEEP, BudgetOption
+from qsync.spec.settings import RunSettings
+
+PathLike = str | os.PathLike[str]
+
+_runs: dict[tuple[str, str], JobHandle] = {}
+_runs_lock = threading.Lock()
+
+
+class JobHandle:
+    """A job running in a background thread of this process. Listeners can join while it runs."""
+
+    def __init__(self, job_id: str, db: Path, listeners: Sequence[Listener] = ()) -> None:
+        self.job_id = job_id
+        self.db = db
+        self.result: RunResult | None = None
+        self.error: BaseException | None = None
+        self.figures: JobFigures | None = None  # as of the latest event
+        self.started: JobStarted | None = None
+        self.finished: JobFinished | None = None  # the run ended (its thread returns a moment later)
+        self._listeners = list(listeners)
+        self._lock = threading.Lock()
+        self._runner: Runner | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else (self.result.status if self.result else "not started")
+        return f"<JobHandle {self.job_id!r}: {state}>"
+
+    def add_listener(self, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, JobStarted):
+            self.started = event
+        if isinstance(event, JobStarted | Progress) or (isinstance(event, JobFinished) and event.figures):
+            self.figures = event.figures
+        if isinstance(event, JobFinished):
+            self.finished = event
+        with self._lock:
+            listeners = list(self._listeners)
+        emit(listeners, event)
+
+    def _start(self, runner: Runner) -> None:
+        self._runner = runner
+        self._thread = threading.Thread(target=self._run, name=f"qsync {self.job_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self._runner is not None
+        try:
+            self.result = self._runner.run()
+        except BaseException as exc:  # kept for wait(): a thread's exception would otherwise be lost
+            self.error = exc
+        finally:
+            with _runs_lock:
+                if _runs.get((str(self.db), self.job_id)) is self:
+                    del _runs[(str(self.db), self.job_id)]
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def concurrency(self) -> int:
+        return self._runner.settings.concurrency if self._runner else 0
+
+    def pause(self) -> None:
+        """Let the API calls in flight finish (their answers are saved), then leave the job paused."""
+        if self._runner is not None:
+            self._runner.request_stop()
+
+    def cancel(self) -> None:
+        """Stop like pause, and leave the job cancelled (vectors already paid for stay in the cache)."""
+        if self._runner is not None:
+            self._runner.request_cancel()
+
+    def wait(self, timeout: float | None = None) -> RunResult | None:
+        """Block until the run ends (None if `timeout` passed first); raise what stopped it, if anything did."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def active_run(job: str, db: PathLike | None = None) -> JobHandle | None:
+    """The background run of `job` in this process, if one is running."""
+    with _runs_lock:
+        handle = _runs.get((str(resolve_db(db)), job))
+    return handle if handle is not None and handle.running else None
+
+
+def start_job(
+    job: str,
+    *,
+    db: PathLike | None = None,
+    settings: RunSettings | None = None,
+    concurrency: int | None = None,
+    listeners: Sequence[Listener] = (),
+    max_cost_usd: BudgetOption = KEEP,
+    only_batches: Sequence[int] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> JobHandle:
+    """Run (or resume) a planned job in a background thread; returns at once."""
+    path = resolve_db(db)
+    with _runs_lock:
+        existing = _runs.get((str(path), job))
+        if existing is not None and existing.running:
+            raise ConfigError(f"job {job!r} is already running in this kernel")
+        handle = JobHandle(job, path, listeners)
+        runner = jobs.make_runner(job, db=path, settings=settings, concurrency=concurrency, listeners=[handle._dispatch],
+                                 max_cost_usd=max_cost_usd, only_batches=only_batches, clock=clock)  # fmt: skip
+        _runs[(str(path), job)] = handle
+    handle._start(runner)
+    return handle
+
+
+@atexit.register
+def _pause_on_exit() -> None:
+    # A kernel shut down under a running job: pause it cleanly (a stale job would need a take-over).
+    with _runs_lock:
+        handles = list(_runs.values())
+    for handle in handles:
+        handle.pause()
+    for handle in handles:
+        if handle._thread is not None:
+            handle._thread.join(30)
+
+
+__all__ = ["JobHandle", "active_run", "start_job"]

@@ -1,0 +1,57 @@
+"""How many tokens an input costs before the API says: the one estimate, used to skip over-long texts at plan
+time, to reserve budget before a call, to bound what an unanswered call may have cost, and in estimates
+(where it is labelled as such, and calibrated with countTokens when a key is set).
+
+Text: ~4 bytes of UTF-8 per token for Gemini's tokenizer on English text, deliberately simple.
+Media: Google publishes a price per image, not tokens per image: $0.00012 an image at $0.45 per 1M image
+tokens is ~258-267 tokens (an inference); tokens per PDF page are undocumented, and qsync counts a page as an
+image. Both figures live in pricing.json beside the prices (`media_tokens_per_image`, `media_tokens_per_page`),
+so a measured value replaces them without a code change.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from qsync.catalog.instructions import overhead_bytes, takes_instructions
+from qsync.catalog.models import MEDIA_MODEL, input_token_limit, model_info
+
+BYTES_PER_TOKEN: Final = 4
+_DEFAULT_MEDIA_TOKENS: Final = 258
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of `text`, estimated at ~4 bytes each (0 for an empty text)."""
+    return -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN)
+
+
+def sql_estimate_tokens(expression: str) -> str:
+    """`estimate_tokens` as DuckDB SQL over a VARCHAR expression (for planning a million rows at once)."""
+    return f"CAST(ceil(strlen(coalesce({expression}, '')) / {BYTES_PER_TOKEN}) AS INTEGER)"
+
+
+def instruction_tokens(model: str, task: str) -> int:
+    """Tokens (estimated) that the model's instruction adds to every text it receives: 0 for a model that
+    takes a task type instead (gemini-embedding-001)."""
+    return -(-overhead_bytes(task) // BYTES_PER_TOKEN) if takes_instructions(model) else 0
+
+
+def text_token_limit(model: str, task: str) -> int:
+    """Tokens a record's own text may have: the model's input limit less what its instruction takes."""
+    return input_token_limit(model) - instruction_tokens(model, task)
+
+
+def per_image(model: str = MEDIA_MODEL) -> int:
+    return int(model_info(model).get("media_tokens_per_image", _DEFAULT_MEDIA_TOKENS))
+
+
+def per_page(model: str = MEDIA_MODEL) -> int:
+    return int(model_info(model).get("media_tokens_per_page", _DEFAULT_MEDIA_TOKENS))
+
+
+def media_tokens(modality: str, pages: int, model: str = MEDIA_MODEL) -> dict[str, int]:
+    """Tokens of the media part of one record, by modality: {"IMAGE": n} or {"DOCUMENT": n}. A PDF whose
+    pages could not be counted cheaply (pages == 0) is taken as one page."""
+    if modality == "DOCUMENT":
+        return {"DOCUMENT": per_page(model) * max(1, pages)}
+    return {"IMAGE": per_image(model)}

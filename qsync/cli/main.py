@@ -1,0 +1,70 @@
+"""The `qsync` command: the same jobs as the Python API, from a terminal.
+
+Exit codes: 0 the job completed (or the command succeeded); 1 an error or a failed job; 2 bad usage (also a
+column the source does not have); 3 the job paused or was cancelled (resumable unless cancelled); 4 refused:
+another runner owns the job, or another process held the checkpoint file too long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+
+from qsync.cli.commands import COMMANDS
+from qsync.cli.output import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
+from qsync.cli.parser import build_parser
+from qsync.errors import LeaseHeld, LedgerLocked, MissingColumn, QsyncError
+from qsync.ledger.integrity import check
+from qsync.ledger.ledger import Ledger
+from qsync.spec.defaults import resolve_db
+
+# Commands that read a checkpoint file check all of it first: a damaged block is told at once, whichever command
+# meets it, with what to run (`qsync recover`), instead of a traceback later (or nothing, for a block not read).
+_CHECKED = frozenset({"run", "resume", "status", "jobs", "batches", "skipped", "cost", "verify", "cancel", "search"})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in _CHECKED:
+            _check(args.db)
+        return int(COMMANDS[args.command](args))
+    except (LeaseHeld, LedgerLocked) as exc:
+        print(f"qsync: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except MissingColumn as exc:  # the command named (or left out) a column: usage, like a bad option
+        print(f"qsync: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except QsyncError as exc:
+        print(f"qsync: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("qsync: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `qsync jobs | head`: the reader has what it wanted
+        with contextlib.suppress(OSError):  # Python flushes stdout at exit: let that write go nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:  # a bug: one line for the person, the traceback when asked for
+        if os.environ.get("QSYNC_DEBUG"):
+            raise
+        print(
+            f"qsync: unexpected error: {type(exc).__name__}: {exc}\n"
+            "  this is a bug in qsync; the job is left resumable. Run again with QSYNC_DEBUG=1 for the traceback, "
+            "and report it",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+
+def _check(db: str | None) -> None:
+    path = resolve_db(db)
+    if path.exists():
+        with Ledger(path, create=False) as ledger:
+            check(ledger)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

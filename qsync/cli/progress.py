@@ -1,0 +1,71 @@
+"""A terminal progress bar (records, rate, ETA) that listens to the runner's events.
+
+The bar counts processed records (loaded, skipped or unchanged: figures.py) out of the job's total, and
+shows the same figures `qsync status` would, since both come from the checkpoint."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from qsync.engine.events import Event, JobFinished, JobStarted, Notice, Progress
+
+
+class ProgressBar:
+    def __init__(self, stream: TextIO | None = None, disable: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.disable = disable
+        self._bar: Any = None  # tqdm
+        self._shown = 0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, JobStarted):
+            figures = event.figures
+            if figures.batches_done or figures.cost_usd:
+                self._write(
+                    f"resuming {event.job_id}: {figures.processed_records:,} of {figures.total_records:,} records "
+                    f"already processed ({figures.batches_done}/{figures.batches_total} batches), "
+                    f"${figures.cost_usd:.4f} already spent; continuing"
+                )
+            elif figures.skipped_records or figures.unchanged_records:
+                self._write(
+                    f"{event.job_id}: {figures.total_records:,} records: {figures.skipped_records:,} skipped at "
+                    f"planning, {figures.unchanged_records:,} already in the collection unchanged, "
+                    f"{figures.remaining_records:,} to do"
+                )
+            if event.took_over_stale_owner:
+                self._write("the previous runner had stopped without finishing; its unfinished batches are redone")
+            self._bar = tqdm(
+                total=figures.total_records,
+                initial=figures.processed_records,
+                unit="rec",
+                desc=event.job_id,
+                file=self.stream,
+                disable=self.disable,
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
+            self._shown = figures.processed_records
+        elif isinstance(event, Progress) and self._bar is not None:
+            figures = event.figures
+            self._bar.update(figures.processed_records - self._shown)
+            self._shown = figures.processed_records
+            self._bar.set_postfix(
+                skipped=figures.skipped_records,
+                failed=figures.batches_failed,
+                cost=f"${figures.cost_usd:.4f}",
+                refresh=False,
+            )
+        elif isinstance(event, Notice):
+            self._write(event.text)
+        elif isinstance(event, JobFinished) and self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _write(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream)

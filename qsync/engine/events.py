@@ -1,0 +1,72 @@
+"""What a running job tells its listeners (CLI progress bar, notebook widgets, logging).
+
+Listeners are plain callables, called on the runner's scheduling thread; a slow listener slows the
+scheduler, so widgets throttle their own redraws. A listener that raises is logged and ignored: a
+broken progress bar must never stop a paid backfill.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from qsync.ledger.figures import JobFigures
+
+log = logging.getLogger("qsync")
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job_id: str
+    figures: JobFigures  # as the run starts: processed_records is what this run does not redo
+    took_over_stale_owner: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: str
+    figures: JobFigures  # read from the checkpoint, as `qsync status` would show them now
+    run_records: int  # records this run finished (loaded or skipped)
+    elapsed_s: float  # of this run
+
+    @property
+    def done_records(self) -> int:
+        return self.figures.processed_records
+
+
+@dataclass(frozen=True)
+class BatchFinished:
+    job_id: str
+    batch_no: int
+    outcome: str  # done | failed | released
+    records: int
+    embedded_texts: int
+    cache_hits: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    job_id: str
+    status: str  # completed | paused | failed | cancelled
+    message: str | None
+    figures: JobFigures | None = None  # None when the run could not read them (the store broke)
+
+
+@dataclass(frozen=True)
+class Notice:
+    job_id: str
+    text: str
+
+
+Event = JobStarted | Progress | BatchFinished | JobFinished | Notice
+Listener = Callable[[Event], None]
+
+
+def emit(listeners: Iterable[Listener], event: Event) -> None:
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception:
+            log.exception("qsync listener %r failed on %s", listener, type(event).__name__)

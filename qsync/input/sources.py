@@ -1,0 +1,207 @@
+"""Where records come from: a DataFrame, a Parquet / CSV / JSON-lines file, or a DuckDB SQL query.
+
+Every source is turned into one normalized relation with the columns
+    ordinal BIGINT, record_id VARCHAR, text VARCHAR, payload VARCHAR (JSON), problem VARCHAR,
+    media VARCHAR (a path as the source gives it), media_bytes BLOB (a DataFrame's or Parquet's bytes)
+registered as `__qsync_input` on the store's connection. `problem` carries what was already wrong with
+a row while reading it (malformed JSON line, a text that is not a string); the planner adds the checks
+that need the whole table (duplicate ids) or the embedder (length) and skips those rows with a reason.
+Typed sources (CSV, Parquet, SQL) are normalized in SQL so a million rows plan in seconds; sources
+whose cells can hold anything (DataFrame object columns, JSON lines) are normalized in Python so that
+each bad cell gets its own reason instead of failing the whole read.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import duckdb
+import pandas as pd
+
+from qsync.errors import SourceError
+from qsync.input.records import (
+    INPUT_VIEW,
+    MAX_LINE_BYTES,
+    RejectedRow,
+    brief,
+    check_columns,
+    read_json_records,
+    register_records,
+)
+from qsync.spec.columns import Columns
+from qsync.sql import SqlConnection, arrow_table
+from qsync.sql import ident as _ident
+from qsync.sql import literal as _sql_literal
+
+
+class Source(Protocol):
+    description: str
+
+    def register(self, con: SqlConnection, columns: Columns) -> list[RejectedRow]:
+        """Register the normalized relation as INPUT_VIEW; return rows that could not be read at all."""
+        ...
+
+
+# -- typed sources, normalized in SQL -------------------------------------------------------------
+
+
+def _normalize_sql(relation_sql: str, columns: Columns, types: Mapping[str, str]) -> str:
+    if columns.text_column is None and columns.text_template is None:
+        text_sql = "CAST(NULL AS VARCHAR)"  # a media job without captions
+    elif columns.text_column is not None:
+        text_type = types[columns.text_column].upper()
+        if text_type not in ("VARCHAR", "JSON") and not text_type.startswith("VARCHAR"):
+            raise SourceError(
+                f"text column {columns.text_column!r} holds {text_type}, not text; "
+                "pick another column or use a text template"
+            )
+        text_sql = f"CAST({_ident(columns.text_column)} AS VARCHAR)"
+    else:
+        parts: list[str] = []
+        fields: list[str] = []
+        for literal, name, _, _ in string.Formatter().parse(columns.text_template or ""):
+            if literal:
+                parts.append(_sql_literal(literal))
+            if name:
+                fields.append(name)
+                parts.append(f"coalesce(CAST({_ident(name)} AS VARCHAR), '')")
+        all_null = " AND ".join(f"{_ident(f)} IS NULL" for f in fields)
+        text_sql = f"CASE WHEN {all_null} THEN NULL ELSE concat({', '.join(parts)}) END"
+    media_sql, bytes_sql = "CAST(NULL AS VARCHAR)", "CAST(NULL AS BLOB)"
+    if columns.media_column:
+        name = _ident(columns.media_column)
+        if types[columns.media_column].upper() == "BLOB":
+            bytes_sql = name
+        else:
+            media_sql = f"CAST({name} AS VARCHAR)"
+    payload_cols = list(dict.fromkeys([columns.id_column, *columns.payload_columns]))
+    payload_sql = "to_json(struct_pack(" + ", ".join(f"{_ident(c)} := {_ident(c)}" for c in payload_cols) + "))"
+    return f"""
+        SELECT CAST(row_number() OVER () - 1 AS BIGINT) AS ordinal,
+               CAST({_ident(columns.id_column)} AS VARCHAR) AS record_id,
+               {text_sql} AS text,
+               CAST({payload_sql} AS VARCHAR) AS payload,
+               CAST(NULL AS VARCHAR) AS problem,
+               {media_sql} AS media,
+               {bytes_sql} AS media_bytes
+        FROM {relation_sql}
+    """
+
+
+def _register_typed(con: SqlConnection, relation_sql: str, columns: Columns, description: str) -> None:
+    try:
+        described = con.execute(f"DESCRIBE SELECT * FROM {relation_sql}").fetchall()
+    except duckdb.Error as exc:
+        raise SourceError(f"cannot read {description}: {brief(exc)}") from exc
+    types = {row[0]: str(row[1]) for row in described}
+    check_columns(list(types), columns, description)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {INPUT_VIEW} AS {_normalize_sql(relation_sql, columns, types)}")
+
+
+@dataclass
+class FileSource:
+    """A Parquet, CSV or JSON-lines file (by extension), read through DuckDB."""
+
+    path: Path
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path).expanduser().resolve()
+        self.description = str(self.path)
+        if not self.path.exists():
+            raise SourceError(f"source file {self.path} does not exist")
+
+    @property
+    def kind(self) -> str:
+        suffixes = [s.lower() for s in self.path.suffixes]
+        for kind, exts in (
+            ("parquet", {".parquet", ".pq"}),
+            ("csv", {".csv", ".tsv"}),
+            ("jsonl", {".jsonl", ".ndjson", ".json"}),
+        ):
+            if exts & set(suffixes):
+                return kind
+        raise SourceError(f"{self.path}: unknown format; use .parquet, .csv, .tsv, .jsonl or .json")
+
+    def register(self, con: SqlConnection, columns: Columns) -> list[RejectedRow]:
+        kind = self.kind
+        path = _sql_literal(str(self.path))
+        if kind == "parquet":
+            _register_typed(con, f"read_parquet({path})", columns, self.description)
+            return []
+        if kind == "csv":
+            # all_varchar: a CSV cell is text; sniffing "007" into the integer 7 would change ids.
+            # store_rejects: a line that cannot be read (bad UTF-8, wrong field count) becomes a skip
+            # with its line number, never a silent drop or an aborted plan.
+            # max_line_size: a long line (a 50 MB field) is read, to be skipped as too long with its reason,
+            # rather than failing the whole file.
+            relation = (
+                f"read_csv({path}, header = true, all_varchar = true, store_rejects = true, "
+                f"max_line_size = {MAX_LINE_BYTES})"
+            )
+            con.execute(f"CREATE OR REPLACE TEMP TABLE __qsync_csv AS SELECT * FROM {relation}")
+            _register_typed(con, "__qsync_csv", columns, self.description)
+            # DuckDB may report several errors for one line; one skip per line, with the first error.
+            rejected = con.execute(
+                "SELECT line, first(error_type ORDER BY column_idx), first(error_message ORDER BY column_idx) "
+                "FROM reject_errors GROUP BY line ORDER BY line"
+            ).fetchall()
+            return [RejectedRow(None, f"line {line}: {etype.lower()}: {msg}") for line, etype, msg in rejected]
+        return register_records(con, read_json_records(self.path), columns, self.description)
+
+
+@dataclass
+class SqlSource:
+    """A DuckDB SQL query, run in `database` (a DuckDB file, opened read-only) or in memory."""
+
+    query: str
+    database: str | None = None
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        where = f" on {self.database}" if self.database else ""
+        self.description = f"sql{where}: {self.query}"
+
+    def register(self, con: SqlConnection, columns: Columns) -> list[RejectedRow]:
+        try:
+            with duckdb.connect(self.database or ":memory:", read_only=bool(self.database)) as src:
+                table = arrow_table(src, self.query)
+        except duckdb.Error as exc:
+            raise SourceError(f"the source query failed: {brief(exc)}") from exc
+        con.register("__qsync_sql", table)
+        _register_typed(con, "__qsync_sql", columns, self.description)
+        return []
+
+
+# -- sources whose cells can hold anything, normalized in Python (records.py) ----------------------
+
+
+@dataclass
+class DataFrameSource:
+    frame: pd.DataFrame
+    description: str = "DataFrame"
+
+    def register(self, con: SqlConnection, columns: Columns) -> list[RejectedRow]:
+        check_columns([str(c) for c in self.frame.columns], columns, self.description)
+        wanted = columns.required()
+        rows: list[Mapping[str, Any] | str] = [
+            {str(k): v for k, v in row.items()} for row in self.frame[wanted].to_dict("records")
+        ]
+        return register_records(con, enumerate(rows), columns, self.description)
+
+
+def as_source(source: Source | pd.DataFrame | str | os.PathLike[str], *, database: str | None = None) -> Source:
+    """Accept what users pass: a DataFrame, a file path, or `sql:SELECT …`."""
+    if isinstance(source, pd.DataFrame):
+        return DataFrameSource(source)
+    if isinstance(source, (str, os.PathLike)):
+        text = str(source)
+        if text.lower().startswith("sql:"):
+            return SqlSource(text[4:].strip(), database)
+        return FileSource(Path(text))
+    return source

@@ -1,0 +1,203 @@
+"""A batch's state, and the SQL of its transitions (each runs inside a lease-checked transaction, run.py).
+
+Batch states:
+
+    pending --claim--> running --complete--> done
+                       running --fail------> failed --claim--> running
+                       running --release---> pending        (clean stop, or a dead owner's leftovers)
+
+A batch's claim (running, attempt + 1) is written with its first write: the intent of its first paid call, or
+its completion. A crash before that leaves it pending, and nothing was spent on it yet.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from qsync.errors import NotClaimable
+from qsync.spec.target import point_id
+from qsync.sql import first_row
+
+MANIFEST_READ_AHEAD = 16  # batches whose records one manifest query loads
+
+
+def load_payload(text: str) -> dict[str, Any]:
+    """A manifest row's payload (JSON) as a dict."""
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass
+class BatchWork:
+    """A claimed batch: its records, as the manifest holds them."""
+
+    batch_no: int
+    attempt: int
+    ordinals: list[int]
+    record_ids: list[str]
+    hashes: list[str]
+    texts: list[str]
+    token_estimates: list[int]
+    payloads: list[str]
+    source_hashes: list[str] = field(default_factory=list)  # the manifest's hashes (hashes may change: enrich)
+    media_refs: list[str | None] = field(default_factory=list)  # each record's image or document (media jobs)
+    claimed: bool = False  # the claim (running, attempt) is committed; see LeasedJob.claim
+    claiming: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.source_hashes:
+            self.source_hashes = list(self.hashes)
+        if not self.media_refs:
+            self.media_refs = [None] * len(self.hashes)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A batch whose points Qdrant holds durably, to be marked done (LeasedJob.complete)."""
+
+    work: BatchWork
+    cache_hits: int
+    saved_tokens: int
+    duration_s: float
+    skips: dict[int, str] = field(default_factory=dict)  # record index -> why the embedder refused it
+
+
+def next_attempt(con: Any, job_id: str, batch_no: int) -> int:
+    """The attempt a claim of the batch would be; NotClaimable unless it is pending or failed."""
+    row = first_row(con.execute("SELECT attempts, status FROM batches WHERE job_id = ? AND batch_no = ?",
+                                [job_id, batch_no]))  # fmt: skip
+    if row is None or row[1] not in ("pending", "failed"):
+        raise NotClaimable(f"batch {batch_no} of {job_id!r} is not claimable")
+    return int(row[0]) + 1
+
+
+def read_manifest(con: Any, job_id: str, first: int, last: int) -> dict[int, list[tuple[Any, ...]]]:
+    """batch_no -> its records (ordinal, record_id, content_hash, text, token_estimate, payload, media_ref)."""
+    rows = con.execute(
+        """SELECT batch_no, ordinal, record_id, content_hash, text, token_estimate, payload, media_ref FROM manifest
+           WHERE job_id = ? AND batch_no BETWEEN ? AND ? ORDER BY batch_no, ordinal""",
+        [job_id, first, last],
+    ).fetchall()
+    by_batch: dict[int, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by_batch.setdefault(int(row[0]), []).append(tuple(row[1:]))
+    return by_batch
+
+
+def work_of(batch_no: int, attempt: int, records: list[tuple[Any, ...]]) -> BatchWork:
+    return BatchWork(
+        batch_no=batch_no,
+        attempt=attempt,
+        ordinals=[r[0] for r in records],
+        record_ids=[r[1] for r in records],
+        hashes=[r[2] for r in records],
+        texts=[r[3] for r in records],
+        token_estimates=[r[4] for r in records],
+        payloads=[r[5] for r in records],
+        media_refs=[r[6] for r in records],
+    )
+
+
+def claim(con: Any, job_id: str, work: BatchWork, pid: int, token: str, now: Any) -> None:
+    row = first_row(
+        con.execute(
+            """UPDATE batches SET status = 'running', attempts = attempts + 1, started_at = ?
+               WHERE job_id = ? AND batch_no = ? AND status IN ('pending', 'failed')
+               RETURNING attempts""",
+            [now, job_id, work.batch_no],
+        )
+    )
+    if row is None or int(row[0]) != work.attempt:
+        raise NotClaimable(f"batch {work.batch_no} of {job_id!r} is not claimable")
+    con.execute(
+        "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
+        [job_id, work.batch_no, work.attempt, pid, token, now],
+    )
+
+
+def end_attempt(con: Any, job_id: str, work: BatchWork, token: str, now: Any, outcome: str, error: str | None) -> None:
+    con.execute(
+        """UPDATE attempts SET finished_at = ?, outcome = ?, error = ?
+           WHERE job_id = ? AND batch_no = ? AND attempt = ? AND lease_token = ?""",
+        [now, outcome, error, job_id, work.batch_no, work.attempt, token],
+    )
+
+
+def mark_done(con: Any, job_id: str, done: Completion, now: Any) -> None:
+    con.execute(
+        """UPDATE batches SET status = 'done', finished_at = ?, duration_s = ?, last_error = NULL,
+               cache_hits = cache_hits + ?, saved_tokens = saved_tokens + ?, skipped_records = ?
+           WHERE job_id = ? AND batch_no = ?""",
+        [now, done.duration_s, done.cache_hits, done.saved_tokens, len(done.skips), job_id, done.work.batch_no],
+    )
+    for i, reason in done.skips.items():
+        con.execute(
+            "INSERT INTO skipped VALUES (?, ?, ?, 'embed', ?, ?)",
+            [job_id, done.work.ordinals[i], done.work.record_ids[i], reason, now],
+        )
+
+
+def mark_failed(con: Any, job_id: str, work: BatchWork, error: str, now: Any) -> None:
+    con.execute(
+        "UPDATE batches SET status = 'failed', last_error = ?, finished_at = ? WHERE job_id = ? AND batch_no = ?",
+        [error, now, job_id, work.batch_no],
+    )
+
+
+def mark_pending(con: Any, job_id: str, work: BatchWork) -> None:
+    con.execute(
+        "UPDATE batches SET status = 'pending' WHERE job_id = ? AND batch_no = ? AND status = 'running'",
+        [job_id, work.batch_no],
+    )
+
+
+def record_points(
+    con: Any, job_id: str, target: str, signature: str, batches: Sequence[Completion], now: Any, replaces: bool
+) -> None:
+    """What the collection now holds for these batches, in the transaction that marks them done. `replaces`:
+    the target may hold rows for these records already (a re-sync), which are deleted first."""
+    kept = [(done.work, i) for done in batches for i in range(len(done.work.record_ids)) if i not in done.skips]
+    ids = [work.record_ids[i] for work, i in kept]
+    if not ids or not target:
+        return
+    table = pa.table(
+        {
+            "target": [target] * len(kept),
+            "record_id": ids,
+            "point_id": [point_id(r) for r in ids],
+            "source_hash": [work.source_hashes[i] for work, i in kept],
+            "vector_hash": [work.hashes[i] for work, i in kept],
+            "embedder": [signature] * len(kept),
+            "payload": [work.payloads[i] for work, i in kept],
+            "job_id": [job_id] * len(kept),
+            "updated_at": pa.array([now] * len(kept), pa.timestamp("us")),
+        }
+    )
+    con.register("__qsync_points", table)
+    try:
+        if replaces:
+            con.execute(
+                "DELETE FROM points WHERE target = ? AND record_id IN (SELECT record_id FROM __qsync_points)", [target]
+            )
+        con.execute("INSERT INTO points SELECT * FROM __qsync_points")
+    finally:
+        con.unregister("__qsync_points")
+
+
+def target_holds_records(con: Any, job_id: str, target: str) -> bool:
+    """Whether the target already holds points for records of this job (a re-sync, a publish over an earlier
+    one): only then must completing a batch delete their old rows first (a scan of the points table)."""
+    row = first_row(
+        con.execute(
+            """SELECT EXISTS (SELECT 1 FROM points WHERE target = ? AND record_id IN
+                   (SELECT record_id FROM manifest WHERE job_id = ?))""",
+            [target, job_id],
+        )
+    )
+    return bool(target and row and row[0])

@@ -1,0 +1,186 @@
+"""The embedding cache: every vector an embedder returned, keyed by who made it and from what text.
+
+Written before the upsert that uses it (never pay twice) and read before any embedder call; shared by
+every job in the DuckDB file, so a second job over the same texts and model pays for nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import duckdb
+import pyarrow as pa
+
+from qsync.embedders.protocol import Vectors
+from qsync.ledger.vectorfile import VectorFile
+
+
+class CacheIdentity(Protocol):
+    """What makes two vectors of one text interchangeable."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def dimensions(self) -> int: ...
+
+    @property
+    def task_type(self) -> str: ...
+
+
+def embedder_signature(embedder: CacheIdentity, enrich_fingerprint: str = "") -> str:
+    """Who made a vector: model|dimensions|task_type, plus the enrichment that chose its text, if any.
+    A record's point counts as unchanged only when its signature matches."""
+    base = f"{embedder.model}|{embedder.dimensions}|{embedder.task_type}"
+    return f"{base}|enrich:{enrich_fingerprint}" if enrich_fingerprint else base
+
+
+def cache_key(embedder: CacheIdentity, content_hash: str) -> str:
+    return f"{embedder_signature(embedder)}|{content_hash}"
+
+
+def batch_mode_origin(job_id: str) -> str:
+    """The `origin` of vectors a job prefetched in Batch Mode: paid once, at the batch price."""
+    return f"batch-mode:{job_id}"
+
+
+def insert_vectors(
+    con: Any,
+    embedder: CacheIdentity,
+    hashes: list[str],
+    offsets: list[int],
+    tokens: list[int],
+    now: Any,
+    origin: str | None,
+    *,
+    ignore_existing: bool = False,
+) -> None:
+    """Record vectors already appended to the vector file at `offsets` (inside the caller's transaction).
+
+    A plain INSERT: callers only persist keys the cache did not hold when they looked, and ON CONFLICT
+    costs ~6 ms a batch, growing with the cache. If another job saved one of the keys meanwhile, the
+    INSERT fails and the caller retries with `ignore_existing` (the first copy wins)."""
+    table = pa.table(
+        {
+            "cache_key": [cache_key(embedder, h) for h in hashes],
+            "model": [embedder.model] * len(hashes),
+            "dimensions": pa.array([embedder.dimensions] * len(hashes), pa.int32()),
+            "task_type": [embedder.task_type] * len(hashes),
+            "content_hash": hashes,
+            "tokens": pa.array(tokens, pa.int32()),
+            "byte_offset": pa.array(offsets, pa.int64()),
+            "created_at": pa.array([now] * len(hashes), pa.timestamp("us")),
+            "origin": pa.array([origin] * len(hashes), pa.string()),
+        }
+    )
+    con.register("__qsync_new_vectors", table)
+    try:
+        conflict = " ON CONFLICT DO NOTHING" if ignore_existing else ""
+        con.execute(f"INSERT INTO embeddings SELECT * FROM __qsync_new_vectors{conflict}")
+    finally:
+        # After a failed INSERT the transaction is aborted and unregister fails too; its error must not hide
+        # the INSERT's (a key conflict is retried by the caller). The next register replaces the view anyway.
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("__qsync_new_vectors")
+
+
+def append_vectors(vectors_file: VectorFile, vectors: Vectors) -> list[int]:
+    """Write vectors to the vector file, to be fsynced before the rows that point at them commit (the group
+    commit does it once for the group); their offsets."""
+    first = vectors_file.append(vectors, sync=False)
+    row = int(vectors.shape[1]) * 4 if len(vectors) else 0
+    return [first + i * row for i in range(len(vectors))]
+
+
+@dataclass
+class Lookup:
+    """What the cache holds for some texts: content hash -> (vector, tokens reusing it saves), and the cache keys
+    whose bytes the vector file no longer holds (lost: misses now, and to be forgotten, see `forget`)."""
+
+    found: dict[str, tuple[Vectors, int]] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)
+
+
+def lookup_vectors(
+    con: Any, vectors_file: VectorFile, embedder: CacheIdentity, hashes: list[str], free_origin: str | None = None
+) -> Lookup:
+    """The cached vectors of `hashes`. Vectors whose origin is `free_origin` (this job's own Batch Mode prefetch)
+    save nothing: the job paid for them."""
+    keys = sorted({cache_key(embedder, h) for h in hashes})
+    if not keys:
+        return Lookup()
+    # A literal IN list lets DuckDB use the primary-key index (a join would scan the whole cache).
+    placeholders = ", ".join("?" * len(keys))
+    rows = con.execute(
+        f"SELECT content_hash, CASE WHEN origin = ? THEN 0 ELSE tokens END AS tokens, byte_offset, dimensions, "
+        f"cache_key FROM embeddings WHERE cache_key IN ({placeholders})",
+        [free_origin or "", *keys],
+    ).fetchall()
+    found = Lookup()
+    for row, vector in zip(rows, vectors_file.read([int(r[2]) for r in rows], [int(r[3]) for r in rows]), strict=True):
+        if vector is None:
+            found.lost.append(str(row[4]))
+        else:
+            found.found[str(row[0])] = (vector, int(row[1]))
+    return found
+
+
+def forget(con: Any, keys: list[str]) -> int:
+    """Drop cache entries whose bytes are lost, so the vectors are embedded (and paid for) once more."""
+    if not keys:
+        return 0
+    con.execute("DELETE FROM embeddings WHERE cache_key IN (SELECT unnest(?::VARCHAR[]))", [keys])
+    return len(keys)
+
+
+# A row's bytes end at byte_offset + 4 * dimensions; dimensions are at most 3,072. Filtering on byte_offset alone
+# first lets DuckDB skip every row group whose offsets are all well inside the file (its min/max per group): a
+# check before each append costs a fraction of a millisecond, not a scan of the cache.
+_BEYOND = "byte_offset > ? - 4 * 4096 AND byte_offset + 4 * dimensions > ?"
+
+
+def count_beyond(con: Any, size: int) -> int:
+    """Cache entries whose bytes lie past the end of the vector file (`size` bytes)."""
+    return int(con.execute(f"SELECT count(*) FROM embeddings WHERE {_BEYOND}", [size, size]).fetchall()[0][0])
+
+
+def forget_beyond(con: Any, size: int) -> int:
+    """Drop cache entries whose bytes lie past the end of the vector file (`size` bytes: it was truncated, or
+    deleted and started again), before anything is appended where they point. How many."""
+    lost = count_beyond(con, size)
+    if lost:
+        con.execute(f"DELETE FROM embeddings WHERE {_BEYOND}", [size, size])
+    return lost
+
+
+def cached_hashes(con: Any, embedder: CacheIdentity, hashes: list[str]) -> set[str]:
+    """The hashes among `hashes` whose vector (by this embedder) the cache holds."""
+    found: set[str] = set()
+    for start in range(0, len(hashes), 1000):
+        keys = [cache_key(embedder, h) for h in hashes[start : start + 1000]]
+        placeholders = ", ".join("?" * len(keys))
+        rows = con.execute(f"SELECT content_hash FROM embeddings WHERE cache_key IN ({placeholders})", keys).fetchall()
+        found.update(str(r[0]) for r in rows)
+    return found
+
+
+def vectors_by_key(con: Any, vectors_file: VectorFile, keys: list[str]) -> dict[str, Vectors]:
+    """cache key -> vector, for the keys the cache holds (and whose bytes the vector file still has)."""
+    if not keys:
+        return {}
+    placeholders = ", ".join("?" * len(keys))
+    rows = con.execute(
+        f"SELECT cache_key, byte_offset, dimensions FROM embeddings WHERE cache_key IN ({placeholders})", keys
+    ).fetchall()
+    vectors = vectors_file.read([int(r[1]) for r in rows], [int(r[2]) for r in rows])
+    return {str(r[0]): v for r, v in zip(rows, vectors, strict=True) if v is not None}
+
+
+class SignatureIdentity:
+    """The cache identity named by an embedder signature (model|dimensions|task_type[|enrich:…])."""
+
+    def __init__(self, signature: str) -> None:
+        model, dims, task = [*signature.split("|"), "", "", ""][:3]
+        self.model, self.dimensions, self.task_type = model, int(dims or 0), task

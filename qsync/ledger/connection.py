@@ -1,0 +1,416 @@
+"""A Ledger's connection to its checkpoint file, through the file's host process (ledger/host.py).
+
+DuckDB lets one process open a file. qsync used to share it by hand-over: whoever held it closed it (with a
+checkpoint) when another process asked, many times a second with two jobs running. Two runners on one file so
+corrupted it, now and then, in blocks DuckDB had just checkpointed (issue 25; docs/RELIABILITY.md has the figures).
+Now one process, the host, opens the file and keeps it open while anyone uses it; every qsync process (a runner, a
+second job, `qsync status`, a notebook's widgets) sends it SQL over a Unix socket. Nothing waits for a holder to
+let go, and a runner frozen with Ctrl-Z holds nothing: the host lets go of a transaction idle for 30 s.
+
+`Connection` starts the host when there is none (`python -m qsync.ledger.host PATH`, a session of its own, its
+log in the hosts' folder), says hello (the host opens the file and checks its schema), and keeps the socket until
+the Ledger has been idle for `idle_close_s`; the host ends a moment after its last client left. What the ledger's
+modules get is a `RemoteConnection`: `execute(sql, params)` with `fetchall()`, `df()`, `register` and
+`unregister`, as on a DuckDB connection, every statement answered by the host. A Connection also checks that the
+file at its path is still the one it first opened: a file deleted or replaced is refused, never written through
+the old host.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from multiprocessing.connection import Client
+from multiprocessing.connection import Connection as Pipe
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from qsync.errors import LedgerError, LedgerLocked
+from qsync.ledger.errors import convert
+from qsync.ledger.rundir import host_files
+from qsync.ledger.schema import SCHEMA_VERSION, too_new
+
+_LOCK_PATTERN = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
+_PID_PATTERN = re.compile(r"PID (\d+)")
+
+HELD_IDLE_CLOSE_S = 2.0  # see Connection.held
+_SPAWN_EVERY_S = 0.5  # a client that cannot reach a host starts one at most this often
+
+FileIdentity = tuple[int, int]  # (st_dev, st_ino)
+
+# Every Connection not yet closed, to close at exit: a socket closed in the middle of a transaction is rolled back by
+# the host; closed at exit, the host knows at once that this process is gone.
+_open_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for connection in list(_open_connections):
+        connection.close_at_exit()
+
+
+class RemoteResult:
+    """The rows of one statement, as a DuckDB result gives them."""
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self._rows = rows
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._rows
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._rows[0] if self._rows else None
+
+
+class RemoteConnection:
+    """What the ledger's modules call a connection: each statement is answered by the host."""
+
+    def __init__(self, owner: Connection) -> None:
+        self._owner = owner
+
+    def execute(self, sql: str, params: Any = None) -> RemoteResult:
+        return RemoteResult(self._owner.request("execute", sql, params))
+
+    def df(self, sql: str, params: Any = None) -> pd.DataFrame:
+        """The query's result as a DataFrame, converted by DuckDB (its dtypes, not a guess from rows)."""
+        frame: pd.DataFrame = self._owner.request("df", sql, params)
+        return frame
+
+    def register(self, name: str, table: Any) -> None:
+        self._owner.request("register", name, table)
+
+    def unregister(self, name: str) -> None:
+        self._owner.request("unregister", name)
+
+
+class Connection:
+    """The connection of one Ledger to its file's host, opened when there is work and closed when idle."""
+
+    def __init__(self, path: Path, *, lock_timeout_s: float = 60.0, idle_close_s: float = 0.5) -> None:
+        self.path = path
+        self.lock_timeout_s = lock_timeout_s
+        self.idle_close_s = idle_close_s
+        self._pipe: Pipe | None = None
+        self._identity: FileIdentity | None = None  # the file this ledger opened first
+        self._lock = threading.RLock()  # one use of the pipe at a time (a transaction: all of it)
+        self._last_used = time.monotonic()
+        self._keeper: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._holds = 0  # runs in progress (`held`): the socket stays open between their transactions
+        self._depth = 0  # uses in progress on the thread holding self._lock (a read inside a transaction: 2)
+        self._spawned: subprocess.Popen[bytes] | None = None
+        self._spawned_at = 0.0
+        _open_connections.add(self)
+
+    # -- public ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self, *, keeps_open: bool = True) -> Iterator[RemoteConnection]:
+        """One atomic unit of work: everything inside commits together or not at all. `keeps_open=False`:
+        this transaction does not count as use for closing an idle connection (a heartbeat)."""
+        with self._using() as con:
+            self.request("begin")
+            try:
+                yield con
+            except BaseException as exc:
+                with contextlib.suppress(duckdb.Error, LedgerError):
+                    self.request("rollback")
+                if isinstance(exc, duckdb.Error) and not isinstance(exc, duckdb.ConstraintException):
+                    raise convert(exc, self.path) from exc
+                raise
+            else:
+                try:
+                    self.request("commit")
+                except duckdb.Error as exc:
+                    with contextlib.suppress(duckdb.Error, LedgerError):
+                        self.request("rollback")
+                    raise convert(exc, self.path) from exc
+            finally:
+                if keeps_open:
+                    self._last_used = time.monotonic()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[RemoteConnection]:
+        """A connection for queries; inside a transaction of this thread, the transaction's (its reads see its
+        writes)."""
+        with self._using() as con:
+            try:
+                yield con
+            except duckdb.Error as exc:
+                raise convert(exc, self.path) from exc
+            finally:
+                self._last_used = time.monotonic()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Keep the socket open while a run works, unless it goes unused for HELD_IDLE_CLOSE_S (reconnecting costs
+        a hello, well under a millisecond; the host keeps the file open either way)."""
+        with self._lock:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holds -= 1
+                self._last_used = time.monotonic()
+
+    def close(self) -> None:
+        """Close for good: later use raises LedgerError. Waits for the transaction in progress, if any."""
+        self._closed.set()
+        with self._lock:
+            self._disconnect()
+        keeper = self._keeper
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join(timeout=5)
+
+    def close_at_exit(self) -> None:
+        """Close unless a thread is using the connection (a daemon thread frozen by the interpreter's end would
+        never let go: the exit must not wait for it)."""
+        self._closed.set()
+        if self._lock.acquire(timeout=1.0):
+            try:
+                self._disconnect()
+            finally:
+                self._lock.release()
+
+    def request(self, *request: Any) -> Any:
+        """Send one request to the host and return its answer (inside `_using`: the lock is held)."""
+        pipe = self._pipe
+        if pipe is None:
+            raise LedgerError(f"{self.path}: no connection to its host (a statement outside a transaction or read)")
+        try:
+            pipe.send(request)
+            status, value = pipe.recv()
+        except (EOFError, OSError) as exc:
+            self._disconnect()
+            raise LedgerError(
+                f"the process that holds {self.path} (qsync's ledger host) ended{_log_tail(self.path)}; "
+                "run the command again"
+            ) from exc
+        if status == "ok":
+            return value
+        raise _error(self.path, value)
+
+    # -- connection management ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[RemoteConnection]:
+        """The connection, this Ledger's lock held. A use inside another (a read in a transaction) is the same."""
+        with self._lock:
+            if not self._depth:
+                self._connect()
+            self._depth += 1
+            try:
+                yield RemoteConnection(self)
+            finally:
+                self._depth -= 1
+
+    def _connect(self) -> None:
+        if self._closed.is_set():
+            raise LedgerError(f"{self.path} was closed")
+        if self._pipe is not None:
+            if self._identity is not None and _identity_of(self.path) != self._identity:
+                self._disconnect()
+                raise _replaced(self.path)
+            return
+        if self._identity is not None and _identity_of(self.path) != self._identity:
+            raise _replaced(self.path)  # never a new empty file where the job's file was
+        parent = self.path.parent
+        if not parent.exists():
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LedgerError(f"cannot create the folder {parent} for the checkpoint file: {exc.strerror}") from exc
+        sock, _, _ = host_files(self.path)
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            try:
+                pipe = Client(str(sock), family="AF_UNIX")
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise LedgerLocked(str(self.path), None, self.lock_timeout_s) from None
+                self._spawn()
+                time.sleep(0.01)
+                continue
+            try:
+                pipe.send(("hello", os.getpid()))
+                status, value = pipe.recv()
+            except (EOFError, OSError):  # the host was ending as we arrived: the next one serves us
+                with contextlib.suppress(OSError):
+                    pipe.close()
+                if time.monotonic() > deadline:
+                    raise LedgerLocked(str(self.path), None, self.lock_timeout_s) from None
+                time.sleep(0.01)
+                continue
+            if status != "ok":
+                pipe.close()
+                error = _error(self.path, value)
+                if isinstance(error, duckdb.Error):
+                    match = _PID_PATTERN.search(str(error))
+                    if _LOCK_PATTERN.search(str(error)):  # another program holds the file (the host waited for it)
+                        raise LedgerLocked(str(self.path), int(match.group(1)) if match else None, self.lock_timeout_s)
+                    raise convert(error, self.path) from error
+                raise error
+            found, version, host_pid = value
+            identity: FileIdentity = (int(found[0]), int(found[1]))
+            if version != SCHEMA_VERSION:  # a host of another qsync (a second install) has the file open
+                pipe.close()
+                if version > SCHEMA_VERSION:
+                    raise too_new(str(self.path), version)
+                raise LedgerError(
+                    f"{self.path} is open in process {host_pid}, the ledger host of an older qsync (schema {version}; "
+                    f"this qsync needs {SCHEMA_VERSION}): stop the jobs of that qsync, then run this again"
+                )
+            if self._identity is None:
+                self._identity = identity
+            elif identity != self._identity:
+                pipe.close()
+                raise _replaced(self.path)
+            self._pipe = pipe
+            break
+        if self._keeper is None:
+            self._keeper = threading.Thread(target=self._keep, name="qsync-ledger-keeper", daemon=True)
+            self._keeper.start()
+
+    def _spawn(self) -> None:
+        """Start the file's host, unless this process started one a moment ago (it may still be starting)."""
+        now = time.monotonic()
+        if self._spawned is not None and now - self._spawned_at < _SPAWN_EVERY_S and self._spawned.poll() is None:
+            return
+        _, _, log = host_files(self.path)
+        env = dict(os.environ)
+        # The host imports this qsync, wherever it came from (an install, a checkout on PYTHONPATH).
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        with log.open("ab") as out:
+            self._spawned = subprocess.Popen(
+                [sys.executable, "-m", "qsync.ledger.host", str(self.path), str(self.lock_timeout_s)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True,
+                cwd=str(self.path.parent),
+            )  # fmt: skip
+        self._spawned_at = now
+        # Reaped when it ends, so that a long-lived kernel does not collect zombies.
+        threading.Thread(target=self._spawned.wait, name="qsync-ledger-host-reaper", daemon=True).start()
+
+    def _disconnect(self) -> None:
+        """Close the socket (held: self._lock); the host rolls back a transaction left open."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+    def _keep(self) -> None:
+        """Close the socket when idle, so that the host can end once nobody uses the file. Runs only while a socket
+        is open: it ends once it has closed it, and _connect starts a new one with the next socket."""
+        while not self._closed.wait(0.05):
+            idle = time.monotonic() - self._last_used > (HELD_IDLE_CLOSE_S if self._holds else self.idle_close_s)
+            if not (idle or self._pipe is None):
+                continue
+            if self._lock.acquire(blocking=False):
+                try:
+                    self._disconnect()
+                    self._keeper = None
+                    return
+                finally:
+                    self._lock.release()
+        self._keeper = None
+
+
+def _dial(path: Path) -> Pipe | None:
+    """A socket to the running host of `path`, or None if none runs (none is started)."""
+    sock, _, _ = host_files(path)
+    try:
+        return Client(str(sock), family="AF_UNIX")
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+
+
+def session_holder(path: Path) -> int | None:
+    """The pid of the process whose transaction the host of `path` is serving now (None: none, or no host)."""
+    pipe = _dial(path)
+    if pipe is None:
+        return None
+    try:
+        pipe.send(("holder",))
+        status, value = pipe.recv()
+    except (EOFError, OSError):
+        return None
+    finally:
+        pipe.close()
+    return int(value) if status == "ok" and value else None
+
+
+def stop_host(path: Path, timeout_s: float = 10.0) -> None:
+    """End the host of `path` (it closes the file), for a command that must have the file to itself. LedgerError
+    if other processes are using it."""
+    pipe = _dial(path)
+    if pipe is None:
+        return
+    try:
+        pipe.send(("shutdown",))
+        status, value = pipe.recv()
+    except (EOFError, OSError):
+        status, value = "ok", None
+    finally:
+        pipe.close()
+    if status != "ok":
+        raise _error(path, value)
+    sock, _, _ = host_files(path)
+    deadline = time.monotonic() + timeout_s
+    while sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _identity_of(path: Path) -> FileIdentity | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _error(path: Path, payload: tuple[str, str, str]) -> BaseException:
+    """The exception an error answer of the host stands for: DuckDB's as the same duckdb class."""
+    kind, name, message = payload
+    if kind == "duckdb":
+        cls = getattr(duckdb, name, None)
+        if isinstance(cls, type) and issubclass(cls, duckdb.Error):
+            return cls(message)
+        return duckdb.Error(message)
+    if kind == "replaced":
+        return _replaced(path)
+    if kind == "in_use":
+        return LedgerError(f"{message}: stop them (pause the jobs, close the notebooks), then run this again")
+    if kind == "other" and name == "SchemaTooNew":
+        from qsync.errors import SchemaTooNew
+
+        return SchemaTooNew(message)
+    return LedgerError(message)
+
+
+def _replaced(path: Path) -> LedgerError:
+    return LedgerError(
+        f"{path} was deleted or replaced while this job had it open; nothing more is written to it. Look at what "
+        "happened to the file, then resume the job against the right file"
+    )
+
+
+def _log_tail(path: Path) -> str:
+    """The end of the host's log, if it said anything (why it ended)."""
+    try:
+        _, _, log = host_files(path)
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return f" ({lines[-1][:300]})" if lines else ""

@@ -1,0 +1,278 @@
+"""The one process that opens a checkpoint file: every other process talks to it.
+
+Two runners sharing a DuckDB file by hand-over (each closing it, with a checkpoint, whenever the other asked)
+corrupted it: 4 of 59 pairs on 6596ebb, and 1 of 10 still with every statement serialized and DuckDB's optimistic
+writes off (docs/RELIABILITY.md). Single processes never did. So one process holds the file for as long as anyone
+uses it: started by the first process that needs the file (`python -m qsync.ledger.host PATH`, in a session of its
+own, so that a Ctrl-Z or a kill of the job that started it does not stop it), found by the others through a Unix
+socket in a private folder, and gone a moment after its last client left (`LINGER_S`).
+
+It serves one request at a time. A client's transaction (`begin` … `commit`) is served alone: other clients'
+requests wait in their sockets until it ends, or until it idles past `SESSION_IDLE_S` (a client frozen mid-
+transaction is rolled back and let go, never a file locked for everyone). A client that disconnects mid-transaction
+is rolled back. Requests (tuples, pickled by multiprocessing.connection):
+
+    ("hello", pid)          -> the open file's identity (st_dev, st_ino), its schema version, the host's pid; the file
+                               opened (and migrated) if need be
+    ("begin",) ("commit",) ("rollback",)
+    ("execute", sql, params) -> the rows (fetchall)
+    ("df", sql, params)      -> a pandas DataFrame
+    ("register", name, table) ("unregister", name)
+    ("holder",)             -> the pid of the client whose transaction is open, or None
+    ("shutdown",)           -> closes the file and ends, unless other clients are connected
+
+An answer is ("ok", value) or ("error", payload): DuckDB's errors travel as (class name, message) and are raised
+again as the same duckdb exception class by the client, so that `ledger.errors.convert` reads them as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.connection import Listener, wait
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from qsync.ledger.rundir import host_files
+
+LINGER_S = 2.0  # the host ends this long after its last client left
+# A transaction idle this long is rolled back and its client let go (QSYNC_LEDGER_SESSION_IDLE_S: for tests).
+SESSION_IDLE_S = float(os.environ.get("QSYNC_LEDGER_SESSION_IDLE_S") or 30.0)
+_LOCK_PATTERN = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
+_PID_PATTERN = re.compile(r"PID (\d+)")
+
+# Set on the database (see ledger/connection.py for why: DuckDB on its oldest, most tested path).
+SETTINGS = {"enable_optimistic_write": "false", "auto_checkpoint_skip_wal_threshold": str(2**62)}
+
+
+class _Context:
+    """What a migration written in Python may use (schema.MigrationContext)."""
+
+    def __init__(self, path: Path) -> None:
+        from qsync.ledger.vectorfile import VectorFile
+
+        self.path = path
+        self.vectors = VectorFile(path.with_suffix(".vectors"))
+
+
+class Host:
+    def __init__(self, path: Path, lock_timeout_s: float) -> None:
+        self.path = path
+        self.lock_timeout_s = lock_timeout_s
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.identity: tuple[int, int] | None = None
+        self.pids: dict[Pipe, int] = {}
+        self.session: Pipe | None = None
+        self.ending = False
+
+    # -- the file -----------------------------------------------------------------------------------------------
+
+    def open(self) -> duckdb.DuckDBPyConnection:
+        if self.con is not None:
+            there = _identity(self.path)
+            if there != self.identity:
+                raise _Replaced(f"{self.path} was deleted or replaced while it was open")
+            return self.con
+        from qsync.ledger.schema import check_schema
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        while True:
+            try:
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.Error as exc:
+                if not _LOCK_PATTERN.search(str(exc)) or time.monotonic() - started > self.lock_timeout_s:
+                    raise
+                time.sleep(0.05)  # another program holds the file: wait for it a while
+        try:
+            for name, value in SETTINGS.items():
+                con.execute(f"SET GLOBAL {name} = {value}")
+            context = _Context(self.path)
+            try:
+                check_schema(con, context, str(self.path))
+            finally:
+                context.vectors.close()
+        except BaseException:
+            con.close()
+            raise
+        self.con, self.identity = con, _identity(self.path)
+        return con
+
+    def close(self) -> None:
+        if self.con is not None:
+            with contextlib.suppress(duckdb.Error):
+                self.con.close()
+            self.con = None
+
+    # -- requests -----------------------------------------------------------------------------------------------
+
+    def handle(self, client: Pipe, request: tuple[Any, ...]) -> Any:
+        op = request[0]
+        if op == "hello":
+            from qsync.ledger.schema import file_version
+
+            self.pids[client] = int(request[1])
+            con = self.open()
+            return self.identity, file_version(con), os.getpid()
+        if op == "holder":
+            return self.pids.get(self.session) if self.session is not None else None
+        if op == "shutdown":
+            if len(self.pids) > 1:
+                others = sorted(p for c, p in self.pids.items() if c is not client)
+                raise _InUse(f"{self.path} is in use by process{'es' if len(others) > 1 else ''} "
+                             f"{', '.join(map(str, others))}")  # fmt: skip
+            self.ending = True
+            return None
+        con = self.open()
+        if op == "begin":
+            con.execute("BEGIN TRANSACTION")
+            self.session = client
+            return None
+        if op in ("commit", "rollback"):
+            self.session = None
+            con.execute(op.upper())
+            return None
+        if op == "execute":
+            return con.execute(request[1], request[2] or []).fetchall()
+        if op == "df":
+            return con.execute(request[1], request[2] or []).df()
+        if op == "register":
+            con.register(request[1], request[2])
+            return None
+        if op == "unregister":
+            con.unregister(request[1])
+            return None
+        raise ValueError(f"unknown request {op!r}")
+
+    def serve(self, client: Pipe) -> None:
+        """Answer one request of `client` (its disconnection: a rollback if it was in a transaction)."""
+        try:
+            request = client.recv()
+        except (EOFError, OSError):
+            self.drop(client)
+            return
+        try:
+            answer: tuple[str, Any] = ("ok", self.handle(client, request))
+        except duckdb.Error as exc:
+            answer = ("error", ("duckdb", type(exc).__name__, str(exc)))
+            if isinstance(exc, duckdb.FatalException):  # DuckDB invalidated the database: a new host reopens it
+                self.ending = True
+        except _Replaced as exc:
+            answer = ("error", ("replaced", "", str(exc)))
+            self.ending = True
+        except _InUse as exc:
+            answer = ("error", ("in_use", "", str(exc)))
+        except Exception as exc:  # a qsync error (schema too new, a bug): its text, for a LedgerError
+            answer = ("error", ("other", type(exc).__name__, str(exc)))
+        try:
+            client.send(answer)
+        except (OSError, ValueError):
+            self.drop(client)
+
+    def drop(self, client: Pipe) -> None:
+        if self.session is client:
+            self.session = None
+            if self.con is not None:
+                with contextlib.suppress(duckdb.Error):
+                    self.con.execute("ROLLBACK")
+        self.pids.pop(client, None)
+        with contextlib.suppress(OSError):
+            client.close()
+
+
+class _Replaced(Exception):
+    pass
+
+
+class _InUse(Exception):
+    pass
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def main(argv: list[str]) -> int:
+    path = Path(argv[0])
+    lock_timeout_s = float(argv[1]) if len(argv) > 1 else 60.0
+    sock, lock, log = host_files(path)
+    election = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(election, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return 0  # another host serves this file (or is starting): the clients find it
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()  # left by a host that died
+    listener = Listener(str(sock), family="AF_UNIX")
+    host = Host(path, lock_timeout_s)
+    arrived: list[Pipe] = []
+    arrived_lock = threading.Lock()
+    wake_r, wake_w = os.pipe()
+
+    def accept() -> None:
+        while True:
+            try:
+                client = listener.accept()
+            except OSError:
+                return
+            with arrived_lock:
+                arrived.append(client)
+            os.write(wake_w, b"x")
+
+    threading.Thread(target=accept, name="qsync-ledger-accept", daemon=True).start()
+    last_client = time.monotonic()
+    try:
+        while not host.ending:
+            with arrived_lock:
+                for client in arrived:
+                    host.pids[client] = 0
+                arrived.clear()
+            if host.pids:
+                last_client = time.monotonic()
+            elif time.monotonic() - last_client > LINGER_S:
+                break
+            if host.session is not None:
+                ready = wait([host.session], timeout=SESSION_IDLE_S)
+                if not ready:  # its client froze mid-transaction: roll it back, let it go
+                    host.drop(host.session)
+                    continue
+            else:
+                ready = wait([*host.pids, wake_r], timeout=LINGER_S / 4)
+            for item in ready:
+                if item == wake_r:
+                    os.read(wake_r, 4096)
+                    continue
+                assert isinstance(item, Pipe)
+                if item in host.pids:
+                    host.serve(item)
+                if host.session is not None and host.session is not item:
+                    break  # a transaction began: only its client is served until it ends
+    finally:
+        # Gone from the socket first, so that a client arriving now starts the next host instead of waiting here.
+        with contextlib.suppress(OSError):
+            sock.unlink()
+        with contextlib.suppress(OSError):
+            listener.close()
+        host.close()
+        os.close(election)
+        with contextlib.suppress(OSError):
+            if log.stat().st_size == 0:  # nothing went wrong: no log to keep
+                log.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,107 @@
+"""What the CLI, the Python API, the widgets, verify and search read of a job, beside its figures (figures.py):
+its batches, its skipped records, a batch's records, what its collection should hold, what was planned."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from qsync.ledger.jobs import job_record
+from qsync.ledger.ledger import Ledger
+
+BATCH_COLUMNS = (
+    "batch_no, status, records, skipped_records, attempts, last_error, embedded_texts, cache_hits, tokens, "
+    "tokens_estimated, media_tokens, media_tokens_estimated, saved_tokens, cost_usd, enrich_tokens, enrich_cost_usd, "
+    "started_at, finished_at, duration_s, first_ordinal, last_ordinal"
+)
+
+
+def batches(ledger: Ledger, job: str, status: str | None = None) -> pd.DataFrame:
+    """The job's batches with attempts, last error, records, tokens and cost (JobNotFound for no such job)."""
+    job_record(ledger, job)
+    sql = f"SELECT {BATCH_COLUMNS} FROM batches WHERE job_id = ?"
+    params: list[Any] = [job]
+    if status:
+        sql += " AND status = ?"
+        params.append(status)
+    return ledger.query_df(sql + " ORDER BY batch_no", params)
+
+
+def skipped(ledger: Ledger, job: str) -> pd.DataFrame:
+    """Records that were not loaded, each with the reason."""
+    job_record(ledger, job)
+    return ledger.query_df(
+        "SELECT ordinal, record_id, stage, reason, created_at FROM skipped WHERE job_id = ? ORDER BY ordinal NULLS LAST",
+        [job],
+    )
+
+
+def batch_records(ledger: Ledger, job: str, batch_no: int) -> pd.DataFrame:
+    """The records of one batch, as planned."""
+    return ledger.query_df(
+        "SELECT ordinal, record_id, content_hash, token_estimate, text, payload FROM manifest "
+        "WHERE job_id = ? AND batch_no = ? ORDER BY ordinal",
+        [job, batch_no],
+    )
+
+
+def planned_records(ledger: Ledger, collection: str, record_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """record id -> (text, media path) as planned by the jobs of a collection (for search hits)."""
+    if not record_ids:
+        return {}
+    rows = ledger.query_rows(
+        f"SELECT record_id, any_value(text), any_value(media_ref) FROM manifest WHERE job_id IN (SELECT job_id "
+        f"FROM jobs WHERE collection = ?) AND record_id IN ({', '.join('?' * len(record_ids))}) GROUP BY record_id",
+        [collection, *record_ids],
+    )
+    return {str(r): (str(t), m) for r, t, m in rows}
+
+
+def expected_points(ledger: Ledger, target: str) -> pd.DataFrame:
+    """What a collection should hold (record_id, point_id, vector_hash, embedder, payload, and the job_id that
+    last wrote it): every record any job loaded into the target, minus those deleted since."""
+    return ledger.query_df(
+        "SELECT record_id, point_id, vector_hash, embedder, payload, job_id FROM points WHERE target = ?", [target]
+    )
+
+
+def skip_reasons(ledger: Ledger, job: str) -> dict[str, int]:
+    """How many records were skipped for each reason, most common first."""
+    rows = ledger.query_rows(
+        "SELECT reason, count(*) FROM skipped WHERE job_id = ? GROUP BY reason ORDER BY 2 DESC, 1", [job]
+    )
+    return {str(reason): int(n) for reason, n in rows}
+
+
+# What an estimate reads of a planned manifest: each distinct content once, its text (a media record's caption),
+# its token estimate, and the media part of it.
+_MANIFEST_TEXTS = """
+    SELECT content_hash, any_value(text) AS text, any_value(token_estimate) AS token_estimate,
+           any_value(coalesce(media_tokens, 0)) AS media_tokens
+    FROM manifest WHERE job_id = ? GROUP BY content_hash"""
+
+
+def manifest_texts(ledger: Ledger, job: str) -> pd.DataFrame:
+    """content_hash, text, token_estimate, media_tokens: each distinct content of the job's manifest once."""
+    return ledger.query_df(_MANIFEST_TEXTS, [job])
+
+
+def manifest_size(ledger: Ledger, job: str) -> tuple[int, int, int, int]:
+    """(records, distinct contents, estimated tokens, media tokens) of the job's manifest."""
+    row = ledger.query_rows(
+        "SELECT count(*), count(DISTINCT content_hash), coalesce(sum(token_estimate), 0), "
+        "coalesce(sum(media_tokens), 0) FROM manifest WHERE job_id = ?",
+        [job],
+    )[0]
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+def text_token_estimates(ledger: Ledger, job: str) -> list[int]:
+    """Each distinct content's estimated text tokens (its media part left out)."""
+    rows = ledger.query_rows(
+        "SELECT any_value(token_estimate - coalesce(media_tokens, 0)) FROM manifest WHERE job_id = ? "
+        "GROUP BY content_hash",
+        [job],
+    )
+    return [int(r[0]) for r in rows]

@@ -1,0 +1,366 @@
+"""The writes of one run, guarded by its lease and group-committed (commit.py): every state change of its
+batches (batches.py), the vectors and answers it pays for, its spend intents (spend.py) and Batch Mode jobs
+(remote.py, through BatchModeRecords), the points it loads and the deletions it applies.
+
+`record_embeddings` stores the vectors a batch paid for, and their tokens and cost, before the upsert that uses
+them: a crash after it costs nothing on resume. `complete` runs only once Qdrant holds the batch's points
+durably, and marks many batches done in one transaction (one Qdrant Edge flush covers them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
+
+import duckdb
+
+from qsync.clock import Clock
+from qsync.embedders.protocol import Vectors
+from qsync.ledger import batches as b
+from qsync.ledger import claims, spend
+from qsync.ledger.batches import MANIFEST_READ_AHEAD, BatchWork, Completion
+from qsync.ledger.cache import (
+    CacheIdentity,
+    append_vectors,
+    batch_mode_origin,
+    cache_key,
+    forget,
+    forget_beyond,
+    insert_vectors,
+    lookup_vectors,
+)
+from qsync.ledger.commit import GroupCommit
+from qsync.ledger.lease import Lease
+from qsync.ledger.ledger import Ledger
+
+T = TypeVar("T")
+
+
+class LeasedJob:
+    """One run's view of its job: reads, and the writes only the lease holder may make."""
+
+    def __init__(self, ledger: Ledger, lease: Lease, clock: Clock, target: str, embedder_signature: str) -> None:
+        self.ledger = ledger
+        self.lease = lease
+        self.job_id = lease.job_id
+        self.clock = clock
+        self.target = target  # see spec.target.target
+        self.embedder_signature = embedder_signature
+        self.lost_vectors = 0  # cache entries this run found gone from the vector file (and forgot)
+        self.commit = GroupCommit(ledger, lease, clock)  # every write of the run goes through it
+        self._manifests: dict[int, list[tuple[Any, ...]]] = {}  # read ahead: batch_no -> manifest rows
+        self._manifests_lock = threading.Lock()
+        # A fresh backfill skips deleting earlier `points` rows of its records, which scans the whole table and
+        # would make each batch slower than the last.
+        with ledger.reading() as con:
+            self._replaces_points = b.target_holds_records(con, self.job_id, target)
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def runnable_batches(self) -> list[int]:
+        rows = self.ledger.query_rows(
+            "SELECT batch_no FROM batches WHERE job_id = ? AND status IN ('pending', 'failed') ORDER BY batch_no",
+            [self.job_id],
+        )
+        return [int(r[0]) for r in rows]
+
+    def cached_vectors(self, embedder: CacheIdentity, hashes: list[str]) -> dict[str, tuple[Vectors, int]]:
+        """content hash -> (vector, tokens reusing it saves) for the hashes the cache holds. Entries whose bytes the
+        vector file lost (truncated or replaced while the job ran) are forgotten: misses, embedded again."""
+        with self.ledger.reading() as con:
+            found = lookup_vectors(
+                con, self.ledger.vectors, embedder, hashes, free_origin=batch_mode_origin(self.job_id)
+            )
+        if found.lost:
+            self.lost_vectors += self.commit.write(lambda con: forget(con, found.lost))
+        return found.found
+
+    def heal_cache(self) -> int:
+        """Forget the cache entries whose bytes lie past the end of the vector file (it was truncated, or deleted and
+        started again) before this run appends anything: they are misses now, paid for once more. How many. The
+        size is read inside the transaction: another process appends only while it holds the checkpoint file."""
+        healed = self.commit.write(lambda con: forget_beyond(con, self.ledger.vectors.end()))
+        self.lost_vectors += healed
+        return healed
+
+    def cached_generations(self, keys: list[str]) -> dict[str, str]:
+        """Answers already paid for (by any job), by generation key."""
+        if not keys:
+            return {}
+        placeholders = ", ".join("?" * len(keys))
+        rows = self.ledger.query_rows(
+            f"SELECT cache_key, answer FROM generations WHERE cache_key IN ({placeholders})", list(keys)
+        )
+        return {str(k): str(a) for k, a in rows}
+
+    def pending_deletions(self, limit: int) -> list[tuple[str, str]]:
+        rows = self.ledger.query_rows(
+            "SELECT record_id, point_id FROM deletions WHERE job_id = ? AND NOT done ORDER BY record_id LIMIT ?",
+            [self.job_id, limit],
+        )
+        return [(str(r), str(p)) for r, p in rows]
+
+    @property
+    def prefetched(self) -> int:
+        """Batches whose records were read ahead and not yet claimed (at most MANIFEST_READ_AHEAD - 1)."""
+        with self._manifests_lock:
+            return len(self._manifests)
+
+    def last_error(self) -> str:
+        errors = self.ledger.query_rows(
+            "SELECT last_error FROM batches WHERE job_id = ? AND status = 'failed' ORDER BY finished_at DESC LIMIT 1",
+            [self.job_id],
+        )
+        return str(errors[0][0]) if errors else "unknown"
+
+    # -- batches ---------------------------------------------------------------------------------------------
+
+    def claim(self, batch_no: int) -> BatchWork:
+        """Take the batch for a new attempt and load its records. The claim (running, attempt + 1) is written in
+        the batch's first write (batches.py). Raises NotClaimable if the batch is not pending or failed."""
+        with self.ledger.reading() as con:
+            attempt = b.next_attempt(con, self.job_id, batch_no)
+        return b.work_of(batch_no, attempt, self._manifest(batch_no))
+
+    def _manifest(self, batch_no: int) -> list[tuple[Any, ...]]:
+        """The batch's records, read MANIFEST_READ_AHEAD batches at a time (one query instead of many)."""
+        with self._manifests_lock:
+            rows = self._manifests.pop(batch_no, None)
+        if rows is not None:
+            return rows
+        with self.ledger.reading() as con:
+            by_batch = b.read_manifest(con, self.job_id, batch_no, batch_no + MANIFEST_READ_AHEAD - 1)
+        rows = by_batch.pop(batch_no, [])
+        with self._manifests_lock:
+            # Replace, not add: batches of an earlier read that were never claimed (done ones inside a retry's
+            # range, say) would otherwise pile up; this keeps at most one read's worth in memory.
+            self._manifests = by_batch
+        return rows
+
+    def complete(self, batches: Sequence[Completion]) -> None:
+        """Mark batches done, in one transaction: Qdrant holds their points durably (see Sink.durable)."""
+
+        def apply(con: Any) -> None:
+            now = self.clock.now()
+            for done in batches:
+                b.mark_done(con, self.job_id, done, now)
+                b.end_attempt(con, self.job_id, done.work, self.lease.token, now, "done", None)
+            skipped = sum(len(done.skips) for done in batches)
+            if skipped:
+                con.execute(
+                    "UPDATE jobs SET skipped_records = skipped_records + ? WHERE job_id = ?", [skipped, self.job_id]
+                )
+            b.record_points(con, self.job_id, self.target, self.embedder_signature, batches, now,
+                            self._replaces_points)  # fmt: skip
+
+        self._write_for([done.work for done in batches], apply)
+
+    def fail(self, work: BatchWork, error: str) -> None:
+        def apply(con: Any) -> None:
+            now = self.clock.now()
+            b.mark_failed(con, self.job_id, work, error, now)
+            b.end_attempt(con, self.job_id, work, self.lease.token, now, "failed", error)
+
+        self._write_for([work], apply)
+
+    def release(self, work: BatchWork) -> None:
+        """Hand an unfinished batch back (clean stop): pending again, its paid vectors kept. A batch whose claim
+        was never written is pending already."""
+        if not work.claimed:
+            return
+
+        def apply(con: Any) -> None:
+            b.mark_pending(con, self.job_id, work)
+            b.end_attempt(con, self.job_id, work, self.lease.token, self.clock.now(), "released", None)
+
+        self.commit.write(apply)
+
+    def mark_deleted(self, record_ids: list[str]) -> None:
+        """The points are gone from Qdrant (it acknowledged): record it, and forget them in `points`."""
+
+        def apply(con: Any) -> None:
+            con.execute(
+                "UPDATE deletions SET done = true WHERE job_id = ? AND record_id IN (SELECT unnest(?::VARCHAR[]))",
+                [self.job_id, record_ids],
+            )
+            con.execute(
+                "DELETE FROM points WHERE target = ? AND record_id IN (SELECT unnest(?::VARCHAR[]))",
+                [self.target, record_ids],
+            )
+
+        self.commit.write(apply)
+
+    # -- what was paid for -------------------------------------------------------------------------------------
+
+    def record_embeddings(
+        self,
+        work: BatchWork,
+        embedder: CacheIdentity,
+        hashes: list[str],
+        vectors: Vectors,
+        tokens_per_text: list[int],
+        tokens_estimated: bool,
+        cost: float,
+        intent: str | None = None,
+        media_tokens: int = 0,
+        media_tokens_estimated: bool = False,
+    ) -> None:
+        """Persist freshly paid-for vectors and their cost, settling the call's intent. Called before the upsert.
+        `media_tokens`: the part of the tokens that were images or document pages; `media_tokens_estimated`: that
+        part was split by qsync's estimates, not reported by the API."""
+        tokens = int(sum(tokens_per_text))
+        split_estimated = media_tokens_estimated and media_tokens > 0
+        offsets = self.appender(vectors)
+
+        def apply(con: Any, ignore_existing: bool) -> None:
+            now = self.clock.now()
+            insert_vectors(
+                con, embedder, hashes, offsets(con), tokens_per_text, now, None, ignore_existing=ignore_existing
+            )
+            # Saved: the texts are no longer being paid for (a run waiting for them finds them in the cache).
+            claims.release(con, [cache_key(embedder, h) for h in hashes], self.lease.token)
+            con.execute(
+                """UPDATE batches SET embedded_texts = embedded_texts + ?, tokens = tokens + ?,
+                       cost_usd = cost_usd + ?, tokens_estimated = tokens_estimated OR ?,
+                       media_tokens = coalesce(media_tokens, 0) + ?,
+                       media_tokens_estimated = coalesce(media_tokens_estimated, false) OR ?
+                   WHERE job_id = ? AND batch_no = ?""",
+                [len(hashes), tokens, cost, tokens_estimated, media_tokens, split_estimated, self.job_id,
+                 work.batch_no],
+            )  # fmt: skip
+            self._settle(con, intent)
+
+        self.write_vectors(apply, work)
+
+    def record_generation(
+        self, work: BatchWork, key: str, model: str, answer: str, tokens_in: int, tokens_out: int, cost: float,
+        intent: str | None = None,
+    ) -> None:  # fmt: skip
+        """Persist one enrichment answer and its cost the moment it arrives."""
+
+        def apply(con: Any) -> None:
+            con.execute(
+                "INSERT INTO generations VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [key, model, answer, tokens_in, tokens_out, cost, self.clock.now()],
+            )
+            con.execute(
+                "UPDATE batches SET enrich_tokens = enrich_tokens + ?, enrich_cost_usd = enrich_cost_usd + ? "
+                "WHERE job_id = ? AND batch_no = ?",
+                [tokens_in + tokens_out, cost, self.job_id, work.batch_no],
+            )
+            self._settle(con, intent)
+
+        self._write_for([work], apply)
+
+    # -- texts paid for right now, across processes -------------------------------------------------------------
+
+    def claim_texts(self, keys: list[str]) -> set[str]:
+        """Claim these cache keys for this run's calls; return those another live run is paying for right now."""
+        return self.commit.write(lambda con: claims.claim(con, keys, self.job_id, self.lease.token, self.clock.now()))
+
+    def claimed_elsewhere(self, keys: list[str]) -> set[str]:
+        """Of these cache keys, those another live run still has claimed."""
+        with self.ledger.reading() as con:
+            return claims.held_elsewhere(con, keys, self.lease.token, self.clock.now())
+
+    def release_texts(self, keys: list[str]) -> None:
+        if keys:
+            self.commit.write(lambda con: claims.release(con, keys, self.lease.token))
+
+    # -- write-ahead for money ------------------------------------------------------------------------------------
+
+    def open_intent(
+        self, kind: str, work: BatchWork | None, texts: int, tokens: int, cost: float, hashes: list[str] | None = None
+    ) -> str:
+        """Record a paid call before it is sent: `tokens` and `cost` are what it can cost at most; `work`: the batch
+        it is for (None: Batch Mode). Returns the intent's id, to settle (`record_*`) or close (`close_intent`)."""
+        batch_no = None if work is None else work.batch_no
+
+        def apply(con: Any) -> str:
+            return spend.open_intent(
+                con, self.job_id, batch_no, kind, texts, tokens, cost, hashes, self.lease.token, self.clock.now()
+            )
+
+        return self._write_for([] if work is None else [work], apply)
+
+    def close_intent(self, intent: str, state: str) -> None:
+        """The call ended without an answer to save: 'void' (refused, so not billed) or 'unconfirmed' (it may have
+        been billed: a timeout, a dropped connection)."""
+        self.commit.write(lambda con: spend.close_intent(con, self.job_id, intent, state, self.clock.now()))
+
+    def _settle(self, con: Any, intent: str | None) -> None:
+        if intent is not None:
+            spend.close_intent(con, self.job_id, intent, "settled", self.clock.now())
+
+    def count_unconfirmed(self, count_tokens: Callable[[list[str]], int], price_per_million: float) -> int:
+        """Replace the upper bound of unconfirmed embedding calls by their exact token count (countTokens on the
+        texts they sent). Returns how many intents were counted."""
+        with self.ledger.reading() as con:
+            open_ones = spend.uncounted(con, self.job_id)
+        counted = 0
+        for intent, hashes in open_ones:
+            with self.ledger.reading() as con:
+                sent = spend.texts_sent(con, self.job_id, hashes)
+            # countTokens on the captions alone would undercount a media call: its upper bound stays.
+            if not sent or any(media for _, media in sent):
+                continue
+            tokens = int(count_tokens([t for t, _ in sent]))
+            cost = tokens * price_per_million / 1e6
+            self.commit.write(partial(spend.set_counted, job_id=self.job_id, intent=intent, tokens=tokens, cost=cost))
+            counted += 1
+        return counted
+
+    # -- plumbing ---------------------------------------------------------------------------------------------------
+
+    def appender(self, vectors: Vectors) -> Callable[[Any], list[int]]:
+        """`offsets(con)`, inside the lease-checked transaction that records `vectors`: their offsets in the vector
+        file, appended on the first call, the same on later calls (a retried transaction must not append them
+        twice). Every call first forgets the cache rows that point past where the file ended before the append: a
+        file truncated or deleted meanwhile would otherwise have them point at these vectors' bytes."""
+        offsets: list[int] = []
+        vector_file = self.ledger.vectors
+        end: list[int] = []
+
+        def append(con: Any) -> list[int]:
+            if not end:
+                end.append(vector_file.end())
+            lost = forget_beyond(con, end[0])
+            if lost and not offsets:  # counted once, even if this transaction is tried again
+                self.lost_vectors += lost
+            if not offsets and len(vectors):
+                offsets.extend(append_vectors(vector_file, vectors))
+            return offsets
+
+        return append
+
+    def write_vectors(self, apply: Callable[[Any, bool], None], work: BatchWork | None = None) -> None:
+        """Commit rows of new vectors; if another job saved one of the keys meanwhile, again, keeping its."""
+        works = [work] if work is not None else []
+        try:
+            self._write_for(works, lambda con: apply(con, False))
+        except duckdb.ConstraintException:
+            self._write_for(works, lambda con: apply(con, True))
+
+    def _write_for(self, works: Sequence[BatchWork], apply: Callable[[Any], T]) -> T:
+        """Write a change to these batches, claiming first (same transaction) those not claimed yet."""
+        if all(work.claimed for work in works):
+            return self.commit.write(apply)
+        with contextlib.ExitStack() as held:
+            # Writes of one batch may run at once (its enrichment calls): the first claims, the others wait.
+            for work in sorted(works, key=lambda w: w.batch_no):
+                held.enter_context(work.claiming)
+            unclaimed = [work for work in works if not work.claimed]
+
+            def claimed_then(con: Any) -> T:
+                now = self.clock.now()
+                for work in unclaimed:
+                    b.claim(con, self.job_id, work, self.lease.pid, self.lease.token, now)
+                return apply(con)
+
+            result = self.commit.write(claimed_then)
+            for work in unclaimed:
+                work.claimed = True
+            return result

@@ -1,0 +1,75 @@
+"""Write-ahead for money: every paid call (an embedding request, an enrichment answer, a Batch Mode submission)
+is recorded as an intent, with the most it can cost, before it is sent; when its answer is saved, the intent is
+settled in the same transaction (the real figures are then in batches, generations or remote_jobs). An intent a
+crash left open, or whose call got no answer, is *unconfirmed* spend: counted in every total, so what qsync
+reports is never less than what was billed.
+
+Intent states: open -> settled (answer saved) | void (refused: not billed) | unconfirmed (may have been billed).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+
+def open_intent(
+    con: Any,
+    job_id: str,
+    batch_no: int | None,
+    kind: str,
+    texts: int,
+    tokens: int,
+    cost: float,
+    hashes: list[str] | None,
+    token: str,
+    now: Any,
+) -> str:
+    """Record a paid call about to be sent; its id, to settle or close once the call ends."""
+    intent = uuid.uuid4().hex
+    con.execute(
+        """INSERT INTO spend_intents (job_id, intent_id, batch_no, kind, texts, tokens, cost_usd, state,
+               content_hashes, lease_token, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?)""",
+        [job_id, intent, batch_no, kind, texts, tokens, cost, hashes, token, now],
+    )
+    return intent
+
+
+def close_intent(con: Any, job_id: str, intent: str, state: str, now: Any) -> None:
+    con.execute(
+        "UPDATE spend_intents SET state = ?, closed_at = ? WHERE job_id = ? AND intent_id = ?",
+        [state, now, job_id, intent],
+    )
+
+
+def rename_intent(con: Any, job_id: str, intent: str, name: str) -> None:
+    """A Batch Mode submission's intent takes the remote job's name, to be settled when it is ingested."""
+    con.execute("UPDATE spend_intents SET intent_id = ? WHERE job_id = ? AND intent_id = ?", [name, job_id, intent])
+
+
+def uncounted(con: Any, job_id: str) -> list[tuple[str, list[str]]]:
+    """Unconfirmed embedding calls whose tokens are still the upper bound: (intent, content hashes sent)."""
+    rows = con.execute(
+        "SELECT intent_id, content_hashes FROM spend_intents "
+        "WHERE job_id = ? AND kind = 'embed' AND state = 'unconfirmed' AND NOT counted",
+        [job_id],
+    ).fetchall()
+    return [(str(i), list(h or [])) for i, h in rows]
+
+
+def texts_sent(con: Any, job_id: str, hashes: list[str]) -> list[tuple[str, bool]]:
+    """The texts of these content hashes as planned, and whether each is a media record's caption."""
+    rows = con.execute(
+        "SELECT any_value(text), bool_or(media_ref IS NOT NULL) FROM manifest WHERE job_id = ? AND "
+        "content_hash IN (SELECT unnest(?::VARCHAR[])) GROUP BY content_hash",
+        [job_id, hashes],
+    ).fetchall()
+    return [(str(t), bool(m)) for t, m in rows]
+
+
+def set_counted(con: Any, job_id: str, intent: str, tokens: int, cost: float) -> None:
+    con.execute(
+        "UPDATE spend_intents SET tokens = ?, cost_usd = ?, counted = true WHERE job_id = ? AND intent_id = ?",
+        [tokens, cost, job_id, intent],
+    )

@@ -1,0 +1,217 @@
+"""The launcher's form: the fields of a backfill (source, columns read from it, embedder, sizes, budget), only
+those the chosen embedder uses, and what they mean as job options and run settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+
+from qsync.app.options import default_job_name
+from qsync.catalog.models import DEFAULT_EMBEDDING_MODEL, multimodal
+from qsync.errors import QsyncError
+from qsync.input.columns import guess_columns, source_columns
+from qsync.input.sources import as_source
+from qsync.notebook.formatting import error_html
+from qsync.spec.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, DEFAULT_DIMENSIONS
+from qsync.spec.job import JobSpec
+from qsync.spec.settings import RunSettings
+
+_LABEL = {"description_width": "150px"}
+_FIELD = {"width": "440px"}
+_NO_MEDIA = ("(none)", "")
+_EMBEDDERS = [("hash — offline, free", "hash"), ("gemini — Gemini API (needs GEMINI_API_KEY)", "gemini")]
+
+
+def parse_budget(text: str) -> float | None:
+    """The Budget field: empty means no cap; else dollars more than 0 ("5", "$0.50")."""
+    cleaned = text.strip().removeprefix("$").replace(",", "").strip()
+    if not cleaned:
+        return None
+    try:
+        value = float(cleaned)
+    except ValueError:
+        raise ValueError(f"Budget: {text!r} is not an amount of dollars; leave it empty for no cap") from None
+    if value <= 0:
+        raise ValueError("Budget: enter more than $0, or leave it empty for no cap")
+    return value
+
+
+class LauncherForm:
+    """The fields; `message` is where a field's problem is said (the launcher's message line)."""
+
+    def __init__(
+        self,
+        source: str | pd.DataFrame,
+        collection: str,
+        qdrant_path: str | None,
+        message: widgets.HTML,
+        defaults: dict[str, Any],
+    ) -> None:
+        self.frame = source if isinstance(source, pd.DataFrame) else None
+        self.qdrant_path = qdrant_path
+        self.message = message
+        self.extra_options: dict[str, Any] = dict(defaults.get("embedder_options", {}))
+        shown_source = f"DataFrame: {len(source):,} rows" if self.frame is not None else str(source)
+        self.source = widgets.Text(shown_source, description="Source", style=_LABEL, layout={"width": "600px"},
+                                   placeholder="a .parquet, .csv or .jsonl file, or sql:SELECT …",
+                                   disabled=self.frame is not None)  # fmt: skip
+        self.read_button = widgets.Button(description="Read columns", icon="table", layout={"width": "130px"})
+        self.read_button.add_class("qsync-read-columns")
+        self.collection = widgets.Text(collection, description="Collection", style=_LABEL, layout=_FIELD)
+        self.job_name = widgets.Text(defaults.get("job") or "", description="Job name", style=_LABEL, layout=_FIELD,
+                                     placeholder="default: COLLECTION:SOURCE-NAME")  # fmt: skip
+        self.id_column = widgets.Dropdown(description="Id column", style=_LABEL, layout=_FIELD)
+        self.id_column.add_class("qsync-id-column")
+        self.text_column = widgets.Dropdown(description="Text column", style=_LABEL, layout=_FIELD)
+        self.text_column.add_class("qsync-text-column")
+        self.payload_columns = widgets.SelectMultiple(description="Payload columns", rows=4, style=_LABEL,
+                                                      layout=_FIELD)  # fmt: skip
+        self.payload_columns.add_class("qsync-payload-columns")
+        payload_help = widgets.HTML("<small>stored with each point; Ctrl/⌘-click to pick several</small>")
+        embedder = defaults.get("embedder") or "hash"
+        options = list(_EMBEDDERS) + ([(embedder, embedder)] if embedder not in ("hash", "gemini") else [])
+        self.embedder = widgets.Dropdown(options=options, value=embedder, description="Embedder", style=_LABEL,
+                                         layout=_FIELD)  # fmt: skip
+        self.embedder.add_class("qsync-embedder")
+        self.model = widgets.Text(defaults.get("model") or DEFAULT_EMBEDDING_MODEL, description="Model", style=_LABEL,
+                                  layout=_FIELD)  # fmt: skip
+        self.texts_per_minute = widgets.IntText(int(defaults.get("texts_per_minute") or 3000),
+                                                description="Texts per minute", style=_LABEL, layout=_FIELD)  # fmt: skip
+        self.tokens_per_minute = widgets.IntText(int(defaults.get("tokens_per_minute") or 1_000_000),
+                                                 description="Tokens per minute", style=_LABEL, layout=_FIELD)  # fmt: skip
+        # Media columns embed each record's image or PDF (its text as caption): gemini-embedding-2 only.
+        self.image_column = widgets.Dropdown(options=[_NO_MEDIA], description="Image column", style=_LABEL,
+                                             layout=_FIELD)  # fmt: skip
+        self.image_column.add_class("qsync-image-column")
+        self.document_column = widgets.Dropdown(options=[_NO_MEDIA], description="Document column", style=_LABEL,
+                                                layout=_FIELD)  # fmt: skip
+        self.document_column.add_class("qsync-document-column")
+        self.media_fields = widgets.VBox([self.image_column, self.document_column])
+        self.media_fields.add_class("qsync-media-fields")
+        self.gemini_fields = widgets.VBox([self.model, self.media_fields, self.texts_per_minute,
+                                           self.tokens_per_minute])  # fmt: skip
+        self.gemini_fields.add_class("qsync-gemini-fields")
+        self.dimensions = widgets.IntText(int(defaults.get("dimensions") or DEFAULT_DIMENSIONS), description="Dimensions",
+                                          style=_LABEL, layout=_FIELD)  # fmt: skip
+        self.batch_size = widgets.IntText(int(defaults.get("batch_size") or DEFAULT_BATCH_SIZE), description="Batch size",
+                                          style=_LABEL, layout=_FIELD)  # fmt: skip
+        self.concurrency = widgets.IntText(int(defaults.get("concurrency") or DEFAULT_CONCURRENCY), description="Batches at once",
+                                           style=_LABEL, layout=_FIELD)  # fmt: skip
+        budget = defaults.get("max_cost_usd")
+        self.budget = widgets.Text("" if not budget else f"{float(budget):g}", description="Budget (USD)",
+                                   placeholder="empty: no cap", style=_LABEL, layout=_FIELD)  # fmt: skip
+        self.budget.add_class("qsync-budget")
+        budget_help = widgets.HTML("<small>the job's whole spend across resumes; leave empty for no cap</small>")
+
+        self.read_button.on_click(lambda _: self.read_columns())
+        self.embedder.observe(lambda _: self.show_embedder_fields(), names="value")
+        self.model.observe(lambda _: self.show_embedder_fields(), names="value")
+        self.widget = widgets.VBox([
+            widgets.HBox([self.source, self.read_button]), self.collection, self.job_name,
+            self.id_column, self.text_column, widgets.HBox([self.payload_columns, payload_help]),
+            self.embedder, self.gemini_fields, self.dimensions, self.batch_size, self.concurrency,
+            widgets.HBox([self.budget, budget_help]),
+        ])  # fmt: skip
+        self.show_embedder_fields()
+        self.read_columns(defaults)
+
+    def source_value(self) -> str | pd.DataFrame:
+        return self.frame if self.frame is not None else self.source.value.strip()
+
+    def read_columns(self, defaults: dict[str, Any] | None = None) -> None:
+        """Offer the source's columns in the id, text and payload fields (id and text guessed)."""
+        defaults = defaults or {}
+        source = self.source_value()
+        if isinstance(source, str) and not source:
+            return
+        try:
+            columns = source_columns(source)
+        except QsyncError as exc:
+            self.message.value = error_html(f"Source: {exc}")
+            return
+        guessed_id, guessed_text = guess_columns(columns)
+        keep_id, keep_text = self.id_column.value, self.text_column.value
+        picked = tuple(self.payload_columns.value) or tuple(defaults.get("payload_columns", ()))
+        self.id_column.options = columns
+        self.text_column.options = columns
+        self.payload_columns.options = columns
+        self.id_column.value = next(c for c in (defaults.get("id_column"), keep_id, guessed_id, columns[0])
+                                    if c in columns)  # fmt: skip
+        text_choices = (defaults.get("text_column"), keep_text, guessed_text, columns[-1])
+        self.text_column.value = next(c for c in text_choices if c in columns)
+        self.payload_columns.value = tuple(c for c in picked if c in columns)
+        for field, key in ((self.image_column, "image_column"), (self.document_column, "document_column")):
+            keep = defaults.get(key) or field.value
+            field.options = [_NO_MEDIA, *[(c, c) for c in columns]]
+            field.value = keep if keep in columns else ""
+        if self.message.value.startswith("<span style='color:#b00020'>Source"):
+            self.message.value = ""
+
+    def media_model(self) -> bool:
+        return self.embedder.value == "gemini" and multimodal(self.model.value.strip())
+
+    def show_embedder_fields(self) -> None:
+        self.gemini_fields.layout.display = "" if self.embedder.value == "gemini" else "none"
+        self.media_fields.layout.display = "" if self.media_model() else "none"
+
+    def spec_options(self) -> dict[str, Any]:
+        gemini = self.embedder.value == "gemini"
+        return {
+            "collection": self.collection.value.strip(), "job": self.job_name.value.strip() or None,
+            "id_column": self.id_column.value, "text_column": self.text_column.value,
+            "payload_columns": list(self.payload_columns.value), "embedder": self.embedder.value,
+            "model": self.model.value.strip() or None if gemini else None, "dimensions": self.dimensions.value,
+            "embedder_options": self.extra_options, "batch_size": self.batch_size.value,
+            "qdrant_path": self.qdrant_path,
+            "image_column": self.image_column.value or None if self.media_model() else None,
+            "document_column": self.document_column.value or None if self.media_model() else None,
+        }  # fmt: skip
+
+    def settings(self) -> RunSettings:
+        gemini = self.embedder.value == "gemini"
+        return RunSettings.from_env(
+            concurrency=self.concurrency.value,
+            texts_per_minute=float(self.texts_per_minute.value) if gemini else None,
+            tokens_per_minute=float(self.tokens_per_minute.value) if gemini else None,
+        )
+
+    def expected_name(self) -> str | None:
+        """The job name Start would use, without reading the source's rows."""
+        given = str(self.job_name.value).strip()
+        if given:
+            return given
+        source, collection = self.source_value(), self.collection.value.strip()
+        if not collection or (isinstance(source, str) and not source):
+            return None
+        try:
+            return default_job_name(as_source(source), collection)
+        except QsyncError:
+            return None
+
+    def fill_from(self, spec: JobSpec, max_cost_usd: float | None) -> None:
+        """Show a stored job's settings in the form (what Start would resume)."""
+        columns = [*self.id_column.options]
+        for name in (spec.columns.id_column, spec.columns.text_column or "", *spec.columns.payload_columns):
+            if name and name not in columns:
+                columns.append(name)
+        self.id_column.options = self.text_column.options = self.payload_columns.options = columns
+        self.id_column.value = spec.columns.id_column
+        if spec.columns.text_column:
+            self.text_column.value = spec.columns.text_column
+        self.payload_columns.value = tuple(spec.columns.payload_columns)
+        for field, media in ((self.image_column, spec.columns.image_column),
+                             (self.document_column, spec.columns.document_column)):  # fmt: skip
+            if media and media not in [v for _, v in field.options]:
+                field.options = [*field.options, (media, media)]
+            field.value = media or ""
+        if spec.embedder.kind not in [v for _, v in self.embedder.options]:
+            self.embedder.options = [*self.embedder.options, (spec.embedder.kind, spec.embedder.kind)]
+        self.embedder.value = spec.embedder.kind
+        if spec.embedder.kind == "gemini":
+            self.model.value = spec.embedder.resolved_model
+        self.dimensions.value = spec.embedder.dimensions
+        self.batch_size.value = spec.batch_size
+        self.budget.value = "" if max_cost_usd is None else f"{max_cost_usd:g}"
+        self.extra_options = dict(spec.embedder.options)

@@ -1,0 +1,107 @@
+"""Gemini Batch Mode for very large backfills: half the price, answered within hours instead of seconds.
+
+Batch Mode fills the embedding cache before the ordinary run: texts that no cache entry covers are
+submitted as Batch Mode jobs, each recorded in `remote_jobs` right after the submit returns; those jobs
+are polled (after a restart too: the names are in the ledger) and their vectors, tokens and cost, at the
+Batch Mode price, are stored when they succeed. The runner then upserts every batch from the cache,
+making no synchronous embedding call for those texts.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from functools import partial
+
+from qsync.catalog.tokens import estimate_tokens
+from qsync.embedders.protocol import SubmitsBatches
+from qsync.engine.stage import Stage, StageContext
+from qsync.errors import ConfigError, PermanentError, TransientError
+from qsync.ledger.batch_mode import BatchModeRecords
+from qsync.ledger.batches import BatchWork
+from qsync.ledger.cache import cache_key
+
+log = logging.getLogger("qsync")
+
+
+class BatchModeStage:
+    """The job stage that fills the cache with half-price vectors before the batches run."""
+
+    def __init__(self, context: StageContext, texts_per_job: int = 5000) -> None:
+        embedder = context.embedder
+        if not isinstance(embedder, SubmitsBatches):
+            raise ConfigError(f"{embedder.model} has no Batch Mode: run the job without it")
+        self.run = context.job
+        self.job = BatchModeRecords(context.job)
+        self.embedder = embedder
+        self.identity = context.embedder
+        self.price = embedder.batch_price_per_million_tokens
+        self.budget = context.budget
+        self.retrier = context.retrier
+        self.control = context.control
+        self.notify = context.notify
+        self.texts_per_job = texts_per_job
+        self.poll_s = context.settings.batch_mode_poll_s
+
+    def before_batches(self) -> None:
+        """Submit what is missing, then poll until every remote job has been ingested (or the run stops)."""
+        self.notify("Batch Mode: submitting uncached texts and polling for results")
+        self._submit_missing()
+        while not self.control.stopping:
+            pending = self.job.pending_remote_jobs()
+            if not pending:
+                return
+            for name in pending:
+                self._poll(name)
+            if self.job.pending_remote_jobs() and not self.control.pause_for(self.poll_s):
+                return
+
+    def apply(self, work: BatchWork) -> dict[str, str]:
+        """Nothing per batch: its vectors are in the cache by now (or are embedded as usual)."""
+        return {}
+
+    def _submit_missing(self) -> None:
+        """Submit the texts of unfinished batches that neither the cache nor a submitted job covers."""
+        hashes, texts = self.job.texts_to_submit(cache_key(self.identity, ""))
+        for start in range(0, len(hashes), self.texts_per_job):
+            self.control.check()
+            chunk_hashes = hashes[start : start + self.texts_per_job]
+            chunk_texts = texts[start : start + self.texts_per_job]
+            # The cap applies to the estimate at submit time: the real count arrives hours later.
+            estimate = sum(estimate_tokens(t) for t in chunk_texts) * self.price / 1e6
+            most_tokens = sum(len(t.encode("utf-8")) for t in chunk_texts)
+            self.budget.reserve(estimate)
+            intent = self.run.open_intent(
+                "batch_mode", None, len(chunk_texts), most_tokens, most_tokens * self.price / 1e6, chunk_hashes
+            )
+            try:
+                name = self.retrier.call(partial(self.embedder.submit_batch, chunk_texts,
+                                                 f"qsync-{self.run.job_id}-{uuid.uuid4().hex[:8]}"))  # fmt: skip
+            except BaseException as exc:
+                self.budget.settle(estimate, 0.0)
+                billed = isinstance(exc, TransientError) and exc.maybe_billed
+                self.run.close_intent(intent, "unconfirmed" if billed else "void")
+                raise
+            self.budget.settle(estimate, estimate)
+            self.job.record_remote_job(name, chunk_hashes, intent)
+            log.info("qsync: submitted %s texts as Gemini batch job %s", len(chunk_hashes), name)
+
+    def _poll(self, name: str) -> None:
+        _, vectors, error = self.retrier.call(lambda: self.embedder.poll_batch(name))
+        if error is not None:
+            self.job.fail_remote_job(name, error)
+            log.warning("qsync: Gemini batch job %s failed (%s); its texts are embedded synchronously", name, error)
+            return
+        if vectors is None:
+            return  # still running
+        hashes, texts = self.job.remote_job_texts(name)
+        if len(vectors) != len(hashes):
+            raise PermanentError(f"Gemini batch job {name} answered {len(vectors)} vectors for {len(hashes)} texts")
+        tokens = self.embedder.count_tokens_many([texts[h] for h in hashes])
+        self.job.ingest_remote_job(name, self.identity, hashes, vectors, tokens, self.price)
+        log.info("qsync: ingested %s vectors from Gemini batch job %s", len(hashes), name)
+
+
+def batch_mode_stage(context: StageContext) -> Stage:
+    """The factory of a run's Batch Mode stage."""
+    return BatchModeStage(context)
