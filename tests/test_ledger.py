@@ -17,7 +17,7 @@ import pytest
 from qsync_testing import ledger_rows, qsync_env
 
 from qsync.errors import LedgerError, LedgerLocked, SchemaTooNew
-from qsync.ledger.connection import session_holder, stop_host
+from qsync.ledger.hosts import session_holder, stop_host
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.schema import SCHEMA_VERSION
 
@@ -299,18 +299,19 @@ def test_a_job_run_again_after_its_folder_was_deleted_writes_to_the_new_files(tm
 
 
 def test_a_file_deleted_while_open_is_never_used_again_through_the_old_connection(tmp_path: Path) -> None:
-    """DuckDB hands out a database this process has open, by path: a ledger opened after the file was deleted
-    must not get the deleted file's database (its writes would go nowhere); it says so instead."""
+    """The host keeps the deleted file's database open while a ledger uses it: a ledger opened afterwards gets the new
+    file at the path (the old host ends, a new one opens it), and the old ledger is told, never written through."""
     path = tmp_path / "q.duckdb"
     old = Ledger(path)
-    with old.reading() as con:  # the old file's database stays open while this cursor reads
+    with old.reading() as con:
         con.execute("SELECT 1").fetchall()
         path.unlink()
-        with pytest.raises(LedgerError, match="deleted or replaced"), Ledger(path) as new:
-            new.query_rows("SELECT 1")
+        with Ledger(path) as new:
+            assert new.query_rows("SELECT count(*) FROM jobs") == [(0,)]
+        assert path.exists()
+    with pytest.raises(LedgerError, match="deleted or replaced"):
+        old.query_rows("SELECT 1")
     old.close()
-    with Ledger(path) as fresh:  # once nothing holds the old one, the path is a new, empty file
-        assert fresh.query_rows("SELECT count(*) FROM jobs") == [(0,)]
 
 
 def test_a_running_ledger_refuses_a_file_replaced_under_it(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from qsync_testing import (
 
 import qsync
 from qsync.embedders.hashing import hash_vector
-from qsync.ledger.connection import session_holder
+from qsync.ledger.hosts import session_holder
 from qsync.spec.target import point_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]

@@ -22,8 +22,6 @@ import atexit
 import contextlib
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -38,14 +36,14 @@ import pandas as pd
 
 from qsync.errors import LedgerError, LedgerLocked
 from qsync.ledger.errors import convert
-from qsync.ledger.rundir import host_files
-from qsync.ledger.schema import SCHEMA_VERSION, too_new
+from qsync.ledger.hosts import host_files, spawn
+from qsync.ledger.migrate import too_new
+from qsync.ledger.schema import SCHEMA_VERSION
 
 _LOCK_PATTERN = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
 _PID_PATTERN = re.compile(r"PID (\d+)")
 
 HELD_IDLE_CLOSE_S = 2.0  # see Connection.held
-_SPAWN_EVERY_S = 0.5  # a client that cannot reach a host starts one at most this often
 
 FileIdentity = tuple[int, int]  # (st_dev, st_ino)
 
@@ -109,8 +107,6 @@ class Connection:
         self._closed = threading.Event()
         self._holds = 0  # runs in progress (`held`): the socket stays open between their transactions
         self._depth = 0  # uses in progress on the thread holding self._lock (a read inside a transaction: 2)
-        self._spawned: subprocess.Popen[bytes] | None = None
-        self._spawned_at = 0.0
         _open_connections.add(self)
 
     # -- public ------------------------------------------------------------------------------------
@@ -200,7 +196,7 @@ class Connection:
             ) from exc
         if status == "ok":
             return value
-        raise _error(self.path, value)
+        raise error_of(self.path, value)
 
     # -- connection management ---------------------------------------------------------------------
 
@@ -240,7 +236,7 @@ class Connection:
             except (FileNotFoundError, ConnectionRefusedError):
                 if time.monotonic() > deadline:
                     raise LedgerLocked(str(self.path), None, self.lock_timeout_s) from None
-                self._spawn()
+                spawn(self.path, self.lock_timeout_s)
                 time.sleep(0.01)
                 continue
             try:
@@ -255,7 +251,10 @@ class Connection:
                 continue
             if status != "ok":
                 pipe.close()
-                error = _error(self.path, value)
+                if value[0] == "replaced" and self._identity in (None, _identity_of(self.path)):
+                    time.sleep(0.01)  # the host had a file since deleted open: it ends, the next opens ours
+                    continue
+                error = error_of(self.path, value)
                 if isinstance(error, duckdb.Error):
                     match = _PID_PATTERN.search(str(error))
                     if _LOCK_PATTERN.search(str(error)):  # another program holds the file (the host waited for it)
@@ -283,26 +282,6 @@ class Connection:
             self._keeper = threading.Thread(target=self._keep, name="qsync-ledger-keeper", daemon=True)
             self._keeper.start()
 
-    def _spawn(self) -> None:
-        """Start the file's host, unless this process started one a moment ago (it may still be starting)."""
-        now = time.monotonic()
-        if self._spawned is not None and now - self._spawned_at < _SPAWN_EVERY_S and self._spawned.poll() is None:
-            return
-        _, _, log = host_files(self.path)
-        env = dict(os.environ)
-        # The host imports this qsync, wherever it came from (an install, a checkout on PYTHONPATH).
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        with log.open("ab") as out:
-            self._spawned = subprocess.Popen(
-                [sys.executable, "-m", "qsync.ledger.host", str(self.path), str(self.lock_timeout_s)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True,
-                cwd=str(self.path.parent),
-            )  # fmt: skip
-        self._spawned_at = now
-        # Reaped when it ends, so that a long-lived kernel does not collect zombies.
-        threading.Thread(target=self._spawned.wait, name="qsync-ledger-host-reaper", daemon=True).start()
-
     def _disconnect(self) -> None:
         """Close the socket (held: self._lock); the host rolls back a transaction left open."""
         pipe, self._pipe = self._pipe, None
@@ -327,51 +306,6 @@ class Connection:
         self._keeper = None
 
 
-def _dial(path: Path) -> Pipe | None:
-    """A socket to the running host of `path`, or None if none runs (none is started)."""
-    sock, _, _ = host_files(path)
-    try:
-        return Client(str(sock), family="AF_UNIX")
-    except (FileNotFoundError, ConnectionRefusedError):
-        return None
-
-
-def session_holder(path: Path) -> int | None:
-    """The pid of the process whose transaction the host of `path` is serving now (None: none, or no host)."""
-    pipe = _dial(path)
-    if pipe is None:
-        return None
-    try:
-        pipe.send(("holder",))
-        status, value = pipe.recv()
-    except (EOFError, OSError):
-        return None
-    finally:
-        pipe.close()
-    return int(value) if status == "ok" and value else None
-
-
-def stop_host(path: Path, timeout_s: float = 10.0) -> None:
-    """End the host of `path` (it closes the file), for a command that must have the file to itself. LedgerError
-    if other processes are using it."""
-    pipe = _dial(path)
-    if pipe is None:
-        return
-    try:
-        pipe.send(("shutdown",))
-        status, value = pipe.recv()
-    except (EOFError, OSError):
-        status, value = "ok", None
-    finally:
-        pipe.close()
-    if status != "ok":
-        raise _error(path, value)
-    sock, _, _ = host_files(path)
-    deadline = time.monotonic() + timeout_s
-    while sock.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 def _identity_of(path: Path) -> FileIdentity | None:
     try:
         stat = path.stat()
@@ -380,7 +314,7 @@ def _identity_of(path: Path) -> FileIdentity | None:
     return stat.st_dev, stat.st_ino
 
 
-def _error(path: Path, payload: tuple[str, str, str]) -> BaseException:
+def error_of(path: Path, payload: tuple[str, str, str]) -> BaseException:
     """The exception an error answer of the host stands for: DuckDB's as the same duckdb class."""
     kind, name, message = payload
     if kind == "duckdb":

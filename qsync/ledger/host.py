@@ -8,8 +8,8 @@ own, so that a Ctrl-Z or a kill of the job that started it does not stop it), fo
 socket in a private folder, and gone a moment after its last client left (`LINGER_S`).
 
 It serves one request at a time. A client's transaction (`begin` … `commit`) is served alone: other clients'
-requests wait in their sockets until it ends, or until it idles past `SESSION_IDLE_S` (a client frozen mid-
-transaction is rolled back and let go, never a file locked for everyone). A client that disconnects mid-transaction
+requests are held until it ends, or until it idles past `SESSION_IDLE_S` (a client frozen mid-transaction is
+rolled back and let go, never a file locked for everyone); only `holder` is answered meanwhile. A client that disconnects mid-transaction
 is rolled back. Requests (tuples, pickled by multiprocessing.connection):
 
     ("hello", pid)          -> the open file's identity (st_dev, st_ino), its schema version, the host's pid; the file
@@ -41,7 +41,8 @@ from typing import Any
 
 import duckdb
 
-from qsync.ledger.rundir import host_files
+from qsync.ledger.hosts import host_files
+from qsync.ledger.migrate import check_schema, file_version
 
 LINGER_S = 2.0  # the host ends this long after its last client left
 # A transaction idle this long is rolled back and its client let go (QSYNC_LEDGER_SESSION_IDLE_S: for tests).
@@ -70,7 +71,9 @@ class Host:
         self.con: duckdb.DuckDBPyConnection | None = None
         self.identity: tuple[int, int] | None = None
         self.pids: dict[Pipe, int] = {}
-        self.session: Pipe | None = None
+        self.session: Pipe | None = None  # the client whose transaction is open
+        self.session_seen = 0.0  # when that client last sent a request
+        self.pending: dict[Pipe, tuple[Any, ...]] = {}  # requests that arrived during another's transaction
         self.ending = False
 
     # -- the file -----------------------------------------------------------------------------------------------
@@ -81,8 +84,6 @@ class Host:
             if there != self.identity:
                 raise _Replaced(f"{self.path} was deleted or replaced while it was open")
             return self.con
-        from qsync.ledger.schema import check_schema
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         while True:
@@ -118,8 +119,6 @@ class Host:
     def handle(self, client: Pipe, request: tuple[Any, ...]) -> Any:
         op = request[0]
         if op == "hello":
-            from qsync.ledger.schema import file_version
-
             self.pids[client] = int(request[1])
             con = self.open()
             return self.identity, file_version(con), os.getpid()
@@ -153,13 +152,43 @@ class Host:
             return None
         raise ValueError(f"unknown request {op!r}")
 
-    def serve(self, client: Pipe) -> None:
-        """Answer one request of `client` (its disconnection: a rollback if it was in a transaction)."""
-        try:
-            request = client.recv()
-        except (EOFError, OSError):
-            self.drop(client)
+    def step(self, wake: int) -> None:
+        """Answer what is ready: a request held back by a transaction now ended, or what the sockets bring."""
+        if self.session is None and self.pending:
+            client = next(iter(self.pending))
+            self.answer(client, self.pending.pop(client))
             return
+        timeout = LINGER_S / 4
+        if self.session is not None:
+            timeout = max(0.0, self.session_seen + SESSION_IDLE_S - time.monotonic())
+        ready = wait([*(c for c in self.pids if c not in self.pending), wake], timeout=timeout)
+        if (
+            self.session is not None
+            and self.session not in ready
+            and (time.monotonic() - self.session_seen >= SESSION_IDLE_S)
+        ):
+            self.drop(self.session)  # its client froze mid-transaction: roll it back, let it go
+            return
+        for item in ready:
+            if item == wake:
+                os.read(wake, 4096)
+                continue
+            assert isinstance(item, Pipe)
+            if item not in self.pids:
+                continue  # dropped meanwhile
+            try:
+                request = item.recv()
+            except (EOFError, OSError):
+                self.drop(item)
+                continue
+            if self.session is not None and item is not self.session and request[0] != "holder":
+                self.pending[item] = request  # served once the transaction in progress has ended
+                continue
+            self.answer(item, request)
+
+    def answer(self, client: Pipe, request: tuple[Any, ...]) -> None:
+        if client is self.session or request[0] == "begin":
+            self.session_seen = time.monotonic()
         try:
             answer: tuple[str, Any] = ("ok", self.handle(client, request))
         except duckdb.Error as exc:
@@ -185,6 +214,7 @@ class Host:
                 with contextlib.suppress(duckdb.Error):
                     self.con.execute("ROLLBACK")
         self.pids.pop(client, None)
+        self.pending.pop(client, None)
         with contextlib.suppress(OSError):
             client.close()
 
@@ -244,22 +274,7 @@ def main(argv: list[str]) -> int:
                 last_client = time.monotonic()
             elif time.monotonic() - last_client > LINGER_S:
                 break
-            if host.session is not None:
-                ready = wait([host.session], timeout=SESSION_IDLE_S)
-                if not ready:  # its client froze mid-transaction: roll it back, let it go
-                    host.drop(host.session)
-                    continue
-            else:
-                ready = wait([*host.pids, wake_r], timeout=LINGER_S / 4)
-            for item in ready:
-                if item == wake_r:
-                    os.read(wake_r, 4096)
-                    continue
-                assert isinstance(item, Pipe)
-                if item in host.pids:
-                    host.serve(item)
-                if host.session is not None and host.session is not item:
-                    break  # a transaction began: only its client is served until it ends
+            host.step(wake_r)
     finally:
         # Gone from the socket first, so that a client arriving now starts the next host instead of waiting here.
         with contextlib.suppress(OSError):

@@ -24,8 +24,8 @@ import duckdb
 
 from qsync.clock import SYSTEM_CLOCK
 from qsync.errors import LedgerCorrupted, LedgerError
-from qsync.ledger.connection import stop_host
 from qsync.ledger.errors import convert, corrupted
+from qsync.ledger.hosts import stop_host
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.process import lease_is_live
 from qsync.spec.defaults import stale_after_s

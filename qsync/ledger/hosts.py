@@ -1,0 +1,127 @@
+"""Finding, starting and stopping the hosts of checkpoint files (ledger/host.py), and where they keep their sockets,
+election locks and logs: a folder only this user can enter, one set of files per checkpoint file (by its resolved
+path)."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Client
+from multiprocessing.connection import Connection as Pipe
+from pathlib import Path
+
+_SPAWN_EVERY_S = 0.5  # a process that cannot reach a host starts one at most this often
+
+
+def run_dir() -> Path:
+    """A folder only this user can enter, for the hosts' sockets, locks and logs."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+    folder = base / f"qsync-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{folder} must belong to this user and be private (chmod 700)")
+    return folder
+
+
+def host_files(path: Path) -> tuple[Path, Path, Path]:
+    """The socket, election lock and log of the host of the checkpoint file at `path`."""
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:20]
+    folder = run_dir()
+    return folder / f"{key}.sock", folder / f"{key}.lock", folder / f"{key}.log"
+
+
+# The host this process started last, per checkpoint file: one at a time, however many Ledgers ask.
+_spawned: dict[Path, tuple[subprocess.Popen[bytes], float]] = {}
+_spawn_lock = threading.Lock()
+
+
+def spawn(path: Path, lock_timeout_s: float) -> None:
+    """Start the file's host, unless this process's last one is still starting (or serving: its socket is being
+    made), or was started a moment ago. A host that finds another serving ends at once (its election lock)."""
+    with _spawn_lock:
+        now = time.monotonic()
+        last = _spawned.get(path)
+        if last is not None and (last[0].poll() is None or now - last[1] < _SPAWN_EVERY_S):
+            return
+        _, _, log = host_files(path)
+        env = dict(os.environ)
+        # The host imports this qsync, wherever it came from (an install, a checkout on PYTHONPATH).
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "qsync.ledger.host", str(path), str(lock_timeout_s)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True,
+                cwd=str(path.parent),
+            )  # fmt: skip
+        _spawned[path] = (process, now)
+    # Reaped when it ends, so that a long-lived kernel does not collect zombies.
+    threading.Thread(target=process.wait, name="qsync-ledger-host-reaper", daemon=True).start()
+
+
+def _dial(path: Path) -> Pipe | None:
+    """A socket to the running host of `path`, or None if none runs (none is started)."""
+    sock, _, _ = host_files(path)
+    try:
+        return Client(str(sock), family="AF_UNIX")
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+
+
+def session_holder(path: Path) -> int | None:
+    """The pid of the process whose transaction the host of `path` is serving now (None: none, or no host)."""
+    pipe = _dial(path)
+    if pipe is None:
+        return None
+    try:
+        pipe.send(("holder",))
+        status, value = pipe.recv()
+    except (EOFError, OSError):
+        return None
+    finally:
+        pipe.close()
+    return int(value) if status == "ok" and value else None
+
+
+def stop_host(path: Path, timeout_s: float = 10.0) -> None:
+    """End the host of `path` (it closes the file), for a command that must have the file to itself. LedgerError
+    if other processes are using it."""
+    pipe = _dial(path)
+    if pipe is None:
+        return
+    try:
+        pipe.send(("shutdown",))
+        status, value = pipe.recv()
+    except (EOFError, OSError):
+        status, value = "ok", None
+    finally:
+        pipe.close()
+    if status != "ok":
+        from qsync.ledger.connection import error_of  # (it imports this module)
+
+        raise error_of(path, value)
+    _, lock, _ = host_files(path)
+    deadline = time.monotonic() + timeout_s
+    while not _released(lock) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _released(lock: Path) -> bool:
+    """Whether no host holds its election lock: it lets go of that last, once it has closed the file."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # and with it the lock, if we took it
+    return True
