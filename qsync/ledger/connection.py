@@ -100,7 +100,8 @@ class Connection:
         self.lock_timeout_s = lock_timeout_s
         self.idle_close_s = idle_close_s
         self._pipe: Pipe | None = None
-        self._identity: FileIdentity | None = None  # the file this ledger opened first
+        self._identity: FileIdentity | None = None  # the file this ledger opened first, as the path showed it
+        self._file_id: str | None = None  # and as the host told it (qsync_file: an inode number may be reused)
         self._lock = threading.RLock()  # one use of the pipe at a time (a transaction: all of it)
         self._last_used = time.monotonic()
         self._keeper: threading.Thread | None = None
@@ -251,8 +252,8 @@ class Connection:
                 continue
             if status != "ok":
                 pipe.close()
-                if value[0] == "replaced" and self._identity in (None, _identity_of(self.path)):
-                    time.sleep(0.01)  # the host had a file since deleted open: it ends, the next opens ours
+                if value[0] == "replaced":
+                    time.sleep(0.01)  # the host had a file since deleted open: it ends, the next opens the new one
                     continue
                 error = error_of(self.path, value)
                 if isinstance(error, duckdb.Error):
@@ -261,8 +262,7 @@ class Connection:
                         raise LedgerLocked(str(self.path), int(match.group(1)) if match else None, self.lock_timeout_s)
                     raise convert(error, self.path) from error
                 raise error
-            found, version, host_pid = value
-            identity: FileIdentity = (int(found[0]), int(found[1]))
+            file_id, version, host_pid = value
             if version != SCHEMA_VERSION:  # a host of another qsync (a second install) has the file open
                 pipe.close()
                 if version > SCHEMA_VERSION:
@@ -271,9 +271,9 @@ class Connection:
                     f"{self.path} is open in process {host_pid}, the ledger host of an older qsync (schema {version}; "
                     f"this qsync needs {SCHEMA_VERSION}): stop the jobs of that qsync, then run this again"
                 )
-            if self._identity is None:
-                self._identity = identity
-            elif identity != self._identity:
+            if self._file_id is None:
+                self._file_id, self._identity = file_id, _identity_of(self.path)
+            elif file_id != self._file_id:
                 pipe.close()
                 raise _replaced(self.path)
             self._pipe = pipe
@@ -324,8 +324,6 @@ def error_of(path: Path, payload: tuple[str, str, str]) -> BaseException:
         return duckdb.Error(message)
     if kind == "replaced":
         return _replaced(path)
-    if kind == "in_use":
-        return LedgerError(f"{message}: stop them (pause the jobs, close the notebooks), then run this again")
     if kind == "other" and name == "SchemaTooNew":
         from qsync.errors import SchemaTooNew
 

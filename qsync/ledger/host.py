@@ -12,7 +12,7 @@ requests are held until it ends, or until it idles past `SESSION_IDLE_S` (a clie
 rolled back and let go, never a file locked for everyone); only `holder` is answered meanwhile. A client that disconnects mid-transaction
 is rolled back. Requests (tuples, pickled by multiprocessing.connection):
 
-    ("hello", pid)          -> the open file's identity (st_dev, st_ino), its schema version, the host's pid; the file
+    ("hello", pid)          -> the open file's id (qsync_file), its schema version, the host's pid; the file
                                opened (and migrated) if need be
     ("begin",) ("commit",) ("rollback",)
     ("execute", sql, params) -> the rows (fetchall)
@@ -69,7 +69,8 @@ class Host:
         self.path = path
         self.lock_timeout_s = lock_timeout_s
         self.con: duckdb.DuckDBPyConnection | None = None
-        self.identity: tuple[int, int] | None = None
+        self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file: it holds that inode
+        self.file_id = ""  # the file's own id (qsync_file)
         self.pids: dict[Pipe, int] = {}
         self.session: Pipe | None = None  # the client whose transaction is open
         self.session_seen = 0.0  # when that client last sent a request
@@ -106,6 +107,8 @@ class Host:
             con.close()
             raise
         self.con, self.identity = con, _identity(self.path)
+        row = con.execute("SELECT file_id FROM qsync_file").fetchone()
+        self.file_id = str(row[0]) if row else ""
         return con
 
     def close(self) -> None:
@@ -121,7 +124,7 @@ class Host:
         if op == "hello":
             self.pids[client] = int(request[1])
             con = self.open()
-            return self.identity, file_version(con), os.getpid()
+            return self.file_id, file_version(con), os.getpid()
         if op == "holder":
             return self.pids.get(self.session) if self.session is not None else None
         if op == "shutdown":

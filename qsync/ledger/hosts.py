@@ -15,6 +15,8 @@ from multiprocessing.connection import Client
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 
+from qsync.errors import LedgerError
+
 _SPAWN_EVERY_S = 0.5  # a process that cannot reach a host starts one at most this often
 
 
@@ -103,9 +105,10 @@ def stop_host(path: Path, timeout_s: float = 10.0) -> None:
     finally:
         pipe.close()
     if status != "ok":
-        from qsync.ledger.connection import error_of  # (it imports this module)
-
-        raise error_of(path, value)
+        kind, _, message = value
+        if kind == "in_use":
+            message += ": stop them (pause the jobs, close the notebooks), then run this again"
+        raise LedgerError(message)
     _, lock, _ = host_files(path)
     deadline = time.monotonic() + timeout_s
     while not _released(lock) and time.monotonic() < deadline:

@@ -33,7 +33,7 @@ from qsync.sql import SqlConnection, ident, literal
 
 ROWS_PER_GROUP = 2048
 _LOCKED = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
-_NOT_COPIED = {"qsync_schema", "text_claims"}  # a new file has its own version; claims of runs that are gone
+_NOT_COPIED = {"qsync_schema", "qsync_file", "text_claims"}  # a new file: its own version and id
 
 
 def tables(con: SqlConnection, database: str | None = None) -> list[str]:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from qsync.ledger.vectorfile import VectorFile
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 _V1 = """
 CREATE TABLE qsync_schema (version INTEGER NOT NULL);
@@ -358,6 +358,13 @@ CREATE TABLE text_claims (
 );
 """
 
+# v14: the file's own identity, made once: a process that reconnects to a checkpoint file knows it is the file it
+# had (a file deleted and made anew at the same path may even get the old one's inode number).
+_V14 = """
+CREATE TABLE qsync_file (file_id VARCHAR NOT NULL);
+INSERT INTO qsync_file VALUES (gen_random_uuid()::VARCHAR);
+"""
+
 Migration = str | Callable[[Any, MigrationContext], None]  # SQL, or fn(connection, context)
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7, _V8, _V9, _V10, _V11, _v12, _V13]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7, _V8, _V9, _V10, _V11, _v12, _V13, _V14]
 assert len(MIGRATIONS) == SCHEMA_VERSION
