@@ -80,12 +80,17 @@ WORDS = [
 
 # Reads every table of the file in full, in a process of its own (plain DuckDB: no qsync involved).
 _CHECK = """
-import sys, duckdb
-try:
-    con = duckdb.connect(sys.argv[1], read_only=True)
-    tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
-except Exception as exc:
-    print(f"cannot open: {exc}"); sys.exit(1)
+import sys, time, duckdb
+for wait in range(300):  # a qsync process may still hold the file a moment (the ledger host lingers 2 s)
+    try:
+        con = duckdb.connect(sys.argv[1], read_only=True)
+        tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+        break
+    except Exception as exc:
+        if "lock" in str(exc) and wait < 299:
+            time.sleep(0.1)
+            continue
+        print(f"cannot open: {exc}"); sys.exit(1)
 bad = []
 for table in tables:
     try:

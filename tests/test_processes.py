@@ -164,7 +164,7 @@ def test_status_from_a_second_process_shows_rising_progress(tmp_path: Path) -> N
             time.sleep(0.3)
         assert len(seen) >= 4, f"progress seen from outside: {seen}"
         assert seen == sorted(seen) and len(set(seen)) == len(seen)
-        assert statuses <= {"planned", "running"}
+        assert statuses <= {"planned", "running", "completed"}  # completed: read while the runner was exiting
     finally:
         assert proc.wait(timeout=120) == 0
 
