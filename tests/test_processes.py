@@ -29,7 +29,7 @@ from qsync_testing import (
 
 import qsync
 from qsync.embedders.hashing import hash_vector
-from qsync.ledger.hosts import session_holder
+from qsync.ledger.hosts import host_pid, session_holder
 from qsync.spec.target import point_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
@@ -185,6 +185,34 @@ def test_second_runner_on_a_live_job_is_refused(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_killed_ledger_host_ends_the_run_with_a_message_and_the_job_resumes(tmp_path: Path) -> None:
+    """The process that holds the checkpoint file (`python -m qsync.ledger.host`) SIGKILLed mid-run, as a user who
+    finds it in `ps` might: the runner stops with a sentence (a new host serves its last writes), and a resume
+    finishes the job exactly."""
+    src, db, log = tmp_path / "src.jsonl", tmp_path / "q.duckdb", tmp_path / "run.log"
+    records = make_records(1500)
+    write_records(src, records)
+    env = qsync_env()
+    proc = _start(_run_args(src, db, concurrency=1, latency=0.3), env, log)
+    try:
+        wait_for(lambda: _processed(db) >= 100, timeout=60)
+        pid = host_pid(db)
+        assert pid is not None and pid != proc.pid
+        os.kill(pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
+    assert "ledger host) ended" in out and "Traceback" not in out, out
+    resumed = run_qsync("resume", "j", "--db", str(db), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert qsync.status("j", db=db)["status"] == "completed"
+    assert qsync.verify("j", db=db).ok
+    _assert_collection_matches(db.with_suffix(".qdrant"), {r["id"]: r["text"] for r in records})
 
 
 def _stop_while_not_holding_the_store(proc: subprocess.Popen[bytes], db: Path) -> None:

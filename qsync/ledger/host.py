@@ -18,7 +18,7 @@ is rolled back. Requests (tuples, pickled by multiprocessing.connection):
     ("execute", sql, params) -> the rows (fetchall)
     ("df", sql, params)      -> a pandas DataFrame
     ("register", name, table) ("unregister", name)
-    ("holder",)             -> the pid of the client whose transaction is open, or None
+    ("holder",)             -> the host's pid, and the pid of the client whose transaction is open (or None)
     ("shutdown",)           -> closes the file and ends, unless other clients are connected
 
 An answer is ("ok", value) or ("error", payload): DuckDB's errors travel as (class name, message) and are raised
@@ -126,7 +126,7 @@ class Host:
             con = self.open()
             return self.file_id, file_version(con), os.getpid()
         if op == "holder":
-            return self.pids.get(self.session) if self.session is not None else None
+            return os.getpid(), self.pids.get(self.session) if self.session is not None else None
         if op == "shutdown":
             if len(self.pids) > 1:
                 others = sorted(p for c, p in self.pids.items() if c is not client)

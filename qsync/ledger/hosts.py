@@ -78,6 +78,17 @@ def _dial(path: Path) -> Pipe | None:
 
 def session_holder(path: Path) -> int | None:
     """The pid of the process whose transaction the host of `path` is serving now (None: none, or no host)."""
+    state = _holder(path)
+    return state[1] if state else None
+
+
+def host_pid(path: Path) -> int | None:
+    """The pid of the host of `path` (None: no host runs)."""
+    state = _holder(path)
+    return state[0] if state else None
+
+
+def _holder(path: Path) -> tuple[int, int | None] | None:
     pipe = _dial(path)
     if pipe is None:
         return None
@@ -88,7 +99,7 @@ def session_holder(path: Path) -> int | None:
         return None
     finally:
         pipe.close()
-    return int(value) if status == "ok" and value else None
+    return (int(value[0]), int(value[1]) if value[1] else None) if status == "ok" else None
 
 
 def stop_host(path: Path, timeout_s: float = 10.0) -> None:
