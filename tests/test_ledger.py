@@ -237,6 +237,57 @@ def test_a_process_frozen_inside_a_transaction_is_let_go(tmp_path: Path) -> None
         frozen.wait()
 
 
+def test_a_statement_longer_than_the_idle_limit_keeps_its_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle limit counts from the host's last answer, not from the request: a long statement (planning a large
+    input) is not taken for a frozen client."""
+    monkeypatch.setenv("QSYNC_LEDGER_SESSION_IDLE_S", "0.2")  # the host this test starts inherits it
+    with Ledger(tmp_path / "q.duckdb") as ledger:
+        with ledger.transaction() as con:
+            con.execute("INSERT INTO skipped VALUES ('j', 1, 'a', 'plan', 'x', now())")
+            started = time.monotonic()
+            con.execute("SELECT sum(i) FROM range(1500000000) t(i)").fetchall()
+            assert time.monotonic() - started > 0.2  # longer than the limit
+            con.execute("INSERT INTO skipped VALUES ('j', 2, 'b', 'plan', 'y', now())")
+        assert ledger.query_rows("SELECT count(*) FROM skipped") == [(2,)]
+
+
+def test_ctrl_c_between_a_request_and_its_answer_never_shifts_the_answers(tmp_path: Path) -> None:
+    """SIGINT while a query waits for the host (the runner survives a first Ctrl-C): the next query gets its own
+    answer, not the interrupted one's."""
+    code = textwrap.dedent(
+        f"""
+        import os, signal, threading, time
+        from qsync.ledger.ledger import Ledger
+        ledger = Ledger({str(tmp_path / "q.duckdb")!r})
+        ledger.query_rows("SELECT 1")
+        def poke():
+            for _ in range(300):
+                time.sleep(0.002)
+                os.kill(os.getpid(), signal.SIGINT)
+        threading.Thread(target=poke, daemon=True).start()
+        interrupted = wrong = n = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            n += 1
+            try:
+                if ledger.query_rows("SELECT ?::INTEGER", [n]) != [(n,)]:
+                    wrong += 1
+            except KeyboardInterrupt:
+                interrupted += 1
+        print(interrupted, wrong, n)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=qsync_env(), timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    interrupted, wrong, queries = map(int, out.stdout.split())
+    assert interrupted >= 10 and queries > interrupted, out.stdout
+    assert wrong == 0, out.stdout
+
+
 def test_cached_vectors_of_a_version_6_store_move_to_the_vector_file_unchanged(tmp_path: Path) -> None:
     """v7 moved the cache's vectors out of DuckDB (FLOAT[] column) into `<db>.vectors`: every old vector
     must come back bit for bit, whatever its size, and still be found by its key."""

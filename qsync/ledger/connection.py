@@ -36,7 +36,7 @@ import pandas as pd
 
 from qsync.errors import LedgerError, LedgerLocked
 from qsync.ledger.errors import convert
-from qsync.ledger.hosts import host_files, spawn
+from qsync.ledger.hosts import failed_start, host_files, log_tail, spawn
 from qsync.ledger.migrate import too_new
 from qsync.ledger.schema import SCHEMA_VERSION
 
@@ -44,12 +44,23 @@ _LOCK_PATTERN = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE
 _PID_PATTERN = re.compile(r"PID (\d+)")
 
 HELD_IDLE_CLOSE_S = 2.0  # see Connection.held
+_MIGRATION_S = 120.0  # beyond the lock timeout, how long a hello may take (the host migrating a large file)
 
 FileIdentity = tuple[int, int]  # (st_dev, st_ino)
 
 # Every Connection not yet closed, to close at exit: a socket closed in the middle of a transaction is rolled back by
 # the host; closed at exit, the host knows at once that this process is gone.
 _open_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not use its parent's sockets (answers would cross between the two processes): it closes
+    its copies, which the host does not notice (the parent's stay open), and starts afresh with new locks."""
+    for connection in list(_open_connections):
+        connection.after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register
@@ -181,6 +192,16 @@ class Connection:
             finally:
                 self._lock.release()
 
+    def after_fork(self) -> None:
+        """In a forked child: forget the parent's socket and threads (see _after_fork_in_child)."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+        self._lock = threading.RLock()
+        self._keeper = None
+        self._depth = self._holds = 0
+
     def request(self, *request: Any) -> Any:
         """Send one request to the host and return its answer (inside `_using`: the lock is held)."""
         pipe = self._pipe
@@ -191,10 +212,19 @@ class Connection:
             status, value = pipe.recv()
         except (EOFError, OSError) as exc:
             self._disconnect()
+            tail = log_tail(self.path)
+            if f"of process {os.getpid()}:" in tail:  # the host let go of this process, not the other way round
+                raise LedgerError(
+                    f"qsync's ledger host of {self.path} {tail} (was this process stopped?); its writes since the "
+                    "transaction began were not saved: run the command again"
+                ) from exc
             raise LedgerError(
-                f"the process that holds {self.path} (qsync's ledger host) ended{_log_tail(self.path)}; "
+                f"the process that holds {self.path} (qsync's ledger host) ended{f' ({tail})' if tail else ''}; "
                 "run the command again"
             ) from exc
+        except BaseException:  # Ctrl-C between send and recv: the answer would be read as the next request's
+            self._disconnect()  # (the host rolls back a transaction left open)
+            raise
         if status == "ok":
             return value
         raise error_of(self.path, value)
@@ -235,6 +265,9 @@ class Connection:
             try:
                 pipe = Client(str(sock), family="AF_UNIX")
             except (FileNotFoundError, ConnectionRefusedError):
+                reason = failed_start(self.path)
+                if reason:
+                    raise LedgerError(f"qsync's ledger host for {self.path} could not start: {reason}") from None
                 if time.monotonic() > deadline:
                     raise LedgerLocked(str(self.path), None, self.lock_timeout_s) from None
                 spawn(self.path, self.lock_timeout_s)
@@ -242,6 +275,10 @@ class Connection:
                 continue
             try:
                 pipe.send(("hello", os.getpid()))
+                # The host may wait for another program's lock on the file (lock_timeout_s), then migrate it.
+                if not pipe.poll(self.lock_timeout_s + _MIGRATION_S):
+                    pipe.close()
+                    raise LedgerLocked(str(self.path), None, self.lock_timeout_s)
                 status, value = pipe.recv()
             except (EOFError, OSError):  # the host was ending as we arrived: the next one serves us
                 with contextlib.suppress(OSError):
@@ -336,13 +373,3 @@ def _replaced(path: Path) -> LedgerError:
         f"{path} was deleted or replaced while this job had it open; nothing more is written to it. Look at what "
         "happened to the file, then resume the job against the right file"
     )
-
-
-def _log_tail(path: Path) -> str:
-    """The end of the host's log, if it said anything (why it ended)."""
-    try:
-        _, _, log = host_files(path)
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return f" ({lines[-1][:300]})" if lines else ""

@@ -31,6 +31,8 @@ import contextlib
 import fcntl
 import os
 import re
+import socket
+import struct
 import sys
 import threading
 import time
@@ -47,6 +49,7 @@ from qsync.ledger.migrate import check_schema, file_version
 LINGER_S = 2.0  # the host ends this long after its last client left
 # A transaction idle this long is rolled back and its client let go (QSYNC_LEDGER_SESSION_IDLE_S: for tests).
 SESSION_IDLE_S = float(os.environ.get("QSYNC_LEDGER_SESSION_IDLE_S") or 30.0)
+SEND_TIMEOUT_S = 5.0  # an answer a client does not take within this long: the client is let go
 _LOCK_PATTERN = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
 _PID_PATTERN = re.compile(r"PID (\d+)")
 
@@ -170,6 +173,8 @@ class Host:
             and self.session not in ready
             and (time.monotonic() - self.session_seen >= SESSION_IDLE_S)
         ):
+            print(f"rolled back the transaction of process {self.pids.get(self.session)}: idle for "
+                  f"{SESSION_IDLE_S:g} s", file=sys.stderr, flush=True)  # fmt: skip
             self.drop(self.session)  # its client froze mid-transaction: roll it back, let it go
             return
         for item in ready:
@@ -207,8 +212,10 @@ class Host:
             answer = ("error", ("other", type(exc).__name__, str(exc)))
         try:
             client.send(answer)
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # gone, or frozen with the answer unread (SEND_TIMEOUT_S)
             self.drop(client)
+        if client is self.session:  # idle counts from the answer: a statement may take longer than the limit
+            self.session_seen = time.monotonic()
 
     def drop(self, client: Pipe) -> None:
         if self.session is client:
@@ -261,6 +268,11 @@ def main(argv: list[str]) -> int:
                 client = listener.accept()
             except OSError:
                 return
+            # A client frozen (Ctrl-Z) with an answer unread must not freeze the host: sends give up after a while.
+            with contextlib.suppress(OSError):
+                raw = socket.socket(fileno=os.dup(client.fileno()))
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(SEND_TIMEOUT_S), 0))
+                raw.close()
             with arrived_lock:
                 arrived.append(client)
             os.write(wake_w, b"x")

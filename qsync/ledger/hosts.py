@@ -18,16 +18,22 @@ from pathlib import Path
 from qsync.errors import LedgerError
 
 _SPAWN_EVERY_S = 0.5  # a process that cannot reach a host starts one at most this often
+_ANSWER_S = 10.0  # how long `holder` and `shutdown` wait for a host's answer
 
 
 def run_dir() -> Path:
-    """A folder only this user can enter, for the hosts' sockets, locks and logs."""
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+    """A folder only this user can enter, for the hosts' sockets, locks and logs: /tmp/qsync-UID, the same for every
+    process of the user (not $XDG_RUNTIME_DIR or $TMPDIR, which a Jupyter kernel and a terminal may not share: two
+    hosts for one file would shut one another out). QSYNC_RUN_DIR moves it, for every process alike."""
+    base = Path(os.environ.get("QSYNC_RUN_DIR") or "/tmp")
     folder = base / f"qsync-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    info = folder.stat()
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = folder.stat()
+    except OSError as exc:
+        raise LedgerError(f"cannot make {folder} for qsync's ledger hosts: {exc.strerror} (set QSYNC_RUN_DIR)") from exc
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise PermissionError(f"{folder} must belong to this user and be private (chmod 700)")
+        raise LedgerError(f"{folder} must belong to this user and be private to it (chmod 700 {folder})")
     return folder
 
 
@@ -56,15 +62,45 @@ def spawn(path: Path, lock_timeout_s: float) -> None:
         # The host imports this qsync, wherever it came from (an install, a checkout on PYTHONPATH).
         package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        env["PYTHONSAFEPATH"] = "1"  # and nothing from the folder it starts in (a stray duckdb.py, another checkout)
         with log.open("ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "qsync.ledger.host", str(path), str(lock_timeout_s)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True,
-                cwd=str(path.parent),
+                [sys.executable, "-m", "qsync.ledger.host", str(path.resolve()), str(lock_timeout_s)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True, cwd="/",
             )  # fmt: skip
         _spawned[path] = (process, now)
     # Reaped when it ends, so that a long-lived kernel does not collect zombies.
     threading.Thread(target=process.wait, name="qsync-ledger-host-reaper", daemon=True).start()
+
+
+def failed_start(path: Path) -> str | None:
+    """Why the host this process started last for `path` ended in error (its log's last line), if it did. A host
+    that found another one serving ends with 0."""
+    with _spawn_lock:
+        last = _spawned.get(path)
+    if last is None or not last[0].poll():
+        return None
+    return log_tail(path) or f"it exited with code {last[0].returncode}"
+
+
+def log_tail(path: Path) -> str:
+    """The last line of the log of the host of `path` (why it ended), or ""."""
+    try:
+        _, _, log = host_files(path)
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def _forget_after_fork() -> None:
+    """A forked child starts its own hosts' bookkeeping (the parent's Popen objects are not its children)."""
+    global _spawn_lock
+    _spawned.clear()
+    _spawn_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _dial(path: Path) -> Pipe | None:
@@ -94,6 +130,8 @@ def _holder(path: Path) -> tuple[int, int | None] | None:
         return None
     try:
         pipe.send(("holder",))
+        if not pipe.poll(_ANSWER_S):
+            return None  # a host that does not answer (stopped, or opening the file): as good as none here
         status, value = pipe.recv()
     except (EOFError, OSError):
         return None
@@ -110,6 +148,10 @@ def stop_host(path: Path, timeout_s: float = 10.0) -> None:
         return
     try:
         pipe.send(("shutdown",))
+        if not pipe.poll(_ANSWER_S):
+            raise LedgerError(
+                f"the ledger host of {path} does not answer (is it stopped?): end it, then run this again"
+            )
         status, value = pipe.recv()
     except (EOFError, OSError):
         status, value = "ok", None
