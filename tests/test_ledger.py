@@ -194,6 +194,7 @@ def _in_transaction(path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
         from qsync.ledger.ledger import Ledger
         with Ledger({str(path)!r}).transaction() as con:
             con.execute("INSERT INTO skipped VALUES ('lost', 1, 'a', 'plan', 'x', now())")
+            con.execute("SELECT count(*) FROM skipped").fetchall()  # sent: the transaction is open on the host
             print("inside", flush=True)
             time.sleep(600)
         """

@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pandas as pd
 
 from qsync.errors import LedgerError, LedgerLocked
 from qsync.ledger.errors import convert
 from qsync.ledger.hosts import failed_start, host_files, log_tail, spawn
 from qsync.ledger.migrate import too_new
 from qsync.ledger.schema import SCHEMA_VERSION
+from qsync.ledger.statements import RemoteConnection, RemoteResult
 
 _LOCK_PATTERN = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
 _PID_PATTERN = re.compile(r"PID (\d+)")
@@ -69,40 +69,6 @@ def _close_at_exit() -> None:
         connection.close_at_exit()
 
 
-class RemoteResult:
-    """The rows of one statement, as a DuckDB result gives them."""
-
-    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
-        self._rows = rows
-
-    def fetchall(self) -> list[tuple[Any, ...]]:
-        return self._rows
-
-    def fetchone(self) -> tuple[Any, ...] | None:
-        return self._rows[0] if self._rows else None
-
-
-class RemoteConnection:
-    """What the ledger's modules call a connection: each statement is answered by the host."""
-
-    def __init__(self, owner: Connection) -> None:
-        self._owner = owner
-
-    def execute(self, sql: str, params: Any = None) -> RemoteResult:
-        return RemoteResult(self._owner.request("execute", sql, params))
-
-    def df(self, sql: str, params: Any = None) -> pd.DataFrame:
-        """The query's result as a DataFrame, converted by DuckDB (its dtypes, not a guess from rows)."""
-        frame: pd.DataFrame = self._owner.request("df", sql, params)
-        return frame
-
-    def register(self, name: str, table: Any) -> None:
-        self._owner.request("register", name, table)
-
-    def unregister(self, name: str) -> None:
-        self._owner.request("unregister", name)
-
-
 class Connection:
     """The connection of one Ledger to its file's host, opened when there is work and closed when idle."""
 
@@ -119,6 +85,10 @@ class Connection:
         self._closed = threading.Event()
         self._holds = 0  # runs in progress (`held`): the socket stays open between their transactions
         self._depth = 0  # uses in progress on the thread holding self._lock (a read inside a transaction: 2)
+        self._queued: list[tuple[Any, ...]] = []  # a transaction's statements not sent yet
+        self._slots: list[RemoteResult | None] = []  # where their rows go
+        self._begun = False  # the transaction's begin has been sent
+        self._deferring = False  # inside a transaction: statements wait for one that needs an answer
         _open_connections.add(self)
 
     # -- public ------------------------------------------------------------------------------------
@@ -128,21 +98,30 @@ class Connection:
         """One atomic unit of work: everything inside commits together or not at all. `keeps_open=False`:
         this transaction does not count as use for closing an idle connection (a heartbeat)."""
         with self._using() as con:
-            self.request("begin")
+            # Sent with the transaction's first statement that needs an answer, or with its commit: a transaction
+            # of writes only is one round trip to the host.
+            self._queued, self._slots, self._begun, self._deferring = [("begin",)], [None], False, True
             try:
                 yield con
             except BaseException as exc:
-                with contextlib.suppress(duckdb.Error, LedgerError):
-                    self.request("rollback")
+                self._deferring, self._queued, self._slots = False, [], []
+                if self._begun:
+                    with contextlib.suppress(duckdb.Error, LedgerError):
+                        self.request("rollback")
                 if isinstance(exc, duckdb.Error) and not isinstance(exc, duckdb.ConstraintException):
                     raise convert(exc, self.path) from exc
                 raise
             else:
+                self._deferring = False
+                self._queued.append(("commit",))
+                self._slots.append(None)
                 try:
-                    self.request("commit")
+                    self.flush()
                 except duckdb.Error as exc:
                     with contextlib.suppress(duckdb.Error, LedgerError):
                         self.request("rollback")
+                    if isinstance(exc, duckdb.ConstraintException):
+                        raise
                     raise convert(exc, self.path) from exc
             finally:
                 if keeps_open:
@@ -201,6 +180,28 @@ class Connection:
         self._lock = threading.RLock()
         self._keeper = None
         self._depth = self._holds = 0
+
+    def send(self, request: tuple[Any, ...]) -> RemoteResult:
+        """A statement: inside a transaction, queued until an answer is needed; otherwise sent now."""
+        if not self._deferring:
+            return RemoteResult(self.request(*request))
+        result = RemoteResult(owner=self)
+        self._queued.append(request)
+        self._slots.append(result)
+        return result
+
+    def flush(self) -> None:
+        """Send the queued statements (in one request) and give each its rows."""
+        queued, slots = self._queued, self._slots
+        if not queued:
+            return
+        self._queued, self._slots = [], []
+        if queued[0] == ("begin",):
+            self._begun = True
+        values = [self.request(*queued[0])] if len(queued) == 1 else self.request("batch", queued)
+        for slot, value in zip(slots, values, strict=True):
+            if slot is not None:
+                slot.fill(value)
 
     def request(self, *request: Any) -> Any:
         """Send one request to the host and return its answer (inside `_using`: the lock is held)."""

@@ -18,6 +18,7 @@ is rolled back. Requests (tuples, pickled by multiprocessing.connection):
     ("execute", sql, params) -> the rows (fetchall)
     ("df", sql, params)      -> a pandas DataFrame
     ("register", name, table) ("unregister", name)
+    ("batch", [request, ...]) -> the answer of each (a transaction's statements sent together; the first error ends it)
     ("holder",)             -> the host's pid, and the pid of the client whose transaction is open (or None)
     ("shutdown",)           -> closes the file and ends, unless other clients are connected
 
@@ -150,6 +151,8 @@ class Host:
             return con.execute(request[1], request[2] or []).fetchall()
         if op == "df":
             return con.execute(request[1], request[2] or []).df()
+        if op == "batch":  # several requests of one client, answered together (the first error ends it)
+            return [self.handle(client, item) for item in request[1]]
         if op == "register":
             con.register(request[1], request[2])
             return None
@@ -195,7 +198,7 @@ class Host:
             self.answer(item, request)
 
     def answer(self, client: Pipe, request: tuple[Any, ...]) -> None:
-        if client is self.session or request[0] == "begin":
+        if client is self.session or request[0] in ("begin", "batch"):
             self.session_seen = time.monotonic()
         try:
             answer: tuple[str, Any] = ("ok", self.handle(client, request))

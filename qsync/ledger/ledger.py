@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from qsync.errors import LedgerError
-from qsync.ledger.connection import Connection, RemoteConnection
+from qsync.ledger.connection import Connection
+from qsync.ledger.statements import RemoteConnection
 from qsync.ledger.vectorfile import VectorFile
 from qsync.spec.defaults import resolve_db
 
