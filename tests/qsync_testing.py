@@ -133,13 +133,22 @@ def qdrant_points(
 
     Reads through this process's open shard if a job here holds it, else loads it and closes it after.
     """
+    from qsync.errors import TransientError
     from qsync.sink.shards import open_shard
 
-    with open_shard(path / collection) as shared:
-        return {
-            point: (np.asarray(values, dtype=np.float32), payload)
-            for point, payload, values in shared.scroll(vector or "")
-        }
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with open_shard(path / collection) as shared:
+                return {
+                    point: (np.asarray(values, dtype=np.float32), payload)
+                    for point, payload, values in shared.scroll(vector or "")
+                }
+        except TransientError as exc:
+            # A killed writer's shard host ends once it sees its parent gone (a moment, longer on a busy machine).
+            if "in use by another process" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class FailOnceEmbedder(HashingEmbedder):
