@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A shell that starts the tests in the background (`bash scripts/test.sh &`, nohup) makes them ignore SIGINT, and
+    every process they start would inherit that: a Ctrl-C test would then see its Ctrl-C ignored. Each test process
+    (xdist's workers too) takes Python's default handler, so that the processes it starts get SIGINT's default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
