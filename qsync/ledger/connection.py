@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import re
 import threading
 import time
 import weakref
@@ -34,14 +33,11 @@ from typing import Any
 import duckdb
 
 from qsync.errors import LedgerError, LedgerLocked
-from qsync.ledger.errors import convert
+from qsync.ledger.errors import convert, locked_by
 from qsync.ledger.hosts import failed_start, host_files, log_tail, spawn
 from qsync.ledger.migrate import too_new
 from qsync.ledger.schema import SCHEMA_VERSION
 from qsync.ledger.statements import RemoteConnection, RemoteResult
-
-_LOCK_PATTERN = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
-_PID_PATTERN = re.compile(r"PID (\d+)")
 
 HELD_IDLE_CLOSE_S = 2.0  # see Connection.held
 _MIGRATION_S = 120.0  # beyond the lock timeout, how long a hello may take (the host migrating a large file)
@@ -295,9 +291,9 @@ class Connection:
                     continue
                 error = error_of(self.path, value)
                 if isinstance(error, duckdb.Error):
-                    match = _PID_PATTERN.search(str(error))
-                    if _LOCK_PATTERN.search(str(error)):  # another program holds the file (the host waited for it)
-                        raise LedgerLocked(str(self.path), int(match.group(1)) if match else None, self.lock_timeout_s)
+                    holder = locked_by(error)
+                    if holder is not False:  # another program holds the file (the host waited for it)
+                        raise LedgerLocked(str(self.path), holder or None, self.lock_timeout_s)
                     raise convert(error, self.path) from error
                 raise error
             file_id, version, host_pid = value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
@@ -11,6 +12,19 @@ from qsync.errors import DiskFull, LedgerCorrupted, LedgerError
 _FULL = ("no space left", "file too large", "disk quota")
 _READ_ONLY = ("permission denied", "read-only file system", "operation not permitted")
 _CORRUPT = ("corrupt", "checksum", "invalid block", "not a valid duckdb database", "unrecognized compression")
+
+
+_LOCKED = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
+_LOCK_PID = re.compile(r"PID (\d+)")
+
+
+def locked_by(exc: BaseException) -> int | bool | None:
+    """Whether DuckDB refused the file because another process holds it: False if not, else that process's pid (or
+    None when DuckDB did not name it)."""
+    if not _LOCKED.search(str(exc)):
+        return False
+    match = _LOCK_PID.search(str(exc))
+    return int(match.group(1)) if match else None
 
 
 def disk_full(path: Path, detail: str = "") -> DiskFull:

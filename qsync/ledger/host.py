@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import socket
 import struct
 import sys
@@ -44,6 +43,7 @@ from typing import Any
 
 import duckdb
 
+from qsync.ledger.errors import locked_by
 from qsync.ledger.hosts import host_files
 from qsync.ledger.migrate import check_schema, file_version
 
@@ -51,8 +51,6 @@ LINGER_S = 2.0  # the host ends this long after its last client left
 # A transaction idle this long is rolled back and its client let go (QSYNC_LEDGER_SESSION_IDLE_S: for tests).
 SESSION_IDLE_S = float(os.environ.get("QSYNC_LEDGER_SESSION_IDLE_S") or 30.0)
 SEND_TIMEOUT_S = 5.0  # an answer a client does not take within this long: the client is let go
-_LOCK_PATTERN = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
-_PID_PATTERN = re.compile(r"PID (\d+)")
 
 # Set on the database (see ledger/connection.py for why: DuckDB on its oldest, most tested path).
 SETTINGS = {"enable_optimistic_write": "false", "auto_checkpoint_skip_wal_threshold": str(2**62)}
@@ -96,7 +94,7 @@ class Host:
                 con = duckdb.connect(str(self.path))
                 break
             except duckdb.Error as exc:
-                if not _LOCK_PATTERN.search(str(exc)) or time.monotonic() - started > self.lock_timeout_s:
+                if locked_by(exc) is False or time.monotonic() - started > self.lock_timeout_s:
                     raise
                 time.sleep(0.05)  # another program holds the file: wait for it a while
         try:
@@ -127,7 +125,7 @@ class Host:
         op = request[0]
         if op == "hello":
             self.pids[client] = int(request[1])
-            con = self.open()
+            con = self.open()  # first: it sets file_id
             return self.file_id, file_version(con), os.getpid()
         if op == "holder":
             return os.getpid(), self.pids.get(self.session) if self.session is not None else None

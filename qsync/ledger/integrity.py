@@ -15,7 +15,6 @@ kept as it is: the cache rows that survive point at the same bytes.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import duckdb
 
 from qsync.clock import SYSTEM_CLOCK
 from qsync.errors import LedgerCorrupted, LedgerError
-from qsync.ledger.errors import convert, corrupted
+from qsync.ledger.errors import convert, corrupted, locked_by
 from qsync.ledger.hosts import stop_host
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.process import lease_is_live
@@ -32,7 +31,6 @@ from qsync.spec.defaults import stale_after_s
 from qsync.sql import SqlConnection, ident, literal
 
 ROWS_PER_GROUP = 2048
-_LOCKED = re.compile(r"Could not set lock|Conflicting lock", re.IGNORECASE)
 _NOT_COPIED = {"qsync_schema", "qsync_file", "text_claims"}  # a new file: its own version and id
 
 
@@ -85,7 +83,7 @@ def recover(path: Path) -> Recovery:
         try:
             con.execute(f"ATTACH {literal(str(path))} AS damaged (READ_ONLY)")
         except duckdb.Error as exc:
-            if _LOCKED.search(str(exc)):
+            if locked_by(exc) is not False:
                 raise LedgerError(
                     f"{path} is open in another process ({str(exc).splitlines()[0]}): stop the job or close the "
                     "notebook that uses it, then run `qsync recover` again"
