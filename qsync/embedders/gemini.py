@@ -316,6 +316,20 @@ class GeminiEmbedder:
             return state, None, str(job.error or state)
         return state, None, None
 
+    def find_batches(self, display_names: set[str]) -> dict[str, str]:
+        """display name -> name of the project's Batch Mode jobs with these names (batches.list, every page: the
+        Developer API filters nothing server-side)."""
+        config = self._types.ListBatchJobsConfig(page_size=100)
+
+        def scan() -> dict[str, str]:
+            return {
+                str(job.display_name): str(job.name)
+                for job in self._client.batches.list(config=config)
+                if job.display_name in display_names
+            }
+
+        return dict(self._call(scan, "batches.list")) if display_names else {}
+
     def count_tokens_many(self, texts: list[str]) -> list[int]:
         """Per-text token counts via countTokens, one call per request's worth; estimates if it fails."""
         counts: list[int] = []
