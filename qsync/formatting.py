@@ -46,6 +46,15 @@ def count(value: Any) -> str:
     return MISSING if _missing(value) else f"{int(value):,}"
 
 
+def batch_mode_text(texts: Any, tokens: Any, cost_usd: Any) -> str:
+    """What a job's Batch Mode embedded, said the same in the run summary, the monitor and the cost panel (Batch
+    Mode bills half the standard price: what it cost is also what it saved)."""
+    return (
+        f"{count(texts)} texts embedded by Batch Mode: {count(tokens)} tokens, {usd(cost_usd)} at half price "
+        f"({usd(cost_usd)} saved)"
+    )
+
+
 def number(value: Any, digits: int = 1) -> str:
     """A measured quantity (rate, minutes, seconds): separators, `digits` decimals, no trailing noise."""
     return MISSING if _missing(value) else f"{float(value):,.{digits}f}"

@@ -120,3 +120,57 @@ def test_a_submission_google_never_created_is_closed_and_sent_again(tmp_path: Pa
     assert len(emulator.texts_embedded) == 120 and max(emulator.texts_embedded.values()) == 1
     cost = qsync.cost("n", db=db).iloc[0]
     assert cost["tokens"] == emulator.tokens_metered and cost["unconfirmed_tokens"] == 0
+
+
+def test_batch_mode_texts_are_told_as_embedded_by_batch_mode_never_as_cache_hits(
+    tmp_path: Path, emulator: GeminiEmulator
+) -> None:
+    emulator.batch_job_seconds = 0.2  # ready at the first poll after the default first wait (2 s)
+    records = make_records(150)
+    src, db = tmp_path / "s.jsonl", tmp_path / "q.duckdb"
+    write_records(src, records)
+    env = qsync_env(GEMINI_API_KEY=SECRET, GOOGLE_GEMINI_BASE_URL=emulator.url)
+    env.pop("QSYNC_BATCH_POLL_S", None)
+    out = run_qsync("run", "--source", str(src), "--collection", "c", "--db", str(db), "--job", "s",
+                    "--dimensions", "64", "--batch-mode", env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    cost = qsync.cost("s", db=db).iloc[0]
+    phrase = f"150 texts embedded by Batch Mode: {emulator.tokens_metered:,} tokens, "
+    assert phrase in out.stdout and "embedding cache" not in out.stdout
+    assert cost["texts_embedded"] == 150 and cost["batch_mode_texts"] == 150 and cost["cache_hits"] == 0
+    status = qsync.status("s", db=db)
+    assert status["embedded_texts"] == 150 and status["cache_hits"] == 0
+    assert qsync.batches("s", db=db)["cache_hits"].sum() == 0
+
+    # A second job over the same texts: those are cache hits (another job paid for them), not Batch Mode's.
+    out = run_qsync("run", "--source", str(src), "--collection", "c2", "--db", str(db), "--job", "t",
+                    "--dimensions", "64", "--batch-mode", env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    again = qsync.cost("t", db=db).iloc[0]
+    assert again["cache_hits"] == 150 and again["texts_embedded"] == 0 and "by Batch Mode" not in out.stdout
+
+
+def test_polls_start_quickly_and_back_off_to_the_setting(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    from dataclasses import replace
+
+    from qsync.app.jobs import create_job, make_runner
+    from qsync.engine.control import Control
+    from qsync.spec.settings import RunSettings
+
+    emulator.batch_job_seconds = 3600.0
+    src, db = tmp_path / "p.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(20))
+    create_job(src, collection="c", job="p", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64, batch_mode=True)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # recorded, not slept; Google finishes the job after the sixth wait
+        waits.append(seconds)
+        if len(waits) == 6:
+            emulator.batch_job_seconds = 0.0
+
+    settings = replace(RunSettings(), batch_mode_poll_s=2.0, batch_mode_poll_max_s=20.0)
+    runner = make_runner("p", db=db, settings=settings)
+    runner.control = Control(sleep=sleep)
+    assert runner.run().ok
+    assert waits == [2.0, 4.0, 8.0, 16.0, 20.0, 20.0]
+    assert emulator.requests["get"] == 7

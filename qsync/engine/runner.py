@@ -236,7 +236,7 @@ class Runner:
         def on_outcome(outcome: Outcome) -> None:
             self._tally(outcome, tally)
             emit(self.listeners, BatchFinished(self.job_id, outcome.batch_no, outcome.kind, outcome.records,
-                                               outcome.embedded, outcome.cache_hits, outcome.error))  # fmt: skip
+                                               outcome.embedded, outcome.cache_hits, outcome.error, outcome.batch_mode))  # fmt: skip
             now = time.monotonic()
             if now - tally.last_progress >= _PROGRESS_EVERY_S:
                 tally.last_progress = now

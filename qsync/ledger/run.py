@@ -24,6 +24,7 @@ from qsync.ledger import claims, spend
 from qsync.ledger.batches import MANIFEST_READ_AHEAD, BatchWork, Completion
 from qsync.ledger.cache import (
     CacheIdentity,
+    Lookup,
     append_vectors,
     batch_mode_origin,
     cache_key,
@@ -67,16 +68,17 @@ class LeasedJob:
         )
         return [int(r[0]) for r in rows]
 
-    def cached_vectors(self, embedder: CacheIdentity, hashes: list[str]) -> dict[str, tuple[Vectors, int]]:
-        """content hash -> (vector, tokens reusing it saves) for the hashes the cache holds. Entries whose bytes the
-        vector file lost (truncated or replaced while the job ran) are forgotten: misses, embedded again."""
+    def cached_vectors(self, embedder: CacheIdentity, hashes: list[str]) -> Lookup:
+        """What the cache holds of these hashes (`Lookup.found`: content hash -> (vector, tokens reusing it saves);
+        `prefetched`: those this job's Batch Mode paid for). Entries whose bytes the vector file lost (truncated or
+        replaced while the job ran) are forgotten: misses, embedded again."""
         with self.ledger.reading() as con:
             found = lookup_vectors(
                 con, self.ledger.vectors, embedder, hashes, free_origin=batch_mode_origin(self.job_id)
             )
         if found.lost:
             self.lost_vectors += self.commit.write(lambda con: forget(con, found.lost))
-        return found.found
+        return found
 
     def heal_cache(self) -> int:
         """Forget the cache entries whose bytes lie past the end of the vector file (it was truncated, or deleted and

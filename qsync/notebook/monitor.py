@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from qsync.app import reading
 from qsync.engine.events import BatchFinished, Event, JobFinished, JobStarted, Notice, Progress
 from qsync.errors import QsyncError
-from qsync.formatting import count, duration, number, usd
+from qsync.formatting import batch_mode_text, count, duration, number, usd
 from qsync.ledger.figures import JobFigures
 from qsync.notebook.formatting import figure_output, humanize
 from qsync.notebook.ui import KernelSide
@@ -202,7 +202,12 @@ class JobMonitor:
             if f.unconfirmed_cost_usd
             else ""
         )
-        self.cost.value = f"spent <b>{usd(f.cost_usd)}</b>{budget} · {count(f.tokens)} tokens{unconfirmed}"
+        batch_mode = (
+            f" · {batch_mode_text(f.batch_mode_texts, f.batch_mode_tokens, f.batch_mode_cost_usd)}"
+            if f.batch_mode_texts
+            else ""
+        )
+        self.cost.value = f"spent <b>{usd(f.cost_usd)}</b>{budget} · {count(f.tokens)} tokens{unconfirmed}{batch_mode}"
 
     @staticmethod
     def _nothing_to_do(f: JobFigures) -> str:
