@@ -167,8 +167,10 @@ class GeminiEmbedder:
         self._counter = ThreadPoolExecutor(max_workers=8, thread_name_prefix="qsync-count")
 
     def rate_limit_key(self) -> str:
-        """Gemini's limits are per project and model: one pace for every run of this process with this key."""
-        return f"gemini|{key_fingerprint(self.api.secret)}|{self.model}"
+        """Gemini's limits are per project and model (at one endpoint: a rehearsal emulator has limits of its own):
+        one pace for every run of this machine with this key."""
+        endpoint = os.environ.get("GOOGLE_GEMINI_BASE_URL", "")
+        return f"gemini|{key_fingerprint(self.api.secret)}|{self.model}|{endpoint}"
 
     # -- Embedder interface --------------------------------------------------------------------------
 
