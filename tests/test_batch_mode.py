@@ -174,3 +174,30 @@ def test_polls_start_quickly_and_back_off_to_the_setting(tmp_path: Path, emulato
     assert runner.run().ok
     assert waits == [2.0, 4.0, 8.0, 16.0, 20.0, 20.0]
     assert emulator.requests["get"] == 7
+
+
+def test_a_submit_whose_answer_is_lost_is_found_by_its_name_not_sent_twice(
+    tmp_path: Path, emulator: GeminiEmulator
+) -> None:
+    from dataclasses import replace
+
+    from qsync.app.jobs import create_job
+    from qsync.spec.settings import RunSettings
+
+    created: list[str] = []
+
+    def drop_the_first_answer(name: str) -> None:  # Google made the job; the answer never reaches the client
+        created.append(name)
+        if len(created) == 1:
+            raise ConnectionResetError("dropped")
+
+    emulator.batch_jobs.on_created.append(drop_the_first_answer)
+    emulator.batch_job_seconds = 0.0
+    src, db = tmp_path / "l.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(80))
+    create_job(src, collection="c", job="l", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64, batch_mode=True)
+    settings = replace(RunSettings(), retry_base_s=0.01, retry_max_s=0.02, batch_mode_poll_s=0.05)
+    assert qsync.resume("l", db=db, settings=settings).ok
+    assert len(created) == 1 and emulator.requests["list"] >= 1  # looked for, found: not submitted again
+    assert len(emulator.texts_embedded) == 80 and max(emulator.texts_embedded.values()) == 1
+    assert ledger_rows(db, "SELECT name FROM remote_jobs") == [(created[0],)]
