@@ -141,6 +141,13 @@ def test_batch_mode_texts_are_told_as_embedded_by_batch_mode_never_as_cache_hits
     status = qsync.status("s", db=db)
     assert status["embedded_texts"] == 150 and status["cache_hits"] == 0
     assert qsync.batches("s", db=db)["cache_hits"].sum() == 0
+    from qsync.app import reading
+    from qsync.notebook import CostPanel, JobMonitor  # the widgets say it in the same words
+
+    monitor = JobMonitor("s", db=db)
+    monitor.show(reading.figures("s", db=db), "completed", force=True, live=False)
+    assert phrase in monitor.cost.value
+    assert phrase in CostPanel("s", db=db).summary.value
 
     # A second job over the same texts: those are cache hits (another job paid for them), not Batch Mode's.
     out = run_qsync("run", "--source", str(src), "--collection", "c2", "--db", str(db), "--job", "t",
