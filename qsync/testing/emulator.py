@@ -347,6 +347,9 @@ class GeminiEmulator:
         prompt = "".join(p.get("text", "") for c in body.get("contents", []) for p in c.get("parts", []))
         words = TOKEN.findall(prompt)
         answer = " ".join(words[-12:]) if words else "empty"  # deterministic: the prompt's last words
+        longest = body.get("generationConfig", {}).get("maxOutputTokens")
+        while longest and count_tokens(answer) > longest and " " in answer:  # cut, as Google cuts at the cap
+            answer = answer.rsplit(" ", 1)[0]
         prompt_tokens, answer_tokens = count_tokens(prompt), count_tokens(answer)
         with self._lock:
             self.tokens_metered += prompt_tokens + answer_tokens
