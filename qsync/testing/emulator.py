@@ -112,6 +112,7 @@ class GeminiEmulator:
         self._random = random.Random(self.seed)
         self._window: deque[tuple[float, int, int]] = deque()  # (time, texts, tokens) of accepted requests
         self._day_texts = 0
+        self._admitted: list[float] = []  # (first, last) time a request was admitted, and texts before the last
         self.batch_jobs = BatchJobs(functools.partial(self._meter, batch_mode=True), lambda: self.batch_job_seconds)
         self._server: ThreadingHTTPServer | None = None
         self.hooks: list[Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]] | None]] = []
@@ -170,6 +171,10 @@ class GeminiEmulator:
                 "distinct_texts": len(counts),
                 "texts_embedded_twice": sum(c - 1 for c in counts if c > 1),
                 "tokens_metered": self.tokens_metered,
+                # from the first admitted embed request to the last, and the texts admitted before the last one:
+                # the rate the API saw (no process start-up in it)
+                "admitted_span_s": self._admitted[1] - self._admitted[0] if self._admitted else 0.0,
+                "texts_before_last": int(self._admitted[2]) if self._admitted else 0,
             }
 
     def reset_day(self) -> None:
@@ -340,6 +345,7 @@ class GeminiEmulator:
                     429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", details
                 )
             self._window.append((now, texts, tokens))
+            self._admitted = [self._admitted[0] if self._admitted else now, now, self._day_texts]
             self._day_texts += texts
         return None
 
