@@ -48,7 +48,11 @@ class Limits:
 
 
 def _plan(
-    ledger: Ledger, frame: pd.DataFrame, job: str = "p", clock: FakeClock | None = None, chunking: Chunking | None = None
+    ledger: Ledger,
+    frame: pd.DataFrame,
+    job: str = "p",
+    clock: FakeClock | None = None,
+    chunking: Chunking | None = None,
 ) -> None:
     spec, _ = build_spec(
         frame, collection="c", job=job.split("#", maxsplit=1)[0], qdrant_path=":memory:", embedder="hash"

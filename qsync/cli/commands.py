@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         extra_vectors=args.extra_vector,
         incremental=not args.full,
         delete_missing=args.delete_missing,
+        chunk_tokens=args.chunk_tokens,
+        chunk_overlap=args.chunk_overlap,
         enrich=enrich,
     )
     return report(result, args.db, texts, args.simulate_latency)
@@ -213,7 +215,7 @@ def cancel(args: argparse.Namespace) -> int:
 
 
 def search(args: argparse.Namespace) -> int:
-    print_frame(reading.search(args.job, args.text, limit=args.limit, db=args.db), args.json)
+    print_frame(reading.search(args.job, args.text, limit=args.limit, chunks=args.chunks, db=args.db), args.json)
     return EXIT_OK
 
 

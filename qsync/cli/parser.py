@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--delete-missing", action="store_true", help="re-sync: delete points of records no longer in the source"
     )
     run.add_argument(
+        "--chunk-tokens", type=int, default=None, metavar="N",
+        help="cut texts longer than N tokens into chunks, a point each (default: the model's limit, so no text is "
+        "skipped for its length); 0: skip texts over the limit instead",
+    )  # fmt: skip
+    run.add_argument("--chunk-overlap", type=int, default=0, metavar="N",
+                     help="tokens neighbouring chunks share (default 0)")  # fmt: skip
+    run.add_argument(
         "--batch-mode",
         action="store_true",
         help="embed with Gemini Batch Mode (half price; results within 24 h; polled, also after a restart)",
@@ -206,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("job", help="job name: its collection is searched with its embedder")
     search.add_argument("text", help="what to look for, in words")
     search.add_argument("--limit", type=int, default=10, help="how many records (default 10)")
+    search.add_argument("--chunks", action="store_true", help="a row per chunk of long records, not per record")
     add_db(search)
     add_json(search)
 

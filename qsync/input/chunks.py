@@ -32,7 +32,14 @@ def split(split_with: Chunker, text: str, overlap: int = 0) -> list[tuple[int, i
     _, offsets = cast(
         "tuple[list[str], list[tuple[int, int]]]", split_with(text, offsets=True, overlap=overlap or None)
     )
-    return [(int(start), int(end)) for start, end in offsets]
+    trimmed = []
+    for start, end in offsets:  # a passage starts and ends with a character, not the whitespace around it
+        piece = text[start:end]
+        lead = len(piece) - len(piece.lstrip())
+        tail = len(piece) - len(piece.rstrip())
+        if lead < len(piece):
+            trimmed.append((int(start) + lead, int(end) - tail))
+    return trimmed
 
 
 def split_long_texts(con: Any, checked: str, budget: int, overlap: int, *, enabled: bool = True) -> int:

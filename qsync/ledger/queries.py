@@ -46,16 +46,22 @@ def batch_records(ledger: Ledger, job: str, batch_no: int) -> pd.DataFrame:
     )
 
 
-def planned_records(ledger: Ledger, collection: str, record_ids: list[str]) -> dict[str, tuple[str, str | None]]:
-    """record id -> (text, media path) as planned by the jobs of a collection (for search hits)."""
-    if not record_ids:
+def planned_records(
+    ledger: Ledger, collection: str, points: list[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[str, str | None]]:
+    """(record id, chunk number) -> (text, media path) as planned by the jobs of a collection (for search hits):
+    a record's whole text, or the passage of one of its chunks."""
+    if not points:
         return {}
+    ids, chunks = sorted({r for r, _ in points}), sorted({c for _, c in points})
     rows = ledger.query_rows(
-        f"SELECT record_id, any_value(text), any_value(media_ref) FROM manifest WHERE job_id IN (SELECT job_id "
-        f"FROM jobs WHERE collection = ?) AND record_id IN ({', '.join('?' * len(record_ids))}) GROUP BY record_id",
-        [collection, *record_ids],
+        f"SELECT record_id, coalesce(chunk_no, 0), any_value(text), any_value(media_ref) FROM manifest "
+        f"WHERE job_id IN (SELECT job_id FROM jobs WHERE collection = ?) AND record_id IN ({', '.join('?' * len(ids))}) "
+        f"AND coalesce(chunk_no, 0) IN ({', '.join('?' * len(chunks))}) GROUP BY 1, 2",
+        [collection, *ids, *chunks],
     )
-    return {str(r): (str(t), m) for r, t, m in rows}
+    wanted = set(points)
+    return {(str(r), int(c)): (str(t), m) for r, c, t, m in rows if (str(r), int(c)) in wanted}
 
 
 def expected_points(ledger: Ledger, target: str) -> pd.DataFrame:
