@@ -3,14 +3,15 @@ against the emulator, which refuses (400) any input over the model's limit as th
 
 from __future__ import annotations
 
+import pydoc_data.topics
 import re
 from collections.abc import Iterator
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pydoc_data.topics
 import pytest
 from qsync_testing import ledger_rows, qdrant_points, run_qsync, sdk_emulator
 
@@ -143,13 +144,15 @@ def test_chunk_options_sizes_overlap_and_the_old_rule(tmp_path: Path) -> None:
     rows = ledger_rows(db, "SELECT text, chunk_no FROM manifest WHERE job_id = 'small' AND record_id = 'doc' "
                            "ORDER BY chunk_no")  # fmt: skip
     assert len(rows) > 10 and max(upper_tokens(t) for t, _ in rows) <= 300
-    shared = [a.split()[-1] in b for (a, _), (b, _) in zip(rows, rows[1:], strict=False)]
+    shared = [a.split()[-1] in b for (a, _), (b, _) in pairwise(rows)]
     assert sum(shared) >= len(shared) * 0.8  # neighbours overlap
     # --chunk-tokens 0: the rule before chunking, a text over the limit is skipped with its reason.
     result = run_qsync("run", "--source", _write(tmp_path, frame), "--collection", "c", "--job", "old", "--db", str(db),
                        "--embedder", "hash", "--chunk-tokens", "0")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert ledger_rows(db, "SELECT record_id, reason FROM skipped WHERE job_id = 'old'")[0][1].startswith("text too long")
+    assert ledger_rows(db, "SELECT record_id, reason FROM skipped WHERE job_id = 'old'")[0][1].startswith(
+        "text too long"
+    )
     with pytest.raises(ConfigError, match="at least 16"):
         qsync.run(frame, collection="c", job="bad", db=db, embedder="hash", chunk_tokens=5)
     with pytest.raises(ConfigError, match="enrichment works on whole records"):
@@ -165,7 +168,13 @@ def _write(tmp_path: Path, frame: pd.DataFrame) -> str:
 
 
 def test_the_upper_estimate_bounds_the_emulators_tokenizer_and_never_exceeds_the_bytes() -> None:
-    samples = [*TOPICS.values(), "naïve café 日本語の文章 😀🎉 ½ ©", "1234567890 " * 50, "a, b; c. d! " * 40, "x" * 5000]
+    samples = [
+        *TOPICS.values(),
+        "naïve café 日本語の文章 😀🎉 ½ ©",
+        "1234567890 " * 50,
+        "a, b; c. d! " * 40,
+        "x" * 5000,
+    ]
     for text in samples:
         for piece in (text, text[: len(text) // 3], text[-500:]):
             assert count_tokens(piece) <= upper_tokens(piece) <= len(piece.encode("utf-8"))

@@ -77,6 +77,12 @@ def batch_records(job: str, batch_no: int, *, db: PathLike | None = None) -> pd.
         return queries.batch_records(ledger, job, batch_no)
 
 
+def chunks(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
+    """A row per text the job planned: whole records, and each chunk of a long one (ledger.queries.chunks)."""
+    with _open(db) as ledger:
+        return queries.chunks(ledger, job)
+
+
 def cost(job: str, *, db: PathLike | None = None, clock: Clock = SYSTEM_CLOCK) -> pd.DataFrame:
     """One row: tokens and dollars spent (the same figures as `status`), and what the cache and resumes saved."""
     with _open(db) as ledger:

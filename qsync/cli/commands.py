@@ -182,6 +182,8 @@ def estimate_(args: argparse.Namespace) -> int:
         "source_db": args.source_db,
         "image_column": args.image_column,
         "document_column": args.document_column,
+        "chunk_tokens": args.chunk_tokens,
+        "chunk_overlap": args.chunk_overlap,
     }
     if args.compare_models:
         print_frame(compare_models(args.source, **common), args.json)

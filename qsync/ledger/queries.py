@@ -64,6 +64,19 @@ def planned_records(
     return {(str(r), int(c)): (str(t), m) for r, c, t, m in rows if (str(r), int(c)) in wanted}
 
 
+def chunks(ledger: Ledger, job: str) -> pd.DataFrame:
+    """The texts a job planned to embed, a row each: a whole record (chunk 0 of 1), or one chunk of a long record
+    with its characters in the record's text (`char_start`, `char_end`) and its tokens (estimated)."""
+    return ledger.query_df(
+        """SELECT record_id, coalesce(chunk_no, 0) AS chunk_no, coalesce(chunk_count, 1) AS chunk_count,
+               CAST(json_extract(payload, '$.char_start') AS BIGINT) AS char_start,
+               CAST(json_extract(payload, '$.char_end') AS BIGINT) AS char_end,
+               token_estimate AS tokens, batch_no
+           FROM manifest WHERE job_id = ? ORDER BY ordinal, chunk_no""",
+        [job],
+    )
+
+
 def expected_points(ledger: Ledger, target: str) -> pd.DataFrame:
     """What a collection should hold (record_id, point_id, vector_hash, embedder, payload, and the job_id that
     last wrote it): every record any job loaded into the target, minus those deleted since."""

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from qsync.app import reading
 from qsync.engine.events import BatchFinished, Event, JobFinished, JobStarted, Notice, Progress
 from qsync.errors import QsyncError
-from qsync.formatting import count, duration, number, usd
+from qsync.formatting import count, duration, number, records_to_chunks, usd
 from qsync.ledger.figures import JobFigures
 from qsync.notebook.formatting import figure_output, humanize
 from qsync.notebook.ui import KernelSide
@@ -184,6 +184,8 @@ class JobMonitor:
             f"{count(done)} / {count(total)} records ({count(f.loaded_records)} loaded, "
             f"{count(f.skipped_records)} skipped, {count(f.unchanged_records)} unchanged)"
         )
+        if phrase := records_to_chunks(f.total_records - f.skipped_records, f.total_chunks):
+            parts.append(phrase)
         running = status == "running" or status.startswith(("pausing", "cancelling", "resuming"))
         if running:
             rate = self.meter.rate()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import re
 
-from qsync.formatting import count, usd
+from qsync.formatting import chunked, count, usd
 from qsync.ledger.figures import JobFigures
 
 
@@ -30,5 +30,6 @@ def summary_of(f: JobFigures) -> str:
     skipped = f"{count(f.skipped_records)} skipped" + (" (reasons in 02)" if f.skipped_records else "")
     return (
         f"{count(f.processed_records)} of {count(f.total_records)} records — {count(f.loaded_records)} loaded, "
-        f"{skipped}, {count(f.unchanged_records)} unchanged; {usd(f.cost_usd)} spent."
+        f"{skipped}, {count(f.unchanged_records)} unchanged{chunked(f.total_records - f.skipped_records, f.total_chunks)}; "
+        f"{usd(f.cost_usd)} spent."
     )
