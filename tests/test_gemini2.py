@@ -249,10 +249,11 @@ def test_the_what_if_table_prices_each_model_with_its_limit_and_instruction() ->
     too_long = mid["too_long"]  # one row per dimensions: each (model, mode) selects several
     assert int(too_long.loc[(G1, "standard")].iloc[0]) == 1 and int(too_long.loc[(G2, "standard")].iloc[0]) == 0
     # With chunking (the default), -001 cuts it into 3 texts of 2,048 tokens or fewer: every token priced, more points.
-    cut = what_if(1000, 2, 2, job_model=G2, text_tokens=[10, 6000]).set_index(["model", "mode", "dimensions"])
-    assert int(cut.loc[(G1, "standard", 768), "too_long"]) == 1
-    assert cut.loc[(G1, "standard", 768), "cost_usd"] == pytest.approx((1000 - 2 * 5) * 0.15 / 1e6)
-    assert cut.loc[(G1, "standard", 3072), "qdrant_storage"] != cut.loc[(G2, "standard", 3072), "qdrant_storage"]
+    cut = what_if(1000, 2, 2, job_model=G2, text_tokens=[10, 6000])
+    row = {(r.model, r.mode, r.dimensions): r for r in cut.itertuples()}
+    assert row[(G1, "standard", 768)].too_long == 1
+    assert row[(G1, "standard", 768)].cost_usd == pytest.approx((1000 - 2 * 5) * 0.15 / 1e6)
+    assert row[(G1, "standard", 3072)].qdrant_storage != row[(G2, "standard", 3072)].qdrant_storage
 
 
 def test_the_what_if_table_of_a_media_job_lists_only_media_models_and_prices_media_apart() -> None:
