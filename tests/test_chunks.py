@@ -20,6 +20,7 @@ from qsync.app.jobs import create_job
 from qsync.catalog.tokens import upper_tokens
 from qsync.errors import ConfigError
 from qsync.ledger.batches import point_key
+from qsync.sink.shards import open_shard
 from qsync.spec.settings import RunSettings
 from qsync.spec.target import point_id
 from qsync.testing.emulator import GeminiEmulator
@@ -114,7 +115,14 @@ def test_a_one_word_edit_repays_its_chunk_a_shortened_record_loses_its_surplus_a
     assert first["total_chunks"] - second["total_chunks"] == counts[deleted] + counts[shortened] - len(
         by_record[shortened]
     )
-    # What the ledger says the collection holds is what it holds (verify knows chunks).
+    # What the ledger says the collection holds is what it holds (verify knows chunks), and a lost chunk is repaired
+    # under its own id.
+    assert qsync.verify("docs#2", db=db).ok
+    lost = point_id(point_key(edited, 1))
+    with open_shard(tmp_path / "qdrant" / "docs") as shard:
+        shard.durable(shard.update(0, "delete", [lost]))
+    report = qsync.verify("docs#2", db=db, repair=True)
+    assert (report.missing, report.repaired) == (1, counts[edited]) and lost in _points_of(db)
     assert qsync.verify("docs#2", db=db).ok
 
 

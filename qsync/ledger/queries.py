@@ -78,10 +78,13 @@ def chunks(ledger: Ledger, job: str) -> pd.DataFrame:
 
 
 def expected_points(ledger: Ledger, target: str) -> pd.DataFrame:
-    """What a collection should hold (record_id, point_id, vector_hash, embedder, payload, and the job_id that
-    last wrote it): every record any job loaded into the target, minus those deleted since."""
+    """What a collection should hold (record_id, point_id, vector_hash, embedder, payload, the job_id that last
+    wrote it, and which chunk of its record each point is): every point any job loaded into the target, minus those
+    deleted since."""
     return ledger.query_df(
-        "SELECT record_id, point_id, vector_hash, embedder, payload, job_id FROM points WHERE target = ?", [target]
+        "SELECT record_id, point_id, vector_hash, embedder, payload, job_id, coalesce(chunk_no, 0) AS chunk_no "
+        "FROM points WHERE target = ?",
+        [target],
     )
 
 
