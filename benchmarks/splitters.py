@@ -8,7 +8,12 @@ Documents: Python's own reference topics (`pydoc_data.topics`, 79 real documents
 licence; shipped with every CPython), prose with code, i.e. punctuation-dense text. Per splitter and budget:
 seconds to split all documents (median and range of the rounds), chunks, how full chunks are (upper estimate /
 budget), the largest chunk in the emulator's tokens, cuts inside a word, and whether the offsets reproduce each
-chunk and together cover every non-space character.
+chunk and together cover every non-space character. Then the worst case for a splitter, one run of characters
+without whitespace (a blob pasted into a text column), of 1 and 4 MB.
+
+Chosen: semchunk. semantic-text-splitter fills chunks a little fuller, but grows quadratically on a long run
+without whitespace (a 50 MB field would take hours); langchain's splitter adds up the sizes of the pieces it
+joins, so it exceeds the budget whenever the size is not additive (it did with an earlier bound).
 """
 
 from __future__ import annotations
@@ -118,6 +123,13 @@ def main() -> None:
                 **quality(long_docs, results[name], budget),
             }  # fmt: skip
             print(json.dumps(line))
+    for size in (1_000_000, 4_000_000):  # the worst case: no paragraph, sentence or word to cut at
+        blob = "x" * size
+        for name, make in SPLITTERS.items():
+            started = time.perf_counter()
+            pieces = make(2048)(blob)
+            print(json.dumps({"splitter": name, "no_whitespace_chars": size, "chunks": len(pieces),
+                              "seconds": round(time.perf_counter() - started, 2)}))  # fmt: skip
 
 
 if __name__ == "__main__":
