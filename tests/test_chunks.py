@@ -198,3 +198,21 @@ def test_settings_resume_as_stored(tmp_path: Path) -> None:
                   chunk_tokens=400)  # fmt: skip
     result = qsync.resume("j", db=db, settings=replace(FAST, texts_per_minute=None))
     assert result.status == "completed"
+
+
+def test_a_chunk_the_api_refuses_is_skipped_with_its_number_and_the_rest_of_the_record_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "q.duckdb"
+    text = TOPICS[LONG[0]]
+    poison = "qsync-poison-word"
+    middle = text.index(" ", len(text) // 2)
+    texts = {"doc": text[:middle] + f" {poison} " + text[middle:], "short": "a short text"}
+    with sdk_emulator(monkeypatch, SECRET, window_s=1.0, poison=(poison,)):
+        status = _sync(db, texts)
+    [reason] = list(qsync.skipped("docs", db=db)["reason"])
+    count = status["total_chunks"] - 1
+    assert re.match(rf"chunk \d+ of {count}: refused by the embedder: ", reason), reason
+    assert (status["loaded_records"], status["skipped_records"]) == (1, 1)  # the record is incomplete: skipped
+    points = _points_of(db)
+    assert len(points) == status["total_chunks"] - 1  # every other chunk of it is in the collection
