@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from qsync_testing import ledger_rows, qdrant_points, run_qsync, sdk_emulator
+from pypdf import PdfReader
+from qsync_testing import REPO, ledger_rows, qdrant_points, run_qsync, sdk_emulator
 
 import qsync
 from qsync.app.jobs import create_job
@@ -216,3 +217,24 @@ def test_a_chunk_the_api_refuses_is_skipped_with_its_number_and_the_rest_of_the_
     assert (status["loaded_records"], status["skipped_records"]) == (1, 1)  # the record is incomplete: skipped
     points = _points_of(db)
     assert len(points) == status["total_chunks"] - 1  # every other chunk of it is in the collection
+
+
+def test_a_pdf_longer_than_the_model_reads_is_cut_into_page_windows(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    db, qdrant = tmp_path / "q.duckdb", tmp_path / "qdrant"
+    source = REPO / "data" / "documents.csv"  # five PDFs; one has 8 pages, two more than gemini-embedding-2 reads
+    options: dict[str, Any] = {"collection": "pdfs", "db": db, "qdrant_path": qdrant, "model": "gemini-embedding-2",
+                               "dimensions": 128, "text_column": "title", "document_column": "document"}  # fmt: skip
+    qsync.run(source, job="pdfs", settings=FAST, **options)
+    status = qsync.status("pdfs", db=db)
+    assert (status["loaded_records"], status["skipped_records"], status["total_chunks"]) == (5, 0, 6)
+    windows = sorted(
+        (p["page_start"], p["page_end"], p["chunk_no"], p["chunk_count"])
+        for _, p in qdrant_points(qdrant, "pdfs").values()
+        if p["id"] == "field_guide_8_pages"
+    )
+    assert windows == [(1, 6, 0, 2), (7, 8, 1, 2)]  # pages 1-6 and 7-8, each a chunk embedded with its caption
+    pages = sum(len(PdfReader(path).pages) for path in (REPO / "data" / "documents").glob("*.pdf"))
+    assert emulator.tokens_by_modality["DOCUMENT"] == 258 * pages  # every page of every PDF paid once
+    # The old rule with --chunk-tokens 0: skipped with its reason.
+    qsync.run(source, job="pdfs-whole", chunk_tokens=0, settings=FAST, **{**options, "collection": "pdfs2"})
+    assert "has 8 pages" in qsync.skipped("pdfs-whole", db=db)["reason"].iloc[0]

@@ -3,7 +3,8 @@ unless one word is longer than a chunk), by semchunk, sized by qsync's upper tok
 (catalog.tokens.upper_tokens) so that no chunk is sent over the model's limit.
 
 Planning leaves the chunks of the records that need them in CHUNKS (ordinal, chunk_no, chunk_count, char_start,
-char_end, text, token_estimate); a record that fits has no rows there and stays one point. Only texts longer in
+char_end, text, token_estimate; for a PDF longer than the model reads, its page windows: media_ref, media_hash,
+media_tokens, page_start, page_end); a record that fits has no rows there and stays one point. Only texts longer in
 UTF-8 bytes than the budget are looked at: the upper estimate never exceeds a text's bytes.
 """
 
@@ -15,6 +16,7 @@ import pyarrow as pa
 from semchunk.semchunk import Chunker, chunkerify
 
 from qsync.catalog.tokens import estimate_tokens, upper_tokens
+from qsync.input.media_plan import MediaRow
 from qsync.ledger.plans import CHUNKS
 
 _PAGE: Final = 2000  # long records read into Python at a time (their texts may be megabytes each)
@@ -47,7 +49,8 @@ def split_long_texts(con: Any, checked: str, budget: int, overlap: int, *, enabl
     `enabled`: CHUNKS is left empty); the number of records cut."""
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {CHUNKS} (ordinal BIGINT, chunk_no INTEGER, chunk_count INTEGER,
-            char_start INTEGER, char_end INTEGER, text VARCHAR, token_estimate INTEGER)"""
+            char_start INTEGER, char_end INTEGER, text VARCHAR, token_estimate INTEGER, media_ref VARCHAR,
+            media_hash VARCHAR, media_tokens INTEGER, page_start INTEGER, page_end INTEGER)"""
     )
     if not enabled:
         return 0
@@ -82,6 +85,31 @@ def split_long_texts(con: Any, checked: str, budget: int, overlap: int, *, enabl
                            ("char_start", pa.int32()), ("char_end", pa.int32()), ("text", pa.string()),
                            ("token_estimate", pa.int32())])
             )  # fmt: skip
-            con.register("__qsync_chunk_page", table)
-            con.execute(f"INSERT INTO {CHUNKS} SELECT * FROM __qsync_chunk_page")
-            con.unregister("__qsync_chunk_page")
+            _insert(con, table)
+
+
+def add_page_windows(con: Any, rows: list[MediaRow]) -> None:
+    """Fill CHUNKS with the page windows of the long PDFs planning found (input.media_plan): each window a chunk of
+    its record, embedded with the record's caption."""
+    windows = [(row.ordinal, no, len(row.windows), w) for row in rows for no, w in enumerate(row.windows)]
+    if not windows:
+        return
+    table = pa.table(
+        {
+            "ordinal": pa.array([o for o, _, _, _ in windows], pa.int64()),
+            "chunk_no": pa.array([n for _, n, _, _ in windows], pa.int32()),
+            "chunk_count": pa.array([c for _, _, c, _ in windows], pa.int32()),
+            "media_ref": pa.array([w.ref for *_, w in windows], pa.string()),
+            "media_hash": pa.array([w.hash for *_, w in windows], pa.string()),
+            "media_tokens": pa.array([w.tokens for *_, w in windows], pa.int32()),
+            "page_start": pa.array([w.first for *_, w in windows], pa.int32()),
+            "page_end": pa.array([w.last for *_, w in windows], pa.int32()),
+        }
+    )
+    _insert(con, table)
+
+
+def _insert(con: Any, table: pa.Table) -> None:
+    con.register("__qsync_chunk_page", table)
+    con.execute(f"INSERT INTO {CHUNKS} BY NAME SELECT * FROM __qsync_chunk_page")
+    con.unregister("__qsync_chunk_page")

@@ -12,8 +12,8 @@ from qsync.catalog.tokens import sql_estimate_tokens
 from qsync.clock import Clock
 from qsync.disk import LEDGER_MARGIN, ensure_room
 from qsync.errors import ConfigError, JobExists, SourceError
-from qsync.input.chunks import split_long_texts
-from qsync.input.media_plan import MEDIA_TABLE, check_media, media_base, register_media
+from qsync.input.chunks import add_page_windows, split_long_texts
+from qsync.input.media_plan import MEDIA_TABLE, MediaRow, check_media, media_base, register_media
 from qsync.input.records import INPUT_VIEW, MAX_PAYLOAD_BYTES, brief
 from qsync.input.sources import Source
 from qsync.ledger.jobs import job_exists
@@ -69,8 +69,9 @@ def plan_job(
             raise JobExists(f"a job named {job_id!r} exists already")
         rejected = source.register(con, columns)
         try:
-            check_records(con, source, columns, limits, ledger, skip_long=not chunking.enabled)
+            long_pdfs = check_records(con, source, columns, limits, ledger, skip_long=not chunking.enabled)
             _split(con, chunking, limits, whole_records)
+            add_page_windows(con, long_pdfs)
         except Exception as exc:
             if "duckdb" in type(exc).__module__:
                 raise SourceError(f"cannot read {source.description}: {brief(exc)}") from exc
@@ -100,12 +101,15 @@ def _split(con: Any, chunking: Chunking, limits: PlanLimits, whole_records: str 
 
 def check_records(
     con: Any, source: Source, columns: Columns, limits: PlanLimits, ledger: Ledger, *, skip_long: bool = True
-) -> None:
+) -> list[MediaRow]:
     """Create CHECKED from the source's normalized input: each record's hash, token estimate, media, and the
     reason it is skipped (NULL when it is to be embedded). `skip_long`: a text over the model's limit is skipped
-    (without chunking); else it is left to be cut into chunks."""
+    (without chunking); else it is left to be cut into chunks, and a PDF longer than the model reads is cut into
+    page windows: the rows of those PDFs are returned."""
+    long_pdfs: list[MediaRow] = []
     if columns.media_kind:
-        check_media(con, columns.media_kind, media_base(source), ledger.media_dir, limits.model or MEDIA_MODEL)
+        long_pdfs = check_media(con, columns.media_kind, media_base(source), ledger.media_dir,
+                                limits.model or MEDIA_MODEL, cut=not skip_long)  # fmt: skip
     else:  # one query for both kinds of job: text jobs join an empty media table
         register_media(con, [])
     media = bool(columns.media_kind)
@@ -146,6 +150,7 @@ def check_records(
         FROM n
         """
     )
+    return long_pdfs
 
 
 def _unregister(con: Any) -> None:

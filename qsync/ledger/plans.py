@@ -14,7 +14,8 @@ from typing import Any
 
 from qsync.sql import first_row
 
-CHUNKS = "__qsync_chunks"  # input.chunks: ordinal, chunk_no, chunk_count, char_start, char_end, text, token_estimate
+CHUNKS = "__qsync_chunks"  # input.chunks: ordinal, chunk_no, chunk_count, char_start, char_end, text, token_estimate,
+# media_ref, media_hash, media_tokens, page_start, page_end
 CHECKED = "__qsync_checked"  # the planner's table: ordinal, record_id, text, payload, token_estimate, media_tokens,
 # media_ref, content_hash, reason (NULL for a record to embed)
 
@@ -56,12 +57,16 @@ def record_plan(
         CREATE OR REPLACE TEMP TABLE __qsync_units AS
         SELECT c.ordinal, c.record_id, coalesce(k.chunk_no, 0) AS chunk_no, coalesce(k.chunk_count, 1) AS chunk_count,
             coalesce(k.text, c.text) AS text,
-            CASE WHEN k.ordinal IS NULL THEN c.content_hash ELSE sha256(k.text) END AS content_hash,
-            coalesce(k.token_estimate, c.token_estimate) AS token_estimate,
+            CASE WHEN k.ordinal IS NULL THEN c.content_hash WHEN k.media_hash IS NOT NULL THEN k.media_hash
+                 ELSE sha256(k.text) END AS content_hash,
+            CASE WHEN k.media_hash IS NOT NULL THEN c.token_estimate - c.media_tokens + k.media_tokens
+                 ELSE coalesce(k.token_estimate, c.token_estimate) END AS token_estimate,
+            -- json_merge_patch drops the keys whose value is null: a text chunk has no pages, a page window no
+            -- characters.
             CASE WHEN k.ordinal IS NULL THEN c.payload::JSON ELSE json_merge_patch(c.payload, json_object(
                 'chunk_no', k.chunk_no, 'chunk_count', k.chunk_count, 'char_start', k.char_start,
-                'char_end', k.char_end)) END AS payload,
-            c.media_ref, c.media_tokens
+                'char_end', k.char_end, 'page_start', k.page_start, 'page_end', k.page_end)) END AS payload,
+            coalesce(k.media_ref, c.media_ref) AS media_ref, coalesce(k.media_tokens, c.media_tokens) AS media_tokens
         FROM {CHECKED} c LEFT JOIN {CHUNKS} k USING (ordinal)
         WHERE c.reason IS NULL
         """

@@ -1,4 +1,4 @@
-"""How texts longer than the model takes are cut: into chunks of at most `tokens` (estimated from above, see
+"""How texts longer than the model takes are cut (and PDFs longer than it reads, into windows of pages): into chunks of at most `tokens` (estimated from above, see
 catalog.tokens.upper_tokens), each a point of its own, overlapping by `overlap` tokens. `tokens=None` cuts at the
 model's own limit (the default: nothing is skipped for its length); `tokens=0` keeps the old rule, a text over the
 limit is skipped with its reason."""
@@ -12,7 +12,7 @@ from qsync.errors import ConfigError
 
 MIN_CHUNK_TOKENS: Final = 16
 # Payload keys a chunk's point carries besides its record's payload (a record of one chunk carries none of them).
-CHUNK_FIELDS: Final = ("chunk_no", "chunk_count", "char_start", "char_end")
+CHUNK_FIELDS: Final = ("chunk_no", "chunk_count", "char_start", "char_end", "page_start", "page_end")
 
 
 @dataclass(frozen=True)
