@@ -287,7 +287,7 @@ else:
     emulator = start_offline()  # a local stand-in for the Gemini API, for this kernel only
     print(f"No GEMINI_API_KEY: Gemini is emulated locally at {emulator.url} (offline, free).")"""),
     new_markdown_cell(
-        "## The table\n\nOne row per document; the longest are thirty times what the model takes in one text."
+        "## The table\n\nOne row per document; the longest are about seven times what the model takes in one text (2,048 tokens)."
     ),
     new_code_cell("""import pandas as pd
 
@@ -295,7 +295,8 @@ from qsync.notebook import show
 
 table = pd.read_json(SOURCE, lines=True)
 table["characters"] = table["text"].str.len()
-show(table.sort_values("characters", ascending=False)[["id", "title", "characters"]].head(5))"""),
+table["tokens (~4 bytes each)"] = table["text"].str.encode("utf-8").str.len() // 4
+show(table.sort_values("characters", ascending=False)[["id", "title", "characters", "tokens (~4 bytes each)"]].head(5))"""),
     new_markdown_cell("""## Before the run: records → chunks, per model
 
 `qsync.estimate` plans the job in a scratch file (nothing is embedded): the chunks are cut exactly as the run will cut them, so their number, tokens and dollars are the run's. With a larger limit, `gemini-embedding-2` cuts fewer chunks for the same tokens."""),
@@ -329,7 +330,8 @@ right.set(title="tokens per text embedded (~4 bytes a token)", xlabel="tokens", 
 right.legend()
 fig.tight_layout()
 plt.show()
-show(chunks[chunks["record_id"] == per_record.idxmax()].head(4))"""),
+longest = chunks[chunks["record_id"] == per_record.idxmax()]
+show(longest[["record_id", "chunk", "char_start", "char_end", "tokens", "batch_no"]].head(4))"""),
     new_markdown_cell("""## Search: records, found by a passage
 
 A record is one row, scored by its best chunk, whose passage is shown as `text`; `chunk` says which one it is. `chunks=True` lists every chunk instead. Offline, the emulator places texts by their words, so a query that shares words with a passage finds it."""),

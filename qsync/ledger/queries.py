@@ -66,9 +66,11 @@ def planned_records(
 
 def chunks(ledger: Ledger, job: str) -> pd.DataFrame:
     """The texts a job planned to embed, a row each: a whole record (chunk 0 of 1), or one chunk of a long record
-    with its characters in the record's text (`char_start`, `char_end`) and its tokens (estimated)."""
+    with its characters in the record's text (`char_start`, `char_end`) and its tokens (estimated); `chunk` is
+    "3/7" as search shows it (`chunk_no` counts from 0, as in the payload)."""
     return ledger.query_df(
-        """SELECT record_id, coalesce(chunk_no, 0) AS chunk_no, coalesce(chunk_count, 1) AS chunk_count,
+        """SELECT record_id, CAST(coalesce(chunk_no, 0) + 1 AS VARCHAR) || '/' || CAST(coalesce(chunk_count, 1) AS VARCHAR)
+                   AS chunk, coalesce(chunk_no, 0) AS chunk_no, coalesce(chunk_count, 1) AS chunk_count,
                CAST(json_extract(payload, '$.char_start') AS BIGINT) AS char_start,
                CAST(json_extract(payload, '$.char_end') AS BIGINT) AS char_end,
                token_estimate AS tokens, batch_no
