@@ -45,9 +45,10 @@ def _frame(texts: dict[str, str]) -> pd.DataFrame:
 
 
 def _sync(db: Path, texts: dict[str, str], **options: Any) -> dict[str, Any]:
+    settings = options.pop("settings", FAST)
     qsync.run(
         _frame(texts), collection="docs", job="docs", db=db, qdrant_path=db.parent / "qdrant", dimensions=64,
-        payload_columns=["topic"], settings=FAST, **options,
+        payload_columns=["topic"], settings=settings, **options,
     )  # fmt: skip
     return qsync.status(db=db)
 
@@ -238,3 +239,14 @@ def test_a_pdf_longer_than_the_model_reads_is_cut_into_page_windows(tmp_path: Pa
     # The old rule with --chunk-tokens 0: skipped with its reason.
     qsync.run(source, job="pdfs-whole", chunk_tokens=0, settings=FAST, **{**options, "collection": "pdfs2"})
     assert "has 8 pages" in qsync.skipped("pdfs-whole", db=db)["reason"].iloc[0]
+
+
+def test_batch_mode_submits_the_chunks_like_any_texts(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    emulator.batch_job_seconds = 0.3
+    db = tmp_path / "q.duckdb"
+    texts = {k: TOPICS[k] for k in [*SHORT, *LONG[:3]]}
+    status = _sync(db, texts, batch_mode=True, settings=replace(FAST, batch_mode_poll_s=0.1))
+    assert status["status"] == "completed" and status["total_chunks"] > len(texts)
+    assert emulator.requests["asyncBatchEmbedContent"] == 1 and emulator.requests["batchEmbedContents"] == 0
+    assert len(emulator.texts_embedded) == status["batch_mode_texts"] == status["total_chunks"]
+    assert len(_points_of(db)) == status["total_chunks"]
