@@ -18,7 +18,7 @@ from qsync_testing import REPO, ledger_rows, qdrant_points, run_qsync, sdk_emula
 
 import qsync
 from qsync.app.jobs import create_job
-from qsync.catalog.tokens import upper_tokens
+from qsync.catalog.tokens import estimate_tokens, upper_tokens
 from qsync.errors import ConfigError
 from qsync.ledger.batches import point_key
 from qsync.sink.shards import open_shard
@@ -124,7 +124,7 @@ def test_a_one_word_edit_repays_its_chunk_a_shortened_record_loses_its_surplus_a
     with open_shard(tmp_path / "qdrant" / "docs") as shard:
         shard.durable(shard.update(0, "delete", [lost]))
     report = qsync.verify("docs#2", db=db, repair=True)
-    assert (report.missing, report.repaired) == (1, counts[edited]) and lost in _points_of(db)
+    assert (report.missing, report.repaired, report.ok) == (1, 1, True) and lost in _points_of(db)
     assert qsync.verify("docs#2", db=db).ok
 
 
@@ -250,3 +250,17 @@ def test_batch_mode_submits_the_chunks_like_any_texts(tmp_path: Path, emulator: 
     assert emulator.requests["asyncBatchEmbedContent"] == 1 and emulator.requests["batchEmbedContents"] == 0
     assert len(emulator.texts_embedded) == status["batch_mode_texts"] == status["total_chunks"]
     assert len(_points_of(db)) == status["total_chunks"]
+
+
+def test_a_text_the_model_took_whole_before_is_not_cut_and_paid_again(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    text = TOPICS["types"][:8000]  # ~2,000 tokens at ~4 bytes each: one point before chunking; over 2,048 by the bound
+    assert estimate_tokens(text) <= 2048 < upper_tokens(text)
+    frame = _frame({"doc": text, "short": "a short text"})
+    options: dict[str, Any] = {"collection": "c", "db": db, "qdrant_path": tmp_path / "qdrant", "embedder": "hash"}
+    qsync.run(frame, job="before", chunk_tokens=0, **options)  # loaded whole, as before chunking existed
+    qsync.run(frame, job="after", **options)  # the default now: its vector is cached, so the model took it whole
+    after = qsync.status("after", db=db)
+    assert (after["unchanged_records"], after["total_chunks"], after["embedded_texts"]) == (2, 2, 0)
+    qsync.run(frame, job="smaller", chunk_tokens=512, **options)  # a size the user asks for cuts regardless
+    assert qsync.status("smaller", db=db)["total_chunks"] > 2

@@ -43,6 +43,8 @@ class FakeClock:
 
 class Limits:
     model = "qsync-hash-v2"
+    dimensions = 8
+    task_type = ""
     max_text_tokens = 10
     max_batch_texts = 3
 

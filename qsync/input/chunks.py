@@ -10,6 +10,7 @@ UTF-8 bytes than the budget are looked at: the upper estimate never exceeds a te
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Final, cast
 
 import pyarrow as pa
@@ -17,6 +18,7 @@ from semchunk.semchunk import Chunker, chunkerify
 
 from qsync.catalog.tokens import estimate_tokens, upper_tokens
 from qsync.input.media_plan import MediaRow
+from qsync.ledger.cache import CacheIdentity, cached_hashes
 from qsync.ledger.plans import CHUNKS
 
 _PAGE: Final = 2000  # long records read into Python at a time (their texts may be megabytes each)
@@ -44,9 +46,12 @@ def split(split_with: Chunker, text: str, overlap: int = 0) -> list[tuple[int, i
     return trimmed
 
 
-def split_long_texts(con: Any, checked: str, budget: int, overlap: int, *, enabled: bool = True) -> int:
+def split_long_texts(
+    con: Any, checked: str, budget: int, overlap: int, *, enabled: bool = True, whole: CacheIdentity | None = None
+) -> int:
     """Fill CHUNKS with the chunks of every valid text record of `checked` over `budget` tokens (none when not
-    `enabled`: CHUNKS is left empty); the number of records cut."""
+    `enabled`: CHUNKS is left empty); the number of records cut. A text the embedding cache holds whole for
+    `whole` (the job's embedder) stays whole: the API took it, so it fits (and it was paid for)."""
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE {CHUNKS} (ordinal BIGINT, chunk_no INTEGER, chunk_count INTEGER,
             char_start INTEGER, char_end INTEGER, text VARCHAR, token_estimate INTEGER, media_ref VARCHAR,
@@ -66,10 +71,11 @@ def split_long_texts(con: Any, checked: str, budget: int, overlap: int, *, enabl
         if not rows:
             return cut
         last = int(rows[-1][0])
+        taken = _taken_whole(con, whole, rows, budget) if whole is not None else set()
         columns: dict[str, list[Any]] = {name: [] for name in ("ordinal", "chunk_no", "chunk_count", "char_start",
                                                                "char_end", "text", "token_estimate")}  # fmt: skip
         for ordinal, text in rows:
-            if upper_tokens(text) <= budget:
+            if ordinal in taken or upper_tokens(text) <= budget:
                 continue
             offsets = split(split_with, text, overlap)
             cut += 1
@@ -86,6 +92,13 @@ def split_long_texts(con: Any, checked: str, budget: int, overlap: int, *, enabl
                            ("token_estimate", pa.int32())])
             )  # fmt: skip
             _insert(con, table)
+
+
+def _taken_whole(con: Any, whole: CacheIdentity, rows: list[tuple[Any, ...]], budget: int) -> set[int]:
+    """Ordinals of the texts over `budget` (by the upper estimate) whose whole vector the cache holds."""
+    over = {int(o): text for o, text in rows if upper_tokens(text) > budget}
+    hashes = {hashlib.sha256(text.encode("utf-8")).hexdigest(): o for o, text in over.items()}
+    return {hashes[h] for h in cached_hashes(con, whole, list(hashes))}
 
 
 def add_page_windows(con: Any, rows: list[MediaRow]) -> None:

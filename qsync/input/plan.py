@@ -35,6 +35,12 @@ class PlanLimits(Protocol):
     @property
     def max_batch_texts(self) -> int: ...
 
+    @property
+    def dimensions(self) -> int: ...
+
+    @property
+    def task_type(self) -> str: ...
+
 
 def plan_job(
     ledger: Ledger,
@@ -91,7 +97,10 @@ def plan_job(
 
 def _split(con: Any, chunking: Chunking, limits: PlanLimits, whole_records: str | None) -> None:
     budget = chunking.budget(int(limits.max_text_tokens))
-    cut = split_long_texts(con, CHECKED, budget, chunking.overlap, enabled=chunking.enabled)
+    # At the model's own limit, a text the model took whole before (its vector is cached) stays whole: the upper
+    # estimate must never re-cut, and re-pay, what was loaded as one point. A size the user chose cuts regardless.
+    whole = limits if chunking.tokens is None else None
+    cut = split_long_texts(con, CHECKED, budget, chunking.overlap, enabled=chunking.enabled, whole=whole)
     if cut and whole_records:
         raise ConfigError(
             f"{cut} record(s) are longer than {budget:,} tokens and would be cut into chunks, but "

@@ -53,6 +53,7 @@ class BatchWork:
     media_refs: list[str | None] = field(default_factory=list)  # each record's image or document (media jobs)
     chunk_nos: list[int] = field(default_factory=list)  # which chunk of its record each text is (0 of 1: whole)
     chunk_counts: list[int] = field(default_factory=list)
+    payload_hashes: list[str | None] = field(default_factory=list)  # each payload as planned (before enrichment)
     claimed: bool = False  # the claim (running, attempt) is committed; see LeasedJob.claim
     claiming: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -64,6 +65,8 @@ class BatchWork:
         if not self.chunk_nos:
             self.chunk_nos = [0] * len(self.hashes)
             self.chunk_counts = [1] * len(self.hashes)
+        if not self.payload_hashes:
+            self.payload_hashes = [None] * len(self.hashes)
 
     @property
     def point_keys(self) -> list[str]:
@@ -98,10 +101,10 @@ def next_attempt(con: Any, job_id: str, batch_no: int) -> int:
 
 def read_manifest(con: Any, job_id: str, first: int, last: int) -> dict[int, list[tuple[Any, ...]]]:
     """batch_no -> its texts (ordinal, record_id, content_hash, text, token_estimate, payload, media_ref, chunk_no,
-    chunk_count)."""
+    chunk_count, payload_hash)."""
     rows = con.execute(
         """SELECT batch_no, ordinal, record_id, content_hash, text, token_estimate, payload, media_ref,
-               coalesce(chunk_no, 0), coalesce(chunk_count, 1)
+               coalesce(chunk_no, 0), coalesce(chunk_count, 1), payload_hash
            FROM manifest WHERE job_id = ? AND batch_no BETWEEN ? AND ? ORDER BY batch_no, ordinal, chunk_no""",
         [job_id, first, last],
     ).fetchall()
@@ -124,6 +127,7 @@ def work_of(batch_no: int, attempt: int, records: list[tuple[Any, ...]]) -> Batc
         media_refs=[r[6] for r in records],
         chunk_nos=[int(r[7]) for r in records],
         chunk_counts=[int(r[8]) for r in records],
+        payload_hashes=[r[9] for r in records],
     )
 
 
@@ -209,6 +213,7 @@ def record_points(
             "job_id": [job_id] * len(kept),
             "updated_at": pa.array([now] * len(kept), pa.timestamp("us")),
             "chunk_no": pa.array([work.chunk_nos[i] for work, i in kept], pa.int32()),
+            "payload_hash": pa.array([work.payload_hashes[i] for work, i in kept], pa.string()),
         }
     )
     con.register("__qsync_points", table)

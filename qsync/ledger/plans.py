@@ -76,7 +76,9 @@ def record_plan(
         CREATE OR REPLACE TEMP TABLE __qsync_unchanged AS
         SELECT u.ordinal, u.chunk_no FROM __qsync_units u JOIN points p
           ON p.target = ? AND p.embedder = ? AND p.record_id = u.record_id AND p.chunk_no = u.chunk_no
-             AND p.source_hash = u.content_hash AND p.payload::VARCHAR = u.payload::VARCHAR
+             AND p.source_hash = u.content_hash
+             -- the payload as planned (points written before payload hashes were kept: by their text alone)
+             AND (p.payload_hash IS NULL OR p.payload_hash = sha256(u.payload::VARCHAR))
         WHERE ?
         """,
         [target, embedder_signature, incremental and bool(target)],
@@ -96,9 +98,9 @@ def record_plan(
     con.execute(
         """
         INSERT INTO manifest (job_id, ordinal, record_id, content_hash, batch_no, token_estimate, text, payload,
-            media_ref, media_tokens, chunk_no, chunk_count)
+            media_ref, media_tokens, chunk_no, chunk_count, payload_hash)
         SELECT ?, ordinal, record_id, content_hash, batch_no, token_estimate, text, payload, media_ref, media_tokens,
-            chunk_no, chunk_count
+            chunk_no, chunk_count, sha256(payload::VARCHAR)
         FROM __qsync_todo ORDER BY ordinal, chunk_no
         """,
         [job_id],

@@ -49,19 +49,34 @@ def batch_records(ledger: Ledger, job: str, batch_no: int) -> pd.DataFrame:
 def planned_records(
     ledger: Ledger, collection: str, points: list[tuple[str, int]]
 ) -> dict[tuple[str, int], tuple[str, str | None]]:
-    """(record id, chunk number) -> (text, media path) as planned by the jobs of a collection (for search hits):
-    a record's whole text, or the passage of one of its chunks."""
+    """(record id, chunk number) -> (text, media path) of points a collection holds (for search hits), as planned
+    by the job that last wrote each point: a record's whole text, or the passage of one of its chunks (never an
+    older job's text of the same record)."""
     if not points:
         return {}
     ids, chunks = sorted({r for r, _ in points}), sorted({c for _, c in points})
     rows = ledger.query_rows(
-        f"SELECT record_id, coalesce(chunk_no, 0), any_value(text), any_value(media_ref) FROM manifest "
-        f"WHERE job_id IN (SELECT job_id FROM jobs WHERE collection = ?) AND record_id IN ({', '.join('?' * len(ids))}) "
-        f"AND coalesce(chunk_no, 0) IN ({', '.join('?' * len(chunks))}) GROUP BY 1, 2",
+        f"SELECT m.record_id, coalesce(m.chunk_no, 0), any_value(m.text), any_value(m.media_ref) "
+        f"FROM points p JOIN manifest m ON m.job_id = p.job_id AND m.record_id = p.record_id "
+        f"AND coalesce(m.chunk_no, 0) = p.chunk_no "
+        f"WHERE p.job_id IN (SELECT job_id FROM jobs WHERE collection = ?) "
+        f"AND p.record_id IN ({', '.join('?' * len(ids))}) "
+        f"AND p.chunk_no IN ({', '.join('?' * len(chunks))}) GROUP BY 1, 2",
         [collection, *ids, *chunks],
     )
     wanted = set(points)
-    return {(str(r), int(c)): (str(t), m) for r, c, t, m in rows if (str(r), int(c)) in wanted}
+    found = {(str(r), int(c)): (str(t), m) for r, c, t, m in rows if (str(r), int(c)) in wanted}
+    if len(found) < len(wanted):  # a sink whose points the ledger does not follow (":memory:"): any job's plan
+        rows = ledger.query_rows(
+            f"SELECT record_id, coalesce(chunk_no, 0), any_value(text), any_value(media_ref) FROM manifest "
+            f"WHERE job_id IN (SELECT job_id FROM jobs WHERE collection = ?) "
+            f"AND record_id IN ({', '.join('?' * len(ids))}) GROUP BY 1, 2",
+            [collection, *ids],
+        )
+        for r, c, t, m in rows:
+            if (str(r), int(c)) in wanted:
+                found.setdefault((str(r), int(c)), (str(t), m))
+    return found
 
 
 def chunks(ledger: Ledger, job: str) -> pd.DataFrame:

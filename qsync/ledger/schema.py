@@ -369,6 +369,8 @@ INSERT INTO qsync_file VALUES (gen_random_uuid()::VARCHAR);
 # (chunk 0 of 1 for a record that fits, as before), a batch holds whole records (`chunks`: its texts), the points
 # table knows each point's chunk, and a deletion of a chunk a shortened record no longer has is `surplus` (not a
 # record deleted). A job counts the chunks of its records.
+# A point keeps the hash of its payload as planned (before an enrichment answer joins it), so a re-sync tells an
+# unchanged point from one whose payload changed.
 _V15 = """
 ALTER TABLE manifest ADD COLUMN chunk_no INTEGER DEFAULT 0;
 ALTER TABLE manifest ADD COLUMN chunk_count INTEGER DEFAULT 1;
@@ -377,6 +379,8 @@ UPDATE batches SET chunks = records;
 ALTER TABLE points ADD COLUMN chunk_no INTEGER DEFAULT 0;
 ALTER TABLE deletions ADD COLUMN surplus BOOLEAN DEFAULT false;
 ALTER TABLE jobs ADD COLUMN total_chunks BIGINT;
+ALTER TABLE manifest ADD COLUMN payload_hash VARCHAR;
+ALTER TABLE points ADD COLUMN payload_hash VARCHAR;
 """
 
 Migration = str | Callable[[Any, MigrationContext], None]  # SQL, or fn(connection, context)

@@ -99,6 +99,7 @@ def _verify(
     wrong_payload: list[str] = []
     wrong_size: list[str] = []
     unexpected: list[str] = []
+    broken_points: set[str] = set()  # a record cut into chunks has several points: the broken ones are repaired
     other_jobs = 0
     collection_missing = not sink.exists()
     for pid, payload, size in [] if collection_missing else sink.scan():
@@ -113,9 +114,12 @@ def _verify(
         record_id = str(expected["record_id"].iat[row])
         if str(payload.get(id_column)) != record_id:
             wrong_payload.append(record_id)
+            broken_points.add(pid)
         if size != dimensions:
             wrong_size.append(record_id)
+            broken_points.add(pid)
     missing = [str(r) for r, p in zip(expected["record_id"], expected["point_id"], strict=True) if p not in present]
+    broken_points.update(str(p) for p in expected["point_id"] if p not in present)
     report = VerifyReport(
         job, sink.collection, len(expected), len(present), len(missing), len(unexpected), len(wrong_payload),
         len(wrong_size), other_jobs, collection_missing,
@@ -127,8 +131,7 @@ def _verify(
     if repair:
         if collection_missing:
             sink.ensure_collection()
-        broken = set(missing) | set(wrong_payload) | set(wrong_size)
-        todo = expected[expected["record_id"].isin(broken)]
+        todo = expected[expected["point_id"].astype(str).isin(broken_points)]
         report.repaired, report.unrepairable = _repair(ledger, sink, todo)
     return report
 

@@ -15,6 +15,12 @@ MIN_CHUNK_TOKENS: Final = 16
 CHUNK_FIELDS: Final = ("chunk_no", "chunk_count", "char_start", "char_end", "page_start", "page_end")
 
 
+def stale_chunk_fields(payload: dict[str, Any]) -> list[str]:
+    """The chunk fields a point written before may hold and `payload` does not: a sink that merges payloads (a point
+    shared by named vectors) deletes them first, so that a record now whole does not keep its old chunk's offsets."""
+    return [key for key in CHUNK_FIELDS if key not in payload]
+
+
 @dataclass(frozen=True)
 class Chunking:
     tokens: int | None = None  # None: the model's limit; 0: no chunking (too long is a skip)
