@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from qsync.app import reading
 from qsync.errors import QsyncError
-from qsync.formatting import count, number, percent, usd
+from qsync.formatting import count, duration, percent, usd, value_text
 from qsync.money.what_if import what_if
 from qsync.notebook.formatting import error_html, figure_output, frame_html, usd_axis
 from qsync.notebook.picker import JobPicker
@@ -31,9 +31,10 @@ def versus_html(job: str, db: str | Path | None = None) -> str:
             f"<p><i>No estimate was recorded when {html.escape(job)} was planned: it was planned by a qsync older "
             "than the estimate (every job planned since records one, whichever way it was started).</i></p>"
         )
-    fmt: dict[str, Callable[[Any], str]] = {"tokens": count, "cost_usd": usd, "minutes": lambda m: number(m, 1)}
+    # Minutes as a duration: a small job's "0.0 / 0.0" beside an error of -85% read as a contradiction.
+    fmt: dict[str, Callable[[Any], str]] = {"tokens": count, "cost_usd": usd, "minutes": lambda m: duration(m * 60)}
     shown = pd.DataFrame({
-        "": ["tokens", "cost", "minutes of work"],
+        "": ["tokens", "cost", "time of work"],
         "estimate (plan time)": [fmt[f](e) for f, e in zip(versus["figure"], versus["estimate"], strict=True)],
         "actual": [fmt[f](a) for f, a in zip(versus["figure"], versus["actual"], strict=True)],
         "error": [percent(e) for e in versus["error_pct"]],
@@ -51,6 +52,31 @@ def versus_html(job: str, db: str | Path | None = None) -> str:
         f"({count(recorded['cached_texts'])} already cached); {html.escape(str(recorded['tokens_basis']))}; "
         f"{prices}. Error: estimate minus actual, in % of the actual.</small></p>"
     )
+
+
+_ESTIMATE_LABELS = {"records": "records in the source", "valid_records": "records to load",
+                    "skipped_records": "skipped while planning", "unique_texts": "distinct texts",
+                    "cached_texts": "already in the cache (not paid)", "texts_to_embed": "texts to embed (paid)",
+                    "tokens": "tokens", "media_tokens": "of which images and PDF pages", "tokens_basis": "tokens counted",
+                    "model": "model", "cost_usd": "cost", "cost_usd_batch_mode": "cost in Batch Mode",
+                    "expected_minutes": "time at the rate limits", "texts_per_minute": "texts per minute (limit)",
+                    "tokens_per_minute": "tokens per minute (limit)"}  # fmt: skip
+
+
+def estimate_table(estimate: dict[str, Any]) -> widgets.HTML:
+    """`qsync.estimate(...)` as a table a person reads: dollars as dollars, counts with separators, the time
+    as a duration (never `cost_usd 0.0019363499999999999`); skip reasons counted in a second table."""
+    rows = [(_ESTIMATE_LABELS.get(k, k.replace("_", " ")),
+             duration(v * 60) if k == "expected_minutes" else value_text(k, v))
+            for k, v in estimate.items() if k != "skip_reasons"]  # fmt: skip
+    reasons = estimate.get("skip_reasons") or {}
+    skips = pd.DataFrame(list(reasons.items()), columns=["skipped because", "records"])  # most common first
+    table = widgets.HTML(
+        frame_html(pd.DataFrame(rows, columns=["", "estimate"]), css="qsync-table qsync-estimate-table")
+        + (frame_html(skips, css="qsync-table qsync-estimate-skips") if reasons else "")
+    )
+    table.add_class("qsync-source-estimate")
+    return table
 
 
 def estimate_beside_actual(job: str, db: str | Path | None = None) -> widgets.HTML:
@@ -169,7 +195,8 @@ class CostPanel:
         left.set(title="tokens per batch", xlabel="batch")
         elapsed = (over_time["finished_at"] - over_time["finished_at"].iloc[0]).dt.total_seconds() / 60
         right.step(elapsed, over_time["cumulative_cost_usd"], where="post", color="tab:green")
-        right.set(title="cost over the run", xlabel="minutes since the first batch", ylabel="spent")
+        # The dollars are on the ticks and in the title: a y label beside "$0.000012" ticks crowds them.
+        right.set(title="spent over the run ($)", xlabel="minutes since the first batch")
         usd_axis(right.yaxis)
         right.set_ylim(bottom=0)
         self.plot.outputs = figure_output(fig)
