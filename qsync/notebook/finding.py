@@ -3,6 +3,7 @@ another source: the jobs of the DuckDB file, read without holding anything."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -46,4 +47,6 @@ def source_text(spec: JobSpec) -> str | None:
         return None
     if spec.source.startswith("sql: "):
         return "sql:" + spec.source.removeprefix("sql: ")
-    return spec.source
+    # As typed beside the notebook (../data/docs.csv) when it is near: a long absolute path hides the file's name.
+    near = os.path.relpath(spec.source)
+    return near if not near.startswith("../../") else spec.source

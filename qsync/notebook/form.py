@@ -60,6 +60,7 @@ class LauncherForm:
         self.source = widgets.Text(shown_source, description="Source", style=_LABEL, layout={"width": "600px"},
                                    placeholder="a .parquet, .csv or .jsonl file, or sql:SELECT …",
                                    disabled=self.frame is not None)  # fmt: skip
+        self.source.add_class("qsync-source")
         self.read_button = widgets.Button(description="Read columns", icon="table", layout={"width": "130px"})
         self.read_button.add_class("qsync-read-columns")
         self.collection = widgets.Text(collection, description="Collection", style=_LABEL, layout=_FIELD)
@@ -102,6 +103,7 @@ class LauncherForm:
                                           style=_LABEL, layout=_FIELD)  # fmt: skip
         self.concurrency = widgets.IntText(int(defaults.get("concurrency") or DEFAULT_CONCURRENCY), description="Batches at once",
                                            style=_LABEL, layout=_FIELD)  # fmt: skip
+        self.concurrency.add_class("qsync-concurrency")
         budget = defaults.get("max_cost_usd")
         self.budget = widgets.Text("" if not budget else f"{float(budget):g}", description="Budget (USD)",
                                    placeholder="empty: no cap", style=_LABEL, layout=_FIELD)  # fmt: skip

@@ -64,6 +64,7 @@ class BatchInspector:
         self.batch_no = widgets.BoundedIntText(0, min=0, max=0, description="Batch", layout={"width": "170px"},
                                                style={"description_width": "45px"})  # fmt: skip
         self.batch_no.add_class("qsync-batch-no")
+        self._statuses: dict[int, str] = {}
         self.show_button = widgets.Button(description="Show records", icon="list", layout={"width": "130px"})
         self.show_button.add_class("qsync-show-records")
         self.retry_one_button = widgets.Button(description="Retry this batch", icon="redo", layout={"width": "150px"})
@@ -85,6 +86,7 @@ class BatchInspector:
         self.show_button.on_click(lambda _: self.show_records())
         self.retry_one_button.on_click(lambda _: self.retry([int(self.batch_no.value)]))
         self.retry_button.on_click(lambda _: self.retry())
+        self.batch_no.observe(lambda _: self._batch_picked(), names="value")
         self.paging = widgets.HBox([self.prev_button, self.page_label, self.next_button])
         # A job with no batch (every record unchanged or skipped at planning) has nothing to page, open or retry.
         self.one_batch = widgets.VBox([widgets.HTML("<b>One batch</b>"), widgets.HBox([
@@ -173,13 +175,23 @@ class BatchInspector:
             self.batch_no.max = int(everything["batch_no"].max())
         failed = everything[everything["status"] == "failed"]
         self.retry_button.disabled = failed.empty
-        self.retry_button.description = f"Retry {counted(len(failed), 'failed batch', 'failed batches')}"
+        self.retry_button.description = (
+            f"Retry {counted(len(failed), 'failed batch', 'failed batches')}" if len(failed) else "Retry failed batches"
+        )
+        self._statuses = dict(zip(everything["batch_no"].astype(int), everything["status"], strict=True))
+        self._batch_picked()
         if self._fresh and not failed.empty:  # a job just opened: point at its first failed batch
             self.batch_no.value = int(failed["batch_no"].iloc[0])
         self._fresh = False
         self.page = min(self.page, self.pages - 1)
         self._render_page()
         self._render_skips(skipped)
+
+    def _batch_picked(self) -> None:
+        """Retry this batch is offered for a batch that has something left to do (failed or pending), not a done one."""
+        status = self._statuses.get(int(self.batch_no.value))
+        self.retry_one_button.disabled = status not in ("failed", "pending")
+        self.retry_one_button.tooltip = f"batch {self.batch_no.value} is {status or 'not in this job'}"
 
     def _render_page(self) -> None:
         start = self.page * self.page_size
@@ -247,7 +259,8 @@ class BatchInspector:
             self.handle = start_job(self.job, db=self.db, only_batches=batches, listeners=[self._on_event])
         except QsyncError as exc:
             self.message.value = error_html(str(exc))
-            self.retry_button.disabled = self.retry_one_button.disabled = False
+            self.retry_button.disabled = False
+            self._batch_picked()
             return
         if wait:
             self._after_retry(self.handle)
@@ -282,6 +295,5 @@ class BatchInspector:
         if result is not None:
             self.result = result
             self.message.value = f"Retry finished: the job is <b>{html.escape(result.status)}</b>."
-        self.retry_one_button.disabled = False
         self.picker.reload()
         self.refresh()

@@ -100,7 +100,7 @@ class Launcher(LauncherControls):
         name = self.form.expected_name()
         found = job_to_show(self.db, name, newest_unfinished=newest_unfinished and self.form.frame is None)
         if found is None:
-            self._no_job(name)
+            self._no_job(name, announce=not newest_unfinished)
             return
         job, status = found
         self.job = job
@@ -125,10 +125,10 @@ class Launcher(LauncherControls):
             if status != "cancelled":  # 02's Retry or `qsync resume` may take it on: the form follows until it is done
                 self._follow_stored(job)
 
-    def _no_job(self, name: str | None) -> None:
-        """The source in the form has no job yet (after Read columns of another source)."""
-        if self.job is None:
-            return  # nothing shown yet: the form as it is
+    def _no_job(self, name: str | None, *, announce: bool) -> None:
+        """The source in the form has no job yet; `announce`: say so (after Read columns of another source)."""
+        if self.job is None and not announce:
+            return  # a new form on an empty file: "No job yet."
         self.job = None
         self.monitor.stop(wait_s=0)
         self.monitor.reset(name or "this source", "no job yet")

@@ -59,7 +59,7 @@ def run_started(f: JobFigures) -> str:
             f"done and {usd(f.cost_usd)} already paid; continuing with the other {count(f.remaining_records)}."
         )
     planned = [counted(n, f"record {what}", f"records {what}") for n, what in (
-        (f.skipped_records, "skipped while planning (reasons in 02)"),
+        (f.skipped_records, "skipped while planning, reasons in 02"),
         (f.unchanged_records, "unchanged since the last sync")) if n]  # fmt: skip
     return (
         f"Running <b>{job}</b> in the background: {counted(f.remaining_records, 'record')} to embed in "
