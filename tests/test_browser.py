@@ -28,7 +28,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 except ImportError:  # pragma: no cover - CI installs it; see .ci/run
     HAVE_PLAYWRIGHT = False
 else:
@@ -124,6 +124,15 @@ def _restart_kernel(page: Page) -> None:
     page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()")
     page.wait_for_timeout(1000)
     page.wait_for_function(_KERNEL_IDLE, timeout=60_000)
+
+
+def _screenshots(page: Page, parts: dict[str, Locator]) -> None:
+    """A screenshot of the window scrolled to each part (JupyterLab scrolls inside the page: full_page sees one
+    window of the notebook)."""
+    for name, part in parts.items():
+        part.first.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)  # JupyterLab draws the cells scrolled into its window
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 @contextmanager
@@ -250,11 +259,9 @@ def test_images_notebook_shows_search_hits_as_thumbnails_in_a_real_browser(jupyt
         expect(images.first).to_be_visible()
         assert images.evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
         # What a newcomer reads on the way: the estimate, the skips with reasons, estimate beside actual.
-        for name, text in (("09a-images-estimate", "skipped while planning"), ("09b-images-skipped", "does not exist"),
-                           ("09c-images-estimate-vs-actual", "estimated by qsync")):  # fmt: skip
-            page.get_by_text(text).first.scroll_into_view_if_needed()
-            page.wait_for_timeout(500)  # JupyterLab draws the cells scrolled into its window
-            page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        _screenshots(page, {"09a-images-estimate": page.get_by_text("skipped while planning"),
+                            "09b-images-skipped": page.get_by_text("does not exist"),
+                            "09c-images-estimate-vs-actual": page.get_by_text("estimated by qsync")})  # fmt: skip
         grid.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "09-images-search-thumbnails.png"))
         # The search box of the same job: Enter searches (no deprecated on_submit), hits as thumbnails.
@@ -344,11 +351,9 @@ def test_a_bad_csv_the_api_down_and_a_kernel_restart_in_a_real_browser(tmp_path:
                 expect(costs.locator(".qsync-what-if").first).to_contain_text("128")
                 expect(costs.locator(".qsync-source-estimate").first).to_contain_text("cost in Batch Mode")
                 costs.screenshot(path=str(ARTIFACTS / "16-costs-after-outage.png"), full_page=True)
-                for name, part in (("17-costs-plot", ".qsync-costs .qsync-plot"), ("18-costs-what-if", ".qsync-what-if"),
-                                   ("19-costs-source-estimate", ".qsync-source-estimate")):  # fmt: skip
-                    costs.locator(part).first.scroll_into_view_if_needed()
-                    costs.wait_for_timeout(500)  # JupyterLab draws the cells scrolled into its window
-                    costs.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+                _screenshots(costs, {"17-costs-plot": costs.locator(".qsync-costs .qsync-plot"),
+                                     "18-costs-what-if": costs.locator(".qsync-what-if"),
+                                     "19-costs-source-estimate": costs.locator(".qsync-source-estimate")})  # fmt: skip
                 costs.close()
         finally:
             emulator.kill()
