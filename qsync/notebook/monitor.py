@@ -31,6 +31,7 @@ from qsync.ledger.figures import JobFigures
 from qsync.notebook.formatting import figure_output, humanize
 from qsync.notebook.rate import RateMeter
 from qsync.notebook.ui import KernelSide
+from qsync.spec.defaults import resolve_db
 
 _MIN_REDRAW_S = 0.3
 _PLOT_EVERY_S = 1.0
@@ -317,18 +318,23 @@ class JobMonitor:
 
     def _poll(self, job: str | None, interval_s: float, until_final: bool,
               on_status: Callable[[str], None] | None, stop: threading.Event) -> None:  # fmt: skip
-        first = True
+        first, seen, status = True, None, ""
         while not stop.is_set():
-            try:
-                info = reading.status(job, db=self.db)
-            except QsyncError as exc:
-                self.ui.call(self._unreadable, exc, stop)
-            else:
-                self.ui.call(self._polled, info, first, on_status, stop)
-                first = False
-                status = info["status"]
-                if status in _FINAL if until_final else status not in ("running", "planned"):
-                    return
+            stamp = _file_stamp(self.db)
+            # A job nobody runs changes only when its file does (a retry elsewhere writes it): until then, no read,
+            # so a form left on a paused job does not start the file's host process every few seconds.
+            if first or stamp != seen or status == "running":
+                seen = stamp
+                try:
+                    info = reading.status(job, db=self.db)
+                except QsyncError as exc:
+                    self.ui.call(self._unreadable, exc, stop)
+                else:
+                    self.ui.call(self._polled, info, first, on_status, stop)
+                    first = False
+                    status = info["status"]
+                    if status in _FINAL if until_final else status not in ("running", "planned"):
+                        return
             stop.wait(interval_s)
 
     def _unreadable(self, exc: QsyncError, stop: threading.Event) -> None:
@@ -357,6 +363,20 @@ class JobMonitor:
         self._stop_polling.set()
         if self._poller is not None and self._poller is not threading.current_thread():
             self._poller.join(wait_s)
+
+
+def _file_stamp(db: str | Path | None) -> tuple[int, ...]:
+    """When the checkpoint file and its write-ahead log last changed, and their sizes."""
+    path = resolve_db(db)
+    stamp: list[int] = []
+    for file in (path, path.with_name(path.name + ".wal")):
+        try:
+            st = file.stat()
+        except OSError:
+            stamp += [0, 0]
+        else:
+            stamp += [st.st_mtime_ns, st.st_size]
+    return tuple(stamp)
 
 
 _pollers: weakref.WeakSet[JobMonitor] = weakref.WeakSet()
