@@ -111,11 +111,11 @@ def test_the_images_notebook_loads_the_sample_skips_the_bad_rows_and_shows_thumb
     assert "Gemini is emulated locally" in text and "Traceback" not in text
     images, documents = qsync.status("media:images", db=db), qsync.status("media:documents", db=db)
     assert (images["status"], images["loaded_records"], images["skipped_records"]) == ("completed", 31, 3)
-    assert (documents["status"], documents["loaded_records"], documents["skipped_records"]) == ("completed", 4, 1)
+    assert (documents["status"], documents["loaded_records"], documents["skipped_records"]) == ("completed", 5, 0)
+    assert documents["total_chunks"] == 6  # the 8-page PDF: two windows of pages
     reasons = " | ".join(qsync.skipped("media:images", db=db)["reason"])
     assert "no_such_photo.jpg does not exist" in reasons and "corrupt JPEG" in reasons
     assert "not_an_image.jpg is not a PNG or JPEG image" in reasons
-    assert "has 8 pages" in qsync.skipped("media:documents", db=db)["reason"][0]
     assert "no_such_photo.jpg does not exist" in text, "the notebook shows the skips with their reasons"
     # The plan-time estimate counted the images: it is near what the job spent (emulator: exactly metered).
     versus = reading.estimate_vs_actual("media:images", db=db).set_index("figure")
@@ -129,6 +129,24 @@ def test_the_images_notebook_loads_the_sample_skips_the_bad_rows_and_shows_thumb
     assert "PDF, 1 page" in page and "<img" not in page
     espresso = _widget_value(nb, '"a cup of espresso"').split('class="qsync-thumbnail"')[1:3]
     assert any("A cup of espresso" in card and "<img" in card for card in espresso)
+
+
+def test_the_long_documents_notebook_cuts_chunks_and_finds_records_by_a_passage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    db = tmp_path / "nb.duckdb"
+    nb = _execute("05_long_documents.ipynb", {"QSYNC_NB_DB": str(db)})
+    text = _widget_text(nb)
+    assert "Traceback" not in text and "79 records loaded as" in text
+    status = qsync.status("reference:python_reference", db=db)
+    assert (status["status"], status["loaded_records"], status["skipped_records"]) == ("completed", 79, 0)
+    assert status["total_chunks"] > 79
+    compared = _widget_value(nb, "compare_models(SOURCE").replace(",", "")
+    assert f">{status['total_chunks']}<" in compared  # the estimate cut the chunks the run cut
+    hits = _widget_value(nb, "iterable of a for loop")
+    assert re.search(r">\d+/\d+<", hits), "a hit is a passage of a long record, labelled with its chunk"
 
 
 def _launcher(tmp_path: Path, n: int = 1500, **defaults: Any) -> Launcher:

@@ -165,7 +165,7 @@ class CostPanel:
         records, texts, byte_tokens, media_tokens = plan.records, plan.texts, plan.tokens, plan.media_tokens
         spec = reading.stored_job(job, db=self.db).spec
         info = reading.status(job, db=self.db)
-        points = int(info["loaded_records"]) + int(info["unchanged_records"]) + int(info["remaining_records"])
+        points = int(info["total_chunks"])  # a point per record, or per chunk of a long one
         # Gemini's own count when the job is Gemini's and was estimated; else ~4 bytes per token.
         tokens = int(recorded["tokens"]) if recorded and spec.embedder.kind == "gemini" else byte_tokens
         if not records:
@@ -179,6 +179,7 @@ class CostPanel:
                 job_model=spec.embedder.resolved_model,
                 text_tokens=plan.text_tokens,
                 media_tokens=media_tokens,
+                chunking=spec.chunking.enabled,
             ).rename(columns=_WHAT_IF_COLUMNS),
             css="qsync-table qsync-what-if-table",
         ) + (

@@ -11,7 +11,7 @@ import pandas as pd
 
 from qsync.app.options import default_job_name
 from qsync.catalog.models import DEFAULT_EMBEDDING_MODEL, multimodal
-from qsync.errors import QsyncError
+from qsync.errors import ConfigError, QsyncError
 from qsync.input.columns import guess_columns, source_columns
 from qsync.input.sources import as_source
 from qsync.notebook.formatting import error_html
@@ -104,6 +104,12 @@ class LauncherForm:
         self.concurrency = widgets.IntText(int(defaults.get("concurrency") or DEFAULT_CONCURRENCY), description="Batches at once",
                                            style=_LABEL, layout=_FIELD)  # fmt: skip
         self.concurrency.add_class("qsync-concurrency")
+        chunk = defaults.get("chunk_tokens")
+        self.chunk_tokens = widgets.Text("" if chunk is None else str(chunk), description="Chunk tokens",
+                                         placeholder="empty: the model's limit", style=_LABEL, layout=_FIELD)  # fmt: skip
+        self.chunk_tokens.add_class("qsync-chunk-tokens")
+        chunk_help = widgets.HTML("<small>longer texts are cut into chunks of at most this many tokens, a point "
+                                  "each; 0: skip them as too long</small>")  # fmt: skip
         budget = defaults.get("max_cost_usd")
         self.budget = widgets.Text("" if not budget else f"{float(budget):g}", description="Budget (USD)",
                                    placeholder="empty: no cap", style=_LABEL, layout=_FIELD)  # fmt: skip
@@ -117,7 +123,7 @@ class LauncherForm:
             widgets.HBox([self.source, self.read_button]), self.collection, self.job_name,
             self.id_column, self.text_column, widgets.HBox([self.payload_columns, payload_help]),
             self.embedder, self.gemini_fields, self.dimensions, self.batch_size, self.concurrency,
-            widgets.HBox([self.budget, budget_help]),
+            widgets.HBox([self.chunk_tokens, chunk_help]), widgets.HBox([self.budget, budget_help]),
         ])  # fmt: skip
         self.show_embedder_fields()
         self.read_columns(defaults)
@@ -185,7 +191,7 @@ class LauncherForm:
             "payload_columns": list(self.payload_columns.value), "embedder": self.embedder.value,
             "model": self.model.value.strip() or None if gemini else None, "dimensions": self.dimensions.value,
             "embedder_options": self.extra_options, "batch_size": self.batch_size.value,
-            "qdrant_path": self.qdrant_path,
+            "qdrant_path": self.qdrant_path, "chunk_tokens": _whole_number(self.chunk_tokens.value, "chunk tokens"),
             "image_column": self.image_column.value or None if self.media_model() else None,
             "document_column": self.document_column.value or None if self.media_model() else None,
         }  # fmt: skip
@@ -234,5 +240,16 @@ class LauncherForm:
             self.model.value = spec.embedder.resolved_model
         self.dimensions.value = spec.embedder.dimensions
         self.batch_size.value = spec.batch_size
+        self.chunk_tokens.value = "" if spec.chunking.tokens is None else str(spec.chunking.tokens)
         self.budget.value = "" if max_cost_usd is None else f"{max_cost_usd:g}"
         self.extra_options = dict(spec.embedder.options)
+
+
+def _whole_number(text: str, name: str) -> int | None:
+    """A form field's whole number; None when empty."""
+    if not text.strip():
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {text.strip()!r}") from None

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from qsync.app import reading
 from qsync.engine.events import BatchFinished, Event, JobFinished, JobStarted, Notice, Progress
 from qsync.errors import QsyncError
-from qsync.formatting import count, counted, duration, number, usd
+from qsync.formatting import count, counted, duration, number, records_to_chunks, usd
 from qsync.ledger.figures import JobFigures
 from qsync.notebook.formatting import figure_output, humanize
 from qsync.notebook.rate import RateMeter
@@ -160,6 +160,8 @@ class JobMonitor:
             f"{count(done)} / {count(total)} records ({count(f.loaded_records)} loaded, "
             f"{count(f.skipped_records)} skipped, {count(f.unchanged_records)} unchanged)"
         )
+        if phrase := records_to_chunks(f.total_records - f.skipped_records, f.total_chunks):
+            parts.append(phrase)
         running = status == "running" or status.startswith(("pausing", "cancelling", "resuming"))
         if running:
             parts.append(html.escape(self._pace(f.remaining_records)))

@@ -9,7 +9,7 @@ import re
 from urllib.parse import urlparse
 
 from qsync.engine.events import JobFinished
-from qsync.formatting import count, counted, usd
+from qsync.formatting import chunked, count, counted, usd
 from qsync.ledger.figures import JobFigures
 from qsync.notebook.formatting import humanize
 
@@ -93,7 +93,8 @@ def summary_of(f: JobFigures) -> str:
     skipped = f"{count(f.skipped_records)} skipped" + (" (reasons in 02)" if f.skipped_records else "")
     return (
         f"{count(f.processed_records)} of {count(f.total_records)} records — {count(f.loaded_records)} loaded, "
-        f"{skipped}, {count(f.unchanged_records)} unchanged; {usd(f.cost_usd)} spent."
+        f"{skipped}, {count(f.unchanged_records)} unchanged{chunked(f.total_records - f.skipped_records, f.total_chunks)}; "
+        f"{usd(f.cost_usd)} spent."
     )
 
 

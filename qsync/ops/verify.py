@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from qsync.ledger.batches import point_key
 from qsync.ledger.cache import SignatureIdentity, cache_key, count_beyond, vectors_by_key
 from qsync.ledger.jobs import job_record
 from qsync.ledger.ledger import Ledger
@@ -143,11 +144,13 @@ def _repair(ledger: Ledger, sink: Sink, todo: pd.DataFrame) -> tuple[int, int]:
         with ledger.reading() as con:
             found = vectors_by_key(con, ledger.vectors, keys)
         ids, vectors, payloads = [], [], []
-        for key, record_id, payload in zip(keys, chunk["record_id"], chunk["payload"], strict=True):
+        for key, record_id, chunk_no, payload in zip(
+            keys, chunk["record_id"], chunk["chunk_no"], chunk["payload"], strict=True
+        ):
             if key not in found:
                 unrepairable += 1
                 continue
-            ids.append(str(record_id))
+            ids.append(point_key(str(record_id), int(chunk_no)))  # the point's own id: its record's, or its chunk's
             vectors.append(found[key])
             payloads.append(json.loads(payload))
         if ids:
