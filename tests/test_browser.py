@@ -331,6 +331,8 @@ def test_a_bad_csv_the_api_down_and_a_kernel_restart_in_a_real_browser(tmp_path:
                 resume.click()
                 expect(status).to_contain_text(re.compile(r"wordnet:docs · completed"), timeout=120_000)
                 expect(status).to_contain_text("1 skipped")
+                expect(message).to_contain_text("completed")  # the launcher's own listener follows the monitor's
+                expect(page.locator("button.qsync-pause").first).to_be_disabled()
                 page.screenshot(path=str(ARTIFACTS / "14-bad-csv-completed.png"), full_page=True)
 
                 inspect = browser.new_page(viewport={"width": 1400, "height": 1000})
