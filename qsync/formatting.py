@@ -46,6 +46,11 @@ def count(value: Any) -> str:
     return MISSING if _missing(value) else f"{int(value):,}"
 
 
+def counted(value: int, noun: str, plural: str | None = None) -> str:
+    """A count with its noun, singular for one: `1 record`, `2,005 records`, `3 batches` (plural given)."""
+    return f"{count(value)} {noun if int(value) == 1 else plural or noun + 's'}"
+
+
 def records_to_chunks(records: Any, chunks: Any) -> str:
     """'3,000 records → 9,412 chunks' when long records were cut into chunks (points outnumber the valid records),
     else ''."""

@@ -22,7 +22,7 @@ import qsync
 # Parameters (environment variables let CI and tests run this notebook on temporary files).
 SOURCE = os.environ.get("QSYNC_NB_SOURCE", "../data/wordnet_sample.jsonl")
 COLLECTION = os.environ.get("QSYNC_NB_COLLECTION", "wordnet")
-DB = os.environ.get("QSYNC_NB_DB", "qsync-notebooks.duckdb")
+DB = os.environ.get("QSYNC_NB_DB", "qsync-data/notebooks.duckdb")
 EMBEDDER = os.environ.get("QSYNC_NB_EMBEDDER", "gemini" if os.environ.get("GEMINI_API_KEY") else "hash")
 DIMENSIONS = int(os.environ.get("QSYNC_NB_DIMENSIONS", "768"))"""
 
@@ -122,10 +122,9 @@ NOTEBOOKS = {
             "`DB`'s cache are not counted)."
         ),
         new_code_cell(
-            "import pandas as pd\n\n"
-            "from qsync.notebook import show\n\n"
-            "before = qsync.estimate(SOURCE, db=DB)\n"
-            'show(pd.DataFrame([(k, v) for k, v in before.items() if k != "skip_reasons"], columns=["", "estimate"]))'
+            "from qsync.notebook import estimate_table\n\n"
+            "before = qsync.estimate(SOURCE, db=DB)  # a dict, for your own code\n"
+            "estimate_table(before)"
         ),
         new_code_cell(
             "import matplotlib.pyplot as plt\n\n"
@@ -159,16 +158,17 @@ NOTEBOOKS = {
         ),
         new_code_cell(
             "import os\n\n"
-            "import qsync\n\n"
+            "import qsync\n"
+            "from qsync.notebook.sentences import where_gemini_calls_go\n\n"
             "# Parameters (environment variables let CI and tests run this notebook on temporary files).\n"
             'IMAGES = os.environ.get("QSYNC_NB_IMAGES", "../data/images.csv")\n'
             'DOCUMENTS = os.environ.get("QSYNC_NB_DOCUMENTS", "../data/documents.csv")\n'
             'COLLECTION = os.environ.get("QSYNC_NB_MEDIA_COLLECTION", "media")\n'
-            'DB = os.environ.get("QSYNC_NB_DB", "qsync-notebooks.duckdb")\n'
+            'DB = os.environ.get("QSYNC_NB_DB", "qsync-data/notebooks.duckdb")\n'
             'DIMENSIONS = int(os.environ.get("QSYNC_NB_MEDIA_DIMENSIONS", "768"))  # gemini-embedding-2: 128 to 3,072\n'
             'MODEL = "gemini-embedding-2"  # the model that embeds images and PDFs\n\n'
             'if os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY"):\n'
-            '    print("A Gemini API key is set: this notebook calls Gemini.")\n'
+            "    print(where_gemini_calls_go())\n"
             "else:\n"
             "    from qsync.testing import start_offline\n\n"
             "    emulator = start_offline()  # a local stand-in for the Gemini API, for this kernel only\n"
@@ -277,7 +277,7 @@ from qsync.testing import offline_emulator, start_offline
 # Parameters (environment variables let CI and tests run this notebook on temporary files).
 SOURCE = os.environ.get("QSYNC_NB_DOCS", "../data/python_reference.jsonl")
 COLLECTION = os.environ.get("QSYNC_NB_DOCS_COLLECTION", "reference")
-DB = os.environ.get("QSYNC_NB_DB", "qsync-notebooks.duckdb")
+DB = os.environ.get("QSYNC_NB_DB", "qsync-data/notebooks.duckdb")
 MODEL = "gemini-embedding-001"  # 2,048 tokens a text: most of these documents are longer
 CHUNK_TOKENS = None  # None: chunks as large as the model takes; a number asks for smaller ones; 0 skips long texts
 
@@ -349,6 +349,8 @@ SearchBox(result.job_id, db=DB, limit=5)"""),
 def main() -> None:
     HERE.mkdir(exist_ok=True)
     for name, cells in NOTEBOOKS.items():
+        for i, cell in enumerate(cells):
+            cell.id = f"nb{name[:2]}-{i:02d}"  # stable ids: regenerating changes only the cells that changed
         notebook = new_notebook(cells=cells)
         notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(notebook, HERE / name)

@@ -162,9 +162,12 @@ def source_identity(source: Source) -> str:
 
 
 def default_job_name(source: Source, collection: str) -> str:
-    """COLLECTION:SOURCE-STEM (`docs:records`), `COLLECTION:dataframe`, or `COLLECTION:sql-<hash>`."""
+    """COLLECTION:SOURCE-STEM (`docs:records`), `COLLECTION:dataframe-<hash of its column names>`, or
+    `COLLECTION:sql-<hash>`. A DataFrame has no name of its own: named by its columns, an unrelated frame sent to
+    the same collection starts its own job instead of becoming a re-sync of the first (`job=` names it)."""
     if isinstance(source, DataFrameSource):
-        return f"{collection}:dataframe"
+        columns = "\0".join(str(c) for c in source.frame.columns)
+        return f"{collection}:dataframe-{hashlib.sha1(columns.encode()).hexdigest()[:8]}"
     if isinstance(source, SqlSource):
         return f"{collection}:sql-{hashlib.sha1(source.query.encode()).hexdigest()[:8]}"
     if isinstance(source, FileSource):

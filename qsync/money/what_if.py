@@ -15,7 +15,7 @@ from qsync.money.estimate import TextsEstimate
 
 # Qdrant's sizing rule of thumb: float32 vectors times 1.5 for the index, payload and overhead.
 _BYTES_PER_DIMENSION = 4 * 1.5
-WHAT_IF_DIMENSIONS = (768, 1536, 3072)
+WHAT_IF_DIMENSIONS = (128, 256, 768, 1536, 3072)
 
 
 def storage_gb(points: int, dimensions: int) -> float:

@@ -3,6 +3,7 @@ those the chosen embedder uses, and what they mean as job options and run settin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
@@ -53,10 +54,13 @@ class LauncherForm:
         self.qdrant_path = qdrant_path
         self.message = message
         self.extra_options: dict[str, Any] = dict(defaults.get("embedder_options", {}))
+        self.read_from: str | None = None  # the source the column fields were read from
+        self.on_read: Callable[[], None] | None = None  # the launcher looks for the job of a newly read source
         shown_source = f"DataFrame: {len(source):,} rows" if self.frame is not None else str(source)
         self.source = widgets.Text(shown_source, description="Source", style=_LABEL, layout={"width": "600px"},
                                    placeholder="a .parquet, .csv or .jsonl file, or sql:SELECT …",
                                    disabled=self.frame is not None)  # fmt: skip
+        self.source.add_class("qsync-source")
         self.read_button = widgets.Button(description="Read columns", icon="table", layout={"width": "130px"})
         self.read_button.add_class("qsync-read-columns")
         self.collection = widgets.Text(collection, description="Collection", style=_LABEL, layout=_FIELD)
@@ -99,6 +103,7 @@ class LauncherForm:
                                           style=_LABEL, layout=_FIELD)  # fmt: skip
         self.concurrency = widgets.IntText(int(defaults.get("concurrency") or DEFAULT_CONCURRENCY), description="Batches at once",
                                            style=_LABEL, layout=_FIELD)  # fmt: skip
+        self.concurrency.add_class("qsync-concurrency")
         chunk = defaults.get("chunk_tokens")
         self.chunk_tokens = widgets.Text("" if chunk is None else str(chunk), description="Chunk tokens",
                                          placeholder="empty: the model's limit", style=_LABEL, layout=_FIELD)  # fmt: skip
@@ -132,28 +137,44 @@ class LauncherForm:
         source = self.source_value()
         if isinstance(source, str) and not source:
             return
+        self.read_from = source if isinstance(source, str) else None
         try:
             columns = source_columns(source)
         except QsyncError as exc:
+            # No column fields of the previous source: Start would name columns this source does not have.
+            self._offer_columns([])
             self.message.value = error_html(f"Source: {exc}")
             return
         guessed_id, guessed_text = guess_columns(columns)
         keep_id, keep_text = self.id_column.value, self.text_column.value
         picked = tuple(self.payload_columns.value) or tuple(defaults.get("payload_columns", ()))
-        self.id_column.options = columns
-        self.text_column.options = columns
-        self.payload_columns.options = columns
+        media_kept = [(field, defaults.get(key) or field.value)
+                      for field, key in ((self.image_column, "image_column"), (self.document_column, "document_column"))]  # fmt: skip
+        self._offer_columns(columns)
         self.id_column.value = next(c for c in (defaults.get("id_column"), keep_id, guessed_id, columns[0])
                                     if c in columns)  # fmt: skip
         text_choices = (defaults.get("text_column"), keep_text, guessed_text, columns[-1])
         self.text_column.value = next(c for c in text_choices if c in columns)
         self.payload_columns.value = tuple(c for c in picked if c in columns)
-        for field, key in ((self.image_column, "image_column"), (self.document_column, "document_column")):
-            keep = defaults.get(key) or field.value
-            field.options = [_NO_MEDIA, *[(c, c) for c in columns]]
+        for field, keep in media_kept:
             field.value = keep if keep in columns else ""
         if self.message.value.startswith("<span style='color:#b00020'>Source"):
             self.message.value = ""
+        if self.on_read is not None:
+            self.on_read()
+
+    def _offer_columns(self, columns: list[str]) -> None:
+        self.id_column.options = columns
+        self.text_column.options = columns
+        self.payload_columns.options = columns
+        for field in (self.image_column, self.document_column):
+            field.options = [_NO_MEDIA, *[(c, c) for c in columns]]
+            field.value = ""
+
+    def columns_read(self) -> bool:
+        """The column fields hold the columns of the source now in the Source field."""
+        source = self.source_value()
+        return bool(self.id_column.options) and (not isinstance(source, str) or source == self.read_from)
 
     def media_model(self) -> bool:
         return self.embedder.value == "gemini" and multimodal(self.model.value.strip())
