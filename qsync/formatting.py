@@ -55,6 +55,25 @@ def batch_mode_text(texts: Any, tokens: Any, cost_usd: Any) -> str:
     )
 
 
+def counted(value: int, noun: str, plural: str | None = None) -> str:
+    """A count with its noun, singular for one: `1 record`, `2,005 records`, `3 batches` (plural given)."""
+    return f"{count(value)} {noun if int(value) == 1 else plural or noun + 's'}"
+
+
+def records_to_chunks(records: Any, chunks: Any) -> str:
+    """'3,000 records → 9,412 chunks' when long records were cut into chunks (points outnumber the valid records),
+    else ''."""
+    if _missing(records) or _missing(chunks) or int(chunks) <= int(records):
+        return ""
+    return f"{count(records)} records → {count(chunks)} chunks"
+
+
+def chunked(records: Any, chunks: Any) -> str:
+    """records_to_chunks in parentheses after a space, or ''."""
+    phrase = records_to_chunks(records, chunks)
+    return f" ({phrase})" if phrase else ""
+
+
 def number(value: Any, digits: int = 1) -> str:
     """A measured quantity (rate, minutes, seconds): separators, `digits` decimals, no trailing noise."""
     return MISSING if _missing(value) else f"{float(value):,.{digits}f}"

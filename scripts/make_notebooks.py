@@ -22,7 +22,7 @@ import qsync
 # Parameters (environment variables let CI and tests run this notebook on temporary files).
 SOURCE = os.environ.get("QSYNC_NB_SOURCE", "../data/wordnet_sample.jsonl")
 COLLECTION = os.environ.get("QSYNC_NB_COLLECTION", "wordnet")
-DB = os.environ.get("QSYNC_NB_DB", "qsync-notebooks.duckdb")
+DB = os.environ.get("QSYNC_NB_DB", "qsync-data/notebooks.duckdb")
 EMBEDDER = os.environ.get("QSYNC_NB_EMBEDDER", "gemini" if os.environ.get("GEMINI_API_KEY") else "hash")
 DIMENSIONS = int(os.environ.get("QSYNC_NB_DIMENSIONS", "768"))"""
 
@@ -122,10 +122,9 @@ NOTEBOOKS = {
             "`DB`'s cache are not counted)."
         ),
         new_code_cell(
-            "import pandas as pd\n\n"
-            "from qsync.notebook import show\n\n"
-            "before = qsync.estimate(SOURCE, db=DB)\n"
-            'show(pd.DataFrame([(k, v) for k, v in before.items() if k != "skip_reasons"], columns=["", "estimate"]))'
+            "from qsync.notebook import estimate_table\n\n"
+            "before = qsync.estimate(SOURCE, db=DB)  # a dict, for your own code\n"
+            "estimate_table(before)"
         ),
         new_code_cell(
             "import matplotlib.pyplot as plt\n\n"
@@ -150,24 +149,26 @@ NOTEBOOKS = {
             "records skipped with their reasons, and the nearest images to a few words.\n\n"
             "- The sample (`data/images.csv`, `data/documents.csv`): 31 real photos and scans, downscaled to "
             "512 px, and 4 short PDFs; sources and licences per file in `data/MEDIA-LICENSES.md`. A few rows are "
-            "**bad on purpose** (a missing file, a download cut short, an HTML page named `.jpg`, a PDF over the "
-            "6-page limit): qsync skips each with its reason before anything is paid.\n"
+            "**bad on purpose** (a missing file, a download cut short, an HTML page named `.jpg`): qsync skips each "
+            "with its reason before anything is paid. One PDF has 8 pages, more than the model reads: it is cut "
+            "into two windows of pages, each a point.\n"
             "- With `GEMINI_API_KEY` set, this calls Gemini (less than a cent). Without it, qsync's **local "
             "emulator** of the Gemini API answers instead: the same SDK, requests, token counts and prices, "
             "nothing billed, nothing sent anywhere."
         ),
         new_code_cell(
             "import os\n\n"
-            "import qsync\n\n"
+            "import qsync\n"
+            "from qsync.notebook.sentences import where_gemini_calls_go\n\n"
             "# Parameters (environment variables let CI and tests run this notebook on temporary files).\n"
             'IMAGES = os.environ.get("QSYNC_NB_IMAGES", "../data/images.csv")\n'
             'DOCUMENTS = os.environ.get("QSYNC_NB_DOCUMENTS", "../data/documents.csv")\n'
             'COLLECTION = os.environ.get("QSYNC_NB_MEDIA_COLLECTION", "media")\n'
-            'DB = os.environ.get("QSYNC_NB_DB", "qsync-notebooks.duckdb")\n'
+            'DB = os.environ.get("QSYNC_NB_DB", "qsync-data/notebooks.duckdb")\n'
             'DIMENSIONS = int(os.environ.get("QSYNC_NB_MEDIA_DIMENSIONS", "768"))  # gemini-embedding-2: 128 to 3,072\n'
             'MODEL = "gemini-embedding-2"  # the model that embeds images and PDFs\n\n'
             'if os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY"):\n'
-            '    print("A Gemini API key is set: this notebook calls Gemini.")\n'
+            "    print(where_gemini_calls_go())\n"
             "else:\n"
             "    from qsync.testing import start_offline\n\n"
             "    emulator = start_offline()  # a local stand-in for the Gemini API, for this kernel only\n"
@@ -261,10 +262,95 @@ NOTEBOOKS = {
     ],
 }
 
+# Long documents: records over the model's limit cut into chunks, a point each; search answers records.
+NOTEBOOKS["05_long_documents.ipynb"] = [
+    new_markdown_cell("""# 05 · Long documents: chunks, never skips
+
+Records longer than the model takes (2,048 tokens for `gemini-embedding-001`, 8,192 for `gemini-embedding-2`) are **cut into chunks** at paragraphs, then sentences, then words, and each chunk is a point of its own. A record that fits stays one point, exactly as before. Each chunk's payload is its record's payload plus `chunk_no`, `chunk_count`, `char_start` and `char_end` (its characters in the record's text), so a search can show the passage; a search answers **records**, each scored by its best chunk.
+
+The sample is 79 real long documents: the topics of Python's own reference (`help("if")`), 200 to 62,000 characters each (`data/PYTHON-REFERENCE-LICENSE.md`). Without a `GEMINI_API_KEY`, Gemini is emulated locally: offline and free."""),
+    new_code_cell("""import os
+
+import qsync
+from qsync.testing import offline_emulator, start_offline
+
+# Parameters (environment variables let CI and tests run this notebook on temporary files).
+SOURCE = os.environ.get("QSYNC_NB_DOCS", "../data/python_reference.jsonl")
+COLLECTION = os.environ.get("QSYNC_NB_DOCS_COLLECTION", "reference")
+DB = os.environ.get("QSYNC_NB_DB", "qsync-data/notebooks.duckdb")
+MODEL = "gemini-embedding-001"  # 2,048 tokens a text: most of these documents are longer
+CHUNK_TOKENS = None  # None: chunks as large as the model takes; a number asks for smaller ones; 0 skips long texts
+
+if offline_emulator() is None and (os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")):
+    print("A Gemini API key is set: this notebook calls Gemini (about $0.02 for the whole table).")
+else:
+    emulator = start_offline()  # a local stand-in for the Gemini API, for this kernel only
+    print(f"No GEMINI_API_KEY: Gemini is emulated locally at {emulator.url} (offline, free).")"""),
+    new_markdown_cell(
+        "## The table\n\nOne row per document; the longest are about seven times what the model takes in one text (2,048 tokens)."
+    ),
+    new_code_cell("""import pandas as pd
+
+from qsync.notebook import show
+
+table = pd.read_json(SOURCE, lines=True)
+table["characters"] = table["text"].str.len()
+table["tokens (~4 bytes each)"] = table["text"].str.encode("utf-8").str.len() // 4
+show(table.sort_values("characters", ascending=False)[["id", "title", "characters", "tokens (~4 bytes each)"]].head(5))"""),
+    new_markdown_cell("""## Before the run: records → chunks, per model
+
+`qsync.estimate` plans the job in a scratch file (nothing is embedded): the chunks are cut exactly as the run will cut them, so their number, tokens and dollars are the run's. With a larger limit, `gemini-embedding-2` cuts fewer chunks for the same tokens."""),
+    new_code_cell("""from qsync.money.estimate import compare_models
+
+show(compare_models(SOURCE, chunk_tokens=CHUNK_TOKENS, db=DB)[
+    ["model", "records", "chunks", "skipped_records", "tokens", "cost_usd", "cost_usd_batch_mode", "expected_minutes"]
+])"""),
+    new_markdown_cell("## The run"),
+    new_code_cell("""result = qsync.run(
+    SOURCE, collection=COLLECTION, model=MODEL, payload_columns=["title"], chunk_tokens=CHUNK_TOKENS, db=DB
+)
+status = qsync.status(result.job_id, db=DB)
+print(f"{result.job_id}: {status['status']} — {status['loaded_records']:,} records loaded as "
+      f"{status['total_chunks']:,} points, {status['skipped_records']} skipped")"""),
+    new_markdown_cell("""## Chunks per record
+
+`reading.chunks` lists what the job embedded: a row per whole record, or per chunk of a long one, with its characters in the record and its tokens (estimated at ~4 bytes a token). Chunks are sized by an estimate from above (the API's tokenizer is not available offline), so that none is refused as too long."""),
+    new_code_cell("""import matplotlib.pyplot as plt
+
+from qsync.app import reading
+
+chunks = reading.chunks(result.job_id, db=DB)
+per_record = chunks.groupby("record_id")["chunk_count"].first()
+fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.2))
+left.hist(per_record, bins=range(1, int(per_record.max()) + 2), color="#4c72b0")
+left.set(title="chunks per record", xlabel="chunks", ylabel="records")
+right.hist(chunks["tokens"], bins=30, color="#55a868")
+right.axvline(2048, color="#c44e52", linestyle="--", label="the model's limit")
+right.set(title="tokens per text embedded (~4 bytes a token)", xlabel="tokens", ylabel="texts")
+right.legend()
+fig.tight_layout()
+plt.show()
+longest = chunks[chunks["record_id"] == per_record.idxmax()]
+show(longest[["record_id", "chunk", "char_start", "char_end", "tokens", "batch_no"]].head(4))"""),
+    new_markdown_cell("""## Search: records, found by a passage
+
+A record is one row, scored by its best chunk, whose passage is shown as `text`; `chunk` says which one it is. `chunks=True` lists every chunk instead. Offline, the emulator places texts by their words, so a query that shares words with a passage finds it."""),
+    new_code_cell("""hits = qsync.search(result.job_id, "what happens when the iterable of a for loop is modified", limit=5, db=DB)
+show(hits.assign(text=hits["text"].str.slice(0, 160) + "…"))"""),
+    new_code_cell("""chunk_hits = qsync.search(result.job_id, "exception raised by a generator", limit=6, chunks=True, db=DB)
+show(chunk_hits.assign(text=chunk_hits["text"].str.slice(0, 120) + "…"))"""),
+    new_markdown_cell("Your own words: type and press Enter (or **Search**)."),
+    new_code_cell("""from qsync.notebook import SearchBox
+
+SearchBox(result.job_id, db=DB, limit=5)"""),
+]
+
 
 def main() -> None:
     HERE.mkdir(exist_ok=True)
     for name, cells in NOTEBOOKS.items():
+        for i, cell in enumerate(cells):
+            cell.id = f"nb{name[:2]}-{i:02d}"  # stable ids: regenerating changes only the cells that changed
         notebook = new_notebook(cells=cells)
         notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(notebook, HERE / name)

@@ -175,3 +175,33 @@ def fail_once_factory(
     """`latency_s` defaults to $QSYNC_TEST_LATENCY (the browser test slows the notebook's runs this way)."""
     latency = float(os.environ.get("QSYNC_TEST_LATENCY", "0")) if latency_s is None else latency_s
     return FailOnceEmbedder(dimensions=dimensions or 64, latency_s=latency, word=word)
+
+
+class EmulatorProcess:
+    """The Gemini emulator in a process of its own (`python -m qsync.testing`), so a test can make the API really
+    go away (SIGKILL: connections refused, open ones cut) and come back on the same port."""
+
+    def __init__(self, *args: str, port: int = 0) -> None:
+        self.args, self.port = args, port
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> EmulatorProcess:
+        cmd = [sys.executable, "-m", "qsync.testing", "--port", str(self.port), *self.args]
+        self.proc = subprocess.Popen(cmd, env=qsync_env(), stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # printed once it listens
+        assert "GOOGLE_GEMINI_BASE_URL=" in line, f"the emulator did not start: {line!r}"
+        self.port = int(line.split("GOOGLE_GEMINI_BASE_URL=")[1].split()[0].rsplit(":", 1)[1])
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+            self.proc = None

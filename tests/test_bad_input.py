@@ -43,7 +43,7 @@ def test_jsonl_bad_rows_are_skipped_with_reasons(tmp_path: Path) -> None:
         json.dumps({"id": "blank", "text": "  \n\t\u00a0 "}),
         json.dumps({"id": "ok1", "text": "same id again"}),
         json.dumps({"id": "number", "text": 42}),
-        json.dumps({"id": "huge", "text": "word " * 2000}),
+        json.dumps({"id": "huge", "text": "word " * 3000}),  # long, not bad: cut into chunks
         json.dumps({"text": "no id at all"}),
         json.dumps({"id": 7, "text": "integer id"}),
         json.dumps({"id": "7", "text": "the same id as a string"}),
@@ -56,13 +56,14 @@ def test_jsonl_bad_rows_are_skipped_with_reasons(tmp_path: Path) -> None:
     src.write_bytes(data)
     info, skipped, points = _run(tmp_path, src, payload_columns=["tag"])
 
-    assert set(points) == {"ok1", "ok2", "7"}
+    assert set(points) == {"ok1", "ok2", "7", "huge"}
+    assert points["huge"]["chunk_count"] > 1 and info["total_chunks"] == 3 + points["huge"]["chunk_count"]
     assert points["ok1"]["tag"] == "x" and points["7"]["id"] == 7  # the id keeps its type in the payload
     reasons = _reasons(skipped)
     assert reasons["nulltext"] == "text is missing"
     assert reasons["empty"] == reasons["blank"] == "text is empty or whitespace"
     assert reasons["number"] == "text is not a string (int)"
-    assert reasons["huge"].startswith("text too long: ~2500 tokens (estimated), limit 2048")
+    assert "huge" not in reasons
     assert reasons[7] == "id is missing"
     assert reasons[10] == "id is a non-integral number, not a string or integer"
     assert reasons[11].startswith("line 12: malformed JSON")

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from qsync_testing import REPO, qsync_env
+from qsync_testing import REPO, EmulatorProcess, qsync_env
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 CHROMIUM = shutil.which("chromium")
@@ -28,7 +28,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 try:
-    from playwright.sync_api import Browser, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 except ImportError:  # pragma: no cover - CI installs it; see .ci/run
     HAVE_PLAYWRIGHT = False
 else:
@@ -45,10 +45,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+@contextmanager
+def _lab(tmp_path: Path, **env_extra: str) -> Iterator[tuple[str, Path, Path]]:
+    """JupyterLab on a copy of notebooks/ and data/, its kernels' environment `env_extra` added."""
     root = tmp_path / "lab"
-    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    shutil.copytree(REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns("qsync-data", "*.duckdb*"))
     shutil.copytree(REPO / "data", root / "data")
     settings = tmp_path / "settings"
     (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
@@ -62,10 +63,7 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
         JUPYTERLAB_SETTINGS_DIR=str(settings),
         JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
         QSYNC_NB_DB=str(tmp_path / "nb.duckdb"),
-        QSYNC_NB_DIMENSIONS="64",
-        QSYNC_NB_EMBEDDER="qsync_testing:fail_once_factory",  # refuses the batch mentioning "violin", once
-        QSYNC_TEST_FAIL_ONCE=str(tmp_path / "failed-once"),
-        QSYNC_TEST_LATENCY="0.4",  # a run lasts long enough to pause it and restart the kernel under it
+        **env_extra,
     )
     env.pop("QSYNC_NB_AUTOSTART", None)
     log = (tmp_path / "jupyterlab.log").open("w")
@@ -94,6 +92,18 @@ def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
         log.close()
 
 
+@pytest.fixture
+def jupyterlab(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+    with _lab(
+        tmp_path,
+        QSYNC_NB_DIMENSIONS="64",
+        QSYNC_NB_EMBEDDER="qsync_testing:fail_once_factory",  # refuses the batch mentioning "violin", once
+        QSYNC_TEST_FAIL_ONCE=str(tmp_path / "failed-once"),
+        QSYNC_TEST_LATENCY="0.4",  # a run lasts long enough to pause it and restart the kernel under it
+    ) as lab:
+        yield lab
+
+
 _KERNEL_IDLE = """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
     const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
     return k && k.status === 'idle'; }"""
@@ -114,6 +124,15 @@ def _restart_kernel(page: Page) -> None:
     page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()")
     page.wait_for_timeout(1000)
     page.wait_for_function(_KERNEL_IDLE, timeout=60_000)
+
+
+def _screenshots(page: Page, parts: dict[str, Locator]) -> None:
+    """A screenshot of the window scrolled to each part (JupyterLab scrolls inside the page: full_page sees one
+    window of the notebook)."""
+    for name, part in parts.items():
+        part.first.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)  # JupyterLab draws the cells scrolled into its window
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 @contextmanager
@@ -240,11 +259,9 @@ def test_images_notebook_shows_search_hits_as_thumbnails_in_a_real_browser(jupyt
         expect(images.first).to_be_visible()
         assert images.evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
         # What a newcomer reads on the way: the estimate, the skips with reasons, estimate beside actual.
-        for name, text in (("09a-images-estimate", "skipped while planning"), ("09b-images-skipped", "does not exist"),
-                           ("09c-images-estimate-vs-actual", "estimated by qsync")):  # fmt: skip
-            page.get_by_text(text).first.scroll_into_view_if_needed()
-            page.wait_for_timeout(500)  # JupyterLab draws the cells scrolled into its window
-            page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        _screenshots(page, {"09a-images-estimate": page.get_by_text("skipped while planning"),
+                            "09b-images-skipped": page.get_by_text("does not exist"),
+                            "09c-images-estimate-vs-actual": page.get_by_text("estimated by qsync")})  # fmt: skip
         grid.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "09-images-search-thumbnails.png"))
         # The search box of the same job: Enter searches (no deprecated on_submit), hits as thumbnails.
@@ -254,3 +271,95 @@ def test_images_notebook_shows_search_hits_as_thumbnails_in_a_real_browser(jupyt
         expect(results).to_contain_text("A bee flying", timeout=30_000)
         results.scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "10-images-search-box.png"))
+
+
+def test_a_bad_csv_the_api_down_and_a_kernel_restart_in_a_real_browser(tmp_path: Path) -> None:
+    """What a data scientist met (issue 23): a CSV of other column names with a line that is not UTF-8, typed into
+    the form; the Gemini API gone for a while mid-run (the emulator SIGKILLed, then back on its port); a kernel
+    restarted on a paused job whose source the notebook does not default to; then 02 and 03 on that job."""
+    emulator = EmulatorProcess("--latency", "1.0").start()
+    with _lab(tmp_path, QSYNC_NB_EMBEDDER="gemini", QSYNC_NB_DIMENSIONS="128", GEMINI_API_KEY="test-key",
+              GOOGLE_GEMINI_BASE_URL=emulator.url, QSYNC_RETRY_BASE_S="0.5") as (url, tmp, root):  # fmt: skip
+        lines = [f"doc{i},note {i} about a violin and a river\n".encode() for i in range(1500)]
+        lines.insert(700, b"bad,caf\xe9 \xff au lait\n")  # line 702 of the file is not UTF-8
+        (root / "data" / "docs.csv").write_bytes(b"doc,body\n" + b"".join(lines))
+        try:
+            with _chromium("last-state-issue23.png") as (browser, page):
+                _open_and_run_all(page, url.format("01_backfill.ipynb"))
+                source = page.locator(".qsync-source input").first
+                expect(source).to_be_visible(timeout=60_000)
+                source.fill("../data/docs.csv")
+                page.locator("button.qsync-read-columns").first.click()
+                id_column = page.locator(".qsync-id-column select").first
+                expect(id_column.locator("option")).to_have_text(["doc", "body"], timeout=30_000)
+                expect(page.locator(".qsync-text-column select").first).to_have_value("body")
+                expect(page.locator(".qsync-message").first).not_to_contain_text("Error")
+                concurrency = page.locator(".qsync-concurrency input").first
+                concurrency.fill("1")
+                concurrency.press("Enter")
+                page.screenshot(path=str(ARTIFACTS / "11-bad-csv-columns-read.png"), full_page=True)
+                page.locator("button.qsync-start").first.click()
+                status = page.locator(".qsync-status").first
+                expect(status).to_contain_text("records/s", timeout=60_000)
+
+                emulator.kill()  # the API goes away mid-run
+                expect(status).to_contain_text("waiting for the API", timeout=60_000)
+                expect(status).not_to_contain_text("records/s")
+                expect(page.locator(".qsync-notice").first).to_contain_text("trying again in")
+                page.locator(".qsync-monitor").first.scroll_into_view_if_needed()
+                page.wait_for_timeout(1500)  # the plot (a PNG) follows the status line
+                page.screenshot(path=str(ARTIFACTS / "12-api-down-waiting.png"), full_page=True)
+                emulator.start()  # back on the same port: the run goes on by itself
+                expect(status).not_to_contain_text("waiting", timeout=60_000)
+                expect(status).to_contain_text(re.compile(r"· running ·"))
+                page.locator("button.qsync-pause").first.click()
+                expect(status).to_contain_text(re.compile(r"· paused ·"), timeout=60_000)
+
+                # The kernel restarts; Run All: the form opens on the notebook's default source, but shows the
+                # paused job of docs.csv, with Resume.
+                _restart_kernel(page)
+                _run_all(page)
+                message = page.locator(".qsync-message").first
+                expect(message).to_contain_text("wordnet:docs", timeout=60_000)
+                expect(message).to_contain_text("already done")
+                expect(page.locator(".qsync-source input").first).to_have_value(re.compile(r"docs\.csv$"))
+                resume = page.locator("button.qsync-resume").first
+                expect(resume).to_be_enabled()
+                expect(page.locator("button.qsync-pause").first).to_be_disabled()
+                page.locator(".qsync-launcher").first.scroll_into_view_if_needed()
+                page.screenshot(path=str(ARTIFACTS / "13-restart-shows-the-typed-source.png"), full_page=True)
+                resume.click()
+                expect(status).to_contain_text(re.compile(r"wordnet:docs · completed"), timeout=120_000)
+                expect(status).to_contain_text("1 skipped")
+                expect(message).to_contain_text("completed")  # the launcher's own listener follows the monitor's
+                expect(page.locator("button.qsync-pause").first).to_be_disabled()
+                page.screenshot(path=str(ARTIFACTS / "14-bad-csv-completed.png"), full_page=True)
+
+                inspect = browser.new_page(viewport={"width": 1400, "height": 1000})
+                _open_and_run_all(inspect, url.format("02_inspect_batches.ipynb"))
+                skips = inspect.locator(".qsync-skipped").first
+                expect(skips).to_contain_text("unicode", timeout=60_000)
+                expect(inspect.locator(".qsync-batch-summary").first).to_contain_text("1 record skipped")
+                skips.scroll_into_view_if_needed()
+                expect(inspect.locator("button.qsync-retry").first).to_have_text("Retry failed batches")
+                expect(inspect.locator("button.qsync-retry-one").first).to_be_disabled()  # batch 0 is done
+                inspect.screenshot(path=str(ARTIFACTS / "15-inspector-bad-line-skipped.png"), full_page=True)
+                inspect.close()
+
+                costs = browser.new_page(viewport={"width": 1400, "height": 1000})
+                _open_and_run_all(costs, url.format("03_cost_analysis.ipynb"))
+                versus = costs.locator(".qsync-estimate").first
+                expect(versus).to_contain_text("time of work", timeout=60_000)
+                expect(costs.locator(".qsync-what-if").first).to_contain_text("128")
+                expect(costs.locator(".qsync-source-estimate").first).to_contain_text("cost in Batch Mode")
+                costs.screenshot(path=str(ARTIFACTS / "16-costs-after-outage.png"), full_page=True)
+                _screenshots(costs, {"17-costs-plot": costs.locator(".qsync-costs .qsync-plot"),
+                                     "18-costs-what-if": costs.locator(".qsync-what-if"),
+                                     "19-costs-source-estimate": costs.locator(".qsync-source-estimate")})  # fmt: skip
+                costs.close()
+        finally:
+            emulator.kill()
+    import qsync
+
+    info = qsync.status("wordnet:docs", db=tmp / "nb.duckdb")
+    assert (info["status"], info["loaded_records"], info["skipped_records"]) == ("completed", 1500, 1)

@@ -359,14 +359,20 @@ def test_a_text_the_plan_let_through_but_the_api_finds_too_long_is_skipped(
     records[10]["text"] = "a " * 2100  # ~1,050 tokens by qsync's estimate, 2,100 by the API's count
     src, db = tmp_path / "long.jsonl", tmp_path / "q.duckdb"
     write_records(src, records)
+    # Without chunking, the plan's ~4 bytes a token lets it through, and the API refuses it: a skip with its reason.
     create_job(
-        src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64,
+        src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64, chunk_tokens=0,
     )  # fmt: skip
     assert _run(db).ok
     skipped = qsync.skipped("g", db=db)
     assert list(skipped.record_id) == ["r10"]
     assert "input token count is 2100 but the model supports up to 2048" in skipped.reason.iloc[0]
     assert qsync.status("g", db=db)["loaded_records"] == 59
+    # With chunking (the default), the upper estimate that sizes chunks sees it is too long: cut, loaded, no refusal.
+    create_job(src, collection="c2", job="chunked", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64)
+    assert _run(db, "chunked").ok
+    status = qsync.status("chunked", db=db)
+    assert (status["loaded_records"], status["skipped_records"], status["total_chunks"]) == (60, 0, 61)
 
 
 def test_the_emulator_refuses_oversized_requests_like_the_api(emulator: GeminiEmulator) -> None:

@@ -111,24 +111,27 @@ def test_cost_is_the_metered_tokens_at_twenty_cents_per_million(tmp_path: Path, 
     assert before["cost_usd_batch_mode"] == pytest.approx(before["cost_usd"] / 2)
 
 
-def test_a_6000_token_text_is_embedded_by_2_and_skipped_by_001s_plan(tmp_path: Path, emulator: GeminiEmulator) -> None:
+def test_a_6000_token_text_is_embedded_whole_by_2_and_cut_into_chunks_by_001(
+    tmp_path: Path, emulator: GeminiEmulator
+) -> None:
     records = make_records(40)
     records[7]["text"] = LONG_TEXT
     src = _source(tmp_path, records)
     assert 5500 < count_tokens(DOC + LONG_TEXT) < 8192
     db = _job(tmp_path, src, "one", G1, collection="c1")
-    assert qsync.status("one", db=db)["skipped_records"] == 1
-    assert "text too long" in qsync.skipped("one", db=db)["reason"].iloc[0]
+    one = qsync.status("one", db=db)
+    assert one["skipped_records"] == 0 and one["total_chunks"] >= 40 + 2  # 2,048 tokens a text: three chunks or more
     _job(tmp_path, src, "two", G2, collection="c2")
-    assert qsync.status("two", db=db)["skipped_records"] == 0
+    assert qsync.status("two", db=db)["total_chunks"] == 40  # 8,192 tokens: whole
     _run(db, "two")
     assert emulator.texts_embedded[DOC + LONG_TEXT] == 1
     _assert_vectors(tmp_path, "c2", records, G2, DOC)
-    # The estimate compares the two models on the same source: what each skips, what each costs.
+    # The estimate compares the two models on the same source: the chunks each cuts, what each costs.
     table = costs.compare_models(src, dimensions=128, db=tmp_path / "fresh.duckdb").set_index("model")
-    assert table.loc[G1, "skipped_records"] == 1 and table.loc[G2, "skipped_records"] == 0
+    assert table.loc[G1, "chunks"] == one["total_chunks"] and table.loc[G2, "chunks"] == 40
+    assert (table["skipped_records"] == 0).all()
     tokens = table["tokens"]
-    assert int(tokens.loc[G2]) > int(tokens.loc[G1]) + 5000  # the long text, and the instructions
+    assert int(tokens.loc[G2]) > int(tokens.loc[G1])  # the instruction -2 receives with every text
     assert table.loc[G2, "cost_usd"] == pytest.approx(int(tokens.loc[G2]) * 0.20 / 1e6)
 
 
@@ -216,19 +219,23 @@ def test_the_cli_estimate_compares_the_two_models(tmp_path: Path, emulator: Gemi
     assert out.returncode == 0, out.stderr
     rows = {r["model"]: r for r in json.loads(out.stdout)}
     assert set(rows) == {G1, G2}
-    assert rows[G1]["skipped_records"] == 1 and rows[G2]["skipped_records"] == 0
-    actual = {G1: sum(count_tokens(r["text"]) for r in records[1:]),
+    assert rows[G1]["skipped_records"] == 0 and rows[G2]["skipped_records"] == 0  # -001 cuts it into chunks
+    assert rows[G1]["chunks"] > 200 and rows[G2]["chunks"] == 200
+    actual = {G1: sum(count_tokens(r["text"]) for r in records),
               G2: sum(count_tokens(DOC + r["text"]) for r in records)}  # fmt: skip
     for model, price in ((G1, 0.15), (G2, 0.20)):
         assert rows[model]["tokens"] == pytest.approx(actual[model], rel=0.10)
         assert rows[model]["cost_usd"] == pytest.approx(rows[model]["tokens"] * price / 1e6)
+    old_rule = run_qsync("estimate", "--source", str(src), "--chunk-tokens", "0", "--json", env=env)
+    assert json.loads(old_rule.stdout)["skipped_records"] == 1  # --chunk-tokens 0: too long is a skip
     assert sum(emulator.texts_embedded.values()) == 0
 
 
 def test_the_what_if_table_prices_each_model_with_its_limit_and_instruction() -> None:
     # A -001 job of 10 texts, 1,000 tokens; one distinct text of 9,000 tokens would be too long for both,
-    # none in between: the table must leave it out and add -2's instruction (5 tokens) to the others.
-    table = what_if(1000, 10, 10, job_model=G1, text_tokens=[100] * 9 + [9000]).set_index(["model", "mode"])
+    # none in between: without chunking, the table must leave it out and add -2's instruction (5 tokens) to the others.
+    table = what_if(1000, 10, 10, job_model=G1, text_tokens=[100] * 9 + [9000], chunking=False)
+    table = table.set_index(["model", "mode"])
     table = table[table["dimensions"] == 768]
     assert table.loc[(G1, "standard"), "too_long"] == 1 and table.loc[(G2, "standard"), "too_long"] == 1
     share = 900 / 9900
@@ -238,9 +245,15 @@ def test_the_what_if_table_prices_each_model_with_its_limit_and_instruction() ->
         float(table["cost_usd"].loc[(G2, "standard")]) / 2
     )
     # A 6,000-token text fits -2 but not -001.
-    mid = what_if(1000, 2, 2, job_model=G2, text_tokens=[10, 6000]).set_index(["model", "mode"])
+    mid = what_if(1000, 2, 2, job_model=G2, text_tokens=[10, 6000], chunking=False).set_index(["model", "mode"])
     too_long = mid["too_long"]  # one row per dimensions: each (model, mode) selects several
     assert int(too_long.loc[(G1, "standard")].iloc[0]) == 1 and int(too_long.loc[(G2, "standard")].iloc[0]) == 0
+    # With chunking (the default), -001 cuts it into 3 texts of 2,048 tokens or fewer: every token priced, more points.
+    cut = what_if(1000, 2, 2, job_model=G2, text_tokens=[10, 6000])
+    row = {(r.model, r.mode, r.dimensions): r for r in cut.itertuples()}
+    assert row[(G1, "standard", 768)].too_long == 1
+    assert row[(G1, "standard", 768)].cost_usd == pytest.approx((1000 - 2 * 5) * 0.15 / 1e6)
+    assert str(row[(G1, "standard", 3072)].qdrant_storage) != str(row[(G2, "standard", 3072)].qdrant_storage)
 
 
 def test_the_what_if_table_of_a_media_job_lists_only_media_models_and_prices_media_apart() -> None:

@@ -22,6 +22,7 @@ from qsync.ledger.jobs import JobState, cancel, job_record, newest_job, next_res
 from qsync.ledger.lease import release_lease, renew_lease, take_lease
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.process import lease_is_live
+from qsync.spec.chunking import Chunking
 from qsync.spec.columns import Columns
 from qsync.sql import SqlConnection
 
@@ -42,15 +43,26 @@ class FakeClock:
 
 class Limits:
     model = "qsync-hash-v2"
+    dimensions = 8
+    task_type = ""
     max_text_tokens = 10
     max_batch_texts = 3
 
 
-def _plan(ledger: Ledger, frame: pd.DataFrame, job: str = "p", clock: FakeClock | None = None) -> None:
+def _plan(
+    ledger: Ledger,
+    frame: pd.DataFrame,
+    job: str = "p",
+    clock: FakeClock | None = None,
+    chunking: Chunking | None = None,
+) -> None:
     spec, _ = build_spec(
         frame, collection="c", job=job.split("#", maxsplit=1)[0], qdrant_path=":memory:", embedder="hash"
     )
-    plan_job(ledger, job, DataFrameSource(frame), Columns(), Limits(), spec.to_dict(), "c", 100, clock or FakeClock())
+    plan_job(
+        ledger, job, DataFrameSource(frame), Columns(), Limits(), spec.to_dict(), "c", 100, clock or FakeClock(),
+        chunking=chunking,
+    )  # fmt: skip
 
 
 def test_planning_keeps_the_good_records_in_batches_and_skips_each_bad_one_with_its_reason(tmp_path: Path) -> None:
@@ -61,7 +73,7 @@ def test_planning_keeps_the_good_records_in_batches_and_skips_each_bad_one_with_
         }
     )
     with Ledger(tmp_path / "q.duckdb") as ledger:
-        _plan(ledger, frame)
+        _plan(ledger, frame, chunking=Chunking(0))  # without chunking, a text over the limit is a skip
         manifest = ledger.query_rows("SELECT record_id, batch_no FROM manifest WHERE job_id = 'p' ORDER BY ordinal")
         reasons = dict(ledger.query_rows("SELECT coalesce(record_id, CAST(ordinal AS VARCHAR)), reason FROM skipped"))
         figures = job_figures(ledger, FakeClock(), "p")

@@ -145,7 +145,7 @@ def test_a_resync_pays_again_only_for_the_changed_file_and_search_finds_images_b
     assert received["content"]["parts"][0]["text"].startswith("task: search result | query: ")
 
 
-def test_a_dataframe_of_pdf_bytes_is_kept_beside_the_store_and_a_long_pdf_is_skipped(
+def test_a_dataframe_of_pdf_bytes_is_kept_beside_the_store_and_a_long_pdf_is_cut_into_page_windows(
     tmp_path: Path, emulator: GeminiEmulator
 ) -> None:
     frame = pd.DataFrame(
@@ -155,11 +155,13 @@ def test_a_dataframe_of_pdf_bytes_is_kept_beside_the_store_and_a_long_pdf_is_ski
     points = qdrant_points(tmp_path / "qdrant", "photos")
     vector, _ = points[point_id("1")]
     np.testing.assert_allclose(vector, _expected("two pages", pdf(2), "application/pdf"), atol=1e-5)
-    assert len(points) == 1
+    windows = sorted((p["page_start"], p["page_end"]) for _, p in points.values() if p["id"] == 2)
+    assert windows == [(1, 6), (7, 9)] and len(points) == 3  # the 9 pages: two windows, each a point
     reasons = list(qsync.skipped(result.job_id, db=tmp_path / "q.duckdb")["reason"])
-    assert any("9 pages" in r for r in reasons) and any("corrupt PDF" in r for r in reasons)
-    kept = list((tmp_path / "q.duckdb.media").iterdir())
-    assert [p.read_bytes() for p in kept] == [pdf(2)]
+    assert len(reasons) == 1 and "corrupt PDF" in reasons[0]
+    kept = sorted(p.read_bytes() for p in (tmp_path / "q.duckdb.media").iterdir())
+    assert pdf(2) in kept and len(kept) == 3  # the two-page PDF, and the nine-page one's two windows
+    assert emulator.tokens_by_modality["DOCUMENT"] == 258 * (2 + 9)  # every page paid once
 
 
 def test_media_columns_need_gemini_embedding_2(tmp_path: Path, table: Path, emulator: GeminiEmulator) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from nbclient import NotebookClient
 from qsync_testing import (
     REPO,
+    EmulatorProcess,
     make_records,
     qdrant_points,
     qsync_cmd,
@@ -83,7 +85,9 @@ def test_every_notebook_runs_top_to_bottom_headless(tmp_path: Path) -> None:
     assert "wordnet:wordnet_sample" in second and "page 1 of 3" in second and "NaN" not in second
     third = _execute("03_cost_analysis.ipynb", env)
     text = _widget_text(third)
-    assert "estimate (plan time)" in text and "Batch Mode" in text and "cost_usd_batch_mode" in text
+    assert "estimate (plan time)" in text and "Batch Mode" in text and "cost in Batch Mode" in text
+    estimate = _widget_value(third, "estimate_table(before)")
+    assert "cost_usd" not in estimate and not re.search(r"\d\.\d{7,}", estimate), "figures a person reads"
     images = [o for c in third.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, "03 draws its plot"
 
@@ -107,11 +111,11 @@ def test_the_images_notebook_loads_the_sample_skips_the_bad_rows_and_shows_thumb
     assert "Gemini is emulated locally" in text and "Traceback" not in text
     images, documents = qsync.status("media:images", db=db), qsync.status("media:documents", db=db)
     assert (images["status"], images["loaded_records"], images["skipped_records"]) == ("completed", 31, 3)
-    assert (documents["status"], documents["loaded_records"], documents["skipped_records"]) == ("completed", 4, 1)
+    assert (documents["status"], documents["loaded_records"], documents["skipped_records"]) == ("completed", 5, 0)
+    assert documents["total_chunks"] == 6  # the 8-page PDF: two windows of pages
     reasons = " | ".join(qsync.skipped("media:images", db=db)["reason"])
     assert "no_such_photo.jpg does not exist" in reasons and "corrupt JPEG" in reasons
     assert "not_an_image.jpg is not a PNG or JPEG image" in reasons
-    assert "has 8 pages" in qsync.skipped("media:documents", db=db)["reason"][0]
     assert "no_such_photo.jpg does not exist" in text, "the notebook shows the skips with their reasons"
     # The plan-time estimate counted the images: it is near what the job spent (emulator: exactly metered).
     versus = reading.estimate_vs_actual("media:images", db=db).set_index("figure")
@@ -125,6 +129,24 @@ def test_the_images_notebook_loads_the_sample_skips_the_bad_rows_and_shows_thumb
     assert "PDF, 1 page" in page and "<img" not in page
     espresso = _widget_value(nb, '"a cup of espresso"').split('class="qsync-thumbnail"')[1:3]
     assert any("A cup of espresso" in card and "<img" in card for card in espresso)
+
+
+def test_the_long_documents_notebook_cuts_chunks_and_finds_records_by_a_passage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    db = tmp_path / "nb.duckdb"
+    nb = _execute("05_long_documents.ipynb", {"QSYNC_NB_DB": str(db)})
+    text = _widget_text(nb)
+    assert "Traceback" not in text and "79 records loaded as" in text
+    status = qsync.status("reference:python_reference", db=db)
+    assert (status["status"], status["loaded_records"], status["skipped_records"]) == ("completed", 79, 0)
+    assert status["total_chunks"] > 79
+    compared = _widget_value(nb, "compare_models(SOURCE").replace(",", "")
+    assert f">{status['total_chunks']}<" in compared  # the estimate cut the chunks the run cut
+    hits = _widget_value(nb, "iterable of a for loop")
+    assert re.search(r">\d+/\d+<", hits), "a hit is a passage of a long record, labelled with its chunk"
 
 
 def _launcher(tmp_path: Path, n: int = 1500, **defaults: Any) -> Launcher:
@@ -248,6 +270,8 @@ def test_a_form_that_differs_from_the_unfinished_job_offers_two_ways_on(tmp_path
     assert launcher.mismatch.layout.display == ""
     text = launcher.mismatch_text.value
     assert "dimensions: the job has 32, this form has 48" in text and "Resume as stored" in text and "--" not in text
+    # Another size makes other vectors: starting afresh pays for every text again, and the panel says so.
+    assert "reused either way" not in text and "embeds every text again" in text and "full price" in text
     launcher.as_stored_button.click()
     assert launcher.form.dimensions.value == 32
     result = launcher.wait(60)
@@ -410,3 +434,200 @@ def _processed(db: Path, job: str | None = None) -> int:
         return int(qsync.status(job, db=db)["processed_records"])
     except qsync.QsyncError:
         return 0
+
+
+# -- the rough edges a person met (issue 23) ------------------------------------------------------------------
+
+
+def _bad_csv(path: Path, n: int = 300) -> Path:
+    """A CSV of other column names (doc, body) with one line that is not UTF-8."""
+    rows = b"".join(f"{path.stem}{i},{path.stem} text {i} violin maple\n".encode() for i in range(n))
+    path.write_bytes(b"doc,body\n" + rows + b"d-bad,caf\xe9 \xff\xfe au lait\n")
+    return path
+
+
+def test_a_csv_with_a_bad_utf8_line_is_read_and_launched_from_the_form(tmp_path: Path) -> None:
+    launcher = _launcher(tmp_path, n=200)  # the form opens on src.jsonl: id, text, n
+    launcher.form.source.value = str(_bad_csv(tmp_path / "docs.csv"))
+    launcher.form.read_button.click()
+    assert list(launcher.form.id_column.options) == ["doc", "body"], launcher.message.value
+    assert launcher.form.text_column.value == "body" and "Source:" not in launcher.message.value
+    launcher.start_button.click()
+    result = launcher.wait(60)
+    assert result is not None and result.ok and result.job_id == "c:docs"
+    [reason] = qsync.skipped("c:docs", db=tmp_path / "q.duckdb")["reason"]
+    assert reason.startswith("line 302") and "unicode" in reason.lower(), reason
+    # A typed source whose columns were not read: Start reads them first, never naming the old source's.
+    _bad_csv(tmp_path / "more.csv", n=60)
+    launcher.form.source.value = str(tmp_path / "more.csv")
+    launcher.form.id_column.options = ["id"]  # what the fields held for the previous source
+    launcher.start_button.click()
+    result = launcher.wait(60)
+    assert result is not None and result.ok and result.job_id == "c:more"
+    assert qsync.status("c:more", db=tmp_path / "q.duckdb")["loaded_records"] == 60
+    # A source that cannot be read leaves no column fields of the previous one, and Start plans nothing.
+    launcher.form.source.value = str(tmp_path / "missing.csv")
+    launcher.form.read_button.click()
+    assert launcher.form.id_column.options == () and "Source:" in launcher.message.value
+    assert "No job" in launcher.message.value or "does not exist" in launcher.message.value
+    launcher.start_button.click()
+    assert launcher.wait(10) is not None  # the previous result: nothing new ran
+    assert sorted(qsync.jobs(db=tmp_path / "q.duckdb")["job"]) == ["c:docs", "c:more"]
+
+
+def test_the_form_after_a_kernel_restart_shows_the_job_typed_into_it(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    launcher = _launcher(tmp_path, n=100, embedder_options={"latency_s": 0.05})
+    launcher.form.source.value = str(_bad_csv(tmp_path / "docs.csv", n=1500))
+    launcher.form.read_button.click()
+    launcher.start()
+    wait_for(lambda: _processed(db, "c:docs") >= 200, 60)
+    launcher.pause()
+    paused = launcher.wait(30)
+    assert paused is not None and paused.status == "paused"
+    launcher.monitor.stop()
+    # A restarted kernel runs the notebook again: its form holds the default source, not docs.csv.
+    restarted = _launcher(tmp_path)
+    assert restarted.job == "c:docs" and restarted.form.source.value == str(tmp_path / "docs.csv")
+    assert restarted.form.id_column.value == "doc" and not restarted.resume_button.disabled
+    assert "already done" in restarted.message.value and "paused" in restarted.monitor.label.value
+    restarted.resume_button.click()
+    done = restarted.wait(60)
+    assert done is not None and done.ok and done.job_id == "c:docs"
+    # Once it is completed, a fresh form opens on its default source; typing docs.csv and pressing Read columns
+    # finds the job (before, it appeared only on Start).
+    fresh = _launcher(tmp_path)
+    assert fresh.job is None and "No job yet" in fresh.monitor.label.value
+    fresh.form.source.value = str(tmp_path / "docs.csv")
+    fresh.form.read_button.click()
+    assert _shown(fresh) == "c:docs" and "completed" in fresh.message.value
+    assert fresh.search.widget.layout.display == "" and "1,501 / 1,501 records" in fresh.monitor.label.value
+    fresh.form.source.value = str(tmp_path / "src.jsonl")
+    fresh.form.read_button.click()
+    assert _shown(fresh) is None and "No job <b>c:src</b>" in fresh.message.value
+    assert fresh.search.widget.layout.display == "none" and not fresh.start_button.disabled
+
+
+def _shown(launcher: Launcher) -> str | None:
+    """The job a launcher shows (a function: mypy would keep what an earlier assert narrowed it to)."""
+    return launcher.job
+
+
+def test_a_stopped_form_follows_a_retry_made_in_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QSYNC_TEST_FAIL_ONCE", str(tmp_path / "failed-once"))
+    db = tmp_path / "q.duckdb"
+    launcher = _launcher(tmp_path, n=600, embedder="qsync_testing:fail_once_factory",
+                         embedder_options={"word": "text 321 "})  # fmt: skip
+    launcher.start()
+    result = launcher.wait(60)
+    assert result is not None and result.status == "failed" and "1 failed batch" in launcher.monitor.label.value
+    # 02 in another kernel (here: `qsync resume` in a process of its own) retries the failed batch.
+    out = run_qsync("resume", result.job_id, "--db", str(db), "--quiet")
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: "completed" in launcher.message.value, timeout=30)
+    assert "0 failed batches" in launcher.monitor.label.value and "600 / 600" in launcher.monitor.label.value
+    assert launcher.resume_button.disabled
+    assert launcher.search.widget.layout.display == ""
+
+
+def test_the_status_line_says_the_api_is_down_instead_of_a_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator = EmulatorProcess("--latency", "0.3").start()
+    try:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", emulator.url)
+        monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+        monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+        monkeypatch.setenv("QSYNC_RETRY_BASE_S", "0.5")
+        launcher = _launcher(tmp_path, n=1500, embedder="gemini")
+        launcher.form.dimensions.value = 128
+        launcher.form.concurrency.value = 1
+        launcher.start()
+        wait_for(lambda: "records/s" in launcher.monitor.label.value, timeout=60)
+        emulator.kill()  # the API goes away: connections refused
+        wait_for(lambda: "waiting for the API" in launcher.monitor.label.value, timeout=60)
+        label = launcher.monitor.label.value
+        assert "records/s" not in label and "left" not in label, label
+        assert "trying again in" in launcher.monitor.notice.value
+        emulator.start()  # back, on the same port
+        result = launcher.wait(120)
+        assert result is not None and result.ok, result
+        assert "waiting" not in launcher.monitor.label.value and "completed" in launcher.monitor.label.value
+    finally:
+        emulator.kill()
+
+
+def test_small_figures_read_as_a_person_reads_them(tmp_path: Path) -> None:
+    from qsync.notebook import estimate_table
+    from qsync.notebook.costs import versus_html
+
+    launcher = _launcher(tmp_path, n=120)
+    launcher.start()
+    result = launcher.wait(60)
+    assert result is not None and result.ok
+    table = versus_html(result.job_id, tmp_path / "q.duckdb")
+    assert "time of work" in table and " s<" in table and "0.0<" not in table  # seconds, never "0.0"
+    shown = estimate_table(qsync.estimate(tmp_path / "src.jsonl", db=tmp_path / "q.duckdb")).value
+    assert "cost in Batch Mode" in shown and "$0" in shown and "time at the rate limits" in shown
+    assert not re.search(r"\d\.\d{7,}", shown), "no raw float"
+    inspector = BatchInspector(result.job_id, db=tmp_path / "q.duckdb")
+    assert "0 records skipped" in inspector.summary.value
+    inspector.error_filter.value = "no such error"
+    assert "no batch matches these filters" in inspector.page_label.value and "0 to 0" not in inspector.page_label.value
+    panel = CostPanel(result.job_id, db=tmp_path / "q.duckdb")
+    assert ">128<" in panel.what_if.value and ">256<" in panel.what_if.value
+
+
+def test_a_job_that_skipped_rows_at_planning_starts_as_new_not_resumed(tmp_path: Path) -> None:
+    src = tmp_path / "src.jsonl"
+    records = make_records(300)
+    for r in records[:5]:
+        r["text"] = ""  # skipped while planning
+    write_records(src, records)
+    launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
+    seen: list[str] = []
+    launcher.start()
+    wait_for(lambda: launcher.handle is not None, timeout=30)
+    assert launcher.handle is not None
+    launcher.handle.add_listener(lambda _: seen.append(launcher.message.value))
+    result = launcher.wait(60)
+    assert result is not None and result.ok
+    said = " ".join(seen) + launcher.message.value
+    assert "Resuming" not in said and "already done" not in said
+    assert "5 records skipped while planning" in " ".join(seen) or "Running" in " ".join(seen)
+    inspector = BatchInspector(result.job_id, db=tmp_path / "q.duckdb")
+    assert "5 records skipped" in inspector.summary.value
+
+
+def test_a_handle_says_pausing_and_resumes(tmp_path: Path) -> None:
+    src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(800))
+    handle = qsync.start(src, db=db, collection="c", dimensions=32, batch_size=50, progress=False,
+                         embedder_options={"latency_s": 0.05})  # fmt: skip
+    wait_for(lambda: handle.figures is not None and handle.figures.processed_records > 0, timeout=60)
+    handle.pause()
+    assert handle.state in ("pausing", "paused") and "running" not in repr(handle)
+    paused = handle.wait(30)
+    assert paused is not None and paused.status == "paused"
+    assert repr(handle) == "<JobHandle 'c:src': paused>"
+    handle.resume()
+    done = handle.wait(60)
+    assert done is not None and done.ok and handle.state == "completed"
+
+
+def test_two_unrelated_dataframes_into_one_collection_are_two_jobs(tmp_path: Path) -> None:
+    import pandas as pd
+
+    db = tmp_path / "q.duckdb"
+    books = pd.DataFrame({"id": ["b1", "b2"], "title": ["a book", "another book"]})
+    films = pd.DataFrame({"film_id": ["f1"], "plot": ["a film"]})
+    first = qsync.run(books, collection="c", db=db, dimensions=32, text_column="title", progress=False)
+    second = qsync.run(films, collection="c", db=db, dimensions=32, id_column="film_id", text_column="plot",
+                       progress=False)  # fmt: skip
+    assert first.ok and second.ok and first.job_id != second.job_id
+    assert "#" not in second.job_id and second.job_id.startswith("c:dataframe-")
+    again = qsync.run(books.assign(title=["a book", "a changed book"]), collection="c", db=db, dimensions=32,
+                      text_column="title", progress=False)  # fmt: skip
+    assert again.job_id == first.job_id + "#2", "the same frame again is a re-sync of its own job"

@@ -139,7 +139,8 @@ def plan(
     return plan_job(
         ledger, job_id, source, spec.columns, embedder, config, spec.collection, spec.batch_size, clock,
         target=spec.target, embedder_signature=signature, incremental=spec.incremental,
-        delete_missing=spec.delete_missing, max_cost_usd=max_cost_usd,
+        delete_missing=spec.delete_missing, max_cost_usd=max_cost_usd, chunking=spec.chunking,
+        whole_records="enrichment" if spec.enrich else None,
     )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from typing_extensions import Required
 
 from qsync.embedders.gemini import api_key_from_env
 from qsync.input.sources import DataFrameSource, FileSource, Source, SqlSource, as_source
+from qsync.spec.chunking import Chunking
 from qsync.spec.columns import Columns
 from qsync.spec.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DIMENSIONS, default_qdrant_path, resolve_db
 from qsync.spec.embedder import EmbedderSpec
@@ -61,6 +62,8 @@ class SpecOptions(TypedDict, total=False):
     extra_vectors: Sequence[str]
     incremental: bool
     delete_missing: bool
+    chunk_tokens: int | None
+    chunk_overlap: int
 
 
 def build_spec(
@@ -93,6 +96,8 @@ def build_spec(
     extra_vectors: Sequence[str] = (),
     incremental: bool = True,
     delete_missing: bool = False,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int = 0,
 ) -> tuple[JobSpec, Source]:
     """The job spec these options describe, and the source to plan from."""
     src = as_source(source, database=source_db)
@@ -127,6 +132,7 @@ def build_spec(
         batch_mode=batch_mode,
         incremental=incremental,
         delete_missing=delete_missing,
+        chunking=Chunking(chunk_tokens, chunk_overlap),
     )
     return spec, src
 
@@ -156,9 +162,12 @@ def source_identity(source: Source) -> str:
 
 
 def default_job_name(source: Source, collection: str) -> str:
-    """COLLECTION:SOURCE-STEM (`docs:records`), `COLLECTION:dataframe`, or `COLLECTION:sql-<hash>`."""
+    """COLLECTION:SOURCE-STEM (`docs:records`), `COLLECTION:dataframe-<hash of its column names>`, or
+    `COLLECTION:sql-<hash>`. A DataFrame has no name of its own: named by its columns, an unrelated frame sent to
+    the same collection starts its own job instead of becoming a re-sync of the first (`job=` names it)."""
     if isinstance(source, DataFrameSource):
-        return f"{collection}:dataframe"
+        columns = "\0".join(str(c) for c in source.frame.columns)
+        return f"{collection}:dataframe-{hashlib.sha1(columns.encode()).hexdigest()[:8]}"
     if isinstance(source, SqlSource):
         return f"{collection}:sql-{hashlib.sha1(source.query.encode()).hexdigest()[:8]}"
     if isinstance(source, FileSource):

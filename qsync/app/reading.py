@@ -77,6 +77,12 @@ def batch_records(job: str, batch_no: int, *, db: PathLike | None = None) -> pd.
         return queries.batch_records(ledger, job, batch_no)
 
 
+def chunks(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
+    """A row per text the job planned: whole records, and each chunk of a long one (ledger.queries.chunks)."""
+    with _open(db) as ledger:
+        return queries.chunks(ledger, job)
+
+
 def cost(job: str, *, db: PathLike | None = None, clock: Clock = SYSTEM_CLOCK) -> pd.DataFrame:
     """One row: tokens and dollars spent (the same figures as `status`), and what the cache and resumes saved."""
     with _open(db) as ledger:
@@ -107,10 +113,11 @@ def estimate_vs_actual(job: str, *, db: PathLike | None = None) -> pd.DataFrame:
         return recorded.estimate_vs_actual(ledger, job)
 
 
-def search(job: str, text: str, limit: int = 10, *, db: PathLike | None = None) -> pd.DataFrame:
-    """The `limit` records of the job's collection nearest to `text`, best first (qsync.ops.search)."""
+def search(job: str, text: str, limit: int = 10, *, chunks: bool = False, db: PathLike | None = None) -> pd.DataFrame:
+    """The `limit` records of the job's collection nearest to `text`, best first; a record cut into chunks is scored
+    by its best chunk, shown as its passage (`chunks=True`: a row per chunk) (qsync.ops.search)."""
     with _open(db) as ledger:
-        return search_ops.search(ledger, job, text, limit)
+        return search_ops.search(ledger, job, text, limit, chunks=chunks)
 
 
 def verify(job: str, *, db: PathLike | None = None, repair: bool = False) -> verify_ops.VerifyReport:

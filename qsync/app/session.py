@@ -2,7 +2,7 @@
 cancel or wait for it, and listeners that can join while it runs (the notebook's widgets).
 
     handle = start_job("docs:records", db="q.duckdb")
-    handle.pause(); handle.wait(); handle.result
+    handle.pause(); handle.wait(); handle.resume(); handle.wait(); handle.result
 
 Every background run of this process is registered by (db, job), so a notebook re-run (Run All) finds the run
 its previous cells started instead of starting a second runner on the same job; a kernel shut down under a run
@@ -36,7 +36,10 @@ _runs_lock = threading.Lock()
 class JobHandle:
     """A job running in a background thread of this process. Listeners can join while it runs."""
 
-    def __init__(self, job_id: str, db: Path, listeners: Sequence[Listener] = ()) -> None:
+    def __init__(
+        self, job_id: str, db: Path, listeners: Sequence[Listener] = (), settings: RunSettings | None = None,
+        concurrency: int | None = None, clock: Clock = SYSTEM_CLOCK,
+    ) -> None:  # fmt: skip
         self.job_id = job_id
         self.db = db
         self.result: RunResult | None = None
@@ -48,10 +51,22 @@ class JobHandle:
         self._lock = threading.Lock()
         self._runner: Runner | None = None
         self._thread: threading.Thread | None = None
+        self._settings, self._concurrency, self._clock = settings, concurrency, clock  # for resume()
 
     def __repr__(self) -> str:
-        state = "running" if self.running else (self.result.status if self.result else "not started")
-        return f"<JobHandle {self.job_id!r}: {state}>"
+        return f"<JobHandle {self.job_id!r}: {self.state}>"
+
+    @property
+    def state(self) -> str:
+        """running, pausing, cancelling (asked to stop, calls in flight still finishing), or how the run ended."""
+        if self.running:
+            control = self._runner.control if self._runner is not None else None
+            if control is not None and control.cancelled:
+                return "cancelling"
+            return "pausing" if control is not None and control.stopping else "running"
+        if self.error is not None:
+            return f"stopped by an error: {self.error}"
+        return self.result.status if self.result else "not started"
 
     def add_listener(self, listener: Listener) -> None:
         with self._lock:
@@ -107,6 +122,23 @@ class JobHandle:
         if self._runner is not None:
             self._runner.request_cancel()
 
+    def resume(self) -> None:
+        """Run the job again in the background, as stored, with the same listeners: after pause(), or a failure
+        (its failed batches are tried again). A run still stopping is waited for first."""
+        if self.running and self._runner is not None and not self._runner.control.stopping:
+            raise ConfigError(f"job {self.job_id!r} is running; pause() it first")
+        if self._thread is not None:
+            self._thread.join()
+        with _runs_lock:
+            existing = _runs.get((str(self.db), self.job_id))
+            if existing is not None and existing.running:
+                raise ConfigError(f"job {self.job_id!r} is already running in this kernel")
+            self.result, self.error, self.finished = None, None, None
+            runner = jobs.make_runner(self.job_id, db=self.db, settings=self._settings, concurrency=self._concurrency,
+                                      listeners=[self._dispatch], clock=self._clock)  # fmt: skip
+            _runs[(str(self.db), self.job_id)] = self
+        self._start(runner)
+
     def wait(self, timeout: float | None = None) -> RunResult | None:
         """Block until the run ends (None if `timeout` passed first); raise what stopped it, if anything did."""
         if self._thread is not None:
@@ -140,7 +172,7 @@ def start_job(
         existing = _runs.get((str(path), job))
         if existing is not None and existing.running:
             raise ConfigError(f"job {job!r} is already running in this kernel")
-        handle = JobHandle(job, path, listeners)
+        handle = JobHandle(job, path, listeners, settings=settings, concurrency=concurrency, clock=clock)
         runner = jobs.make_runner(job, db=path, settings=settings, concurrency=concurrency, listeners=[handle._dispatch],
                                  max_cost_usd=max_cost_usd, only_batches=only_batches, clock=clock)  # fmt: skip
         _runs[(str(path), job)] = handle

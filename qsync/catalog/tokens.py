@@ -11,6 +11,7 @@ so a measured value replaces them without a code change.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from qsync.catalog.instructions import overhead_bytes, takes_instructions
@@ -23,6 +24,29 @@ _DEFAULT_MEDIA_TOKENS: Final = 258
 def estimate_tokens(text: str) -> int:
     """Tokens of `text`, estimated at ~4 bytes each (0 for an empty text)."""
     return -(-len(text.encode("utf-8")) // BYTES_PER_TOKEN)
+
+
+# An upper estimate for cutting long texts into chunks the model takes (Gemini's tokenizer is not available
+# offline, so the bound is made from what a SentencePiece tokenizer can do at worst with each kind of character):
+# a run of ASCII letters is a word of ~1 token, counted 1 + a token per 5 letters of it (a run of over 24 letters
+# is no word: a token per 2); each digit, underscore, punctuation mark and non-ASCII letter a token; a non-ASCII symbol (emoji) a token per UTF-8 byte (a tokenizer's
+# byte fallback); each run of newlines, tabs or repeated spaces a token. Never more than the text's UTF-8 bytes
+# (so a text of at most N bytes needs no counting to fit N tokens). English prose comes to ~3.4 bytes a token
+# (Gemini's tokenizer is reported at ~4), 1.1-1.2x the emulator's tokenizer (benchmarks/splitters.py).
+_LETTER_RUNS: Final = re.compile(r"[A-Za-z]+")
+_LONGEST_WORD: Final = 24  # a longer run of letters is no word (base64, DNA, a hash): a token per 2 letters
+_SINGLES: Final = re.compile(r"[^A-Za-z\s]")
+_SYMBOLS: Final = re.compile(r"[^\x00-\x7f\w\s]")
+_SPACE_RUNS: Final = re.compile(r"\n+|\t+| {2,}")
+
+
+def upper_tokens(text: str) -> int:
+    """Tokens of `text`, estimated from above: what chunks are cut by, so that none exceeds a model's limit."""
+    runs = _LETTER_RUNS.findall(text)
+    singles = len(_SINGLES.findall(text))
+    extra = sum(len(s.encode("utf-8")) - 1 for s in _SYMBOLS.findall(text)) if singles else 0
+    words = sum(1 + len(run) // 5 if len(run) <= _LONGEST_WORD else len(run) // 2 for run in runs)
+    return words + singles + extra + len(_SPACE_RUNS.findall(text))
 
 
 def sql_estimate_tokens(expression: str) -> str:

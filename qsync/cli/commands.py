@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         extra_vectors=args.extra_vector,
         incremental=not args.full,
         delete_missing=args.delete_missing,
+        chunk_tokens=args.chunk_tokens,
+        chunk_overlap=args.chunk_overlap,
         enrich=enrich,
     )
     return report(result, args.db, texts, args.simulate_latency)
@@ -180,6 +182,8 @@ def estimate_(args: argparse.Namespace) -> int:
         "source_db": args.source_db,
         "image_column": args.image_column,
         "document_column": args.document_column,
+        "chunk_tokens": args.chunk_tokens,
+        "chunk_overlap": args.chunk_overlap,
     }
     if args.compare_models:
         print_frame(compare_models(args.source, **common), args.json)
@@ -217,7 +221,7 @@ def cancel(args: argparse.Namespace) -> int:
 
 
 def search(args: argparse.Namespace) -> int:
-    print_frame(reading.search(args.job, args.text, limit=args.limit, db=args.db), args.json)
+    print_frame(reading.search(args.job, args.text, limit=args.limit, chunks=args.chunks, db=args.db), args.json)
     return EXIT_OK
 
 

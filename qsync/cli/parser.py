@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--delete-missing", action="store_true", help="re-sync: delete points of records no longer in the source"
     )
+    add_chunk_options(run)
     run.add_argument(
         "--batch-mode",
         action="store_true",
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="estimate the same source with every priced embedding model (gemini-embedding-001 and -2), one row each",
     )
     add_enrich_options(estimate)
+    add_chunk_options(estimate)
     estimate.add_argument("--texts-per-minute", type=float, help="the limit to pace to (Gemini default 3000)")
     estimate.add_argument("--tokens-per-minute", type=float, help="the limit to pace to (Gemini default 1M)")
     add_db(estimate)
@@ -216,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("job", help="job name: its collection is searched with its embedder")
     search.add_argument("text", help="what to look for, in words")
     search.add_argument("--limit", type=int, default=10, help="how many records (default 10)")
+    search.add_argument("--chunks", action="store_true", help="a row per chunk of long records, not per record")
     add_db(search)
     add_json(search)
 
@@ -229,3 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--source", help="default: the WordNet sample in data/")
     demo.add_argument("--kill-at", type=float, default=0.4, help="fraction done when the worker is killed")
     return parser
+
+
+def add_chunk_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--chunk-tokens", type=int, default=None, metavar="N",
+        help="cut texts longer than N tokens into chunks, a point each (default: the model's limit, so no text is "
+        "skipped for its length); 0: skip texts over the limit instead",
+    )  # fmt: skip
+    parser.add_argument("--chunk-overlap", type=int, default=0, metavar="N",
+                        help="tokens neighbouring chunks share (default 0)")  # fmt: skip

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from qsync.engine.events import Event, JobFinished, JobStarted, Notice, Progress
+from qsync.formatting import chunked
 
 
 class ProgressBar:
@@ -34,7 +35,10 @@ class ProgressBar:
                     f"{event.job_id}: {figures.total_records:,} records: {figures.skipped_records:,} skipped at "
                     f"planning, {figures.unchanged_records:,} already in the collection unchanged, "
                     f"{figures.remaining_records:,} to do"
+                    + chunked(figures.total_records - figures.skipped_records, figures.total_chunks)
                 )
+            elif note := chunked(figures.total_records - figures.skipped_records, figures.total_chunks):
+                self._write(f"{event.job_id}: long records were cut into chunks, a point each{note}")
             if event.took_over_stale_owner:
                 self._write("the previous runner had stopped without finishing; its unfinished batches are redone")
             self._bar = tqdm(

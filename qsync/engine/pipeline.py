@@ -77,11 +77,13 @@ class BatchPipeline:
             keep = [i for i, h in enumerate(work.hashes) if h not in rejected]
             written = 0
             if keep:
-                ids = [work.record_ids[i] for i in keep]
+                keys = work.point_keys
+                ids = [keys[i] for i in keep]
                 payloads = [load_payload(work.payloads[i]) for i in keep]
                 written = self.retrier.call(lambda: self.sink.write(ids, vectors[keep], payloads))
-            skips = {i: rejected[h] for i, h in enumerate(work.hashes) if h in rejected}
-            outcome.records, outcome.skipped = len(keep), len(skips)
+            skips = {i: _chunk_reason(work, i, rejected[h]) for i, h in enumerate(work.hashes) if h in rejected}
+            outcome.skipped = work.records_among(skips)
+            outcome.records = work.records_among(range(len(work.hashes))) - outcome.skipped
             done = Completion(work, outcome.cache_hits, outcome.saved_tokens, time.monotonic() - started, skips)
             return Upserted(done, outcome, written)
         except Exception as exc:
@@ -129,3 +131,9 @@ class BatchPipeline:
         except (LeaseLost, LedgerError) as exc:
             return Outcome(work.batch_no, "lost", fatal=exc)
         return outcome
+
+
+def _chunk_reason(work: BatchWork, i: int, reason: str) -> str:
+    """Why a text was refused, naming its chunk when its record was cut into several."""
+    count = work.chunk_counts[i]
+    return f"chunk {work.chunk_nos[i] + 1} of {count}: {reason}" if count > 1 else reason

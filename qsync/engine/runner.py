@@ -302,14 +302,15 @@ class Runner:
         return JobState.FAILED, f"{failed} batch{'es' if failed != 1 else ''} failed (last error: {job.last_error()})"
 
     def _apply_deletions(self, job: LeasedJob, retrier: Retrier) -> str | None:
-        """Delete the points of records that left the source (delete_missing), 500 at a time."""
+        """Delete the points of records that left the source (delete_missing) and of chunks a shortened record no
+        longer has, 500 at a time."""
         while chunk := job.pending_deletions(500):
             try:
                 retrier.call(lambda chunk=chunk: self.sink.delete([p for _, p in chunk]))  # type: ignore[misc]
             except (QsyncError, Interrupted) as exc:
                 return f"could not delete points of records that left the source: {exc}"
-            job.mark_deleted([r for r, _ in chunk])
-            emit(self.listeners, Notice(self.job_id, f"deleted {len(chunk)} points of records that left the source"))
+            job.mark_deleted([p for _, p in chunk])
+            emit(self.listeners, Notice(self.job_id, f"deleted {len(chunk)} points no longer in the source"))
         return None
 
     def _finish(self, lease: Lease, state: JobState, message: str | None, tally: _Tally, started: float) -> RunResult:

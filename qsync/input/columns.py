@@ -13,8 +13,8 @@ import duckdb
 import pandas as pd
 
 from qsync.errors import SourceError
-from qsync.input.records import MAX_LINE_BYTES, brief, read_json_records
-from qsync.input.sources import FileSource
+from qsync.input.records import brief, read_json_records
+from qsync.input.sources import FileSource, csv_relation
 from qsync.sql import literal as _sql_literal
 
 _ID_NAMES = ("id", "record_id", "doc_id", "uuid", "key", "pk")
@@ -35,9 +35,7 @@ def source_columns(source: pd.DataFrame | str | os.PathLike[str], source_db: str
     if file.kind == "parquet":
         return _describe(f"SELECT * FROM read_parquet({path})", None)
     if file.kind == "csv":
-        return _describe(
-            f"SELECT * FROM read_csv({path}, header = true, all_varchar = true, max_line_size = {MAX_LINE_BYTES})", None
-        )
+        return _describe(f"SELECT * FROM {csv_relation(path)}", None)
     keys: dict[str, None] = {}
     for _, record in itertools.islice(read_json_records(file.path), _JSON_SAMPLE):
         if isinstance(record, dict):

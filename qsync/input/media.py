@@ -16,6 +16,7 @@ Limits, from Google's embeddings guide for gemini-embedding-2 (2026-05) where it
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from pathlib import Path
 from typing import Final
@@ -106,10 +107,43 @@ def _check_jpeg(data: bytes, name: str) -> None:
         raise MediaProblem(f"{name} is a corrupt JPEG (no end-of-image marker: cut short?)")
 
 
+class TooManyPages(MediaProblem):
+    """A PDF longer than the model reads: skipped, or cut into page windows (`page_windows`) when chunking."""
+
+    def __init__(self, message: str, data: bytes) -> None:
+        super().__init__(message)
+        self.data = data
+
+
 def _check_pdf(data: bytes, name: str) -> Media:
     if b"%%EOF" not in data[-1024:]:
         raise MediaProblem(f"{name} is a corrupt PDF (no %%EOF at its end: cut short?)")
     pages = len(_PDF_PAGE.findall(data))
     if pages > MAX_PDF_PAGES:
-        raise MediaProblem(f"{name} has {pages} pages; gemini-embedding-2 reads at most {MAX_PDF_PAGES}")
+        raise TooManyPages(f"{name} has {pages} pages; gemini-embedding-2 reads at most {MAX_PDF_PAGES}", data)
     return Media("application/pdf", data, pages)
+
+
+def page_windows(data: bytes, name: str) -> list[tuple[int, int, Media]]:
+    """A PDF cut into documents of at most MAX_PDF_PAGES pages each: (first page, last page, counted from 1, and the
+    window as a checked PDF). MediaProblem if pypdf cannot read it."""
+    from pypdf import PdfReader, PdfWriter  # imported here: only jobs with long PDFs need it
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        total = len(reader.pages)
+        windows = []
+        for first in range(0, total, MAX_PDF_PAGES):
+            writer = PdfWriter()
+            last = min(total, first + MAX_PDF_PAGES)
+            for page in reader.pages[first:last]:
+                writer.add_page(page)
+            out = io.BytesIO()
+            writer.write(out)
+            windows.append((first + 1, last, check(out.getvalue(), "document", f"pages {first + 1}-{last} of {name}")))
+    except (PdfReadError, ValueError, KeyError) as exc:
+        raise MediaProblem(
+            f"{name} has more than {MAX_PDF_PAGES} pages and cannot be cut into windows: {exc}"
+        ) from None
+    return windows

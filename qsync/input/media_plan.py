@@ -25,7 +25,7 @@ from qsync.catalog.models import MEDIA_MODEL
 from qsync.catalog.tokens import media_tokens
 from qsync.embedders.protocol import Media
 from qsync.errors import MediaProblem
-from qsync.input.media import MAX_MEDIA_BYTES, check, content_hash, read, sniff
+from qsync.input.media import MAX_MEDIA_BYTES, TooManyPages, check, content_hash, page_windows, read, sniff
 from qsync.input.records import INPUT_VIEW
 from qsync.input.sources import FileSource, Source
 from qsync.spec.columns import MediaKind
@@ -35,12 +35,24 @@ _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "application/pdf": ".p
 
 
 @dataclass(frozen=True)
+class Window:
+    """Pages `first` to `last` of a PDF longer than the model reads, a document of its own in the store."""
+
+    first: int
+    last: int
+    ref: str
+    hash: str
+    tokens: int
+
+
+@dataclass(frozen=True)
 class MediaRow:
     ordinal: int
     ref: str | None = None
     hash: str | None = None
     tokens: int = 0  # the image's or the pages' (not the caption's)
     problem: str | None = None
+    windows: tuple[Window, ...] = ()  # a long PDF cut into page windows, each a chunk of its record
 
 
 def media_base(source: Source) -> Path:
@@ -57,11 +69,16 @@ def caption_of(text: str | None) -> str | None:
     return text if text and text.strip() else None
 
 
-def check_media(con: Any, kind: MediaKind, base: Path, store_dir: Path, model: str = MEDIA_MODEL) -> None:
+def check_media(
+    con: Any, kind: MediaKind, base: Path, store_dir: Path, model: str = MEDIA_MODEL, *, cut: bool = False
+) -> list[MediaRow]:
     """Register MEDIA_TABLE (ordinal, media_ref, media_hash, media_tokens, media_problem) for the rows of
-    INPUT_VIEW that have no problem yet; `model` prices the media in tokens."""
+    INPUT_VIEW that have no problem yet; `model` prices the media in tokens. With `cut`, a PDF longer than the model
+    reads is cut into page windows instead of skipped: the rows that were are returned (their `windows`)."""
     rows = con.execute(f"SELECT ordinal, text, media, media_bytes FROM {INPUT_VIEW} WHERE problem IS NULL").fetchall()
-    register_media(con, [_check_row(int(o), caption_of(t), p, d, kind, base, store_dir, model) for o, t, p, d in rows])
+    checked = [_check_row(int(o), caption_of(t), p, d, kind, base, store_dir, model, cut) for o, t, p, d in rows]
+    register_media(con, checked)
+    return [row for row in checked if row.windows]
 
 
 def register_media(con: Any, checked: list[MediaRow]) -> None:
@@ -86,23 +103,45 @@ def _check_row(
     base: Path,
     store: Path,
     model: str,
+    cut: bool = False,
 ) -> MediaRow:
+    name = f"the {kind} bytes"
     try:
         if data is not None:
-            media = check(bytes(data), kind, f"the {kind} bytes")
+            media = check(bytes(data), kind, name)
             ref = str(keep_bytes(media, store))
         elif path is not None and path.strip():
             resolved = Path(path).expanduser()
             resolved = resolved if resolved.is_absolute() else base / resolved
+            name = resolved.name
             media = read(resolved, kind)
             ref = str(resolved.resolve())
         else:
             return MediaRow(ordinal, problem=f"{kind} is missing")
+    except TooManyPages as exc:
+        if not cut:
+            return MediaRow(ordinal, problem=str(exc))
+        return _windows(ordinal, caption, exc.data, name, store, model)
     except MediaProblem as exc:
         return MediaRow(ordinal, problem=str(exc))
     return MediaRow(
         ordinal, ref, content_hash(media.data, caption), sum(media_tokens(media.modality, media.pages, model).values())
     )
+
+
+def _windows(ordinal: int, caption: str | None, data: bytes, name: str, store: Path, model: str) -> MediaRow:
+    """A long PDF as page windows, each kept in the store (the batch reads it again from there)."""
+    try:
+        cut = page_windows(data, name)
+    except MediaProblem as exc:
+        return MediaRow(ordinal, problem=str(exc))
+    windows = tuple(
+        Window(first, last, str(keep_bytes(media, store)), content_hash(media.data, caption),
+               sum(media_tokens(media.modality, media.pages, model).values()))
+        for first, last, media in cut
+    )  # fmt: skip
+    whole = content_hash(data, caption)
+    return MediaRow(ordinal, windows[0].ref, whole, sum(w.tokens for w in windows), windows=windows)
 
 
 def keep_bytes(media: Media, store: Path) -> Path:

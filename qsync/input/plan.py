@@ -12,12 +12,14 @@ from qsync.catalog.tokens import sql_estimate_tokens
 from qsync.clock import Clock
 from qsync.disk import LEDGER_MARGIN, ensure_room
 from qsync.errors import ConfigError, JobExists, SourceError
-from qsync.input.media_plan import MEDIA_TABLE, check_media, media_base, register_media
+from qsync.input.chunks import add_page_windows, split_long_texts
+from qsync.input.media_plan import MEDIA_TABLE, MediaRow, check_media, media_base, register_media
 from qsync.input.records import INPUT_VIEW, MAX_PAYLOAD_BYTES, brief
 from qsync.input.sources import Source
 from qsync.ledger.jobs import job_exists
 from qsync.ledger.ledger import Ledger
-from qsync.ledger.plans import CHECKED, PlanSummary, record_plan
+from qsync.ledger.plans import CHECKED, CHUNKS, PlanSummary, record_plan
+from qsync.spec.chunking import Chunking
 from qsync.spec.columns import Columns
 
 
@@ -32,6 +34,12 @@ class PlanLimits(Protocol):
 
     @property
     def max_batch_texts(self) -> int: ...
+
+    @property
+    def dimensions(self) -> int: ...
+
+    @property
+    def task_type(self) -> str: ...
 
 
 def plan_job(
@@ -50,11 +58,16 @@ def plan_job(
     incremental: bool = True,
     delete_missing: bool = False,
     max_cost_usd: float | None = None,
+    chunking: Chunking | None = None,
+    whole_records: str | None = None,
 ) -> PlanSummary:
-    """Plan a job: snapshot the source into its manifest. Refused if a job of that name exists already."""
+    """Plan a job: snapshot the source into its manifest. Refused if a job of that name exists already. With
+    `chunking` on, a text longer than the model takes is cut into chunks (input.chunks), a manifest row each;
+    `whole_records` names what cannot work on chunks (enrichment): the plan is refused if a record must be cut."""
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
     batch_size = min(batch_size, limits.max_batch_texts)
+    chunking = chunking or Chunking()
     now = clock.now()
     ensure_room(ledger.path, LEDGER_MARGIN, "planning the job into the checkpoint file")
     with ledger.transaction() as con:
@@ -62,7 +75,9 @@ def plan_job(
             raise JobExists(f"a job named {job_id!r} exists already")
         rejected = source.register(con, columns)
         try:
-            check_records(con, source, columns, limits, ledger)
+            long_pdfs = check_records(con, source, columns, limits, ledger, skip_long=not chunking.enabled)
+            _split(con, chunking, limits, whole_records)
+            add_page_windows(con, long_pdfs)
         except Exception as exc:
             if "duckdb" in type(exc).__module__:
                 raise SourceError(f"cannot read {source.description}: {brief(exc)}") from exc
@@ -73,18 +88,37 @@ def plan_job(
             delete_missing=delete_missing, max_cost_usd=max_cost_usd,
             rejected=[(row.ordinal, row.reason) for row in rejected], now=now,
         )  # fmt: skip
-        for name in (CHECKED, "__qsync_csv"):
+        for name in (CHECKED, CHUNKS, "__qsync_csv"):
             con.execute(f"DROP TABLE IF EXISTS {name}")
         con.execute(f"DROP VIEW IF EXISTS {INPUT_VIEW}")
         _unregister(con)
     return summary
 
 
-def check_records(con: Any, source: Source, columns: Columns, limits: PlanLimits, ledger: Ledger) -> None:
+def _split(con: Any, chunking: Chunking, limits: PlanLimits, whole_records: str | None) -> None:
+    budget = chunking.budget(int(limits.max_text_tokens))
+    # At the model's own limit, a text the model took whole before (its vector is cached) stays whole: the upper
+    # estimate must never re-cut, and re-pay, what was loaded as one point. A size the user chose cuts regardless.
+    whole = limits if chunking.tokens is None else None
+    cut = split_long_texts(con, CHECKED, budget, chunking.overlap, enabled=chunking.enabled, whole=whole)
+    if cut and whole_records:
+        raise ConfigError(
+            f"{cut} record(s) are longer than {budget:,} tokens and would be cut into chunks, but "
+            f"{whole_records} works on whole records: run with --chunk-tokens 0 to skip them as too long"
+        )
+
+
+def check_records(
+    con: Any, source: Source, columns: Columns, limits: PlanLimits, ledger: Ledger, *, skip_long: bool = True
+) -> list[MediaRow]:
     """Create CHECKED from the source's normalized input: each record's hash, token estimate, media, and the
-    reason it is skipped (NULL when it is to be embedded)."""
+    reason it is skipped (NULL when it is to be embedded). `skip_long`: a text over the model's limit is skipped
+    (without chunking); else it is left to be cut into chunks, and a PDF longer than the model reads is cut into
+    page windows: the rows of those PDFs are returned."""
+    long_pdfs: list[MediaRow] = []
     if columns.media_kind:
-        check_media(con, columns.media_kind, media_base(source), ledger.media_dir, limits.model or MEDIA_MODEL)
+        long_pdfs = check_media(con, columns.media_kind, media_base(source), ledger.media_dir,
+                                limits.model or MEDIA_MODEL, cut=not skip_long)  # fmt: skip
     else:  # one query for both kinds of job: text jobs join an empty media table
         register_media(con, [])
     media = bool(columns.media_kind)
@@ -95,7 +129,7 @@ def check_records(con: Any, source: Source, columns: Columns, limits: PlanLimits
         else """WHEN text IS NULL THEN 'text is missing'
                 WHEN regexp_full_match(text, '[\\s\\p{Z}]*') THEN 'text is empty or whitespace'"""
     )
-    limit = int(limits.max_text_tokens)
+    limit = int(limits.max_text_tokens) if skip_long or media else 2**31 - 1
     con.execute(
         rf"""
         CREATE OR REPLACE TEMP TABLE {CHECKED} AS
@@ -125,6 +159,7 @@ def check_records(con: Any, source: Source, columns: Columns, limits: PlanLimits
         FROM n
         """
     )
+    return long_pdfs
 
 
 def _unregister(con: Any) -> None:

@@ -140,10 +140,7 @@ class FileSource:
             # with its line number, never a silent drop or an aborted plan.
             # max_line_size: a long line (a 50 MB field) is read, to be skipped as too long with its reason,
             # rather than failing the whole file.
-            relation = (
-                f"read_csv({path}, header = true, all_varchar = true, store_rejects = true, "
-                f"max_line_size = {MAX_LINE_BYTES})"
-            )
+            relation = csv_relation(path)
             con.execute(f"CREATE OR REPLACE TEMP TABLE __qsync_csv AS SELECT * FROM {relation}")
             _register_typed(con, "__qsync_csv", columns, self.description)
             # DuckDB may report several errors for one line; one skip per line, with the first error.
@@ -153,6 +150,14 @@ class FileSource:
             ).fetchall()
             return [RejectedRow(None, f"line {line}: {etype.lower()}: {msg}") for line, etype, msg in rejected]
         return register_records(con, read_json_records(self.path), columns, self.description)
+
+
+def csv_relation(path: str) -> str:
+    """How qsync reads a CSV file (`path` an SQL literal), for its rows and for its columns alike: a form that reads
+    the columns of a file with one bad line must see what the plan will."""
+    return (
+        f"read_csv({path}, header = true, all_varchar = true, store_rejects = true, max_line_size = {MAX_LINE_BYTES})"
+    )
 
 
 @dataclass

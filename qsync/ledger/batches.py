@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,10 @@ from qsync.spec.target import point_id
 from qsync.sql import first_row
 
 MANIFEST_READ_AHEAD = 16  # batches whose records one manifest query loads
+
+
+def point_key(record_id: str, chunk_no: int) -> str:
+    return record_id if not chunk_no else f"{record_id}\x00{chunk_no}"
 
 
 def load_payload(text: str) -> dict[str, Any]:
@@ -47,6 +51,9 @@ class BatchWork:
     payloads: list[str]
     source_hashes: list[str] = field(default_factory=list)  # the manifest's hashes (hashes may change: enrich)
     media_refs: list[str | None] = field(default_factory=list)  # each record's image or document (media jobs)
+    chunk_nos: list[int] = field(default_factory=list)  # which chunk of its record each text is (0 of 1: whole)
+    chunk_counts: list[int] = field(default_factory=list)
+    payload_hashes: list[str | None] = field(default_factory=list)  # each payload as planned (before enrichment)
     claimed: bool = False  # the claim (running, attempt) is committed; see LeasedJob.claim
     claiming: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -55,6 +62,21 @@ class BatchWork:
             self.source_hashes = list(self.hashes)
         if not self.media_refs:
             self.media_refs = [None] * len(self.hashes)
+        if not self.chunk_nos:
+            self.chunk_nos = [0] * len(self.hashes)
+            self.chunk_counts = [1] * len(self.hashes)
+        if not self.payload_hashes:
+            self.payload_hashes = [None] * len(self.hashes)
+
+    @property
+    def point_keys(self) -> list[str]:
+        """What each point's id is made from (spec.target.point_id): its record's id, and its chunk's number after
+        the first (chunk 0 keeps the record's own point: a record that grows past the limit keeps its id)."""
+        return [point_key(r, n) for r, n in zip(self.record_ids, self.chunk_nos, strict=True)]
+
+    def records_among(self, indexes: Iterable[int]) -> int:
+        """How many records the texts at `indexes` belong to."""
+        return len({self.ordinals[i] for i in indexes})
 
 
 @dataclass(frozen=True)
@@ -78,10 +100,12 @@ def next_attempt(con: Any, job_id: str, batch_no: int) -> int:
 
 
 def read_manifest(con: Any, job_id: str, first: int, last: int) -> dict[int, list[tuple[Any, ...]]]:
-    """batch_no -> its records (ordinal, record_id, content_hash, text, token_estimate, payload, media_ref)."""
+    """batch_no -> its texts (ordinal, record_id, content_hash, text, token_estimate, payload, media_ref, chunk_no,
+    chunk_count, payload_hash)."""
     rows = con.execute(
-        """SELECT batch_no, ordinal, record_id, content_hash, text, token_estimate, payload, media_ref FROM manifest
-           WHERE job_id = ? AND batch_no BETWEEN ? AND ? ORDER BY batch_no, ordinal""",
+        """SELECT batch_no, ordinal, record_id, content_hash, text, token_estimate, payload, media_ref,
+               coalesce(chunk_no, 0), coalesce(chunk_count, 1), payload_hash
+           FROM manifest WHERE job_id = ? AND batch_no BETWEEN ? AND ? ORDER BY batch_no, ordinal, chunk_no""",
         [job_id, first, last],
     ).fetchall()
     by_batch: dict[int, list[tuple[Any, ...]]] = {}
@@ -101,6 +125,9 @@ def work_of(batch_no: int, attempt: int, records: list[tuple[Any, ...]]) -> Batc
         token_estimates=[r[4] for r in records],
         payloads=[r[5] for r in records],
         media_refs=[r[6] for r in records],
+        chunk_nos=[int(r[7]) for r in records],
+        chunk_counts=[int(r[8]) for r in records],
+        payload_hashes=[r[9] for r in records],
     )
 
 
@@ -134,7 +161,15 @@ def mark_done(con: Any, job_id: str, done: Completion, now: Any) -> None:
         """UPDATE batches SET status = 'done', finished_at = ?, duration_s = ?, last_error = NULL,
                cache_hits = cache_hits + ?, saved_tokens = saved_tokens + ?, skipped_records = ?
            WHERE job_id = ? AND batch_no = ?""",
-        [now, done.duration_s, done.cache_hits, done.saved_tokens, len(done.skips), job_id, done.work.batch_no],
+        [
+            now,
+            done.duration_s,
+            done.cache_hits,
+            done.saved_tokens,
+            done.work.records_among(done.skips),
+            job_id,
+            done.work.batch_no,
+        ],
     )
     for i, reason in done.skips.items():
         con.execute(
@@ -161,7 +196,7 @@ def record_points(
     con: Any, job_id: str, target: str, signature: str, batches: Sequence[Completion], now: Any, replaces: bool
 ) -> None:
     """What the collection now holds for these batches, in the transaction that marks them done. `replaces`:
-    the target may hold rows for these records already (a re-sync), which are deleted first."""
+    the target may hold rows for these points already (a re-sync), which are deleted first."""
     kept = [(done.work, i) for done in batches for i in range(len(done.work.record_ids)) if i not in done.skips]
     ids = [work.record_ids[i] for work, i in kept]
     if not ids or not target:
@@ -170,22 +205,24 @@ def record_points(
         {
             "target": [target] * len(kept),
             "record_id": ids,
-            "point_id": [point_id(r) for r in ids],
+            "point_id": [point_id(point_key(work.record_ids[i], work.chunk_nos[i])) for work, i in kept],
             "source_hash": [work.source_hashes[i] for work, i in kept],
             "vector_hash": [work.hashes[i] for work, i in kept],
             "embedder": [signature] * len(kept),
             "payload": [work.payloads[i] for work, i in kept],
             "job_id": [job_id] * len(kept),
             "updated_at": pa.array([now] * len(kept), pa.timestamp("us")),
+            "chunk_no": pa.array([work.chunk_nos[i] for work, i in kept], pa.int32()),
+            "payload_hash": pa.array([work.payload_hashes[i] for work, i in kept], pa.string()),
         }
     )
     con.register("__qsync_points", table)
     try:
         if replaces:
             con.execute(
-                "DELETE FROM points WHERE target = ? AND record_id IN (SELECT record_id FROM __qsync_points)", [target]
+                "DELETE FROM points WHERE target = ? AND point_id IN (SELECT point_id FROM __qsync_points)", [target]
             )
-        con.execute("INSERT INTO points SELECT * FROM __qsync_points")
+        con.execute("INSERT INTO points BY NAME SELECT * FROM __qsync_points")
     finally:
         con.unregister("__qsync_points")
 

@@ -11,6 +11,10 @@ Each record of the source is in exactly one of four places:
   embedder: nothing to do, nothing to pay;
 - **remaining**: still to do.
 
+A record longer than the model takes is cut into chunks, a point each (spec.chunking); records are counted
+whole (a batch holds whole records, so a record is loaded when its batch is done), and **total_chunks** is how
+many points the valid records make (equal to their number when none was cut).
+
 `total = loaded + skipped + unchanged + remaining`; **processed** is `total - remaining` (what the
 progress bar shows). **Embedded** texts are those the job paid for: in synchronous calls and in Batch Mode
 (whose vectors its batches then take from the cache: never counted as cache hits). Cost is the job's whole spend: embeddings (synchronous and Batch Mode) and
@@ -43,7 +47,9 @@ _SQL = """
            CAST(coalesce(j.unchanged_records, 0) AS BIGINT) AS unchanged_records,
            CAST(coalesce(b.planned, 0) - coalesce(b.finished, 0) AS BIGINT) AS remaining_records,
            CAST(j.total_records - (coalesce(b.planned, 0) - coalesce(b.finished, 0)) AS BIGINT) AS processed_records,
-           CAST((SELECT count(*) FROM deletions d WHERE d.job_id = j.job_id AND d.done) AS BIGINT) AS deleted_records,
+           CAST((SELECT count(DISTINCT record_id) FROM deletions d
+                 WHERE d.job_id = j.job_id AND d.done AND NOT coalesce(d.surplus, false)) AS BIGINT) AS deleted_records,
+           CAST(coalesce(j.total_chunks, j.total_records - j.skipped_records) AS BIGINT) AS total_chunks,
            j.batches_total,
            CAST(coalesce(b.batches_done, 0) AS INTEGER) AS batches_done,
            CAST(coalesce(b.batches_failed, 0) AS INTEGER) AS batches_failed,
@@ -115,6 +121,7 @@ class JobFigures:
     unconfirmed_cost_usd: float
     saved_tokens: int
     max_cost_usd: float | None
+    total_chunks: int = 0  # points the job's valid records make (more than records when long ones were cut)
     batch_mode_texts: int = 0
     batch_mode_tokens: int = 0
     batch_mode_cost_usd: float = 0.0

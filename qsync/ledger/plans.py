@@ -14,6 +14,8 @@ from typing import Any
 
 from qsync.sql import first_row
 
+CHUNKS = "__qsync_chunks"  # input.chunks: ordinal, chunk_no, chunk_count, char_start, char_end, text, token_estimate,
+# media_ref, media_hash, media_tokens, page_start, page_end
 CHECKED = "__qsync_checked"  # the planner's table: ordinal, record_id, text, payload, token_estimate, media_tokens,
 # media_ref, content_hash, reason (NULL for a record to embed)
 
@@ -26,6 +28,7 @@ class PlanSummary:
     skipped_records: int
     batches: int
     unchanged_records: int = 0
+    chunks: int = 0  # points the valid records make: one each, or one per chunk of a long one
 
 
 def record_plan(
@@ -44,32 +47,75 @@ def record_plan(
     rejected: list[tuple[int | None, str]],
     now: Any,
 ) -> PlanSummary:
-    """Write the job planned from CHECKED. With `incremental`, records whose text the target already holds,
-    embedded by the same embedder, are left out (unchanged: nothing to pay, nothing to write); with
-    `delete_missing`, points of records that are no longer in the source are scheduled for deletion."""
+    """Write the job planned from CHECKED and CHUNKS (the chunks of records cut by the planner). With `incremental`,
+    points the target already holds with the same text and payload, embedded by the same embedder, are left out
+    (unchanged: nothing to pay, nothing to write); points a shortened record no longer has are deleted; with
+    `delete_missing`, so are the points of records that are no longer in the source. A batch holds whole records:
+    about `batch_size` chunks (more when one record has more)."""
     con.execute(
         f"""
+        CREATE OR REPLACE TEMP TABLE __qsync_units AS
+        SELECT c.ordinal, c.record_id, coalesce(k.chunk_no, 0) AS chunk_no, coalesce(k.chunk_count, 1) AS chunk_count,
+            coalesce(k.text, c.text) AS text,
+            CASE WHEN k.ordinal IS NULL THEN c.content_hash WHEN k.media_hash IS NOT NULL THEN k.media_hash
+                 ELSE sha256(k.text) END AS content_hash,
+            CASE WHEN k.media_hash IS NOT NULL THEN c.token_estimate - c.media_tokens + k.media_tokens
+                 ELSE coalesce(k.token_estimate, c.token_estimate) END AS token_estimate,
+            -- json_merge_patch drops the keys whose value is null: a text chunk has no pages, a page window no
+            -- characters.
+            CASE WHEN k.ordinal IS NULL THEN c.payload::JSON ELSE json_merge_patch(c.payload, json_object(
+                'chunk_no', k.chunk_no, 'chunk_count', k.chunk_count, 'char_start', k.char_start,
+                'char_end', k.char_end, 'page_start', k.page_start, 'page_end', k.page_end)) END AS payload,
+            coalesce(k.media_ref, c.media_ref) AS media_ref, coalesce(k.media_tokens, c.media_tokens) AS media_tokens
+        FROM {CHECKED} c LEFT JOIN {CHUNKS} k USING (ordinal)
+        WHERE c.reason IS NULL
+        """
+    )
+    con.execute(
+        """
         CREATE OR REPLACE TEMP TABLE __qsync_unchanged AS
-        SELECT c.ordinal FROM {CHECKED} c JOIN points p
-          ON p.target = ? AND p.embedder = ? AND p.record_id = c.record_id AND p.source_hash = c.content_hash
-        WHERE c.reason IS NULL AND ?
+        SELECT u.ordinal, u.chunk_no FROM __qsync_units u JOIN points p
+          ON p.target = ? AND p.embedder = ? AND p.record_id = u.record_id AND p.chunk_no = u.chunk_no
+             AND p.source_hash = u.content_hash
+             -- the payload as planned (points written before payload hashes were kept: by their text alone)
+             AND (p.payload_hash IS NULL OR p.payload_hash = sha256(u.payload::VARCHAR))
+        WHERE ?
         """,
         [target, embedder_signature, incremental and bool(target)],
     )
     con.execute(
         f"""
-        INSERT INTO manifest
-        SELECT ?, ordinal, record_id, content_hash,
-            CAST((row_number() OVER (ORDER BY ordinal) - 1) // {int(batch_size)} AS INTEGER),
-            token_estimate, text, payload, media_ref, media_tokens
-        FROM {CHECKED}
-        WHERE reason IS NULL AND ordinal NOT IN (SELECT ordinal FROM __qsync_unchanged)
-        ORDER BY ordinal
+        CREATE OR REPLACE TEMP TABLE __qsync_todo AS
+        WITH todo AS (
+            SELECT * FROM __qsync_units ANTI JOIN __qsync_unchanged USING (ordinal, chunk_no)
+        ), starts AS (  -- where each record's chunks start in the run of chunks: a batch holds whole records
+            SELECT ordinal, sum(count(*)) OVER (ORDER BY ordinal) - count(*) AS start FROM todo GROUP BY ordinal
+        )
+        SELECT todo.*, CAST(dense_rank() OVER (ORDER BY start // {int(batch_size)}) - 1 AS INTEGER) AS batch_no
+        FROM todo JOIN starts USING (ordinal)
+        """
+    )
+    con.execute(
+        """
+        INSERT INTO manifest (job_id, ordinal, record_id, content_hash, batch_no, token_estimate, text, payload,
+            media_ref, media_tokens, chunk_no, chunk_count, payload_hash)
+        SELECT ?, ordinal, record_id, content_hash, batch_no, token_estimate, text, payload, media_ref, media_tokens,
+            chunk_no, chunk_count, sha256(payload::VARCHAR)
+        FROM __qsync_todo ORDER BY ordinal, chunk_no
         """,
         [job_id],
     )
+    if target:  # chunks a record still in the source no longer has (it was cut shorter, or fits in one now)
+        con.execute(
+            """INSERT INTO deletions (job_id, record_id, point_id, surplus)
+               SELECT ?, p.record_id, p.point_id, true FROM points p
+               JOIN (SELECT record_id, max(chunk_count) AS chunks FROM __qsync_units GROUP BY record_id) u
+                 USING (record_id)
+               WHERE p.target = ? AND p.chunk_no >= u.chunks""",
+            [job_id, target],
+        )
     if delete_missing and target:
-        # Only ids absent from the source leave; a record still there but now invalid keeps its point.
+        # Only ids absent from the source leave; a record still there but now invalid keeps its points.
         con.execute(
             f"""INSERT INTO deletions (job_id, record_id, point_id)
                SELECT ?, record_id, point_id FROM points
@@ -85,28 +131,30 @@ def record_plan(
         con.execute("INSERT INTO skipped VALUES (?, ?, NULL, 'plan', ?, ?)", [job_id, ordinal, reason, now])
     counts = first_row(
         con.execute(
-            """SELECT (SELECT count(*) FROM manifest WHERE job_id = $1),
+            """SELECT (SELECT count(DISTINCT ordinal) FROM __qsync_todo),
                   (SELECT count(*) FROM skipped WHERE job_id = $1),
-                  (SELECT count(DISTINCT batch_no) FROM manifest WHERE job_id = $1),
-                  (SELECT count(*) FROM __qsync_unchanged)""",
+                  (SELECT count(DISTINCT batch_no) FROM __qsync_todo),
+                  (SELECT count(DISTINCT ordinal) FROM __qsync_units),
+                  (SELECT count(*) FROM __qsync_units)""",
             [job_id],
         )
     )
     assert counts is not None
-    to_embed, skipped, batches, unchanged = (int(c) for c in counts)
-    valid = to_embed + unchanged
+    to_embed, skipped, batches, valid, chunks = (int(c) for c in counts)
+    unchanged = valid - to_embed  # records with no chunk to write
     con.execute(
-        """INSERT INTO batches (job_id, batch_no, status, records, first_ordinal, last_ordinal)
-           SELECT ?, batch_no, 'pending', count(*), min(ordinal), max(ordinal)
-           FROM manifest WHERE job_id = ? GROUP BY batch_no ORDER BY batch_no""",
-        [job_id, job_id],
+        """INSERT INTO batches (job_id, batch_no, status, records, chunks, first_ordinal, last_ordinal)
+           SELECT ?, batch_no, 'pending', count(DISTINCT ordinal), count(*), min(ordinal), max(ordinal)
+           FROM __qsync_todo GROUP BY batch_no ORDER BY batch_no""",
+        [job_id],
     )
     con.execute(
         """INSERT INTO jobs (job_id, status, message, config, source, collection, batch_size, total_records,
-               skipped_records, batches_total, created_at, updated_at, unchanged_records, max_cost_usd)
-           VALUES (?, 'planned', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               skipped_records, batches_total, created_at, updated_at, unchanged_records, max_cost_usd, total_chunks)
+           VALUES (?, 'planned', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [job_id, json.dumps(config), source, collection, batch_size, valid + skipped, skipped, batches, now, now,
-         unchanged, max_cost_usd],
+         unchanged, max_cost_usd, chunks],
     )  # fmt: skip
-    con.execute("DROP TABLE IF EXISTS __qsync_unchanged")
-    return PlanSummary(job_id, valid + skipped, valid, skipped, batches, unchanged)
+    for table in ("__qsync_units", "__qsync_unchanged", "__qsync_todo"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    return PlanSummary(job_id, valid + skipped, valid, skipped, batches, unchanged, chunks)

@@ -46,23 +46,62 @@ def batch_records(ledger: Ledger, job: str, batch_no: int) -> pd.DataFrame:
     )
 
 
-def planned_records(ledger: Ledger, collection: str, record_ids: list[str]) -> dict[str, tuple[str, str | None]]:
-    """record id -> (text, media path) as planned by the jobs of a collection (for search hits)."""
-    if not record_ids:
+def planned_records(
+    ledger: Ledger, collection: str, points: list[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[str, str | None]]:
+    """(record id, chunk number) -> (text, media path) of points a collection holds (for search hits), as planned
+    by the job that last wrote each point: a record's whole text, or the passage of one of its chunks (never an
+    older job's text of the same record)."""
+    if not points:
         return {}
+    ids, chunks = sorted({r for r, _ in points}), sorted({c for _, c in points})
     rows = ledger.query_rows(
-        f"SELECT record_id, any_value(text), any_value(media_ref) FROM manifest WHERE job_id IN (SELECT job_id "
-        f"FROM jobs WHERE collection = ?) AND record_id IN ({', '.join('?' * len(record_ids))}) GROUP BY record_id",
-        [collection, *record_ids],
+        f"SELECT m.record_id, coalesce(m.chunk_no, 0), any_value(m.text), any_value(m.media_ref) "
+        f"FROM points p JOIN manifest m ON m.job_id = p.job_id AND m.record_id = p.record_id "
+        f"AND coalesce(m.chunk_no, 0) = p.chunk_no "
+        f"WHERE p.job_id IN (SELECT job_id FROM jobs WHERE collection = ?) "
+        f"AND p.record_id IN ({', '.join('?' * len(ids))}) "
+        f"AND p.chunk_no IN ({', '.join('?' * len(chunks))}) GROUP BY 1, 2",
+        [collection, *ids, *chunks],
     )
-    return {str(r): (str(t), m) for r, t, m in rows}
+    wanted = set(points)
+    found = {(str(r), int(c)): (str(t), m) for r, c, t, m in rows if (str(r), int(c)) in wanted}
+    if len(found) < len(wanted):  # a sink whose points the ledger does not follow (":memory:"): any job's plan
+        rows = ledger.query_rows(
+            f"SELECT record_id, coalesce(chunk_no, 0), any_value(text), any_value(media_ref) FROM manifest "
+            f"WHERE job_id IN (SELECT job_id FROM jobs WHERE collection = ?) "
+            f"AND record_id IN ({', '.join('?' * len(ids))}) GROUP BY 1, 2",
+            [collection, *ids],
+        )
+        for r, c, t, m in rows:
+            if (str(r), int(c)) in wanted:
+                found.setdefault((str(r), int(c)), (str(t), m))
+    return found
+
+
+def chunks(ledger: Ledger, job: str) -> pd.DataFrame:
+    """The texts a job planned to embed, a row each: a whole record (chunk 0 of 1), or one chunk of a long record
+    with its characters in the record's text (`char_start`, `char_end`) and its tokens (estimated); `chunk` is
+    "3/7" as search shows it (`chunk_no` counts from 0, as in the payload)."""
+    return ledger.query_df(
+        """SELECT record_id, CAST(coalesce(chunk_no, 0) + 1 AS VARCHAR) || '/' || CAST(coalesce(chunk_count, 1) AS VARCHAR)
+                   AS chunk, coalesce(chunk_no, 0) AS chunk_no, coalesce(chunk_count, 1) AS chunk_count,
+               CAST(json_extract(payload, '$.char_start') AS BIGINT) AS char_start,
+               CAST(json_extract(payload, '$.char_end') AS BIGINT) AS char_end,
+               token_estimate AS tokens, batch_no
+           FROM manifest WHERE job_id = ? ORDER BY ordinal, chunk_no""",
+        [job],
+    )
 
 
 def expected_points(ledger: Ledger, target: str) -> pd.DataFrame:
-    """What a collection should hold (record_id, point_id, vector_hash, embedder, payload, and the job_id that
-    last wrote it): every record any job loaded into the target, minus those deleted since."""
+    """What a collection should hold (record_id, point_id, vector_hash, embedder, payload, the job_id that last
+    wrote it, and which chunk of its record each point is): every point any job loaded into the target, minus those
+    deleted since."""
     return ledger.query_df(
-        "SELECT record_id, point_id, vector_hash, embedder, payload, job_id FROM points WHERE target = ?", [target]
+        "SELECT record_id, point_id, vector_hash, embedder, payload, job_id, coalesce(chunk_no, 0) AS chunk_no "
+        "FROM points WHERE target = ?",
+        [target],
     )
 
 

@@ -100,7 +100,7 @@ class LeasedJob:
 
     def pending_deletions(self, limit: int) -> list[tuple[str, str]]:
         rows = self.ledger.query_rows(
-            "SELECT record_id, point_id FROM deletions WHERE job_id = ? AND NOT done ORDER BY record_id LIMIT ?",
+            "SELECT record_id, point_id FROM deletions WHERE job_id = ? AND NOT done ORDER BY record_id, point_id LIMIT ?",
             [self.job_id, limit],
         )
         return [(str(r), str(p)) for r, p in rows]
@@ -150,7 +150,7 @@ class LeasedJob:
             for done in batches:
                 b.mark_done(con, self.job_id, done, now)
                 b.end_attempt(con, self.job_id, done.work, self.lease.token, now, "done", None)
-            skipped = sum(len(done.skips) for done in batches)
+            skipped = sum(done.work.records_among(done.skips) for done in batches)
             if skipped:
                 con.execute(
                     "UPDATE jobs SET skipped_records = skipped_records + ? WHERE job_id = ?", [skipped, self.job_id]
@@ -180,17 +180,17 @@ class LeasedJob:
 
         self.commit.write(apply)
 
-    def mark_deleted(self, record_ids: list[str]) -> None:
+    def mark_deleted(self, point_ids: list[str]) -> None:
         """The points are gone from Qdrant (it acknowledged): record it, and forget them in `points`."""
 
         def apply(con: Any) -> None:
             con.execute(
-                "UPDATE deletions SET done = true WHERE job_id = ? AND record_id IN (SELECT unnest(?::VARCHAR[]))",
-                [self.job_id, record_ids],
+                "UPDATE deletions SET done = true WHERE job_id = ? AND point_id IN (SELECT unnest(?::VARCHAR[]))",
+                [self.job_id, point_ids],
             )
             con.execute(
-                "DELETE FROM points WHERE target = ? AND record_id IN (SELECT unnest(?::VARCHAR[]))",
-                [self.target, record_ids],
+                "DELETE FROM points WHERE target = ? AND point_id IN (SELECT unnest(?::VARCHAR[]))",
+                [self.target, point_ids],
             )
 
         self.commit.write(apply)

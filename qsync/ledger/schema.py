@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from qsync.ledger.vectorfile import VectorFile
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 
 _V1 = """
 CREATE TABLE qsync_schema (version INTEGER NOT NULL);
@@ -365,6 +365,24 @@ CREATE TABLE qsync_file (file_id VARCHAR NOT NULL);
 INSERT INTO qsync_file VALUES (gen_random_uuid()::VARCHAR);
 """
 
+# v15: long texts are cut into chunks, a point each (spec.chunking): a manifest row is one chunk of its record
+# (chunk 0 of 1 for a record that fits, as before), a batch holds whole records (`chunks`: its texts), the points
+# table knows each point's chunk, and a deletion of a chunk a shortened record no longer has is `surplus` (not a
+# record deleted). A job counts the chunks of its records.
+# A point keeps the hash of its payload as planned (before an enrichment answer joins it), so a re-sync tells an
+# unchanged point from one whose payload changed.
+_V15 = """
+ALTER TABLE manifest ADD COLUMN chunk_no INTEGER DEFAULT 0;
+ALTER TABLE manifest ADD COLUMN chunk_count INTEGER DEFAULT 1;
+ALTER TABLE batches ADD COLUMN chunks INTEGER;
+UPDATE batches SET chunks = records;
+ALTER TABLE points ADD COLUMN chunk_no INTEGER DEFAULT 0;
+ALTER TABLE deletions ADD COLUMN surplus BOOLEAN DEFAULT false;
+ALTER TABLE jobs ADD COLUMN total_chunks BIGINT;
+ALTER TABLE manifest ADD COLUMN payload_hash VARCHAR;
+ALTER TABLE points ADD COLUMN payload_hash VARCHAR;
+"""
+
 Migration = str | Callable[[Any, MigrationContext], None]  # SQL, or fn(connection, context)
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7, _V8, _V9, _V10, _V11, _v12, _V13, _V14]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7, _V8, _V9, _V10, _V11, _v12, _V13, _V14, _V15]
 assert len(MIGRATIONS) == SCHEMA_VERSION

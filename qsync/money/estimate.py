@@ -38,6 +38,7 @@ from qsync.input.sources import Source, as_source
 from qsync.ledger.cache import cached_hashes
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.queries import manifest_texts, skip_reasons
+from qsync.spec.chunking import Chunking
 from qsync.spec.columns import Columns
 from qsync.spec.defaults import DEFAULT_DIMENSIONS, resolve_db
 from qsync.spec.enrich import EnrichSpec
@@ -151,12 +152,16 @@ def estimate(
     source_db: str | None = None,
     sample: int = 200,
     count_tokens: CountTokens | None = None,
+    chunk_tokens: int | None = None,
+    chunk_overlap: int = 0,
     enrich: EnrichSpec | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Records, tokens, dollars and duration of a Gemini backfill, before running it; nothing is embedded. Texts
-    and media already in the embedding cache of `db` are not counted. With `enrich` (a prompt, a model, and
-    max_output_tokens), the enrichment calls too: their prompt tokens, estimated, and the most their answers can
-    cost (every answer at max_output_tokens), which is what the budget reserves per call."""
+    and media already in the embedding cache of `db` are not counted. Long texts are cut into chunks as the job
+    would cut them (`chunk_tokens`, `chunk_overlap`: spec.chunking), each a text to embed and a point. With
+    `enrich` (a prompt, a model, and max_output_tokens), the enrichment calls too: their prompt tokens,
+    estimated, and the most their answers can cost (every answer at max_output_tokens), which is what the budget
+    reserves per call."""
     enrich_spec = EnrichSpec(**dict(enrich)) if isinstance(enrich, Mapping) else enrich
     if (image_column or document_column) and not multimodal(model):
         raise ConfigError(f"{model} embeds text only: estimate images and documents with model='gemini-embedding-2'")
@@ -167,7 +172,7 @@ def estimate(
     with tempfile.TemporaryDirectory(prefix="qsync-estimate-") as tmp, Ledger(Path(tmp) / "estimate.duckdb") as scratch:
         summary = plan_job(
             scratch, "estimate", as_source(source, database=source_db), columns, limits,
-            {}, "estimate", limits.max_batch_texts, SYSTEM_CLOCK,
+            {}, "estimate", limits.max_batch_texts, SYSTEM_CLOCK, chunking=Chunking(chunk_tokens, chunk_overlap),
         )  # fmt: skip
         texts = manifest_texts(scratch, "estimate")
         reasons = skip_reasons(scratch, "estimate")
@@ -185,6 +190,7 @@ def estimate(
         "valid_records": summary.valid_records,
         "skipped_records": summary.skipped_records,
         "skip_reasons": reasons,
+        "chunks": summary.chunks,
         "unique_texts": len(texts),
         "cached_texts": len(texts) - todo,
         "texts_to_embed": todo,
@@ -223,7 +229,7 @@ def compare_models(
     source: Source | pd.DataFrame | PathLike, *, models: Sequence[str] | None = None, **options: Any
 ) -> pd.DataFrame:
     """`estimate` of the same source for each embedding model (default: every priced one), one row each. The
-    models differ in more than price: a text -001 skips as too long may fit -2's 8,192 tokens, and -2 is billed
+    models differ in more than price: a text -001 cuts into chunks may fit -2's 8,192 tokens whole, and -2 is billed
     for the instruction it receives with every text. With a media column, only the models that embed media are
     compared."""
     rows = []
@@ -231,7 +237,8 @@ def compare_models(
     for model in models or [m for m in embedding_models() if not media or multimodal(m)]:
         found = estimate(source, model=model, **options)
         rows.append({
-            "model": model, "records": found["records"], "skipped_records": found["skipped_records"],
+            "model": model, "records": found["records"], "chunks": found["chunks"],
+            "skipped_records": found["skipped_records"],
             "texts_to_embed": found["texts_to_embed"], "tokens": found["tokens"],
             "media_tokens": found["media_tokens"], "cost_usd": found["cost_usd"],
             "cost_usd_batch_mode": found["cost_usd_batch_mode"], "expected_minutes": found["expected_minutes"],

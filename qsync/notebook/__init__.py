@@ -12,12 +12,13 @@ Jobs run in background threads, so the kernel stays free; widgets change from th
 trait assignment, and plots are PNGs set as an Output's `outputs`. The core package never imports this.
 """
 
-from qsync.notebook.costs import CostPanel, estimate_beside_actual
+from qsync.notebook.costs import CostPanel, estimate_beside_actual, estimate_table
 from qsync.notebook.formatting import show
 from qsync.notebook.inspector import BatchInspector
 from qsync.notebook.launcher import Launcher
-from qsync.notebook.monitor import JobMonitor, RateMeter
+from qsync.notebook.monitor import JobMonitor
 from qsync.notebook.picker import JobPicker
+from qsync.notebook.rate import RateMeter
 from qsync.notebook.search import SearchBox
 from qsync.notebook.thumbnails import thumbnails
 
@@ -30,6 +31,7 @@ __all__ = [
     "RateMeter",
     "SearchBox",
     "estimate_beside_actual",
+    "estimate_table",
     "show",
     "thumbnails",
 ]

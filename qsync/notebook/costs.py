@@ -15,10 +15,16 @@ from matplotlib.figure import Figure
 
 from qsync.app import reading
 from qsync.errors import QsyncError
-from qsync.formatting import batch_mode_text, count, number, percent, usd
+from qsync.formatting import batch_mode_text, count, duration, percent, usd, value_text
 from qsync.money.what_if import what_if
 from qsync.notebook.formatting import error_html, figure_output, frame_html, usd_axis
 from qsync.notebook.picker import JobPicker
+
+
+def _work_time(minutes: float) -> str:
+    """A duration; tenths of a second below 10 s (a 0.3 s job beside a 0.4 s estimate is not "0 s / 0 s")."""
+    seconds = float(minutes) * 60
+    return f"{seconds:.1f} s" if seconds < 10 else duration(seconds)
 
 
 def versus_html(job: str, db: str | Path | None = None) -> str:
@@ -31,9 +37,10 @@ def versus_html(job: str, db: str | Path | None = None) -> str:
             f"<p><i>No estimate was recorded when {html.escape(job)} was planned: it was planned by a qsync older "
             "than the estimate (every job planned since records one, whichever way it was started).</i></p>"
         )
-    fmt: dict[str, Callable[[Any], str]] = {"tokens": count, "cost_usd": usd, "minutes": lambda m: number(m, 1)}
+    # Minutes as a duration: a small job's "0.0 / 0.0" beside an error of -85% read as a contradiction.
+    fmt: dict[str, Callable[[Any], str]] = {"tokens": count, "cost_usd": usd, "minutes": _work_time}
     shown = pd.DataFrame({
-        "": ["tokens", "cost", "minutes of work"],
+        "": ["tokens", "cost", "time of work"],
         "estimate (plan time)": [fmt[f](e) for f, e in zip(versus["figure"], versus["estimate"], strict=True)],
         "actual": [fmt[f](a) for f, a in zip(versus["figure"], versus["actual"], strict=True)],
         "error": [percent(e) for e in versus["error_pct"]],
@@ -51,6 +58,34 @@ def versus_html(job: str, db: str | Path | None = None) -> str:
         f"({count(recorded['cached_texts'])} already cached); {html.escape(str(recorded['tokens_basis']))}; "
         f"{prices}. Error: estimate minus actual, in % of the actual.</small></p>"
     )
+
+
+_ESTIMATE_LABELS = {"records": "records in the source", "valid_records": "records to load",
+                    "skipped_records": "skipped while planning", "unique_texts": "distinct texts",
+                    "cached_texts": "already in the cache (not paid)", "texts_to_embed": "texts to embed (paid)",
+                    "tokens": "tokens", "media_tokens": "of which images and PDF pages", "tokens_basis": "tokens counted",
+                    "model": "model", "cost_usd": "cost", "cost_usd_batch_mode": "cost in Batch Mode",
+                    "expected_minutes": "time at the rate limits", "texts_per_minute": "texts per minute (limit)",
+                    "tokens_per_minute": "tokens per minute (limit)"}  # fmt: skip
+
+
+_WHAT_IF_COLUMNS = {"too_long": "too long", "cost_usd": "cost", "qdrant_storage": "Qdrant storage"}
+
+
+def estimate_table(estimate: dict[str, Any]) -> widgets.HTML:
+    """`qsync.estimate(...)` as a table a person reads: dollars as dollars, counts with separators, the time
+    as a duration (never `cost_usd 0.0019363499999999999`); skip reasons counted in a second table."""
+    rows = [(_ESTIMATE_LABELS.get(k, k.replace("_", " ")),
+             duration(v * 60) if k == "expected_minutes" else value_text(k, v))
+            for k, v in estimate.items() if k != "skip_reasons"]  # fmt: skip
+    reasons = estimate.get("skip_reasons") or {}
+    skips = pd.DataFrame(list(reasons.items()), columns=["skipped because", "records"])  # most common first
+    table = widgets.HTML(
+        frame_html(pd.DataFrame(rows, columns=["", "estimate"]), css="qsync-table qsync-estimate-table")
+        + (frame_html(skips, css="qsync-table qsync-estimate-skips") if reasons else "")
+    )
+    table.add_class("qsync-source-estimate")
+    return table
 
 
 def estimate_beside_actual(job: str, db: str | Path | None = None) -> widgets.HTML:
@@ -132,7 +167,7 @@ class CostPanel:
         records, texts, byte_tokens, media_tokens = plan.records, plan.texts, plan.tokens, plan.media_tokens
         spec = reading.stored_job(job, db=self.db).spec
         info = reading.status(job, db=self.db)
-        points = int(info["loaded_records"]) + int(info["unchanged_records"]) + int(info["remaining_records"])
+        points = int(info["total_chunks"])  # a point per record, or per chunk of a long one
         # Gemini's own count when the job is Gemini's and was estimated; else ~4 bytes per token.
         tokens = int(recorded["tokens"]) if recorded and spec.embedder.kind == "gemini" else byte_tokens
         if not records:
@@ -146,11 +181,12 @@ class CostPanel:
                 job_model=spec.embedder.resolved_model,
                 text_tokens=plan.text_tokens,
                 media_tokens=media_tokens,
-            ),
+                chunking=spec.chunking.enabled,
+            ).rename(columns=_WHAT_IF_COLUMNS),
             css="qsync-table qsync-what-if-table",
         ) + (
             f"<p><small>{count(records)} records ({count(texts)} distinct texts, ~{count(tokens)} tokens, cache not "
-            f"counted), {count(points)} points in Qdrant. too_long: texts over the model's limit, which it would skip "
+            f"counted), {count(points)} points in Qdrant. Too long: texts over the model's limit, which it would skip "
             "(not priced); gemini-embedding-2's price includes the instruction it gets with each text. Time at the default rate limits; storage: float32 vectors "
             "x 1.5 for the index and payload (Qdrant's rule of thumb).</small></p>"
         )
@@ -164,14 +200,17 @@ class CostPanel:
                 "text/plain": "No batch of this job has finished: nothing to plot."}},)  # fmt: skip
             return
         # A bare Figure (not pyplot) draws off-screen without touching the kernel's matplotlib backend.
-        fig = Figure(figsize=(9, 2.6))
+        # Constrained layout: the dollar ticks of the right plot ran into the left plot's last tick.
+        fig = Figure(figsize=(9, 2.6), layout="constrained")
         left, right = fig.subplots(1, 2)
         done = batches[batches["status"] == "done"]
-        left.bar(done["batch_no"], done["tokens"], color="tab:blue", width=1.0)
+        left.bar(done["batch_no"], done["tokens"], color="tab:blue", width=0.8)  # gaps: equal batches read as bars
         left.set(title="tokens per batch", xlabel="batch")
-        elapsed = (over_time["finished_at"] - over_time["finished_at"].iloc[0]).dt.total_seconds() / 60
-        right.step(elapsed, over_time["cumulative_cost_usd"], where="post", color="tab:green")
-        right.set(title="cost over the run", xlabel="minutes since the first batch", ylabel="spent")
+        seconds = (over_time["finished_at"] - over_time["finished_at"].iloc[0]).dt.total_seconds()
+        scale, unit = (60.0, "minutes") if seconds.iloc[-1] > 180 else (1.0, "seconds")
+        right.step(seconds / scale, over_time["cumulative_cost_usd"], where="post", color="tab:green")
+        # The dollars are on the ticks and in the title: a y label beside "$0.000012" ticks crowds them.
+        right.set(title="spent over the run ($)", xlabel=f"{unit} since the first batch")
         usd_axis(right.yaxis)
         right.set_ylim(bottom=0)
         self.plot.outputs = figure_output(fig)

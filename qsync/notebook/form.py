@@ -3,6 +3,7 @@ those the chosen embedder uses, and what they mean as job options and run settin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
@@ -10,7 +11,7 @@ import pandas as pd
 
 from qsync.app.options import default_job_name
 from qsync.catalog.models import DEFAULT_EMBEDDING_MODEL, multimodal
-from qsync.errors import QsyncError
+from qsync.errors import ConfigError, QsyncError
 from qsync.input.columns import guess_columns, source_columns
 from qsync.input.sources import as_source
 from qsync.notebook.formatting import error_html
@@ -53,10 +54,13 @@ class LauncherForm:
         self.qdrant_path = qdrant_path
         self.message = message
         self.extra_options: dict[str, Any] = dict(defaults.get("embedder_options", {}))
+        self.read_from: str | None = None  # the source the column fields were read from
+        self.on_read: Callable[[], None] | None = None  # the launcher looks for the job of a newly read source
         shown_source = f"DataFrame: {len(source):,} rows" if self.frame is not None else str(source)
         self.source = widgets.Text(shown_source, description="Source", style=_LABEL, layout={"width": "600px"},
                                    placeholder="a .parquet, .csv or .jsonl file, or sql:SELECT …",
                                    disabled=self.frame is not None)  # fmt: skip
+        self.source.add_class("qsync-source")
         self.read_button = widgets.Button(description="Read columns", icon="table", layout={"width": "130px"})
         self.read_button.add_class("qsync-read-columns")
         self.collection = widgets.Text(collection, description="Collection", style=_LABEL, layout=_FIELD)
@@ -99,6 +103,13 @@ class LauncherForm:
                                           style=_LABEL, layout=_FIELD)  # fmt: skip
         self.concurrency = widgets.IntText(int(defaults.get("concurrency") or DEFAULT_CONCURRENCY), description="Batches at once",
                                            style=_LABEL, layout=_FIELD)  # fmt: skip
+        self.concurrency.add_class("qsync-concurrency")
+        chunk = defaults.get("chunk_tokens")
+        self.chunk_tokens = widgets.Text("" if chunk is None else str(chunk), description="Chunk tokens",
+                                         placeholder="empty: the model's limit", style=_LABEL, layout=_FIELD)  # fmt: skip
+        self.chunk_tokens.add_class("qsync-chunk-tokens")
+        chunk_help = widgets.HTML("<small>longer texts are cut into chunks of at most this many tokens, a point "
+                                  "each; 0: skip them as too long</small>")  # fmt: skip
         budget = defaults.get("max_cost_usd")
         self.budget = widgets.Text("" if not budget else f"{float(budget):g}", description="Budget (USD)",
                                    placeholder="empty: no cap", style=_LABEL, layout=_FIELD)  # fmt: skip
@@ -112,7 +123,7 @@ class LauncherForm:
             widgets.HBox([self.source, self.read_button]), self.collection, self.job_name,
             self.id_column, self.text_column, widgets.HBox([self.payload_columns, payload_help]),
             self.embedder, self.gemini_fields, self.dimensions, self.batch_size, self.concurrency,
-            widgets.HBox([self.budget, budget_help]),
+            widgets.HBox([self.chunk_tokens, chunk_help]), widgets.HBox([self.budget, budget_help]),
         ])  # fmt: skip
         self.show_embedder_fields()
         self.read_columns(defaults)
@@ -126,28 +137,44 @@ class LauncherForm:
         source = self.source_value()
         if isinstance(source, str) and not source:
             return
+        self.read_from = source if isinstance(source, str) else None
         try:
             columns = source_columns(source)
         except QsyncError as exc:
+            # No column fields of the previous source: Start would name columns this source does not have.
+            self._offer_columns([])
             self.message.value = error_html(f"Source: {exc}")
             return
         guessed_id, guessed_text = guess_columns(columns)
         keep_id, keep_text = self.id_column.value, self.text_column.value
         picked = tuple(self.payload_columns.value) or tuple(defaults.get("payload_columns", ()))
-        self.id_column.options = columns
-        self.text_column.options = columns
-        self.payload_columns.options = columns
+        media_kept = [(field, defaults.get(key) or field.value)
+                      for field, key in ((self.image_column, "image_column"), (self.document_column, "document_column"))]  # fmt: skip
+        self._offer_columns(columns)
         self.id_column.value = next(c for c in (defaults.get("id_column"), keep_id, guessed_id, columns[0])
                                     if c in columns)  # fmt: skip
         text_choices = (defaults.get("text_column"), keep_text, guessed_text, columns[-1])
         self.text_column.value = next(c for c in text_choices if c in columns)
         self.payload_columns.value = tuple(c for c in picked if c in columns)
-        for field, key in ((self.image_column, "image_column"), (self.document_column, "document_column")):
-            keep = defaults.get(key) or field.value
-            field.options = [_NO_MEDIA, *[(c, c) for c in columns]]
+        for field, keep in media_kept:
             field.value = keep if keep in columns else ""
         if self.message.value.startswith("<span style='color:#b00020'>Source"):
             self.message.value = ""
+        if self.on_read is not None:
+            self.on_read()
+
+    def _offer_columns(self, columns: list[str]) -> None:
+        self.id_column.options = columns
+        self.text_column.options = columns
+        self.payload_columns.options = columns
+        for field in (self.image_column, self.document_column):
+            field.options = [_NO_MEDIA, *[(c, c) for c in columns]]
+            field.value = ""
+
+    def columns_read(self) -> bool:
+        """The column fields hold the columns of the source now in the Source field."""
+        source = self.source_value()
+        return bool(self.id_column.options) and (not isinstance(source, str) or source == self.read_from)
 
     def media_model(self) -> bool:
         return self.embedder.value == "gemini" and multimodal(self.model.value.strip())
@@ -164,7 +191,7 @@ class LauncherForm:
             "payload_columns": list(self.payload_columns.value), "embedder": self.embedder.value,
             "model": self.model.value.strip() or None if gemini else None, "dimensions": self.dimensions.value,
             "embedder_options": self.extra_options, "batch_size": self.batch_size.value,
-            "qdrant_path": self.qdrant_path,
+            "qdrant_path": self.qdrant_path, "chunk_tokens": _whole_number(self.chunk_tokens.value, "chunk tokens"),
             "image_column": self.image_column.value or None if self.media_model() else None,
             "document_column": self.document_column.value or None if self.media_model() else None,
         }  # fmt: skip
@@ -213,5 +240,16 @@ class LauncherForm:
             self.model.value = spec.embedder.resolved_model
         self.dimensions.value = spec.embedder.dimensions
         self.batch_size.value = spec.batch_size
+        self.chunk_tokens.value = "" if spec.chunking.tokens is None else str(spec.chunking.tokens)
         self.budget.value = "" if max_cost_usd is None else f"{max_cost_usd:g}"
         self.extra_options = dict(spec.embedder.options)
+
+
+def _whole_number(text: str, name: str) -> int | None:
+    """A form field's whole number; None when empty."""
+    if not text.strip():
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {text.strip()!r}") from None

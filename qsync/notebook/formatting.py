@@ -48,10 +48,12 @@ def frame_html(
         cells = []
         for fmt, value in zip(fmts, values, strict=True):
             text = fmt(value)
-            if len(text) > max_chars:
+            whole = ""
+            if len(text) > max_chars:  # cut to keep the table readable; the whole text shows on hover
+                whole = f" title='{html.escape(text, quote=True)}'"
                 text = text[: max_chars - 1] + "…"
             align = "right" if text[:1].isdigit() or text[:1] in "$<-+—" else "left"
-            cells.append(f"<td style='text-align:{align};padding:2px 12px'>{html.escape(text)}</td>")
+            cells.append(f"<td{whole} style='text-align:{align};padding:2px 12px'>{html.escape(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (
         f"<table class='{css}' style='border-collapse:collapse;font-size:12px'>"
@@ -90,6 +92,21 @@ def humanize(message: str | None) -> str:
 
 def error_html(text: str) -> str:
     return f"<span style='color:#b00020'>{html.escape(humanize(text))}</span>"
+
+
+_STYLE = """<style>
+/* JupyterLab draws a disabled button at 60% opacity: a blue or red one still reads as "press me". */
+.qsync-launcher .jupyter-button:disabled, .qsync-inspector .jupyter-button:disabled {
+  opacity: 0.35; filter: grayscale(100%); cursor: not-allowed; box-shadow: none;
+}
+</style>"""
+
+
+def page_style() -> widgets.HTML:
+    """A style element for the widgets' page: disabled buttons look disabled."""
+    style = widgets.HTML(_STYLE, layout={"height": "0px", "margin": "0px"})
+    style.add_class("qsync-style")
+    return style
 
 
 def css_class(widget: widgets.Widget, name: str) -> widgets.Widget:

@@ -18,16 +18,16 @@ from qsync.app.session import JobHandle, active_run, start_job
 from qsync.engine.events import Event, JobFinished
 from qsync.engine.runner import RunResult
 from qsync.errors import QsyncError
-from qsync.formatting import count
-from qsync.notebook.formatting import error_html, frame_html
+from qsync.formatting import count, counted
+from qsync.notebook.formatting import error_html, frame_html, page_style
 from qsync.notebook.picker import JobPicker
 from qsync.notebook.ui import KernelSide
 
 PAGE_SIZE = 20
 _STATUSES = ["all", "failed", "pending", "running", "done"]
 _COLUMNS = {"batch_no": "batch", "status": "status", "records": "records", "skipped_records": "skipped",
-            "attempts": "attempts", "last_error": "last error", "embedded_texts": "embedded",
-            "cache_hits": "cache hits", "tokens": "tokens", "cost_usd": "cost ($)", "duration_s": "seconds"}  # fmt: skip
+            "attempts": "attempts", "last_error": "last error", "embedded_texts": "embedded (paid)",
+            "cache_hits": "from the cache", "tokens": "tokens", "cost_usd": "cost ($)", "duration_s": "seconds"}  # fmt: skip
 _REFRESH_S = 0.5
 
 
@@ -64,6 +64,7 @@ class BatchInspector:
         self.batch_no = widgets.BoundedIntText(0, min=0, max=0, description="Batch", layout={"width": "170px"},
                                                style={"description_width": "45px"})  # fmt: skip
         self.batch_no.add_class("qsync-batch-no")
+        self._statuses: dict[int, str] = {}
         self.show_button = widgets.Button(description="Show records", icon="list", layout={"width": "130px"})
         self.show_button.add_class("qsync-show-records")
         self.retry_one_button = widgets.Button(description="Retry this batch", icon="redo", layout={"width": "150px"})
@@ -85,18 +86,28 @@ class BatchInspector:
         self.show_button.on_click(lambda _: self.show_records())
         self.retry_one_button.on_click(lambda _: self.retry([int(self.batch_no.value)]))
         self.retry_button.on_click(lambda _: self.retry())
+        self.batch_no.observe(lambda _: self._batch_picked(), names="value")
+        self.paging = widgets.HBox([self.prev_button, self.page_label, self.next_button])
+        # A job with no batch (every record unchanged or skipped at planning) has nothing to page, open or retry.
+        self.one_batch = widgets.VBox([widgets.HTML("<b>One batch</b>"), widgets.HBox([
+            self.batch_no, self.show_button, self.retry_one_button, self.retry_button])])  # fmt: skip
+        self.one_batch.add_class("qsync-one-batch")
+        self.counts_note = widgets.HTML(
+            "<small>embedded (paid) and from the cache are summed over a batch's attempts: a batch paid for on an "
+            "attempt that failed or was paused takes its vectors from the cache on the next, and shows both.</small>"
+        )
         self.body = widgets.VBox([
             self.summary,
             widgets.HBox([self.status, self.error_filter, self.refresh_button]),
             self.table,
-            widgets.HBox([self.prev_button, self.page_label, self.next_button]),
-            widgets.HTML("<b>One batch</b>"),
-            widgets.HBox([self.batch_no, self.show_button, self.retry_one_button, self.retry_button]),
+            self.counts_note,
+            self.paging,
+            self.one_batch,
             self.message, self.records,
             widgets.HTML("<b>Skipped records</b>"), self.skips,
         ])  # fmt: skip
         self.picker = JobPicker(db, job, on_change=self.open)
-        self.widget = widgets.VBox([self.picker.widget, self.body])
+        self.widget = widgets.VBox([page_style(), self.picker.widget, self.body])
         self.widget.add_class("qsync-inspector")
         if self.job is None:
             self.open(self.picker.job)
@@ -155,13 +166,20 @@ class BatchInspector:
         ]
         self.summary.value = (
             f"<b>{html.escape(self.job)}</b>: {count(len(everything))} batches ({', '.join(parts) or 'none'}); "
-            f"{count(len(skipped))} records skipped"
+            f"{counted(len(skipped), 'record')} skipped"
         )
+        has_batches = not everything.empty
+        for part in (self.paging, self.one_batch, self.counts_note):
+            part.layout.display = "" if has_batches else "none"
         if len(everything):
             self.batch_no.max = int(everything["batch_no"].max())
         failed = everything[everything["status"] == "failed"]
         self.retry_button.disabled = failed.empty
-        self.retry_button.description = f"Retry {len(failed)} failed batch{'es' if len(failed) != 1 else ''}"
+        self.retry_button.description = (
+            f"Retry {counted(len(failed), 'failed batch', 'failed batches')}" if len(failed) else "Retry failed batches"
+        )
+        self._statuses = dict(zip(everything["batch_no"].astype(int), everything["status"], strict=True))
+        self._batch_picked()
         if self._fresh and not failed.empty:  # a job just opened: point at its first failed batch
             self.batch_no.value = int(failed["batch_no"].iloc[0])
         self._fresh = False
@@ -169,14 +187,25 @@ class BatchInspector:
         self._render_page()
         self._render_skips(skipped)
 
+    def _batch_picked(self) -> None:
+        """Retry this batch is offered for a batch that has something left to do (failed or pending), not a done one."""
+        status = self._statuses.get(int(self.batch_no.value))
+        self.retry_one_button.disabled = status not in ("failed", "pending")
+        self.retry_one_button.tooltip = f"batch {self.batch_no.value} is {status or 'not in this job'}"
+
     def _render_page(self) -> None:
         start = self.page * self.page_size
         shown = self._frame.iloc[start : start + self.page_size][list(_COLUMNS)].rename(columns=_COLUMNS)
-        self.table.value = frame_html(shown, "No batches match these filters.", max_chars=90)
+        filtered = self.status.value != "all" or self.error_filter.value.strip()
+        empty = ("No batches match these filters." if filtered
+                 else "This job has no batches: every record was unchanged or skipped while planning.")  # fmt: skip
+        self.table.value = frame_html(shown, empty, max_chars=90)
         n = len(self._frame)
         self.page_label.value = (
-            f"&nbsp;page {self.page + 1} of {self.pages} · rows {count(start + 1 if n else 0)} to "
-            f"{count(min(n, start + self.page_size))} of {count(n)} batches&nbsp;"
+            f"&nbsp;page {self.page + 1} of {self.pages} · rows {count(start + 1)} to "
+            f"{count(min(n, start + self.page_size))} of {counted(n, 'batch', 'batches')}&nbsp;"
+            if n
+            else "&nbsp;no batch matches these filters&nbsp;"
         )
         self.prev_button.disabled = self.page == 0
         self.next_button.disabled = self.page >= self.pages - 1
@@ -192,9 +221,11 @@ class BatchInspector:
         )
         shown["row"] = shown["row"].map(lambda r: r + 1 if pd.notna(r) else r)  # rows count from 1 for people
         more = f"<p><small>first {limit} of {count(len(skipped))} shown; all of them: <code>qsync.skipped(JOB)</code></small></p>"
+        whole = "<p><small>A reason cut with … shows whole when you hover it.</small></p>"
         self.skips.value = (
             frame_html(by_reason, css="qsync-table qsync-skip-reasons")
             + frame_html(shown, max_chars=140)
+            + (whole if shown["reason"].str.len().max() > 140 else "")
             + (more if len(skipped) > limit else "")
         )
 
@@ -228,7 +259,8 @@ class BatchInspector:
             self.handle = start_job(self.job, db=self.db, only_batches=batches, listeners=[self._on_event])
         except QsyncError as exc:
             self.message.value = error_html(str(exc))
-            self.retry_button.disabled = self.retry_one_button.disabled = False
+            self.retry_button.disabled = False
+            self._batch_picked()
             return
         if wait:
             self._after_retry(self.handle)
@@ -263,6 +295,5 @@ class BatchInspector:
         if result is not None:
             self.result = result
             self.message.value = f"Retry finished: the job is <b>{html.escape(result.status)}</b>."
-        self.retry_one_button.disabled = False
         self.picker.reload()
         self.refresh()

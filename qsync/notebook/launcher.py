@@ -21,20 +21,22 @@ from qsync.app.session import JobHandle, active_run, start_job
 from qsync.engine.events import Event, JobFinished, JobStarted
 from qsync.engine.runner import RunResult
 from qsync.errors import QsyncError, SpecMismatch
-from qsync.formatting import count, usd
+from qsync.ledger.figures import JobFigures
+from qsync.notebook.controls import LauncherControls
+from qsync.notebook.finding import UNFINISHED, job_to_show, source_text
 from qsync.notebook.form import LauncherForm, parse_budget
 from qsync.notebook.formatting import error_html, humanize
 from qsync.notebook.monitor import JobMonitor
 from qsync.notebook.search import SearchBox
-from qsync.notebook.sentences import describe_differences, done_so_far, summary_of
+from qsync.notebook.sentences import as_stored, describe_differences, run_finished, run_started
 from qsync.notebook.ui import KernelSide
 from qsync.spec.defaults import resolve_db
 from qsync.spec.job import JobSpec, base_name
 
-_UNFINISHED = ("planned", "paused", "failed", "stale")
+_WATCH_S = 2.0  # how often a form showing a job it does not run reads the ledger
 
 
-class Launcher:
+class Launcher(LauncherControls):
     """A backfill form with Start / Pause / Resume / Cancel; progress below; a search box once done."""
 
     def __init__(
@@ -53,37 +55,7 @@ class Launcher:
         self._planning: threading.Thread | None = None
         self.ui = KernelSide()  # planning and the run's events happen on other threads
 
-        # -- the form ------------------------------------------------------------------------------
-        # -- buttons and messages ----------------------------------------------------------------------
-        self.start_button = widgets.Button(description="Start", button_style="primary", icon="play",
-                                           tooltip="plan the job (or pick up the unfinished one) and run it")  # fmt: skip
-        self.pause_button = widgets.Button(description="Pause", icon="pause", disabled=True,
-                                           tooltip="stop after the API calls in flight; Resume continues")  # fmt: skip
-        self.resume_button = widgets.Button(description="Resume", icon="step-forward", disabled=True,
-                                            tooltip="continue the paused or failed job")  # fmt: skip
-        self.cancel_button = widgets.Button(description="Cancel job…", button_style="danger", icon="times",
-                                            disabled=True, tooltip="end the job for good (asks first)")  # fmt: skip
-        for button, css in ((self.start_button, "qsync-start"), (self.pause_button, "qsync-pause"),
-                            (self.resume_button, "qsync-resume"), (self.cancel_button, "qsync-cancel")):  # fmt: skip
-            button.add_class(css)
-        self.confirm_yes = widgets.Button(description="Yes, cancel the job", button_style="danger",
-                                          layout={"width": "180px"})  # fmt: skip
-        self.confirm_yes.add_class("qsync-confirm-cancel")
-        self.confirm_no = widgets.Button(description="No, keep it", layout={"width": "120px"})
-        self.confirm_text = widgets.HTML("")
-        self.confirm = widgets.VBox([self.confirm_text, widgets.HBox([self.confirm_yes, self.confirm_no])],
-                                    layout={"display": "none"})  # fmt: skip
-        self.confirm.add_class("qsync-confirm")
-        self.as_stored_button = widgets.Button(description="Resume as stored", icon="step-forward",
-                                               layout={"width": "170px"})  # fmt: skip
-        self.as_stored_button.add_class("qsync-resume-as-stored")
-        self.afresh_button = widgets.Button(description="Cancel it and start afresh", button_style="warning",
-                                            layout={"width": "220px"})  # fmt: skip
-        self.afresh_button.add_class("qsync-start-afresh")
-        self.mismatch_text = widgets.HTML("")
-        self.mismatch = widgets.VBox([self.mismatch_text, widgets.HBox([self.as_stored_button, self.afresh_button])],
-                                     layout={"display": "none"})  # fmt: skip
-        self.mismatch.add_class("qsync-mismatch")
+        super().__init__()  # the buttons, the cancel confirmation and the mismatch panel
         self.message = widgets.HTML("")
         self.message.add_class("qsync-message")
         self.form = LauncherForm(source, collection, qdrant_path, self.message, defaults)
@@ -101,10 +73,11 @@ class Launcher:
         self.afresh_button.on_click(lambda _: self.start_afresh())
 
         buttons = widgets.HBox([self.start_button, self.pause_button, self.resume_button, self.cancel_button])
-        self.widget = widgets.VBox([self.form.widget, buttons, self.confirm, self.mismatch, self.message, self.monitor.widget,
+        self.widget = widgets.VBox([self.style, self.form.widget, buttons, self.confirm, self.mismatch, self.message, self.monitor.widget,
                                     self.search.widget])  # fmt: skip
         self.widget.add_class("qsync-launcher")
         self.restore()
+        self.form.on_read = self._source_read
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
@@ -118,23 +91,23 @@ class Launcher:
 
     # -- finding the job after a re-run ------------------------------------------------------------------
 
-    def restore(self) -> None:
-        """Find this form's job in the DuckDB file and show it as it is: running (in this kernel or another
-        process), unfinished (Resume), or done (a re-sync on Start, and a search box)."""
+    def restore(self, *, newest_unfinished: bool = True) -> None:
+        """Find the job to show in the DuckDB file and show it as it is: running (in this kernel or another
+        process), unfinished (Resume), or done (a re-sync on Start, and a search box).
+
+        Which job: the newest unfinished job of the file (`newest_unfinished`: what a restarted kernel must not
+        hide behind the notebook's default source), else this form's job; after Read columns, the new source's."""
         name = self.form.expected_name()
-        if name is None or not Path(self.db).exists():
+        found = job_to_show(self.db, name, newest_unfinished=newest_unfinished and self.form.frame is None)
+        if found is None:
+            self._no_job(name, announce=not newest_unfinished)
             return
-        try:
-            frame = reading.jobs(db=self.db)
-        except QsyncError:
-            return
-        mine = frame[[base_name(str(j)) == base_name(name) for j in frame["job"]]]
-        if mine.empty:
-            return
-        row = mine.iloc[0]  # newest first
-        job, status = str(row["job"]), str(row["status"])
+        job, status = found
         self.job = job
-        self.form.fill_from(*self._stored(job))
+        spec, budget = self._stored(job)
+        if name is None or base_name(job) != base_name(name):
+            self._show_source_of(spec)
+        self.form.fill_from(spec, budget)
         handle = active_run(job, self.db)
         if handle is not None:  # started by this kernel before the notebook was re-run
             self.handle = handle
@@ -147,40 +120,60 @@ class Launcher:
             self.message.value = f"<b>{html.escape(job)}</b> is running in this kernel (started before this cell ran)."
             return
         figures = self.monitor.load(job)
-        if status == "running":
-            self.monitor.follow(job)
-            self._buttons(running=False, resumable=False)
-            self.start_button.disabled = True
-            self.message.value = (
-                f"<b>{html.escape(job)}</b> is running in another process; this form follows it. "
-                "Pause or cancel it where it runs."
-            )
-        elif status in _UNFINISHED and figures is not None:
-            self._buttons(running=False, resumable=True)
-            self.message.value = f"{done_so_far(figures, status)} Press <b>Resume</b> (or Start) to continue."
-        elif figures is not None and status == "completed":
-            self._buttons(running=False, resumable=False)
-            self.message.value = (
-                f"<b>{html.escape(job)}</b> completed: {summary_of(figures)} <b>Start</b> runs a re-sync "
-                "(only new and changed records are embedded)."
-            )
-            self._offer_search(job)
-        elif figures is not None:
-            self._buttons(running=False, resumable=False)
-            self.message.value = f"<b>{html.escape(job)}</b> was cancelled. <b>Start</b> begins a new job."
+        if figures is not None:
+            self._show_as_stored(figures, status)
+            if status != "cancelled":  # 02's Retry or `qsync resume` may take it on: the form follows until it is done
+                self._follow_stored(job)
 
-    # -- buttons -----------------------------------------------------------------------------------------
+    def _no_job(self, name: str | None, *, announce: bool) -> None:
+        """The source in the form has no job yet; `announce`: say so (after Read columns of another source)."""
+        if self.job is None and not announce:
+            return  # a new form on an empty file: "No job yet."
+        self.job = None
+        self.monitor.stop(wait_s=0)
+        self.monitor.reset(name or "this source", "no job yet")
+        self._buttons(running=False)
+        self.search.widget.layout.display = "none"
+        self.message.value = (
+            f"No job <b>{html.escape(name)}</b> in this DuckDB file yet: <b>Start</b> plans it." if name else ""
+        )
 
-    def _buttons(self, *, running: bool, resumable: bool = False) -> None:
-        with self.start_button.hold_trait_notifications():
-            self.start_button.disabled = running
-            self.pause_button.disabled = not running
-            self.resume_button.disabled = running or not resumable
-            self.cancel_button.disabled = not (running or resumable)
+    def _show_source_of(self, spec: JobSpec) -> None:
+        """Put a stored job's source and collection in the form (a restarted kernel shows the job it was on)."""
+        on_read, self.form.on_read = self.form.on_read, None  # reading the columns must not restore again
+        try:
+            self.form.source.value = source_text(spec) or self.form.source.value
+            self.form.collection.value = spec.collection
+            self.form.job_name.value = spec.name if spec.name != self.form.expected_name() else ""
+            self.form.read_columns()
+        finally:
+            self.form.on_read = on_read
 
-    @staticmethod
-    def _hide(box: widgets.Widget) -> None:
-        box.layout.display = "none"
+    def _show_as_stored(self, figures: JobFigures, status: str) -> None:
+        """Buttons and message for a job this kernel does not run, as the ledger has it now."""
+        self._buttons(running=False, resumable=status in UNFINISHED)
+        self.start_button.disabled = status == "running"  # run elsewhere: paused or cancelled where it runs
+        self.message.value = as_stored(figures, status)
+        if status == "completed":
+            self._offer_search(figures.job)
+
+    def _follow_stored(self, job: str) -> None:
+        """After this kernel's run stopped short: follow the job in the ledger, which 02 or a terminal may retry."""
+        if self.job == job:
+            self.monitor.follow(job, _WATCH_S, until_final=True, on_status=self._status_seen)
+
+    def _status_seen(self, status: str) -> None:
+        """The followed job's status changed in the ledger (another process resumed, retried or paused it)."""
+        if self.handle is not None and self.handle.running:
+            return  # this kernel runs it now: its events tell
+        if self.monitor.figures is not None and self.monitor.figures.job == self.job:
+            self._show_as_stored(self.monitor.figures, status)
+
+    def _source_read(self) -> None:
+        """Read columns of another source: show that source's job, or that it has none yet."""
+        if self.handle is not None and self.handle.running:
+            return
+        self.restore(newest_unfinished=False)
 
     def start(self) -> None:
         """Plan the job (or pick up the unfinished one of that name) and run it, in the background."""
@@ -195,6 +188,11 @@ class Launcher:
         if not self.form.collection.value.strip():
             self.message.value = error_html("Collection: enter the name of the Qdrant collection to fill.")
             return
+        if not self.form.columns_read():  # a source typed, Read columns not pressed: the fields name other columns
+            self.form.read_columns()
+            if not self.form.columns_read() or not self.form.id_column.options:
+                return  # the form said why (Source: …)
+        self.monitor.stop(wait_s=0)  # this kernel runs it now: its events tell, not the ledger
         name = self.form.expected_name() or "the job"
         self._buttons(running=True)
         self.pause_button.disabled = True  # nothing to pause while planning
@@ -243,45 +241,18 @@ class Launcher:
     def _heard(self, event: Event) -> None:
         if isinstance(event, JobStarted):
             self.pause_button.disabled = False
-            f = event.figures
-            if f.processed_records:
-                self.message.value = (
-                    f"Resuming <b>{html.escape(event.job_id)}</b>: {count(f.processed_records)} of "
-                    f"{count(f.total_records)} records were already done and {usd(f.cost_usd)} already paid; "
-                    f"continuing with the other {count(f.remaining_records)}."
-                )
-            else:
-                self.message.value = (
-                    f"Running <b>{html.escape(event.job_id)}</b> in the background: {count(f.total_records)} records "
-                    f"in {count(f.batches_total)} batches. The notebook stays usable."
-                )
+            self.message.value = run_started(event.figures)
         elif isinstance(event, JobFinished):
             self._finished(event)
 
     def _finished(self, event: JobFinished) -> None:
-        f, job = event.figures, html.escape(event.job_id)
-        summary = summary_of(f) if f else ""
+        stopped_short = event.status in ("paused", "failed")
+        self._buttons(running=False, resumable=stopped_short)
+        self.message.value = run_finished(event)
         if event.status == "completed":
-            self._buttons(running=False)
-            self.message.value = f"<b>{job}</b> completed: {summary}"
             self._offer_search(event.job_id)
-        elif event.status == "paused":
-            self._buttons(running=False, resumable=True)
-            why = html.escape(humanize(event.message) or "paused")
-            why = why if why.startswith("paused") else f"paused: {why}"
-            self.message.value = f"<b>{job}</b> {why}. {summary} Press <b>Resume</b> to continue."
-        elif event.status == "failed":
-            self._buttons(running=False, resumable=True)
-            self.message.value = (
-                f"<b>{job}</b> stopped: {html.escape(humanize(event.message))}. {summary} Press <b>Resume</b> to "
-                "try the failed batches again, or look at them in 02_inspect_batches."
-            )
-        else:
-            self._buttons(running=False)
-            self.message.value = (
-                f"<b>{job}</b> was cancelled. {summary} <b>Start</b> begins a new job; vectors already paid for are "
-                "reused."
-            )
+        elif stopped_short:
+            self._follow_stored(event.job_id)
 
     def pause(self) -> None:
         """Stop after the API calls in flight (their answers are saved); Resume continues."""
@@ -306,6 +277,7 @@ class Launcher:
         except ValueError as exc:
             self.message.value = error_html(str(exc))
             return
+        self.monitor.stop(wait_s=0)
         self._buttons(running=True)
         self.monitor.set_status("resuming…")
         self.monitor.new_run()
@@ -317,7 +289,7 @@ class Launcher:
             return
         self.confirm_text.value = (
             f"Cancel <b>{html.escape(self.job)}</b>? A cancelled job cannot be resumed (vectors already paid for "
-            "stay reusable by the next job). To stop for now and continue later, use <b>Pause</b> instead."
+            "stay reusable by a next job of the same model and dimensions). To stop for now and continue later, use <b>Pause</b> instead."
         )
         self.confirm.layout.display = ""
 
@@ -337,6 +309,7 @@ class Launcher:
         except QsyncError as exc:
             self.message.value = error_html(str(exc))
             return
+        self.monitor.stop(wait_s=0)
         self.monitor.load(self.job)
         self._buttons(running=False)
         self.message.value = f"<b>{html.escape(self.job)}</b> is cancelled. <b>Start</b> begins a new job."

@@ -11,10 +11,11 @@ from __future__ import annotations
 import atexit
 import html
 import math
+import re
 import threading
 import time
 import weakref
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,50 +26,18 @@ from matplotlib.figure import Figure
 from qsync.app import reading
 from qsync.engine.events import BatchFinished, Event, JobFinished, JobStarted, Notice, Progress
 from qsync.errors import QsyncError
-from qsync.formatting import batch_mode_text, count, duration, number, usd
+from qsync.formatting import batch_mode_text, count, counted, duration, number, records_to_chunks, usd
 from qsync.ledger.figures import JobFigures
 from qsync.notebook.formatting import figure_output, humanize
+from qsync.notebook.rate import RateMeter
 from qsync.notebook.ui import KernelSide
+from qsync.spec.defaults import resolve_db
 
 _MIN_REDRAW_S = 0.3
 _PLOT_EVERY_S = 1.0
-
-
-class RateMeter:
-    """Records per second over the last `window_s` of one run, so the rate neither jumps when a run starts
-    with a burst of batches finishing together nor counts the records done before a Resume."""
-
-    def __init__(self, window_s: float = 30.0, min_span_s: float = 4.0) -> None:
-        self.window_s = window_s
-        self.min_span_s = min_span_s
-        self._samples: deque[tuple[float, int]] = deque()
-
-    def restart(self, t: float, done: int) -> None:
-        """A new run (Start, Resume, attach): earlier samples say nothing about this run's pace."""
-        self._samples = deque([(t, done)])
-
-    def add(self, t: float, done: int) -> None:
-        if not self._samples:
-            self._samples.append((t, done))
-            return
-        self._samples.append((t, done))
-        while len(self._samples) > 2 and self._samples[1][0] <= t - self.window_s:
-            self._samples.popleft()
-
-    def rate(self) -> float | None:
-        """None until the run has gone on for `min_span_s` (a rate from one burst would mislead)."""
-        if len(self._samples) < 2:
-            return None
-        (t0, d0), (t1, d1) = self._samples[0], self._samples[-1]
-        if t1 - t0 < self.min_span_s:
-            return None
-        return max(0.0, (d1 - d0) / (t1 - t0))
-
-    def eta_s(self, remaining: int) -> float | None:
-        rate = self.rate()
-        if remaining <= 0:
-            return 0.0
-        return remaining / rate if rate else None
+_FINAL = ("completed", "cancelled")
+# The retry notice of a run that cannot reach a service ("Connection refused; trying again in 51s").
+_RETRYING = re.compile(r"trying again in \d+ ?s")
 
 
 @dataclass
@@ -111,6 +80,8 @@ class JobMonitor:
         self.ui = KernelSide()  # events and polls arrive on other threads: widgets change on the kernel's side
         self._poller: threading.Thread | None = None
         self._stop_polling = threading.Event()
+        self._polled_state: tuple[Any, ...] | None = None
+        self._waiting: str | None = None  # the run waits for a service: no rate or ETA is true now
         if job is None:
             self.label.value = "<i>No job yet.</i>"
         else:
@@ -127,6 +98,7 @@ class JobMonitor:
             self.job, self.figures, self.status = job, None, status
             self._history, self._origin, self._new_run = [], None, True
             self.meter = RateMeter()
+            self._waiting = None
         with self.progress.hold_trait_notifications():
             self.progress.value, self.progress.max = 0, 1
         self.label.value = f"<b>{html.escape(job)}</b> · {html.escape(status)}"
@@ -152,6 +124,10 @@ class JobMonitor:
             return  # a few updates a second at most: widget traffic must not slow the job
         self._last_show = now
         with self._lock:
+            if self._waiting and (self.figures is None or figures.processed_records > self.figures.processed_records):
+                # Work moves again: the pace before the outage says nothing about the pace now.
+                self._waiting = None
+                self._new_run = True
             self.figures, self.status = figures, status
             if live:
                 if self._origin is None:
@@ -184,16 +160,13 @@ class JobMonitor:
             f"{count(done)} / {count(total)} records ({count(f.loaded_records)} loaded, "
             f"{count(f.skipped_records)} skipped, {count(f.unchanged_records)} unchanged)"
         )
+        if phrase := records_to_chunks(f.total_records - f.skipped_records, f.total_chunks):
+            parts.append(phrase)
         running = status == "running" or status.startswith(("pausing", "cancelling", "resuming"))
         if running:
-            rate = self.meter.rate()
-            if rate is None:
-                parts.append("measuring the rate…")
-            else:
-                eta = self.meter.eta_s(f.remaining_records)
-                parts.append(f"{number(rate)} records/s" + (f" · about {duration(eta)} left" if eta else ""))
+            parts.append(html.escape(self._pace(f.remaining_records)))
         failed = f.batches_failed
-        failed_html = f"{failed} failed batch{'es' if failed != 1 else ''}"
+        failed_html = counted(failed, "failed batch", "failed batches")
         parts.append(f"<span style='color:#b00020'>{failed_html}</span>" if failed else failed_html)
         self.label.value = " · ".join(parts)
         budget = f" of a {usd(f.max_cost_usd)} budget" if f.max_cost_usd is not None else " (no budget cap)"
@@ -208,6 +181,16 @@ class JobMonitor:
             else ""
         )
         self.cost.value = f"spent <b>{usd(f.cost_usd)}</b>{budget} · {count(f.tokens)} tokens{unconfirmed}{batch_mode}"
+
+    def _pace(self, remaining: int) -> str:
+        """The rate and time left, as the status line and the plot both say it."""
+        if self._waiting:
+            return "no progress: waiting for the API (see below)"
+        rate = self.meter.rate()
+        if rate is None:
+            return "measuring the rate…"
+        eta = self.meter.eta_s(remaining)
+        return f"{number(rate)} records/s" + (f" · about {duration(eta)} left" if eta else "")
 
     @staticmethod
     def _nothing_to_do(f: JobFigures) -> str:
@@ -248,7 +231,7 @@ class JobMonitor:
         left.plot(times, skipped, color="tab:red", label=f"skipped ({count(figures.skipped_records)})")
         title = "records"
         if figures.batches_failed:
-            title += f" — {figures.batches_failed} failed batch{'es' if figures.batches_failed != 1 else ''}"
+            title += f" — {counted(figures.batches_failed, 'failed batch', 'failed batches')}"
         left.set(title=title, xlabel=unit, ylim=(0, max(1, figures.total_records) * 1.05))
         left.legend(loc="upper left", fontsize=8)
         if sum(not math.isnan(r) for r in rates) < 2:  # no line to draw: a sentence, not an empty frame
@@ -257,13 +240,14 @@ class JobMonitor:
                 # Ended before a recent rate could be measured: say what the run averaged instead.
                 average = (run[-1].processed - run[0].processed) / (run[-1].t - run[0].t)
                 sentence = f"the run averaged\n{number(average)} records/s"
-            else:
-                sentence = "measuring the rate…"
+            else:  # what the status line says, so the two never disagree
+                sentence = self._pace(figures.remaining_records).replace(" · ", "\n").replace(": ", ":\n")
             right.text(0.5, 0.5, sentence, ha="center", va="center", transform=right.transAxes)
             right.set(xticks=[], yticks=[], title="throughput (records/s)")
         else:
             right.plot(times, rates, color="tab:orange")
-            right.set(title="throughput (records/s, last 30 s)", xlabel=unit)
+            waiting = " — now waiting for the API" if self._waiting else ""
+            right.set(title=f"throughput (records/s, last 30 s){waiting}", xlabel=unit)
             right.set_ylim(bottom=0)
         self.plot.outputs = figure_output(fig)
 
@@ -291,6 +275,10 @@ class JobMonitor:
                 self.notice.value = f"<small>{html.escape(humanize(event.message))}</small>"
         elif isinstance(event, Notice):
             self.notice.value = f"<small>{html.escape(humanize(event.text))}</small>"
+            if _RETRYING.search(event.text) and self.figures is not None:
+                self._waiting = event.text
+                self._render(self.figures, self.status)
+                self._draw()
         elif isinstance(event, BatchFinished) and event.outcome == "failed":
             self.notice.value = (
                 f"<small style='color:#b00020'>batch {event.batch_no} failed: "
@@ -320,42 +308,82 @@ class JobMonitor:
         monitor.follow(job, interval_s)
         return monitor
 
-    def follow(self, job: str | None, interval_s: float = 1.0) -> None:
-        self.stop()
-        self._stop_polling = threading.Event()
-        self._poller = threading.Thread(target=self._poll, args=(job, interval_s), daemon=True)
+    def follow(
+        self, job: str | None, interval_s: float = 1.0, *, until_final: bool = False,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:  # fmt: skip
+        """Read the job's figures every `interval_s` while it runs elsewhere; with `until_final`, also while it is
+        paused, failed or stale (something else may resume or retry it: 02's Retry, `qsync resume`), until it is
+        completed or cancelled. `on_status(status)` is called, on the kernel's side, each time the status changes."""
+        self.stop(wait_s=0)
+        stop = self._stop_polling = threading.Event()
+        self._polled_state = None
+        self._poller = threading.Thread(target=self._poll, args=(job, interval_s, until_final, on_status, stop),
+                                        daemon=True)  # fmt: skip
         _pollers.add(self)
         self._poller.start()
 
-    def _poll(self, job: str | None, interval_s: float) -> None:
-        first = True
-        while not self._stop_polling.is_set():
-            try:
-                info = reading.status(job, db=self.db)
-            except QsyncError as exc:
-                self.ui.call(self._unreadable, exc)
-            else:
-                self.ui.call(self._polled, info, first)
-                first = False
-                if info["status"] not in ("running", "planned"):
-                    return
-            self._stop_polling.wait(interval_s)
+    def _poll(self, job: str | None, interval_s: float, until_final: bool,
+              on_status: Callable[[str], None] | None, stop: threading.Event) -> None:  # fmt: skip
+        first, seen, status = True, None, ""
+        while not stop.is_set():
+            stamp = _file_stamp(self.db)
+            # A job nobody runs changes only when its file does (a retry elsewhere writes it): until then, no read,
+            # so a form left on a paused job does not start the file's host process every few seconds.
+            if first or stamp != seen or status == "running":
+                seen = stamp
+                try:
+                    info = reading.status(job, db=self.db)
+                except QsyncError as exc:
+                    self.ui.call(self._unreadable, exc, stop)
+                else:
+                    self.ui.call(self._polled, info, first, on_status, stop)
+                    first = False
+                    status = info["status"]
+                    if status in _FINAL if until_final else status not in ("running", "planned"):
+                        return
+            stop.wait(interval_s)
 
-    def _unreadable(self, exc: QsyncError) -> None:
-        self.label.value = html.escape(humanize(str(exc)))
+    def _unreadable(self, exc: QsyncError, stop: threading.Event) -> None:
+        if not stop.is_set():
+            self.label.value = html.escape(humanize(str(exc)))
 
-    def _polled(self, info: dict[str, Any], first: bool) -> None:
+    def _polled(self, info: dict[str, Any], first: bool, on_status: Callable[[str], None] | None,
+                stop: threading.Event) -> None:  # fmt: skip
+        if stop.is_set():
+            return  # stopped while this read was on its way: what replaced the poll shows the job now
         if info["job"] != self.job:
             self.reset(info["job"])
         figures = JobFigures.from_row(info)
+        state = (figures.status, figures.processed_records, figures.batches_failed, figures.cost_usd)
+        if state == self._polled_state and figures.status != "running":
+            return  # nothing changed: no redraw every second of a paused job
+        changed = self._polled_state is None or state[0] != self._polled_state[0]
+        self._polled_state = state
         if first:
             self.new_run()
         self.show(figures, figures.status, force=True, live=figures.status == "running")
+        if changed and on_status is not None:
+            on_status(figures.status)
 
     def stop(self, wait_s: float = 5.0) -> None:
         self._stop_polling.set()
         if self._poller is not None and self._poller is not threading.current_thread():
             self._poller.join(wait_s)
+
+
+def _file_stamp(db: str | Path | None) -> tuple[int, ...]:
+    """When the checkpoint file and its write-ahead log last changed, and their sizes."""
+    path = resolve_db(db)
+    stamp: list[int] = []
+    for file in (path, path.with_name(path.name + ".wal")):
+        try:
+            st = file.stat()
+        except OSError:
+            stamp += [0, 0]
+        else:
+            stamp += [st.st_mtime_ns, st.st_size]
+    return tuple(stamp)
 
 
 _pollers: weakref.WeakSet[JobMonitor] = weakref.WeakSet()

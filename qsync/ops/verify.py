@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from qsync.ledger.batches import point_key
 from qsync.ledger.cache import SignatureIdentity, cache_key, count_beyond, vectors_by_key
 from qsync.ledger.jobs import job_record
 from qsync.ledger.ledger import Ledger
@@ -98,6 +99,7 @@ def _verify(
     wrong_payload: list[str] = []
     wrong_size: list[str] = []
     unexpected: list[str] = []
+    broken_points: set[str] = set()  # a record cut into chunks has several points: the broken ones are repaired
     other_jobs = 0
     collection_missing = not sink.exists()
     for pid, payload, size in [] if collection_missing else sink.scan():
@@ -112,9 +114,12 @@ def _verify(
         record_id = str(expected["record_id"].iat[row])
         if str(payload.get(id_column)) != record_id:
             wrong_payload.append(record_id)
+            broken_points.add(pid)
         if size != dimensions:
             wrong_size.append(record_id)
+            broken_points.add(pid)
     missing = [str(r) for r, p in zip(expected["record_id"], expected["point_id"], strict=True) if p not in present]
+    broken_points.update(str(p) for p in expected["point_id"] if p not in present)
     report = VerifyReport(
         job, sink.collection, len(expected), len(present), len(missing), len(unexpected), len(wrong_payload),
         len(wrong_size), other_jobs, collection_missing,
@@ -126,8 +131,7 @@ def _verify(
     if repair:
         if collection_missing:
             sink.ensure_collection()
-        broken = set(missing) | set(wrong_payload) | set(wrong_size)
-        todo = expected[expected["record_id"].isin(broken)]
+        todo = expected[expected["point_id"].astype(str).isin(broken_points)]
         report.repaired, report.unrepairable = _repair(ledger, sink, todo)
     return report
 
@@ -143,11 +147,13 @@ def _repair(ledger: Ledger, sink: Sink, todo: pd.DataFrame) -> tuple[int, int]:
         with ledger.reading() as con:
             found = vectors_by_key(con, ledger.vectors, keys)
         ids, vectors, payloads = [], [], []
-        for key, record_id, payload in zip(keys, chunk["record_id"], chunk["payload"], strict=True):
+        for key, record_id, chunk_no, payload in zip(
+            keys, chunk["record_id"], chunk["chunk_no"], chunk["payload"], strict=True
+        ):
             if key not in found:
                 unrepairable += 1
                 continue
-            ids.append(str(record_id))
+            ids.append(point_key(str(record_id), int(chunk_no)))  # the point's own id: its record's, or its chunk's
             vectors.append(found[key])
             payloads.append(json.loads(payload))
         if ids:

@@ -18,6 +18,7 @@ import numpy as np
 from qsync.embedders.protocol import Vectors
 from qsync.errors import ConfigError, PermanentError, TransientError
 from qsync.sink.protocol import Hit, mismatch
+from qsync.spec.chunking import stale_chunk_fields
 from qsync.spec.target import MEMORY, CollectionOptions, SinkSpec, point_id
 
 if TYPE_CHECKING:  # qdrant-client takes half a second to import: `qsync status` should not pay it
@@ -155,6 +156,8 @@ class ClientSink:
                 self.client.update_vectors(self.collection, points=updates, wait=True)
                 for pid, payload in zip(ids, payloads, strict=True):
                     if pid in existing:
+                        if stale := stale_chunk_fields(payload):  # the payload merges: a chunk's fields must go
+                            self.client.delete_payload(self.collection, keys=stale, points=[pid], wait=True)
                         self.client.set_payload(self.collection, payload=payload, points=[pid], wait=True)
         return 0
 

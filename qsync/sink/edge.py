@@ -20,6 +20,7 @@ from qsync.embedders.protocol import Vectors
 from qsync.errors import ConfigError
 from qsync.sink import shards
 from qsync.sink.protocol import Hit, mismatch
+from qsync.spec.chunking import stale_chunk_fields
 from qsync.spec.target import CollectionOptions, SinkSpec, point_id
 
 
@@ -104,6 +105,8 @@ class EdgeSink:
                 seq = shared.update(size, "update_vectors", [ids[i] for i in old], name,
                                     np.ascontiguousarray(vectors[old], dtype=np.float32))  # fmt: skip
                 for i in old:
+                    if stale := stale_chunk_fields(payloads[i]):  # the payload merges: a chunk's fields must go
+                        shared.update(0, "delete_payload", ids[i], stale)
                     seq = shared.update(len(json.dumps(payloads[i], default=str)), "set_payload", ids[i], payloads[i])
         return seq
 

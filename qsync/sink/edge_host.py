@@ -87,6 +87,9 @@ class Host:
         elif kind == "set_payload":
             point, payload = args
             operation = UpdateOperation.set_payload([point], payload)
+        elif kind == "delete_payload":
+            point, keys = args
+            operation = UpdateOperation.delete_payload([point], keys)
         elif kind == "create_dense_vector":
             name, dims, distance = args
             operation = UpdateOperation.create_dense_vector(name, dims, _distance(distance))

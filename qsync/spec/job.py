@@ -15,6 +15,7 @@ from typing import Any, Final, Literal
 
 from qsync.catalog.models import multimodal
 from qsync.errors import ConfigError
+from qsync.spec.chunking import Chunking
 from qsync.spec.columns import Columns
 from qsync.spec.defaults import DEFAULT_BATCH_SIZE
 from qsync.spec.embedder import EmbedderSpec
@@ -48,6 +49,7 @@ class JobSpec:
     batch_mode: bool = False
     incremental: bool = True  # a re-sync skips records the collection already holds unchanged
     delete_missing: bool = False  # a re-sync deletes points of records that left the source
+    chunking: Chunking = field(default_factory=Chunking)  # long texts cut into chunks, a point each
 
     def __post_init__(self) -> None:
         if not self.collection:
@@ -62,6 +64,7 @@ class JobSpec:
             self.enrich.check_fields(["text", self.columns.id_column, *self.columns.payload_columns])
         if self.columns.media_column:
             self._check_media()
+        self.chunking.check_payload_columns(self.columns.payload_columns)
 
     def _check_media(self) -> None:
         """Media columns need a model that embeds media, and the paths that embed records one call at a time."""
@@ -115,6 +118,7 @@ class JobSpec:
             "Batch Mode": self.batch_mode,
             "re-sync unchanged records": self.incremental,
             "delete records that left the source": self.delete_missing,
+            **self.chunking.identity(),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,6 +137,7 @@ class JobSpec:
             "batch_mode": self.batch_mode,
             "incremental": self.incremental,
             "delete_missing": self.delete_missing,
+            "chunking": self.chunking.to_dict(),
         }
 
     @classmethod
@@ -161,6 +166,7 @@ class JobSpec:
             batch_mode=bool(data.get("batch_mode")),
             incremental=bool(data.get("incremental", True)),
             delete_missing=bool(data.get("delete_missing")),
+            chunking=Chunking.from_dict(data.get("chunking")),
         )
 
 
