@@ -46,6 +46,15 @@ def count(value: Any) -> str:
     return MISSING if _missing(value) else f"{int(value):,}"
 
 
+def batch_mode_text(texts: Any, tokens: Any, cost_usd: Any) -> str:
+    """What a job's Batch Mode embedded, said the same in the run summary, the monitor and the cost panel (Batch
+    Mode bills half the standard price: what it cost is also what it saved)."""
+    return (
+        f"{count(texts)} texts embedded by Batch Mode: {count(tokens)} tokens, {usd(cost_usd)} at half price "
+        f"({usd(cost_usd)} saved)"
+    )
+
+
 def counted(value: int, noun: str, plural: str | None = None) -> str:
     """A count with its noun, singular for one: `1 record`, `2,005 records`, `3 batches` (plural given)."""
     return f"{count(value)} {noun if int(value) == 1 else plural or noun + 's'}"

@@ -22,3 +22,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     (--maxschedchunk 1), so the long ones start at once and the short ones fill in around them, instead of a
     long test starting last and running alone. Every worker collects the same order (xdist requires it)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(autouse=True)
+def _own_pace_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test paces its quotas in a folder of its own (engine.pace), inherited by the processes it starts: a 429
+    one test provoked must not hold another test's calls, as it would hold another job's with the same key."""
+    monkeypatch.setenv("QSYNC_PACE_DIR", str(tmp_path_factory.mktemp("pace")))

@@ -3,6 +3,7 @@ rate limiter shared per API key. No file, no service: each part through its own 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -27,11 +28,29 @@ from qsync.ledger.batches import BatchWork, Completion
 def test_the_spend_cap_counts_what_was_spent_before_and_what_is_in_flight() -> None:
     cap = SpendCap(1.00, spent_usd=0.70)  # a resume: $0.70 spent by earlier runs
     cap.reserve(0.20)
-    with pytest.raises(PauseJob, match=r"budget of \$1\.0000 would be exceeded .*\$0\.2000 in flight"):
-        cap.reserve(0.15)  # 0.70 + 0.20 in flight + 0.15 > 1.00
-    cap.settle(0.20, 0.05)  # the call cost less than reserved
-    cap.reserve(0.15)  # 0.75 + 0.15 fits now
-    assert cap.spent_usd == pytest.approx(0.75)
+    # 0.70 + 0.20 in flight + 0.15 > 1.00: the call waits for the one in flight instead of pausing the job.
+    waiter = threading.Thread(target=cap.reserve, args=(0.15,))
+    waiter.start()
+    waiter.join(timeout=0.3)
+    assert waiter.is_alive()
+    cap.settle(0.20, 0.05)  # the call cost less than it reserved: 0.75 + 0.15 fits now
+    waiter.join(timeout=30)
+    assert not waiter.is_alive() and cap.spent_usd == pytest.approx(0.75)
+    # 0.75 + 0.15 in flight + 0.15 does not fit; once nothing is in flight and it still does not, the job pauses.
+    outcome: list[BaseException] = []
+    second = threading.Thread(target=lambda: _pausing(cap, 0.15, outcome))
+    second.start()
+    cap.settle(0.15, 0.15)
+    second.join(timeout=30)
+    assert len(outcome) == 1 and re.search(r"budget of \$1\.0000 would be exceeded \(\$0\.9000 spent", str(outcome[0]))
+    assert cap.spent_usd == pytest.approx(0.90)  # never past the cap
+
+
+def _pausing(cap: SpendCap, usd: float, outcome: list[BaseException]) -> None:
+    try:
+        cap.reserve(usd)
+    except PauseJob as exc:
+        outcome.append(exc)
 
 
 def test_no_cap_reserves_anything() -> None:

@@ -115,7 +115,7 @@ def build_spec(
     model = model or options.pop("model", None)
     task_type = task_type or options.pop("task_type", None)
     embedder_spec = EmbedderSpec(kind, dimensions or DEFAULT_DIMENSIONS, model, task_type, options)
-    enrich_spec = EnrichSpec.from_dict(dict(enrich)) if isinstance(enrich, Mapping) else enrich
+    enrich_spec = EnrichSpec(**dict(enrich)) if isinstance(enrich, Mapping) else enrich
     spec = JobSpec(
         name=job or default_job_name(src, collection),
         collection=collection,

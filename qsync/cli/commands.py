@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     enrich = None
     if args.enrich_prompt:
         enrich = {"prompt": args.enrich_prompt, "model": args.enrich_model, "field": args.enrich_field,
-                  "embed": args.enrich_embed}  # fmt: skip
+                  "embed": args.enrich_embed, "max_output_tokens": args.enrich_max_output_tokens}  # fmt: skip
     result = jobs.run(
         args.source,
         db=args.db,
@@ -190,7 +190,11 @@ def estimate_(args: argparse.Namespace) -> int:
         return EXIT_OK
     media = args.image_column or args.document_column  # only gemini-embedding-2 embeds media
     default_model = "gemini-embedding-2" if media else "gemini-embedding-001"
-    found = estimate(args.source, model=args.model or default_model, **common)
+    enrich = None
+    if args.enrich_prompt:
+        enrich = {"prompt": args.enrich_prompt, "model": args.enrich_model,
+                  "max_output_tokens": args.enrich_max_output_tokens}  # fmt: skip
+    found = estimate(args.source, model=args.model or default_model, enrich=enrich, **common)
     if args.json:
         print(json.dumps(found, indent=2))
     else:

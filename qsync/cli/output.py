@@ -11,7 +11,7 @@ import pandas as pd
 from qsync.app import reading
 from qsync.engine.events import BatchFinished, Event
 from qsync.engine.runner import RunResult
-from qsync.formatting import chunked, formatted, usd, value_text
+from qsync.formatting import batch_mode_text, chunked, formatted, usd, value_text
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PAUSED, EXIT_REFUSED = 0, 1, 2, 3, 4
 
@@ -22,11 +22,13 @@ class RunTexts:
     def __init__(self) -> None:
         self.embedded = 0
         self.cached = 0
+        self.batch_mode = 0
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, BatchFinished):
             self.embedded += event.embedded_texts
             self.cached += event.cache_hits
+            self.batch_mode += event.batch_mode_texts
 
 
 def report(result: RunResult, db: str | None, texts: RunTexts, simulated_latency_s: float = 0.0) -> int:
@@ -38,7 +40,9 @@ def report(result: RunResult, db: str | None, texts: RunTexts, simulated_latency
         f"{info['batches_failed']} batches failed, {info['tokens']:,} tokens, {usd(info['cost_usd'])}"
         + (f" (+ up to {usd(info['unconfirmed_cost_usd'])} unconfirmed)" if info["unconfirmed_cost_usd"] else "")
     )
-    if texts.cached and not texts.embedded:  # a run that took no time: say why
+    if texts.batch_mode:
+        print("  " + batch_mode_text(info["batch_mode_texts"], info["batch_mode_tokens"], info["batch_mode_cost_usd"]))
+    if texts.cached and not texts.embedded and not texts.batch_mode:  # a run that took no time: say why
         latency = (
             f" (--simulate-latency {simulated_latency_s:g} slows embedder calls only)" if simulated_latency_s else ""
         )

@@ -6,6 +6,7 @@ import argparse
 
 from qsync.ledger.jobs import BATCH_STATES
 from qsync.spec.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, DEFAULT_DIMENSIONS
+from qsync.spec.enrich import DEFAULT_MAX_OUTPUT_TOKENS
 from qsync.spec.job import KEEP
 
 DESCRIPTION = "Resumable, checkpointed backfills of Gemini embeddings into Qdrant, from a terminal."
@@ -44,6 +45,15 @@ def add_media_options(p: argparse.ArgumentParser) -> None:
         "--document-column",
         help=f"column of each record's PDF, at most 6 pages ({where}); needs --model gemini-embedding-2",
     )
+
+
+def add_enrich_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--enrich-prompt", help="ask a Gemini model about each record first, e.g. 'Summarise: {text}'")
+    p.add_argument("--enrich-model", default="gemini-2.5-flash-lite", help="the model that answers the prompt")
+    p.add_argument(
+        "--enrich-max-output-tokens", type=int, default=DEFAULT_MAX_OUTPUT_TOKENS, metavar="N",
+        help=f"the longest answer, in tokens (default {DEFAULT_MAX_OUTPUT_TOKENS}); the budget reserves it per call",
+    )  # fmt: skip
 
 
 def add_embedder_options(p: argparse.ArgumentParser) -> None:
@@ -112,8 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="make the hash embedder sleep per call, standing in for a remote API",
     )
-    run.add_argument("--enrich-prompt", help="ask a Gemini model about each record first, e.g. 'Summarise: {text}'")
-    run.add_argument("--enrich-model", default="gemini-2.5-flash-lite", help="the model that answers the prompt")
+    add_enrich_options(run)
     run.add_argument("--enrich-field", default="enrichment", help="payload key for the answer")
     run.add_argument(
         "--enrich-embed", default="text", choices=["text", "answer", "both"], help="what to embed (default: text)"
@@ -188,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="estimate the same source with every priced embedding model (gemini-embedding-001 and -2), one row each",
     )
+    add_enrich_options(estimate)
     add_chunk_options(estimate)
     estimate.add_argument("--texts-per-minute", type=float, help="the limit to pace to (Gemini default 3000)")
     estimate.add_argument("--tokens-per-minute", type=float, help="the limit to pace to (Gemini default 1M)")

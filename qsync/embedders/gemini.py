@@ -167,8 +167,10 @@ class GeminiEmbedder:
         self._counter = ThreadPoolExecutor(max_workers=8, thread_name_prefix="qsync-count")
 
     def rate_limit_key(self) -> str:
-        """Gemini's limits are per project and model: one pace for every run of this process with this key."""
-        return f"gemini|{key_fingerprint(self.api.secret)}|{self.model}"
+        """Gemini's limits are per project and model (at one endpoint: a rehearsal emulator has limits of its own):
+        one pace for every run of this machine with this key."""
+        endpoint = os.environ.get("GOOGLE_GEMINI_BASE_URL", "")
+        return f"gemini|{key_fingerprint(self.api.secret)}|{self.model}|{endpoint}"
 
     # -- Embedder interface --------------------------------------------------------------------------
 
@@ -315,6 +317,20 @@ class GeminiEmbedder:
         if state.endswith(("FAILED", "CANCELLED", "EXPIRED")):
             return state, None, str(job.error or state)
         return state, None, None
+
+    def find_batches(self, display_names: set[str]) -> dict[str, str]:
+        """display name -> name of the project's Batch Mode jobs with these names (batches.list, every page: the
+        Developer API filters nothing server-side)."""
+        config = self._types.ListBatchJobsConfig(page_size=100)
+
+        def scan() -> dict[str, str]:
+            return {
+                str(job.display_name): str(job.name)
+                for job in self._client.batches.list(config=config)
+                if job.display_name in display_names
+            }
+
+        return dict(self._call(scan, "batches.list")) if display_names else {}
 
     def count_tokens_many(self, texts: list[str]) -> list[int]:
         """Per-text token counts via countTokens, one call per request's worth; estimates if it fails."""

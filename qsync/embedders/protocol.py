@@ -110,6 +110,11 @@ class SubmitsBatches(Protocol):
         """(state, vectors once succeeded, error once failed) of a Batch Mode job."""
         ...
 
+    def find_batches(self, display_names: set[str]) -> dict[str, str]:
+        """display name -> resource name of the project's Batch Mode jobs named so (a submit whose answer was lost
+        may have created one)."""
+        ...
+
     def count_tokens_many(self, texts: list[str]) -> list[int]:
         """Per-text token counts (for pricing a Batch Mode job's answer)."""
         ...

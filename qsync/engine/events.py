@@ -44,6 +44,7 @@ class BatchFinished:
     embedded_texts: int
     cache_hits: int
     error: str | None
+    batch_mode_texts: int = 0  # texts whose vectors the job's Batch Mode paid for (not cache hits)
 
 
 @dataclass(frozen=True)

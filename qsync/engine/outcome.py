@@ -18,6 +18,7 @@ class Outcome:
     skipped: int = 0  # refused by the embedder or the enrichment model (done batches)
     embedded: int = 0  # texts this batch paid for (synchronous calls)
     cache_hits: int = 0  # texts whose vector came from the cache or another batch's call
+    batch_mode: int = 0  # texts whose vector this job's Batch Mode paid for (never cache hits)
     saved_tokens: int = 0
     error: str | None = None
     fatal: BaseException | None = None  # the run cannot go on (lease lost, ledger broken)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from qsync.clock import SYSTEM_CLOCK, Clock
-from qsync.embedders.protocol import CountsTokens, Embedder, HasRateLimits, default_limits
+from qsync.embedders.protocol import CountsTokens, Embedder, HasRateLimits, SubmitsBatches, default_limits
 from qsync.engine.control import Control
 from qsync.engine.events import BatchFinished, JobFinished, JobStarted, Listener, Notice, Progress, emit
 from qsync.engine.heartbeat import Heartbeat
@@ -184,13 +184,17 @@ class Runner:
             emit(self.listeners, Notice(self.job_id, _lost_notice(healed, self.ledger)))
 
     def _count_unconfirmed(self, job: LeasedJob) -> None:
-        """Calls a crash cut off were recorded at the most they could cost; count them exactly now (a free
-        countTokens call per intent) when the embedder can, so the figures and the cap are not inflated."""
+        """Calls a crash cut off (embedding calls, Batch Mode submissions) were recorded at the most they could cost;
+        count them exactly now (free countTokens calls) when the embedder can, so the figures and the cap are not
+        inflated."""
         embedder = self.embedder
         if not isinstance(embedder, CountsTokens):
             return
+        prices = {"embed": embedder.price_per_million_tokens}
+        if isinstance(embedder, SubmitsBatches):
+            prices["batch_mode"] = embedder.batch_price_per_million_tokens
         try:
-            job.count_unconfirmed(embedder.count_tokens, self.embedder.price_per_million_tokens)
+            job.count_unconfirmed(embedder.count_tokens, prices)
         except QsyncError as exc:  # no key, API away: the upper bound stands, which errs on the safe side
             log.warning("qsync could not count unconfirmed calls exactly: %s", exc)
 
@@ -232,7 +236,7 @@ class Runner:
         def on_outcome(outcome: Outcome) -> None:
             self._tally(outcome, tally)
             emit(self.listeners, BatchFinished(self.job_id, outcome.batch_no, outcome.kind, outcome.records,
-                                               outcome.embedded, outcome.cache_hits, outcome.error))  # fmt: skip
+                                               outcome.embedded, outcome.cache_hits, outcome.error, outcome.batch_mode))  # fmt: skip
             now = time.monotonic()
             if now - tally.last_progress >= _PROGRESS_EVERY_S:
                 tally.last_progress = now

@@ -1,7 +1,11 @@
 """A spending cap for a job's whole spend: embeddings, enrichment answers and Batch Mode submissions,
 across every resume. A run starts from what the checkpoint says the job has spent; each paid call is
 reserved against the cap (at its estimated, or for answers its highest, cost) before it is made, and
-settled with its real cost after."""
+settled with its real cost after.
+
+A call that does not fit while others are in flight waits for them: their reservations are bounds, mostly above
+what they cost, and settling gives the difference back. Only a call that does not fit beside nothing in flight
+pauses the job, so a job spends up to its cap less one call's bound, never a cap less every call in flight."""
 
 from __future__ import annotations
 
@@ -15,20 +19,26 @@ class SpendCap:
         self.limit_usd = limit_usd
         self.spent_usd = spent_usd
         self._reserved = 0.0
-        self._lock = threading.Lock()
+        self._in_flight = 0  # calls reserved and not settled (counted: a float sum of reservations may not return to 0)
+        self._settled = threading.Condition()
 
     def reserve(self, usd: float) -> None:
-        """Claim `usd` for a call about to be made, or pause the job if it would break the cap."""
-        with self._lock:
-            if self.limit_usd is not None and self.spent_usd + self._reserved + usd > self.limit_usd + 1e-12:
-                raise PauseJob(
-                    f"the budget of ${self.limit_usd:.4f} would be exceeded (${self.spent_usd:.4f} spent, "
-                    f"${self._reserved:.4f} in flight, next call ~${usd:.4f}); the job is paused until it is given "
-                    "a higher budget"
-                )
+        """Claim `usd` for a call about to be made: at once if it fits, after calls in flight settle if it fits
+        then, else pause the job (it would break the cap)."""
+        with self._settled:
+            while self.limit_usd is not None and self.spent_usd + self._reserved + usd > self.limit_usd + 1e-12:
+                if not self._in_flight:
+                    raise PauseJob(
+                        f"the budget of ${self.limit_usd:.4f} would be exceeded (${self.spent_usd:.4f} spent, next "
+                        f"call up to ${usd:.6f}); the job is paused until it is given a higher budget"
+                    )
+                self._settled.wait()
             self._reserved += usd
+            self._in_flight += 1
 
     def settle(self, reserved_usd: float, actual_usd: float) -> None:
-        with self._lock:
-            self._reserved = max(0.0, self._reserved - reserved_usd)
+        with self._settled:
+            self._in_flight = max(0, self._in_flight - 1)
+            self._reserved = max(0.0, self._reserved - reserved_usd) if self._in_flight else 0.0
             self.spent_usd += actual_usd
+            self._settled.notify_all()

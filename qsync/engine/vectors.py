@@ -25,7 +25,7 @@ from qsync.engine.spend_cap import SpendCap
 from qsync.errors import InvalidInput, MediaProblem, PermanentError, RateLimited, TransientError
 from qsync.input.media_plan import caption_of, file_size, load_planned
 from qsync.ledger.batches import BatchWork
-from qsync.ledger.cache import cache_key
+from qsync.ledger.cache import Lookup, cache_key
 from qsync.ledger.run import LeasedJob
 
 _MEDIA_OVERHEAD_BYTES = 512  # JSON around one record's media part and caption in batchEmbedContents
@@ -61,10 +61,7 @@ class BatchVectors:
         rejected = dict(refused)
         texts = {h: (t, e) for h, t, e in zip(work.hashes, work.texts, work.token_estimates, strict=True)}
         wanted = [h for h in dict.fromkeys(work.hashes) if h not in rejected]
-        for h, (vector, tokens) in self.job.cached_vectors(self.embedder, wanted).items():
-            by_hash[h] = vector
-            outcome.cache_hits += 1
-            outcome.saved_tokens += tokens
+        self._take(self.job.cached_vectors(self.embedder, wanted), by_hash, outcome)
         missing = [h for h in wanted if h not in by_hash]
         while missing:
             key_of = {cache_key(self.embedder, h): h for h in missing}
@@ -88,23 +85,28 @@ class BatchVectors:
             retry = [key_of[k] for k in failed]
             retry += self._wait_elsewhere([key_of[k] for k in elsewhere], by_hash, outcome)
             # The owner may have saved them after all (resolved before we waited): look again.
-            for h, (vector, tokens) in self.job.cached_vectors(self.embedder, retry).items():
-                by_hash[h] = vector
-                outcome.cache_hits += 1
-                outcome.saved_tokens += tokens
+            self._take(self.job.cached_vectors(self.embedder, retry), by_hash, outcome)
             missing = [h for h in retry if h not in by_hash and h not in rejected]
         zero = np.zeros(self.embedder.dimensions, dtype=np.float32)
         return np.stack([by_hash.get(h, zero) for h in work.hashes]), rejected
+
+    @staticmethod
+    def _take(found: Lookup, by_hash: dict[str, Vectors], outcome: Outcome) -> None:
+        """Vectors from the cache: cache hits, except those this job's Batch Mode paid for (embedded by it)."""
+        for h, (vector, tokens) in found.found.items():
+            by_hash[h] = vector
+            if h in found.prefetched:
+                outcome.batch_mode += 1
+            else:
+                outcome.cache_hits += 1
+                outcome.saved_tokens += tokens
 
     def _wait_elsewhere(self, hashes: list[str], by_hash: dict[str, Vectors], outcome: Outcome) -> list[str]:
         """Wait for texts another process's run is paying for: their vectors arrive in the cache (counted as cache
         hits), or that run lets go of them (its call failed, it stopped or died: returned, to embed ourselves)."""
         waiting = list(hashes)
         while waiting:
-            for h, (vector, tokens) in self.job.cached_vectors(self.embedder, waiting).items():
-                by_hash[h] = vector
-                outcome.cache_hits += 1
-                outcome.saved_tokens += tokens
+            self._take(self.job.cached_vectors(self.embedder, waiting), by_hash, outcome)
             waiting = [h for h in waiting if h not in by_hash]
             still = self.job.claimed_elsewhere([cache_key(self.embedder, h) for h in waiting])
             if not still:

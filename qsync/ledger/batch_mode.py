@@ -27,6 +27,11 @@ class BatchModeRecords:
             frame = remote.texts_to_submit(con, self.job.job_id, key_prefix)
         return list(frame["content_hash"]), list(frame["text"])
 
+    def unrecorded_submissions(self) -> list[tuple[str, list[str]]]:
+        """(display name, content hashes) of submissions whose remote job may exist unrecorded (spend.py)."""
+        with self.job.ledger.reading() as con:
+            return spend.unrecorded_submissions(con, self.job.job_id)
+
     def remote_job_texts(self, name: str) -> tuple[list[str], dict[str, str]]:
         """(content hashes submitted in order, hash -> text) of a Batch Mode job."""
         with self.job.ledger.reading() as con:

@@ -96,10 +96,12 @@ def append_vectors(vectors_file: VectorFile, vectors: Vectors) -> list[int]:
 
 @dataclass
 class Lookup:
-    """What the cache holds for some texts: content hash -> (vector, tokens reusing it saves), and the cache keys
-    whose bytes the vector file no longer holds (lost: misses now, and to be forgotten, see `forget`)."""
+    """What the cache holds for some texts: content hash -> (vector, tokens reusing it saves), the hashes among
+    them that the job's own Batch Mode paid for (embedded by Batch Mode, not cache hits), and the cache keys whose
+    bytes the vector file no longer holds (lost: misses now, and to be forgotten, see `forget`)."""
 
     found: dict[str, tuple[Vectors, int]] = field(default_factory=dict)
+    prefetched: set[str] = field(default_factory=set)
     lost: list[str] = field(default_factory=list)
 
 
@@ -115,8 +117,8 @@ def lookup_vectors(
     placeholders = ", ".join("?" * len(keys))
     rows = con.execute(
         f"SELECT content_hash, CASE WHEN origin = ? THEN 0 ELSE tokens END AS tokens, byte_offset, dimensions, "
-        f"cache_key FROM embeddings WHERE cache_key IN ({placeholders})",
-        [free_origin or "", *keys],
+        f"cache_key, coalesce(origin = ?, false) FROM embeddings WHERE cache_key IN ({placeholders})",
+        [free_origin or "", free_origin or "", *keys],
     ).fetchall()
     found = Lookup()
     for row, vector in zip(rows, vectors_file.read([int(r[2]) for r in rows], [int(r[3]) for r in rows]), strict=True):
@@ -124,6 +126,8 @@ def lookup_vectors(
             found.lost.append(str(row[4]))
         else:
             found.found[str(row[0])] = (vector, int(row[1]))
+            if row[5]:
+                found.prefetched.add(str(row[0]))
     return found
 
 

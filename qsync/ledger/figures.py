@@ -16,7 +16,8 @@ whole (a batch holds whole records, so a record is loaded when its batch is done
 many points the valid records make (equal to their number when none was cut).
 
 `total = loaded + skipped + unchanged + remaining`; **processed** is `total - remaining` (what the
-progress bar shows). Cost is the job's whole spend: embeddings (synchronous and Batch Mode) and
+progress bar shows). **Embedded** texts are those the job paid for: in synchronous calls and in Batch Mode
+(whose vectors its batches then take from the cache: never counted as cache hits). Cost is the job's whole spend: embeddings (synchronous and Batch Mode) and
 enrichment answers, as the API reported it. **Unconfirmed** spend is paid calls that were sent but whose
 answer was not saved (in flight now, or cut off by a crash or a timeout): counted at most what they can
 have cost (every token at least a byte; after a crash, counted exactly with countTokens when possible),
@@ -53,7 +54,7 @@ _SQL = """
            CAST(coalesce(b.batches_done, 0) AS INTEGER) AS batches_done,
            CAST(coalesce(b.batches_failed, 0) AS INTEGER) AS batches_failed,
            CAST(coalesce(b.batches_running, 0) AS INTEGER) AS batches_running,
-           CAST(coalesce(b.embedded_texts, 0) AS BIGINT) AS embedded_texts,
+           CAST(coalesce(b.embedded_texts, 0) + coalesce(r.texts, 0) AS BIGINT) AS embedded_texts,
            CAST(coalesce(b.cache_hits, 0) AS BIGINT) AS cache_hits,
            CAST(coalesce(b.tokens, 0) + coalesce(r.tokens, 0) AS BIGINT) AS tokens,
            coalesce(b.tokens_estimated, false) AS tokens_estimated,
@@ -121,6 +122,9 @@ class JobFigures:
     saved_tokens: int
     max_cost_usd: float | None
     total_chunks: int = 0  # points the job's valid records make (more than records when long ones were cut)
+    batch_mode_texts: int = 0
+    batch_mode_tokens: int = 0
+    batch_mode_cost_usd: float = 0.0
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> JobFigures:

@@ -24,6 +24,7 @@ from qsync.ledger import claims, spend
 from qsync.ledger.batches import MANIFEST_READ_AHEAD, BatchWork, Completion
 from qsync.ledger.cache import (
     CacheIdentity,
+    Lookup,
     append_vectors,
     batch_mode_origin,
     cache_key,
@@ -67,16 +68,17 @@ class LeasedJob:
         )
         return [int(r[0]) for r in rows]
 
-    def cached_vectors(self, embedder: CacheIdentity, hashes: list[str]) -> dict[str, tuple[Vectors, int]]:
-        """content hash -> (vector, tokens reusing it saves) for the hashes the cache holds. Entries whose bytes the
-        vector file lost (truncated or replaced while the job ran) are forgotten: misses, embedded again."""
+    def cached_vectors(self, embedder: CacheIdentity, hashes: list[str]) -> Lookup:
+        """What the cache holds of these hashes (`Lookup.found`: content hash -> (vector, tokens reusing it saves);
+        `prefetched`: those this job's Batch Mode paid for). Entries whose bytes the vector file lost (truncated or
+        replaced while the job ran) are forgotten: misses, embedded again."""
         with self.ledger.reading() as con:
             found = lookup_vectors(
                 con, self.ledger.vectors, embedder, hashes, free_origin=batch_mode_origin(self.job_id)
             )
         if found.lost:
             self.lost_vectors += self.commit.write(lambda con: forget(con, found.lost))
-        return found.found
+        return found
 
     def heal_cache(self) -> int:
         """Forget the cache entries whose bytes lie past the end of the vector file (it was truncated, or deleted and
@@ -273,16 +275,25 @@ class LeasedJob:
     # -- write-ahead for money ------------------------------------------------------------------------------------
 
     def open_intent(
-        self, kind: str, work: BatchWork | None, texts: int, tokens: int, cost: float, hashes: list[str] | None = None
+        self,
+        kind: str,
+        work: BatchWork | None,
+        texts: int,
+        tokens: int,
+        cost: float,
+        hashes: list[str] | None = None,
+        intent: str | None = None,
     ) -> str:
         """Record a paid call before it is sent: `tokens` and `cost` are what it can cost at most; `work`: the batch
-        it is for (None: Batch Mode). Returns the intent's id, to settle (`record_*`) or close (`close_intent`)."""
+        it is for (None: Batch Mode); `intent`: its id when the caller names it (a Batch Mode job's display name).
+        Returns the intent's id, to settle (`record_*`) or close (`close_intent`)."""
         batch_no = None if work is None else work.batch_no
 
         def apply(con: Any) -> str:
             return spend.open_intent(
-                con, self.job_id, batch_no, kind, texts, tokens, cost, hashes, self.lease.token, self.clock.now()
-            )
+                con, self.job_id, batch_no, kind, texts, tokens, cost, hashes, self.lease.token, self.clock.now(),
+                intent,
+            )  # fmt: skip
 
         return self._write_for([] if work is None else [work], apply)
 
@@ -295,20 +306,22 @@ class LeasedJob:
         if intent is not None:
             spend.close_intent(con, self.job_id, intent, "settled", self.clock.now())
 
-    def count_unconfirmed(self, count_tokens: Callable[[list[str]], int], price_per_million: float) -> int:
-        """Replace the upper bound of unconfirmed embedding calls by their exact token count (countTokens on the
-        texts they sent). Returns how many intents were counted."""
+    def count_unconfirmed(self, count_tokens: Callable[[list[str]], int], prices: dict[str, float]) -> int:
+        """Replace the upper bound of unconfirmed paid calls (embedding calls, Batch Mode submissions: the kinds
+        in `prices`, per 1M tokens) by their exact token count (countTokens on the texts they sent, at most 100 a
+        call). Returns how many intents were counted."""
         with self.ledger.reading() as con:
-            open_ones = spend.uncounted(con, self.job_id)
+            open_ones = [u for u in spend.uncounted(con, self.job_id) if u[1] in prices]
         counted = 0
-        for intent, hashes in open_ones:
+        for intent, kind, hashes in open_ones:
             with self.ledger.reading() as con:
                 sent = spend.texts_sent(con, self.job_id, hashes)
             # countTokens on the captions alone would undercount a media call: its upper bound stays.
             if not sent or any(media for _, media in sent):
                 continue
-            tokens = int(count_tokens([t for t, _ in sent]))
-            cost = tokens * price_per_million / 1e6
+            texts = [t for t, _ in sent]
+            tokens = sum(int(count_tokens(texts[i : i + 100])) for i in range(0, len(texts), 100))
+            cost = tokens * prices[kind] / 1e6
             self.commit.write(partial(spend.set_counted, job_id=self.job_id, intent=intent, tokens=tokens, cost=cost))
             counted += 1
         return counted

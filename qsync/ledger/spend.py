@@ -24,9 +24,11 @@ def open_intent(
     hashes: list[str] | None,
     token: str,
     now: Any,
+    intent: str | None = None,
 ) -> str:
-    """Record a paid call about to be sent; its id, to settle or close once the call ends."""
-    intent = uuid.uuid4().hex
+    """Record a paid call about to be sent; its id (`intent`, else a new one), to settle or close once the call
+    ends."""
+    intent = intent or uuid.uuid4().hex
     con.execute(
         """INSERT INTO spend_intents (job_id, intent_id, batch_no, kind, texts, tokens, cost_usd, state,
                content_hashes, lease_token, created_at)
@@ -48,11 +50,26 @@ def rename_intent(con: Any, job_id: str, intent: str, name: str) -> None:
     con.execute("UPDATE spend_intents SET intent_id = ? WHERE job_id = ? AND intent_id = ?", [name, job_id, intent])
 
 
-def uncounted(con: Any, job_id: str) -> list[tuple[str, list[str]]]:
-    """Unconfirmed embedding calls whose tokens are still the upper bound: (intent, content hashes sent)."""
+def uncounted(con: Any, job_id: str) -> list[tuple[str, str, list[str]]]:
+    """Unconfirmed embedding calls and Batch Mode submissions whose tokens are still the upper bound: (intent,
+    kind, content hashes sent)."""
     rows = con.execute(
-        "SELECT intent_id, content_hashes FROM spend_intents "
-        "WHERE job_id = ? AND kind = 'embed' AND state = 'unconfirmed' AND NOT counted",
+        "SELECT intent_id, kind, content_hashes FROM spend_intents WHERE job_id = ? "
+        "AND kind IN ('embed', 'batch_mode') AND state = 'unconfirmed' AND NOT counted ORDER BY created_at",
+        [job_id],
+    ).fetchall()
+    return [(str(i), str(k), list(h or [])) for i, k, h in rows]
+
+
+def unrecorded_submissions(con: Any, job_id: str) -> list[tuple[str, list[str]]]:
+    """Batch Mode submissions that may have created a remote job whose name the ledger never got (a crash or a lost
+    answer between the submit and its record): (intent id = the job's display name, content hashes in order).
+    Intents of an older qsync (not named `qsync-…`) cannot be looked up and are left as they are."""
+    rows = con.execute(
+        """SELECT intent_id, content_hashes FROM spend_intents s
+           WHERE job_id = ? AND kind = 'batch_mode' AND state IN ('open', 'unconfirmed') AND intent_id LIKE 'qsync-%'
+             AND NOT EXISTS (SELECT 1 FROM remote_jobs r WHERE r.job_id = s.job_id AND r.name = s.intent_id)
+           ORDER BY created_at""",
         [job_id],
     ).fetchall()
     return [(str(i), list(h or [])) for i, h in rows]

@@ -9,8 +9,9 @@ says, at the media price. Texts already in the embedding cache are not counted: 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from qsync.catalog.models import (
     embedding_models,
     max_batch_texts,
     multimodal,
+    output_price_per_million,
     price_per_million,
 )
-from qsync.catalog.tokens import instruction_tokens, per_image, per_page, text_token_limit
+from qsync.catalog.tokens import estimate_tokens, instruction_tokens, per_image, per_page, text_token_limit
 from qsync.clock import SYSTEM_CLOCK
 from qsync.embedders.gemini import api_key_from_env
 from qsync.engine.ratelimit import SAFETY
@@ -39,6 +41,7 @@ from qsync.ledger.queries import manifest_texts, skip_reasons
 from qsync.spec.chunking import Chunking
 from qsync.spec.columns import Columns
 from qsync.spec.defaults import DEFAULT_DIMENSIONS, resolve_db
+from qsync.spec.enrich import EnrichSpec
 
 PathLike = str | os.PathLike[str]
 CountTokens = Callable[[list[str]], int]
@@ -151,10 +154,15 @@ def estimate(
     count_tokens: CountTokens | None = None,
     chunk_tokens: int | None = None,
     chunk_overlap: int = 0,
+    enrich: EnrichSpec | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Records, tokens, dollars and duration of a Gemini backfill, before running it; nothing is embedded. Texts
     and media already in the embedding cache of `db` are not counted. Long texts are cut into chunks as the job
-    would cut them (`chunk_tokens`, `chunk_overlap`: spec.chunking), each a text to embed and a point."""
+    would cut them (`chunk_tokens`, `chunk_overlap`: spec.chunking), each a text to embed and a point. With
+    `enrich` (a prompt, a model, and max_output_tokens), the enrichment calls too: their prompt tokens,
+    estimated, and the most their answers can cost (every answer at max_output_tokens), which is what the budget
+    reserves per call."""
+    enrich_spec = EnrichSpec(**dict(enrich)) if isinstance(enrich, Mapping) else enrich
     if (image_column or document_column) and not multimodal(model):
         raise ConfigError(f"{model} embeds text only: estimate images and documents with model='gemini-embedding-2'")
     media = bool(image_column or document_column)
@@ -176,6 +184,7 @@ def estimate(
     found = estimate_texts(texts, limits, db=db, sample=sample, count_tokens=counter)
     default_texts, default_tokens = default_limits()
     todo, tokens = found.texts_to_embed, found.tokens
+    enrichment = {} if enrich_spec is None else enrichment_estimate(enrich_spec, summary.valid_records, texts)
     return {
         "records": summary.total_records,
         "valid_records": summary.valid_records,
@@ -195,6 +204,24 @@ def estimate(
         "expected_minutes": round(paced_minutes(todo, tokens, texts_per_minute, tokens_per_minute), 2),
         "texts_per_minute": texts_per_minute or default_texts,
         "tokens_per_minute": tokens_per_minute or default_tokens,
+        **enrichment,
+    }
+
+
+def enrichment_estimate(spec: EnrichSpec, records: int, texts: pd.DataFrame) -> dict[str, Any]:
+    """One generateContent call per record: prompt tokens at ~4 bytes a token (the template's own words, plus the
+    texts: their mean over the distinct texts), and answers of at most max_output_tokens, at the model's prices."""
+    template = estimate_tokens(re.sub(r"\{[^{}]*\}", "", spec.prompt))
+    mean_text = float(texts["token_estimate"].mean()) if len(texts) else 0.0
+    prompt_tokens = round(records * (template + mean_text))
+    answer_tokens = records * spec.max_output_tokens
+    most = (prompt_tokens * price_per_million(spec.model) + answer_tokens * output_price_per_million(spec.model)) / 1e6
+    return {
+        "enrich_model": spec.model,
+        "enrich_calls": records,
+        "enrich_prompt_tokens": prompt_tokens,
+        "enrich_max_output_tokens": spec.max_output_tokens,
+        "enrich_cost_usd_at_most": most,
     }
 
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from qsync.app import reading
 from qsync.errors import QsyncError
-from qsync.formatting import count, duration, percent, usd, value_text
+from qsync.formatting import batch_mode_text, count, duration, percent, usd, value_text
 from qsync.money.what_if import what_if
 from qsync.notebook.formatting import error_html, figure_output, frame_html, usd_axis
 from qsync.notebook.picker import JobPicker
@@ -149,6 +149,8 @@ class CostPanel:
             ("unconfirmed (sent, answer not saved: in flight, or cut off by a crash)",
              f"at most {usd(spent['unconfirmed_cost_usd'])}, {count(spent['unconfirmed_tokens'])} tokens"),
             ("texts embedded (paid)", count(spent["texts_embedded"])),
+            *([("Batch Mode", batch_mode_text(spent["batch_mode_texts"], spent["batch_mode_tokens"],
+                                              spent["batch_mode_cost_usd"]))] if spent["batch_mode_texts"] else []),
             ("cache hits (not paid)", f"{count(spent['cache_hits'])} texts, {usd(spent['cache_saved_usd'])} saved"),
             ("records resumes did not redo", f"{count(spent['resume_skipped_records'])}, "
                                              f"{usd(spent['resume_saved_usd'])} saved"),

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from qsync.app import reading
 from qsync.engine.events import BatchFinished, Event, JobFinished, JobStarted, Notice, Progress
 from qsync.errors import QsyncError
-from qsync.formatting import count, counted, duration, number, records_to_chunks, usd
+from qsync.formatting import batch_mode_text, count, counted, duration, number, records_to_chunks, usd
 from qsync.ledger.figures import JobFigures
 from qsync.notebook.formatting import figure_output, humanize
 from qsync.notebook.rate import RateMeter
@@ -175,7 +175,12 @@ class JobMonitor:
             if f.unconfirmed_cost_usd
             else ""
         )
-        self.cost.value = f"spent <b>{usd(f.cost_usd)}</b>{budget} · {count(f.tokens)} tokens{unconfirmed}"
+        batch_mode = (
+            f" · {batch_mode_text(f.batch_mode_texts, f.batch_mode_tokens, f.batch_mode_cost_usd)}"
+            if f.batch_mode_texts
+            else ""
+        )
+        self.cost.value = f"spent <b>{usd(f.cost_usd)}</b>{budget} · {count(f.tokens)} tokens{unconfirmed}{batch_mode}"
 
     def _pace(self, remaining: int) -> str:
         """The rate and time left, as the status line and the plot both say it."""

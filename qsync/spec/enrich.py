@@ -12,6 +12,11 @@ from qsync.errors import ConfigError
 from qsync.spec.columns import template_fields
 
 EMBED_CHOICES: Final = ("text", "answer", "both")
+# The most an answer may run to, in tokens (generateContent's max_output_tokens): the budget reserves a call's
+# prompt and this many answer tokens, so the lower it is, the closer a job can spend to its cap. Jobs stored before
+# it was a setting ran with 512.
+DEFAULT_MAX_OUTPUT_TOKENS: Final = 256
+_STORED_BEFORE_THE_SETTING: Final = 512
 
 
 @dataclass(frozen=True)
@@ -20,8 +25,11 @@ class EnrichSpec:
     model: str = "gemini-2.5-flash-lite"
     field: str = "enrichment"  # payload key that receives the answer
     embed: str = "text"  # what is embedded: the text, the answer, or both ("text\n\nanswer")
+    max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS  # an answer's cap, and what the budget reserves for it
 
     def __post_init__(self) -> None:
+        if not 1 <= self.max_output_tokens <= 65536:
+            raise ConfigError(f"enrichment max_output_tokens must be 1 to 65,536, not {self.max_output_tokens}")
         if self.embed not in EMBED_CHOICES:
             raise ConfigError(f"enrichment embed must be one of {', '.join(EMBED_CHOICES)}")
         if not self.fields():
@@ -43,7 +51,7 @@ class EnrichSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EnrichSpec:
-        return cls(**data)
+        return cls(**{"max_output_tokens": _STORED_BEFORE_THE_SETTING, **data})
 
     def fingerprint(self) -> str:
         """Changes whenever the answers (and so the texts embedded) could change."""

@@ -24,7 +24,8 @@ class RunSettings:
     stale_after_s: float = DEFAULT_STALE_AFTER_S
     texts_per_minute: float | None = None  # None: the embedder's default (Gemini tier 1: 3,000)
     tokens_per_minute: float | None = None  # None: the embedder's default (Gemini tier 1: 1,000,000)
-    batch_mode_poll_s: float = 30.0
+    batch_mode_poll_s: float = 2.0  # the first wait between polls of Batch Mode jobs; doubled after each poll
+    batch_mode_poll_max_s: float = 300.0  # ... up to this
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -48,6 +49,7 @@ class RunSettings:
             heartbeat_s=env_float("QSYNC_HEARTBEAT_S", 5.0),
             stale_after_s=stale_after_s(),
             retry_base_s=env_float("QSYNC_RETRY_BASE_S", 1.0),
-            batch_mode_poll_s=env_float("QSYNC_BATCH_POLL_S", 30.0),
+            batch_mode_poll_s=env_float("QSYNC_BATCH_POLL_S", 2.0),
+            batch_mode_poll_max_s=env_float("QSYNC_BATCH_POLL_MAX_S", 300.0),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})

@@ -26,10 +26,6 @@ def generation_key(model: str, prompt: str) -> str:
     return f"{model}|{hashlib.sha256(prompt.encode('utf-8')).hexdigest()}"
 
 
-# Answers are capped so that a call's cost has a ceiling the budget can reserve before it is made.
-MAX_OUTPUT_TOKENS = 512
-
-
 class Enricher:
     """One generateContent call per `generate`; retries belong to the run's one retry layer."""
 
@@ -40,13 +36,15 @@ class Enricher:
         self.price_out = output_price_per_million(spec.model)
 
     def most_it_can_cost(self, prompt: str) -> tuple[int, float]:
-        """(tokens, USD) a call can cost at most: every prompt byte a token, and a full answer."""
+        """(tokens, USD) a call can cost at most: every prompt byte a token, and an answer of max_output_tokens (the
+        call asks for no more: answers are capped so that a call's cost has a ceiling the budget can reserve)."""
         tokens_in = len(prompt.encode("utf-8")) + 16
-        return tokens_in + MAX_OUTPUT_TOKENS, (tokens_in * self.price_in + MAX_OUTPUT_TOKENS * self.price_out) / 1e6
+        out = self.spec.max_output_tokens
+        return tokens_in + out, (tokens_in * self.price_in + out * self.price_out) / 1e6
 
     def generate(self, prompt: str) -> tuple[str, int, int, float]:
         """(answer, input tokens, output tokens, cost in USD)."""
-        config = self.api.types.GenerateContentConfig(max_output_tokens=MAX_OUTPUT_TOKENS)
+        config = self.api.types.GenerateContentConfig(max_output_tokens=self.spec.max_output_tokens)
         response = self.api.call(
             lambda: self.api.client.models.generate_content(model=self.spec.model, contents=prompt, config=config),
             "generateContent",

@@ -5,7 +5,8 @@
     emu.stop(); emu.texts_embedded                       # every text it embedded, counted
 
 It answers what qsync's Gemini code calls (batchEmbedContents, embedContent, countTokens, generateContent, Batch
-Mode's asyncBatchEmbedContent and batches/{id}), under /v1 and /v1beta, as gemini_model describes the models.
+Mode's asyncBatchEmbedContent, batches/{id} and the list of batches: testing.batch_jobs), under /v1 and /v1beta,
+as gemini_model describes the models.
 Faults are real HTTP answers shaped like Google's: 429 with or without RetryInfo, a per-day quota 429, 5xx at a
 set rate, 400 API_KEY_INVALID, 400 for requests over the limits (100 texts, 4 MiB, a text over the model's token
 limit), answers slower than a client's timeout, and connections closed without an answer.
@@ -26,7 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
+from qsync.testing.batch_jobs import BatchJobs
 from qsync.testing.gemini_model import (  # noqa: F401 (TOKENS_PER_IMAGE, media_key, worded_vector: for tests)
     INSTRUCTION_MODELS,
     MAX_REQUEST_BYTES,
@@ -47,13 +50,14 @@ from qsync.testing.gemini_model import (  # noqa: F401 (TOKENS_PER_IMAGE, media_
     worded_vector,
 )
 
+Query = dict[str, list[str]]
 OFFLINE_KEY = "offline-emulator-key"  # what start_offline sets: not a secret, and no Google key looks like it
 
 
 STATS_PATH = "/emulator/stats"  # counters for a client in another process (benchmarks); not a Gemini method
 
 
-_ROUTE = re.compile(r"^/(v1|v1beta)/(models/[^:/]+|batches/[^:/]+)(?::(\w+))?$")
+_ROUTE = re.compile(r"^/(v1|v1beta)/(models/[^:/]+|batches/[^:/]+|batches)(?::(\w+))?$")
 
 
 class _Server(ThreadingHTTPServer):
@@ -108,7 +112,8 @@ class GeminiEmulator:
         self._random = random.Random(self.seed)
         self._window: deque[tuple[float, int, int]] = deque()  # (time, texts, tokens) of accepted requests
         self._day_texts = 0
-        self._batches: dict[str, dict[str, Any]] = {}
+        self._admitted: list[float] = []  # (first, last) time a request was admitted, and texts before the last
+        self.batch_jobs = BatchJobs(functools.partial(self._meter, batch_mode=True), lambda: self.batch_job_seconds)
         self._server: ThreadingHTTPServer | None = None
         self.hooks: list[Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]] | None]] = []
 
@@ -166,6 +171,10 @@ class GeminiEmulator:
                 "distinct_texts": len(counts),
                 "texts_embedded_twice": sum(c - 1 for c in counts if c > 1),
                 "tokens_metered": self.tokens_metered,
+                # from the first admitted embed request to the last, and the texts admitted before the last one:
+                # the rate the API saw (no process start-up in it)
+                "admitted_span_s": self._admitted[1] - self._admitted[0] if self._admitted else 0.0,
+                "texts_before_last": int(self._admitted[2]) if self._admitted else 0,
             }
 
     def reset_day(self) -> None:
@@ -176,7 +185,7 @@ class GeminiEmulator:
     # -- request handling ------------------------------------------------------------------------
 
     def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
-        path = handler.path.split("?", 1)[0]
+        path, _, query = handler.path.partition("?")
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
         if method == "GET" and path == STATS_PATH:
@@ -185,18 +194,20 @@ class GeminiEmulator:
         if match is None:
             return self._send(handler, 404, error_body(404, "NOT_FOUND", f"no such method {path}"))
         _, resource, verb = match.groups()
-        verb = verb or ("get" if method == "GET" else "post")
+        verb = verb or ("list" if resource == "batches" else "get" if method == "GET" else "post")
         with self._lock:
             self.requests[verb] += 1
             self.in_progress[verb] += 1
             fate = self._random.random()
         try:
-            return self._respond(handler, raw, resource, verb, fate)
+            return self._respond(handler, raw, resource, verb, fate, parse_qs(query))
         finally:
             with self._lock:
                 self.in_progress[verb] -= 1
 
-    def _respond(self, handler: BaseHTTPRequestHandler, raw: bytes, resource: str, verb: str, fate: float) -> None:
+    def _respond(
+        self, handler: BaseHTTPRequestHandler, raw: bytes, resource: str, verb: str, fate: float, query: Query
+    ) -> None:
         if handler.headers.get("x-goog-api-key") != self.api_key:
             return self._send(handler, 400, error_body(
                 400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
@@ -236,9 +247,12 @@ class GeminiEmulator:
         if verb == "generateContent":
             return self._send(handler, *self._generate(body))
         if verb == "asyncBatchEmbedContent":
-            return self._send(handler, *self._create_batch(model, body))
+            return self._send(handler, *self.batch_jobs.create(model, body))
         if verb == "get" and resource.startswith("batches/"):
-            return self._send(handler, *self._get_batch(resource))
+            return self._send(handler, *self.batch_jobs.get(resource))
+        if verb == "list":
+            size, token = int((query.get("pageSize") or ["50"])[0]), (query.get("pageToken") or [""])[0]
+            return self._send(handler, *self.batch_jobs.list(size, token or None))
         return self._send(handler, 404, error_body(404, "NOT_FOUND", f"no such method {verb}"))
 
     def _embed(self, model: str, requests: list[dict[str, Any]], single: bool = False) -> tuple[int, dict[str, Any]]:
@@ -331,6 +345,7 @@ class GeminiEmulator:
                     429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", details
                 )
             self._window.append((now, texts, tokens))
+            self._admitted = [self._admitted[0] if self._admitted else now, now, self._day_texts]
             self._day_texts += texts
         return None
 
@@ -338,6 +353,9 @@ class GeminiEmulator:
         prompt = "".join(p.get("text", "") for c in body.get("contents", []) for p in c.get("parts", []))
         words = TOKEN.findall(prompt)
         answer = " ".join(words[-12:]) if words else "empty"  # deterministic: the prompt's last words
+        longest = body.get("generationConfig", {}).get("maxOutputTokens")
+        while longest and count_tokens(answer) > longest and " " in answer:  # cut, as Google cuts at the cap
+            answer = answer.rsplit(" ", 1)[0]
         prompt_tokens, answer_tokens = count_tokens(prompt), count_tokens(answer)
         with self._lock:
             self.tokens_metered += prompt_tokens + answer_tokens
@@ -347,43 +365,6 @@ class GeminiEmulator:
             "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": answer_tokens,
                               "totalTokenCount": prompt_tokens + answer_tokens},
         }  # fmt: skip
-
-    def _create_batch(self, model: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        batch = body.get("batch", body)
-        requests = batch.get("inputConfig", {}).get("requests", {}).get("requests", [])
-        name = f"batches/emu-{len(self._batches) + 1}-{int(time.time() * 1000)}"
-        with self._lock:
-            self._batches[name] = {"model": model, "requests": requests, "created": time.monotonic()}
-        return 200, {"name": name, "metadata": self._batch_state(name)}
-
-    def _batch_state(self, name: str) -> dict[str, Any]:
-        job = self._batches[name]
-        done = time.monotonic() - job["created"] >= self.batch_job_seconds
-        state: dict[str, Any] = {
-            "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
-            "name": name, "model": f"models/{job['model']}",
-            "state": "BATCH_STATE_SUCCEEDED" if done else "BATCH_STATE_RUNNING",
-        }  # fmt: skip
-        if done:
-            if "output" not in job:
-                inner = [r.get("request", r) for r in job["requests"]]
-                texts = ["".join(p.get("text", "") for p in r.get("content", {}).get("parts", [])) for r in inner]
-                tokens = [count_tokens(t) for t in texts]
-                job["output"] = [
-                    {"response": {"embedding": {"values": answer_values(
-                        job["model"], t, r.get("outputDimensionality"))}}, "metadata": r0.get("metadata", {})}
-                    for t, r, r0 in zip(texts, inner, job["requests"], strict=True)
-                ]  # fmt: skip
-                self._meter(job["model"], texts, sum(tokens), batch_mode=True)
-            state["output"] = {"inlinedEmbedContentResponses": {"inlinedResponses": job["output"]}}
-        return state
-
-    def _get_batch(self, name: str) -> tuple[int, dict[str, Any]]:
-        if name not in self._batches:
-            return 404, error_body(404, "NOT_FOUND", f"{name} not found")
-        state = self._batch_state(name)
-        return 200, {"name": name, "metadata": state, "done": state["state"] != "BATCH_STATE_RUNNING",
-                     **({"response": state["output"]} if "output" in state else {})}  # fmt: skip
 
     @staticmethod
     def _send(handler: BaseHTTPRequestHandler, code: int, body: dict[str, Any]) -> None:
