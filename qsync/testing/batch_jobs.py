@@ -5,6 +5,7 @@ succeeded, its output; a list answers `operations` and, when more remain, `nextP
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,8 @@ class BatchJobs:
         self._jobs: dict[str, dict[str, Any]] = {}
         # Called with a job's name the moment it exists, before the client hears of it (a crash test kills the
         # client here: Google has the job, the client never learns its name).
-        self.on_created: list[Callable[[str], None]] = []
+        # builtins.list: this class has a method named `list`, which the annotation would otherwise name
+        self.on_created: builtins.list[Callable[[str], None]] = []
 
     def create(self, model: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         batch = body.get("batch", body)
