@@ -263,6 +263,13 @@ def test_ctrl_c_between_a_request_and_its_answer_never_shifts_the_answers(tmp_pa
         from qsync.ledger.ledger import Ledger
         ledger = Ledger({str(tmp_path / "q.duckdb")!r})
         ledger.query_rows("SELECT 1")
+        # Ctrl-C is armed only inside the `try`: a signal landing elsewhere (thread start, the loop's own
+        # bookkeeping on a loaded machine) would end the script, not test the ledger.
+        armed = False
+        def on_sigint(signum, frame):
+            if armed:
+                raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, on_sigint)
         def poke():
             for _ in range(300):
                 time.sleep(0.002)
@@ -273,9 +280,12 @@ def test_ctrl_c_between_a_request_and_its_answer_never_shifts_the_answers(tmp_pa
         while time.monotonic() < deadline:
             n += 1
             try:
+                armed = True
                 if ledger.query_rows("SELECT ?::INTEGER", [n]) != [(n,)]:
                     wrong += 1
+                armed = False
             except KeyboardInterrupt:
+                armed = False
                 interrupted += 1
         print(interrupted, wrong, n)
         """

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -520,9 +521,21 @@ def test_a_stopped_form_follows_a_retry_made_in_another_process(
     db = tmp_path / "q.duckdb"
     launcher = _launcher(tmp_path, n=600, embedder="qsync_testing:fail_once_factory",
                          embedder_options={"word": "text 321 "})  # fmt: skip
+    read_failed = threading.Event()  # the form's follow has read the stopped job from the ledger and shown it
+    polled = JobMonitor._polled
+
+    def spy(self: JobMonitor, info: dict[str, Any], *args: Any) -> None:
+        polled(self, info, *args)
+        if info["status"] == "failed":
+            read_failed.set()
+
+    monkeypatch.setattr(JobMonitor, "_polled", spy)
     launcher.start()
     result = launcher.wait(60)
     assert result is not None and result.status == "failed" and "1 failed batch" in launcher.monitor.label.value
+    # The follow's first read finds the job as the run left it: the run's own words stay (they name the failure).
+    assert read_failed.wait(30)
+    assert "1 batch failed" in launcher.message.value and "02_inspect_batches" in launcher.message.value
     # 02 in another kernel (here: `qsync resume` in a process of its own) retries the failed batch.
     out = run_qsync("resume", result.job_id, "--db", str(db), "--quiet")
     assert out.returncode == 0, out.stderr

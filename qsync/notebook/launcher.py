@@ -157,10 +157,12 @@ class Launcher(LauncherControls):
         if status == "completed":
             self._offer_search(figures.job)
 
-    def _follow_stored(self, job: str) -> None:
-        """After this kernel's run stopped short: follow the job in the ledger, which 02 or a terminal may retry."""
+    def _follow_stored(self, job: str, status: str | None = None) -> None:
+        """After this kernel's run stopped short: follow the job in the ledger, which 02 or a terminal may retry.
+        `status`: what the message shows already (the run's own ending says more than the ledger's summary, so
+        it stays until the status changes)."""
         if self.job == job:
-            self.monitor.follow(job, _WATCH_S, until_final=True, on_status=self._status_seen)
+            self.monitor.follow(job, _WATCH_S, until_final=True, on_status=self._status_seen, known_status=status)
 
     def _status_seen(self, status: str) -> None:
         """The followed job's status changed in the ledger (another process resumed, retried or paused it)."""
@@ -252,7 +254,7 @@ class Launcher(LauncherControls):
         if event.status == "completed":
             self._offer_search(event.job_id)
         elif stopped_short:
-            self._follow_stored(event.job_id)
+            self._follow_stored(event.job_id, event.status)
 
     def pause(self) -> None:
         """Stop after the API calls in flight (their answers are saved); Resume continues."""

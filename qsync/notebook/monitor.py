@@ -81,6 +81,7 @@ class JobMonitor:
         self._poller: threading.Thread | None = None
         self._stop_polling = threading.Event()
         self._polled_state: tuple[Any, ...] | None = None
+        self._known_status: str | None = None
         self._waiting: str | None = None  # the run waits for a service: no rate or ETA is true now
         if job is None:
             self.label.value = "<i>No job yet.</i>"
@@ -310,14 +311,16 @@ class JobMonitor:
 
     def follow(
         self, job: str | None, interval_s: float = 1.0, *, until_final: bool = False,
-        on_status: Callable[[str], None] | None = None,
+        on_status: Callable[[str], None] | None = None, known_status: str | None = None,
     ) -> None:  # fmt: skip
         """Read the job's figures every `interval_s` while it runs elsewhere; with `until_final`, also while it is
         paused, failed or stale (something else may resume or retry it: 02's Retry, `qsync resume`), until it is
-        completed or cancelled. `on_status(status)` is called, on the kernel's side, each time the status changes."""
+        completed or cancelled. `on_status(status)` is called, on the kernel's side, each time the status changes
+        (from `known_status`, when the caller already shows it: the first read then tells nothing new)."""
         self.stop(wait_s=0)
         stop = self._stop_polling = threading.Event()
         self._polled_state = None
+        self._known_status = known_status
         self._poller = threading.Thread(target=self._poll, args=(job, interval_s, until_final, on_status, stop),
                                         daemon=True)  # fmt: skip
         _pollers.add(self)
@@ -358,7 +361,8 @@ class JobMonitor:
         state = (figures.status, figures.processed_records, figures.batches_failed, figures.cost_usd)
         if state == self._polled_state and figures.status != "running":
             return  # nothing changed: no redraw every second of a paused job
-        changed = self._polled_state is None or state[0] != self._polled_state[0]
+        before = self._known_status if self._polled_state is None else self._polled_state[0]
+        changed = before is None or state[0] != before
         self._polled_state = state
         if first:
             self.new_run()
