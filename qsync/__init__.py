@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from qsync.api import run, start
+    from qsync.app.compare import compare
     from qsync.app.jobs import cancel, prepare
     from qsync.app.jobs import run_job as resume
     from qsync.app.reading import batches, cost, jobs, search, skipped, status, verify
@@ -29,6 +30,7 @@ _EXPORTS = {
     "run": ("qsync.api", "run"),
     "start": ("qsync.api", "start"),
     "cancel": ("qsync.app.jobs", "cancel"),
+    "compare": ("qsync.app.compare", "compare"),
     "prepare": ("qsync.app.jobs", "prepare"),
     "resume": ("qsync.app.jobs", "run_job"),
     "batches": ("qsync.app.reading", "batches"),
@@ -66,6 +68,7 @@ __all__ = [
     "SpecMismatch",
     "batches",
     "cancel",
+    "compare",
     "cost",
     "estimate",
     "jobs",

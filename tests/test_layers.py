@@ -133,7 +133,7 @@ def test_every_module_is_readable_in_one_sitting() -> None:
 def test_the_public_api_is_small_and_documented() -> None:
     import qsync
 
-    assert len(qsync.__all__) <= 16
+    assert len(qsync.__all__) <= 17  # run, start, resume, status, …, compare: what a notebook calls
     for name in qsync.__all__:
         assert getattr(qsync, name).__doc__, f"qsync.{name} has no docstring"
 

@@ -182,8 +182,11 @@ def test_the_offline_emulator_never_takes_a_real_key_and_its_words_mode_follows_
     with pytest.raises(RuntimeError, match="key is set"):
         start_offline()
     # "words": the instruction is read as one, and records land near queries that share their words.
-    query = worded_vector(G2, "q", "task: search result | query: a cat", 768)
-    cat = worded_vector(G2, "1" + media_key("image/png", png((1, 1, 1))), "title: none | text: Chelsea the cat", 768)
-    dog = worded_vector(G2, "2" + media_key("image/png", png((2, 2, 2))), "title: none | text: two dogs", 768)
+    query = worded_vector(G2, "q", "task: search result | query: a cat", None)
+    cat = worded_vector(G2, "1" + media_key("image/png", png((1, 1, 1))), "title: none | text: Chelsea the cat", None)
+    dog = worded_vector(G2, "2" + media_key("image/png", png((2, 2, 2))), "title: none | text: two dogs", None)
     assert float(query @ cat) > 0.5 and float(query @ dog) < 0.2
     assert abs(float(np.linalg.norm(cat)) - 1.0) < 1e-6
+    # Nested like Gemini's: a smaller size is the full vector's first dimensions (not unit length: qsync scales it).
+    small = worded_vector(G2, "1" + media_key("image/png", png((1, 1, 1))), "title: none | text: Chelsea the cat", 768)
+    np.testing.assert_array_equal(small, cat[:768])

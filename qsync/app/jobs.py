@@ -29,13 +29,14 @@ from qsync.errors import JobExists, SpecMismatch, TransientError
 from qsync.input.plan import plan_job
 from qsync.input.sources import Source
 from qsync.ledger import jobs as ledger_jobs
-from qsync.ledger.cache import embedder_signature
+from qsync.ledger.cache import CacheIdentity, SignatureIdentity, embedder_signature, full_size
 from qsync.ledger.jobs import JobRecord
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.plans import PlanSummary
 from qsync.money.recorded import record_estimate
 from qsync.sink.factory import open_sink
 from qsync.sink.protocol import Sink
+from qsync.spec.embedder import EmbedderSpec
 from qsync.spec.job import KEEP, BudgetOption, JobSpec, differences
 from qsync.spec.settings import RunSettings
 
@@ -106,11 +107,22 @@ def _open_job(
 
 def _mismatch(stored: JobRecord, given: JobSpec, diffs: list[str]) -> SpecMismatch:
     """The refusal, saying truly what either way costs: vectors of the stored model and size are reused by a
-    resume; another model or size (or enrichment) is paid for again in full."""
+    resume; a smaller size of a Matryoshka model is cut from them; another model or size (or enrichment) is paid for
+    again in full."""
     same_vectors = stored.spec.embedder.identity() == given.embedder.identity() and stored.spec.enrich == given.enrich
+    cut_from_stored = (
+        stored.spec.enrich == given.enrich
+        and stored.spec.embedder.identity()
+        == {**given.embedder.identity(), "dimensions": stored.spec.embedder.dimensions}
+        and (full := full_size(_identity(given.embedder))) is not None
+        and full.dimensions == stored.spec.embedder.dimensions
+    )
     note = (
         "vectors already paid for are reused either way."
         if same_vectors
+        else "vectors already paid for are reused either way: this smaller size is cut from the full-size vectors "
+        "the job paid for (the model is Matryoshka-trained)."
+        if cut_from_stored
         else "resuming reuses the vectors already paid for; starting afresh with this spec embeds every text again "
         "(another model, size, task or enrichment makes other vectors), at full price."
     )
@@ -120,6 +132,10 @@ def _mismatch(stored: JobRecord, given: JobSpec, diffs: list[str]) -> SpecMismat
             " per vector."
         )
     return SpecMismatch(stored.job_id, stored.status, diffs, reuse_note=note)
+
+
+def _identity(embedder: EmbedderSpec) -> CacheIdentity:
+    return SignatureIdentity(f"{embedder.resolved_model}|{embedder.dimensions}|{embedder.resolved_task_type}")
 
 
 def plan(

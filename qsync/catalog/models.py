@@ -92,6 +92,11 @@ def full_dimensions(model: str) -> int:
     return int(model_info(model).get("full_dimensions", 3072))
 
 
+def nested_dimensions(model: str) -> bool:
+    """Whether a smaller size of the model's vectors is the full vector's first dimensions (Matryoshka-trained)."""
+    return bool(model_info(model).get("nested_dimensions"))
+
+
 def input_token_limit(model: str) -> int:
     """Tokens one input may have, whole (a text with its instruction, or a media record's parts)."""
     return int(model_info(model).get("max_text_tokens", 2048))

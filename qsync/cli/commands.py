@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from qsync.app import jobs, reading
+from qsync.app.compare import COMPARE_SIZES, MEANING, compare, comparison_view, sample_sentence
 from qsync.cli.output import (
     EXIT_ERROR,
     EXIT_OK,
@@ -21,7 +24,8 @@ from qsync.cli.output import (
 )
 from qsync.cli.progress import ProgressBar
 from qsync.embedders.gemini import api_key_from_env
-from qsync.errors import MissingColumn
+from qsync.errors import ConfigError, MissingColumn
+from qsync.formatting import usd
 from qsync.input.columns import guess_columns, source_columns
 from qsync.money.estimate import compare_models, estimate
 from qsync.ops.verify import SAMPLE
@@ -202,6 +206,35 @@ def estimate_(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def compare_(args: argparse.Namespace) -> int:
+    id_column, text_column = _columns(args)
+    queries = _queries(args.queries) if args.queries else []
+    found = compare(
+        args.source, db=args.db, sample=args.sample, models=args.models, sizes=args.sizes or COMPARE_SIZES,
+        queries=queries, id_column=id_column, text_column=text_column, text_template=args.text_template,
+        source_db=args.source_db, chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap,
+        max_cost_usd=args.max_cost_usd, dry_run=args.dry_run,
+        on_sample=lambda sample: print(sample_sentence(sample), file=sys.stderr if args.json else sys.stdout),
+    )  # fmt: skip
+    if args.dry_run:
+        return EXIT_OK
+    if args.json:
+        print_frame(found.table, True)
+        return EXIT_OK
+    print(f"Spent now: {usd(found.spent_usd)}" + (f" ({', '.join(found.jobs)})" if found.jobs else " (all cached)"))
+    print_frame(comparison_view(found.table), False)
+    print(textwrap.fill(MEANING, width=100))
+    return EXIT_OK
+
+
+def _queries(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the queries file {path}: {exc}") from exc
+    return [line.strip() for line in lines if line.strip()]
+
+
 def verify(args: argparse.Namespace) -> int:
     found = reading.verify(args.job, db=args.db, repair=args.repair)
     data = found.to_dict()
@@ -251,6 +284,6 @@ def demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": run, "resume": resume, "status": status, "jobs": jobs_, "batches": batches, "skipped": skipped,
-    "cost": cost, "estimate": estimate_, "verify": verify, "cancel": cancel, "search": search, "recover": recover,
+    "cost": cost, "estimate": estimate_, "compare": compare_, "verify": verify, "cancel": cancel, "search": search, "recover": recover,
     "demo": demo,
 }  # fmt: skip

@@ -204,6 +204,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_db(estimate)
     add_json(estimate)
 
+    compare = sub.add_parser(
+        "compare",
+        help="embed a sample at each model's full size and measure what each smaller size keeps of its neighbours, "
+        "beside the whole table's cost, time and storage",
+    )
+    add_source_options(compare)
+    compare.add_argument("--sample", type=int, default=300, metavar="N", help="records to embed (default 300)")
+    compare.add_argument("--models", nargs="+", metavar="MODEL",
+                         help="default: every priced embedding model (gemini-embedding-001 and -2)")  # fmt: skip
+    compare.add_argument("--sizes", nargs="+", type=int, metavar="N",
+                         help="vector sizes to measure (default 128 256 512 768 1536 3072)")  # fmt: skip
+    compare.add_argument("--queries", metavar="FILE",
+                         help="a text file of search queries, one a line: their neighbours are measured too")  # fmt: skip
+    compare.add_argument("--max-cost-usd", type=float, metavar="USD",
+                         help="stop embedding a model's sample at this spend (run again to go on)")  # fmt: skip
+    compare.add_argument("--dry-run", action="store_true", help="say what the sample costs; embed nothing")
+    add_chunk_options(compare)
+    add_db(compare)
+    add_json(compare)
+
     verify = sub.add_parser("verify", help="compare the collection with the ledger; --repair fixes it from the cache")
     verify.add_argument("job", help="job name; its collection is checked where the job wrote it")
     verify.add_argument("--repair", action="store_true", help="re-upsert missing or wrong points (no embedder call)")

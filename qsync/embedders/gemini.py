@@ -31,7 +31,7 @@ from qsync.catalog.models import (
     price_per_million,
 )
 from qsync.catalog.tokens import estimate_tokens, media_tokens, text_token_limit
-from qsync.embedders.protocol import EmbedResult, Media, Vectors, split_tokens
+from qsync.embedders.protocol import EmbedResult, Media, Vectors, split_tokens, unit_length
 from qsync.errors import (
     ConfigError,
     InvalidInput,
@@ -206,8 +206,7 @@ class GeminiEmbedder:
         if matrix.shape[1] != self.dimensions:
             raise PermanentError(f"Gemini answered vectors of size {matrix.shape[1]}, expected {self.dimensions}")
         if self.dimensions < self.full_dimensions:
-            # Only the full-size output is normalised by the API; truncated ones must be, for cosine.
-            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+            matrix = unit_length(matrix)  # only the full-size output is normalised by the API
         usage = getattr(response, "usage_metadata", None)
         total = getattr(usage, "prompt_token_count", None) or getattr(usage, "total_token_count", None)
         if total:
@@ -244,7 +243,7 @@ class GeminiEmbedder:
             raise TransientError(f"Gemini answered {len(embeddings)} embeddings for {len(items)} media records")
         matrix = np.asarray([e.values for e in embeddings], dtype=np.float32)
         if self.dimensions < self.full_dimensions:
-            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+            matrix = unit_length(matrix)
         guessed = [media_token_estimate(m, self.sent_text(c) if c else None, self.model) for m, c in items]
         usage = getattr(response, "usage_metadata", None)
         total = int(getattr(usage, "prompt_token_count", None) or 0)
@@ -312,7 +311,7 @@ class GeminiEmbedder:
                 rows.append(item.response.embedding.values or [])
             matrix = np.asarray(rows, dtype=np.float32)
             if self.dimensions < self.full_dimensions and len(matrix):
-                matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+                matrix = unit_length(matrix)
             return state, matrix, None
         if state.endswith(("FAILED", "CANCELLED", "EXPIRED")):
             return state, None, str(job.error or state)

@@ -142,3 +142,18 @@ def split_tokens(total: int, estimates: list[int]) -> list[int]:
     for i in sorted(range(len(raw)), key=lambda i: raw[i] - shares[i], reverse=True)[: total - sum(shares)]:
         shares[i] += 1
     return shares
+
+
+def unit_length(matrix: Vectors) -> Vectors:
+    """Each row scaled to length 1: what a shortened (Matryoshka) vector needs for cosine. Gemini normalises only its
+    full-size output; a smaller size is its first dimensions, which qsync normalises here (the API's answer at that
+    size, or the cache's full-size vector cut to it: the same vector)."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.asarray(matrix / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def shortened(vectors: Vectors, dimensions: int) -> Vectors:
+    """Vectors of a Matryoshka model at a smaller size (one vector, or rows): their first `dimensions`, unit length,
+    which is the model's vector at that size as qsync uses it."""
+    rows = unit_length(np.atleast_2d(vectors)[:, :dimensions])
+    return rows.reshape(-1) if vectors.ndim == 1 else rows

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 import duckdb
 import pyarrow as pa
 
-from qsync.embedders.protocol import Vectors
+from qsync.catalog.models import full_dimensions, nested_dimensions
+from qsync.embedders.protocol import Vectors, shortened
 from qsync.ledger.vectorfile import VectorFile
 
 
@@ -108,11 +109,25 @@ class Lookup:
 def lookup_vectors(
     con: Any, vectors_file: VectorFile, embedder: CacheIdentity, hashes: list[str], free_origin: str | None = None
 ) -> Lookup:
-    """The cached vectors of `hashes`. Vectors whose origin is `free_origin` (this job's own Batch Mode prefetch)
-    save nothing: the job paid for them."""
+    """The cached vectors of `hashes`, at the embedder's size or cut from the same model's full size (see
+    `full_size`). Vectors whose origin is `free_origin` (this job's own Batch Mode prefetch) save nothing: the job
+    paid for them."""
+    found = Lookup()
+    _look_up(con, vectors_file, embedder, hashes, free_origin, found)
+    full = full_size(embedder)
+    if full is not None:
+        _look_up(con, vectors_file, full, [h for h in hashes if h not in found.found], free_origin, found,
+                 cut_to=embedder.dimensions)  # fmt: skip
+    return found
+
+
+def _look_up(
+    con: Any, vectors_file: VectorFile, embedder: CacheIdentity, hashes: list[str], free_origin: str | None,
+    found: Lookup, cut_to: int | None = None,
+) -> None:  # fmt: skip
     keys = sorted({cache_key(embedder, h) for h in hashes})
     if not keys:
-        return Lookup()
+        return
     # A literal IN list lets DuckDB use the primary-key index (a join would scan the whole cache).
     placeholders = ", ".join("?" * len(keys))
     rows = con.execute(
@@ -120,15 +135,30 @@ def lookup_vectors(
         f"cache_key, coalesce(origin = ?, false) FROM embeddings WHERE cache_key IN ({placeholders})",
         [free_origin or "", free_origin or "", *keys],
     ).fetchall()
-    found = Lookup()
     for row, vector in zip(rows, vectors_file.read([int(r[2]) for r in rows], [int(r[3]) for r in rows]), strict=True):
         if vector is None:
             found.lost.append(str(row[4]))
         else:
-            found.found[str(row[0])] = (vector, int(row[1]))
+            found.found[str(row[0])] = (vector if cut_to is None else shortened(vector, cut_to), int(row[1]))
             if row[5]:
                 found.prefetched.add(str(row[0]))
-    return found
+
+
+@dataclass(frozen=True)
+class _Identity:
+    model: str
+    dimensions: int
+    task_type: str
+
+
+def full_size(embedder: CacheIdentity) -> CacheIdentity | None:
+    """The same model and task at the model's full size, when its vector holds this size's (a Matryoshka model:
+    a smaller size is the full vector's first dimensions, renormalised); else None. A comparison of sizes, or a
+    job at the full size, then pays for every smaller size of the same texts too."""
+    if embedder.dimensions <= 0 or not nested_dimensions(embedder.model):
+        return None
+    full = full_dimensions(embedder.model)
+    return _Identity(embedder.model, full, embedder.task_type) if embedder.dimensions < full else None
 
 
 def forget(con: Any, keys: list[str]) -> int:
@@ -160,18 +190,38 @@ def forget_beyond(con: Any, size: int) -> int:
 
 
 def cached_hashes(con: Any, embedder: CacheIdentity, hashes: list[str]) -> set[str]:
-    """The hashes among `hashes` whose vector (by this embedder) the cache holds."""
+    """The hashes among `hashes` whose vector (by this embedder, or cut from its full size) the cache holds."""
     found: set[str] = set()
-    for start in range(0, len(hashes), 1000):
-        keys = [cache_key(embedder, h) for h in hashes[start : start + 1000]]
-        placeholders = ", ".join("?" * len(keys))
-        rows = con.execute(f"SELECT content_hash FROM embeddings WHERE cache_key IN ({placeholders})", keys).fetchall()
-        found.update(str(r[0]) for r in rows)
+    for identity in (embedder, full_size(embedder)):
+        if identity is None:
+            continue
+        todo = [h for h in hashes if h not in found]
+        for start in range(0, len(todo), 1000):
+            keys = [cache_key(identity, h) for h in todo[start : start + 1000]]
+            placeholders = ", ".join("?" * len(keys))
+            sql = f"SELECT content_hash FROM embeddings WHERE cache_key IN ({placeholders})"
+            found.update(str(r[0]) for r in con.execute(sql, keys).fetchall())
     return found
 
 
 def vectors_by_key(con: Any, vectors_file: VectorFile, keys: list[str]) -> dict[str, Vectors]:
-    """cache key -> vector, for the keys the cache holds (and whose bytes the vector file still has)."""
+    """cache key -> vector, for the keys the cache holds (and whose bytes the vector file still has), at their own
+    size or cut from their model's full size."""
+    found = _by_key(con, vectors_file, keys)
+    fuller: dict[str, tuple[str, int]] = {}  # a missing key -> (its full-size key, its size)
+    for key in keys:
+        signature, _, content_hash = key.rpartition("|")
+        identity = SignatureIdentity(signature)
+        full = full_size(identity) if key not in found else None
+        if full is not None:
+            fuller[key] = (cache_key(full, content_hash), identity.dimensions)
+    if fuller:
+        full_vectors = _by_key(con, vectors_file, sorted({k for k, _ in fuller.values()}))
+        found.update({key: shortened(full_vectors[k], d) for key, (k, d) in fuller.items() if k in full_vectors})
+    return found
+
+
+def _by_key(con: Any, vectors_file: VectorFile, keys: list[str]) -> dict[str, Vectors]:
     if not keys:
         return {}
     placeholders = ", ".join("?" * len(keys))

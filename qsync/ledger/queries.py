@@ -144,3 +144,13 @@ def text_token_estimates(ledger: Ledger, job: str) -> list[int]:
         [job],
     )
     return [int(r[0]) for r in rows]
+
+
+def planned_units(ledger: Ledger, name: str) -> pd.DataFrame:
+    """record_id, chunk_no, content_hash of every unit (a record, or a chunk of one) the jobs NAME, NAME#2, …
+    planned: a re-sync plans only what changed, so the units of a source read more than once are their union."""
+    return ledger.query_df(
+        "SELECT record_id, chunk_no, any_value(content_hash) AS content_hash FROM manifest "
+        "WHERE job_id = ? OR starts_with(job_id, ?) GROUP BY record_id, chunk_no ORDER BY record_id, chunk_no",
+        [name, name + "#"],
+    )

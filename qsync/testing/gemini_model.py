@@ -5,6 +5,7 @@ content (text and inline media parts)."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections import Counter
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from qsync.embedders.hashing import hash_vector
+from qsync.embedders.hashing import tokenize
 
 FULL_DIMENSIONS = 3072
 MAX_TEXTS_PER_REQUEST = 100
@@ -113,15 +114,27 @@ def read_input(model: str, request: dict[str, Any]) -> Input | str:
 
 
 def worded_vector(model: str, key: str, text: str, dimensions: int | None) -> np.ndarray:
-    """The vector of the "words" mode: the words of the input's text (its instruction left out), hashed as
-    qsync's offline embedder hashes them, plus a little of the content's own noise (so two images with one
-    caption differ). Unit length. The emulator has no eyes: records land near the queries that share
-    their captions' words, which is what an offline search demo needs, and all it can offer."""
-    size = dimensions or FULL_DIMENSIONS
-    words = hash_vector(INSTRUCTION.sub("", text), size) if text.strip() else np.zeros(size, np.float32)
-    noise = emulated_vector(model, key, size)
-    vector = words + 0.3 * noise / float(np.linalg.norm(noise))
-    return vector / float(np.linalg.norm(vector))
+    """The vector of the "words" mode: the sum of the input's words' vectors (its instruction left out), plus a
+    little of the content's own noise (so two images with one caption differ). The emulator has no eyes: records
+    land near the queries that share their captions' words, which is what an offline search demo needs, and all it
+    can offer. Nested like the real models' (Matryoshka-trained): a smaller size is the full vector's first
+    dimensions, which carry most of its weight, and only the full size is unit length."""
+    words = tokenize(INSTRUCTION.sub("", text)) if text.strip() else []
+    vector = sum((_word_vector(w) for w in words), np.zeros(FULL_DIMENSIONS))
+    scale = float(np.linalg.norm(vector)) or 1.0
+    vector = vector / scale + 0.3 * emulated_vector(model, key, FULL_DIMENSIONS) * _NESTED_WEIGHTS
+    return (vector / float(np.linalg.norm(vector)))[: dimensions or FULL_DIMENSIONS].astype(np.float32)
+
+
+# How a nested model spreads a vector's weight: the first dimensions hold most of it (Matryoshka training makes every
+# prefix a usable embedding), the last ones little.
+_NESTED_WEIGHTS = 1.0 / np.sqrt(1.0 + np.arange(FULL_DIMENSIONS) / 48.0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _word_vector(word: str) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(f"word\x00{word}".encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).standard_normal(FULL_DIMENSIONS) * _NESTED_WEIGHTS
 
 
 def answer_values(model: str, text: str, dimensions: int | None, words: str | None = None) -> list[float]:
