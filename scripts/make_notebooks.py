@@ -126,6 +126,44 @@ NOTEBOOKS = {
             "before = qsync.estimate(SOURCE, db=DB)  # a dict, for your own code\n"
             "estimate_table(before)"
         ),
+        new_markdown_cell(
+            "## Which model, which size? Evidence from your own data\n\n"
+            "The table above says what a model and a size cost; this says what a smaller size loses. Gemini's "
+            "embedding models are Matryoshka-trained: a smaller size is the full vector's first dimensions, "
+            "renormalised. So `qsync.compare` embeds a **sample** of the source once per model, at full size "
+            "(3,072), and measures every smaller size against it: of each sampled record's 10 nearest sampled "
+            "records at full size, how many are still among its 10 nearest at 768, 256, 128… (with `queries`: "
+            "the same for each of your queries). Next to it: the whole table's cost, time and Qdrant storage.\n\n"
+            "- The sample is paid for like any job (recorded in `DB`, resumable, capped with `max_cost_usd=`), and "
+            "its vectors stay in the cache: the backfill that follows, at **any** size of the same model, reuses "
+            "them instead of paying again.\n"
+            "- **What it means, and what it does not:** neighbour agreement with the model's own best, on your "
+            "data. Not relevance: it cannot tell whether either neighbourhood is what a person wants, nor rank "
+            "one model against the other (each is measured against itself).\n"
+            "- Offline (no `GEMINI_API_KEY`), qsync's local emulator answers: its vectors follow the words of each "
+            "text and are nested like Gemini's, so the figures show how the comparison reads, not how Gemini's "
+            "sizes compare. With a key, the same cells measure Gemini on your table (a few hundred records: "
+            "well under a cent)."
+        ),
+        new_code_cell(
+            "from qsync.app.compare import sample_sentence\n"
+            "from qsync.notebook.sentences import where_gemini_calls_go\n\n"
+            'SAMPLE = int(os.environ.get("QSYNC_NB_SAMPLE", "300"))  # records to embed at full size, per model\n'
+            "QUERIES = [\"a musical instrument with strings\", \"a large wild animal\", \"to move quickly\"]  # or []\n\n"
+            'if os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY"):\n'
+            "    print(where_gemini_calls_go())\n"
+            "else:\n"
+            "    from qsync.testing import start_offline\n\n"
+            "    emulator = start_offline()  # a local stand-in for the Gemini API, for this kernel only\n"
+            '    print(f"No GEMINI_API_KEY: Gemini is emulated locally at {emulator.url} (offline, free).")\n'
+            "# What the sample costs, before anything is paid:\n"
+            "print(sample_sentence(qsync.compare(SOURCE, sample=SAMPLE, queries=QUERIES, db=DB, dry_run=True)))"
+        ),
+        new_code_cell(
+            "from qsync.notebook import show_comparison\n\n"
+            "comparison = qsync.compare(SOURCE, sample=SAMPLE, queries=QUERIES, db=DB)  # .table: a DataFrame\n"
+            "show_comparison(comparison)"
+        ),
         new_code_cell(
             "import matplotlib.pyplot as plt\n\n"
             "from qsync.app import reading\n\n"

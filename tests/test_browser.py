@@ -63,6 +63,7 @@ def _lab(tmp_path: Path, **env_extra: str) -> Iterator[tuple[str, Path, Path]]:
         JUPYTERLAB_SETTINGS_DIR=str(settings),
         JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
         QSYNC_NB_DB=str(tmp_path / "nb.duckdb"),
+        QSYNC_NB_SAMPLE="60",  # 03's comparison embeds 60 records per model (its default, 300, takes longer)
         **env_extra,
     )
     env.pop("QSYNC_NB_AUTOSTART", None)
@@ -237,14 +238,22 @@ def test_launch_watch_inspect_and_resume_in_a_real_browser(jupyterlab: tuple[str
         expect(versus).to_contain_text("actual")
         expect(costs.locator(".qsync-what-if").first).to_contain_text("Batch Mode")
         costs.screenshot(path=str(ARTIFACTS / "08-costs-estimate-vs-actual.png"), full_page=True)
+        # The comparison of models and sizes: the sample's cost first, then the table and its plot.
+        compared = costs.locator(".qsync-compare-table").first
+        expect(compared).to_contain_text("neighbours kept", timeout=120_000)
+        expect(compared).to_contain_text("gemini-embedding-2")
+        expect(costs.get_by_text("A sample of 60 records and 3 queries").first).to_be_visible()
+        _screenshots(costs, {"08b-costs-compare": costs.locator(".qsync-compare")})
         picker.select_option(index=1)
         expect(versus).to_contain_text("estimate (plan time)", timeout=30_000)
         costs.close()
     import qsync
 
-    info = qsync.status(db=tmp / "nb.duckdb")
+    info = qsync.status("wordnet:wordnet_sample#2", db=tmp / "nb.duckdb")
     assert info["status"] == "completed" and info["processed_records"] == 5000
-    assert sorted(qsync.jobs(db=tmp / "nb.duckdb")["job"]) == ["wordnet:wordnet_sample", "wordnet:wordnet_sample#2"]
+    jobs = sorted(qsync.jobs(db=tmp / "nb.duckdb")["job"])
+    assert [j for j in jobs if j.startswith("wordnet:")] == ["wordnet:wordnet_sample", "wordnet:wordnet_sample#2"]
+    assert len([j for j in jobs if j.startswith("compare:")]) == 4  # 03's sample and queries, per model
 
 
 def test_images_notebook_shows_search_hits_as_thumbnails_in_a_real_browser(jupyterlab: tuple[str, Path, Path]) -> None:

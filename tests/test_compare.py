@@ -154,7 +154,9 @@ def test_the_compare_command_says_the_cost_first_then_the_table(tmp_path: Path, 
                     "--sizes", "256", "3072", "--queries", str(queries))  # fmt: skip
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("A sample of 60 records and 3 queries") and lines[1].startswith("Spent now: $")
+    assert lines[0].startswith("A sample of 60 records and 3 queries") and lines[1].startswith(
+        "Embedding the sample cost $"
+    )
     assert "neighbours kept" in out.stdout and "of your queries" in out.stdout and "100%" in out.stdout
     assert "not relevance" in " ".join(out.stdout.split())
     as_json = run_qsync("compare", "--source", str(src), "--db", str(db), "--sample", "60", "--models", MODEL,

@@ -72,7 +72,7 @@ def _widget_text(nb: nbformat.NotebookNode) -> str:
 
 @pytest.mark.slow
 def test_every_notebook_runs_top_to_bottom_headless(tmp_path: Path) -> None:
-    env = {"QSYNC_NB_DB": str(tmp_path / "nb.duckdb"), "QSYNC_NB_DIMENSIONS": "64"}
+    env = {"QSYNC_NB_DB": str(tmp_path / "nb.duckdb"), "QSYNC_NB_DIMENSIONS": "64", "QSYNC_NB_SAMPLE": "60"}
     # Before any job exists, 02 and 03 say so in a sentence (no StoreError traceback).
     empty = _widget_text(_execute("02_inspect_batches.ipynb", env))
     assert "No jobs in" in empty and "Traceback" not in empty and "StoreError" not in empty
@@ -91,6 +91,11 @@ def test_every_notebook_runs_top_to_bottom_headless(tmp_path: Path) -> None:
     assert "cost_usd" not in estimate and not re.search(r"\d\.\d{7,}", estimate), "figures a person reads"
     images = [o for c in third.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, "03 draws its plot"
+    # The comparison: the sample's cost said first, then a row per model and size, the full size keeping 100%.
+    assert "A sample of 60 records and 3 queries" in _text(third)
+    compared = _widget_text(third)
+    assert "neighbours kept" in compared and "gemini-embedding-2" in compared and "100%" in compared
+    assert "nothing paid now" in compared, "the first (empty-DB) run of 03 embedded the sample: this one reuses it"
 
 
 def _widget_value(nb: nbformat.NotebookNode, cell_text: str) -> str:

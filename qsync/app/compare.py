@@ -154,6 +154,16 @@ def sample_sentence(found: Comparison) -> str:
     )
 
 
+def spent_sentence(found: Comparison) -> str:
+    """What embedding the sample cost in this call, and where the ledger has it."""
+    if not found.jobs:
+        return "The sample was already embedded: nothing paid now."
+    return (
+        f"Embedding the sample cost {usd(found.spent_usd)} now, recorded as {count(len(found.jobs))} jobs named "
+        f"{_COLLECTION}:… (qsync jobs, qsync cost)."
+    )
+
+
 MEANING = (
     f"neighbours kept: of each sampled record's {NEIGHBOURS} nearest sampled records at the model's full size, the "
     f"share still among its {NEIGHBOURS} nearest at this size (with queries: of each query's). It says what a smaller "

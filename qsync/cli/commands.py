@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qsync.app import jobs, reading
-from qsync.app.compare import COMPARE_SIZES, MEANING, compare, comparison_view, sample_sentence
+from qsync.app.compare import COMPARE_SIZES, MEANING, compare, comparison_view, sample_sentence, spent_sentence
 from qsync.cli.output import (
     EXIT_ERROR,
     EXIT_OK,
@@ -25,7 +25,6 @@ from qsync.cli.output import (
 from qsync.cli.progress import ProgressBar
 from qsync.embedders.gemini import api_key_from_env
 from qsync.errors import ConfigError, MissingColumn
-from qsync.formatting import usd
 from qsync.input.columns import guess_columns, source_columns
 from qsync.money.estimate import compare_models, estimate
 from qsync.ops.verify import SAMPLE
@@ -221,7 +220,7 @@ def compare_(args: argparse.Namespace) -> int:
     if args.json:
         print_frame(found.table, True)
         return EXIT_OK
-    print(f"Spent now: {usd(found.spent_usd)}" + (f" ({', '.join(found.jobs)})" if found.jobs else " (all cached)"))
+    print(spent_sentence(found))
     print_frame(comparison_view(found.table), False)
     print(textwrap.fill(MEANING, width=100))
     return EXIT_OK

@@ -12,6 +12,7 @@ Jobs run in background threads, so the kernel stays free; widgets change from th
 trait assignment, and plots are PNGs set as an Output's `outputs`. The core package never imports this.
 """
 
+from qsync.notebook.compare import show_comparison
 from qsync.notebook.costs import CostPanel, estimate_beside_actual, estimate_table
 from qsync.notebook.formatting import show
 from qsync.notebook.inspector import BatchInspector
@@ -33,5 +34,6 @@ __all__ = [
     "estimate_beside_actual",
     "estimate_table",
     "show",
+    "show_comparison",
     "thumbnails",
 ]
