@@ -17,6 +17,7 @@ from qsync_testing import make_records, qdrant_points, run_qsync, sdk_emulator, 
 import qsync
 from qsync.app.compare import Comparison, compare
 from qsync.errors import QsyncError
+from qsync.notebook.picker import job_choices
 from qsync.ops.agreement import recall_at_k
 from qsync.sink.shards import open_shard
 from qsync.spec.settings import RunSettings
@@ -145,6 +146,8 @@ def test_a_capped_comparison_stops_keeps_what_it_paid_and_goes_on_when_called_ag
 
 def test_the_compare_command_says_the_cost_first_then_the_table(tmp_path: Path, emulator: GeminiEmulator) -> None:
     src, db = _source(tmp_path, 200), tmp_path / "q.duckdb"
+    backfill = qsync.run(src, collection="docs", db=db, embedder="hash", dimensions=32, progress=False)
+    assert backfill.ok and _embedded(emulator) == 0
     queries = tmp_path / "queries.txt"
     queries.write_text("\n".join(QUERIES) + "\n\n")
     dry = run_qsync("compare", "--source", str(src), "--db", str(db), "--sample", "60", "--dry-run")
@@ -164,6 +167,9 @@ def test_the_compare_command_says_the_cost_first_then_the_table(tmp_path: Path, 
     rows = json.loads(as_json.stdout)
     assert [r["dimensions"] for r in rows] == [256, 3072] and rows[1]["neighbours_kept"] == 1.0
     assert _embedded(emulator) == 60 + 3, "the JSON run found the sample in the cache"
+    # A notebook's job picker opens the newest backfill, not the samples compared since.
+    choices = [job for _, job in job_choices(db)]
+    assert choices[0] == backfill.job_id and len(choices) == 3 and all(c.startswith("compare:") for c in choices[1:])
     small = run_qsync("compare", "--source", str(src), "--db", str(db), "--sample", "5")
     assert small.returncode == 1 and "too small" in small.stderr
 

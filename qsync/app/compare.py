@@ -191,6 +191,11 @@ def _share(value: float) -> str:
     return MISSING if pd.isna(value) else f"{value:.0%}"
 
 
+def is_comparison(job: str) -> bool:
+    """Whether a job is one of `compare`'s samples (not a backfill)."""
+    return job.startswith(f"{_COLLECTION}:")
+
+
 def query_task(model: str) -> str:
     """How a model embeds a search query (qsync.search embeds queries so too)."""
     return QUERY_TASK if takes_instructions(model) else RETRIEVAL_QUERY

@@ -12,13 +12,15 @@ import ipywidgets as widgets
 import pandas as pd
 
 from qsync.app import reading
+from qsync.app.compare import is_comparison
 from qsync.errors import QsyncError
 from qsync.formatting import count, usd
 from qsync.spec.defaults import resolve_db
 
 
 def job_choices(db: str | Path | None) -> list[tuple[str, str]]:
-    """(label, job) for every job in `db`, newest first; [] when there is no file or no job."""
+    """(label, job) for every job in `db`, newest first, the samples `qsync.compare` embedded after the backfills
+    (a picker opens the newest backfill, not the comparison run since); [] when there is no file or no job."""
     path = resolve_db(db)
     if not path.exists():
         return []
@@ -26,7 +28,8 @@ def job_choices(db: str | Path | None) -> list[tuple[str, str]]:
         frame = reading.jobs(db=path)
     except QsyncError:
         return []
-    return [(_label(row), str(row["job"])) for _, row in frame.iterrows()]
+    choices = [(_label(row), str(row["job"])) for _, row in frame.iterrows()]
+    return sorted(choices, key=lambda choice: is_comparison(choice[1]))  # stable: newest first within each
 
 
 def _label(row: pd.Series) -> str:
