@@ -149,7 +149,7 @@ NOTEBOOKS = {
             "from qsync.app.compare import sample_sentence\n"
             "from qsync.notebook.sentences import where_gemini_calls_go\n\n"
             'SAMPLE = int(os.environ.get("QSYNC_NB_SAMPLE", "300"))  # records to embed at full size, per model\n'
-            "QUERIES = [\"a musical instrument with strings\", \"a large wild animal\", \"to move quickly\"]  # or []\n\n"
+            'QUERIES = ["a musical instrument with strings", "a large wild animal", "to move quickly"]  # or []\n\n'
             'if os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY"):\n'
             "    print(where_gemini_calls_go())\n"
             "else:\n"
