@@ -120,21 +120,27 @@ def worded_vector(model: str, key: str, text: str, dimensions: int | None) -> np
     can offer. Nested like the real models' (Matryoshka-trained): a smaller size is the full vector's first
     dimensions, which carry most of its weight, and only the full size is unit length."""
     words = tokenize(INSTRUCTION.sub("", text)) if text.strip() else []
-    vector = sum((_word_vector(w) for w in words), np.zeros(FULL_DIMENSIONS))
+    vector = np.zeros(FULL_DIMENSIONS)
+    for word in words:
+        np.add.at(vector, *_word_features(word))
     scale = float(np.linalg.norm(vector)) or 1.0
-    vector = vector / scale + 0.3 * emulated_vector(model, key, FULL_DIMENSIONS) * _NESTED_WEIGHTS
+    vector = vector / scale + 0.3 * emulated_vector(model, key, FULL_DIMENSIONS)
     return (vector / float(np.linalg.norm(vector)))[: dimensions or FULL_DIMENSIONS].astype(np.float32)
 
 
-# How a nested model spreads a vector's weight: the first dimensions hold most of it (Matryoshka training makes every
-# prefix a usable embedding), the last ones little.
-_NESTED_WEIGHTS = 1.0 / np.sqrt(1.0 + np.arange(FULL_DIMENSIONS) / 48.0)
+# A word is a few signed features; a nested model puts most of a vector's weight in its first dimensions (Matryoshka
+# training makes every prefix a usable embedding), so a word's features fall mostly there: at a smaller size, fewer of
+# them remain and more words collide, as a smaller size tells texts apart less well.
+_FEATURES_PER_WORD = 8
 
 
-@functools.lru_cache(maxsize=4096)
-def _word_vector(word: str) -> np.ndarray:
-    seed = int.from_bytes(hashlib.sha256(f"word\x00{word}".encode()).digest()[:8], "little")
-    return np.random.default_rng(seed).standard_normal(FULL_DIMENSIONS) * _NESTED_WEIGHTS
+@functools.lru_cache(maxsize=65536)
+def _word_features(word: str) -> tuple[np.ndarray, np.ndarray]:
+    """Where a word's features are in the full vector, and their signs."""
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"word\x00{word}".encode()).digest()[:8], "little"))
+    return (rng.random(_FEATURES_PER_WORD) ** 2 * FULL_DIMENSIONS).astype(int), rng.choice(
+        [-1.0, 1.0], _FEATURES_PER_WORD
+    )
 
 
 def answer_values(model: str, text: str, dimensions: int | None, words: str | None = None) -> list[float]:
