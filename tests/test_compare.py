@@ -77,6 +77,12 @@ def test_a_smaller_size_is_cut_from_the_cached_full_size_never_paid_again(
     repaired = qsync.verify(result.job_id, db=db, repair=True)
     assert repaired.repaired == 30 and repaired.unrepairable == 0 and _embedded(emulator) == paid
     assert qsync.verify(result.job_id, db=db).ok
+    # Batch Mode at another smaller size submits nothing: the cache holds every text, at full size.
+    emulator.batch_job_seconds = 0.1
+    batch = qsync.run(src, collection="batch", db=db, embedder="gemini", model=MODEL, dimensions=256,
+                      qdrant_path=tmp_path / "batch", batch_mode=True, progress=False,
+                      settings=replace(FAST, batch_mode_poll_s=0.1))  # fmt: skip
+    assert batch.ok and emulator.requests["asyncBatchEmbedContent"] == 0 and _embedded(emulator) == paid
     # The other way round is not free: a larger size holds more than a smaller one's vector.
     other = tmp_path / "other.jsonl"
     write_records(other, [{**r, "text": r["text"] + " again"} for r in make_records(50)])

@@ -7,7 +7,7 @@ from typing import Any
 
 from qsync.embedders.protocol import Vectors
 from qsync.ledger import remote, spend
-from qsync.ledger.cache import CacheIdentity, batch_mode_origin, insert_vectors
+from qsync.ledger.cache import CacheIdentity, batch_mode_origin, insert_vectors, key_prefixes
 from qsync.ledger.run import LeasedJob
 
 
@@ -21,10 +21,11 @@ class BatchModeRecords:
         with self.job.ledger.reading() as con:
             return remote.pending(con, self.job.job_id)
 
-    def texts_to_submit(self, key_prefix: str) -> tuple[list[str], list[str]]:
-        """(content hashes, texts) of unfinished batches not cached and not yet submitted."""
+    def texts_to_submit(self, identity: CacheIdentity) -> tuple[list[str], list[str]]:
+        """(content hashes, texts) of unfinished batches not cached (at `identity`'s size, or cut from its full
+        size) and not yet submitted."""
         with self.job.ledger.reading() as con:
-            frame = remote.texts_to_submit(con, self.job.job_id, key_prefix)
+            frame = remote.texts_to_submit(con, self.job.job_id, key_prefixes(identity))
         return list(frame["content_hash"]), list(frame["text"])
 
     def unrecorded_submissions(self) -> list[tuple[str, list[str]]]:

@@ -113,12 +113,22 @@ def lookup_vectors(
     `full_size`). Vectors whose origin is `free_origin` (this job's own Batch Mode prefetch) save nothing: the job
     paid for them."""
     found = Lookup()
-    _look_up(con, vectors_file, embedder, hashes, free_origin, found)
-    full = full_size(embedder)
-    if full is not None:
-        _look_up(con, vectors_file, full, [h for h in hashes if h not in found.found], free_origin, found,
-                 cut_to=embedder.dimensions)  # fmt: skip
+    for identity in serving(embedder):
+        cut_to = embedder.dimensions if identity is not embedder else None
+        _look_up(con, vectors_file, identity, [h for h in hashes if h not in found.found], free_origin, found, cut_to)
     return found
+
+
+def serving(embedder: CacheIdentity) -> list[CacheIdentity]:
+    """Whose cached vectors serve this embedder: its own, then (a Matryoshka model at a smaller size) its model's
+    full size, cut. Every reader of the cache asks this, so that a vector paid for once is never paid for again."""
+    full = full_size(embedder)
+    return [embedder] if full is None else [embedder, full]
+
+
+def key_prefixes(embedder: CacheIdentity) -> list[str]:
+    """The cache-key prefixes (`prefix || content_hash`) of `serving(embedder)`, for SQL that looks in the cache."""
+    return [cache_key(identity, "") for identity in serving(embedder)]
 
 
 def _look_up(
@@ -192,9 +202,7 @@ def forget_beyond(con: Any, size: int) -> int:
 def cached_hashes(con: Any, embedder: CacheIdentity, hashes: list[str]) -> set[str]:
     """The hashes among `hashes` whose vector (by this embedder, or cut from its full size) the cache holds."""
     found: set[str] = set()
-    for identity in (embedder, full_size(embedder)):
-        if identity is None:
-            continue
+    for identity in serving(embedder):
         todo = [h for h in hashes if h not in found]
         for start in range(0, len(todo), 1000):
             keys = [cache_key(identity, h) for h in todo[start : start + 1000]]
@@ -208,17 +216,21 @@ def vectors_by_key(con: Any, vectors_file: VectorFile, keys: list[str]) -> dict[
     """cache key -> vector, for the keys the cache holds (and whose bytes the vector file still has), at their own
     size or cut from their model's full size."""
     found = _by_key(con, vectors_file, keys)
-    fuller: dict[str, tuple[str, int]] = {}  # a missing key -> (its full-size key, its size)
-    for key in keys:
-        signature, _, content_hash = key.rpartition("|")
-        identity = SignatureIdentity(signature)
-        full = full_size(identity) if key not in found else None
-        if full is not None:
-            fuller[key] = (cache_key(full, content_hash), identity.dimensions)
+    fuller = {key: full for key in keys if key not in found and (full := full_size_key(key)) is not None}
     if fuller:
-        full_vectors = _by_key(con, vectors_file, sorted({k for k, _ in fuller.values()}))
-        found.update({key: shortened(full_vectors[k], d) for key, (k, d) in fuller.items() if k in full_vectors})
+        full_vectors = _by_key(con, vectors_file, sorted(set(fuller.values())))
+        found.update({
+            key: shortened(full_vectors[full], SignatureIdentity(key.rpartition("|")[0]).dimensions)
+            for key, full in fuller.items() if full in full_vectors
+        })  # fmt: skip
     return found
+
+
+def full_size_key(key: str) -> str | None:
+    """The key of the full-size vector a cache key's vector is cut from (a Matryoshka model at a smaller size)."""
+    signature, _, content_hash = key.rpartition("|")
+    full = full_size(SignatureIdentity(signature))
+    return None if full is None else cache_key(full, content_hash)
 
 
 def _by_key(con: Any, vectors_file: VectorFile, keys: list[str]) -> dict[str, Vectors]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from qsync.ledger.cache import full_size_key
 from qsync.ledger.process import lease_is_live
 from qsync.spec.defaults import stale_after_s
 
@@ -42,11 +43,15 @@ def claim(con: Any, keys: list[str], job_id: str, token: str, now: datetime) -> 
 
 
 def _cached(con: Any, keys: list[str]) -> set[str]:
-    if not keys:
+    """The keys whose vector the cache holds, at their size or at their model's full size (cut from it)."""
+    fuller = {key: full for key in keys if (full := full_size_key(key)) is not None}
+    wanted = [*keys, *fuller.values()]
+    if not wanted:
         return set()
-    placeholders = ", ".join("?" * len(keys))  # a literal list: DuckDB uses the primary-key index
-    rows = con.execute(f"SELECT cache_key FROM embeddings WHERE cache_key IN ({placeholders})", keys).fetchall()
-    return {str(r[0]) for r in rows}
+    placeholders = ", ".join("?" * len(wanted))  # a literal list: DuckDB uses the primary-key index
+    rows = con.execute(f"SELECT cache_key FROM embeddings WHERE cache_key IN ({placeholders})", wanted).fetchall()
+    held = {str(r[0]) for r in rows}
+    return {key for key in keys if key in held or fuller.get(key) in held}
 
 
 def release(con: Any, keys: list[str], token: str) -> None:

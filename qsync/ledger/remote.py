@@ -44,9 +44,9 @@ def hashes_of(con: Any, job_id: str, name: str) -> list[str]:
     return list(row[0][0]) if row else []
 
 
-def texts_to_submit(con: Any, job_id: str, key_prefix: str) -> pd.DataFrame:
-    """content_hash, text of the job's unfinished batches that neither the cache (keys `key_prefix || hash`)
-    nor a submitted Batch Mode job covers, in manifest order."""
+def texts_to_submit(con: Any, job_id: str, key_prefixes: list[str]) -> pd.DataFrame:
+    """content_hash, text of the job's unfinished batches that neither the cache (keys `prefix || hash`, for each of
+    `key_prefixes`: cache.key_prefixes) nor a submitted Batch Mode job covers, in manifest order."""
     frame: pd.DataFrame = con.df(
         """
         WITH covered AS (
@@ -58,9 +58,10 @@ def texts_to_submit(con: Any, job_id: str, key_prefix: str) -> pd.DataFrame:
         WHERE m.job_id = ? AND b.status <> 'done'
           AND m.content_hash NOT IN (SELECT content_hash FROM covered)
           AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.cache_key = ? || m.content_hash)
+          AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.cache_key = ? || m.content_hash)
         GROUP BY m.content_hash ORDER BY min(m.ordinal)
         """,
-        [job_id, job_id, key_prefix],
+        [job_id, job_id, *(key_prefixes * 2)[:2]],  # one prefix, or the own size's then the full size's
     )
     return frame
 

@@ -24,7 +24,6 @@ from qsync.engine.stage import Stage, StageContext
 from qsync.errors import ConfigError, PermanentError, TransientError
 from qsync.ledger.batch_mode import BatchModeRecords
 from qsync.ledger.batches import BatchWork
-from qsync.ledger.cache import cache_key
 
 log = logging.getLogger("qsync")
 
@@ -89,7 +88,7 @@ class BatchModeStage:
 
     def _submit_missing(self) -> None:
         """Submit the texts of unfinished batches that neither the cache nor a submitted job covers."""
-        hashes, texts = self.job.texts_to_submit(cache_key(self.identity, ""))
+        hashes, texts = self.job.texts_to_submit(self.identity)
         for start in range(0, len(hashes), self.texts_per_job):
             self.control.check()
             chunk_hashes = hashes[start : start + self.texts_per_job]
