@@ -142,8 +142,8 @@ NOTEBOOKS = {
             "one model against the other (each is measured against itself).\n"
             "- Offline (no `GEMINI_API_KEY`), qsync's local emulator answers: its vectors follow the words of each "
             "text and are nested like Gemini's, so the figures show how the comparison reads, not how Gemini's "
-            "sizes compare. With a key, the same cells measure Gemini on your table (a few hundred records: "
-            "well under a cent)."
+            "sizes compare. With a key, the same cells measure Gemini on your table: 300 short records cost well under "
+            "a cent; 300 texts of ~500 tokens, about $0.05 for the two models."
         ),
         new_code_cell(
             "from qsync.app.compare import sample_sentence\n"

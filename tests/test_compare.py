@@ -16,10 +16,13 @@ from qsync_testing import make_records, qdrant_points, run_qsync, sdk_emulator, 
 
 import qsync
 from qsync.app.compare import Comparison, compare
-from qsync.errors import QsyncError
+from qsync.errors import QsyncError, SpecMismatch
+from qsync.input.sample import sample_records
+from qsync.input.sources import as_source
 from qsync.notebook.picker import job_choices
 from qsync.ops.agreement import recall_at_k
 from qsync.sink.shards import open_shard
+from qsync.spec.columns import Columns
 from qsync.spec.settings import RunSettings
 from qsync.spec.target import point_id
 from qsync.testing.emulator import GeminiEmulator
@@ -116,6 +119,7 @@ def test_compare_pays_for_the_sample_once_measures_every_size_and_the_full_run_r
         kept = _by_size(found.table, model, "neighbours_kept")
         assert kept[3072] == 1.0 and 0 <= kept[128] < kept[768] < 1.0, kept
         assert _by_size(found.table, model, "neighbours_kept_queries")[3072] == 1.0
+        assert set(_by_size(found.table, model, "records").values()) == {80}
         storage = _by_size(found.table, model, "storage_gb")
         assert storage[768] == pytest.approx(storage[3072] / 4)
     costs = found.table.groupby("model")["cost_usd"].first()
@@ -144,8 +148,13 @@ def test_a_capped_comparison_stops_keeps_what_it_paid_and_goes_on_when_called_ag
         compare(src, db=db, sample=300, models=[MODEL], max_cost_usd=cost / 2, settings=settings)
     partial = _embedded(emulator)
     assert 0 < partial < 300
+    [job] = [j for j in qsync.jobs(db=db)["job"] if j.startswith("compare:")]
+    paid_before = float(qsync.status(job, db=db)["cost_usd"])
     found = compare(src, db=db, sample=300, models=[MODEL], max_cost_usd=1.0, settings=settings)
     assert _embedded(emulator) == 300, "resumed: no text of the sample paid twice"
+    # "Spent now" is what this call paid, not what the job had paid before it.
+    assert found.jobs == [job] and 0 < found.spent_usd < float(qsync.status(job, db=db)["cost_usd"])
+    assert found.spent_usd == pytest.approx(float(qsync.status(job, db=db)["cost_usd"]) - paid_before)
     assert emulator.stats()["texts_embedded_twice"] == 0
     assert found.table["neighbours_kept"].iloc[-1] == 1.0
 
@@ -159,6 +168,8 @@ def test_the_compare_command_says_the_cost_first_then_the_table(tmp_path: Path, 
     dry = run_qsync("compare", "--source", str(src), "--db", str(db), "--sample", "60", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "A sample of 60 records" in dry.stdout and _embedded(emulator) == 0
+    dry_json = run_qsync("compare", "--source", str(src), "--db", str(db), "--sample", "60", "--dry-run", "--json")
+    assert json.loads(dry_json.stdout)["sample_cost_usd"][MODEL] > 0
     out = run_qsync("compare", "--source", str(src), "--db", str(db), "--sample", "60", "--models", MODEL,
                     "--sizes", "256", "3072", "--queries", str(queries))  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -178,6 +189,22 @@ def test_the_compare_command_says_the_cost_first_then_the_table(tmp_path: Path, 
     assert choices[0] == backfill.job_id and len(choices) == 3 and all(c.startswith("compare:") for c in choices[1:])
     small = run_qsync("compare", "--source", str(src), "--db", str(db), "--sample", "5")
     assert small.returncode == 1 and "too small" in small.stderr
+    zero = run_qsync("compare", "--source", str(src), "--db", str(db), "--sizes", "0", "768")
+    assert zero.returncode == 1 and "positive" in zero.stderr
+
+
+def test_a_form_at_a_smaller_size_than_its_unfinished_job_is_told_the_vectors_are_cut_not_paid(
+    tmp_path: Path, emulator: GeminiEmulator
+) -> None:
+    src, db = _source(tmp_path, 100), tmp_path / "q.duckdb"
+    options: dict[str, Any] = {"collection": "c", "db": db, "embedder": "gemini", "model": MODEL}
+    qsync.prepare(src, dimensions=3072, **options)  # planned, not run: unfinished
+    with pytest.raises(SpecMismatch) as refused:
+        qsync.prepare(src, dimensions=768, **options)
+    assert "cut from the full-size vectors" in refused.value.reuse_note
+    with pytest.raises(SpecMismatch) as larger:
+        qsync.prepare(src, dimensions=3072, **{**options, "model": "gemini-embedding-2"})
+    assert "at full price" in larger.value.reuse_note
 
 
 def test_recall_is_whole_when_the_first_dimensions_hold_everything() -> None:
@@ -194,3 +221,15 @@ def test_recall_is_whole_when_the_first_dimensions_hold_everything() -> None:
 def test_emulated_vectors_are_nested_like_the_models() -> None:
     full = emulated_vector(MODEL, "a text", None)
     np.testing.assert_array_equal(emulated_vector(MODEL, "a text", 256), full[:256])
+
+
+def test_the_sample_leaves_out_what_the_planner_skips_and_texts_that_would_tie() -> None:
+    frame = pd.DataFrame({
+        "id": ["a", "a", "b", "c", "d", " ", "e"],
+        "text": [" ", "second row of a", "same", "same", "\t\u00a0", "no id", "fine"],
+    })  # fmt: skip
+    sampled = sample_records(as_source(frame), Columns("id", "text", None), 10)
+    # a: its first row is blank (the planner skips the second as a duplicate id); d: whitespace; " ": no id;
+    # b and c share a text: one of them.
+    assert sorted(sampled["id"]) in (["b", "e"], ["c", "e"])
+    assert list(sample_records(as_source(frame), Columns("id", "text", None), 10)["id"]) == list(sampled["id"])

@@ -5,7 +5,8 @@ smaller size keeps of its neighbours, next to what the whole table would cost, t
     comparison.table          # model, dimensions, neighbours_kept, cost_usd, minutes, storage_gb
     qsync compare data/wordnet_sample.jsonl --sample 300
 
-The sample is paid for like any job (a job per model, in the checkpoint file, within a budget, resumable), and its
+The sample is paid for like any job (a job per model, and one for the queries if any: in the checkpoint file,
+within a budget, resumable), and its
 vectors stay in the embedding cache at full size: a later run of any size of the same model cuts them from there
 instead of paying again (ledger.cache: Gemini's models are Matryoshka-trained). The sample is the records whose
 ids hash lowest, so it is the same sample every time for the same table, and mostly the same after the table grows.
@@ -25,7 +26,7 @@ from qsync.app import jobs
 from qsync.app.options import SourceLike, SpecOptions
 from qsync.app.reading import status
 from qsync.catalog.instructions import QUERY_TASK, takes_instructions
-from qsync.catalog.models import RETRIEVAL_QUERY, embedding_models, full_dimensions
+from qsync.catalog.models import RETRIEVAL_QUERY, embedding_models, full_dimensions, model_info, nested_dimensions
 from qsync.embedders.protocol import Vectors
 from qsync.engine.events import Listener
 from qsync.errors import ConfigError, QsyncError
@@ -48,6 +49,7 @@ PathLike = str | os.PathLike[str]
 COMPARE_SIZES = (128, 256, 512, 768, 1536, 3072)
 DEFAULT_SAMPLE = 300
 NEIGHBOURS = 10
+MIN_SAMPLE = 50  # fewer records, and a record's 10 nearest are most of the sample: the figure says little
 _COLLECTION = "compare"  # the sample's points go to an in-memory Qdrant: only its vectors (cached) are kept
 
 
@@ -55,8 +57,10 @@ _COLLECTION = "compare"  # the sample's points go to an in-memory Qdrant: only i
 class Comparison:
     """What `compare` found. `table`: one row per model and size: `neighbours_kept` (recall@10 of each sampled
     record's nearest sampled records at full size), `neighbours_kept_queries` (with `queries`: of each query's),
-    and for the whole table at that model: `cost_usd` (the cache counted), `minutes` at the tier's limits,
-    `storage_gb` in Qdrant."""
+    `records` (how many sampled records the model's measure rests on: a record it skips is not measured), and for
+    the whole table at that model: `cost_usd` still to pay (what the cache holds at full size counted, the sample
+    included), `minutes` at the tier's limits, `storage_gb` in Qdrant. Only a Matryoshka model's smaller sizes are
+    measured (`measured_sizes`)."""
 
     source: str
     sample_records: int
@@ -92,10 +96,10 @@ def compare(
     same before anything is paid. `max_cost_usd`: a cap on each model's sample job; a job stopped short is resumed
     by calling again."""
     models = list(models or embedding_models())
-    if sample < NEIGHBOURS + 1:
-        raise ConfigError(
-            f"a sample of {sample} records is too small to compare {NEIGHBOURS} neighbours; use 50 or more"
-        )
+    if sample < MIN_SAMPLE:
+        raise ConfigError(f"a sample of {sample} records is too small to compare neighbours; use {MIN_SAMPLE} or more")
+    if any(int(d) < 1 for d in sizes):
+        raise ConfigError(f"vector sizes are positive numbers of dimensions, not {', '.join(map(str, sizes))}")
     columns = Columns(id_column, None if text_template else text_column, text_template)
     frame = sample_records(as_source(source, database=source_db), columns, sample)
     if frame.empty:
@@ -128,11 +132,9 @@ def compare(
         whole = estimate(source, model=model, dimensions=full_dimensions(model), db=db, id_column=id_column,
                          text_column=text_column, text_template=text_template, source_db=source_db,
                          chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)  # fmt: skip
-        for dims in sizes:
-            if dims > full_dimensions(model):
-                continue
+        for dims in measured_sizes(model, sizes):
             rows.append({
-                "model": model, "dimensions": dims,
+                "model": model, "dimensions": dims, "records": len(items),
                 "neighbours_kept": recall_at_k(items, None, dims, NEIGHBOURS),
                 **({"neighbours_kept_queries": recall_at_k(items, query_vectors, dims, NEIGHBOURS)}
                    if query_vectors is not None else {}),
@@ -141,6 +143,15 @@ def compare(
             })  # fmt: skip
     found.table = pd.DataFrame(rows)
     return found
+
+
+def measured_sizes(model: str, sizes: Sequence[int]) -> list[int]:
+    """The sizes a model offers among `sizes` (its full size always): only a Matryoshka model's smaller sizes can be
+    cut from its full-size vectors."""
+    full = full_dimensions(model)
+    low = int(model_info(model).get("min_dimensions", 1))
+    smaller = sorted({int(d) for d in sizes if low <= int(d) < full}) if nested_dimensions(model) else []
+    return [*smaller, full]
 
 
 def sample_sentence(found: Comparison) -> str:
@@ -168,8 +179,8 @@ MEANING = (
     f"neighbours kept: of each sampled record's {NEIGHBOURS} nearest sampled records at the model's full size, the "
     f"share still among its {NEIGHBOURS} nearest at this size (with queries: of each query's). It says what a smaller "
     "size loses against the model's own best on your data; it is neighbour agreement, not relevance: it cannot tell "
-    "whether either neighbourhood is what a person would want, nor compare one model with the other. Cost, time (at "
-    "the tier's limits) and storage are the whole table's, cache counted."
+    "whether either neighbourhood is what a person would want, nor compare one model with the other. Cost still to "
+    "pay, time (at the tier's limits) and storage are the whole table's; a long record counts by its first chunk."
 )
 
 
@@ -178,10 +189,11 @@ def comparison_view(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
     view = pd.DataFrame({"model": table["model"], "size": table["dimensions"].map(count)})
+    view["records measured"] = table["records"].map(count)
     view["neighbours kept"] = table["neighbours_kept"].map(_share)
     if "neighbours_kept_queries" in table:
         view["of your queries"] = table["neighbours_kept_queries"].map(_share)
-    view["whole table: cost"] = table["cost_usd"].map(usd)
+    view["whole table: cost to pay"] = table["cost_usd"].map(usd)
     view["time"] = (table["minutes"] * 60).map(duration)
     view["Qdrant storage"] = table["storage_gb"].map(gigabytes)
     return view
@@ -221,25 +233,31 @@ def _embedded(
     if path.exists():
         with Ledger(path, create=False) as ledger:
             done = newest_job(ledger, name)
-    if done is None or not done.state.final:
+    if done is None or done.status != "completed":  # a cancelled sample job is run again (a re-sync): it goes on
         options: SpecOptions = {
             "collection": _COLLECTION, "job": name, "embedder": "gemini", "model": model,
             "dimensions": full_dimensions(model), "task_type": task_type, "qdrant_path": MEMORY,
             "id_column": "id", "text_column": "text", "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap,
         }  # fmt: skip
+        # What this call pays: a resumed sample job's cost less what it had (a re-sync #2 starts at nothing).
+        before_job = done.job_id if done is not None else None
+        before = float(status(before_job, db=path)["cost_usd"]) if before_job is not None else 0.0
         result = jobs.run(frame, db=path, settings=settings, listeners=listeners, max_cost_usd=max_cost_usd, **options)
         found.jobs.append(result.job_id)
-        found.spent_usd += float(status(result.job_id, db=path)["cost_usd"])
+        paid = float(status(result.job_id, db=path)["cost_usd"]) - (before if result.job_id == before_job else 0.0)
+        found.spent_usd += paid
         if not result.ok:
             raise QsyncError(
-                f"embedding the sample stopped ({result.status}: {result.message or 'no message'}); "
-                "what was paid is kept: call compare again to go on"
+                f"embedding the sample stopped ({result.status}: {result.message or 'no message'}) after "
+                f"{usd(found.spent_usd)} paid in this call; what was paid is kept: call compare again to go on"
             )
     with Ledger(path, create=False) as ledger:
         record = newest_job(ledger, name)
         assert record is not None
         identity = SignatureIdentity(str(record.config["embedder_signature"]))
-        keys = [cache_key(identity, h) for h in planned_units(ledger, name)["content_hash"]]
+        units = planned_units(ledger, name)
+        # A record is one item: its first chunk (a long record's chunks would be each other's nearest at any size).
+        keys = [cache_key(identity, h) for h in units[units["chunk_no"] == 0]["content_hash"]]
         with ledger.reading() as con:
             vectors = vectors_by_key(con, ledger.vectors, keys)
     return np.stack([vectors[k] for k in keys if k in vectors])

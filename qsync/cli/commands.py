@@ -216,6 +216,9 @@ def compare_(args: argparse.Namespace) -> int:
         on_sample=lambda sample: print(sample_sentence(sample), file=sys.stderr if args.json else sys.stdout),
     )  # fmt: skip
     if args.dry_run:
+        if args.json:
+            print(json.dumps({"sample_records": found.sample_records, "queries": found.queries,
+                              "sample_cost_usd": found.sample_cost_usd}, indent=2))  # fmt: skip
         return EXIT_OK
     if args.json:
         print_frame(found.table, True)
