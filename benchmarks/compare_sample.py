@@ -60,7 +60,7 @@ def _round(sample: int) -> dict[str, object]:
             _, cost = _qsync(env, "cost", "w:wordnet_sample", "--db", db, "--json")
             _, jobs = _qsync(env, "jobs", "--db", db, "--json")
         spent = sum(j["cost_usd"] for j in json.loads(jobs) if j["job"].startswith("compare:"))
-        run_cost = json.loads(cost)[0]
+        run_cost = json.loads(cost)
         rows = json.loads(first)
         kept = {f"{r['model']}@{r['dimensions']}": round(r["neighbours_kept"], 3) for r in rows}
         return {
