@@ -225,9 +225,7 @@ def enrichment_estimate(spec: EnrichSpec, records: int, texts: pd.DataFrame) -> 
     }
 
 
-def compare_models(
-    source: SourceLike, *, models: Sequence[str] | None = None, **options: Any
-) -> pd.DataFrame:
+def compare_models(source: SourceLike, *, models: Sequence[str] | None = None, **options: Any) -> pd.DataFrame:
     """`estimate` of the same source for each embedding model (default: every priced one), one row each. The
     models differ in more than price: a text -001 cuts into chunks may fit -2's 8,192 tokens whole, and -2 is billed
     for the instruction it receives with every text. With a media column, only the models that embed media are
