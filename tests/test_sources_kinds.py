@@ -187,9 +187,9 @@ def test_a_folder_or_glob_with_nothing_to_read_is_a_clear_error(tmp_path: Path) 
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.csv").write_text("id,text\n1,x\n")
     db = tmp_path / "q.duckdb"
-    with pytest.raises(SourceError, match=r"empty: the folder holds no \.parquet or \.pq file"):
+    with pytest.raises(SourceError, match=r"empty: no \.parquet or \.pq file is in the folder"):
         qsync.run(tmp_path / "empty", collection="c", db=db, dimensions=16)
-    with pytest.raises(SourceError, match=r"nowhere/\*\.parquet: no file matches the glob"):
+    with pytest.raises(SourceError, match=r"nowhere/\*\.parquet: no \.parquet or \.pq file matches the glob"):
         qsync.run(str(tmp_path / "nowhere" / "*.parquet"), collection="c", db=db, dimensions=16)
     _write_part(tmp_path / "parts", "a.parquet", range(3))
     with pytest.raises(MissingColumn, match=r"column\(s\) 'body' not found \(columns are: id, text\)"):

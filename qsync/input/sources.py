@@ -171,12 +171,12 @@ class ParquetFilesSource:
     def __post_init__(self) -> None:
         self.location = str(Path(self.location).expanduser().resolve())
         self.description = self.location
-        if not is_glob(self.location) and not Path(self.location).is_dir():
+        if not self.is_glob and not Path(self.location).is_dir():
             raise SourceError(f"source folder {self.location} does not exist")
 
     @property
     def is_glob(self) -> bool:
-        return is_glob(self.location)
+        return is_glob(self.location) and not Path(self.location).is_dir()  # a folder may be named `data[1]`
 
     @property
     def folder(self) -> Path:
@@ -197,8 +197,8 @@ class ParquetFilesSource:
                      if not any(part.startswith((".", "_")) for part in f.relative_to(self.location).parts)]  # fmt: skip
         files = sorted(f for f in found if f.suffix.lower() in PARQUET_SUFFIXES and f.is_file())
         if not files:
-            what = "no file matches the glob" if self.is_glob else "the folder holds no .parquet or .pq file"
-            raise SourceError(f"{self.location}: {what}")
+            where = "matches the glob" if self.is_glob else "is in the folder"
+            raise SourceError(f"{self.location}: no .parquet or .pq file {where}")
         return files
 
     def relation(self) -> str:
