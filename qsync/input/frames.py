@@ -26,9 +26,12 @@ from qsync.sql import relation_arrow
 if TYPE_CHECKING:
     import polars as pl
 
+    PolarsFrame: TypeAlias = pl.DataFrame | pl.LazyFrame
+else:
+    PolarsFrame = Any  # polars is optional: never imported at run time
+
 Frame: TypeAlias = (
-    "pd.DataFrame | pl.DataFrame | pl.LazyFrame | pa.Table | pa.RecordBatch | pa.RecordBatchReader"
-    " | duckdb.DuckDBPyRelation"
+    pd.DataFrame | PolarsFrame | pa.Table | pa.RecordBatch | pa.RecordBatchReader | duckdb.DuckDBPyRelation
 )
 
 # Readers read by this process: a reader cannot say it was exhausted, and one read twice yields no rows.

@@ -316,7 +316,7 @@ def _sql_reads_as_pandas(schema: pa.Schema, columns: Columns) -> bool:
 
 
 # What users pass as a source: a Source, a DataFrame of any kind, a path (file, folder, glob), or "sql:SELECT …".
-SourceLike: TypeAlias = "Source | Frame | str | os.PathLike[str]"
+SourceLike: TypeAlias = Source | Frame | str | os.PathLike[str]
 
 
 def as_source(source: SourceLike, *, database: str | None = None) -> Source:
