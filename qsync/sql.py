@@ -32,6 +32,11 @@ def first_row(result: Rows) -> tuple[Any, ...] | None:
 def arrow_table(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
     """A query's result as a pyarrow Table."""
     relation = con.sql(sql, params=params) if params else con.sql(sql)
+    return relation_arrow(relation)
+
+
+def relation_arrow(relation: duckdb.DuckDBPyRelation) -> Any:
+    """A relation's rows as a pyarrow Table (DuckDB 1.4 and later: to_arrow_table; before, arrow)."""
     fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
     return fetch()
 

@@ -15,11 +15,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-import pandas as pd
 from typing_extensions import Required
 
 from qsync.embedders.gemini import api_key_from_env
-from qsync.input.sources import DataFrameSource, FileSource, Source, SqlSource, as_source
+from qsync.input.frames import frame_columns
+from qsync.input.sources import (
+    DataFrameSource,
+    FileSource,
+    FrameSource,
+    ParquetFilesSource,
+    Source,
+    SourceLike,
+    SqlSource,
+    as_source,
+)
 from qsync.spec.chunking import Chunking
 from qsync.spec.columns import Columns
 from qsync.spec.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DIMENSIONS, default_qdrant_path, resolve_db
@@ -29,7 +38,7 @@ from qsync.spec.job import JobSpec
 from qsync.spec.target import MEMORY, CollectionOptions, SinkSpec
 
 PathLike = str | os.PathLike[str]
-SourceLike = Source | pd.DataFrame | PathLike
+__all__ = ["SourceLike", "SpecOptions", "build_spec", "default_job_name", "sink_spec", "source_identity"]
 
 
 class SpecOptions(TypedDict, total=False):
@@ -150,26 +159,41 @@ def sink_spec(db: Path, qdrant_path: PathLike | None, qdrant_url: str | None) ->
 
 
 def source_identity(source: Source) -> str:
-    """How a spec names its source: a DataFrame by kind only (its rows are snapshotted at plan time, as a file's
-    are), a file by its resolved path, a query by its text."""
-    if isinstance(source, DataFrameSource):
+    """How a spec names its source: a DataFrame of any kind by kind only (its rows are snapshotted at plan time, as a
+    file's are), a file by its resolved path, a folder or glob of Parquet files by its absolute path (the files in it
+    are listed anew by each plan: a re-sync reads the ones added or changed), a query by its text."""
+    if isinstance(source, (DataFrameSource, FrameSource)):
         return "dataframe"
     if isinstance(source, FileSource):
         return str(source.path)
+    if isinstance(source, ParquetFilesSource):
+        return source.location
     if isinstance(source, SqlSource):
         return f"sql: {source.query}"
     return source.description
 
 
 def default_job_name(source: Source, collection: str) -> str:
-    """COLLECTION:SOURCE-STEM (`docs:records`), `COLLECTION:dataframe-<hash of its column names>`, or
-    `COLLECTION:sql-<hash>`. A DataFrame has no name of its own: named by its columns, an unrelated frame sent to
-    the same collection starts its own job instead of becoming a re-sync of the first (`job=` names it)."""
-    if isinstance(source, DataFrameSource):
-        columns = "\0".join(str(c) for c in source.frame.columns)
-        return f"{collection}:dataframe-{hashlib.sha1(columns.encode()).hexdigest()[:8]}"
+    """COLLECTION:SOURCE-STEM (`docs:records`), COLLECTION:FOLDER for a folder of Parquet files, `COLLECTION:glob-<hash>`
+    for a glob, `COLLECTION:dataframe-<hash of its column names>` for a DataFrame of any kind, or `COLLECTION:sql-<hash>`.
+    A DataFrame has no name of its own: named by its columns (read from its schema, no rows read), an unrelated frame
+    sent to the same collection starts its own job instead of becoming a re-sync of the first (`job=` names it); the
+    same rows as pandas, polars or Arrow are the same job."""
+    if isinstance(source, (DataFrameSource, FrameSource)):
+        columns = "\0".join(frame_columns(source.frame))
+        return f"{collection}:dataframe-{_short_hash(columns)}"
     if isinstance(source, SqlSource):
-        return f"{collection}:sql-{hashlib.sha1(source.query.encode()).hexdigest()[:8]}"
+        return f"{collection}:sql-{_short_hash(source.query)}"
     if isinstance(source, FileSource):
         return f"{collection}:{source.path.stem}"
+    if isinstance(source, ParquetFilesSource):
+        return (
+            f"{collection}:glob-{_short_hash(source.location)}"
+            if source.is_glob
+            else f"{collection}:{source.folder.name}"
+        )
     return f"{collection}:{Path(source.description).stem}"
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]

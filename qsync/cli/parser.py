@@ -22,7 +22,10 @@ def add_json(p: argparse.ArgumentParser) -> None:
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--source", required=True, help="a .parquet, .csv, .tsv, .jsonl or .json file, or 'sql:SELECT …' (DuckDB SQL)"
+        "--source",
+        required=True,
+        help="a .parquet, .csv, .tsv, .jsonl or .json file, a folder of Parquet files (hive partitions too) or a glob "
+        "of them ('data/*.parquet', quoted), or 'sql:SELECT …' (DuckDB SQL)",
     )
     p.add_argument("--source-db", help="DuckDB database file that an sql: source runs against (read-only)")
     p.add_argument(

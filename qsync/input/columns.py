@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pandas as pd
 
 from qsync.errors import SourceError
+from qsync.input.frames import Frame, frame_columns
 from qsync.input.records import brief, read_json_records
-from qsync.input.sources import FileSource, csv_relation
+from qsync.input.sources import FileSource, ParquetFilesSource, as_source, csv_relation
 from qsync.sql import literal as _sql_literal
 
 _ID_NAMES = ("id", "record_id", "doc_id", "uuid", "key", "pk")
@@ -23,13 +23,17 @@ _TEXT_NAMES = ("text", "content", "body", "document", "description", "definition
 _JSON_SAMPLE = 200  # JSON lines read to learn the keys (a record may lack some)
 
 
-def source_columns(source: pd.DataFrame | str | os.PathLike[str], source_db: str | None = None) -> list[str]:
-    """The column names of a DataFrame, a Parquet/CSV/JSON file, or an `sql:` query, in source order."""
-    if isinstance(source, pd.DataFrame):
-        return [str(c) for c in source.columns]
+def source_columns(source: Frame | str | os.PathLike[str], source_db: str | None = None) -> list[str]:
+    """The column names of a DataFrame of any kind (from its schema), a Parquet/CSV/JSON file, a folder or glob of
+    Parquet files (hive partitions included), or an `sql:` query, in source order."""
+    if not isinstance(source, (str, os.PathLike)):
+        return frame_columns(source)
     text = str(source)
     if text.startswith("sql:"):
         return _describe(f"SELECT * FROM ({text.removeprefix('sql:').strip().rstrip(';')}) LIMIT 0", source_db)
+    found = as_source(text)
+    if isinstance(found, ParquetFilesSource):
+        return _describe(f"SELECT * FROM {found.relation()}", None)
     file = FileSource(Path(text))
     path = _sql_literal(str(file.path))
     if file.kind == "parquet":

@@ -27,7 +27,7 @@ from qsync.embedders.protocol import Media
 from qsync.errors import MediaProblem
 from qsync.input.media import MAX_MEDIA_BYTES, TooManyPages, check, content_hash, page_windows, read, sniff
 from qsync.input.records import INPUT_VIEW
-from qsync.input.sources import FileSource, Source
+from qsync.input.sources import FileSource, ParquetFilesSource, Source
 from qsync.spec.columns import MediaKind
 
 MEDIA_TABLE = "__qsync_media"
@@ -56,7 +56,10 @@ class MediaRow:
 
 
 def media_base(source: Source) -> Path:
-    """Where relative media paths start: the source file's folder, else the working directory."""
+    """Where relative media paths start: the source file's folder, a folder of Parquet files itself (or where its glob
+    starts), else the working directory."""
+    if isinstance(source, ParquetFilesSource):
+        return source.folder
     return source.path.parent if isinstance(source, FileSource) else Path.cwd()
 
 

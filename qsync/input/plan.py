@@ -15,7 +15,7 @@ from qsync.errors import ConfigError, JobExists, SourceError
 from qsync.input.chunks import add_page_windows, split_long_texts
 from qsync.input.media_plan import MEDIA_TABLE, MediaRow, check_media, media_base, register_media
 from qsync.input.records import INPUT_VIEW, MAX_PAYLOAD_BYTES, brief
-from qsync.input.sources import Source
+from qsync.input.sources import FRAME_VIEW, Source
 from qsync.ledger.jobs import job_exists
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.plans import CHECKED, CHUNKS, PlanSummary, record_plan
@@ -163,7 +163,7 @@ def check_records(
 
 
 def _unregister(con: Any) -> None:
-    for name in (INPUT_VIEW, "__qsync_sql", MEDIA_TABLE):
+    for name in (INPUT_VIEW, "__qsync_sql", FRAME_VIEW, MEDIA_TABLE):
         try:
             con.unregister(name)
         except Exception:  # not registered for this source kind

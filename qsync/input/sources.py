@@ -1,4 +1,5 @@
-"""Where records come from: a DataFrame, a Parquet / CSV / JSON-lines file, or a DuckDB SQL query.
+"""Where records come from: a DataFrame of any kind (frames.py), a Parquet / CSV / JSON-lines file, a folder or glob
+of Parquet files, or a DuckDB SQL query.
 
 Every source is turned into one normalized relation with the columns
     ordinal BIGINT, record_id VARCHAR, text VARCHAR, payload VARCHAR (JSON), problem VARCHAR,
@@ -6,8 +7,8 @@ Every source is turned into one normalized relation with the columns
 registered as `__qsync_input` on the store's connection. `problem` carries what was already wrong with
 a row while reading it (malformed JSON line, a text that is not a string); the planner adds the checks
 that need the whole table (duplicate ids) or the embedder (length) and skips those rows with a reason.
-Typed sources (CSV, Parquet, SQL) are normalized in SQL so a million rows plan in seconds; sources
-whose cells can hold anything (DataFrame object columns, JSON lines) are normalized in Python so that
+Typed sources (CSV, Parquet, SQL, Arrow-typed frames) are normalized in SQL so a million rows plan in seconds;
+sources whose cells can hold anything (pandas object columns, JSON lines) are normalized in Python so that
 each bad cell gets its own reason instead of failing the whole read.
 """
 
@@ -18,12 +19,14 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from qsync.errors import SourceError
+from qsync.input.frames import Frame, frame_columns, frame_kind, frame_to_arrow
 from qsync.input.records import (
     INPUT_VIEW,
     MAX_LINE_BYTES,
@@ -33,7 +36,7 @@ from qsync.input.records import (
     read_json_records,
     register_records,
 )
-from qsync.spec.columns import Columns
+from qsync.spec.columns import Columns, template_fields
 from qsync.sql import SqlConnection, arrow_table
 from qsync.sql import ident as _ident
 from qsync.sql import literal as _sql_literal
@@ -152,6 +155,66 @@ class FileSource:
         return register_records(con, read_json_records(self.path), columns, self.description)
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+@dataclass
+class ParquetFilesSource:
+    """A folder of Parquet files (every one below it; `key=value` folders are hive partitions, read as columns) or a
+    glob of them (`data/*.parquet`, `data/**/*.parquet`), read by DuckDB as one table: columns by name, a file that
+    lacks one gives NULLs there. The files are listed at each plan, so a re-sync reads the files added or changed
+    since the last job (and, as for one file, embeds only the records that are new or changed)."""
+
+    location: str  # a folder or a glob, as given
+    description: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.location = str(Path(self.location).expanduser().resolve())
+        self.description = self.location
+        if not self.is_glob and not Path(self.location).is_dir():
+            raise SourceError(f"source folder {self.location} does not exist")
+
+    @property
+    def is_glob(self) -> bool:
+        return is_glob(self.location) and not Path(self.location).is_dir()  # a folder may be named `data[1]`
+
+    @property
+    def folder(self) -> Path:
+        """The folder itself, or where the glob starts (relative media paths start there)."""
+        if not self.is_glob:
+            return Path(self.location)
+        parts = Path(self.location).parts
+        fixed = next(i for i, part in enumerate(parts) if is_glob(part))
+        return Path(*parts[:fixed])
+
+    def files(self) -> list[Path]:
+        """The Parquet files, sorted by path (their rows are numbered in that order). Names starting with `.` or `_`
+        are left out in a folder, as Spark and Hive write them (`_SUCCESS`, `.part.crc`); a glob takes what it names."""
+        if self.is_glob:
+            found = list(self.folder.glob(str(Path(self.location).relative_to(self.folder))))
+        else:
+            found = [f for f in Path(self.location).rglob("*")
+                     if not any(part.startswith((".", "_")) for part in f.relative_to(self.location).parts)]  # fmt: skip
+        files = sorted(f for f in found if f.suffix.lower() in PARQUET_SUFFIXES and f.is_file())
+        if not files:
+            where = "matches the glob" if self.is_glob else "is in the folder"
+            raise SourceError(f"{self.location}: no .parquet or .pq file {where}")
+        return files
+
+    def relation(self) -> str:
+        """The SQL that reads every file as one table (for the plan, and for the columns a form offers)."""
+        listing = ", ".join(_sql_literal(str(f)) for f in self.files())
+        return f"read_parquet([{listing}], hive_partitioning = true, union_by_name = true)"
+
+    def register(self, con: SqlConnection, columns: Columns) -> list[RejectedRow]:
+        _register_typed(con, self.relation(), columns, self.description)
+        return []
+
+
+def is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
 def csv_relation(path: str) -> str:
     """How qsync reads a CSV file (`path` an SQL literal), for its rows and for its columns alike: a form that reads
     the columns of a file with one bad line must see what the plan will."""
@@ -200,13 +263,75 @@ class DataFrameSource:
         return register_records(con, enumerate(rows), columns, self.description)
 
 
-def as_source(source: Source | pd.DataFrame | str | os.PathLike[str], *, database: str | None = None) -> Source:
-    """Accept what users pass: a DataFrame, a file path, or `sql:SELECT …`."""
+@dataclass
+class FrameSource:
+    """A polars DataFrame or LazyFrame, a pyarrow Table, RecordBatch or RecordBatchReader, or a DuckDB relation, read
+    as Arrow (frames.py), never through pandas. Its Arrow table is kept once read: a reader can be read once only.
+
+    Columns whose values SQL reads as the pandas path does (ids of integers or text, texts of text) are normalized in
+    SQL; others (float or boolean ids, non-text texts) in Python, row by row, so each bad cell is skipped with the
+    same reason a pandas DataFrame gives it."""
+
+    frame: Any
+    description: str = field(init=False)
+    _table: pa.Table | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.description = frame_kind(self.frame) or type(self.frame).__name__
+
+    def register(self, con: SqlConnection, columns: Columns) -> list[RejectedRow]:
+        check_columns(frame_columns(self.frame), columns, self.description)
+        if self._table is None:
+            self._table = frame_to_arrow(self.frame, columns.required())
+        table = self._table
+        if _sql_reads_as_pandas(table.schema, columns):
+            con.register(FRAME_VIEW, table)
+            _register_typed(con, FRAME_VIEW, columns, self.description)
+            return []
+        rows = (row for batch in table.to_batches() for row in batch.to_pylist())
+        return register_records(con, enumerate(rows), columns, self.description)
+
+
+FRAME_VIEW = "__qsync_frame"
+
+
+def _sql_reads_as_pandas(schema: pa.Schema, columns: Columns) -> bool:
+    """Whether the SQL path reads these columns to the same ids, texts and skips as the Python path: an id of
+    integers or text (a float id 2.0 is the id "2" in Python, "2.0" in SQL), a text column of text (a number is
+    skipped as "text is not a string" in Python, refused whole in SQL), template fields of text or integers (SQL
+    writes a boolean `true`, Python `True`), media as text or bytes."""
+
+    def of(name: str | None, *kinds: Any) -> bool:
+        return name is None or any(kind(schema.field(name).type) for kind in kinds)
+
+    text, integer, binary = pa.types.is_string, pa.types.is_integer, pa.types.is_binary
+    large, large_binary = pa.types.is_large_string, pa.types.is_large_binary
+    view = getattr(pa.types, "is_string_view", lambda _: False)
+    fields = [columns.text_column] if columns.text_template is None else template_fields(columns.text_template)
+    return (
+        of(columns.id_column, text, large, view, integer)
+        and all(of(name, text, large, view, integer if columns.text_template else text) for name in fields)
+        and of(columns.media_column, text, large, view, binary, large_binary)
+    )
+
+
+# What users pass as a source: a Source, a DataFrame of any kind, a path (file, folder, glob), or "sql:SELECT …".
+SourceLike: TypeAlias = Source | Frame | str | os.PathLike[str]
+
+
+def as_source(source: SourceLike, *, database: str | None = None) -> Source:
+    """Accept what users pass: a DataFrame of any kind (frames.py), a file path, a folder or glob of Parquet files, or
+    `sql:SELECT …`."""
     if isinstance(source, pd.DataFrame):
         return DataFrameSource(source)
     if isinstance(source, (str, os.PathLike)):
         text = str(source)
         if text.lower().startswith("sql:"):
             return SqlSource(text[4:].strip(), database)
-        return FileSource(Path(text))
-    return source
+        path = Path(text).expanduser()
+        if path.is_dir() or (is_glob(text) and not path.exists()):
+            return ParquetFilesSource(text)
+        return FileSource(path)
+    if frame_kind(source) is not None:
+        return FrameSource(source)
+    return source  # type: ignore[return-value]

@@ -17,7 +17,7 @@ is rolled back. Requests (tuples, pickled by multiprocessing.connection):
     ("begin",) ("commit",) ("rollback",)
     ("execute", sql, params) -> the rows (fetchall)
     ("df", sql, params)      -> a pandas DataFrame
-    ("register", name, table) ("unregister", name)
+    ("register", name, table) ("unregister", name)   a pyarrow Table comes as an ArrowStream (ledger/statements.py)
     ("batch", [request, ...]) -> the answer of each (a transaction's statements sent together; the first error ends it)
     ("holder",)             -> the host's pid, and the pid of the client whose transaction is open (or None)
     ("shutdown",)           -> closes the file and ends, unless other clients are connected
@@ -46,6 +46,7 @@ import duckdb
 from qsync.ledger.errors import locked_by
 from qsync.ledger.hosts import host_files
 from qsync.ledger.migrate import check_schema, file_version
+from qsync.ledger.statements import ArrowStream
 
 LINGER_S = 2.0  # the host ends this long after its last client left
 # A transaction idle this long is rolled back and its client let go (QSYNC_LEDGER_SESSION_IDLE_S: for tests).
@@ -152,7 +153,8 @@ class Host:
         if op == "batch":  # several requests of one client, answered together (the first error ends it)
             return [self.handle(client, item) for item in request[1]]
         if op == "register":
-            con.register(request[1], request[2])
+            table = request[2]
+            con.register(request[1], table.table() if isinstance(table, ArrowStream) else table)
             return None
         if op == "unregister":
             con.unregister(request[1])

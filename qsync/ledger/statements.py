@@ -4,9 +4,11 @@ on a DuckDB connection, each statement answered by the file's host (ledger/host.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pandas as pd
+import pyarrow as pa
 
 
 class Sender(Protocol):
@@ -41,6 +43,25 @@ class RemoteResult:
         return rows[0] if rows else None
 
 
+@dataclass(frozen=True)
+class ArrowStream:
+    """A pyarrow Table on its way to the host, as Arrow IPC bytes. Pickled as it is, a table of slices (what Parquet
+    and DuckDB give, a few rows' chunks of one buffer) carries each slice's whole parent buffers: 1,000,000 rows of
+    text read from Parquet pickled to 650 MB, against 81 MB of IPC."""
+
+    data: bytes
+
+    @classmethod
+    def of(cls, table: pa.Table) -> ArrowStream:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return cls(sink.getvalue().to_pybytes())
+
+    def table(self) -> pa.Table:
+        return pa.ipc.open_stream(self.data).read_all()
+
+
 class RemoteConnection:
     """What the ledger's modules call a connection: each statement is answered by the host."""
 
@@ -57,7 +78,7 @@ class RemoteConnection:
         return frame
 
     def register(self, name: str, table: Any) -> None:
-        self._owner.send(("register", name, table))
+        self._owner.send(("register", name, ArrowStream.of(table) if isinstance(table, pa.Table) else table))
 
     def unregister(self, name: str) -> None:
         self._owner.send(("unregister", name))

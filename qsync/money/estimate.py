@@ -34,7 +34,7 @@ from qsync.embedders.gemini import api_key_from_env
 from qsync.engine.ratelimit import SAFETY
 from qsync.errors import ConfigError, QsyncError
 from qsync.input.plan import plan_job
-from qsync.input.sources import Source, as_source
+from qsync.input.sources import SourceLike, as_source
 from qsync.ledger.cache import cached_hashes
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.queries import manifest_texts, skip_reasons
@@ -136,7 +136,7 @@ def estimate_texts(
 
 
 def estimate(
-    source: Source | pd.DataFrame | PathLike,
+    source: SourceLike,
     *,
     id_column: str = "id",
     text_column: str | None = "text",
@@ -225,15 +225,15 @@ def enrichment_estimate(spec: EnrichSpec, records: int, texts: pd.DataFrame) -> 
     }
 
 
-def compare_models(
-    source: Source | pd.DataFrame | PathLike, *, models: Sequence[str] | None = None, **options: Any
-) -> pd.DataFrame:
+def compare_models(source: SourceLike, *, models: Sequence[str] | None = None, **options: Any) -> pd.DataFrame:
     """`estimate` of the same source for each embedding model (default: every priced one), one row each. The
     models differ in more than price: a text -001 cuts into chunks may fit -2's 8,192 tokens whole, and -2 is billed
     for the instruction it receives with every text. With a media column, only the models that embed media are
     compared."""
     rows = []
     media = options.get("image_column") or options.get("document_column")
+    # One source for every model: a DataFrame is converted once, and a RecordBatchReader (read once only) is read once.
+    source = as_source(source, database=options.pop("source_db", None))
     for model in models or [m for m in embedding_models() if not media or multimodal(m)]:
         found = estimate(source, model=model, **options)
         rows.append({

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
-import pandas as pd
 
 from qsync.app.options import default_job_name
 from qsync.catalog.models import DEFAULT_EMBEDDING_MODEL, multimodal
 from qsync.errors import ConfigError, QsyncError
 from qsync.input.columns import guess_columns, source_columns
+from qsync.input.frames import Frame, frame_label
 from qsync.input.sources import as_source
 from qsync.notebook.formatting import error_html
 from qsync.spec.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, DEFAULT_DIMENSIONS
@@ -44,21 +44,21 @@ class LauncherForm:
 
     def __init__(
         self,
-        source: str | pd.DataFrame,
+        source: str | Frame,
         collection: str,
         qdrant_path: str | None,
         message: widgets.HTML,
         defaults: dict[str, Any],
     ) -> None:
-        self.frame = source if isinstance(source, pd.DataFrame) else None
+        self.frame = None if isinstance(source, str) else source  # a DataFrame of any kind (input.frames)
         self.qdrant_path = qdrant_path
         self.message = message
         self.extra_options: dict[str, Any] = dict(defaults.get("embedder_options", {}))
         self.read_from: str | None = None  # the source the column fields were read from
         self.on_read: Callable[[], None] | None = None  # the launcher looks for the job of a newly read source
-        shown_source = f"DataFrame: {len(source):,} rows" if self.frame is not None else str(source)
+        shown_source = frame_label(source) if self.frame is not None else str(source)
         self.source = widgets.Text(shown_source, description="Source", style=_LABEL, layout={"width": "600px"},
-                                   placeholder="a .parquet, .csv or .jsonl file, or sql:SELECT …",
+                                   placeholder="a .parquet, .csv or .jsonl file, a folder or glob of Parquet files, or sql:SELECT …",
                                    disabled=self.frame is not None)  # fmt: skip
         self.source.add_class("qsync-source")
         self.read_button = widgets.Button(description="Read columns", icon="table", layout={"width": "130px"})
@@ -128,7 +128,7 @@ class LauncherForm:
         self.show_embedder_fields()
         self.read_columns(defaults)
 
-    def source_value(self) -> str | pd.DataFrame:
+    def source_value(self) -> str | Frame:
         return self.frame if self.frame is not None else self.source.value.strip()
 
     def read_columns(self, defaults: dict[str, Any] | None = None) -> None:

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
-import pandas as pd
 
 from qsync.app import jobs, reading
 from qsync.app.session import JobHandle, active_run, start_job
 from qsync.engine.events import Event, JobFinished, JobStarted
 from qsync.engine.runner import RunResult
 from qsync.errors import QsyncError, SpecMismatch
+from qsync.input.frames import Frame
 from qsync.ledger.figures import JobFigures
 from qsync.notebook.controls import LauncherControls
 from qsync.notebook.finding import UNFINISHED, job_to_show, source_text
@@ -41,7 +41,7 @@ class Launcher(LauncherControls):
 
     def __init__(
         self,
-        source: str | pd.DataFrame = "",
+        source: str | Frame = "",
         collection: str = "",
         db: str | Path | None = None,
         qdrant_path: str | None = None,
