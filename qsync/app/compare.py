@@ -101,11 +101,12 @@ def compare(
     if any(int(d) < 1 for d in sizes):
         raise ConfigError(f"vector sizes are positive numbers of dimensions, not {', '.join(map(str, sizes))}")
     columns = Columns(id_column, None if text_template else text_column, text_template)
-    frame = sample_records(as_source(source, database=source_db), columns, sample)
+    described = as_source(source, database=source_db)
+    frame = sample_records(described, columns, sample)
     if frame.empty:
-        raise QsyncError(f"{_describe(source)}: no record with a text to sample")
+        raise QsyncError(f"{described.description}: no record with a text to sample")
     found = Comparison(
-        _describe(source), len(frame),
+        described.description, len(frame),
         {m: float(estimate(frame, model=m, dimensions=full_dimensions(m), db=db, chunk_tokens=chunk_tokens,
                            chunk_overlap=chunk_overlap)["cost_usd"]) for m in models},
     )  # fmt: skip
@@ -269,7 +270,3 @@ def _digest(frame: pd.DataFrame, *parts: object) -> str:
     for record_id, text in zip(frame["id"], frame["text"], strict=True):
         hashed.update(f"{record_id}\0{text}\0".encode())
     return hashed.hexdigest()[:10]
-
-
-def _describe(source: SourceLike) -> str:
-    return "a DataFrame" if isinstance(source, pd.DataFrame) else str(source)
