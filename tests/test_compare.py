@@ -127,7 +127,7 @@ def test_compare_pays_for_the_sample_once_measures_every_size_and_the_full_run_r
     # Again: the same sample, already embedded: nothing is paid, the same figures come back.
     again = compare(src, db=db, sample=80, queries=QUERIES, sizes=(128, 768, 3072), settings=FAST)
     assert again.jobs == [] and again.spent_usd == 0 and _embedded(emulator) == 2 * (80 + 3)
-    assert again.table.equals(found.table)
+    pd.testing.assert_frame_equal(again.table, found.table)
     # The full run at a smaller size pays only for the records outside the sample.
     assert _run(src, db, "docs", 768).ok
     assert _embedded(emulator) == 2 * (80 + 3) + (300 - 80)
