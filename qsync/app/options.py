@@ -19,6 +19,7 @@ import pandas as pd
 from typing_extensions import Required
 
 from qsync.embedders.gemini import api_key_from_env
+from qsync.input.postgres import without_secret
 from qsync.input.sources import DataFrameSource, FileSource, Source, SqlSource, as_source
 from qsync.spec.chunking import Chunking
 from qsync.spec.columns import Columns
@@ -120,7 +121,7 @@ def build_spec(
         name=job or default_job_name(src, collection),
         collection=collection,
         source=source_identity(src),
-        source_db=source_db,
+        source_db=without_secret(source_db),  # the password is never stored: libpq finds it again on a re-sync
         columns=columns,
         embedder=embedder_spec,
         sink=sink_spec(resolve_db(db), qdrant_path, qdrant_url),
@@ -162,12 +163,14 @@ def source_identity(source: Source) -> str:
 
 
 def default_job_name(source: Source, collection: str) -> str:
-    """COLLECTION:SOURCE-STEM (`docs:records`), `COLLECTION:dataframe-<hash of its column names>`, or
-    `COLLECTION:sql-<hash>`. A DataFrame has no name of its own: named by its columns, an unrelated frame sent to
+    """COLLECTION:SOURCE-STEM (`docs:records`), `COLLECTION:dataframe-<hash of its column names>`,
+    `COLLECTION:TABLE` (a PostgreSQL table by name), or `COLLECTION:sql-<hash>`. A DataFrame has no name of its own: named by its columns, an unrelated frame sent to
     the same collection starts its own job instead of becoming a re-sync of the first (`job=` names it)."""
     if isinstance(source, DataFrameSource):
         columns = "\0".join(str(c) for c in source.frame.columns)
         return f"{collection}:dataframe-{hashlib.sha1(columns.encode()).hexdigest()[:8]}"
+    if isinstance(source, SqlSource) and source.table:
+        return f"{collection}:{source.table}"
     if isinstance(source, SqlSource):
         return f"{collection}:sql-{hashlib.sha1(source.query.encode()).hexdigest()[:8]}"
     if isinstance(source, FileSource):

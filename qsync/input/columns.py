@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 
 from qsync.errors import SourceError
+from qsync.input.postgres import columns_of, is_postgres, table_query
 from qsync.input.records import brief, read_json_records
 from qsync.input.sources import FileSource, csv_relation
 from qsync.sql import literal as _sql_literal
@@ -24,10 +25,15 @@ _JSON_SAMPLE = 200  # JSON lines read to learn the keys (a record may lack some)
 
 
 def source_columns(source: pd.DataFrame | str | os.PathLike[str], source_db: str | None = None) -> list[str]:
-    """The column names of a DataFrame, a Parquet/CSV/JSON file, or an `sql:` query, in source order."""
+    """The column names of a DataFrame, a Parquet/CSV/JSON file, an `sql:` query (DuckDB or PostgreSQL), or a
+    PostgreSQL table, in source order."""
     if isinstance(source, pd.DataFrame):
         return [str(c) for c in source.columns]
     text = str(source)
+    if source_db and is_postgres(source_db):
+        query = text.removeprefix("sql:").strip() if text.startswith("sql:") else table_query(text)
+        if query:
+            return columns_of(source_db, query)
     if text.startswith("sql:"):
         return _describe(f"SELECT * FROM ({text.removeprefix('sql:').strip().rstrip(';')}) LIMIT 0", source_db)
     file = FileSource(Path(text))
