@@ -295,3 +295,35 @@ def test_the_environment_gives_the_password_on_a_rerun(
     assert not any(READER_PASSWORD in str(v) for v in stored.to_numpy().ravel())
     env_leak = [k for k, v in os.environ.items() if READER_PASSWORD in v and k != "PGPASSWORD"]
     assert env_leak == []
+
+
+def _widget_values(widget: Any) -> list[str]:
+    """Every value, placeholder and option a widget tree holds (what its state would save)."""
+    found = [str(getattr(widget, name, "")) for name in ("value", "placeholder", "options", "description")]
+    for child in getattr(widget, "children", ()):
+        found += _widget_values(child)
+    return found
+
+
+def test_the_launcher_reads_a_table_with_the_password_kept_out_of_its_widgets(
+    server: PgServer, table: str, tmp_path: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qsync.notebook import Launcher
+
+    db = tmp_path / "q.duckdb"
+    launcher = Launcher(source=table, collection="c", db=db, source_db=server.url(), embedder="hash", dimensions=8)
+    form = launcher.form
+    assert form.database.value == server.url(password=None)
+    assert (form.id_column.value, form.text_column.value) == ("id", "text"), launcher.message.value
+    form.database.value = server.url()  # typed with its password: hidden once the columns are read
+    form.read_columns()
+    assert form.database.value == server.url(password=None) and form.expected_name() == f"c:{table}"
+    launcher.start()
+    result = launcher.wait(60)
+    assert result is not None and result.ok and result.job_id == f"c:{table}", launcher.message.value
+    values = _widget_values(launcher.form.widget) + _widget_values(launcher.message) + _widget_values(launcher.monitor)
+    assert not [v for v in values if READER_PASSWORD in v]
+    # After a kernel restart: the URL without its password finds the job; libpq takes the password from PGPASSWORD.
+    monkeypatch.setenv("PGPASSWORD", READER_PASSWORD)
+    again = Launcher(source=table, collection="c", db=db, source_db=server.url(password=None))
+    assert again.job == f"c:{table}" and again.form.id_column.value == "id", again.message.value
