@@ -297,6 +297,23 @@ def test_the_environment_gives_the_password_on_a_rerun(
     assert env_leak == []
 
 
+def test_a_service_entry_names_the_server_and_holds_the_password(
+    server: PgServer, table: str, tmp_path: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = tmp_path / "pg_service.conf"
+    services.write_text(f"[corpus]\nhost=127.0.0.1\nport={server.port}\ndbname=qsync_test\nuser={READER}\n"
+                        f"password={READER_PASSWORD}\n")  # fmt: skip
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    db = tmp_path / "q.duckdb"
+    result = qsync.run(f"sql:SELECT id, text FROM {table} WHERE id <= 50", source_db="service=corpus", collection="c",
+                       db=str(db), embedder="hash", dimensions=8)  # fmt: skip
+    assert result.ok and qsync.status(result.job_id, db=str(db))["loaded_records"] == 50
+    monkeypatch.setenv("PGSERVICE", "corpus")  # the whole connection from the environment: a bare keyword string
+    again = qsync.run(f"sql:SELECT id, text FROM {table} WHERE id <= 60", source_db="connect_timeout=10",
+                      collection="d", db=str(db), embedder="hash", dimensions=8)  # fmt: skip
+    assert again.ok and qsync.status(again.job_id, db=str(db))["loaded_records"] == 60
+
+
 def _widget_values(widget: Any) -> list[str]:
     """Every value, placeholder and option a widget tree holds (what its state would save)."""
     found = [str(getattr(widget, name, "")) for name in ("value", "placeholder", "options", "description")]
