@@ -19,6 +19,7 @@ from typing_extensions import Required
 
 from qsync.embedders.gemini import api_key_from_env
 from qsync.input.frames import frame_columns
+from qsync.input.postgres import without_secret
 from qsync.input.sources import (
     DataFrameSource,
     FileSource,
@@ -129,7 +130,7 @@ def build_spec(
         name=job or default_job_name(src, collection),
         collection=collection,
         source=source_identity(src),
-        source_db=source_db,
+        source_db=without_secret(source_db),  # the password is never stored: libpq finds it again on a re-sync
         columns=columns,
         embedder=embedder_spec,
         sink=sink_spec(resolve_db(db), qdrant_path, qdrant_url),
@@ -175,13 +176,15 @@ def source_identity(source: Source) -> str:
 
 def default_job_name(source: Source, collection: str) -> str:
     """COLLECTION:SOURCE-STEM (`docs:records`), COLLECTION:FOLDER for a folder of Parquet files, `COLLECTION:glob-<hash>`
-    for a glob, `COLLECTION:dataframe-<hash of its column names>` for a DataFrame of any kind, or `COLLECTION:sql-<hash>`.
+    for a glob, `COLLECTION:TABLE` for a PostgreSQL table by name, `COLLECTION:dataframe-<hash of its column names>` for a DataFrame of any kind, or `COLLECTION:sql-<hash>`.
     A DataFrame has no name of its own: named by its columns (read from its schema, no rows read), an unrelated frame
     sent to the same collection starts its own job instead of becoming a re-sync of the first (`job=` names it); the
     same rows as pandas, polars or Arrow are the same job."""
     if isinstance(source, (DataFrameSource, FrameSource)):
         columns = "\0".join(frame_columns(source.frame))
         return f"{collection}:dataframe-{_short_hash(columns)}"
+    if isinstance(source, SqlSource) and source.table:
+        return f"{collection}:{source.table}"
     if isinstance(source, SqlSource):
         return f"{collection}:sql-{_short_hash(source.query)}"
     if isinstance(source, FileSource):

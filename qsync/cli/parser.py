@@ -25,9 +25,14 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
         "--source",
         required=True,
         help="a .parquet, .csv, .tsv, .jsonl or .json file, a folder of Parquet files (hive partitions too) or a glob "
-        "of them ('data/*.parquet', quoted), or 'sql:SELECT …' (DuckDB SQL)",
+        "of them ('data/*.parquet', quoted), 'sql:SELECT …' (DuckDB SQL, or PostgreSQL's with a PostgreSQL "
+        "--source-db), or a table name with a PostgreSQL --source-db",
     )
-    p.add_argument("--source-db", help="DuckDB database file that an sql: source runs against (read-only)")
+    p.add_argument(
+        "--source-db",
+        help="where an sql: source runs: a DuckDB file (read-only), or PostgreSQL: postgresql://USER@HOST:PORT/DB or "
+        "'host=… dbname=…' (the password from PGPASSWORD, ~/.pgpass, PGSERVICE or the URL; never stored)",
+    )
     p.add_argument(
         "--id-column", help="column with each record's id (default: guessed from the names: id, record_id, doc_id, …)"
     )

@@ -13,6 +13,7 @@ import duckdb
 
 from qsync.errors import SourceError
 from qsync.input.frames import Frame, frame_columns
+from qsync.input.postgres import columns_of, is_postgres, table_query
 from qsync.input.records import brief, read_json_records
 from qsync.input.sources import FileSource, ParquetFilesSource, as_source, csv_relation
 from qsync.sql import literal as _sql_literal
@@ -25,10 +26,15 @@ _JSON_SAMPLE = 200  # JSON lines read to learn the keys (a record may lack some)
 
 def source_columns(source: Frame | str | os.PathLike[str], source_db: str | None = None) -> list[str]:
     """The column names of a DataFrame of any kind (from its schema), a Parquet/CSV/JSON file, a folder or glob of
-    Parquet files (hive partitions included), or an `sql:` query, in source order."""
+    Parquet files (hive partitions included), an `sql:` query (DuckDB or PostgreSQL), or a PostgreSQL table, in source
+    order."""
     if not isinstance(source, (str, os.PathLike)):
         return frame_columns(source)
     text = str(source)
+    if source_db and is_postgres(source_db):
+        query = text.removeprefix("sql:").strip() if text.startswith("sql:") else table_query(text)
+        if query:
+            return columns_of(source_db, query)
     if text.startswith("sql:"):
         return _describe(f"SELECT * FROM ({text.removeprefix('sql:').strip().rstrip(';')}) LIMIT 0", source_db)
     found = as_source(text)

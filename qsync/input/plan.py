@@ -14,6 +14,7 @@ from qsync.disk import LEDGER_MARGIN, ensure_room
 from qsync.errors import ConfigError, JobExists, SourceError
 from qsync.input.chunks import add_page_windows, split_long_texts
 from qsync.input.media_plan import MEDIA_TABLE, MediaRow, check_media, media_base, register_media
+from qsync.input.postgres import POSTGRES_TABLE
 from qsync.input.records import INPUT_VIEW, MAX_PAYLOAD_BYTES, brief
 from qsync.input.sources import FRAME_VIEW, Source
 from qsync.ledger.jobs import job_exists
@@ -88,7 +89,7 @@ def plan_job(
             delete_missing=delete_missing, max_cost_usd=max_cost_usd,
             rejected=[(row.ordinal, row.reason) for row in rejected], now=now,
         )  # fmt: skip
-        for name in (CHECKED, CHUNKS, "__qsync_csv"):
+        for name in (CHECKED, CHUNKS, "__qsync_csv", POSTGRES_TABLE):
             con.execute(f"DROP TABLE IF EXISTS {name}")
         con.execute(f"DROP VIEW IF EXISTS {INPUT_VIEW}")
         _unregister(con)

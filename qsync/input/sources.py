@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from qsync.errors import SourceError
 from qsync.input.frames import Frame, frame_columns, frame_kind, frame_to_arrow
+from qsync.input.postgres import POSTGRES_TABLE, copy_into, is_postgres, redact, table_query
 from qsync.input.records import (
     INPUT_VIEW,
     MAX_LINE_BYTES,
@@ -225,17 +226,24 @@ def csv_relation(path: str) -> str:
 
 @dataclass
 class SqlSource:
-    """A DuckDB SQL query, run in `database` (a DuckDB file, opened read-only) or in memory."""
+    """A DuckDB SQL query, run in `database` (a DuckDB file, opened read-only) or in memory; or a PostgreSQL query
+    when `database` is a PostgreSQL connection string (input.postgres: streamed, its password never shown).
+    `table`: the table name the query was made of (`--source glosses`), which names the job."""
 
     query: str
     database: str | None = None
+    table: str | None = None
     description: str = field(init=False)
 
     def __post_init__(self) -> None:
-        where = f" on {self.database}" if self.database else ""
+        where = f" on {redact(self.database) if is_postgres(self.database) else self.database}" if self.database else ""
         self.description = f"sql{where}: {self.query}"
 
     def register(self, con: SqlConnection, columns: Columns) -> list[RejectedRow]:
+        if self.database and is_postgres(self.database):
+            copy_into(con, self.database, self.query, POSTGRES_TABLE)
+            _register_typed(con, POSTGRES_TABLE, columns, self.description)
+            return []
         try:
             with duckdb.connect(self.database or ":memory:", read_only=bool(self.database)) as src:
                 table = arrow_table(src, self.query)
@@ -320,14 +328,16 @@ SourceLike: TypeAlias = Source | Frame | str | os.PathLike[str]
 
 
 def as_source(source: SourceLike, *, database: str | None = None) -> Source:
-    """Accept what users pass: a DataFrame of any kind (frames.py), a file path, a folder or glob of Parquet files, or
-    `sql:SELECT …`."""
+    """Accept what users pass: a DataFrame of any kind (frames.py), a file path, a folder or glob of Parquet files,
+    `sql:SELECT …`, or a table name with a PostgreSQL `database`."""
     if isinstance(source, pd.DataFrame):
         return DataFrameSource(source)
     if isinstance(source, (str, os.PathLike)):
         text = str(source)
         if text.lower().startswith("sql:"):
             return SqlSource(text[4:].strip(), database)
+        if is_postgres(database) and (query := table_query(text)):
+            return SqlSource(query, database, table=text.strip())
         path = Path(text).expanduser()
         if path.is_dir() or (is_glob(text) and not path.exists()):
             return ParquetFilesSource(text)

@@ -41,9 +41,9 @@ def _jobs(db: str) -> pd.DataFrame:
 
 
 def source_text(spec: JobSpec) -> str | None:
-    """What the Source field holds for a stored job: its file, or its query; None for a DataFrame (not kept) or a
-    query on another DuckDB file (the form has no field for that file)."""
-    if spec.source == "dataframe" or spec.source_db:
+    """What the Source field holds for a stored job: its file, or its query (its database goes in the Database
+    field); None for a DataFrame (not kept)."""
+    if spec.source == "dataframe":
         return None
     if spec.source.startswith("sql: "):
         return "sql:" + spec.source.removeprefix("sql: ")

@@ -13,6 +13,7 @@ from qsync.catalog.models import DEFAULT_EMBEDDING_MODEL, multimodal
 from qsync.errors import ConfigError, QsyncError
 from qsync.input.columns import guess_columns, source_columns
 from qsync.input.frames import Frame, frame_label
+from qsync.input.postgres import without_secret
 from qsync.input.sources import as_source
 from qsync.notebook.formatting import error_html
 from qsync.spec.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, DEFAULT_DIMENSIONS
@@ -61,6 +62,13 @@ class LauncherForm:
                                    placeholder="a .parquet, .csv or .jsonl file, a folder or glob of Parquet files, or sql:SELECT …",
                                    disabled=self.frame is not None)  # fmt: skip
         self.source.add_class("qsync-source")
+        # A connection string typed with its password is kept here and shown without it (widgets' state may be saved
+        # with the notebook); libpq finds a password left out (PGPASSWORD, ~/.pgpass, PGSERVICE).
+        self._database: str | None = defaults.get("source_db") or None
+        self.database = widgets.Text(without_secret(self._database) or "", description="Database", style=_LABEL,
+                                     layout={"width": "600px"}, placeholder="for sql: or a table: a DuckDB file, or "
+                                     "postgresql://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass)")  # fmt: skip
+        self.database.add_class("qsync-database")
         self.read_button = widgets.Button(description="Read columns", icon="table", layout={"width": "130px"})
         self.read_button.add_class("qsync-read-columns")
         self.collection = widgets.Text(collection, description="Collection", style=_LABEL, layout=_FIELD)
@@ -120,7 +128,7 @@ class LauncherForm:
         self.embedder.observe(lambda _: self.show_embedder_fields(), names="value")
         self.model.observe(lambda _: self.show_embedder_fields(), names="value")
         self.widget = widgets.VBox([
-            widgets.HBox([self.source, self.read_button]), self.collection, self.job_name,
+            widgets.HBox([self.source, self.read_button]), self.database, self.collection, self.job_name,
             self.id_column, self.text_column, widgets.HBox([self.payload_columns, payload_help]),
             self.embedder, self.gemini_fields, self.dimensions, self.batch_size, self.concurrency,
             widgets.HBox([self.chunk_tokens, chunk_help]), widgets.HBox([self.budget, budget_help]),
@@ -131,6 +139,20 @@ class LauncherForm:
     def source_value(self) -> str | Frame:
         return self.frame if self.frame is not None else self.source.value.strip()
 
+    def database_value(self) -> str | None:
+        """The source database: as typed, or the one given with its password while the field shows it without."""
+        shown = self.database.value.strip()
+        if self._database and shown == without_secret(self._database):
+            return self._database
+        return shown or None
+
+    def hide_password(self) -> None:
+        """Keep a typed connection string's password out of the field (and so out of the widget's state)."""
+        database = self.database_value()
+        if database and without_secret(database) != self.database.value.strip():
+            self._database = database
+            self.database.value = without_secret(database) or ""
+
     def read_columns(self, defaults: dict[str, Any] | None = None) -> None:
         """Offer the source's columns in the id, text and payload fields (id and text guessed)."""
         defaults = defaults or {}
@@ -138,8 +160,9 @@ class LauncherForm:
         if isinstance(source, str) and not source:
             return
         self.read_from = source if isinstance(source, str) else None
+        self.hide_password()
         try:
-            columns = source_columns(source)
+            columns = source_columns(source, self.database_value())
         except QsyncError as exc:
             # No column fields of the previous source: Start would name columns this source does not have.
             self._offer_columns([])
@@ -191,7 +214,7 @@ class LauncherForm:
             "payload_columns": list(self.payload_columns.value), "embedder": self.embedder.value,
             "model": self.model.value.strip() or None if gemini else None, "dimensions": self.dimensions.value,
             "embedder_options": self.extra_options, "batch_size": self.batch_size.value,
-            "qdrant_path": self.qdrant_path, "chunk_tokens": _whole_number(self.chunk_tokens.value, "chunk tokens"),
+            "qdrant_path": self.qdrant_path, "source_db": self.database_value(), "chunk_tokens": _whole_number(self.chunk_tokens.value, "chunk tokens"),
             "image_column": self.image_column.value or None if self.media_model() else None,
             "document_column": self.document_column.value or None if self.media_model() else None,
         }  # fmt: skip
@@ -213,7 +236,7 @@ class LauncherForm:
         if not collection or (isinstance(source, str) and not source):
             return None
         try:
-            return default_job_name(as_source(source), collection)
+            return default_job_name(as_source(source, database=self.database_value()), collection)
         except QsyncError:
             return None
 

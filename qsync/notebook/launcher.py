@@ -143,6 +143,7 @@ class Launcher(LauncherControls):
         on_read, self.form.on_read = self.form.on_read, None  # reading the columns must not restore again
         try:
             self.form.source.value = source_text(spec) or self.form.source.value
+            self.form.database.value = spec.source_db or ""  # stored without a password: libpq finds it
             self.form.collection.value = spec.collection
             self.form.job_name.value = spec.name if spec.name != self.form.expected_name() else ""
             self.form.read_columns()
