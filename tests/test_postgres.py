@@ -344,3 +344,18 @@ def test_the_launcher_reads_a_table_with_the_password_kept_out_of_its_widgets(
     monkeypatch.setenv("PGPASSWORD", READER_PASSWORD)
     again = Launcher(source=table, collection="c", db=db, source_db=server.url(password=None))
     assert again.job == f"c:{table}" and again.form.id_column.value == "id", again.message.value
+
+
+def test_compare_samples_a_table_where_it_lives(
+    server: PgServer, table: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_dir: Path
+) -> None:
+    from qsync_testing import sdk_emulator
+
+    from qsync.app.compare import compare
+
+    monkeypatch.setenv("PGPASSWORD", READER_PASSWORD)
+    with sdk_emulator(monkeypatch, "pg-compare-key", vectors="words") as emulator:
+        found = compare(table, source_db=server.url(user=READER, password=None), db=tmp_path / "q.duckdb",
+                        sample=60, models=["gemini-embedding-001"], sizes=(256, 3072))  # fmt: skip
+    assert found.sample_records == 60 and emulator.stats()["texts_embedded"] == 60
+    assert list(found.table["neighbours_kept"])[-1] == 1.0 and found.source.endswith(f"SELECT * FROM {table}")
