@@ -233,3 +233,22 @@ def test_the_sample_leaves_out_what_the_planner_skips_and_texts_that_would_tie()
     # b and c share a text: one of them.
     assert sorted(sampled["id"]) in (["b", "e"], ["c", "e"])
     assert list(sample_records(as_source(frame), Columns("id", "text", None), 10)["id"]) == list(sampled["id"])
+
+
+def test_the_estimate_recorded_at_plan_time_counts_in_the_file_what_an_estimate_counts(
+    tmp_path: Path, emulator: GeminiEmulator
+) -> None:
+    """A job's recorded estimate is counted in SQL (a million texts never leave the file); it must say what
+    `qsync.estimate` says of the same source, and see the full-size cache as every reader does."""
+    from qsync.app import reading
+
+    src, db = _source(tmp_path, 300), tmp_path / "q.duckdb"
+    before = qsync.estimate(src, model=MODEL, dimensions=768, db=db)
+    job = qsync.prepare(src, collection="c", db=db, embedder="gemini", model=MODEL, dimensions=768)
+    recorded = reading.recorded_estimate(job, db=db)
+    assert recorded is not None and recorded["texts_to_embed"] == before["texts_to_embed"] == 300
+    assert recorded["tokens"] == before["tokens"] and recorded["cost_usd"] == pytest.approx(before["cost_usd"])
+    assert _run(src, db, "full", 3072).ok
+    smaller = qsync.prepare(src, collection="d", db=db, embedder="gemini", model=MODEL, dimensions=256)
+    cut = reading.recorded_estimate(smaller, db=db)
+    assert cut is not None and (cut["texts_to_embed"], cut["cached_texts"], cut["cost_usd"]) == (0, 300, 0)

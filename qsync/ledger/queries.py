@@ -155,3 +155,33 @@ def planned_units(ledger: Ledger, name: str) -> pd.DataFrame:
         "WHERE job_id = ? OR starts_with(job_id, ?) GROUP BY record_id, chunk_no ORDER BY record_id, chunk_no",
         [name, name + "#"],
     )
+
+
+_UNCACHED = """
+    WITH c AS (
+        SELECT content_hash, any_value(text) AS text, any_value(token_estimate - coalesce(media_tokens, 0)) AS own,
+               any_value(coalesce(media_tokens, 0)) AS media
+        FROM manifest WHERE job_id = ? GROUP BY content_hash
+    ), todo AS (
+        SELECT * FROM c
+        WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.cache_key = ? || c.content_hash)
+          AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.cache_key = ? || c.content_hash)
+    )"""
+
+
+def uncached_contents(
+    ledger: Ledger, job: str, key_prefixes: list[str], sample: int
+) -> tuple[int, int, int, int, int, pd.DataFrame]:
+    """Of the job's distinct contents, those the cache holds under none of `key_prefixes` (cache.key_prefixes), counted
+    in SQL (a million texts never leave the file): (distinct contents, uncached, their own text tokens, their media
+    tokens, how many send a text, a sample of those: columns text, own, the first `sample` by content hash)."""
+    params = [job, *(key_prefixes * 2)[:2]]
+    row = ledger.query_rows(
+        _UNCACHED + " SELECT (SELECT count(*) FROM c), count(*), coalesce(sum(own), 0), coalesce(sum(media), 0), "
+        "count(*) FILTER (WHERE text <> '') FROM todo",
+        params,
+    )[0]
+    picked = ledger.query_df(
+        _UNCACHED + " SELECT text, own FROM todo WHERE text <> '' ORDER BY content_hash LIMIT ?", [*params, sample]
+    )
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), picked

@@ -95,6 +95,19 @@ def paced_minutes(
     return max(texts / texts_limit, tokens / tokens_limit) if texts else 0.0
 
 
+@dataclass(frozen=True)
+class Uncached:
+    """What of a job's distinct contents the embedding cache does not hold: how many, their own text tokens
+    (estimated, the media part apart), their media tokens, how many send a text (a media record without a caption
+    sends none), and a sample of those (columns text, own) to calibrate on."""
+
+    contents: int
+    own_tokens: int
+    media_tokens: int
+    sent: int
+    sample: pd.DataFrame
+
+
 def estimate_texts(
     texts: pd.DataFrame,
     limits: PlanLimits,
@@ -103,36 +116,41 @@ def estimate_texts(
     sample: int = 200,
     count_tokens: CountTokens | None = None,
 ) -> TextsEstimate:
-    """Tokens of `texts` (queries.manifest_texts rows) that the embedding cache of `db` does not hold yet.
-
-    A text's tokens are its token estimate less its media part; a model that takes its task as an instruction is
-    billed for the instruction too, on every text it receives (a media record without a caption sends none).
-    `count_tokens(texts) -> int` calibrates the text part on a sample."""
+    """Tokens of `texts` (queries.manifest_texts rows) that the embedding cache of `db` does not hold yet
+    (`estimate_uncached`)."""
     cached = _cached(db, limits, list(texts["content_hash"]))
     todo = texts[~texts["content_hash"].isin(cached)]
     own = (todo["token_estimate"] - todo["media_tokens"]).astype(int)
     sent = todo["text"] != ""
+    # The sample: the contents whose hashes sort first (a sha256 is random enough), as the ledger's SQL picks them.
+    picked = todo[sent].assign(own=own[sent]).sort_values("content_hash").head(sample)[["text", "own"]]
+    found = Uncached(len(todo), int(own.sum()), int(todo["media_tokens"].sum()), int(sent.sum()), picked)
+    return estimate_uncached(found, limits, count_tokens)
+
+
+def estimate_uncached(found: Uncached, limits: PlanLimits, count_tokens: CountTokens | None = None) -> TextsEstimate:
+    """The tokens of what is not cached: a text's tokens are its estimate less its media part; a model that takes its
+    task as an instruction is billed for the instruction too, on every text it receives. `count_tokens(texts) -> int`
+    calibrates the text part on the sample."""
     added = instruction_tokens(limits.model, limits.task_type)
-    text_tokens = int(own.sum()) + added * int(sent.sum())
+    text_tokens = found.own_tokens + added * found.sent
     basis = "estimated at ~4 bytes per token"
-    captioned = todo[sent]
-    if count_tokens is not None and len(captioned):
-        picked = captioned.sample(n=min(sample, len(captioned)), random_state=0)
+    picked = found.sample
+    if count_tokens is not None and len(picked):
         try:
             counted = sum(int(count_tokens(chunk)) for chunk in _chunks(list(picked["text"]), 100))
         except QsyncError as exc:  # the estimate stands uncalibrated: it must never stop a plan
             basis += f" (countTokens failed: {exc})"
         else:
-            ratio = counted / max(1, int(own[picked.index].sum()) + added * len(picked))
+            ratio = counted / max(1, int(picked["own"].sum()) + added * len(picked))
             text_tokens = round(text_tokens * ratio)
             basis = f"estimate calibrated with countTokens on {len(picked)} texts (ratio {ratio:.3f})"
-    media = int(todo["media_tokens"].sum())
-    if media:
+    if found.media_tokens:
         basis += (
             f"; images at {per_image(limits.model)} tokens, PDF pages at {per_page(limits.model)} each "
             "(inferred from Google's per-image price)"
         )
-    return TextsEstimate(len(todo), text_tokens, media, basis)
+    return TextsEstimate(found.contents, text_tokens, found.media_tokens, basis)
 
 
 def estimate(

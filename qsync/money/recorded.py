@@ -19,11 +19,12 @@ from qsync.clock import SYSTEM_CLOCK, Clock
 from qsync.embedders.hashing import HashingEmbedder, tokenize
 from qsync.embedders.protocol import CountsTokens, Embedder
 from qsync.ledger import costs
+from qsync.ledger.cache import key_prefixes
 from qsync.ledger.figures import job_figures
 from qsync.ledger.jobs import job_record
 from qsync.ledger.ledger import Ledger
-from qsync.ledger.queries import manifest_size, manifest_texts
-from qsync.money.estimate import CountTokens, estimate_texts, paced_minutes, plan_limits
+from qsync.ledger.queries import manifest_size, uncached_contents
+from qsync.money.estimate import CountTokens, Uncached, estimate_uncached, paced_minutes, plan_limits
 from qsync.spec.settings import RunSettings
 
 
@@ -42,7 +43,6 @@ def record_estimate(
     if costs.recorded_estimate(ledger, job) is not None or job_figures(ledger, clock, job).batches_done:
         return None
     spec = job_record(ledger, job).spec
-    texts = manifest_texts(ledger, job)  # exactly the records the job will embed, each content once
     records = manifest_size(ledger, job)[0]
     gemini = spec.embedder.kind == "gemini"
     model = spec.embedder.resolved_model if gemini and model_info(spec.embedder.resolved_model) else (
@@ -50,7 +50,11 @@ def record_estimate(
     )  # fmt: skip
     limits = plan_limits(model, spec.embedder.dimensions, spec.embedder.resolved_task_type or None)
     counter = _counter(embedder) if calibrate else _bytes_counter
-    found = estimate_texts(texts, limits, db=ledger.path, count_tokens=counter) if len(texts) else None
+    # Exactly the contents the job will embed, less what the cache holds, counted where they are (SQL).
+    contents, todo, own, media, sent, sample = uncached_contents(ledger, job, key_prefixes(limits), 200)
+    found = (
+        estimate_uncached(Uncached(todo, own, media, sent, sample), limits, count_tokens=counter) if contents else None
+    )
     settings = settings or RunSettings.from_env()
     price = spec.embedder.price_per_million(batch_mode=spec.batch_mode) or embedder.price_per_million_tokens
     tokens = found.tokens if found else 0
@@ -62,7 +66,7 @@ def record_estimate(
         "recorded_at": clock.now(),
         "records": records,
         "texts_to_embed": found.texts_to_embed if found else 0,
-        "cached_texts": len(texts) - found.texts_to_embed if found else 0,
+        "cached_texts": contents - found.texts_to_embed if found else 0,
         "tokens": tokens,
         "media_tokens": found.media_tokens if found else 0,
         "tokens_basis": basis,
