@@ -41,6 +41,10 @@ from qsync.ledger.statements import RemoteConnection, RemoteResult
 
 HELD_IDLE_CLOSE_S = 2.0  # see Connection.held
 _MIGRATION_S = 120.0  # beyond the lock timeout, how long a hello may take (the host migrating a large file)
+# How long a host may take to start and listen. Waiting for another program's lock on the file is the host's part
+# (lock_timeout_s, then it answers who holds it): a short lock timeout on a busy machine, where a host's start-up
+# alone can take longer, must not read as "the file is held" without a holder.
+_HOST_START_S = 30.0
 
 FileIdentity = tuple[int, int]  # (st_dev, st_ino)
 
@@ -257,7 +261,7 @@ class Connection:
             except OSError as exc:
                 raise LedgerError(f"cannot create the folder {parent} for the checkpoint file: {exc.strerror}") from exc
         sock, _, _ = host_files(self.path)
-        deadline = time.monotonic() + self.lock_timeout_s
+        deadline = time.monotonic() + max(self.lock_timeout_s, _HOST_START_S)
         while True:
             try:
                 pipe = Client(str(sock), family="AF_UNIX")
