@@ -252,3 +252,13 @@ def test_the_estimate_recorded_at_plan_time_counts_in_the_file_what_an_estimate_
     smaller = qsync.prepare(src, collection="d", db=db, embedder="gemini", model=MODEL, dimensions=256)
     cut = reading.recorded_estimate(smaller, db=db)
     assert cut is not None and (cut["texts_to_embed"], cut["cached_texts"], cut["cost_usd"]) == (0, 300, 0)
+
+
+def test_a_reader_read_once_is_compared_from_what_was_read(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    import pyarrow as pa
+
+    records = make_records(120)
+    table = pa.table({"id": [r["id"] for r in records], "text": [r["text"] for r in records]})
+    reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=50))
+    found = compare(reader, db=tmp_path / "q.duckdb", sample=60, models=[MODEL], sizes=(256,), settings=FAST)
+    assert found.sample_records == 60 and list(found.table["neighbours_kept"])[-1] == 1.0

@@ -130,7 +130,8 @@ def compare(
         if queries:
             query_vectors = _embedded(found, asked, f"{_COLLECTION}:queries-{model}-{_digest(asked)}", model, db,
                                       max_cost_usd, settings, listeners, task_type=query_task(model))  # fmt: skip
-        whole = estimate(source, model=model, dimensions=full_dimensions(model), db=db, id_column=id_column,
+        # The source as read for the sample: a DataFrame converted once, a RecordBatchReader (read once only) not again.
+        whole = estimate(described, model=model, dimensions=full_dimensions(model), db=db, id_column=id_column,
                          text_column=text_column, text_template=text_template, source_db=source_db,
                          chunk_tokens=chunk_tokens, chunk_overlap=chunk_overlap)  # fmt: skip
         for dims in measured_sizes(model, sizes):

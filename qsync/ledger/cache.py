@@ -127,8 +127,18 @@ def serving(embedder: CacheIdentity) -> list[CacheIdentity]:
 
 
 def key_prefixes(embedder: CacheIdentity) -> list[str]:
-    """The cache-key prefixes (`prefix || content_hash`) of `serving(embedder)`, for SQL that looks in the cache."""
-    return [cache_key(identity, "") for identity in serving(embedder)]
+    """The parameters of `uncached_sql`: the cache-key prefixes (`prefix || content_hash`) of `serving(embedder)`,
+    always two (the own size's twice when nothing else serves it)."""
+    prefixes = [cache_key(identity, "") for identity in serving(embedder)]
+    return [prefixes[0], prefixes[-1]]
+
+
+def uncached_sql(content_hash: str) -> str:
+    """SQL true when the cache holds no vector of `content_hash` (an SQL expression) for an embedder, with
+    `key_prefixes(embedder)` as its two parameters: for SQL that looks in the cache as `serving` does."""
+    return " AND ".join(
+        f"NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.cache_key = ? || {content_hash})" for _ in range(2)
+    )
 
 
 def _look_up(

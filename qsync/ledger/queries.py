@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from qsync.ledger.cache import uncached_sql
 from qsync.ledger.jobs import job_record
 from qsync.ledger.ledger import Ledger
 
@@ -118,12 +119,12 @@ def skip_reasons(ledger: Ledger, job: str) -> dict[str, int]:
 _MANIFEST_TEXTS = """
     SELECT content_hash, any_value(text) AS text, any_value(token_estimate) AS token_estimate,
            any_value(coalesce(media_tokens, 0)) AS media_tokens
-    FROM manifest WHERE job_id = ? GROUP BY content_hash ORDER BY min(ordinal), content_hash"""
+    FROM manifest WHERE job_id = ? GROUP BY content_hash"""
 
 
 def manifest_texts(ledger: Ledger, job: str) -> pd.DataFrame:
-    """content_hash, text, token_estimate, media_tokens: each distinct content of the job's manifest once, in source
-    order (a GROUP BY's order changes from run to run: an estimate calibrated on a sample of these rows would too)."""
+    """content_hash, text, token_estimate, media_tokens: each distinct content of the job's manifest once, in no
+    particular order (an estimate picks its calibration sample by content hash)."""
     return ledger.query_df(_MANIFEST_TEXTS, [job])
 
 
@@ -163,10 +164,8 @@ _UNCACHED = """
                any_value(coalesce(media_tokens, 0)) AS media
         FROM manifest WHERE job_id = ? GROUP BY content_hash
     ), todo AS (
-        SELECT * FROM c
-        WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.cache_key = ? || c.content_hash)
-          AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.cache_key = ? || c.content_hash)
-    )"""
+        SELECT * FROM c WHERE {uncached}
+    )""".format(uncached=uncached_sql("c.content_hash"))
 
 
 def uncached_contents(
@@ -175,7 +174,7 @@ def uncached_contents(
     """Of the job's distinct contents, those the cache holds under none of `key_prefixes` (cache.key_prefixes), counted
     in SQL (a million texts never leave the file): (distinct contents, uncached, their own text tokens, their media
     tokens, how many send a text, a sample of those: columns text, own, the first `sample` by content hash)."""
-    params = [job, *(key_prefixes * 2)[:2]]
+    params = [job, *key_prefixes]
     row = ledger.query_rows(
         _UNCACHED + " SELECT (SELECT count(*) FROM c), count(*), coalesce(sum(own), 0), coalesce(sum(media), 0), "
         "count(*) FILTER (WHERE text <> '') FROM todo",

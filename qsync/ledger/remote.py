@@ -7,6 +7,8 @@ from typing import Any
 
 import pandas as pd
 
+from qsync.ledger.cache import uncached_sql
+
 
 def record(con: Any, job_id: str, name: str, hashes: list[str], now: Any) -> None:
     con.execute(
@@ -48,7 +50,7 @@ def texts_to_submit(con: Any, job_id: str, key_prefixes: list[str]) -> pd.DataFr
     """content_hash, text of the job's unfinished batches that neither the cache (keys `prefix || hash`, for each of
     `key_prefixes`: cache.key_prefixes) nor a submitted Batch Mode job covers, in manifest order."""
     frame: pd.DataFrame = con.df(
-        """
+        f"""
         WITH covered AS (
             SELECT DISTINCT unnest(content_hashes) AS content_hash FROM remote_jobs
             WHERE job_id = ? AND state = 'submitted'
@@ -57,11 +59,10 @@ def texts_to_submit(con: Any, job_id: str, key_prefixes: list[str]) -> pd.DataFr
         FROM manifest m JOIN batches b ON b.job_id = m.job_id AND b.batch_no = m.batch_no
         WHERE m.job_id = ? AND b.status <> 'done'
           AND m.content_hash NOT IN (SELECT content_hash FROM covered)
-          AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.cache_key = ? || m.content_hash)
-          AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.cache_key = ? || m.content_hash)
+          AND {uncached_sql("m.content_hash")}
         GROUP BY m.content_hash ORDER BY min(m.ordinal)
         """,
-        [job_id, job_id, *(key_prefixes * 2)[:2]],  # one prefix, or the own size's then the full size's
+        [job_id, job_id, *key_prefixes],
     )
     return frame
 
