@@ -11,7 +11,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, PercentFormatter
 
 from qsync.app.compare import MEANING, Comparison, comparison_view, spent_sentence
 from qsync.formatting import count
-from qsync.notebook.formatting import css_class, figure_output, frame_html
+from qsync.notebook.formatting import css_class, figure_output, frame_html, page_style
 
 
 def show_comparison(found: Comparison) -> widgets.VBox:
@@ -23,7 +23,7 @@ def show_comparison(found: Comparison) -> widgets.VBox:
     plot = widgets.Output()
     plot.outputs = figure_output(comparison_figure(found))
     note = widgets.HTML(f"<p><small>{html.escape(MEANING)}</small></p>")
-    return css_class(widgets.VBox([table, plot, note]), "qsync-compare")
+    return css_class(widgets.VBox([page_style(), table, plot, note]), "qsync-compare")
 
 
 def comparison_figure(found: Comparison) -> Figure:

@@ -99,6 +99,8 @@ _STYLE = """<style>
 .qsync-launcher .jupyter-button:disabled, .qsync-inspector .jupyter-button:disabled {
   opacity: 0.35; filter: grayscale(100%); cursor: not-allowed; box-shadow: none;
 }
+/* A comparison's rows read across: a model's name or "1 min 42 s" broken over two lines reads as two rows. */
+.qsync-compare-table td { white-space: nowrap; }
 </style>"""
 
 
