@@ -20,7 +20,7 @@ from qsync_testing import qsync_cmd, qsync_env, run_qsync, status_json, wait_for
 
 import qsync
 from qsync.cli import main
-from qsync.input import postgres
+from qsync.input import postgres, sources
 from qsync.input.postgres import is_postgres, redact, scrub
 
 pytestmark = pytest.mark.skipif(
@@ -123,6 +123,45 @@ def test_a_resync_pays_for_new_and_changed_rows_and_deletes_removed_ones(
     info = qsync.status(second.job_id, db=db)
     figures = (info["loaded_records"], info["unchanged_records"], info["deleted_records"], info["embedded_texts"])
     assert figures == (4, ROWS - 5, 2, 4), info
+
+
+def test_changed_since_reads_only_changed_rows_in_postgresql_and_deletions_by_ids(
+    server: PgServer, table: str, tmp_path: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--changed-since updated_at`: the filter runs in PostgreSQL (the rows that cross the connection are counted
+    where qsync reads them), the ids are read alone for deletions, and the mark round-trips a timestamptz exactly."""
+    server.sql(f"ALTER TABLE {table} ADD COLUMN updated_at timestamptz",
+               f"UPDATE {table} SET updated_at = timestamptz '2026-01-01 00:00:00.123456+00' + id * interval '1 s'",
+               url=server.url())  # fmt: skip
+    streamed: list[int] = []
+    real_copy = postgres.copy_into
+
+    def counted_copy(con: Any, dsn: str, query: str, into: str) -> int:
+        streamed.append(real_copy(con, dsn, query, into))
+        return streamed[-1]
+
+    monkeypatch.setattr(sources, "copy_into", counted_copy)
+    db = str(tmp_path / "q.duckdb")
+    options: dict[str, Any] = {"collection": "c", "db": db, "embedder": "hash", "dimensions": 8,
+                               "changed_since": "updated_at", "delete_missing": True}  # fmt: skip
+    first = qsync.run(table, source_db=server.url(), **options)
+    assert first.status == "completed" and streamed == [ROWS]  # every row; no ids read apart
+    mark = qsync.status(first.job_id, db=db)["high_water"]
+    assert mark.startswith(f"2026-01-01 00:0{ROWS // 60}:{ROWS % 60:02d}.123456"), mark
+    server.sql(f"UPDATE {table} SET text = text || ' (revised)', updated_at = now() WHERE id IN (1, 2, 3)",
+               f"DELETE FROM {table} WHERE id IN (10, 11)",
+               f"INSERT INTO {table} (id, text, updated_at) VALUES (1001, 'a new gloss', now())",
+               url=server.url())  # fmt: skip
+    streamed.clear()
+    second = qsync.run(table, source_db=server.url(), **options)
+    assert second.status == "completed", second.message
+    # 3 changed + 1 new + the row at the mark; then the ids of every row, one column.
+    assert streamed == [5, ROWS - 2 + 1], streamed
+    info = qsync.status(second.job_id, db=db)
+    assert info["since_value"] == mark
+    figures = (info["loaded_records"], info["unchanged_records"], info["deleted_records"], info["embedded_texts"])
+    assert figures == (4, 1, 2, 4), info
+    assert qsync.verify(second.job_id, db=db).present == ROWS - 1
 
 
 def _files_and_outputs_hold_no_secret(folders: list[Path], outputs: list[str], secrets: list[str]) -> None:

@@ -26,6 +26,7 @@ from qsync.engine.events import Listener
 from qsync.engine.runner import Runner, RunResult
 from qsync.engine.stage import StageFactory
 from qsync.errors import JobExists, SpecMismatch, TransientError
+from qsync.input.changed import ChangedSince
 from qsync.input.plan import plan_job
 from qsync.input.sources import Source
 from qsync.ledger import jobs as ledger_jobs
@@ -37,7 +38,7 @@ from qsync.money.recorded import record_estimate
 from qsync.sink.factory import open_sink
 from qsync.sink.protocol import Sink
 from qsync.spec.embedder import EmbedderSpec
-from qsync.spec.job import KEEP, BudgetOption, JobSpec, differences
+from qsync.spec.job import KEEP, BudgetOption, JobSpec, content_differences, differences
 from qsync.spec.settings import RunSettings
 
 PathLike = str | os.PathLike[str]
@@ -152,12 +153,26 @@ def plan(
     _check_collection(spec, embedder.dimensions, ledger.path.parent)
     signature = embedder_signature(embedder, spec.enrich.fingerprint() if spec.enrich else "")
     config = {**spec.to_dict(), "target": spec.target, "embedder_signature": signature}
+    changed = _changed_rows(ledger, spec)
     return plan_job(
         ledger, job_id, source, spec.columns, embedder, config, spec.collection, spec.batch_size, clock,
         target=spec.target, embedder_signature=signature, incremental=spec.incremental,
         delete_missing=spec.delete_missing, max_cost_usd=max_cost_usd, chunking=spec.chunking,
-        whole_records="enrichment" if spec.enrich else None,
+        whole_records="enrichment" if spec.enrich else None, changed=changed,
     )  # fmt: skip
+
+
+def _changed_rows(ledger: Ledger, spec: JobSpec) -> ChangedSince | None:
+    """With --changed-since: where this job starts reading. From the mark of the newest completed job of its name that
+    made records into the same points (same source, columns, model, collection…); every row when there is none, when
+    that job made them otherwise (another model: every record must be embedded again), or with --full."""
+    if not spec.changed_since:
+        return None
+    since = None
+    found = ledger_jobs.last_mark(ledger, spec.name, spec.changed_since) if spec.incremental else None
+    if found is not None and not content_differences(found[0].spec, spec):
+        since = found[1]
+    return ChangedSince(spec.changed_since, since, ids=spec.delete_missing)
 
 
 def create_job(

@@ -18,6 +18,7 @@ from typing import Any, TypedDict
 from typing_extensions import Required
 
 from qsync.embedders.gemini import api_key_from_env
+from qsync.errors import ConfigError
 from qsync.input.frames import frame_columns
 from qsync.input.postgres import without_secret
 from qsync.input.sources import (
@@ -29,6 +30,7 @@ from qsync.input.sources import (
     SourceLike,
     SqlSource,
     as_source,
+    reads_changed_rows,
 )
 from qsync.spec.chunking import Chunking
 from qsync.spec.columns import Columns
@@ -74,6 +76,7 @@ class SpecOptions(TypedDict, total=False):
     delete_missing: bool
     chunk_tokens: int | None
     chunk_overlap: int
+    changed_since: str | None
 
 
 def build_spec(
@@ -108,9 +111,16 @@ def build_spec(
     delete_missing: bool = False,
     chunk_tokens: int | None = None,
     chunk_overlap: int = 0,
+    changed_since: str | None = None,
 ) -> tuple[JobSpec, Source]:
     """The job spec these options describe, and the source to plan from."""
     src = as_source(source, database=source_db)
+    if changed_since and not reads_changed_rows(src):
+        raise ConfigError(
+            f"--changed-since reads only the changed rows of an SQL query (PostgreSQL or DuckDB) or of Parquet files; "
+            f"{src.description} is read whole at each re-sync (only its new and changed records are paid): leave "
+            "--changed-since out"
+        )
     # A media record's text is its caption, and optional: text_column=None (or '') embeds the media alone.
     columns = Columns(
         id_column,
@@ -143,6 +153,7 @@ def build_spec(
         incremental=incremental,
         delete_missing=delete_missing,
         chunking=Chunking(chunk_tokens, chunk_overlap),
+        changed_since=changed_since or None,
     )
     return spec, src
 

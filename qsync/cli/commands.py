@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         extra_vectors=args.extra_vector,
         incremental=not args.full,
         delete_missing=args.delete_missing,
+        changed_since=args.changed_since,
         chunk_tokens=args.chunk_tokens,
         chunk_overlap=args.chunk_overlap,
         enrich=enrich,

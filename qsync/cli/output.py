@@ -11,7 +11,7 @@ import pandas as pd
 from qsync.app import reading
 from qsync.engine.events import BatchFinished, Event
 from qsync.engine.runner import RunResult
-from qsync.formatting import batch_mode_text, chunked, formatted, usd, value_text
+from qsync.formatting import batch_mode_text, chunked, formatted, rows_read_text, usd, value_text
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PAUSED, EXIT_REFUSED = 0, 1, 2, 3, 4
 
@@ -40,6 +40,10 @@ def report(result: RunResult, db: str | None, texts: RunTexts, simulated_latency
         f"{info['batches_failed']} batches failed, {info['tokens']:,} tokens, {usd(info['cost_usd'])}"
         + (f" (+ up to {usd(info['unconfirmed_cost_usd'])} unconfirmed)" if info["unconfirmed_cost_usd"] else "")
     )
+    if info.get("since_column"):
+        print(
+            "  " + rows_read_text(info["since_column"], info["since_value"], info["high_water"], info["total_records"])
+        )
     if texts.batch_mode:
         print("  " + batch_mode_text(info["batch_mode_texts"], info["batch_mode_tokens"], info["batch_mode_cost_usd"]))
     if texts.cached and not texts.embedded and not texts.batch_mode:  # a run that took no time: say why

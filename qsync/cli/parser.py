@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--delete-missing", action="store_true", help="re-sync: delete points of records no longer in the source"
     )
+    run.add_argument(
+        "--changed-since", metavar="COLUMN",
+        help="re-sync: read only rows whose COLUMN (a timestamp or increasing id the table sets on each write) is >= "
+        "the largest the last completed job read; with --delete-missing, deletions are found by reading ids alone",
+    )  # fmt: skip
     add_chunk_options(run)
     run.add_argument(
         "--batch-mode",

@@ -5,6 +5,7 @@ bad rows are skipped with their reasons. The source is read, checked and recorde
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol
 
 from qsync.catalog.models import MEDIA_MODEL
@@ -12,6 +13,7 @@ from qsync.catalog.tokens import sql_estimate_tokens
 from qsync.clock import Clock
 from qsync.disk import LEDGER_MARGIN, ensure_room
 from qsync.errors import ConfigError, JobExists, SourceError
+from qsync.input.changed import CHANGED_VALUE, PRESENT_TABLE, ChangedSince
 from qsync.input.chunks import add_page_windows, split_long_texts
 from qsync.input.media_plan import MEDIA_TABLE, MediaRow, check_media, media_base, register_media
 from qsync.input.postgres import POSTGRES_TABLE
@@ -19,7 +21,7 @@ from qsync.input.records import INPUT_VIEW, MAX_PAYLOAD_BYTES, brief
 from qsync.input.sources import FRAME_VIEW, Source
 from qsync.ledger.jobs import job_exists
 from qsync.ledger.ledger import Ledger
-from qsync.ledger.plans import CHECKED, CHUNKS, PlanSummary, record_plan
+from qsync.ledger.plans import CHECKED, CHUNKS, PlanSummary, ReadMark, record_plan
 from qsync.spec.chunking import Chunking
 from qsync.spec.columns import Columns
 
@@ -61,16 +63,20 @@ def plan_job(
     max_cost_usd: float | None = None,
     chunking: Chunking | None = None,
     whole_records: str | None = None,
+    changed: ChangedSince | None = None,
 ) -> PlanSummary:
     """Plan a job: snapshot the source into its manifest. Refused if a job of that name exists already. With
     `chunking` on, a text longer than the model takes is cut into chunks (input.chunks), a manifest row each;
-    `whole_records` names what cannot work on chunks (enrichment): the plan is refused if a record must be cut."""
+    `whole_records` names what cannot work on chunks (enrichment): the plan is refused if a record must be cut.
+    `changed`: read only the rows changed since a mark (input.changed), and record where the next job starts."""
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
     batch_size = min(batch_size, limits.max_batch_texts)
     chunking = chunking or Chunking()
     now = clock.now()
     ensure_room(ledger.path, LEDGER_MARGIN, "planning the job into the checkpoint file")
+    if changed is not None:
+        source = replace(source, changed=changed)  # type: ignore[type-var]  # options.build_spec checked the kind
     with ledger.transaction() as con:
         if job_exists(con, job_id):
             raise JobExists(f"a job named {job_id!r} exists already")
@@ -79,6 +85,7 @@ def plan_job(
             long_pdfs = check_records(con, source, columns, limits, ledger, skip_long=not chunking.enabled)
             _split(con, chunking, limits, whole_records)
             add_page_windows(con, long_pdfs)
+            read = _read_mark(con, changed)
         except Exception as exc:
             if "duckdb" in type(exc).__module__:
                 raise SourceError(f"cannot read {source.description}: {brief(exc)}") from exc
@@ -87,13 +94,23 @@ def plan_job(
             con, job_id, config=config, source=source.description, collection=collection, batch_size=batch_size,
             target=target, embedder_signature=embedder_signature, incremental=incremental,
             delete_missing=delete_missing, max_cost_usd=max_cost_usd,
-            rejected=[(row.ordinal, row.reason) for row in rejected], now=now,
+            rejected=[(row.ordinal, row.reason) for row in rejected], now=now, read=read,
         )  # fmt: skip
-        for name in (CHECKED, CHUNKS, "__qsync_csv", POSTGRES_TABLE):
+        for name in (CHECKED, CHUNKS, "__qsync_csv", POSTGRES_TABLE, PRESENT_TABLE):
             con.execute(f"DROP TABLE IF EXISTS {name}")
         con.execute(f"DROP VIEW IF EXISTS {INPUT_VIEW}")
         _unregister(con)
     return summary
+
+
+def _read_mark(con: Any, changed: ChangedSince | None) -> ReadMark | None:
+    """What the plan read with --changed-since: the largest value of the column among the rows read (the previous
+    mark again when no row changed), and the ids read for deletions."""
+    if changed is None:
+        return None
+    row = con.execute(f"SELECT CAST(max({CHANGED_VALUE}) AS VARCHAR) FROM {INPUT_VIEW}").fetchone()
+    high_water = row[0] if row and row[0] is not None else changed.since
+    return ReadMark(changed.column, changed.since, high_water, PRESENT_TABLE if changed.reads_ids else None)
 
 
 def _split(con: Any, chunking: Chunking, limits: PlanLimits, whole_records: str | None) -> None:

@@ -25,7 +25,8 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from qsync.errors import SourceError
+from qsync.errors import MissingColumn, SourceError
+from qsync.input.changed import CHANGED_VALUE, ChangedSince, keep_ids
 from qsync.input.frames import Frame, frame_columns, frame_kind, frame_to_arrow
 from qsync.input.postgres import POSTGRES_TABLE, copy_into, is_postgres, redact, table_query
 from qsync.input.records import (
@@ -54,7 +55,9 @@ class Source(Protocol):
 # -- typed sources, normalized in SQL -------------------------------------------------------------
 
 
-def _normalize_sql(relation_sql: str, columns: Columns, types: Mapping[str, str]) -> str:
+def _normalize_sql(
+    relation_sql: str, columns: Columns, types: Mapping[str, str], changed: ChangedSince | None = None
+) -> str:
     if columns.text_column is None and columns.text_template is None:
         text_sql = "CAST(NULL AS VARCHAR)"  # a media job without captions
     elif columns.text_column is not None:
@@ -85,6 +88,7 @@ def _normalize_sql(relation_sql: str, columns: Columns, types: Mapping[str, str]
             media_sql = f"CAST({name} AS VARCHAR)"
     payload_cols = list(dict.fromkeys([columns.id_column, *columns.payload_columns]))
     payload_sql = "to_json(struct_pack(" + ", ".join(f"{_ident(c)} := {_ident(c)}" for c in payload_cols) + "))"
+    changed_sql = f", {_ident(changed.column)} AS {CHANGED_VALUE}" if changed else ""
     return f"""
         SELECT CAST(row_number() OVER () - 1 AS BIGINT) AS ordinal,
                CAST({_ident(columns.id_column)} AS VARCHAR) AS record_id,
@@ -92,19 +96,36 @@ def _normalize_sql(relation_sql: str, columns: Columns, types: Mapping[str, str]
                CAST({payload_sql} AS VARCHAR) AS payload,
                CAST(NULL AS VARCHAR) AS problem,
                {media_sql} AS media,
-               {bytes_sql} AS media_bytes
+               {bytes_sql} AS media_bytes{changed_sql}
         FROM {relation_sql}
     """
 
 
-def _register_typed(con: SqlConnection, relation_sql: str, columns: Columns, description: str) -> None:
+def _register_typed(
+    con: SqlConnection, relation_sql: str, columns: Columns, description: str, changed: ChangedSince | None = None
+) -> None:
     try:
         described = con.execute(f"DESCRIBE SELECT * FROM {relation_sql}").fetchall()
     except duckdb.Error as exc:
         raise SourceError(f"cannot read {description}: {brief(exc)}") from exc
     types = {row[0]: str(row[1]) for row in described}
     check_columns(list(types), columns, description)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {INPUT_VIEW} AS {_normalize_sql(relation_sql, columns, types)}")
+    if changed:
+        if changed.column not in types:
+            raise MissingColumn(f"{description}: --changed-since column {changed.column!r} not found "
+                                f"(columns are: {', '.join(types)})")  # fmt: skip
+        changed.check_type(types[changed.column], description)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {INPUT_VIEW} AS {_normalize_sql(relation_sql, columns, types, changed)}")
+
+
+def _register_parquet(con: SqlConnection, relation: str, columns: Columns, source: Any) -> None:
+    """A Parquet relation, only its changed rows with --changed-since (DuckDB reads the filter's column first and
+    skips row groups whose statistics are below the mark)."""
+    changed: ChangedSince | None = source.changed
+    if changed and changed.reads_ids:
+        keep_ids(con, relation, columns.id_column)
+    filtered = f"({changed.filtered(f'SELECT * FROM {relation}')})" if changed and changed.since else relation
+    _register_typed(con, filtered, columns, source.description, changed)
 
 
 @dataclass
@@ -112,6 +133,7 @@ class FileSource:
     """A Parquet, CSV or JSON-lines file (by extension), read through DuckDB."""
 
     path: Path
+    changed: ChangedSince | None = None  # --changed-since: Parquet only (a CSV cell is text, '9' > '10')
     description: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -136,7 +158,7 @@ class FileSource:
         kind = self.kind
         path = _sql_literal(str(self.path))
         if kind == "parquet":
-            _register_typed(con, f"read_parquet({path})", columns, self.description)
+            _register_parquet(con, f"read_parquet({path})", columns, self)
             return []
         if kind == "csv":
             # all_varchar: a CSV cell is text; sniffing "007" into the integer 7 would change ids.
@@ -167,6 +189,7 @@ class ParquetFilesSource:
     since the last job (and, as for one file, embeds only the records that are new or changed)."""
 
     location: str  # a folder or a glob, as given
+    changed: ChangedSince | None = None
     description: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -208,7 +231,7 @@ class ParquetFilesSource:
         return f"read_parquet([{listing}], hive_partitioning = true, union_by_name = true)"
 
     def register(self, con: SqlConnection, columns: Columns) -> list[RejectedRow]:
-        _register_typed(con, self.relation(), columns, self.description)
+        _register_parquet(con, self.relation(), columns, self)
         return []
 
 
@@ -233,6 +256,7 @@ class SqlSource:
     query: str
     database: str | None = None
     table: str | None = None
+    changed: ChangedSince | None = None
     description: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -240,18 +264,40 @@ class SqlSource:
         self.description = f"sql{where}: {self.query}"
 
     def register(self, con: SqlConnection, columns: Columns) -> list[RejectedRow]:
+        changed = self.changed
+        query = changed.filtered(self.query) if changed else self.query
+        ids_query = changed.ids_query(self.query, columns.id_column) if changed and changed.reads_ids else None
         if self.database and is_postgres(self.database):
-            copy_into(con, self.database, self.query, POSTGRES_TABLE)
-            _register_typed(con, POSTGRES_TABLE, columns, self.description)
+            copy_into(con, self.database, query, POSTGRES_TABLE)  # the filter runs in PostgreSQL
+            if ids_query:
+                copy_into(con, self.database, ids_query, _IDS)
+                keep_ids(con, _IDS, columns.id_column)
+                con.execute(f"DROP TABLE {_IDS}")
+            _register_typed(con, POSTGRES_TABLE, columns, self.description, changed)
             return []
         try:
             with duckdb.connect(self.database or ":memory:", read_only=bool(self.database)) as src:
-                table = arrow_table(src, self.query)
+                table = arrow_table(src, query)
+                ids = arrow_table(src, ids_query) if ids_query else None
         except duckdb.Error as exc:
             raise SourceError(f"the source query failed: {brief(exc)}") from exc
         con.register("__qsync_sql", table)
-        _register_typed(con, "__qsync_sql", columns, self.description)
+        if ids is not None:
+            con.register(_IDS, ids)
+            keep_ids(con, _IDS, columns.id_column)
+            con.unregister(_IDS)
+        _register_typed(con, "__qsync_sql", columns, self.description, changed)
         return []
+
+
+_IDS = "__qsync_ids"  # the ids a database returned, before PRESENT_TABLE reads them as the plan does
+
+
+def reads_changed_rows(source: Source) -> bool:
+    """Whether --changed-since can read only a source's changed rows: an SQL query (DuckDB, PostgreSQL) or Parquet."""
+    if isinstance(source, FileSource):
+        return source.path.suffix.lower() in PARQUET_SUFFIXES
+    return isinstance(source, (SqlSource, ParquetFilesSource))
 
 
 # -- sources whose cells can hold anything, normalized in Python (records.py) ----------------------

@@ -71,7 +71,7 @@ _SQL = """
            j.max_cost_usd,
            j.created_at, j.started_at, j.updated_at, j.finished_at, j.heartbeat_at,
            j.owner_pid, j.owner_host, j.lease_token IS NOT NULL AS leased, j.cancel_requested,
-           j.stale_after_s
+           j.stale_after_s, j.since_column, j.since_value, j.high_water
     FROM jobs j LEFT JOIN (
         SELECT job_id,
                sum(records) AS planned,

@@ -110,6 +110,22 @@ def next_resync_name(ledger: Ledger, name: str) -> str:
     return f"{base_name(name)}#{n}"
 
 
+def last_mark(ledger: Ledger, name: str, column: str) -> tuple[JobRecord, str] | None:
+    """The newest completed job of this name (NAME, NAME#n) that read with --changed-since `column`, and the largest
+    value it read (input.changed): where the next job starts reading. Unfinished and cancelled jobs do not count: they
+    may not have loaded what they read."""
+    rows = ledger.query_rows(
+        f"""SELECT {_COLUMNS}, high_water FROM jobs
+            WHERE (job_id = ? OR job_id LIKE ? ESCAPE '\\') AND status = 'completed' AND since_column = ?
+              AND high_water IS NOT NULL""",
+        [name, _like_prefix(name) + "#%", column],
+    )
+    if not rows:
+        return None
+    newest = max(rows, key=lambda r: resync_number(str(r[0])))
+    return _record(newest[:-1], ledger.path.parent), str(newest[-1])
+
+
 def job_exists(con: Any, job: str) -> bool:
     return first_row(con.execute("SELECT 1 FROM jobs WHERE job_id = ?", [job])) is not None
 

@@ -31,6 +31,18 @@ class PlanSummary:
     chunks: int = 0  # points the valid records make: one each, or one per chunk of a long one
 
 
+@dataclass(frozen=True)
+class ReadMark:
+    """What a plan with --changed-since read (input.changed): the rows with `column` >= `since` (every row when None)
+    and the largest value among them, where the next job starts; `present`: the table of every id of the source when
+    deletions are found by ids alone (the rows not read count as unchanged, not as gone)."""
+
+    column: str
+    since: str | None
+    high_water: str | None
+    present: str | None = None
+
+
 def record_plan(
     con: Any,
     job_id: str,
@@ -46,6 +58,7 @@ def record_plan(
     max_cost_usd: float | None,
     rejected: list[tuple[int | None, str]],
     now: Any,
+    read: ReadMark | None = None,
 ) -> PlanSummary:
     """Write the job planned from CHECKED and CHUNKS (the chunks of records cut by the planner). With `incremental`,
     points the target already holds with the same text and payload, embedded by the same embedder, are left out
@@ -115,11 +128,15 @@ def record_plan(
             [job_id, target],
         )
     if delete_missing and target:
-        # Only ids absent from the source leave; a record still there but now invalid keeps its points.
+        # Only ids absent from the source leave; a record still there but now invalid keeps its points. When only
+        # changed rows were read, the source's ids were read apart: a record is gone when it is in neither.
+        present = f"SELECT record_id FROM {CHECKED} WHERE record_id IS NOT NULL"
+        if read and read.present:
+            present += f" UNION ALL SELECT record_id FROM {read.present} WHERE record_id IS NOT NULL"
         con.execute(
             f"""INSERT INTO deletions (job_id, record_id, point_id)
                SELECT ?, record_id, point_id FROM points
-               WHERE target = ? AND record_id NOT IN (SELECT record_id FROM {CHECKED} WHERE record_id IS NOT NULL)""",
+               WHERE target = ? AND record_id NOT IN ({present})""",
             [job_id, target],
         )
     con.execute(
@@ -150,10 +167,11 @@ def record_plan(
     )
     con.execute(
         """INSERT INTO jobs (job_id, status, message, config, source, collection, batch_size, total_records,
-               skipped_records, batches_total, created_at, updated_at, unchanged_records, max_cost_usd, total_chunks)
-           VALUES (?, 'planned', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               skipped_records, batches_total, created_at, updated_at, unchanged_records, max_cost_usd, total_chunks,
+               since_column, since_value, high_water)
+           VALUES (?, 'planned', NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [job_id, json.dumps(config), source, collection, batch_size, valid + skipped, skipped, batches, now, now,
-         unchanged, max_cost_usd, chunks],
+         unchanged, max_cost_usd, chunks, read and read.column, read and read.since, read and read.high_water],
     )  # fmt: skip
     for table in ("__qsync_units", "__qsync_unchanged", "__qsync_todo"):
         con.execute(f"DROP TABLE IF EXISTS {table}")

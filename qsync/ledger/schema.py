@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from qsync.ledger.vectorfile import VectorFile
 
-SCHEMA_VERSION = 15
+SCHEMA_VERSION = 16
 
 _V1 = """
 CREATE TABLE qsync_schema (version INTEGER NOT NULL);
@@ -383,6 +383,14 @@ ALTER TABLE manifest ADD COLUMN payload_hash VARCHAR;
 ALTER TABLE points ADD COLUMN payload_hash VARCHAR;
 """
 
+# v16: a job that read only the rows changed since the last completed one (--changed-since COLUMN, input.changed):
+# the column, the value it read from (NULL: every row), and the largest value it read, where the next job starts.
+_V16 = """
+ALTER TABLE jobs ADD COLUMN since_column VARCHAR;
+ALTER TABLE jobs ADD COLUMN since_value VARCHAR;
+ALTER TABLE jobs ADD COLUMN high_water VARCHAR;
+"""
+
 Migration = str | Callable[[Any, MigrationContext], None]  # SQL, or fn(connection, context)
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7, _V8, _V9, _V10, _V11, _v12, _V13, _V14, _V15]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _v7, _V8, _V9, _V10, _V11, _v12, _V13, _V14, _V15, _V16]
 assert len(MIGRATIONS) == SCHEMA_VERSION

@@ -50,6 +50,7 @@ class JobSpec:
     incremental: bool = True  # a re-sync skips records the collection already holds unchanged
     delete_missing: bool = False  # a re-sync deletes points of records that left the source
     chunking: Chunking = field(default_factory=Chunking)  # long texts cut into chunks, a point each
+    changed_since: str | None = None  # a re-sync reads only rows whose column is >= the last job's largest
 
     def __post_init__(self) -> None:
         if not self.collection:
@@ -118,6 +119,7 @@ class JobSpec:
             "Batch Mode": self.batch_mode,
             "re-sync unchanged records": self.incremental,
             "delete records that left the source": self.delete_missing,
+            "read rows changed since": self.changed_since,
             **self.chunking.identity(),
         }
 
@@ -138,6 +140,7 @@ class JobSpec:
             "incremental": self.incremental,
             "delete_missing": self.delete_missing,
             "chunking": self.chunking.to_dict(),
+            "changed_since": self.changed_since,
         }
 
     @classmethod
@@ -167,6 +170,7 @@ class JobSpec:
             incremental=bool(data.get("incremental", True)),
             delete_missing=bool(data.get("delete_missing")),
             chunking=Chunking.from_dict(data.get("chunking")),
+            changed_since=data.get("changed_since"),
         )
 
 
@@ -178,6 +182,17 @@ def differences(stored: JobSpec, given: JobSpec) -> list[str]:
         for key in dict.fromkeys([*old, *new])
         if old.get(key) != new.get(key)
     ]
+
+
+# What may differ between two jobs without changing what any record becomes (its text, vector, payload, point):
+# a job may then start reading where the other stopped (--changed-since).
+_HOW_NOT_WHAT = {"batch size", "Batch Mode", "re-sync unchanged records", "delete records that left the source",
+                 "read rows changed since", "vectors on disk", "payload indexes", "extra vectors"}  # fmt: skip
+
+
+def content_differences(stored: JobSpec, given: JobSpec) -> list[str]:
+    """The differences (`differences`) that change what records become: another model, source, columns, collection…"""
+    return [d for d in differences(stored, given) if d.split(":", 1)[0] not in _HOW_NOT_WHAT]
 
 
 def base_name(job_id: str) -> str:
