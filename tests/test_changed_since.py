@@ -34,7 +34,9 @@ def _figures(job: str, db: Path) -> tuple[int, ...]:
             info["embedded_texts"])  # fmt: skip
 
 
-def test_a_resync_reads_only_rows_changed_since_the_last_job_and_deletes_by_ids(tmp_path: Path) -> None:
+def test_a_resync_reads_only_rows_changed_since_the_last_job_and_deletes_by_ids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A folder of Parquet files written by a pipeline: each write is a new file, `seq` grows with every row written.
     Rows deleted from the table are gone from every file (the folder is rewritten without them)."""
     folder, db = tmp_path / "table", tmp_path / "q.duckdb"
@@ -59,8 +61,11 @@ def test_a_resync_reads_only_rows_changed_since_the_last_job_and_deletes_by_ids(
     report = qsync.verify(second.job_id, db=str(db))
     assert report.missing == 0 and report.present == ROWS - 2 + 1, report
 
-    third = qsync.run(str(folder), delete_missing=True, **_options(db))
-    assert _figures(third.job_id, db) == (1, 0, 1, 0, 0)  # only the row at the mark, unchanged
+    code = main(["run", "--source", str(folder), "--collection", "c", "--db", str(db), "--embedder", "hash",
+                 "--dimensions", "8", "--changed-since", "seq", "--delete-missing", "--quiet"])  # fmt: skip
+    assert code == 0
+    assert "read only 1 row with seq >= 503; the next re-sync reads from seq >= 503" in capsys.readouterr().out
+    assert _figures("c:table#3", db) == (1, 0, 1, 0, 0)  # only the row at the mark, unchanged
 
 
 def test_rows_not_read_are_kept_without_delete_missing_and_a_full_resync_reads_every_row(tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ class ChangedSince:
         if not column_type.upper().startswith(_ORDERED):
             raise SourceError(
                 f"--changed-since {self.column!r}: the column holds {column_type} in {description}; it must be a "
-                "timestamp, a date or an increasing number that the table sets when a row is written"
+                "timestamp, a date or an increasing number that the table sets when a row is written (PostgreSQL's "
+                "numeric arrives as text: cast it in the query, e.g. sql:SELECT *, version::bigint AS v FROM t)"
             )
 
     def describe(self) -> str:
