@@ -16,6 +16,16 @@ loop: the emulator answers in 300 ms with no limits. A plain sequential loop (th
 
 For loop and overhead the emulator runs in its own process, as the API runs on another machine: in
 this one it would take the benchmark's GIL, and slow most the client that overlaps most.
+
+    python benchmarks/gemini_throughput.py whole --records 8000 --latency 0 --rounds 3 [--concurrency 4]
+        [--tree now=. --tree before=/path/to/another/worktree] [--out benchmarks/results/speed/x.jsonl]
+
+whole: both sides as a user meets them, each a whole process timed from its start to its exit: the plain loop
+    (`plain`: this script, reading the records file, embedding batch after batch, upserting into a Qdrant Edge
+    shard) and `qsync run` on the same file (planning, the run, the exit; default settings except the rate
+    limits, which the loop does not have either; --concurrency omitted: qsync's default). The emulator answers
+    as Google's batchEmbedContents does, without usageMetadata. Each --tree is a qsync source tree run with this
+    Python (PYTHONPATH), alternating with the loop in every round. One JSON line per process.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -161,20 +173,76 @@ def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = Fal
     }
 
 
+def whole(n: int, latency_s: float, rounds: int, concurrency: int | None, trees: list[str], out: Path | None) -> None:
+    """Alternating whole processes: the plain loop, then `qsync run` from each tree, `rounds` times (the order of
+    the trees turns each round)."""
+    work = Path(tempfile.mkdtemp(prefix="qsync-whole-"))
+    source = work / "records.parquet"
+    records(n).to_parquet(source)
+    named = [tuple(t.split("=", 1)) if "=" in t else (t, t) for t in trees]
+    with EmulatorProcess(latency_s=latency_s) as emulator:  # without usageMetadata, as the real API
+        for round_no in range(rounds):
+            turn = named[round_no % len(named) :] + named[: round_no % len(named)]
+            for name, tree in [("loop", ""), *turn]:
+                folder = work / f"{round_no}-{name}"
+                if name == "loop":
+                    cmd = [sys.executable, __file__, "plain", "--source", str(source), "--shard", str(folder / "shard")]
+                    env = {**os.environ, **emulator.env()}
+                else:
+                    cmd = [sys.executable, "-m", "qsync", "run", "--source", str(source), "--collection", "c",
+                           "--db", str(folder / "q.duckdb"), "--dimensions", "768", "--texts-per-minute", "1000000000",
+                           "--tokens-per-minute", "1000000000000", "--quiet"]  # fmt: skip
+                    cmd += ["--concurrency", str(concurrency)] if concurrency else []
+                    env = {**os.environ, **emulator.env(), "PYTHONPATH": str(Path(tree).resolve())}
+                folder.mkdir(parents=True)
+                before = emulator.stats()["requests"]
+                started = time.perf_counter()
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                wall = time.perf_counter() - started
+                after = emulator.stats()["requests"]
+                line = {
+                    "round": round_no, "side": name, "records": n, "latency_s": latency_s,
+                    "concurrency": concurrency or "default", "exit": done.returncode, "wall_s": round(wall, 3),
+                    "records_per_s": round(n / wall, 1), "usage_metadata": False,
+                    "embed_calls": after.get("batchEmbedContents", 0) - before.get("batchEmbedContents", 0),
+                    "count_calls": after.get("countTokens", 0) - before.get("countTokens", 0),
+                    "load": round(os.getloadavg()[0], 2),
+                }  # fmt: skip
+                if done.returncode:
+                    line["stderr"] = done.stderr[-2000:]
+                print(json.dumps(line), flush=True)
+                if out is not None:
+                    with out.open("a") as f:
+                        f.write(json.dumps(line) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("which", choices=["ceiling", "loop", "overhead"])
+    parser.add_argument("which", choices=["ceiling", "loop", "overhead", "whole", "plain"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tree", action="append", default=[], help="whole: NAME=PATH of a qsync source tree")
+    parser.add_argument("--out", type=Path, help="whole: append the JSON lines to this file too")
+    parser.add_argument("--source", type=Path, help="plain: the records file")
+    parser.add_argument("--shard", type=Path, help="plain: the Qdrant Edge shard folder to create")
     parser.add_argument("--minutes", type=float, default=3.3)
     parser.add_argument("--records", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--concurrency", type=int, help="qsync's concurrency (loop, overhead: 8; whole: qsync's default)"
+    )
     parser.add_argument("--latency", type=float, default=0.0, help="overhead: seconds the emulator takes per call")
     args = parser.parse_args()
+    if args.which == "plain":  # one whole process of the plain loop (whole times it from outside)
+        plain_loop(pd.read_parquet(args.source), args.shard)
+        return
+    if args.which == "whole":
+        whole(args.records, args.latency, args.rounds, args.concurrency, args.tree or ["now=."], args.out)
+        return
     if args.which == "ceiling":
         report = ceiling(args.minutes)
     elif args.which == "loop":
-        report = loop(args.records, args.concurrency)
+        report = loop(args.records, args.concurrency or 8)
     else:  # no latency, no limits, both into Qdrant Edge: what qsync's checkpoints cost against the bare loop
-        report = loop(args.records, args.concurrency, latency_s=args.latency)
+        report = loop(args.records, args.concurrency or 8, latency_s=args.latency)
     print(json.dumps(report, indent=2))
 
 

@@ -87,6 +87,16 @@ def insert_vectors(
             con.unregister("__qsync_new_vectors")
 
 
+def set_tokens(con: Any, keys: list[str], tokens: list[int]) -> None:
+    """The counted tokens of cached vectors recorded with estimates (an answer without usage, counted later): what
+    reusing each saves."""
+    con.execute(
+        "UPDATE embeddings SET tokens = n.t FROM (SELECT unnest(?::VARCHAR[]) AS k, unnest(?::INTEGER[]) AS t) n "
+        "WHERE embeddings.cache_key = n.k",
+        [keys, tokens],
+    )
+
+
 def append_vectors(vectors_file: VectorFile, vectors: Vectors) -> list[int]:
     """Write vectors to the vector file, to be fsynced before the rows that point at them commit (the group
     commit does it once for the group); their offsets."""

@@ -32,6 +32,7 @@ from qsync.ledger.cache import (
     forget_beyond,
     insert_vectors,
     lookup_vectors,
+    set_tokens,
 )
 from qsync.ledger.commit import GroupCommit
 from qsync.ledger.lease import Lease
@@ -209,11 +210,13 @@ class LeasedJob:
         intent: str | None = None,
         media_tokens: int = 0,
         media_tokens_estimated: bool = False,
+        uncounted: bool = False,
     ) -> None:
         """Persist freshly paid-for vectors and their cost, settling the call's intent. Called before the upsert.
         `media_tokens`: the part of the tokens that were images or document pages; `media_tokens_estimated`: that
-        part was split by qsync's estimates, not reported by the API."""
-        tokens = int(sum(tokens_per_text))
+        part was split by qsync's estimates, not reported by the API. `uncounted`: no usage came; the intent's bound
+        stands until `settle_counted`."""
+        tokens, cost = (0, 0.0) if uncounted else (int(sum(tokens_per_text)), cost)
         split_estimated = media_tokens_estimated and media_tokens > 0
         offsets = self.appender(vectors)
 
@@ -233,9 +236,26 @@ class LeasedJob:
                 [len(hashes), tokens, cost, tokens_estimated, media_tokens, split_estimated, self.job_id,
                  work.batch_no],
             )  # fmt: skip
-            self._settle(con, intent)
+            self._settle(con, intent, "uncounted" if uncounted else "settled")
 
         self.write_vectors(apply, work)
+
+    def settle_counted(self, embedder: CacheIdentity, calls: Sequence[spend.Counted]) -> None:
+        """Calls recorded `uncounted`, now counted: each (intent, batch, hashes, tokens per text, cost) settled,
+        its tokens and cost added to its batch and its cache rows' tokens made exact, in one transaction."""
+        keys = [cache_key(embedder, h) for _, _, hashes, _, _ in calls for h in hashes]
+        settled = [(intent, batch_no, sum(tokens), cost) for intent, batch_no, _, tokens, cost in calls]
+
+        def apply(con: Any) -> None:
+            set_tokens(con, keys, [n for _, _, _, tokens, _ in calls for n in tokens])
+            spend.settle_counted(con, self.job_id, settled, self.clock.now())
+
+        self.commit.write(apply)
+
+    def uncounted_calls(self) -> list[tuple[str, int, list[str], float, dict[str, tuple[str, int]]]]:
+        with self.ledger.reading() as con:  # calls a crash left uncounted, with their texts and estimates
+            calls = spend.uncounted_calls(con, self.job_id)
+            return [(i, b, h, c, spend.planned_texts(con, self.job_id, h)) for i, b, h, c in calls]
 
     def record_generation(
         self, work: BatchWork, key: str, model: str, answer: str, tokens_in: int, tokens_out: int, cost: float,
@@ -302,9 +322,9 @@ class LeasedJob:
         been billed: a timeout, a dropped connection)."""
         self.commit.write(lambda con: spend.close_intent(con, self.job_id, intent, state, self.clock.now()))
 
-    def _settle(self, con: Any, intent: str | None) -> None:
+    def _settle(self, con: Any, intent: str | None, state: str = "settled") -> None:
         if intent is not None:
-            spend.close_intent(con, self.job_id, intent, "settled", self.clock.now())
+            spend.close_intent(con, self.job_id, intent, state, self.clock.now())
 
     def count_unconfirmed(self, count_tokens: Callable[[list[str]], int], prices: dict[str, float]) -> int:
         """Replace the upper bound of unconfirmed paid calls (embedding calls, Batch Mode submissions: the kinds
