@@ -197,7 +197,8 @@ def whole(n: int, latency_s: float, rounds: int, concurrency: int | None, trees:
                 folder.mkdir(parents=True)
                 before = emulator.stats()["requests"]
                 started = time.perf_counter()
-                done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                # cwd: not a source tree (`python -m` puts the cwd before PYTHONPATH on sys.path)
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=folder)
                 wall = time.perf_counter() - started
                 after = emulator.stats()["requests"]
                 line = {

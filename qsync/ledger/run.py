@@ -85,7 +85,7 @@ class LeasedJob:
         """Forget the cache entries whose bytes lie past the end of the vector file (it was truncated, or deleted and
         started again) before this run appends anything: they are misses now, paid for once more. How many. The
         size is read inside the transaction: another process appends only while it holds the checkpoint file."""
-        healed = self.commit.write(lambda con: forget_beyond(con, self.ledger.vectors.end()))
+        healed = self.commit.write(lambda con: forget_beyond(con.begin_now(), self.ledger.vectors.end()))  # in order
         self.lost_vectors += healed
         return healed
 
@@ -358,7 +358,8 @@ class LeasedJob:
         end: list[int] = []
 
         def append(con: Any) -> list[int]:
-            if not end:
+            if not end:  # read once the host serves this transaction alone, its lease checked (commit.py)
+                con.begin_now()
                 end.append(vector_file.end())
             lost = forget_beyond(con, end[0])
             if lost and not offsets:  # counted once, even if this transaction is tried again

@@ -118,14 +118,19 @@ def planned_texts(con: Any, job_id: str, hashes: list[str]) -> dict[str, tuple[s
 
 def settle_counted(con: Any, job_id: str, calls: list[tuple[str, int, int, float]], now: Any) -> None:
     """Uncounted calls counted: each (intent, batch, tokens, cost) adds its tokens and cost to its batch, and its
-    intent, now exact, is settled (its bound leaves the unconfirmed total in the same transaction)."""
-    for intent, batch_no, tokens, cost in calls:
-        con.execute(
-            "UPDATE batches SET tokens = tokens + ?, cost_usd = cost_usd + ? WHERE job_id = ? AND batch_no = ?",
-            [tokens, cost, job_id, batch_no],
-        )
-        con.execute(
-            "UPDATE spend_intents SET state = 'settled', tokens = ?, cost_usd = ?, counted = true, closed_at = ? "
-            "WHERE job_id = ? AND intent_id = ? AND state = 'uncounted'",
-            [tokens, cost, now, job_id, intent],
-        )
+    intent, now exact, is settled (its bound leaves the unconfirmed total in the same transaction). Two statements
+    for any number of calls."""
+    intents, batch_nos, tokens, costs = (list(column) for column in zip(*calls, strict=True))
+    con.execute(
+        """UPDATE batches SET tokens = batches.tokens + n.t, cost_usd = batches.cost_usd + n.c
+           FROM (SELECT b, sum(t) AS t, sum(c) AS c FROM (SELECT unnest(?::INTEGER[]) AS b, unnest(?::BIGINT[]) AS t,
+                 unnest(?::DOUBLE[]) AS c) GROUP BY b) n
+           WHERE batches.job_id = ? AND batches.batch_no = n.b""",
+        [batch_nos, tokens, costs, job_id],
+    )
+    con.execute(
+        """UPDATE spend_intents SET state = 'settled', tokens = n.t, cost_usd = n.c, counted = true, closed_at = ?
+           FROM (SELECT unnest(?::VARCHAR[]) AS i, unnest(?::BIGINT[]) AS t, unnest(?::DOUBLE[]) AS c) n
+           WHERE spend_intents.job_id = ? AND spend_intents.intent_id = n.i AND spend_intents.state = 'uncounted'""",
+        [now, intents, tokens, costs, job_id],
+    )
