@@ -48,6 +48,7 @@ from qsync.ledger.lease import Lease, release_lease, renew_lease, take_lease
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.run import LeasedJob
 from qsync.sink.protocol import Sink
+from qsync.spec.defaults import default_concurrency
 from qsync.spec.job import KEEP, BudgetOption, JobSpec
 from qsync.spec.settings import RunSettings
 
@@ -110,6 +111,9 @@ class Runner:
         self.clock = clock
         self.control = control or Control()
         self._scheduler: Scheduler | None = None
+        texts_per_minute = settings.texts_per_minute or default_limits(embedder)[0]
+        paid = bool(embedder.price_per_million_tokens)
+        self.concurrency = settings.concurrency or default_concurrency(texts_per_minute, spec.batch_size, paid)
         self._finished: JobFinished | None = None  # told to the listeners once the run has let go of everything
 
     def request_stop(self) -> None:
@@ -271,7 +275,7 @@ class Runner:
                 self.listeners, Notice(self.job_id, "stopping after the calls in flight (Ctrl-C again to stop at once)")
             )
 
-        self._scheduler = Scheduler(pipeline, self.settings.concurrency, self.control)
+        self._scheduler = Scheduler(pipeline, self.concurrency, self.control)
         self._scheduler.run(runnable, on_outcome, on_interrupt)
         self._emit_progress(tally, started)
 
