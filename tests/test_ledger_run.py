@@ -153,6 +153,7 @@ def test_a_write_needing_no_answer_is_one_round_trip_to_the_host(
         return original(*parts)
 
     monkeypatch.setattr(connection, "request", request)
+    assert job.claim(1).attempt == 1 and sent == []  # its state was read ahead with its records, with batch 0's
     _paid(job, work)
     assert sent == ["batch"]
     sent.clear()

@@ -53,7 +53,7 @@ class LeasedJob:
         self.embedder_signature = embedder_signature
         self.lost_vectors = 0  # cache entries this run found gone from the vector file (and forgot)
         self.commit = GroupCommit(ledger, lease, clock)  # every write of the run goes through it
-        self._manifests: dict[int, list[tuple[Any, ...]]] = {}  # read ahead: batch_no -> manifest rows
+        self._manifests: dict[int, tuple[b.Records, tuple[int, str]]] = {}  # read ahead: records and state
         self._manifests_lock = threading.Lock()
         # A fresh backfill skips deleting earlier `points` rows of its records, which scans the whole table and
         # would make each batch slower than the last.
@@ -124,24 +124,23 @@ class LeasedJob:
     def claim(self, batch_no: int) -> BatchWork:
         """Take the batch for a new attempt and load its records. The claim (running, attempt + 1) is written in
         the batch's first write (batches.py). Raises NotClaimable if the batch is not pending or failed."""
-        with self.ledger.reading() as con:
-            attempt = b.next_attempt(con, self.job_id, batch_no)
-        return b.work_of(batch_no, attempt, self._manifest(batch_no))
+        records, state = self._manifest(batch_no)
+        return b.work_of(batch_no, b.next_attempt(self.job_id, batch_no, state), records)
 
-    def _manifest(self, batch_no: int) -> list[tuple[Any, ...]]:
-        """The batch's records, read MANIFEST_READ_AHEAD batches at a time (one query instead of many)."""
+    def _manifest(self, batch_no: int) -> tuple[b.Records, tuple[int, str] | None]:
+        """The batch's records and state, read MANIFEST_READ_AHEAD batches at a time (one query instead of many)."""
         with self._manifests_lock:
-            rows = self._manifests.pop(batch_no, None)
-        if rows is not None:
-            return rows
+            found = self._manifests.pop(batch_no, None)
+        if found is not None:
+            return found
         with self.ledger.reading() as con:
             by_batch = b.read_manifest(con, self.job_id, batch_no, batch_no + MANIFEST_READ_AHEAD - 1)
-        rows = by_batch.pop(batch_no, [])
+        records, state = by_batch.pop(batch_no, ([], None))
         with self._manifests_lock:
             # Replace, not add: batches of an earlier read that were never claimed (done ones inside a retry's
             # range, say) would otherwise pile up; this keeps at most one read's worth in memory.
             self._manifests = by_batch
-        return rows
+        return records, state
 
     def complete(self, batches: Sequence[Completion]) -> None:
         """Mark batches done, in one transaction: Qdrant holds their points durably (see Sink.durable)."""
