@@ -54,6 +54,9 @@ from qsync.spec.settings import RunSettings
 
 log = logging.getLogger("qsync")
 _PROGRESS_EVERY_S = 0.5  # figures are read from the ledger at most this often while running
+# ... and at most this share of the time: the figures query holds the ledger's host, which every batch's writes wait
+# for (a long job's figures take longer to read; on a busy machine, so does everything).
+_PROGRESS_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class _Tally:
     fatal: BaseException | None = None
     halt: BaseException | None = None
     last_progress: float = 0.0
+    progress_every_s: float = _PROGRESS_EVERY_S
 
 
 class Runner:
@@ -266,9 +270,10 @@ class Runner:
             emit(self.listeners, BatchFinished(self.job_id, outcome.batch_no, outcome.kind, outcome.records,
                                                outcome.embedded, outcome.cache_hits, outcome.error, outcome.batch_mode))  # fmt: skip
             now = time.monotonic()
-            if now - tally.last_progress >= _PROGRESS_EVERY_S:
-                tally.last_progress = now
+            if now - tally.last_progress >= tally.progress_every_s:
                 self._emit_progress(tally, started)
+                tally.last_progress = time.monotonic()
+                tally.progress_every_s = max(_PROGRESS_EVERY_S, (tally.last_progress - now) / _PROGRESS_SHARE)
 
         def on_interrupt() -> None:
             emit(
