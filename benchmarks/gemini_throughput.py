@@ -20,6 +20,8 @@ this one it would take the benchmark's GIL, and slow most the client that overla
     python benchmarks/gemini_throughput.py whole --records 8000 --latency 0 --rounds 3 [--concurrency 4]
         [--tree now=. --tree before=/path/to/another/worktree] [--out benchmarks/results/speed/x.jsonl]
 
+    python benchmarks/gemini_throughput.py summary --out benchmarks/results/speed/x.jsonl
+
 whole: both sides as a user meets them, each a whole process timed from its start to its exit: the plain loop
     (`plain`: this script, reading the records file, embedding batch after batch, upserting into a Qdrant Edge
     shard) and `qsync run` on the same file (planning, the run, the exit; default settings except the rate
@@ -217,9 +219,30 @@ def whole(n: int, latency_s: float, rounds: int, concurrency: int | None, trees:
                         f.write(json.dumps(line) + "\n")
 
 
+def summary(path: Path) -> dict[str, Any]:
+    """Per side of a `whole` file: wall time and its ratio to the plain loop of the same round (the loop's wall over
+    the side's: above 1, qsync is faster), median and range over the rounds."""
+    import statistics
+
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    loops = {line["round"]: line["wall_s"] for line in lines if line["side"] == "loop"}
+    report: dict[str, Any] = {}
+    for side in dict.fromkeys(line["side"] for line in lines):
+        mine = [line for line in lines if line["side"] == side]
+        walls = [line["wall_s"] for line in mine]
+        ratios = [loops[line["round"]] / line["wall_s"] for line in mine]
+        report[side] = {
+            "runs": len(mine), "wall_s_median": round(statistics.median(walls), 2),
+            "wall_s_range": [min(walls), max(walls)], "vs_loop_median": round(statistics.median(ratios), 2),
+            "vs_loop_range": [round(min(ratios), 2), round(max(ratios), 2)],
+            "count_calls": sorted({line["count_calls"] for line in mine}), "load": [line["load"] for line in mine],
+        }  # fmt: skip
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("which", choices=["ceiling", "loop", "overhead", "whole", "plain"])
+    parser.add_argument("which", choices=["ceiling", "loop", "overhead", "whole", "plain", "summary"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tree", action="append", default=[], help="whole: NAME=PATH of a qsync source tree")
     parser.add_argument("--out", type=Path, help="whole: append the JSON lines to this file too")
@@ -234,6 +257,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.which == "plain":  # one whole process of the plain loop (whole times it from outside)
         plain_loop(pd.read_parquet(args.source), args.shard)
+        return
+    if args.which == "summary":  # of a `whole` file: --out's
+        for side, figures in summary(args.out).items():
+            print(json.dumps({"side": side, **figures}))
         return
     if args.which == "whole":
         whole(args.records, args.latency, args.rounds, args.concurrency, args.tree or ["now=."], args.out)
