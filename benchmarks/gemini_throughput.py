@@ -23,8 +23,8 @@ this one it would take the benchmark's GIL, and slow most the client that overla
     python benchmarks/gemini_throughput.py summary --out benchmarks/results/speed/x.jsonl
 
 whole: both sides as a user meets them, each a whole process timed from its start to its exit: the plain loop
-    (`plain`: this script, reading the records file, embedding batch after batch, upserting into a Qdrant Edge
-    shard) and `qsync run` on the same file (planning, the run, the exit; default settings except the rate
+    (plain_loop.py, which imports nothing of qsync: reading the records file, embedding batch after batch,
+    upserting into a Qdrant Edge shard) and `qsync run` on the same file (planning, the run, the exit; default settings except the rate
     limits, which the loop does not have either; --concurrency omitted: qsync's default). The emulator answers
     as Google's batchEmbedContents does, without usageMetadata. Each --tree is a qsync source tree run with this
     Python (PYTHONPATH), alternating with the loop in every round. One JSON line per process.
@@ -44,11 +44,11 @@ from typing import Any
 
 import pandas as pd
 from emulator_process import KEY, EmulatorProcess
+from plain_loop import plain_loop
 
 import qsync
 from qsync.app.jobs import create_job
 from qsync.spec.settings import RunSettings
-from qsync.spec.target import point_id
 from qsync.testing.emulator import GeminiEmulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,60 +96,6 @@ def ceiling(minutes: float) -> dict[str, Any]:
     }
 
 
-def plain_loop(frame: pd.DataFrame, qdrant: Path | str, batch: int = 100) -> float:
-    """The design qsync replaces: one batch after another, no checkpoint, no overlap. It writes where
-    qsync writes: a Qdrant Edge shard in a folder (flushed once at the end: it keeps no promise of
-    durability), or qdrant-client's in-memory mode."""
-    from google import genai
-    from google.genai import types
-
-    started = time.perf_counter()  # like qsync's, the clock runs from opening the clients to the last point
-    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)))
-    upsert, close = _plain_sink(qdrant)
-    rows = frame.to_dict("records")
-    for i in range(0, len(rows), batch):
-        chunk = rows[i : i + batch]
-        contents: Any = [r["text"] for r in chunk]
-        response = client.models.embed_content(
-            model="gemini-embedding-001", contents=contents,
-            config=types.EmbedContentConfig(task_type="RETRIEVAL_DOCUMENT", output_dimensionality=768),
-        )  # fmt: skip
-        upsert([point_id(r["id"]) for r in chunk], [list(e.values or []) for e in response.embeddings or []],
-               [{"id": r["id"]} for r in chunk])  # fmt: skip
-    close()
-    return len(rows) / (time.perf_counter() - started)
-
-
-def _plain_sink(qdrant: Path | str) -> tuple[Any, Any]:
-    if str(qdrant) == ":memory:":
-        from qdrant_client import QdrantClient, models
-
-        client = QdrantClient(location=":memory:")
-        client.create_collection("c", vectors_config=models.VectorParams(size=768, distance=models.Distance.COSINE))
-
-        def upsert_client(ids: list[str], vectors: list[list[float]], payloads: list[dict[str, Any]]) -> None:
-            points = [
-                models.PointStruct(id=i, vector=v, payload=p) for i, v, p in zip(ids, vectors, payloads, strict=True)
-            ]
-            client.upsert("c", points=points, wait=True)
-
-        return upsert_client, client.close
-    from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, Point, UpdateOperation
-
-    shard = EdgeShard.create(str(qdrant), EdgeConfig(vectors=EdgeVectorParams(size=768, distance=Distance.Cosine)))
-
-    def upsert_edge(ids: list[str], vectors: list[list[float]], payloads: list[dict[str, Any]]) -> None:
-        shard.update(
-            UpdateOperation.upsert_points([Point(i, v, p) for i, v, p in zip(ids, vectors, payloads, strict=True)])
-        )
-
-    def close_edge() -> None:
-        shard.flush()
-        shard.close()
-
-    return upsert_edge, close_edge
-
-
 def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = False) -> dict[str, Any]:
     with EmulatorProcess(latency_s=latency_s) as emulator:  # its own process: it must not share our GIL
         os.environ.update(emulator.env())
@@ -188,7 +134,12 @@ def whole(n: int, latency_s: float, rounds: int, concurrency: int | None, trees:
             for name, tree in [("loop", ""), *turn]:
                 folder = work / f"{round_no}-{name}"
                 if name == "loop":
-                    cmd = [sys.executable, __file__, "plain", "--source", str(source), "--shard", str(folder / "shard")]
+                    cmd = [
+                        sys.executable,
+                        str(Path(__file__).with_name("plain_loop.py")),
+                        str(source),
+                        str(folder / "shard"),
+                    ]
                     env = {**os.environ, **emulator.env()}
                 else:
                     cmd = [sys.executable, "-m", "qsync", "run", "--source", str(source), "--collection", "c",
@@ -242,12 +193,10 @@ def summary(path: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("which", choices=["ceiling", "loop", "overhead", "whole", "plain", "summary"])
+    parser.add_argument("which", choices=["ceiling", "loop", "overhead", "whole", "summary"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tree", action="append", default=[], help="whole: NAME=PATH of a qsync source tree")
     parser.add_argument("--out", type=Path, help="whole: append the JSON lines to this file too")
-    parser.add_argument("--source", type=Path, help="plain: the records file")
-    parser.add_argument("--shard", type=Path, help="plain: the Qdrant Edge shard folder to create")
     parser.add_argument("--minutes", type=float, default=3.3)
     parser.add_argument("--records", type=int, default=3000)
     parser.add_argument(
@@ -255,9 +204,6 @@ def main() -> None:
     )
     parser.add_argument("--latency", type=float, default=0.0, help="overhead: seconds the emulator takes per call")
     args = parser.parse_args()
-    if args.which == "plain":  # one whole process of the plain loop (whole times it from outside)
-        plain_loop(pd.read_parquet(args.source), args.shard)
-        return
     if args.which == "summary":  # of a `whole` file: --out's
         for side, figures in summary(args.out).items():
             print(json.dumps({"side": side, **figures}))
