@@ -16,6 +16,18 @@ loop: the emulator answers in 300 ms with no limits. A plain sequential loop (th
 
 For loop and overhead the emulator runs in its own process, as the API runs on another machine: in
 this one it would take the benchmark's GIL, and slow most the client that overlaps most.
+
+    python benchmarks/gemini_throughput.py whole --records 8000 --latency 0 --rounds 3 [--concurrency 4]
+        [--tree now=. --tree before=/path/to/another/worktree] [--out benchmarks/results/speed/x.jsonl]
+
+    python benchmarks/gemini_throughput.py summary --out benchmarks/results/speed/x.jsonl
+
+whole: both sides as a user meets them, each a whole process timed from its start to its exit: the plain loop
+    (plain_loop.py, which imports nothing of qsync: reading the records file, embedding batch after batch,
+    upserting into a Qdrant Edge shard) and `qsync run` on the same file (planning, the run, the exit; default settings except the rate
+    limits, which the loop does not have either; --concurrency omitted: qsync's default). The emulator answers
+    as Google's batchEmbedContents does, without usageMetadata. Each --tree is a qsync source tree run with this
+    Python (PYTHONPATH), alternating with the loop in every round. One JSON line per process.
 """
 
 from __future__ import annotations
@@ -23,6 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,11 +44,11 @@ from typing import Any
 
 import pandas as pd
 from emulator_process import KEY, EmulatorProcess
+from plain_loop import plain_loop
 
 import qsync
 from qsync.app.jobs import create_job
 from qsync.spec.settings import RunSettings
-from qsync.spec.target import point_id
 from qsync.testing.emulator import GeminiEmulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,60 +96,6 @@ def ceiling(minutes: float) -> dict[str, Any]:
     }
 
 
-def plain_loop(frame: pd.DataFrame, qdrant: Path | str, batch: int = 100) -> float:
-    """The design qsync replaces: one batch after another, no checkpoint, no overlap. It writes where
-    qsync writes: a Qdrant Edge shard in a folder (flushed once at the end: it keeps no promise of
-    durability), or qdrant-client's in-memory mode."""
-    from google import genai
-    from google.genai import types
-
-    started = time.perf_counter()  # like qsync's, the clock runs from opening the clients to the last point
-    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(retry_options=types.HttpRetryOptions(attempts=1)))
-    upsert, close = _plain_sink(qdrant)
-    rows = frame.to_dict("records")
-    for i in range(0, len(rows), batch):
-        chunk = rows[i : i + batch]
-        contents: Any = [r["text"] for r in chunk]
-        response = client.models.embed_content(
-            model="gemini-embedding-001", contents=contents,
-            config=types.EmbedContentConfig(task_type="RETRIEVAL_DOCUMENT", output_dimensionality=768),
-        )  # fmt: skip
-        upsert([point_id(r["id"]) for r in chunk], [list(e.values or []) for e in response.embeddings or []],
-               [{"id": r["id"]} for r in chunk])  # fmt: skip
-    close()
-    return len(rows) / (time.perf_counter() - started)
-
-
-def _plain_sink(qdrant: Path | str) -> tuple[Any, Any]:
-    if str(qdrant) == ":memory:":
-        from qdrant_client import QdrantClient, models
-
-        client = QdrantClient(location=":memory:")
-        client.create_collection("c", vectors_config=models.VectorParams(size=768, distance=models.Distance.COSINE))
-
-        def upsert_client(ids: list[str], vectors: list[list[float]], payloads: list[dict[str, Any]]) -> None:
-            points = [
-                models.PointStruct(id=i, vector=v, payload=p) for i, v, p in zip(ids, vectors, payloads, strict=True)
-            ]
-            client.upsert("c", points=points, wait=True)
-
-        return upsert_client, client.close
-    from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, Point, UpdateOperation
-
-    shard = EdgeShard.create(str(qdrant), EdgeConfig(vectors=EdgeVectorParams(size=768, distance=Distance.Cosine)))
-
-    def upsert_edge(ids: list[str], vectors: list[list[float]], payloads: list[dict[str, Any]]) -> None:
-        shard.update(
-            UpdateOperation.upsert_points([Point(i, v, p) for i, v, p in zip(ids, vectors, payloads, strict=True)])
-        )
-
-    def close_edge() -> None:
-        shard.flush()
-        shard.close()
-
-    return upsert_edge, close_edge
-
-
 def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = False) -> dict[str, Any]:
     with EmulatorProcess(latency_s=latency_s) as emulator:  # its own process: it must not share our GIL
         os.environ.update(emulator.env())
@@ -161,20 +121,102 @@ def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = Fal
     }
 
 
+def whole(n: int, latency_s: float, rounds: int, concurrency: int | None, trees: list[str], out: Path | None) -> None:
+    """Alternating whole processes: the plain loop, then `qsync run` from each tree, `rounds` times (the order of
+    the trees turns each round)."""
+    work = Path(tempfile.mkdtemp(prefix="qsync-whole-"))
+    source = work / "records.parquet"
+    records(n).to_parquet(source)
+    named = [tuple(t.split("=", 1)) if "=" in t else (t, t) for t in trees]
+    with EmulatorProcess(latency_s=latency_s) as emulator:  # without usageMetadata, as the real API
+        for round_no in range(rounds):
+            turn = named[round_no % len(named) :] + named[: round_no % len(named)]
+            for name, tree in [("loop", ""), *turn]:
+                folder = work / f"{round_no}-{name}"
+                if name == "loop":
+                    cmd = [
+                        sys.executable,
+                        str(Path(__file__).with_name("plain_loop.py")),
+                        str(source),
+                        str(folder / "shard"),
+                    ]
+                    env = {**os.environ, **emulator.env()}
+                else:
+                    cmd = [sys.executable, "-m", "qsync", "run", "--source", str(source), "--collection", "c",
+                           "--db", str(folder / "q.duckdb"), "--dimensions", "768", "--texts-per-minute", "1000000000",
+                           "--tokens-per-minute", "1000000000000", "--quiet"]  # fmt: skip
+                    cmd += ["--concurrency", str(concurrency)] if concurrency else []
+                    env = {**os.environ, **emulator.env(), "PYTHONPATH": str(Path(tree).resolve())}
+                folder.mkdir(parents=True)
+                before = emulator.stats()["requests"]
+                started = time.perf_counter()
+                # cwd: not a source tree (`python -m` puts the cwd before PYTHONPATH on sys.path)
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=folder)
+                wall = time.perf_counter() - started
+                after = emulator.stats()["requests"]
+                line = {
+                    "round": round_no, "side": name, "records": n, "latency_s": latency_s,
+                    "concurrency": concurrency or "default", "exit": done.returncode, "wall_s": round(wall, 3),
+                    "records_per_s": round(n / wall, 1), "usage_metadata": False,
+                    "embed_calls": after.get("batchEmbedContents", 0) - before.get("batchEmbedContents", 0),
+                    "count_calls": after.get("countTokens", 0) - before.get("countTokens", 0),
+                    "load": round(os.getloadavg()[0], 2),
+                }  # fmt: skip
+                if done.returncode:
+                    line["stderr"] = done.stderr[-2000:]
+                print(json.dumps(line), flush=True)
+                if out is not None:
+                    with out.open("a") as f:
+                        f.write(json.dumps(line) + "\n")
+
+
+def summary(path: Path) -> dict[str, Any]:
+    """Per side of a `whole` file: wall time and its ratio to the plain loop of the same round (the loop's wall over
+    the side's: above 1, qsync is faster), median and range over the rounds."""
+    import statistics
+
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    loops = {line["round"]: line["wall_s"] for line in lines if line["side"] == "loop"}
+    report: dict[str, Any] = {}
+    for side in dict.fromkeys(line["side"] for line in lines):
+        mine = [line for line in lines if line["side"] == side]
+        walls = [line["wall_s"] for line in mine]
+        ratios = [loops[line["round"]] / line["wall_s"] for line in mine]
+        report[side] = {
+            "runs": len(mine), "wall_s_median": round(statistics.median(walls), 2),
+            "wall_s_range": [min(walls), max(walls)], "vs_loop_median": round(statistics.median(ratios), 2),
+            "vs_loop_range": [round(min(ratios), 2), round(max(ratios), 2)],
+            "count_calls": sorted({line["count_calls"] for line in mine}), "load": [line["load"] for line in mine],
+        }  # fmt: skip
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("which", choices=["ceiling", "loop", "overhead"])
+    parser.add_argument("which", choices=["ceiling", "loop", "overhead", "whole", "summary"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tree", action="append", default=[], help="whole: NAME=PATH of a qsync source tree")
+    parser.add_argument("--out", type=Path, help="whole: append the JSON lines to this file too")
     parser.add_argument("--minutes", type=float, default=3.3)
     parser.add_argument("--records", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--concurrency", type=int, help="qsync's concurrency (loop, overhead: 8; whole: qsync's default)"
+    )
     parser.add_argument("--latency", type=float, default=0.0, help="overhead: seconds the emulator takes per call")
     args = parser.parse_args()
+    if args.which == "summary":  # of a `whole` file: --out's
+        for side, figures in summary(args.out).items():
+            print(json.dumps({"side": side, **figures}))
+        return
+    if args.which == "whole":
+        whole(args.records, args.latency, args.rounds, args.concurrency, args.tree or ["now=."], args.out)
+        return
     if args.which == "ceiling":
         report = ceiling(args.minutes)
     elif args.which == "loop":
-        report = loop(args.records, args.concurrency)
+        report = loop(args.records, args.concurrency or 8)
     else:  # no latency, no limits, both into Qdrant Edge: what qsync's checkpoints cost against the bare loop
-        report = loop(args.records, args.concurrency, latency_s=args.latency)
+        report = loop(args.records, args.concurrency or 8, latency_s=args.latency)
     print(json.dumps(report, indent=2))
 
 

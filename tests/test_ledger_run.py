@@ -137,6 +137,30 @@ def test_a_lost_lease_fails_every_queued_write_and_writes_nothing(job: LeasedJob
     assert job.ledger.vectors.size() == vector_bytes  # not even the vectors' bytes were written
 
 
+def test_a_write_needing_no_answer_is_one_round_trip_to_the_host(
+    job: LeasedJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lease check waits for no answer (the host fails the transaction if the lease is gone): an intent for a
+    # claimed batch is begin + statements + commit in one request; a paid batch's claims ask once, then commit.
+    work = job.claim(0)
+    _paid(job, work)  # the claim is written with it (its check asks the host: one round trip more)
+    sent: list[str] = []
+    connection = job.ledger._connection
+    original = connection.request
+
+    def request(*parts: Any) -> Any:
+        sent.append(parts[0])
+        return original(*parts)
+
+    monkeypatch.setattr(connection, "request", request)
+    assert job.claim(1).attempt == 1 and sent == []  # its state was read ahead with its records, with batch 0's
+    _paid(job, work)
+    assert sent == ["batch"]
+    sent.clear()
+    assert job.claim_texts([f"k{i}" for i in range(5)]) == set()
+    assert sent == ["batch", "batch"]  # begin, lease check and the claims' one query; then the insert and commit
+
+
 def test_the_batch_records_are_read_ahead_and_served_once(job: LeasedJob, monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[tuple[int, int]] = []
     original = ledger_batches.read_manifest

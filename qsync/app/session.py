@@ -110,7 +110,7 @@ class JobHandle:
 
     @property
     def concurrency(self) -> int:
-        return self._runner.settings.concurrency if self._runner else 0
+        return self._runner.concurrency if self._runner else 0
 
     def pause(self) -> None:
         """Let the API calls in flight finish (their answers are saved), then leave the job paused."""

@@ -16,7 +16,6 @@ import os
 import re
 import warnings
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -160,11 +159,6 @@ class GeminiEmbedder:
         self.default_limits: tuple[float | None, float | None] = (float(texts), float(tokens))
         self._types = self.api.types
         self._client = self.api.client
-        # Answers without usageMetadata (batchEmbedContents sends none) are priced by countTokens. Once
-        # one such answer is seen, each later call's count is asked for alongside it, not after it: the
-        # price costs no extra round trip on the batch's path.
-        self.counts_alongside = False
-        self._counter = ThreadPoolExecutor(max_workers=8, thread_name_prefix="qsync-count")
 
     def rate_limit_key(self) -> str:
         """Gemini's limits are per project and model (at one endpoint: a rehearsal emulator has limits of its own):
@@ -194,7 +188,6 @@ class GeminiEmbedder:
         estimates = [estimate_tokens(self.sent_text(t)) for t in texts]
         config = self._config()
         contents = self._contents(texts)
-        counting = self._counter.submit(self.count_tokens, texts) if self.counts_alongside else None
         response = self._call(
             lambda: self._client.models.embed_content(model=self.model, contents=contents, config=config),
             "batchEmbedContents",
@@ -211,12 +204,9 @@ class GeminiEmbedder:
         total = getattr(usage, "prompt_token_count", None) or getattr(usage, "total_token_count", None)
         if total:
             return EmbedResult(matrix, split_tokens(int(total), estimates))
-        self.counts_alongside = True
-        try:
-            counted = counting.result() if counting is not None else self.count_tokens(texts)
-            return EmbedResult(matrix, split_tokens(counted, estimates))
-        except QsyncError:
-            return EmbedResult(matrix, estimates, tokens_estimated=True)  # labelled estimated in the ledger
+        # No usage (batchEmbedContents sends none): our estimates, flagged. A run counts such calls' texts
+        # afterwards, many calls in one countTokens call, off the batches' path (engine.counting).
+        return EmbedResult(matrix, estimates, tokens_estimated=True)
 
     def embed_media(self, items: list[tuple[Media, str | None]]) -> EmbedResult:
         """One embedding per (media, caption): each item is ONE Content whose parts are the caption (when

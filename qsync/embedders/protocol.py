@@ -32,7 +32,7 @@ Vectors = npt.NDArray[np.float32]
 class EmbedResult:
     vectors: Vectors  # (len(texts), dimensions), float32, in the order of the texts
     tokens_per_text: list[int]  # what each text cost; a per-request total is split by length
-    tokens_estimated: bool = False  # True when the API reported no usage and we counted ourselves
+    tokens_estimated: bool = False  # True when the API reported no usage: qsync's estimates (a run counts them later)
     # Tokens per modality (TEXT, IMAGE, DOCUMENT) of the whole call, for multimodal calls; None for text.
     tokens_by_modality: dict[str, int] | None = None
     modality_estimated: bool = False  # True when the API's answer did not split them and we did

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from qsync.clock import SYSTEM_CLOCK, Clock
 from qsync.embedders.protocol import CountsTokens, Embedder, HasRateLimits, SubmitsBatches, default_limits
 from qsync.engine.control import Control
+from qsync.engine.counting import DeferredCounts, Uncounted
 from qsync.engine.events import BatchFinished, JobFinished, JobStarted, Listener, Notice, Progress, emit
 from qsync.engine.heartbeat import Heartbeat
 from qsync.engine.inflight import InFlight
@@ -47,11 +48,15 @@ from qsync.ledger.lease import Lease, release_lease, renew_lease, take_lease
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.run import LeasedJob
 from qsync.sink.protocol import Sink
+from qsync.spec.defaults import default_concurrency
 from qsync.spec.job import KEEP, BudgetOption, JobSpec
 from qsync.spec.settings import RunSettings
 
 log = logging.getLogger("qsync")
 _PROGRESS_EVERY_S = 0.5  # figures are read from the ledger at most this often while running
+# ... and at most this share of the time: the figures query holds the ledger's host, which every batch's writes wait
+# for (a long job's figures take longer to read; on a busy machine, so does everything).
+_PROGRESS_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class _Tally:
     fatal: BaseException | None = None
     halt: BaseException | None = None
     last_progress: float = 0.0
+    progress_every_s: float = _PROGRESS_EVERY_S
 
 
 class Runner:
@@ -109,6 +115,9 @@ class Runner:
         self.clock = clock
         self.control = control or Control()
         self._scheduler: Scheduler | None = None
+        texts_per_minute = settings.texts_per_minute or default_limits(embedder)[0]
+        paid = bool(embedder.price_per_million_tokens)
+        self.concurrency = settings.concurrency or default_concurrency(texts_per_minute, spec.batch_size, paid)
         self._finished: JobFinished | None = None  # told to the listeners once the run has let go of everything
 
     def request_stop(self) -> None:
@@ -162,7 +171,12 @@ class Runner:
             figures = job_figures(self.ledger, self.clock, self.job_id)
             cap = SpendCap(figures.max_cost_usd, spent_usd=figures.cost_usd + figures.unconfirmed_cost_usd)
             emit(self.listeners, JobStarted(self.job_id, figures, took_over))
-            self._run_batches(job, retrier, cap, tally, started)
+            counts = self._deferred_counts(job, cap)
+            try:
+                self._run_batches(job, retrier, cap, tally, started, counts)
+            finally:  # the calls answered without usage are counted before the job's figures are final
+                if counts is not None:
+                    counts.close()
             if heartbeat.lost is not None:
                 tally.fatal = tally.fatal or heartbeat.lost
             if tally.fatal is not None:
@@ -198,6 +212,21 @@ class Runner:
         except QsyncError as exc:  # no key, API away: the upper bound stands, which errs on the safe side
             log.warning("qsync could not count unconfirmed calls exactly: %s", exc)
 
+    def _deferred_counts(self, job: LeasedJob, cap: SpendCap) -> DeferredCounts | None:
+        """Where answers without usage are counted, after the fact and many calls at a time (engine.counting), once
+        the calls a crash left uncounted are; None for an embedder that bills nothing or cannot count."""
+        embedder = self.embedder
+        if not isinstance(embedder, CountsTokens) or not embedder.price_per_million_tokens:
+            return None
+        counts = DeferredCounts(job, embedder, cap.refund)
+        cap.count_now = counts.flush
+        for intent, batch_no, hashes, bound, planned in job.uncounted_calls():
+            if all(h in planned for h in hashes):  # else (an enriched text): its bound stands
+                texts, estimates = zip(*(planned[h] for h in hashes), strict=True)
+                counts.add(Uncounted(intent, batch_no, hashes, list(texts), list(estimates), bound))
+        counts.flush()
+        return counts
+
     def _limiter(self) -> RateLimiter | None:
         """The pace of this run's calls: the settings' limits, else the embedder's; shared with every run of this
         process that uses the same quota (an API key and model)."""
@@ -217,7 +246,10 @@ class Runner:
         )  # fmt: skip
         return [factory(context) for factory in self.stage_factories]
 
-    def _run_batches(self, job: LeasedJob, retrier: Retrier, cap: SpendCap, tally: _Tally, started: float) -> None:
+    def _run_batches(
+        self, job: LeasedJob, retrier: Retrier, cap: SpendCap, tally: _Tally, started: float,
+        counts: DeferredCounts | None,
+    ) -> None:  # fmt: skip
         stages = self._stages(job, retrier, cap)
         for stage in stages:
             try:
@@ -227,7 +259,7 @@ class Runner:
                 break
             except Interrupted:
                 break
-        vectors = BatchVectors(job, self.embedder, retrier, self.control, cap, self._limiter(), InFlight())
+        vectors = BatchVectors(job, self.embedder, retrier, self.control, cap, self._limiter(), InFlight(), counts)
         pipeline = BatchPipeline(job, vectors, self.sink, retrier, self.control, stages)
         runnable = [] if self.control.stopping or tally.halt is not None else job.runnable_batches()
         if self.only_batches is not None:
@@ -238,16 +270,17 @@ class Runner:
             emit(self.listeners, BatchFinished(self.job_id, outcome.batch_no, outcome.kind, outcome.records,
                                                outcome.embedded, outcome.cache_hits, outcome.error, outcome.batch_mode))  # fmt: skip
             now = time.monotonic()
-            if now - tally.last_progress >= _PROGRESS_EVERY_S:
-                tally.last_progress = now
+            if now - tally.last_progress >= tally.progress_every_s:
                 self._emit_progress(tally, started)
+                tally.last_progress = time.monotonic()
+                tally.progress_every_s = max(_PROGRESS_EVERY_S, (tally.last_progress - now) / _PROGRESS_SHARE)
 
         def on_interrupt() -> None:
             emit(
                 self.listeners, Notice(self.job_id, "stopping after the calls in flight (Ctrl-C again to stop at once)")
             )
 
-        self._scheduler = Scheduler(pipeline, self.settings.concurrency, self.control)
+        self._scheduler = Scheduler(pipeline, self.concurrency, self.control)
         self._scheduler.run(runnable, on_outcome, on_interrupt)
         self._emit_progress(tally, started)
 

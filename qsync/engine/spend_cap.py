@@ -5,11 +5,15 @@ settled with its real cost after.
 
 A call that does not fit while others are in flight waits for them: their reservations are bounds, mostly above
 what they cost, and settling gives the difference back. Only a call that does not fit beside nothing in flight
-pauses the job, so a job spends up to its cap less one call's bound, never a cap less every call in flight."""
+pauses the job, so a job spends up to its cap less one call's bound, never a cap less every call in flight.
+
+A call answered without usage is charged its bound until its tokens are counted (engine.counting), which refunds
+the difference; before pausing, the cap has such counts made at once (`count_now`)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from qsync.errors import PauseJob
 
@@ -21,13 +25,22 @@ class SpendCap:
         self._reserved = 0.0
         self._in_flight = 0  # calls reserved and not settled (counted: a float sum of reservations may not return to 0)
         self._settled = threading.Condition()
+        self.count_now: Callable[[], object] | None = None  # counts (and refunds) what waits to be counted
 
     def reserve(self, usd: float) -> None:
         """Claim `usd` for a call about to be made: at once if it fits, after calls in flight settle if it fits
         then, else pause the job (it would break the cap)."""
+        if self._reserve(usd, may_pause=self.count_now is None) or self.count_now is None:
+            return
+        self.count_now()  # calls charged at their bound, counted now, may give back what this one needs
+        self._reserve(usd, may_pause=True)
+
+    def _reserve(self, usd: float, may_pause: bool) -> bool:
         with self._settled:
             while self.limit_usd is not None and self.spent_usd + self._reserved + usd > self.limit_usd + 1e-12:
                 if not self._in_flight:
+                    if not may_pause:
+                        return False
                     raise PauseJob(
                         f"the budget of ${self.limit_usd:.4f} would be exceeded (${self.spent_usd:.4f} spent, next "
                         f"call up to ${usd:.6f}); the job is paused until it is given a higher budget"
@@ -35,10 +48,17 @@ class SpendCap:
                 self._settled.wait()
             self._reserved += usd
             self._in_flight += 1
+            return True
 
     def settle(self, reserved_usd: float, actual_usd: float) -> None:
         with self._settled:
             self._in_flight = max(0, self._in_flight - 1)
             self._reserved = max(0.0, self._reserved - reserved_usd) if self._in_flight else 0.0
             self.spent_usd += actual_usd
+            self._settled.notify_all()
+
+    def refund(self, usd: float) -> None:
+        """A call charged at its bound was counted: `usd` less was spent."""
+        with self._settled:
+            self.spent_usd -= usd
             self._settled.notify_all()

@@ -17,6 +17,7 @@ import numpy as np
 
 from qsync.embedders.protocol import Embedder, EmbedResult, EmbedsMedia, Media, Vectors, request_chunks
 from qsync.engine.control import Control
+from qsync.engine.counting import DeferredCounts, Uncounted
 from qsync.engine.inflight import InFlight
 from qsync.engine.outcome import Outcome
 from qsync.engine.ratelimit import RateLimiter
@@ -43,8 +44,10 @@ class BatchVectors:
         budget: SpendCap,
         limiter: RateLimiter | None,
         inflight: InFlight,
+        counts: DeferredCounts | None = None,
     ) -> None:
         self.job = job
+        self.counts = counts  # answers without usage are priced here, after the fact (None: at their estimate)
         self.embedder = embedder
         self.retrier = retrier
         self.control = control
@@ -152,13 +155,19 @@ class BatchVectors:
             media_tokens = sum(v for k, v in (result.tokens_by_modality or {}).items() if k != "TEXT")
             text_tokens = sum(result.tokens_per_text) - media_tokens
             cost = text_tokens * self._price + media_tokens * self._media_price
+            # No usage in the answer: counted later with many other calls, charged its bound meanwhile.
+            later = self.counts is not None and intent is not None and result.tokens_estimated and chunk[0] not in refs
+            charged = self._bound(chunk, texts, chunk[0] in refs)[1] if later else cost
             try:
                 self.job.record_embeddings(
-                    work, self.embedder, chunk, result.vectors, result.tokens_per_text, result.tokens_estimated,
-                    cost, intent, media_tokens, result.modality_estimated,
+                    work, self.embedder, chunk, result.vectors, result.tokens_per_text, result.tokens_estimated and
+                    not later, cost, intent, media_tokens, result.modality_estimated, uncounted=later,
                 )  # fmt: skip
             finally:
-                self.budget.settle(self._reserved(chunk, texts, chunk[0] in refs), cost)
+                self.budget.settle(self._reserved(chunk, texts, chunk[0] in refs), charged)
+            if later and self.counts is not None and intent is not None:
+                sent = [texts[h][0] for h in chunk]
+                self.counts.add(Uncounted(intent, work.batch_no, chunk, sent, result.tokens_per_text, charged))
             outcome.embedded += len(chunk)
             for h, vector in zip(chunk, result.vectors, strict=True):
                 by_hash[h] = vector
@@ -203,6 +212,15 @@ class BatchVectors:
     def _reserved(self, chunk: list[str], texts: Texts, media: bool = False) -> float:
         return sum(texts[h][1] for h in chunk) * (self._media_price if media else self._price)
 
+    def _bound(self, chunk: list[str], texts: Texts, media: bool) -> tuple[int, float]:
+        """The most a call can cost, in tokens and dollars, whatever the API answers."""
+        if media:  # media tokens have no byte bound: the bound is our estimate (~258 an image or page), doubled
+            most_tokens = 2 * sum(texts[h][1] for h in chunk)
+            return most_tokens, most_tokens * self._media_price
+        # Each token is at least one byte: the byte count bounds what an unanswered call may have cost.
+        most_tokens = sum(len(texts[h][0].encode("utf-8")) for h in chunk)
+        return most_tokens, most_tokens * self._price
+
     def _call(
         self,
         chunk: list[str],
@@ -215,14 +233,7 @@ class BatchVectors:
         for money), paced by the rate limiter, retried by the one retry layer. The caller settles the
         reservation, and the intent (with the real cost) when it persists the vectors."""
         estimate = sum(texts[h][1] for h in chunk)
-        if media:
-            # Media tokens have no byte bound: the bound is our estimate (~258 an image or page), doubled.
-            most_tokens = 2 * estimate
-            most_cost = most_tokens * self._media_price
-        else:
-            # Each token is at least one byte: the byte count bounds what an unanswered call may have cost.
-            most_tokens = sum(len(texts[h][0].encode("utf-8")) for h in chunk)
-            most_cost = most_tokens * self._price
+        most_tokens, most_cost = self._bound(chunk, texts, media)
         reserved = self._reserved(chunk, texts, media)
         self.budget.reserve(reserved)
 

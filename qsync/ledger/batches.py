@@ -90,27 +90,35 @@ class Completion:
     skips: dict[int, str] = field(default_factory=dict)  # record index -> why the embedder refused it
 
 
-def next_attempt(con: Any, job_id: str, batch_no: int) -> int:
-    """The attempt a claim of the batch would be; NotClaimable unless it is pending or failed."""
-    row = first_row(con.execute("SELECT attempts, status FROM batches WHERE job_id = ? AND batch_no = ?",
-                                [job_id, batch_no]))  # fmt: skip
-    if row is None or row[1] not in ("pending", "failed"):
+def next_attempt(job_id: str, batch_no: int, state: tuple[int, str] | None) -> int:
+    """The attempt a claim of the batch would be, from its (attempts, status) as read with its records; NotClaimable
+    unless it is pending or failed. (The claim's write checks it again: batches.claim.)"""
+    if state is None or state[1] not in ("pending", "failed"):
         raise NotClaimable(f"batch {batch_no} of {job_id!r} is not claimable")
-    return int(row[0]) + 1
+    return int(state[0]) + 1
 
 
-def read_manifest(con: Any, job_id: str, first: int, last: int) -> dict[int, list[tuple[Any, ...]]]:
+Records = list[tuple[Any, ...]]
+
+
+def read_manifest(con: Any, job_id: str, first: int, last: int) -> dict[int, tuple[Records, tuple[int, str]]]:
     """batch_no -> its texts (ordinal, record_id, content_hash, text, token_estimate, payload, media_ref, chunk_no,
-    chunk_count, payload_hash)."""
+    chunk_count, payload_hash), and its (attempts, status): one query for a batch's claim and its records."""
     rows = con.execute(
-        """SELECT batch_no, ordinal, record_id, content_hash, text, token_estimate, payload, media_ref,
-               coalesce(chunk_no, 0), coalesce(chunk_count, 1), payload_hash
-           FROM manifest WHERE job_id = ? AND batch_no BETWEEN ? AND ? ORDER BY batch_no, ordinal, chunk_no""",
+        """SELECT m.batch_no, ordinal, record_id, content_hash, text, token_estimate, payload, media_ref,
+               coalesce(chunk_no, 0), coalesce(chunk_count, 1), payload_hash, b.attempts, b.status
+           FROM manifest m JOIN batches b ON b.job_id = m.job_id AND b.batch_no = m.batch_no
+           WHERE m.job_id = ? AND m.batch_no BETWEEN ? AND ? ORDER BY m.batch_no, ordinal, chunk_no""",
         [job_id, first, last],
     ).fetchall()
-    by_batch: dict[int, list[tuple[Any, ...]]] = {}
+    by_batch: dict[int, tuple[Records, tuple[int, str]]] = {}
     for row in rows:
-        by_batch.setdefault(int(row[0]), []).append(tuple(row[1:]))
+        by_batch.setdefault(int(row[0]), ([], (int(row[11]), str(row[12]))))[0].append(tuple(row[1:11]))
+    if first not in by_batch:  # a batch with no records in the manifest: its state alone
+        state = first_row(con.execute("SELECT attempts, status FROM batches WHERE job_id = ? AND batch_no = ?",
+                                      [job_id, first]))  # fmt: skip
+        if state is not None:
+            by_batch[first] = ([], (int(state[0]), str(state[1])))
     return by_batch
 
 

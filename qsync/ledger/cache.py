@@ -87,6 +87,16 @@ def insert_vectors(
             con.unregister("__qsync_new_vectors")
 
 
+def set_tokens(con: Any, keys: list[str], tokens: list[int]) -> None:
+    """The counted tokens of cached vectors recorded with estimates (an answer without usage, counted later): what
+    reusing each saves."""
+    con.execute(
+        "UPDATE embeddings SET tokens = n.t FROM (SELECT unnest(?::VARCHAR[]) AS k, unnest(?::INTEGER[]) AS t) n "
+        "WHERE embeddings.cache_key = n.k",
+        [keys, tokens],
+    )
+
+
 def append_vectors(vectors_file: VectorFile, vectors: Vectors) -> list[int]:
     """Write vectors to the vector file, to be fsynced before the rows that point at them commit (the group
     commit does it once for the group); their offsets."""
@@ -110,12 +120,31 @@ def lookup_vectors(
     con: Any, vectors_file: VectorFile, embedder: CacheIdentity, hashes: list[str], free_origin: str | None = None
 ) -> Lookup:
     """The cached vectors of `hashes`, at the embedder's size or cut from the same model's full size (see
-    `full_size`). Vectors whose origin is `free_origin` (this job's own Batch Mode prefetch) save nothing: the job
-    paid for them."""
+    `full_size`): one query for both (it is on every batch's path). Vectors whose origin is `free_origin` (this
+    job's own Batch Mode prefetch) save nothing: the job paid for them."""
     found = Lookup()
-    for identity in serving(embedder):
-        cut_to = embedder.dimensions if identity is not embedder else None
-        _look_up(con, vectors_file, identity, [h for h in hashes if h not in found.found], free_origin, found, cut_to)
+    identities = serving(embedder)
+    keys = {cache_key(identity, h): (rank, h) for rank, identity in enumerate(identities) for h in set(hashes)}
+    if not keys:
+        return found
+    # A literal IN list lets DuckDB use the primary-key index (a join would scan the whole cache).
+    placeholders = ", ".join("?" * len(keys))
+    rows = con.execute(
+        f"SELECT content_hash, CASE WHEN origin = ? THEN 0 ELSE tokens END AS tokens, byte_offset, dimensions, "
+        f"cache_key, coalesce(origin = ?, false) FROM embeddings WHERE cache_key IN ({placeholders})",
+        [free_origin or "", free_origin or "", *sorted(keys)],
+    ).fetchall()
+    rows.sort(key=lambda row: keys[str(row[4])][0])  # the embedder's own size first, then the full size, cut
+    for row, vector in zip(rows, vectors_file.read([int(r[2]) for r in rows], [int(r[3]) for r in rows]), strict=True):
+        rank, content_hash = keys[str(row[4])]
+        if content_hash in found.found:
+            continue
+        if vector is None:
+            found.lost.append(str(row[4]))
+            continue
+        found.found[content_hash] = (vector if rank == 0 else shortened(vector, embedder.dimensions), int(row[1]))
+        if row[5]:
+            found.prefetched.add(content_hash)
     return found
 
 
@@ -139,29 +168,6 @@ def uncached_sql(content_hash: str) -> str:
     return " AND ".join(
         f"NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.cache_key = ? || {content_hash})" for _ in range(2)
     )
-
-
-def _look_up(
-    con: Any, vectors_file: VectorFile, embedder: CacheIdentity, hashes: list[str], free_origin: str | None,
-    found: Lookup, cut_to: int | None = None,
-) -> None:  # fmt: skip
-    keys = sorted({cache_key(embedder, h) for h in hashes})
-    if not keys:
-        return
-    # A literal IN list lets DuckDB use the primary-key index (a join would scan the whole cache).
-    placeholders = ", ".join("?" * len(keys))
-    rows = con.execute(
-        f"SELECT content_hash, CASE WHEN origin = ? THEN 0 ELSE tokens END AS tokens, byte_offset, dimensions, "
-        f"cache_key, coalesce(origin = ?, false) FROM embeddings WHERE cache_key IN ({placeholders})",
-        [free_origin or "", free_origin or "", *keys],
-    ).fetchall()
-    for row, vector in zip(rows, vectors_file.read([int(r[2]) for r in rows], [int(r[3]) for r in rows]), strict=True):
-        if vector is None:
-            found.lost.append(str(row[4]))
-        else:
-            found.found[str(row[0])] = (vector if cut_to is None else shortened(vector, cut_to), int(row[1]))
-            if row[5]:
-                found.prefetched.add(str(row[0]))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ order a batch's writes are made in holds batch by batch. A write whose group fai
 own, so that only the failing caller sees its error.
 
 The lease check comes first in every transaction, and the vectors a write appends are appended inside it: a
-runner that lost its lease writes nothing, not even bytes to the vector file.
+runner that lost its lease writes nothing, not even bytes to the vector file. The check waits for no answer
+(`Lease.touch_checked`: the host fails the transaction), so a group of writes that need no answer is one round trip
+to the host; a write that appends vectors first has the transaction begun and checked (`LeasedJob.appender`).
 """
 
 from __future__ import annotations
@@ -69,10 +71,15 @@ class GroupCommit:
             # A commit (and the checkpoint it may start) on a full disk leaves DuckDB unusable: stop before.
             ensure_room(self.ledger.path, LEDGER_MARGIN, "the checkpoint file")
             with self.ledger.transaction() as con:
-                self.lease.verify_and_touch(con, self.clock.now())
+                self.lease.touch_checked(con, self.clock.now())
                 results = [write.apply(con) for write in group]
                 self.ledger.vectors.sync()  # the rows about to commit point at bytes that are on disk
         except BaseException as exc:
+            lost = self.lease.lost_in(exc, self.ledger)
+            if lost is not None:  # every write of the group fails alike: no point in trying each alone
+                for write in group:
+                    write.error, write.committed = lost, True
+                return
             if len(group) > 1:  # one write failed and took the others down: commit each on its own
                 for write in group:
                     self._commit([write])

@@ -19,8 +19,8 @@ many points the valid records make (equal to their number when none was cut).
 progress bar shows). **Embedded** texts are those the job paid for: in synchronous calls and in Batch Mode
 (whose vectors its batches then take from the cache: never counted as cache hits). Cost is the job's whole spend: embeddings (synchronous and Batch Mode) and
 enrichment answers, as the API reported it. **Unconfirmed** spend is paid calls that were sent but whose
-answer was not saved (in flight now, or cut off by a crash or a timeout): counted at most what they can
-have cost (every token at least a byte; after a crash, counted exactly with countTokens when possible),
+answer was not saved (in flight now, or cut off by a crash or a timeout), or answered without usage and not
+counted yet: counted at most what they can have cost (every token at least a byte; after a crash, counted exactly with countTokens when possible),
 so that `cost_usd + unconfirmed_cost_usd` is never less than what was billed.
 """
 
@@ -91,9 +91,10 @@ _SQL = """
                sum(cost_usd) AS cost_usd
         FROM remote_jobs {where} GROUP BY job_id
     ) r USING (job_id)
-    LEFT JOIN (  -- paid calls sent but not (yet) answered and saved: in flight, or cut off by a crash
+    LEFT JOIN (  -- paid calls sent but not (yet) answered and saved: in flight, or cut off by a crash; or answered
+        -- without usage and not counted yet (at their bound until counted: engine.counting)
         SELECT job_id, sum(tokens) AS tokens, sum(cost_usd) AS cost_usd
-        FROM spend_intents {where} {and_where} state IN ('open', 'unconfirmed') GROUP BY job_id
+        FROM spend_intents {where} {and_where} state IN ('open', 'unconfirmed', 'uncounted') GROUP BY job_id
     ) u USING (job_id)
 """
 

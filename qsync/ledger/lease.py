@@ -24,6 +24,8 @@ from qsync.ledger.process import HOST, lease_is_live
 from qsync.spec.job import KEEP, BudgetOption
 from qsync.sql import SqlConnection, first_row
 
+LEASE_LOST = "qsync: this run's lease on the job is lost"  # the error a write of a run that lost its job fails with
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -40,17 +42,26 @@ class Lease:
         if row is None or row[0] != self.token:
             self._lost(row)
 
-    def verify_and_touch(self, con: SqlConnection, now: datetime) -> None:
-        """verify, and move the job's updated_at, in one statement (a run's every write starts with it)."""
-        row = first_row(
-            con.execute(
-                "UPDATE jobs SET updated_at = ? WHERE job_id = ? AND lease_token = ? RETURNING job_id",
-                [now, self.job_id, self.token],
-            )
+    def touch_checked(self, con: SqlConnection, now: datetime) -> None:
+        """Move the job's updated_at, and make the transaction fail (with LEASE_LOST in its error) unless this lease
+        still owns the job (a job row is never deleted): a run's every write starts with it. Nothing here waits for
+        an answer, so a transaction of writes only stays one round trip to the host; GroupCommit turns the failure
+        into LeaseLost (`lost_in`)."""
+        con.execute(
+            "UPDATE jobs SET updated_at = CASE WHEN lease_token = ? THEN ?::TIMESTAMP ELSE error(?) END WHERE job_id = ?",
+            [self.token, now, LEASE_LOST, self.job_id],
         )
-        if row is None:
-            self._lost(first_row(con.execute("SELECT lease_token, owner_pid, owner_host FROM jobs WHERE job_id = ?",
-                                             [self.job_id])))  # fmt: skip
+
+    def lost_in(self, exc: BaseException, ledger: Ledger) -> LeaseLost | None:
+        """The LeaseLost a failed transaction meant (naming the new holder), if `touch_checked` failed it."""
+        if LEASE_LOST not in str(exc):
+            return None
+        try:
+            with ledger.reading() as con:
+                self.verify(con)
+        except LeaseLost as lost:
+            return lost
+        return LeaseLost(f"job {self.job_id!r} was taken by another runner; this runner stopped without writing")
 
     def _lost(self, row: tuple[object, ...] | None) -> None:
         holder = f"process {row[1]} on {row[2]}" if row and row[0] else "nobody (it was released)"

@@ -32,6 +32,7 @@ from qsync.ledger.cache import (
     forget_beyond,
     insert_vectors,
     lookup_vectors,
+    set_tokens,
 )
 from qsync.ledger.commit import GroupCommit
 from qsync.ledger.lease import Lease
@@ -52,7 +53,7 @@ class LeasedJob:
         self.embedder_signature = embedder_signature
         self.lost_vectors = 0  # cache entries this run found gone from the vector file (and forgot)
         self.commit = GroupCommit(ledger, lease, clock)  # every write of the run goes through it
-        self._manifests: dict[int, list[tuple[Any, ...]]] = {}  # read ahead: batch_no -> manifest rows
+        self._manifests: dict[int, tuple[b.Records, tuple[int, str]]] = {}  # read ahead: records and state
         self._manifests_lock = threading.Lock()
         # A fresh backfill skips deleting earlier `points` rows of its records, which scans the whole table and
         # would make each batch slower than the last.
@@ -84,7 +85,7 @@ class LeasedJob:
         """Forget the cache entries whose bytes lie past the end of the vector file (it was truncated, or deleted and
         started again) before this run appends anything: they are misses now, paid for once more. How many. The
         size is read inside the transaction: another process appends only while it holds the checkpoint file."""
-        healed = self.commit.write(lambda con: forget_beyond(con, self.ledger.vectors.end()))
+        healed = self.commit.write(lambda con: forget_beyond(con.begin_now(), self.ledger.vectors.end()))  # in order
         self.lost_vectors += healed
         return healed
 
@@ -123,24 +124,23 @@ class LeasedJob:
     def claim(self, batch_no: int) -> BatchWork:
         """Take the batch for a new attempt and load its records. The claim (running, attempt + 1) is written in
         the batch's first write (batches.py). Raises NotClaimable if the batch is not pending or failed."""
-        with self.ledger.reading() as con:
-            attempt = b.next_attempt(con, self.job_id, batch_no)
-        return b.work_of(batch_no, attempt, self._manifest(batch_no))
+        records, state = self._manifest(batch_no)
+        return b.work_of(batch_no, b.next_attempt(self.job_id, batch_no, state), records)
 
-    def _manifest(self, batch_no: int) -> list[tuple[Any, ...]]:
-        """The batch's records, read MANIFEST_READ_AHEAD batches at a time (one query instead of many)."""
+    def _manifest(self, batch_no: int) -> tuple[b.Records, tuple[int, str] | None]:
+        """The batch's records and state, read MANIFEST_READ_AHEAD batches at a time (one query instead of many)."""
         with self._manifests_lock:
-            rows = self._manifests.pop(batch_no, None)
-        if rows is not None:
-            return rows
+            found = self._manifests.pop(batch_no, None)
+        if found is not None:
+            return found
         with self.ledger.reading() as con:
             by_batch = b.read_manifest(con, self.job_id, batch_no, batch_no + MANIFEST_READ_AHEAD - 1)
-        rows = by_batch.pop(batch_no, [])
+        records, state = by_batch.pop(batch_no, ([], None))
         with self._manifests_lock:
             # Replace, not add: batches of an earlier read that were never claimed (done ones inside a retry's
             # range, say) would otherwise pile up; this keeps at most one read's worth in memory.
             self._manifests = by_batch
-        return rows
+        return records, state
 
     def complete(self, batches: Sequence[Completion]) -> None:
         """Mark batches done, in one transaction: Qdrant holds their points durably (see Sink.durable)."""
@@ -209,11 +209,13 @@ class LeasedJob:
         intent: str | None = None,
         media_tokens: int = 0,
         media_tokens_estimated: bool = False,
+        uncounted: bool = False,
     ) -> None:
         """Persist freshly paid-for vectors and their cost, settling the call's intent. Called before the upsert.
         `media_tokens`: the part of the tokens that were images or document pages; `media_tokens_estimated`: that
-        part was split by qsync's estimates, not reported by the API."""
-        tokens = int(sum(tokens_per_text))
+        part was split by qsync's estimates, not reported by the API. `uncounted`: no usage came; the intent's bound
+        stands until `settle_counted`."""
+        tokens, cost = (0, 0.0) if uncounted else (int(sum(tokens_per_text)), cost)
         split_estimated = media_tokens_estimated and media_tokens > 0
         offsets = self.appender(vectors)
 
@@ -233,9 +235,26 @@ class LeasedJob:
                 [len(hashes), tokens, cost, tokens_estimated, media_tokens, split_estimated, self.job_id,
                  work.batch_no],
             )  # fmt: skip
-            self._settle(con, intent)
+            self._settle(con, intent, "uncounted" if uncounted else "settled")
 
         self.write_vectors(apply, work)
+
+    def settle_counted(self, embedder: CacheIdentity, calls: Sequence[spend.Counted]) -> None:
+        """Calls recorded `uncounted`, now counted: each (intent, batch, hashes, tokens per text, cost) settled,
+        its tokens and cost added to its batch and its cache rows' tokens made exact, in one transaction."""
+        keys = [cache_key(embedder, h) for _, _, hashes, _, _ in calls for h in hashes]
+        settled = [(intent, batch_no, sum(tokens), cost) for intent, batch_no, _, tokens, cost in calls]
+
+        def apply(con: Any) -> None:
+            set_tokens(con, keys, [n for _, _, _, tokens, _ in calls for n in tokens])
+            spend.settle_counted(con, self.job_id, settled, self.clock.now())
+
+        self.commit.write(apply)
+
+    def uncounted_calls(self) -> list[tuple[str, int, list[str], float, dict[str, tuple[str, int]]]]:
+        with self.ledger.reading() as con:  # calls a crash left uncounted, with their texts and estimates
+            calls = spend.uncounted_calls(con, self.job_id)
+            return [(i, b, h, c, spend.planned_texts(con, self.job_id, h)) for i, b, h, c in calls]
 
     def record_generation(
         self, work: BatchWork, key: str, model: str, answer: str, tokens_in: int, tokens_out: int, cost: float,
@@ -302,9 +321,9 @@ class LeasedJob:
         been billed: a timeout, a dropped connection)."""
         self.commit.write(lambda con: spend.close_intent(con, self.job_id, intent, state, self.clock.now()))
 
-    def _settle(self, con: Any, intent: str | None) -> None:
+    def _settle(self, con: Any, intent: str | None, state: str = "settled") -> None:
         if intent is not None:
-            spend.close_intent(con, self.job_id, intent, "settled", self.clock.now())
+            spend.close_intent(con, self.job_id, intent, state, self.clock.now())
 
     def count_unconfirmed(self, count_tokens: Callable[[list[str]], int], prices: dict[str, float]) -> int:
         """Replace the upper bound of unconfirmed paid calls (embedding calls, Batch Mode submissions: the kinds
@@ -338,7 +357,8 @@ class LeasedJob:
         end: list[int] = []
 
         def append(con: Any) -> list[int]:
-            if not end:
+            if not end:  # read once the host serves this transaction alone, its lease checked (commit.py)
+                con.begin_now()
                 end.append(vector_file.end())
             lost = forget_beyond(con, end[0])
             if lost and not offsets:  # counted once, even if this transaction is tried again

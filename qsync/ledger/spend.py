@@ -4,13 +4,16 @@ settled in the same transaction (the real figures are then in batches, generatio
 crash left open, or whose call got no answer, is *unconfirmed* spend: counted in every total, so what qsync
 reports is never less than what was billed.
 
-Intent states: open -> settled (answer saved) | void (refused: not billed) | unconfirmed (may have been billed).
+Intent states: open -> settled (answer saved) | void (refused: not billed) | unconfirmed (may have been billed)
+| uncounted (answer saved without usage: its bound stands until its tokens are counted, then settled).
 """
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
+
+Counted = tuple[str, int, list[str], list[int], float]  # an uncounted call counted: intent, batch, hashes, tokens, cost
 
 
 def open_intent(
@@ -89,4 +92,45 @@ def set_counted(con: Any, job_id: str, intent: str, tokens: int, cost: float) ->
     con.execute(
         "UPDATE spend_intents SET tokens = ?, cost_usd = ?, counted = true WHERE job_id = ? AND intent_id = ?",
         [tokens, cost, job_id, intent],
+    )
+
+
+def uncounted_calls(con: Any, job_id: str) -> list[tuple[str, int, list[str], float]]:
+    """Embedding calls answered without usage whose vectors are saved and whose tokens are not counted yet (a
+    crash came before the count): (intent, batch, content hashes sent, the bound their cost stands at)."""
+    rows = con.execute(
+        "SELECT intent_id, batch_no, content_hashes, cost_usd FROM spend_intents WHERE job_id = ? AND kind = 'embed' "
+        "AND state = 'uncounted' ORDER BY created_at",
+        [job_id],
+    ).fetchall()
+    return [(str(i), int(b), list(h or []), float(c)) for i, b, h, c in rows]
+
+
+def planned_texts(con: Any, job_id: str, hashes: list[str]) -> dict[str, tuple[str, int]]:
+    """content hash -> (text as planned, its token estimate)."""
+    rows = con.execute(
+        "SELECT content_hash, any_value(text), any_value(token_estimate) FROM manifest WHERE job_id = ? AND "
+        "content_hash IN (SELECT unnest(?::VARCHAR[])) GROUP BY content_hash",
+        [job_id, hashes],
+    ).fetchall()
+    return {str(h): (str(t), int(e)) for h, t, e in rows}
+
+
+def settle_counted(con: Any, job_id: str, calls: list[tuple[str, int, int, float]], now: Any) -> None:
+    """Uncounted calls counted: each (intent, batch, tokens, cost) adds its tokens and cost to its batch, and its
+    intent, now exact, is settled (its bound leaves the unconfirmed total in the same transaction). Two statements
+    for any number of calls."""
+    intents, batch_nos, tokens, costs = (list(column) for column in zip(*calls, strict=True))
+    con.execute(
+        """UPDATE batches SET tokens = batches.tokens + n.t, cost_usd = batches.cost_usd + n.c
+           FROM (SELECT b, sum(t) AS t, sum(c) AS c FROM (SELECT unnest(?::INTEGER[]) AS b, unnest(?::BIGINT[]) AS t,
+                 unnest(?::DOUBLE[]) AS c) GROUP BY b) n
+           WHERE batches.job_id = ? AND batches.batch_no = n.b""",
+        [batch_nos, tokens, costs, job_id],
+    )
+    con.execute(
+        """UPDATE spend_intents SET state = 'settled', tokens = n.t, cost_usd = n.c, counted = true, closed_at = ?
+           FROM (SELECT unnest(?::VARCHAR[]) AS i, unnest(?::BIGINT[]) AS t, unnest(?::DOUBLE[]) AS c) n
+           WHERE spend_intents.job_id = ? AND spend_intents.intent_id = n.i AND spend_intents.state = 'uncounted'""",
+        [now, intents, tokens, costs, job_id],
     )

@@ -71,6 +71,13 @@ class RemoteConnection:
     def execute(self, sql: str, params: Any = None) -> RemoteResult:
         return self._owner.send(("execute", sql, params))
 
+    def begin_now(self) -> RemoteConnection:
+        """Send what the transaction queued (its begin first) and wait for the answer: from then on the host serves
+        this transaction alone (what another process may change, such as the vector file's end, holds still), and a
+        statement that fails has failed. Returns this connection."""
+        self._owner.flush()
+        return self
+
     def df(self, sql: str, params: Any = None) -> pd.DataFrame:
         """The query's result as a DataFrame, converted by DuckDB (its dtypes, not a guess from rows)."""
         self._owner.flush()

@@ -7,14 +7,16 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from qsync.errors import ConfigError
-from qsync.spec.defaults import DEFAULT_CONCURRENCY, DEFAULT_STALE_AFTER_S, env_float, stale_after_s
+from qsync.spec.defaults import DEFAULT_STALE_AFTER_S, env_float, stale_after_s
 
 
 @dataclass(frozen=True)
 class RunSettings:
     """How one run goes about a job."""
 
-    concurrency: int = DEFAULT_CONCURRENCY  # batches in flight at once
+    concurrency: int | None = (
+        None  # batches in flight at once; None: chosen from the limits (defaults.default_concurrency)
+    )
     max_attempts: int = 8  # per API or Qdrant call, transient errors only; then the batch fails
     retry_base_s: float = 1.0  # first backoff; doubles per attempt, with jitter
     retry_max_s: float = 60.0
@@ -28,7 +30,7 @@ class RunSettings:
     batch_mode_poll_max_s: float = 300.0  # ... up to this
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
+        if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.max_attempts < 1:
             raise ConfigError(f"max attempts must be at least 1, not {self.max_attempts}")
