@@ -276,3 +276,29 @@ def test_pause_during_a_long_backoff_takes_effect_within_a_second(tmp_path: Path
     assert outcome[0].status == "paused"
     info = qsync.status(job, db=tmp_path / "q.duckdb")
     assert info["batches_running"] == 0 and info["loaded_records"] == 50
+
+
+def test_a_run_loads_its_qdrant_edge_shard_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collection checked before a new job is planned is the one its run writes to: one Edge host process, one
+    load of the shard (seconds at millions of points), for a new job and for a re-sync alike."""
+    from qsync.sink import shards
+
+    loads: list[Path] = []
+    acquire = shards.acquire
+
+    def counting(path: Path, new_config: dict[str, Any] | None = None) -> shards.SharedShard:
+        before = set(shards._open)
+        shared = acquire(path, new_config)
+        if shared.path not in before:
+            loads.append(shared.path)  # not shared with a job of this process: a host started, the shard loaded
+        return shared
+
+    monkeypatch.setattr(shards, "acquire", counting)
+    src = tmp_path / "docs.jsonl"
+    write_records(src, make_records(300))
+    assert _run(src, tmp_path, embedder="hash").status == "completed"
+    assert len(loads) == 1
+    write_records(src, make_records(400))  # a re-sync: 100 new records
+    result = _run(src, tmp_path, embedder="hash")
+    assert (result.status, result.run_records, len(loads)) == ("completed", 100, 2)
+    assert qsync.status(result.job_id, db=tmp_path / "q.duckdb")["loaded_records"] == 100
