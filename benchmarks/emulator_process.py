@@ -18,8 +18,12 @@ KEY = "bench-key"
 
 
 class EmulatorProcess:
-    def __init__(self, latency_s: float = 0.0, **limits: int) -> None:
+    def __init__(self, latency_s: float = 0.0, *, usage_metadata: bool = True, **limits: int) -> None:
+        """`usage_metadata=False`: embed answers without usageMetadata, as Google's Developer API answers
+        batchEmbedContents (a client then counts tokens itself, with countTokens)."""
         args = [sys.executable, "-m", "qsync.testing", "--port", "0", "--latency", str(latency_s), "--api-key", KEY]
+        if not usage_metadata:
+            args.append("--no-usage-metadata")
         for name, value in limits.items():  # texts_per_minute=..., tokens_per_minute=...
             args += [f"--{name.replace('_', '-')}", str(value)]
         self._process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
