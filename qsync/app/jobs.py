@@ -29,6 +29,7 @@ from qsync.input.plan import plan_job
 from qsync.input.sources import Source
 from qsync.ledger import jobs as ledger_jobs
 from qsync.ledger.cache import CacheIdentity, SignatureIdentity, embedder_signature, full_size
+from qsync.ledger.integrity import check as check_integrity
 from qsync.ledger.jobs import JobRecord
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.plans import PlanSummary
@@ -221,6 +222,7 @@ def make_runner(
     sink: Sink | None = None,
     only_batches: Sequence[int] | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    checked: bool = False,
 ) -> Runner:
     """A Runner for the job as stored, not started (notebooks run it in a thread and call request_stop()).
 
@@ -242,7 +244,7 @@ def make_runner(
         return Runner(
             ledger, job, spec, built, sink, settings, signature, budget=max_cost_usd, stages=stages_of(spec),
             listeners=listeners, only_batches=frozenset(only_batches) if only_batches is not None else None,
-            clock=clock,
+            clock=clock, checked=checked,
         )  # fmt: skip
     except BaseException:
         ledger.close()
@@ -281,6 +283,8 @@ def run(
     spec, src = build_spec(source, db=db, **options)
     embedder = build_embedder(spec.embedder)
     with Ledger(db) as ledger:
+        # Read all of the file once, before anything is planned into it (the runner does not again: seconds at 2M).
+        check_integrity(ledger)
         sink = _job_sink(spec, embedder, ledger)
         try:
             job_id, planned = _open_or_plan(ledger, spec, src, max_cost_usd, settings, clock, embedder, sink)
@@ -292,7 +296,7 @@ def run(
     try:
         runner = make_runner(job_id, db=db, settings=settings, concurrency=concurrency, listeners=listeners,
                              max_cost_usd=max_cost_usd, embedder=embedder if planned else None,
-                             sink=sink if planned else None, clock=clock)  # fmt: skip
+                             sink=sink if planned else None, clock=clock, checked=True)  # fmt: skip
     except BaseException:
         sink.close()
         raise

@@ -94,6 +94,7 @@ class Runner:
         only_batches: frozenset[int] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         control: Control | None = None,
+        checked: bool = False,  # the caller read the whole checkpoint file moments ago (app.jobs.run): not again
     ) -> None:
         self.ledger = ledger
         self.job_id = job_id
@@ -108,6 +109,7 @@ class Runner:
         self.only_batches = only_batches
         self.clock = clock
         self.control = control or Control()
+        self.checked = checked
         self._scheduler: Scheduler | None = None
         self._finished: JobFinished | None = None  # told to the listeners once the run has let go of everything
 
@@ -125,7 +127,8 @@ class Runner:
         started = time.monotonic()
         self._finished = None
         try:
-            check_integrity(self.ledger)  # a damaged checkpoint file is told now, whichever table it is in
+            if not self.checked:  # a damaged checkpoint file is told now, whichever table it is in
+                check_integrity(self.ledger)
             lease, took_over = take_lease(
                 self.ledger, self.job_id, self.clock, self.settings.stale_after_s, os.getpid(), self.budget
             )
