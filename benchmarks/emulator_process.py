@@ -18,11 +18,12 @@ KEY = "bench-key"
 
 
 class EmulatorProcess:
-    def __init__(self, latency_s: float = 0.0, usage: bool = False, **limits: int) -> None:
-        """`usage`: whether embed answers carry usageMetadata. Google's batchEmbedContents sends none, so a benchmark
-        that should meet what a user meets leaves it False (qsync then counts tokens itself)."""
+    def __init__(self, latency_s: float = 0.0, *, usage_metadata: bool = False, **limits: int) -> None:
+        """`usage_metadata`: whether embed answers carry usageMetadata. Google's batchEmbedContents sends none, so a
+        benchmark that should meet what a user meets leaves it False (qsync then counts tokens itself)."""
         args = [sys.executable, "-m", "qsync.testing", "--port", "0", "--latency", str(latency_s), "--api-key", KEY]
-        args += [] if usage else ["--no-usage-metadata"]
+        if not usage_metadata:
+            args.append("--no-usage-metadata")
         for name, value in limits.items():  # texts_per_minute=..., tokens_per_minute=...
             args += [f"--{name.replace('_', '-')}", str(value)]
         self._process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)

@@ -1,11 +1,20 @@
 """qsync side by side with LangChain's indexing API, on the same data, embedder and emulator.
 
     pip install -r benchmarks/requirements-langchain.txt
-    python benchmarks/langchain_indexer.py [--records 5000] [--latency 0.3] [--kill-at 0.25]
+    python benchmarks/langchain_indexer.py --records 3000 --speed-rounds 4      # speed: both into :memory:
+    python benchmarks/langchain_indexer.py [--records 5000] [--latency 0.3] [--kill-at 0.25]   # kills
 
 Both tools embed with gemini-embedding-001 (768 dimensions, RETRIEVAL_DOCUMENT) through the real
 google-genai SDK, against one Gemini emulator running in its own process (answering after `--latency`
-seconds, no rate limits), and write to embedded Qdrant in a local folder:
+seconds, no rate limits; embed answers without usageMetadata, as Google's Developer API answers
+batchEmbedContents, unless `--usage-metadata`).
+
+Where they write: for speed (`--speed-rounds`), both into qdrant-client's in-memory Qdrant (`:memory:`), the one
+kind both can use (LangChain's QdrantVectorStore takes a qdrant-client; qsync's embedded default, Qdrant Edge, has
+no LangChain store, and qsync does not write to qdrant-client's local folder, which commits SQLite once per point
+and would make the comparison one of stores). For kills, the points must outlive the killed process: LangChain
+writes to qdrant-client's local folder, qsync to Qdrant Edge (what is counted there is texts paid twice and records
+present at the end, not speed).
 
 - LangChain: `index(docs, SQLRecordManager(sqlite), QdrantVectorStore, batch_size=100)` with
   `GoogleGenerativeAIEmbeddings(base_url=emulator)`, the setup its docs recommend for re-runnable loads;
@@ -56,7 +65,7 @@ def make_records(path: Path, n: int) -> None:
 # -- the LangChain side (runs in a child process, so that it can be killed) ----------------------------
 
 
-def langchain_index(source: Path, work: Path, url: str) -> None:
+def langchain_index(source: Path, work: Path, url: str, in_memory: bool) -> None:
     from langchain_classic.indexes import SQLRecordManager
     from langchain_core.documents import Document
     from langchain_core.indexing import index
@@ -68,7 +77,7 @@ def langchain_index(source: Path, work: Path, url: str) -> None:
         model=MODEL, google_api_key=KEY, base_url=url,  # type: ignore[arg-type]
         task_type="RETRIEVAL_DOCUMENT", output_dimensionality=DIMENSIONS,
     )  # fmt: skip
-    client = QdrantClient(path=str(work / "qdrant"))
+    client = QdrantClient(":memory:") if in_memory else QdrantClient(path=str(work / "qdrant"))
     if not client.collection_exists("c"):
         client.create_collection(
             "c", vectors_config=models.VectorParams(size=DIMENSIONS, distance=models.Distance.COSINE)
@@ -80,6 +89,8 @@ def langchain_index(source: Path, work: Path, url: str) -> None:
     docs = (Document(page_content=t, metadata={"id": i}) for i, t in zip(frame["id"], frame["text"], strict=True))
     result = index(docs, manager, store, batch_size=100, cleanup="incremental", source_id_key="id")
     print(json.dumps(dict(result)), flush=True)
+    if in_memory and client.count("c", exact=True).count != len(frame):  # in memory: counted before it is gone
+        raise SystemExit(f"LangChain left {client.count('c', exact=True).count} of {len(frame)} points")
     client.close()
 
 
@@ -96,10 +107,11 @@ def langchain_points(work: Path) -> int:
 # -- the qsync side -------------------------------------------------------------------------------------
 
 
-def qsync_command(source: Path, work: Path, concurrency: int) -> list[str]:
+def qsync_command(source: Path, work: Path, concurrency: int, in_memory: bool = False) -> list[str]:
+    qdrant = ":memory:" if in_memory else str(work / "qsync.qdrant")
     return [
         sys.executable, "-m", "qsync", "run", "--source", str(source), "--collection", "c", "--job", "bench",
-        "--db", str(work / "qsync.duckdb"), "--qdrant-path", str(work / "qsync.qdrant"), "--embedder", "gemini",
+        "--db", str(work / "qsync.duckdb"), "--qdrant-path", qdrant, "--embedder", "gemini",
         "--dimensions", str(DIMENSIONS), "--texts-per-minute", str(10**9), "--tokens-per-minute", str(10**12),
         "--concurrency", str(concurrency), "--quiet",
     ]  # fmt: skip
@@ -137,18 +149,25 @@ def run(
     return time.perf_counter() - started, stats or emulator.stats()
 
 
-def command_for(tool: str, source: Path, work: Path) -> list[str]:
+def command_for(tool: str, source: Path, work: Path, in_memory: bool = False) -> list[str]:
     if tool == "langchain":
-        return [sys.executable, __file__, "--langchain-child", str(source), str(work)]
-    return qsync_command(source, work, int(tool.removeprefix("qsync-c")))
+        return [
+            sys.executable,
+            __file__,
+            "--langchain-child",
+            str(source),
+            str(work),
+            "memory" if in_memory else "folder",
+        ]
+    return qsync_command(source, work, int(tool.removeprefix("qsync-c")), in_memory)
 
 
-def measure(tool: str, n: int, latency_s: float, kill_at: float, trials: int, seed: int) -> dict[str, Any]:
+def measure(tool: str, n: int, latency_s: float, kill_at: float, trials: int, seed: int, usage: bool) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"qsync-vs-{tool}-"))
     source = root / "records.parquet"
     make_records(source, n)
     (root / "full").mkdir()
-    with EmulatorProcess(latency_s=latency_s) as emulator:
+    with EmulatorProcess(latency_s=latency_s, usage_metadata=usage) as emulator:
         env = {**os.environ, **emulator.env(), "EMULATOR_URL": emulator.url}
         elapsed, _ = run(command_for(tool, source, root / "full"), env, emulator, None)
     report: dict[str, Any] = {"tool": tool, "records_per_s": round(n / elapsed, 1), "full_run_s": round(elapsed, 1)}
@@ -158,7 +177,7 @@ def measure(tool: str, n: int, latency_s: float, kill_at: float, trials: int, se
     for trial, delay_ms in enumerate(delays):
         work = root / f"trial-{trial}"
         work.mkdir()
-        with EmulatorProcess(latency_s=latency_s) as emulator:  # a fresh one: its counters are this trial's
+        with EmulatorProcess(latency_s=latency_s, usage_metadata=usage) as emulator:  # counters: this trial's
             env = {**os.environ, **emulator.env(), "EMULATOR_URL": emulator.url}
             _, at_kill = run(command_for(tool, source, work), env, emulator, int(n * kill_at), delay_ms / 1000)
             time.sleep(latency_s + 0.5)  # let the calls in flight finish, so that they count before the re-run
@@ -188,8 +207,8 @@ def measure(tool: str, n: int, latency_s: float, kill_at: float, trials: int, se
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--langchain-child":
-        langchain_index(Path(sys.argv[2]), Path(sys.argv[3]), os.environ["EMULATOR_URL"])
+    if len(sys.argv) == 5 and sys.argv[1] == "--langchain-child":
+        langchain_index(Path(sys.argv[2]), Path(sys.argv[3]), os.environ["EMULATOR_URL"], sys.argv[4] == "memory")
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=5000)
@@ -202,37 +221,51 @@ def main() -> None:
         "--speed-rounds", type=int, default=0,
         help="instead of kills: this many rounds of one full run per tool, tools alternating within a round",
     )  # fmt: skip
+    parser.add_argument("--usage-metadata", action="store_true",
+                        help="the emulator's embed answers carry usageMetadata (Google's Developer API's do not)")  # fmt: skip
     args = parser.parse_args()
     tools = ["langchain", *(f"qsync-c{c}" for c in args.qsync_concurrency.split(","))]
     if args.speed_rounds:
-        print(json.dumps(speed(tools, args.records, args.latency, args.speed_rounds), indent=2))
+        print(json.dumps(speed(tools, args.records, args.latency, args.speed_rounds, args.usage_metadata), indent=2))
         return
-    results = [measure(tool, args.records, args.latency, args.kill_at, args.trials, args.seed) for tool in tools]
-    print(json.dumps({"records": args.records, "emulator_latency_s": args.latency, "results": results}, indent=2))
+    results = [measure(tool, args.records, args.latency, args.kill_at, args.trials, args.seed, args.usage_metadata)
+               for tool in tools]  # fmt: skip
+    print(json.dumps({"records": args.records, "emulator_latency_s": args.latency,
+                      "usage_metadata": args.usage_metadata, "results": results}, indent=2))  # fmt: skip
 
 
-def speed(tools: list[str], n: int, latency_s: float, rounds: int) -> dict[str, Any]:
-    """Full runs only, tools alternating in every round (the machine's noise falls on each alike); records/s
-    and the process CPU each run used."""
+def speed(tools: list[str], n: int, latency_s: float, rounds: int, usage: bool) -> dict[str, Any]:
+    """Full runs only, both tools into in-memory Qdrant, tools alternating in every round (the machine's noise falls
+    on each alike); records/s, the process CPU each run used, and the API calls it made."""
     root = Path(tempfile.mkdtemp(prefix="qsync-vs-speed-"))
     source = root / "records.parquet"
     make_records(source, n)
     rates: dict[str, list[float]] = {tool: [] for tool in tools}
     cpu: dict[str, list[float]] = {tool: [] for tool in tools}
-    with EmulatorProcess(latency_s=latency_s) as emulator:
+    calls: dict[str, dict[str, int]] = {}
+    with EmulatorProcess(latency_s=latency_s, usage_metadata=usage) as emulator:
         env = {**os.environ, **emulator.env(), "EMULATOR_URL": emulator.url}
         for round_no in range(rounds):
             for tool in tools:
                 work = root / f"{tool}-{round_no}"
                 work.mkdir()
-                before = os.times()
-                elapsed, _ = run(command_for(tool, source, work), env, emulator, None)
+                before, requests = os.times(), emulator.stats()["requests"]
+                elapsed, stats = run(command_for(tool, source, work, in_memory=True), env, emulator, None)
                 after = os.times()
+                if tool != "langchain" and qsync_points(work) != n:
+                    raise RuntimeError(f"{tool} processed {qsync_points(work)} of {n} records")
+                calls[tool] = {
+                    k: v - requests.get(k, 0) for k, v in stats["requests"].items() if v - requests.get(k, 0)
+                }
                 rates[tool].append(round(n / elapsed, 1))
                 cpu[tool].append(round(after.children_user + after.children_system
                                        - before.children_user - before.children_system, 2))  # fmt: skip
     return {
-        "records": n, "emulator_latency_s": latency_s, "rounds": rounds,
+        "records": n, "emulator_latency_s": latency_s, "usage_metadata": usage, "rounds": rounds, "qdrant": ":memory:",
+        "api_requests_per_run": calls,
+        "ratio_to_langchain": {t: {"median": round(statistics.median(r) / statistics.median(rates["langchain"]), 2),
+                                   "per_round": [round(a / b, 2) for a, b in zip(r, rates["langchain"], strict=True)]}
+                               for t, r in rates.items() if t != "langchain"},
         "records_per_s": {t: {"median": statistics.median(r), "min": min(r), "max": max(r), "runs": r}
                           for t, r in rates.items()},
         "cpu_s_per_run": {t: {"median": statistics.median(c), "runs": c} for t, c in cpu.items()},

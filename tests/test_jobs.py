@@ -276,3 +276,78 @@ def test_pause_during_a_long_backoff_takes_effect_within_a_second(tmp_path: Path
     assert outcome[0].status == "paused"
     info = qsync.status(job, db=tmp_path / "q.duckdb")
     assert info["batches_running"] == 0 and info["loaded_records"] == 50
+
+
+def test_a_run_loads_its_qdrant_edge_shard_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collection checked before a new job is planned is the one its run writes to: one Edge host process, one
+    load of the shard (seconds at millions of points), for a new job and for a re-sync alike."""
+    from qsync.sink import shards
+
+    loads: list[Path] = []
+    acquire = shards.acquire
+
+    def counting(path: Path, new_config: dict[str, Any] | None = None) -> shards.SharedShard:
+        before = set(shards._open)
+        shared = acquire(path, new_config)
+        if shared.path not in before:
+            loads.append(shared.path)  # not shared with a job of this process: a host started, the shard loaded
+        return shared
+
+    monkeypatch.setattr(shards, "acquire", counting)
+    src = tmp_path / "docs.jsonl"
+    write_records(src, make_records(300))
+    assert _run(src, tmp_path, embedder="hash").status == "completed"
+    assert len(loads) == 1
+    write_records(src, make_records(400))  # a re-sync: 100 new records
+    result = _run(src, tmp_path, embedder="hash")
+    assert (result.status, result.run_records, len(loads)) == ("completed", 100, 2)
+    assert qsync.status(result.job_id, db=tmp_path / "q.duckdb")["loaded_records"] == 100
+
+
+def test_a_resync_keeps_one_points_row_per_point_for_changed_and_new_records(tmp_path: Path) -> None:
+    """Batches of a re-sync's new records skip deleting earlier `points` rows (a scan of the whole table); batches of
+    changed records still replace theirs: the ledger says once what the collection holds, and the next re-sync finds
+    every record unchanged."""
+    from qsync.ledger.ledger import Ledger
+
+    src = tmp_path / "docs.jsonl"
+    records = make_records(400)
+    write_records(src, records)
+    assert _run(src, tmp_path, embedder="hash", batch_size=50).ok
+    edited = [{**r, "text": "EDITED " + r["text"]} if i % 10 == 0 else r for i, r in enumerate(records)]
+    write_records(src, edited + make_records(200, start=400))  # 40 changed records, 200 new ones
+    result = _run(src, tmp_path, embedder="hash", batch_size=50)
+    assert (result.ok, result.run_records) == (True, 240)
+    with Ledger(tmp_path / "q.duckdb") as ledger:
+        rows, points = ledger.query_rows("SELECT count(*), count(DISTINCT point_id) FROM points")[0]
+    assert rows == points == 600
+    again = _run(src, tmp_path, embedder="hash", batch_size=50)
+    assert qsync.status(again.job_id, db=tmp_path / "q.duckdb")["unchanged_records"] == 600
+
+
+def test_qsync_run_reads_the_whole_checkpoint_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The integrity check (every block of every table read: seconds at 2M records) runs once for `qsync run`, before
+    anything is planned into the file; and a damaged file is still told before planning (test_ledger_faults)."""
+    import importlib
+
+    from qsync.app import jobs
+    from qsync.engine import runner
+    from qsync.ledger import integrity
+
+    cli = importlib.import_module("qsync.cli.main")  # the module (qsync.cli's `main` is its function)
+    checks: list[Path] = []
+
+    def counting(ledger: Any) -> None:
+        checks.append(ledger.path)
+        integrity.check(ledger)
+
+    for module in (jobs, runner):
+        monkeypatch.setattr(module, "check_integrity", counting, raising=False)
+    monkeypatch.setattr(cli, "check", counting)
+    src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(120))
+    for _ in range(2):  # a new job, then a re-sync of a file that holds one
+        code = cli.main(["run", "--source", str(src), "--collection", "c", "--db", str(db), "--embedder", "hash",
+                         "--dimensions", "16", "--quiet"])  # fmt: skip
+        assert code == 0
+    assert checks == [db, db]

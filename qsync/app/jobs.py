@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 from typing_extensions import Unpack
 
@@ -31,6 +30,7 @@ from qsync.input.plan import plan_job
 from qsync.input.sources import Source
 from qsync.ledger import jobs as ledger_jobs
 from qsync.ledger.cache import CacheIdentity, SignatureIdentity, embedder_signature, full_size
+from qsync.ledger.integrity import check as check_integrity
 from qsync.ledger.jobs import JobRecord
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.plans import PlanSummary
@@ -68,6 +68,8 @@ def open_job(
     max_cost_usd: BudgetOption = KEEP,
     settings: RunSettings | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    embedder: Embedder | None = None,
+    sink: Sink | None = None,
 ) -> str:
     """Job identity, in one place. The newest job of the spec's name (NAME, NAME#2, …):
 
@@ -78,32 +80,42 @@ def open_job(
     - none: a new job NAME is planned.
 
     Two processes starting the same job at once both find no job and plan: the second finds the first's when it
-    commits, and takes the rules again, so it is refused as any second runner is (the job is being run)."""
-    try:
-        return _open_job(ledger, spec, source, max_cost_usd, settings, clock)
-    except JobExists:
-        return _open_job(ledger, spec, source, max_cost_usd, settings, clock)
+    commits, and takes the rules again, so it is refused as any second runner is (the job is being run).
+
+    `embedder` and `sink`: the job's own, built by a caller that runs the job next (`run`), so that the collection
+    checked before planning stays open for the run (a Qdrant Edge shard is loaded once); the sink is left open."""
+    return _open_or_plan(ledger, spec, source, max_cost_usd, settings, clock, embedder, sink)[0]
 
 
-def _open_job(
+def _open_or_plan(
     ledger: Ledger,
     spec: JobSpec,
     source: Source,
     max_cost_usd: BudgetOption,
     settings: RunSettings | None,
     clock: Clock,
-) -> str:
-    newest = ledger_jobs.newest_job(ledger, spec.name)
-    if newest is not None and not newest.state.final:
-        diffs = differences(newest.spec, spec)
-        if diffs:
-            raise _mismatch(newest, spec, diffs)
-        return newest.job_id
-    job_id = spec.name if newest is None else ledger_jobs.next_resync_name(ledger, spec.name)
-    embedder = build_embedder(spec.embedder)
-    plan(ledger, job_id, spec, source, embedder, None if max_cost_usd is KEEP else max_cost_usd, clock)
-    record_estimate(ledger, job_id, embedder, settings=settings, clock=clock)
-    return job_id
+    embedder: Embedder | None,
+    sink: Sink | None,
+) -> tuple[str, bool]:
+    """`open_job`, and whether it planned the job (False: an unfinished job is resumed, as stored)."""
+    for attempt in (1, 2):  # a job of that name planned meanwhile by another process: the rules again, once
+        newest = ledger_jobs.newest_job(ledger, spec.name)
+        if newest is not None and not newest.state.final:
+            diffs = differences(newest.spec, spec)
+            if diffs:
+                raise _mismatch(newest, spec, diffs)
+            return newest.job_id, False
+        job_id = spec.name if newest is None else ledger_jobs.next_resync_name(ledger, spec.name)
+        embedder = embedder or build_embedder(spec.embedder)
+        try:
+            plan(ledger, job_id, spec, source, embedder, None if max_cost_usd is KEEP else max_cost_usd, clock, sink)
+        except JobExists:
+            if attempt == 2:
+                raise
+            continue
+        record_estimate(ledger, job_id, embedder, settings=settings, clock=clock)
+        return job_id, True
+    raise AssertionError("unreachable")
 
 
 def _mismatch(stored: JobRecord, given: JobSpec, diffs: list[str]) -> SpecMismatch:
@@ -147,10 +159,12 @@ def plan(
     embedder: Embedder,
     max_cost_usd: float | None,
     clock: Clock = SYSTEM_CLOCK,
+    sink: Sink | None = None,
 ) -> PlanSummary:
-    """Plan a job of exactly this name: snapshot the source into its manifest. Nothing is embedded yet."""
+    """Plan a job of exactly this name: snapshot the source into its manifest. Nothing is embedded yet. The collection
+    is checked first, through `sink` (left open) if given, else one opened for the check and closed."""
     ledger.open()  # the checkpoint file first: an unwritable --db is the clearer error
-    _check_collection(spec, embedder.dimensions, ledger.path.parent)
+    _check_collection(sink or _job_sink(spec, embedder, ledger), close=sink is None)
     signature = embedder_signature(embedder, spec.enrich.fingerprint() if spec.enrich else "")
     config = {**spec.to_dict(), "target": spec.target, "embedder_signature": signature}
     changed = _changed_rows(ledger, spec)
@@ -193,17 +207,22 @@ def create_job(
         return summary
 
 
-def _check_collection(spec: JobSpec, dimensions: int, base: Path) -> None:
+def _job_sink(spec: JobSpec, embedder: Embedder, ledger: Ledger) -> Sink:
+    """The job's collection (not opened until used); a relative Qdrant folder is beside the checkpoint file."""
+    return open_sink(spec.sink, spec.collection, embedder.dimensions, spec.collection_options, base=ledger.path.parent)
+
+
+def _check_collection(sink: Sink, *, close: bool) -> None:
     """Refuse a job whose vectors the collection cannot hold (another size or distance, or a vector name a server
     cannot add) before it is planned, rather than leave a job that can only fail. A Qdrant that is away or busy is
     not an error here: the run waits for it, and checks again."""
-    sink = open_sink(spec.sink, spec.collection, dimensions, spec.collection_options, base=base)
     try:
         sink.ensure_collection()
     except TransientError:
         pass
     finally:
-        sink.close()
+        if close:
+            sink.close()
 
 
 def make_runner(
@@ -218,6 +237,7 @@ def make_runner(
     sink: Sink | None = None,
     only_batches: Sequence[int] | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    checked: bool = False,
 ) -> Runner:
     """A Runner for the job as stored, not started (notebooks run it in a thread and call request_stop()).
 
@@ -232,15 +252,14 @@ def make_runner(
         if concurrency is not None:
             settings = replace(settings, concurrency=concurrency)
         built = embedder or build_embedder(spec.embedder)
-        sink = sink or open_sink(spec.sink, spec.collection, built.dimensions, spec.collection_options,
-                                 base=ledger.path.parent)  # fmt: skip
+        sink = sink or _job_sink(spec, built, ledger)
         signature = record.embedder_signature or embedder_signature(
             built, spec.enrich.fingerprint() if spec.enrich else ""
         )
         return Runner(
             ledger, job, spec, built, sink, settings, signature, budget=max_cost_usd, stages=stages_of(spec),
             listeners=listeners, only_batches=frozenset(only_batches) if only_batches is not None else None,
-            clock=clock,
+            clock=clock, checked=checked,
         )  # fmt: skip
     except BaseException:
         ledger.close()
@@ -272,10 +291,31 @@ def run(
     clock: Clock = SYSTEM_CLOCK,
     **options: Unpack[SpecOptions],
 ) -> RunResult:
-    """What `qsync run` does: open the job (`prepare`), then run it until it completes, pauses or fails."""
-    job_id = prepare(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock, **options)
-    return make_runner(job_id, db=db, settings=settings, concurrency=concurrency, listeners=listeners,
-                       max_cost_usd=max_cost_usd, clock=clock).run()  # fmt: skip
+    """What `qsync run` does: open the job (`prepare`), then run it until it completes, pauses or fails. One embedder
+    and one sink serve both: the collection checked before a new job is planned is the one the run writes to, opened
+    once (loading a Qdrant Edge shard of millions of points takes seconds). An unfinished job resumed is run as
+    stored: its runner builds both from the stored spec."""
+    spec, src = build_spec(source, db=db, **options)
+    embedder = build_embedder(spec.embedder)
+    with Ledger(db) as ledger:
+        # Read all of the file once, before anything is planned into it (the runner does not again: seconds at 2M).
+        check_integrity(ledger)
+        sink = _job_sink(spec, embedder, ledger)
+        try:
+            job_id, planned = _open_or_plan(ledger, spec, src, max_cost_usd, settings, clock, embedder, sink)
+        except BaseException:
+            sink.close()
+            raise
+    if not planned:
+        sink.close()  # never opened: nothing was checked
+    try:
+        runner = make_runner(job_id, db=db, settings=settings, concurrency=concurrency, listeners=listeners,
+                             max_cost_usd=max_cost_usd, embedder=embedder if planned else None,
+                             sink=sink if planned else None, clock=clock, checked=True)  # fmt: skip
+    except BaseException:
+        sink.close()
+        raise
+    return runner.run()  # the runner closes the sink
 
 
 def run_job(

@@ -100,6 +100,7 @@ class Runner:
         only_batches: frozenset[int] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         control: Control | None = None,
+        checked: bool = False,  # the caller read the whole checkpoint file moments ago (app.jobs.run): not again
     ) -> None:
         self.ledger = ledger
         self.job_id = job_id
@@ -114,6 +115,7 @@ class Runner:
         self.only_batches = only_batches
         self.clock = clock
         self.control = control or Control()
+        self.checked = checked
         self._scheduler: Scheduler | None = None
         texts_per_minute = settings.texts_per_minute or default_limits(embedder)[0]
         paid = bool(embedder.price_per_million_tokens)
@@ -134,7 +136,8 @@ class Runner:
         started = time.monotonic()
         self._finished = None
         try:
-            check_integrity(self.ledger)  # a damaged checkpoint file is told now, whichever table it is in
+            if not self.checked:  # a damaged checkpoint file is told now, whichever table it is in
+                check_integrity(self.ledger)
             lease, took_over = take_lease(
                 self.ledger, self.job_id, self.clock, self.settings.stale_after_s, os.getpid(), self.budget
             )

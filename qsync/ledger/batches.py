@@ -235,14 +235,15 @@ def record_points(
         con.unregister("__qsync_points")
 
 
-def target_holds_records(con: Any, job_id: str, target: str) -> bool:
-    """Whether the target already holds points for records of this job (a re-sync, a publish over an earlier
-    one): only then must completing a batch delete their old rows first (a scan of the points table)."""
-    row = first_row(
-        con.execute(
-            """SELECT EXISTS (SELECT 1 FROM points WHERE target = ? AND record_id IN
-                   (SELECT record_id FROM manifest WHERE job_id = ?))""",
-            [target, job_id],
-        )
-    )
-    return bool(target and row and row[0])
+def batches_replacing_points(con: Any, job_id: str, target: str) -> set[int]:
+    """The job's batches with records the target already holds points for (a re-sync's changed records, a publish
+    over an earlier one): only completing those must delete their old rows first, a scan of the whole points table
+    (~0.1 s a completion at 2M points); a re-sync's new records skip it. One scan, when the run starts."""
+    if not target:
+        return set()
+    rows = con.execute(
+        """SELECT DISTINCT batch_no FROM manifest WHERE job_id = ? AND record_id IN
+               (SELECT record_id FROM points WHERE target = ?)""",
+        [job_id, target],
+    ).fetchall()
+    return {int(r[0]) for r in rows}

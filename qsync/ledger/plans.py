@@ -103,9 +103,11 @@ def record_plan(
             SELECT * FROM __qsync_units ANTI JOIN __qsync_unchanged USING (ordinal, chunk_no)
         ), starts AS (  -- where each record's chunks start in the run of chunks: a batch holds whole records
             SELECT ordinal, sum(count(*)) OVER (ORDER BY ordinal) - count(*) AS start FROM todo GROUP BY ordinal
+        ), numbers AS (  -- numbered a record at a time, not a row of text at a time: half the time at 2M records
+            SELECT ordinal, CAST(dense_rank() OVER (ORDER BY start // {int(batch_size)}) - 1 AS INTEGER) AS batch_no
+            FROM starts
         )
-        SELECT todo.*, CAST(dense_rank() OVER (ORDER BY start // {int(batch_size)}) - 1 AS INTEGER) AS batch_no
-        FROM todo JOIN starts USING (ordinal)
+        SELECT todo.*, batch_no FROM todo JOIN numbers USING (ordinal)
         """
     )
     con.execute(

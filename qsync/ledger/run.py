@@ -55,10 +55,10 @@ class LeasedJob:
         self.commit = GroupCommit(ledger, lease, clock)  # every write of the run goes through it
         self._manifests: dict[int, tuple[b.Records, tuple[int, str]]] = {}  # read ahead: records and state
         self._manifests_lock = threading.Lock()
-        # A fresh backfill skips deleting earlier `points` rows of its records, which scans the whole table and
-        # would make each batch slower than the last.
+        # A fresh backfill (and a re-sync's batches of new records) skips deleting earlier `points` rows of its
+        # records, which scans the whole table and would make each batch slower than the last.
         with ledger.reading() as con:
-            self._replaces_points = b.target_holds_records(con, self.job_id, target)
+            self._replacing = b.batches_replacing_points(con, self.job_id, target)
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -156,7 +156,7 @@ class LeasedJob:
                     "UPDATE jobs SET skipped_records = skipped_records + ? WHERE job_id = ?", [skipped, self.job_id]
                 )
             b.record_points(con, self.job_id, self.target, self.embedder_signature, batches, now,
-                            self._replaces_points)  # fmt: skip
+                            any(done.work.batch_no in self._replacing for done in batches))  # fmt: skip
 
         self._write_for([done.work for done in batches], apply)
 
