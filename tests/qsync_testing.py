@@ -17,7 +17,11 @@ import pytest
 
 from qsync.embedders.hashing import HashingEmbedder
 from qsync.embedders.protocol import EmbedResult
+from qsync.spec.settings import RunSettings
 from qsync.testing.emulator import GeminiEmulator
+
+# Settings for runs against the emulator: four calls in flight, retries in milliseconds, no pacing to wait on.
+FAST = RunSettings(concurrency=4, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2, texts_per_minute=10**7)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from pypdf import PdfReader
-from qsync_testing import REPO, ledger_rows, qdrant_points, run_qsync, sdk_emulator
+from qsync_testing import FAST, REPO, ledger_rows, qdrant_points, run_qsync, sdk_emulator
 
 import qsync
 from qsync.app.jobs import create_job
@@ -22,13 +22,11 @@ from qsync.catalog.tokens import estimate_tokens, upper_tokens
 from qsync.errors import ConfigError
 from qsync.ledger.batches import point_key
 from qsync.sink.shards import open_shard
-from qsync.spec.settings import RunSettings
 from qsync.spec.target import point_id
 from qsync.testing.emulator import GeminiEmulator
 from qsync.testing.gemini_model import MAX_TOKENS_PER_TEXT, count_tokens
 
 SECRET = "AIzaTEST-chunks-0123456789"
-FAST = RunSettings(concurrency=4, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2, texts_per_minute=10**7)
 TOPICS = pydoc_data.topics.topics  # Python's reference, shipped with CPython (PSF licence): real long documents
 LONG = sorted(TOPICS, key=lambda k: len(TOPICS[k]))[-6:]  # 20,000-62,000 characters each
 SHORT = ["if", "while", "pass", "break"]

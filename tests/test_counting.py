@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from qsync_testing import (
+    FAST,
     ledger_rows,
     make_records,
     qsync_cmd,
@@ -26,12 +27,10 @@ from qsync_testing import (
 import qsync
 from qsync.app.jobs import create_job
 from qsync.errors import QsyncError
-from qsync.spec.settings import RunSettings
 from qsync.testing.emulator import GeminiEmulator
 from qsync.testing.gemini_model import error_body
 
 SECRET = "AIzaCOUNT-key-0123456789"
-FAST = RunSettings(concurrency=4, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2, texts_per_minute=10**7)
 
 
 @pytest.fixture

@@ -9,15 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qsync_testing import make_records, sdk_emulator, write_records
+from qsync_testing import FAST, make_records, sdk_emulator, write_records
 
 import qsync
 from qsync.app.jobs import create_job
-from qsync.spec.settings import RunSettings
 from qsync.testing.emulator import GeminiEmulator
 
 SECRET = "AIzaTEST-enrich-key-0123456789"
-FAST = RunSettings(concurrency=4, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2, texts_per_minute=10**7)
 PROMPT = "Summarise in one sentence: {text}"
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from qsync_testing import make_records, qdrant_points, qsync_env, run_qsync, sdk_emulator, write_records
+from qsync_testing import FAST, make_records, qdrant_points, qsync_env, run_qsync, sdk_emulator, write_records
 
 import qsync
 from qsync.app.jobs import create_job
@@ -20,7 +20,6 @@ from qsync.engine.runner import RunResult
 from qsync.errors import ConfigError
 from qsync.money import estimate as costs
 from qsync.money.what_if import what_if
-from qsync.spec.settings import RunSettings
 from qsync.spec.target import point_id
 from qsync.testing.emulator import GeminiEmulator
 from qsync.testing.gemini_model import count_tokens, emulated_vector
@@ -29,7 +28,6 @@ SECRET = "AIzaTEST-secret-key-0123456789"
 G2 = "gemini-embedding-2"
 G1 = "gemini-embedding-001"
 DOC = "title: none | text: "
-FAST = RunSettings(concurrency=4, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2, texts_per_minute=10**7)
 # ~6,000 tokens by both counts: 3-letter words are one emulator token and 4 bytes (one plan token) each.
 LONG_TEXT = " ".join(["cat", "dog", "owl", "elk", "yak"] * 1200)
 

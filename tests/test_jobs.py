@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from qsync_testing import (
+    FAST,
     make_records,
     qsync_cmd,
     qsync_env,
@@ -34,7 +35,6 @@ from qsync.spec.settings import RunSettings
 from qsync.testing.emulator import GeminiEmulator
 
 SECRET = "AIzaJOBS-key-0123456789"
-FAST = RunSettings(concurrency=4, retry_base_s=0.01, retry_max_s=0.05, heartbeat_s=0.2, texts_per_minute=10**7)
 
 
 @pytest.fixture
