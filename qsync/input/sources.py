@@ -118,14 +118,15 @@ def _register_typed(
     con.execute(f"CREATE OR REPLACE TEMP VIEW {INPUT_VIEW} AS {_normalize_sql(relation_sql, columns, types, changed)}")
 
 
-def _register_parquet(con: SqlConnection, relation: str, columns: Columns, source: Any) -> None:
+def _register_parquet(
+    con: SqlConnection, relation: str, columns: Columns, description: str, changed: ChangedSince | None
+) -> None:
     """A Parquet relation, only its changed rows with --changed-since (DuckDB reads the filter's column first and
     skips row groups whose statistics are below the mark)."""
-    changed: ChangedSince | None = source.changed
     if changed and changed.reads_ids:
         keep_ids(con, relation, columns.id_column)
-    filtered = f"({changed.filtered(f'SELECT * FROM {relation}')})" if changed and changed.since else relation
-    _register_typed(con, filtered, columns, source.description, changed)
+    filtered = f"({changed.filtered(f'SELECT * FROM {relation}')})" if changed else relation
+    _register_typed(con, filtered, columns, description, changed)
 
 
 @dataclass
@@ -158,7 +159,7 @@ class FileSource:
         kind = self.kind
         path = _sql_literal(str(self.path))
         if kind == "parquet":
-            _register_parquet(con, f"read_parquet({path})", columns, self)
+            _register_parquet(con, f"read_parquet({path})", columns, self.description, self.changed)
             return []
         if kind == "csv":
             # all_varchar: a CSV cell is text; sniffing "007" into the integer 7 would change ids.
@@ -231,7 +232,7 @@ class ParquetFilesSource:
         return f"read_parquet([{listing}], hive_partitioning = true, union_by_name = true)"
 
     def register(self, con: SqlConnection, columns: Columns) -> list[RejectedRow]:
-        _register_parquet(con, self.relation(), columns, self)
+        _register_parquet(con, self.relation(), columns, self.description, self.changed)
         return []
 
 
