@@ -155,8 +155,7 @@ class LeasedJob:
                 con.execute(
                     "UPDATE jobs SET skipped_records = skipped_records + ? WHERE job_id = ?", [skipped, self.job_id]
                 )
-            b.record_points(con, self.job_id, self.target, self.embedder_signature, batches, now,
-                            any(done.work.batch_no in self._replacing for done in batches))  # fmt: skip
+            b.record_points(con, self.job_id, self.target, self.embedder_signature, batches, now, self._replacing)
 
         self._write_for([done.work for done in batches], apply)
 
