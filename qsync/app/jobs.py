@@ -36,7 +36,7 @@ from qsync.ledger.ledger import Ledger
 from qsync.ledger.plans import PlanSummary
 from qsync.money.recorded import record_estimate
 from qsync.sink.factory import open_sink
-from qsync.sink.protocol import Sink
+from qsync.sink.protocol import Sink, open_soon
 from qsync.spec.embedder import EmbedderSpec
 from qsync.spec.job import KEEP, BudgetOption, JobSpec, content_differences, differences
 from qsync.spec.settings import RunSettings
@@ -162,18 +162,27 @@ def plan(
     sink: Sink | None = None,
 ) -> PlanSummary:
     """Plan a job of exactly this name: snapshot the source into its manifest. Nothing is embedded yet. The collection
-    is checked first, through `sink` (left open) if given, else one opened for the check and closed."""
+    is checked through `sink` (left open) if given, else one opened for the check and closed: a server's first, a
+    Qdrant Edge shard's before the plan commits (a refusal leaves nothing), loading meanwhile (seconds at 2M)."""
     ledger.open()  # the checkpoint file first: an unwritable --db is the clearer error
-    _check_collection(sink or _job_sink(spec, embedder, ledger), close=sink is None)
-    signature = embedder_signature(embedder, spec.enrich.fingerprint() if spec.enrich else "")
-    config = {**spec.to_dict(), "target": spec.target, "embedder_signature": signature}
-    changed = _changed_rows(ledger, spec)
-    return plan_job(
-        ledger, job_id, source, spec.columns, embedder, config, spec.collection, spec.batch_size, clock,
-        target=spec.target, embedder_signature=signature, incremental=spec.incremental,
-        delete_missing=spec.delete_missing, max_cost_usd=max_cost_usd, chunking=spec.chunking,
-        whole_records="enrichment" if spec.enrich else None, changed=changed,
-    )  # fmt: skip
+    checked = sink or _job_sink(spec, embedder, ledger)
+    try:
+        ahead = open_soon(checked)
+        if not ahead:  # a server's answer may take QDRANT_TIMEOUT_S: not while the planning transaction waits
+            _check_collection(checked)
+        signature = embedder_signature(embedder, spec.enrich.fingerprint() if spec.enrich else "")
+        config = {**spec.to_dict(), "target": spec.target, "embedder_signature": signature}
+        changed = _changed_rows(ledger, spec)
+        return plan_job(
+            ledger, job_id, source, spec.columns, embedder, config, spec.collection, spec.batch_size, clock,
+            target=spec.target, embedder_signature=signature, incremental=spec.incremental,
+            delete_missing=spec.delete_missing, max_cost_usd=max_cost_usd, chunking=spec.chunking,
+            whole_records="enrichment" if spec.enrich else None, changed=changed,
+            before_commit=(lambda: _check_collection(checked)) if ahead else None,
+        )  # fmt: skip
+    finally:
+        if sink is None:
+            checked.close()
 
 
 def _changed_rows(ledger: Ledger, spec: JobSpec) -> ChangedSince | None:
@@ -212,17 +221,14 @@ def _job_sink(spec: JobSpec, embedder: Embedder, ledger: Ledger) -> Sink:
     return open_sink(spec.sink, spec.collection, embedder.dimensions, spec.collection_options, base=ledger.path.parent)
 
 
-def _check_collection(sink: Sink, *, close: bool) -> None:
+def _check_collection(sink: Sink) -> None:
     """Refuse a job whose vectors the collection cannot hold (another size or distance, or a vector name a server
-    cannot add) before it is planned, rather than leave a job that can only fail. A Qdrant that is away or busy is
+    cannot add) before its plan commits, rather than leave a job that can only fail. A Qdrant that is away or busy is
     not an error here: the run waits for it, and checks again."""
     try:
         sink.ensure_collection()
     except TransientError:
         pass
-    finally:
-        if close:
-            sink.close()
 
 
 def make_runner(

@@ -5,6 +5,7 @@ bad rows are skipped with their reasons. The source is read, checked and recorde
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -64,11 +65,14 @@ def plan_job(
     chunking: Chunking | None = None,
     whole_records: str | None = None,
     changed: ChangedSince | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> PlanSummary:
     """Plan a job: snapshot the source into its manifest. Refused if a job of that name exists already. With
     `chunking` on, a text longer than the model takes is cut into chunks (input.chunks), a manifest row each;
     `whole_records` names what cannot work on chunks (enrichment): the plan is refused if a record must be cut.
-    `changed`: read only the rows changed since a mark (input.changed), and record where the next job starts."""
+    `changed`: read only the rows changed since a mark (input.changed), and record where the next job starts.
+    `before_commit`: a last check (the collection), run inside the planning transaction once the source is read: what
+    it raises leaves nothing planned, and what it waits for (a shard loading) overlaps the planning."""
     if batch_size < 1:
         raise ConfigError("batch size must be at least 1")
     batch_size = min(batch_size, limits.max_batch_texts)
@@ -100,6 +104,8 @@ def plan_job(
             con.execute(f"DROP TABLE IF EXISTS {name}")
         con.execute(f"DROP VIEW IF EXISTS {INPUT_VIEW}")
         _unregister(con)
+        if before_commit is not None:
+            before_commit()
     return summary
 
 

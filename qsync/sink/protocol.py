@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -70,6 +70,23 @@ class Sink(Protocol):
     def close(self) -> None:
         """Let go of the collection (an embedded shard closes once no job of this process uses it)."""
         ...
+
+
+@runtime_checkable
+class OpensAhead(Protocol):
+    """A sink whose collection takes long to open (a Qdrant Edge shard of millions of points: ~1.5 s) and can start
+    opening in the background while its caller does other work; its first use waits for it."""
+
+    def open_soon(self) -> None: ...
+
+
+def open_soon(sink: Sink) -> bool:
+    """Start opening the sink's collection in the background, if it can (OpensAhead: then True, and its
+    ensure_collection is local, waiting at most for that load); else nothing (a server: False)."""
+    if isinstance(sink, OpensAhead):
+        sink.open_soon()
+        return True
+    return False
 
 
 def mismatch(collection: str, size: int | None, distance: str | None, dimensions: int, wanted: str) -> None:

@@ -1,0 +1,56 @@
+"""An existing Qdrant Edge shard loads (seconds at millions of points) while a job is planned, not before; the
+collection is still checked before the plan commits, and a refusal leaves nothing planned."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qsync_testing import make_records, write_records
+
+from qsync.app.jobs import create_job, prepare
+from qsync.errors import ConfigError
+from qsync.ledger.ledger import Ledger
+
+
+def test_an_existing_shard_loads_while_the_job_is_planned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qsync.input import plan
+    from qsync.sink import shards
+
+    src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(60))
+    options: dict[str, Any] = {"collection": "c", "db": db, "embedder": "hash", "dimensions": 16}
+    create_job(src, job="first", **options)  # the shard exists from here on
+    planning, loading_started = threading.Event(), threading.Event()
+    during: list[bool] = []
+    acquire, check_records = shards.acquire, plan.check_records
+
+    def loading(path: Path, new_config: dict[str, Any] | None = None) -> shards.SharedShard:
+        loading_started.set()
+        during.append(planning.wait(timeout=60))  # a load finished before the planning would wait here in vain
+        return acquire(path, new_config)
+
+    def checking(*args: Any, **kwargs: Any) -> Any:
+        planning.set()
+        during.append(loading_started.wait(timeout=60))  # and one started after it, here
+        return check_records(*args, **kwargs)
+
+    monkeypatch.setattr(shards, "acquire", loading)
+    monkeypatch.setattr(plan, "check_records", checking)
+    write_records(src, make_records(80))
+    assert prepare(src, job="second", **options) == "second"
+    assert during == [True, True]  # loaded once, while the source was read and checked
+
+
+def test_a_collection_refused_before_the_plan_commits_leaves_nothing_planned(tmp_path: Path) -> None:
+    src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(30))
+    create_job(src, collection="c", job="narrow", db=db, embedder="hash", dimensions=32)
+    with pytest.raises(ConfigError, match="holds vectors of size 32, but this job makes 64"):
+        create_job(src, collection="c", job="wide", db=db, embedder="hash", dimensions=64)
+    with Ledger(db) as ledger:
+        jobs = ledger.query_rows("SELECT job_id FROM jobs")
+        rows = ledger.query_rows("SELECT count(*) FROM manifest WHERE job_id = 'wide'")
+    assert jobs == [("narrow",)] and rows == [(0,)]
