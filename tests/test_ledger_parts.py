@@ -89,6 +89,28 @@ def test_planning_keeps_the_good_records_in_batches_and_skips_each_bad_one_with_
     assert (figures.total_records, figures.skipped_records, figures.remaining_records) == (9, 6, 3)
 
 
+def test_a_duplicate_id_outranks_only_the_payload_and_length_checks(tmp_path: Path) -> None:
+    """Rows after the first of an id are duplicates, whether the first was good or bad; a duplicate that is also
+    blank is told as blank, one that is also too long as a duplicate (the order the checks have always had)."""
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "a", "a", "b", "b", "c"],
+            "text": ["   ", "fine", "x " * 30, "ok", "", "fine"],
+        }
+    )
+    with Ledger(tmp_path / "q.duckdb") as ledger:
+        _plan(ledger, frame, chunking=Chunking(0))
+        reasons = ledger.query_rows("SELECT ordinal, reason FROM skipped ORDER BY ordinal")
+        manifest = ledger.query_rows("SELECT record_id FROM manifest ORDER BY ordinal")
+    assert reasons == [
+        (0, "text is empty or whitespace"),
+        (1, "duplicate id (first seen at row 1)"),
+        (2, "duplicate id (first seen at row 1)"),
+        (4, "text is empty or whitespace"),
+    ]
+    assert manifest == [("b",), ("c",)]
+
+
 def test_a_plan_that_fails_half_way_leaves_nothing_behind(tmp_path: Path) -> None:
     class Broken(DataFrameSource):
         def register(self, con: SqlConnection, columns: Columns) -> list[RejectedRow]:

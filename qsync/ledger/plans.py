@@ -84,23 +84,20 @@ def record_plan(
         WHERE c.reason IS NULL
         """
     )
-    con.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE __qsync_unchanged AS
-        SELECT u.ordinal, u.chunk_no FROM __qsync_units u JOIN points p
-          ON p.target = ? AND p.embedder = ? AND p.record_id = u.record_id AND p.chunk_no = u.chunk_no
-             AND p.source_hash = u.content_hash
-             -- the payload as planned (points written before payload hashes were kept: by their text alone)
-             AND (p.payload_hash IS NULL OR p.payload_hash = sha256(u.payload::VARCHAR))
-        WHERE ?
-        """,
-        [target, embedder_signature, incremental and bool(target)],
-    )
+    # Unchanged: a point the target holds with the same text and payload as planned, by the same embedder (points
+    # written before payload hashes were kept: by their text alone). One anti join with the points table: the
+    # unchanged rows (all but 1% in a re-sync) are never written out.
+    todo = "SELECT * FROM __qsync_units"
+    if incremental and target:
+        todo = """
+            SELECT u.* FROM __qsync_units u ANTI JOIN
+                (SELECT record_id, chunk_no, source_hash, payload_hash FROM points WHERE target = $1 AND embedder = $2) p
+              ON p.record_id = u.record_id AND p.chunk_no = u.chunk_no AND p.source_hash = u.content_hash
+                 AND (p.payload_hash IS NULL OR p.payload_hash = sha256(u.payload::VARCHAR))"""
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE __qsync_todo AS
-        WITH todo AS (
-            SELECT * FROM __qsync_units ANTI JOIN __qsync_unchanged USING (ordinal, chunk_no)
+        WITH todo AS MATERIALIZED ({todo}
         ), starts AS (  -- where each record's chunks start in the run of chunks: a batch holds whole records
             SELECT ordinal, sum(count(*)) OVER (ORDER BY ordinal) - count(*) AS start FROM todo GROUP BY ordinal
         ), numbers AS (  -- numbered a record at a time, not a row of text at a time: half the time at 2M records
@@ -108,7 +105,8 @@ def record_plan(
             FROM starts
         )
         SELECT todo.*, batch_no FROM todo JOIN numbers USING (ordinal)
-        """
+        """,
+        [target, embedder_signature] if incremental and target else [],
     )
     con.execute(
         """
@@ -175,6 +173,6 @@ def record_plan(
         [job_id, json.dumps(config), source, collection, batch_size, valid + skipped, skipped, batches, now, now,
          unchanged, max_cost_usd, chunks, read and read.column, read and read.since, read and read.high_water],
     )  # fmt: skip
-    for table in ("__qsync_units", "__qsync_unchanged", "__qsync_todo"):
+    for table in ("__qsync_units", "__qsync_todo"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     return PlanSummary(job_id, valid + skipped, valid, skipped, batches, unchanged, chunks)
