@@ -22,10 +22,10 @@ from qsync.errors import LeaseLost, NotClaimable
 from qsync.ledger import batches as ledger_batches
 from qsync.ledger.batches import MANIFEST_READ_AHEAD, BatchWork, Completion
 from qsync.ledger.cache import cache_key, lookup_vectors
-from qsync.ledger.jobs import JobState
 from qsync.ledger.lease import release_lease, take_lease
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.run import LeasedJob
+from qsync.ledger.states import JobState
 
 
 class CountingLedger(Ledger):
