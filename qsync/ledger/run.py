@@ -31,6 +31,9 @@ from qsync.ledger.cache import (
     forget,
     forget_beyond,
     insert_vectors,
+    lookup_from_rows,
+    lookup_keys,
+    lookup_sql,
     lookup_vectors,
     set_tokens,
 )
@@ -278,9 +281,29 @@ class LeasedJob:
 
     # -- texts paid for right now, across processes -------------------------------------------------------------
 
-    def claim_texts(self, keys: list[str]) -> set[str]:
-        """Claim these cache keys for this run's calls; return those another live run is paying for right now."""
-        return self.commit.write(lambda con: claims.claim(con, keys, self.job_id, self.lease.token, self.clock.now()))
+    def claim_texts(self, embedder: CacheIdentity, hashes: list[str]) -> tuple[Lookup, set[str]]:
+        """Claim these texts for this run's calls, in the transaction that looks for them in the cache and in other
+        runs' claims (one round trip): what the cache holds of them (taken from it, not claimed), and the hashes
+        another live run is paying for right now (to wait for). A cached vector whose bytes the vector file lost is
+        forgotten there, and its text claimed."""
+        keys = lookup_keys(embedder, hashes)
+        own = {cache_key(embedder, h): h for h in dict.fromkeys(hashes)}
+        cached_sql = lookup_sql(keys, batch_mode_origin(self.job_id))
+
+        def apply(con: Any) -> tuple[Lookup, set[str]]:
+            now = self.clock.now()
+            held, cached = claims.held_and_cached(con, list(own), self.lease.token, cached_sql)
+            taken = claims.live(held.fetchall(), now)
+            found = lookup_from_rows(cached.fetchall(), keys, self.ledger.vectors, embedder)
+            if found.lost:
+                forget(con, found.lost)
+            mine = [k for k, h in own.items() if h not in found.found and k not in taken]
+            claims.take(con, mine, self.job_id, self.lease.token, now)
+            return found, {own[k] for k in taken if own[k] not in found.found}
+
+        found, elsewhere = self.commit.write(apply)
+        self.lost_vectors += len(found.lost)
+        return found, elsewhere
 
     def claimed_elsewhere(self, keys: list[str]) -> set[str]:
         """Of these cache keys, those another live run still has claimed."""
