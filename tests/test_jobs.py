@@ -325,9 +325,9 @@ def test_a_resync_keeps_one_points_row_per_point_for_changed_and_new_records(tmp
     assert qsync.status(again.job_id, db=tmp_path / "q.duckdb")["unchanged_records"] == 600
 
 
-def test_qsync_run_reads_the_whole_checkpoint_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The integrity check (every block of every table read: seconds at 2M records) runs once for `qsync run`, before
-    anything is planned into the file; and a damaged file is still told before planning (test_ledger_faults)."""
+def _count_whole_file_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[Path]]:
+    """The CLI's module, and the list each integrity check (a read of the whole checkpoint file) appends its file to,
+    wherever it runs: the CLI's start-up, app.jobs, the runner."""
     import importlib
 
     from qsync.app import jobs
@@ -344,6 +344,13 @@ def test_qsync_run_reads_the_whole_checkpoint_file_once(tmp_path: Path, monkeypa
     for module in (jobs, runner):
         monkeypatch.setattr(module, "check_integrity", counting, raising=False)
     monkeypatch.setattr(cli, "check", counting)
+    return cli, checks
+
+
+def test_qsync_run_reads_the_whole_checkpoint_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The integrity check (every block of every table read: seconds at 2M records) runs once for `qsync run`, before
+    anything is planned into the file; and a damaged file is still told before planning (test_ledger_faults)."""
+    cli, checks = _count_whole_file_reads(monkeypatch)
     src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(120))
     for _ in range(2):  # a new job, then a re-sync of a file that holds one
@@ -351,3 +358,16 @@ def test_qsync_run_reads_the_whole_checkpoint_file_once(tmp_path: Path, monkeypa
                          "--dimensions", "16", "--quiet"])  # fmt: skip
         assert code == 0
     assert checks == [db, db]
+
+
+def test_qsync_resume_reads_the_whole_checkpoint_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`qsync resume` checks the file before it runs (as every command that reads one does), and its runner does not
+    read it all again."""
+    cli, checks = _count_whole_file_reads(monkeypatch)
+    src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(120))
+    planned = create_job(src, db=db, collection="c", embedder="hash", dimensions=16, qdrant_path=tmp_path / "qdrant")
+    assert checks == []  # planned, not run
+    assert cli.main(["resume", planned.job_id, "--db", str(db), "--quiet"]) == 0
+    assert checks == [db]
+    assert qsync.status(planned.job_id, db=db)["loaded_records"] == 120

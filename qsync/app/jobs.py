@@ -329,11 +329,13 @@ def run_job(
     embedder: Embedder | None = None,
     only_batches: Sequence[int] | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    checked: bool = False,
 ) -> RunResult:
-    """Run (or resume) a planned job, as stored, until it completes, pauses or fails."""
+    """Run (or resume) a planned job, as stored, until it completes, pauses or fails. `checked`: the caller has just
+    read the whole checkpoint file (`qsync resume` does, as every command that reads one): the runner does not again."""
     return make_runner(
         job, db=db, settings=settings, concurrency=concurrency, listeners=listeners, max_cost_usd=max_cost_usd,
-        embedder=embedder, only_batches=only_batches, clock=clock,
+        embedder=embedder, only_batches=only_batches, clock=clock, checked=checked,
     ).run()  # fmt: skip
 
 
