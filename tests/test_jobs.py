@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from qsync_testing import (
     FAST,
+    count_shard_loads,
     make_records,
     qsync_cmd,
     qsync_env,
@@ -281,19 +282,7 @@ def test_pause_during_a_long_backoff_takes_effect_within_a_second(tmp_path: Path
 def test_a_run_loads_its_qdrant_edge_shard_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The collection checked before a new job is planned is the one its run writes to: one Edge host process, one
     load of the shard (seconds at millions of points), for a new job and for a re-sync alike."""
-    from qsync.sink import shards
-
-    loads: list[Path] = []
-    acquire = shards.acquire
-
-    def counting(path: Path, new_config: dict[str, Any] | None = None) -> shards.SharedShard:
-        before = set(shards._open)
-        shared = acquire(path, new_config)
-        if shared.path not in before:
-            loads.append(shared.path)  # not shared with a job of this process: a host started, the shard loaded
-        return shared
-
-    monkeypatch.setattr(shards, "acquire", counting)
+    loads = count_shard_loads(monkeypatch)
     src = tmp_path / "docs.jsonl"
     write_records(src, make_records(300))
     assert _run(src, tmp_path, embedder="hash").status == "completed"
@@ -302,6 +291,26 @@ def test_a_run_loads_its_qdrant_edge_shard_once(tmp_path: Path, monkeypatch: pyt
     result = _run(src, tmp_path, embedder="hash")
     assert (result.status, result.run_records, len(loads)) == ("completed", 100, 2)
     assert qsync.status(result.job_id, db=tmp_path / "q.duckdb")["loaded_records"] == 100
+
+
+def test_a_run_from_a_notebook_loads_its_shard_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a Jupyter kernel runs (`qsync.start`, and `qsync.run` showing its progress) opens the job as `qsync run`
+    does: the shard that checked the collection before planning is the one the run writes to, loaded once."""
+    from qsync import api
+
+    loads = count_shard_loads(monkeypatch)
+    src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(300))
+    options: dict[str, Any] = {"db": db, "qdrant_path": tmp_path / "qdrant", "collection": "c", "embedder": "hash",
+                               "dimensions": 32, "settings": FAST}  # fmt: skip
+    handle = qsync.start(src, progress=False, **options)
+    result = handle.wait(60)
+    assert result is not None and result.ok and len(loads) == 1
+    write_records(src, make_records(400))  # a re-sync, run as in a kernel: its progress shown where the cell is
+    monkeypatch.setattr(api, "_in_notebook", lambda: True)
+    result = qsync.run(src, **options)
+    assert (result.status, result.run_records, len(loads)) == ("completed", 100, 2)
+    assert qsync.status(result.job_id, db=db)["loaded_records"] == 100
 
 
 def test_a_resync_keeps_one_points_row_per_point_for_changed_and_new_records(tmp_path: Path) -> None:

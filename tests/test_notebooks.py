@@ -18,6 +18,7 @@ from nbclient import NotebookClient
 from qsync_testing import (
     REPO,
     EmulatorProcess,
+    count_shard_loads,
     make_records,
     qdrant_points,
     qsync_cmd,
@@ -262,6 +263,17 @@ def test_a_rerun_notebook_finds_its_job_and_a_resync_resumes_as_itself(tmp_path:
     assert result is not None and result.job_id == "c:src#2" and result.ok, "Start resumed the re-sync, not #3"
     assert "Resuming" in third.message.value or "completed" in third.message.value
     assert sorted(qsync.jobs(db=db)["job"]) == ["c:src", "c:src#2"]
+
+
+def test_start_loads_the_jobs_shard_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start opens the job as `qsync run` does: the Qdrant Edge shard that checked the collection before the job was
+    planned is the one its run writes to (a load takes seconds at millions of points)."""
+    loads = count_shard_loads(monkeypatch)
+    launcher = _launcher(tmp_path, n=300)
+    launcher.start()
+    result = launcher.wait(60)
+    assert result is not None and result.ok
+    assert len(loads) == 1, loads
 
 
 def test_a_form_that_differs_from_the_unfinished_job_offers_two_ways_on(tmp_path: Path) -> None:

@@ -207,8 +207,9 @@ class Launcher(LauncherControls):
     def _plan_and_run(self, budget: float | None) -> None:
         """On the planning thread: plan (or pick up) the job; what follows happens on the kernel's side."""
         try:
-            job = jobs.prepare(self.form.source_value(), db=self.db, max_cost_usd=budget, settings=self.form.settings(),
-                               **self.form.spec_options())  # fmt: skip
+            # Opened for the run that follows (as `qsync run` does): the collection checked is the one it writes to.
+            job = jobs.open_for_run(self.form.source_value(), db=self.db, max_cost_usd=budget,
+                                    settings=self.form.settings(), **self.form.spec_options())  # fmt: skip
         except SpecMismatch as exc:
             self.ui.call(self._show_mismatch, exc)
             return
@@ -222,10 +223,11 @@ class Launcher(LauncherControls):
         self.message.value = error_html(f"Not started: {exc}")
         self._buttons(running=False)
 
-    def _launch(self, job: str, budget: float | None) -> None:
-        self.job = job
-        if self.monitor.job != job:
-            self.monitor.reset(job)
+    def _launch(self, job: str | jobs.OpenedJob, budget: float | None) -> None:
+        """Run the job in the background: one just opened (its sink goes to the runner), or by name (Resume)."""
+        self.job = job.job_id if isinstance(job, jobs.OpenedJob) else job
+        if self.monitor.job != self.job:
+            self.monitor.reset(self.job)
         try:
             self.handle = start_job(job, db=self.db, settings=self.form.settings(), max_cost_usd=budget,
                                     listeners=[self.monitor, self._on_event])  # fmt: skip
