@@ -216,6 +216,34 @@ def test_every_view_of_a_job_shows_the_same_figures(tmp_path: Path, emulator: Ge
 # -- options are typed and never leak ---------------------------------------------------------------
 
 
+def test_the_concurrency_said_before_a_run_is_the_one_its_runner_chooses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`app.options.calls_in_flight` (what the launcher says beside an empty Batches at once) and a Runner built from
+    the same options choose alike, whatever the embedder, its price, the limits and the batch size."""
+    from qsync.app.options import build_spec, calls_in_flight
+    from qsync.embedders.factory import build_embedder
+    from qsync.engine.runner import Runner
+    from qsync.ledger.ledger import Ledger
+
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key")  # built, never called
+    src = tmp_path / "docs.jsonl"
+    write_records(src, make_records(3))
+    chosen = set()
+    for embedder, options in (("hash", {}), ("hash", {"price_per_million_tokens": 0.1}), ("gemini", {})):
+        for texts_per_minute in (None, 3_000, 30_000, 10**7):
+            for batch_size in (20, 100):
+                spec, _ = build_spec(src, collection="c", db=tmp_path / "q.duckdb", embedder=embedder,
+                                     embedder_options=options, batch_size=batch_size)  # fmt: skip
+                settings = RunSettings(texts_per_minute=texts_per_minute)
+                built = build_embedder(spec.embedder)
+                runner = Runner(Ledger(tmp_path / "q.duckdb"), "c:docs", spec, built, None, settings, "")  # type: ignore[arg-type]
+                said = calls_in_flight(settings, spec.embedder, batch_size)
+                assert said == runner.concurrency, (embedder, options, texts_per_minute, batch_size)
+                chosen.add(said)
+    assert chosen == {4, 5, 16}  # the limits and the price made a difference: tier 1, 30,000 a minute, no limit
+
+
 def test_options_are_checked_and_settings_are_never_changed_behind_the_callers_back(tmp_path: Path) -> None:
     src = tmp_path / "s.jsonl"
     write_records(src, make_records(10))
