@@ -373,14 +373,17 @@ def _count_whole_file_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[
 
     cli = importlib.import_module("qsync.cli.main")  # the module (qsync.cli's `main` is its function)
     checks: list[Path] = []
+    check = integrity.check
 
     def counting(ledger: Any) -> None:
         checks.append(ledger.path)
-        integrity.check(ledger)
+        check(ledger)
 
     for module in (jobs, runner):
         monkeypatch.setattr(module, "check_integrity", counting, raising=False)
-    monkeypatch.setattr(cli, "check", counting)
+    # The CLI's start-up: its name for the check if it imported one, else the check it imports when it runs.
+    monkeypatch.setattr(cli, "check", counting, raising=False)
+    monkeypatch.setattr(integrity, "check", counting)
     return cli, checks
 
 
