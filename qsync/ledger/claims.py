@@ -13,7 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from qsync.ledger.cache import CacheIdentity, Lookup, cache_key, forget, lookup_from_rows, lookup_keys, lookup_sql
 from qsync.ledger.process import lease_is_live
+from qsync.ledger.vectorfile import VectorFile
 from qsync.spec.defaults import stale_after_s
 
 _HELD = """SELECT c.cache_key, j.owner_pid, j.owner_host, j.heartbeat_at, coalesce(j.stale_after_s, ?), false
@@ -39,6 +41,25 @@ def held_and_cached(con: Any, keys: list[str], token: str, cached_sql: str) -> t
     transaction that claims the rest (`take`), so that a text saved a moment ago is taken from the cache, never
     claimed and paid for again."""
     return con.execute(_HELD, [stale_after_s(), token, keys]), con.execute(cached_sql)
+
+
+def claim_uncached(
+    con: Any, vectors: VectorFile, embedder: CacheIdentity, hashes: list[str], job_id: str, token: str, now: datetime,
+    free_origin: str,
+) -> tuple[Lookup, set[str]]:  # fmt: skip
+    """Inside the caller's lease-checked transaction, one round trip: what the cache holds of these texts (their
+    vectors: taken from it, not claimed; `free_origin` as in cache.lookup_vectors), and the hashes another live run
+    has claimed (to wait for); the rest claimed for the run of `token`. A cached vector whose bytes the vector file
+    lost is forgotten here, and its text claimed (to be paid once more)."""
+    keys = lookup_keys(embedder, hashes)
+    own = {cache_key(embedder, h): h for h in dict.fromkeys(hashes)}
+    held, cached = held_and_cached(con, list(own), token, lookup_sql(keys, free_origin))
+    taken = live(held.fetchall(), now)
+    found = lookup_from_rows(cached.fetchall(), keys, vectors, embedder)
+    if found.lost:
+        forget(con, found.lost)
+    take(con, [k for k, h in own.items() if h not in found.found and k not in taken], job_id, token, now)
+    return found, {own[k] for k in taken if own[k] not in found.found}
 
 
 def take(con: Any, keys: list[str], job_id: str, token: str, now: datetime) -> None:
