@@ -27,7 +27,10 @@ whole: both sides as a user meets them, each a whole process timed from its star
     upserting into a Qdrant Edge shard) and `qsync run` on the same file (planning, the run, the exit; default settings except the rate
     limits, which the loop does not have either; --concurrency omitted: qsync's default). The emulator answers
     as Google's batchEmbedContents does, without usageMetadata. Each --tree is a qsync source tree run with this
-    Python (PYTHONPATH), alternating with the loop in every round. One JSON line per process.
+    Python (PYTHONPATH), alternating with the loop in every round. One JSON line per process. An untimed round
+    first has the emulator keep every text's answer, so that its JSON encoding (~25 ms of CPU a call of 100) does
+    not compete with the tools for the machine's cores while timed (Google's servers cost the client no CPU);
+    --cold leaves it out.
 """
 
 from __future__ import annotations
@@ -121,7 +124,15 @@ def loop(n: int, concurrency: int, latency_s: float = 0.3, in_memory: bool = Fal
     }
 
 
-def whole(n: int, latency_s: float, rounds: int, concurrency: int | None, trees: list[str], out: Path | None) -> None:
+def whole(
+    n: int,
+    latency_s: float,
+    rounds: int,
+    concurrency: int | None,
+    trees: list[str],
+    out: Path | None,
+    warm: bool = True,
+) -> None:
     """Alternating whole processes: the plain loop, then `qsync run` from each tree, `rounds` times (the order of
     the trees turns each round)."""
     work = Path(tempfile.mkdtemp(prefix="qsync-whole-"))
@@ -129,7 +140,9 @@ def whole(n: int, latency_s: float, rounds: int, concurrency: int | None, trees:
     records(n).to_parquet(source)
     named = [tuple(t.split("=", 1)) if "=" in t else (t, t) for t in trees]
     with EmulatorProcess(latency_s=latency_s) as emulator:  # without usageMetadata, as the real API
-        for round_no in range(rounds):
+        # Round -1, untimed: the emulator keeps each text's answer (gemini_model.answer_json), so that in the timed
+        # rounds it spends next to no CPU on the 2 cores the tools share with it, as Google's servers spend none.
+        for round_no in range(-1 if warm else 0, rounds):
             turn = named[round_no % len(named) :] + named[: round_no % len(named)]
             for name, tree in [("loop", ""), *turn]:
                 folder = work / f"{round_no}-{name}"
@@ -164,6 +177,9 @@ def whole(n: int, latency_s: float, rounds: int, concurrency: int | None, trees:
                 }  # fmt: skip
                 if done.returncode:
                     line["stderr"] = done.stderr[-2000:]
+                if round_no < 0:
+                    continue  # the warm-up
+                line["warm_emulator"] = warm
                 print(json.dumps(line), flush=True)
                 if out is not None:
                     with out.open("a") as f:
@@ -203,13 +219,17 @@ def main() -> None:
         "--concurrency", type=int, help="qsync's concurrency (loop, overhead: 8; whole: qsync's default)"
     )
     parser.add_argument("--latency", type=float, default=0.0, help="overhead: seconds the emulator takes per call")
+    parser.add_argument("--cold", action="store_true",
+                        help="whole: no untimed warm-up round (the emulator encodes every answer while timed)")  # fmt: skip
     args = parser.parse_args()
     if args.which == "summary":  # of a `whole` file: --out's
         for side, figures in summary(args.out).items():
             print(json.dumps({"side": side, **figures}))
         return
     if args.which == "whole":
-        whole(args.records, args.latency, args.rounds, args.concurrency, args.tree or ["now=."], args.out)
+        whole(
+            args.records, args.latency, args.rounds, args.concurrency, args.tree or ["now=."], args.out, not args.cold
+        )
         return
     if args.which == "ceiling":
         report = ceiling(args.minutes)

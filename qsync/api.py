@@ -46,7 +46,7 @@ def start(
 ) -> JobHandle:
     """Plan the job (or pick up the unfinished one of that name; its estimate is recorded when new), then
     run it in a background thread. In a notebook, shows its progress (`progress=False`: not)."""
-    job = jobs.prepare(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock, **options)
+    job = jobs.open_for_run(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock, **options)
     shown = [*listeners, *_notebook_progress(job, db, progress)]
     return start_job(job, db=db, settings=settings, concurrency=concurrency, listeners=shown,
                      max_cost_usd=max_cost_usd, clock=clock)  # fmt: skip
@@ -77,7 +77,8 @@ def run(
     clock: Clock = SYSTEM_CLOCK,
     **options: Unpack[SpecOptions],
 ) -> RunResult | JobHandle:
-    """Open the job (`app.jobs.prepare`) and run it until it completes, pauses or fails.
+    """Open the job (`app.jobs.open_for_run`, as `qsync run` does: the collection checked is the
+    one the run writes to, a Qdrant Edge shard loaded once) and run it until it completes, pauses or fails.
 
     `background=True` returns a `JobHandle` at once (see `start`). In a Jupyter kernel the run shows its
     progress where the cell is; elsewhere it is exactly `app.jobs.run`."""
@@ -87,7 +88,7 @@ def run(
     if not _in_notebook() or progress is False:
         return jobs.run(source, db=db, settings=settings, concurrency=concurrency, listeners=listeners,
                         max_cost_usd=max_cost_usd, clock=clock, **options)  # fmt: skip
-    job = jobs.prepare(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock, **options)
+    job = jobs.open_for_run(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock, **options)
     shown = [*listeners, *_notebook_progress(job, db, progress)]
     return jobs.run_job(job, db=db, settings=settings, concurrency=concurrency, listeners=shown,
                         max_cost_usd=max_cost_usd, clock=clock)  # fmt: skip
@@ -105,15 +106,20 @@ def _in_notebook() -> bool:
     return True
 
 
-def _notebook_progress(job: str, db: PathLike | None, progress: bool | None) -> list[Listener]:
-    """A JobMonitor shown in the cell's output, when in a notebook (`progress` None) or asked for."""
+def _notebook_progress(job: jobs.OpenedJob, db: PathLike | None, progress: bool | None) -> list[Listener]:
+    """A JobMonitor shown in the cell's output, when in a notebook (`progress` None) or asked for. The job's open
+    sink is closed if it cannot be shown (its run does not start)."""
     if progress is False or (progress is None and not _in_notebook()):
         return []
-    from IPython.display import display
+    try:
+        from IPython.display import display
 
-    from qsync.notebook.monitor import JobMonitor
+        from qsync.notebook.monitor import JobMonitor
 
-    monitor = JobMonitor(job, db=None if db is None else Path(db))
-    display(monitor)  # type: ignore[no-untyped-call]
+        monitor = JobMonitor(job.job_id, db=None if db is None else Path(db))
+        display(monitor)  # type: ignore[no-untyped-call]
+    except BaseException:
+        job.close()
+        raise
     listener: Listener = monitor
     return [listener]

@@ -23,6 +23,18 @@ class SqlConnection(Protocol):
     def unregister(self, name: str, /) -> Any: ...
 
 
+def quoted(value: str) -> str:
+    """`value` as an SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def literal_list(values: list[str]) -> str:
+    """Strings as a list of SQL literals, for `x IN (...)`: DuckDB looks each up in a primary-key index (a join with a
+    list parameter scans the table), and binding a literal costs less than binding a parameter (~10 µs each: a
+    third of a 100-key lookup's time)."""
+    return ", ".join(quoted(v) for v in values)
+
+
 def first_row(result: Rows) -> tuple[Any, ...] | None:
     """The first row, with the result consumed: DuckDB 2 refuses register() while a result is half read."""
     rows = result.fetchall()

@@ -112,6 +112,25 @@ def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.05) -> Any
     raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
 
 
+def count_shard_loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The Qdrant Edge shards this process loads from now on (a shard's folder each time a host is started for it and
+    the shard loaded, not when a job of this process shares one already open): seconds each at millions of points."""
+    from qsync.sink import shards
+
+    loads: list[Path] = []
+    acquire = shards.acquire
+
+    def counting(path: Path, new_config: dict[str, Any] | None = None) -> shards.SharedShard:
+        before = set(shards._open)
+        shared = acquire(path, new_config)
+        if shared.path not in before:
+            loads.append(shared.path)
+        return shared
+
+    monkeypatch.setattr(shards, "acquire", counting)
+    return loads
+
+
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
     """Write records as CSV or JSON lines, by the file's extension."""
     if path.suffix == ".csv":

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from qsync_testing import make_records, write_records
+from qsync_testing import make_records, run_qsync, wait_for, write_records
 
 import qsync
 from qsync.cli import main
@@ -141,9 +141,9 @@ def test_a_refused_resume_changes_nothing_not_even_the_budget(
 
     from qsync.app.jobs import create_job
     from qsync.clock import SYSTEM_CLOCK
-    from qsync.ledger.jobs import JobState
     from qsync.ledger.lease import release_lease, take_lease
     from qsync.ledger.ledger import Ledger
+    from qsync.ledger.states import JobState
 
     db = tmp_path / "q.duckdb"
     create_job(_records_file(tmp_path), collection="c", job="j", db=db,
@@ -163,3 +163,18 @@ def _records_file(tmp_path: Path) -> Path:
     src = tmp_path / "records.jsonl"
     write_records(src, make_records(50))
     return src
+
+
+def test_a_run_refused_before_planning_leaves_no_checkpoint_file(tmp_path: Path) -> None:
+    """`qsync run` starts the file's host (which makes the file) while it imports the rest of qsync; a run refused
+    before it opens the file (here a source that is not there) leaves no file, nor the folder made for it, behind
+    once that host is gone."""
+    src, db = tmp_path / "a.jsonl", tmp_path / "new" / "q.duckdb"
+    out = run_qsync("run", "--source", str(src), "--collection", "c", "--db", str(db), "--embedder", "hash", "--quiet")
+    assert out.returncode == 1 and "does not exist" in out.stderr, out.stderr
+    wait_for(lambda: not db.parent.exists(), timeout=60)
+    # With the source there, the file is made and kept.
+    write_records(src, make_records(5))
+    out = run_qsync("run", "--source", str(src), "--collection", "c", "--db", str(db), "--embedder", "hash", "--quiet")
+    assert out.returncode == EXIT_OK, out.stderr
+    assert db.exists() and qsync.status(db=db)["status"] == "completed"

@@ -126,9 +126,9 @@ def test_recorded_cost_matches_metered_tokens_and_the_estimate(
     assert cost["tokens"] == emulator.tokens_metered
     assert cost["cost_usd"] == pytest.approx(emulator.tokens_metered * 0.15 / 1e6, rel=0.01)
     assert not cost["tokens_estimated"]
-    # The calibration of the estimate recorded when the job was planned, and of `before`: 2 calls of 100 each; the
-    # run's 10 answers without usage are counted together (engine.counting), not one countTokens call each.
-    run_counts = emulator.requests["countTokens"] - 2 - 2
+    # The calibration of the estimate recorded when the job was planned, and of `before`: one call of 200 texts
+    # each; the run's 10 answers without usage are counted together (engine.counting), not one call each.
+    run_counts = emulator.requests["countTokens"] - 1 - 1
     assert run_counts == 0 if usage_metadata else 1 <= run_counts <= 3
     assert before["tokens"] == pytest.approx(cost["tokens"], rel=0.10)
     assert before["cost_usd"] == pytest.approx(cost["cost_usd"], rel=0.10)

@@ -261,3 +261,23 @@ def test_the_what_if_table_of_a_media_job_lists_only_media_models_and_prices_med
     assert set(table["mode"]) == {"standard"}  # qsync's Batch Mode submits texts only
     row = table[table["dimensions"] == 768].iloc[0]
     assert row["cost_usd"] == pytest.approx((60 * 0.20 + 2580 * 0.45) / 1e6)
+
+
+@pytest.mark.parametrize("model", [G2, G1])
+def test_count_tokens_sends_one_content_per_text_as_the_sdk_makes_it(emulator: GeminiEmulator, model: str) -> None:
+    """countTokens's contents are built as dicts (the SDK converts Content objects 2.5x slower): the request must be
+    the one the SDK makes of one Content per text, each text as the model receives it, and the count their sum."""
+    from google.genai import types
+
+    from qsync.embedders.gemini import GeminiEmbedder
+
+    embedder = GeminiEmbedder(dimensions=128, model=model)
+    bodies: list[dict[str, Any]] = []
+    emulator.hooks.append(lambda verb, body: bodies.append(body) if verb == "countTokens" else None)
+    texts = ["alpha beta", "gamma", "délta ünïcode " * 20]
+    total = embedder.count_tokens(texts)
+    sent = [embedder.sent_text(t) for t in texts]
+    objects = [types.Content(parts=[types.Part(text=t)]) for t in sent]
+    embedder._client.models.count_tokens(model=embedder.model, contents=objects)
+    assert bodies[0] == bodies[1] == {"contents": [{"parts": [{"text": t}]} for t in sent]}
+    assert total == sum(count_tokens(t) for t in sent)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from qsync_testing import (
     FAST,
+    count_shard_loads,
     make_records,
     qsync_cmd,
     qsync_env,
@@ -215,6 +216,34 @@ def test_every_view_of_a_job_shows_the_same_figures(tmp_path: Path, emulator: Ge
 # -- options are typed and never leak ---------------------------------------------------------------
 
 
+def test_the_concurrency_said_before_a_run_is_the_one_its_runner_chooses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`app.options.calls_in_flight` (what the launcher says beside an empty Batches at once) and a Runner built from
+    the same options choose alike, whatever the embedder, its price, the limits and the batch size."""
+    from qsync.app.options import build_spec, calls_in_flight
+    from qsync.embedders.factory import build_embedder
+    from qsync.engine.runner import Runner
+    from qsync.ledger.ledger import Ledger
+
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key")  # built, never called
+    src = tmp_path / "docs.jsonl"
+    write_records(src, make_records(3))
+    chosen = set()
+    for embedder, options in (("hash", {}), ("hash", {"price_per_million_tokens": 0.1}), ("gemini", {})):
+        for texts_per_minute in (None, 3_000, 30_000, 10**7):
+            for batch_size in (20, 100):
+                spec, _ = build_spec(src, collection="c", db=tmp_path / "q.duckdb", embedder=embedder,
+                                     embedder_options=options, batch_size=batch_size)  # fmt: skip
+                settings = RunSettings(texts_per_minute=texts_per_minute)
+                built = build_embedder(spec.embedder)
+                runner = Runner(Ledger(tmp_path / "q.duckdb"), "c:docs", spec, built, None, settings, "")  # type: ignore[arg-type]
+                said = calls_in_flight(settings, spec.embedder, batch_size)
+                assert said == runner.concurrency, (embedder, options, texts_per_minute, batch_size)
+                chosen.add(said)
+    assert chosen == {4, 5, 16}  # the limits and the price made a difference: tier 1, 30,000 a minute, no limit
+
+
 def test_options_are_checked_and_settings_are_never_changed_behind_the_callers_back(tmp_path: Path) -> None:
     src = tmp_path / "s.jsonl"
     write_records(src, make_records(10))
@@ -281,19 +310,7 @@ def test_pause_during_a_long_backoff_takes_effect_within_a_second(tmp_path: Path
 def test_a_run_loads_its_qdrant_edge_shard_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The collection checked before a new job is planned is the one its run writes to: one Edge host process, one
     load of the shard (seconds at millions of points), for a new job and for a re-sync alike."""
-    from qsync.sink import shards
-
-    loads: list[Path] = []
-    acquire = shards.acquire
-
-    def counting(path: Path, new_config: dict[str, Any] | None = None) -> shards.SharedShard:
-        before = set(shards._open)
-        shared = acquire(path, new_config)
-        if shared.path not in before:
-            loads.append(shared.path)  # not shared with a job of this process: a host started, the shard loaded
-        return shared
-
-    monkeypatch.setattr(shards, "acquire", counting)
+    loads = count_shard_loads(monkeypatch)
     src = tmp_path / "docs.jsonl"
     write_records(src, make_records(300))
     assert _run(src, tmp_path, embedder="hash").status == "completed"
@@ -302,6 +319,26 @@ def test_a_run_loads_its_qdrant_edge_shard_once(tmp_path: Path, monkeypatch: pyt
     result = _run(src, tmp_path, embedder="hash")
     assert (result.status, result.run_records, len(loads)) == ("completed", 100, 2)
     assert qsync.status(result.job_id, db=tmp_path / "q.duckdb")["loaded_records"] == 100
+
+
+def test_a_run_from_a_notebook_loads_its_shard_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a Jupyter kernel runs (`qsync.start`, and `qsync.run` showing its progress) opens the job as `qsync run`
+    does: the shard that checked the collection before planning is the one the run writes to, loaded once."""
+    from qsync import api
+
+    loads = count_shard_loads(monkeypatch)
+    src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(300))
+    options: dict[str, Any] = {"db": db, "qdrant_path": tmp_path / "qdrant", "collection": "c", "embedder": "hash",
+                               "dimensions": 32, "settings": FAST}  # fmt: skip
+    handle = qsync.start(src, progress=False, **options)
+    result = handle.wait(60)
+    assert result is not None and result.ok and len(loads) == 1
+    write_records(src, make_records(400))  # a re-sync, run as in a kernel: its progress shown where the cell is
+    monkeypatch.setattr(api, "_in_notebook", lambda: True)
+    result = qsync.run(src, **options)
+    assert (result.status, result.run_records, len(loads)) == ("completed", 100, 2)
+    assert qsync.status(result.job_id, db=db)["loaded_records"] == 100
 
 
 def test_a_resync_keeps_one_points_row_per_point_for_changed_and_new_records(tmp_path: Path) -> None:
@@ -325,9 +362,9 @@ def test_a_resync_keeps_one_points_row_per_point_for_changed_and_new_records(tmp
     assert qsync.status(again.job_id, db=tmp_path / "q.duckdb")["unchanged_records"] == 600
 
 
-def test_qsync_run_reads_the_whole_checkpoint_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The integrity check (every block of every table read: seconds at 2M records) runs once for `qsync run`, before
-    anything is planned into the file; and a damaged file is still told before planning (test_ledger_faults)."""
+def _count_whole_file_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[Path]]:
+    """The CLI's module, and the list each integrity check (a read of the whole checkpoint file) appends its file to,
+    wherever it runs: the CLI's start-up, app.jobs, the runner."""
     import importlib
 
     from qsync.app import jobs
@@ -336,14 +373,24 @@ def test_qsync_run_reads_the_whole_checkpoint_file_once(tmp_path: Path, monkeypa
 
     cli = importlib.import_module("qsync.cli.main")  # the module (qsync.cli's `main` is its function)
     checks: list[Path] = []
+    check = integrity.check
 
     def counting(ledger: Any) -> None:
         checks.append(ledger.path)
-        integrity.check(ledger)
+        check(ledger)
 
     for module in (jobs, runner):
         monkeypatch.setattr(module, "check_integrity", counting, raising=False)
-    monkeypatch.setattr(cli, "check", counting)
+    # The CLI's start-up: its name for the check if it imported one, else the check it imports when it runs.
+    monkeypatch.setattr(cli, "check", counting, raising=False)
+    monkeypatch.setattr(integrity, "check", counting)
+    return cli, checks
+
+
+def test_qsync_run_reads_the_whole_checkpoint_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The integrity check (every block of every table read: seconds at 2M records) runs once for `qsync run`, before
+    anything is planned into the file; and a damaged file is still told before planning (test_ledger_faults)."""
+    cli, checks = _count_whole_file_reads(monkeypatch)
     src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(120))
     for _ in range(2):  # a new job, then a re-sync of a file that holds one
@@ -351,3 +398,16 @@ def test_qsync_run_reads_the_whole_checkpoint_file_once(tmp_path: Path, monkeypa
                          "--dimensions", "16", "--quiet"])  # fmt: skip
         assert code == 0
     assert checks == [db, db]
+
+
+def test_qsync_resume_reads_the_whole_checkpoint_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`qsync resume` checks the file before it runs (as every command that reads one does), and its runner does not
+    read it all again."""
+    cli, checks = _count_whole_file_reads(monkeypatch)
+    src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(120))
+    planned = create_job(src, db=db, collection="c", embedder="hash", dimensions=16, qdrant_path=tmp_path / "qdrant")
+    assert checks == []  # planned, not run
+    assert cli.main(["resume", planned.job_id, "--db", str(db), "--quiet"]) == 0
+    assert checks == [db]
+    assert qsync.status(planned.job_id, db=db)["loaded_records"] == 120

@@ -18,10 +18,11 @@ from qsync.input.plan import plan_job
 from qsync.input.records import RejectedRow
 from qsync.input.sources import DataFrameSource
 from qsync.ledger.figures import job_figures
-from qsync.ledger.jobs import JobState, cancel, job_record, newest_job, next_resync_name
+from qsync.ledger.jobs import cancel, job_record, newest_job, next_resync_name
 from qsync.ledger.lease import release_lease, renew_lease, take_lease
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.process import lease_is_live
+from qsync.ledger.states import JobState
 from qsync.spec.chunking import Chunking
 from qsync.spec.columns import Columns
 from qsync.sql import SqlConnection

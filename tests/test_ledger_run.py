@@ -22,10 +22,10 @@ from qsync.errors import LeaseLost, NotClaimable
 from qsync.ledger import batches as ledger_batches
 from qsync.ledger.batches import MANIFEST_READ_AHEAD, BatchWork, Completion
 from qsync.ledger.cache import cache_key, lookup_vectors
-from qsync.ledger.jobs import JobState
 from qsync.ledger.lease import release_lease, take_lease
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.run import LeasedJob
+from qsync.ledger.states import JobState
 
 
 class CountingLedger(Ledger):
@@ -157,8 +157,10 @@ def test_a_write_needing_no_answer_is_one_round_trip_to_the_host(
     _paid(job, work)
     assert sent == ["batch"]
     sent.clear()
-    assert job.claim_texts([f"k{i}" for i in range(5)]) == set()
-    assert sent == ["batch", "batch"]  # begin, lease check and the claims' one query; then the insert and commit
+    cached, elsewhere = job.claim_texts(HashingEmbedder(8), [f"h{i}" for i in range(5)])
+    assert not cached.found and elsewhere == set()
+    # begin, lease check, and the claims' and the cache's queries together; then the insert and commit
+    assert sent == ["batch", "batch"]
 
 
 def test_the_batch_records_are_read_ahead_and_served_once(job: LeasedJob, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,20 +258,39 @@ def test_a_claimed_text_is_waited_for_and_its_claim_leaves_when_its_vector_is_sa
     embedder = HashingEmbedder(8)
     work = job.claim(0)
     keys = [cache_key(embedder, h) for h in work.hashes]
-    assert job.claim_texts(keys) == set()
-    assert other.claim_texts(keys) == set(keys)  # being paid for by the first: the second waits
+    assert job.claim_texts(embedder, work.hashes)[1] == set()
+    cached, elsewhere = other.claim_texts(embedder, work.hashes)
+    assert not cached.found and elsewhere == set(work.hashes)  # being paid for by the first: the second waits
     assert other.claimed_elsewhere(keys) == set(keys)
     vectors = embedder.embed(work.texts)
     job.record_embeddings(work, embedder, work.hashes, vectors.vectors, vectors.tokens_per_text, False, 0.0)
     assert other.claimed_elsewhere(keys) == set() and _claims(job) == 0  # saved: the claims left with it
-    # Saved a moment ago, after the second looked in the cache: still never claimed (and paid) by it.
-    assert other.claim_texts(keys) == set(keys) and _claims(job) == 0
+    # Saved a moment ago, after the second looked: taken from the cache in its claim, never claimed (and paid).
+    cached, elsewhere = other.claim_texts(embedder, work.hashes)
+    assert set(cached.found) == set(work.hashes) and elsewhere == set() and _claims(job) == 0
+    assert np.array_equal(np.stack([cached.found[h][0] for h in work.hashes]), vectors.vectors)
 
 
 def test_a_run_that_ends_lets_go_of_its_claims(tmp_path: Path, job: LeasedJob) -> None:
     other = _second_run(tmp_path, job)
-    keys = [f"k{i}" for i in range(5)]
-    assert job.claim_texts(keys) == set()
+    embedder, hashes = HashingEmbedder(8), [f"h{i}" for i in range(5)]
+    assert job.claim_texts(embedder, hashes)[1] == set() and _claims(job) == 5
     release_lease(job.ledger, job.lease, SYSTEM_CLOCK, JobState.PAUSED, "paused")
     assert _claims(job) == 0
-    assert other.claim_texts(keys) == set()  # free to claim: nobody is paying for them any more
+    assert other.claim_texts(embedder, hashes)[1] == set()  # free to claim: nobody is paying for them any more
+
+
+def test_a_claim_takes_cached_vectors_and_claims_those_the_vector_file_lost(job: LeasedJob) -> None:
+    """A paid batch looks in the cache and claims in one transaction: what the cache holds is taken from it; a row
+    whose bytes the vector file no longer holds is forgotten there, and its text claimed (to be paid once more)."""
+    embedder = HashingEmbedder(8)
+    work = job.claim(0)
+    vectors = embedder.embed(work.texts)
+    job.record_embeddings(work, embedder, work.hashes, vectors.vectors, vectors.tokens_per_text, False, 0.0)
+    kept = 6
+    os.truncate(job.ledger.vectors.path, job.ledger.vectors.size() - (len(work.hashes) - kept) * 8 * 4)
+    cached, elsewhere = job.claim_texts(embedder, work.hashes)
+    assert set(cached.found) == set(work.hashes[:kept]) and elsewhere == set()
+    assert len(cached.lost) == len(work.hashes) - kept and job.lost_vectors == len(cached.lost)
+    assert _claims(job) == len(work.hashes) - kept  # the lost ones, claimed to be embedded again
+    assert job.ledger.query_rows("SELECT count(*) FROM embeddings")[0][0] == kept  # forgotten in that transaction

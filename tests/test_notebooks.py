@@ -18,11 +18,13 @@ from nbclient import NotebookClient
 from qsync_testing import (
     REPO,
     EmulatorProcess,
+    count_shard_loads,
     make_records,
     qdrant_points,
     qsync_cmd,
     qsync_env,
     run_qsync,
+    sdk_emulator,
     wait_for,
     write_records,
 )
@@ -262,6 +264,51 @@ def test_a_rerun_notebook_finds_its_job_and_a_resync_resumes_as_itself(tmp_path:
     assert result is not None and result.job_id == "c:src#2" and result.ok, "Start resumed the re-sync, not #3"
     assert "Resuming" in third.message.value or "completed" in third.message.value
     assert sorted(qsync.jobs(db=db)["job"]) == ["c:src", "c:src#2"]
+
+
+def test_start_loads_the_jobs_shard_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start opens the job as `qsync run` does: the Qdrant Edge shard that checked the collection before the job was
+    planned is the one its run writes to (a load takes seconds at millions of points)."""
+    loads = count_shard_loads(monkeypatch)
+    launcher = _launcher(tmp_path, n=300)
+    launcher.start()
+    result = launcher.wait(60)
+    assert result is not None and result.ok
+    assert len(loads) == 1, loads
+
+
+def test_batches_at_once_left_empty_is_chosen_from_the_limits_as_every_run_chooses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher's Batches at once starts empty, not at a fixed 4: its run keeps in flight what `qsync run` and
+    `qsync.run` choose from the limits, and the form says that number before Start; a number typed in is kept."""
+    with sdk_emulator(monkeypatch, "test-key"):
+        src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
+        write_records(src, make_records(600))
+        launcher = Launcher(source=str(src), collection="c", db=db, dimensions=32, batch_size=50, embedder="gemini",
+                            texts_per_minute=30_000)  # fmt: skip
+        form = launcher.form
+        assert form.concurrency.value == "" and form.settings().concurrency is None
+        # 30,000 texts a minute in batches of 50, calls of up to 1 s: 10 in flight reach the limit
+        assert form.concurrency.placeholder == "auto: 10" and "<b>10</b>" in form.concurrency_help.value
+        launcher.start()
+        result = launcher.wait(60)
+        assert result is not None and result.ok and launcher.handle is not None
+        assert launcher.handle.concurrency == 10
+        api = qsync.start(src, db=db, collection="d", dimensions=32, batch_size=50, embedder="gemini",
+                          settings=qsync.RunSettings(texts_per_minute=30_000), progress=False)  # fmt: skip
+        assert api.wait(60) is not None and api.concurrency == 10  # the API, no concurrency given: the same choice
+        form.concurrency.value = "3"
+        assert form.settings().concurrency == 3 and form.concurrency.placeholder == "auto: 10"
+        write_records(src, make_records(700))  # a re-sync, with the number typed in
+        launcher.start()
+        result = launcher.wait(60)
+        assert result is not None and result.ok and launcher.handle.concurrency == 3
+        form.texts_per_minute.value = 3_000  # Gemini's tier 1: the limit, not the calls, bounds the run
+        assert form.concurrency.placeholder == "auto: 4"
+        form.concurrency.value = "three"
+        launcher.start()
+        assert "batches at once must be a whole number" in launcher.message.value
 
 
 def test_a_form_that_differs_from_the_unfinished_job_offers_two_ways_on(tmp_path: Path) -> None:
@@ -562,7 +609,7 @@ def test_the_status_line_says_the_api_is_down_instead_of_a_rate(
         monkeypatch.setenv("QSYNC_RETRY_BASE_S", "0.5")
         launcher = _launcher(tmp_path, n=1500, embedder="gemini")
         launcher.form.dimensions.value = 128
-        launcher.form.concurrency.value = 1
+        launcher.form.concurrency.value = "1"
         launcher.start()
         wait_for(lambda: "records/s" in launcher.monitor.label.value, timeout=60)
         emulator.kill()  # the API goes away: connections refused

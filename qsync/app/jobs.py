@@ -2,8 +2,10 @@
 
     prepare(source, collection=...)  -> the job to run: the unfinished one of that name, or a new one planned
                                         (its estimate recorded), per the job identity rules (`open_job`)
+    open_for_run(source, ...)        -> the same job, opened for a runner that follows: the file checked, and the
+                                        collection checked before a new job was planned left open for the run
     make_runner(job)                 -> the job's Runner, built from its stored spec, with its stages
-    run(source, ...)                 =  prepare + make_runner + Runner.run
+    run(source, ...)                 =  open_for_run + make_runner + Runner.run
 
 Nothing is written for an existing job before its runner holds the lease: a budget given for it is written by
 the runner together with the lease, so a run refused because another runner owns the job changes nothing.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from typing_extensions import Unpack
 
@@ -82,7 +84,7 @@ def open_job(
     Two processes starting the same job at once both find no job and plan: the second finds the first's when it
     commits, and takes the rules again, so it is refused as any second runner is (the job is being run).
 
-    `embedder` and `sink`: the job's own, built by a caller that runs the job next (`run`), so that the collection
+    `embedder` and `sink`: the job's own, built by a caller that runs the job next (`open_for_run`), so that the collection
     checked before planning stays open for the run (a Qdrant Edge shard is loaded once); the sink is left open."""
     return _open_or_plan(ledger, spec, source, max_cost_usd, settings, clock, embedder, sink)[0]
 
@@ -231,8 +233,54 @@ def _check_collection(sink: Sink) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class OpenedJob:
+    """A job opened by `open_for_run` for the runner that follows (`make_runner`, `run_job`, `session.start_job`
+    take it where they take a job's name): its whole checkpoint file was read just before, and a job planned just now
+    comes with the embedder and the open sink that checked its collection, so that its run does not load a Qdrant
+    Edge shard again (seconds at millions of points). Whoever does not hand it to a runner closes it."""
+
+    job_id: str
+    embedder: Embedder | None = None
+    sink: Sink | None = None
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+
+
+def open_for_run(
+    source: SourceLike,
+    *,
+    db: PathLike | None = None,
+    max_cost_usd: BudgetOption = KEEP,
+    settings: RunSettings | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    **options: Unpack[SpecOptions],
+) -> OpenedJob:
+    """`prepare` for a run that follows at once, in this process: what `run` does before it runs, for every front
+    end (the CLI, `qsync.run`/`qsync.start` in a notebook, the launcher). One embedder and one sink serve both: the
+    collection checked before a new job is planned is the one the run writes to, opened once. An unfinished job
+    resumed is run as stored: its runner builds both from the stored spec."""
+    spec, src = build_spec(source, db=db, **options)
+    embedder = build_embedder(spec.embedder)
+    with Ledger(db) as ledger:
+        # Read all of the file once, before anything is planned into it (the runner does not again: seconds at 2M).
+        check_integrity(ledger)
+        sink = _job_sink(spec, embedder, ledger)
+        try:
+            job_id, planned = _open_or_plan(ledger, spec, src, max_cost_usd, settings, clock, embedder, sink)
+        except BaseException:
+            sink.close()
+            raise
+    if not planned:
+        sink.close()  # never opened: nothing was checked
+        return OpenedJob(job_id)
+    return OpenedJob(job_id, embedder, sink)
+
+
 def make_runner(
-    job: str,
+    job: str | OpenedJob,
     *,
     db: PathLike | None = None,
     settings: RunSettings | None = None,
@@ -249,10 +297,15 @@ def make_runner(
 
     `settings` default to RunSettings.from_env(); `concurrency` overrides theirs. A budget given here (None
     clears it) is written with the lease when the run starts; `embedder` and `sink` replace the ones the spec
-    would build (tests put fakes of the outside services there)."""
-    ledger = Ledger(db, create=False)
+    would build (tests put fakes of the outside services there). An `OpenedJob` brings its own (and its checked
+    file); its sink is closed here if no runner is made."""
+    job_id = job.job_id if isinstance(job, OpenedJob) else job
+    if isinstance(job, OpenedJob):
+        embedder, sink, checked = embedder or job.embedder, sink or job.sink, True
+    ledger: Ledger | None = None
     try:
-        record = ledger_jobs.job_record(ledger, job)
+        ledger = Ledger(db, create=False)
+        record = ledger_jobs.job_record(ledger, job_id)
         spec = record.spec
         settings = settings or RunSettings.from_env()
         if concurrency is not None:
@@ -263,12 +316,15 @@ def make_runner(
             built, spec.enrich.fingerprint() if spec.enrich else ""
         )
         return Runner(
-            ledger, job, spec, built, sink, settings, signature, budget=max_cost_usd, stages=stages_of(spec),
+            ledger, job_id, spec, built, sink, settings, signature, budget=max_cost_usd, stages=stages_of(spec),
             listeners=listeners, only_batches=frozenset(only_batches) if only_batches is not None else None,
             clock=clock, checked=checked,
         )  # fmt: skip
     except BaseException:
-        ledger.close()
+        if ledger is not None:
+            ledger.close()
+        if isinstance(job, OpenedJob):
+            job.close()
         raise
 
 
@@ -297,35 +353,15 @@ def run(
     clock: Clock = SYSTEM_CLOCK,
     **options: Unpack[SpecOptions],
 ) -> RunResult:
-    """What `qsync run` does: open the job (`prepare`), then run it until it completes, pauses or fails. One embedder
-    and one sink serve both: the collection checked before a new job is planned is the one the run writes to, opened
-    once (loading a Qdrant Edge shard of millions of points takes seconds). An unfinished job resumed is run as
-    stored: its runner builds both from the stored spec."""
-    spec, src = build_spec(source, db=db, **options)
-    embedder = build_embedder(spec.embedder)
-    with Ledger(db) as ledger:
-        # Read all of the file once, before anything is planned into it (the runner does not again: seconds at 2M).
-        check_integrity(ledger)
-        sink = _job_sink(spec, embedder, ledger)
-        try:
-            job_id, planned = _open_or_plan(ledger, spec, src, max_cost_usd, settings, clock, embedder, sink)
-        except BaseException:
-            sink.close()
-            raise
-    if not planned:
-        sink.close()  # never opened: nothing was checked
-    try:
-        runner = make_runner(job_id, db=db, settings=settings, concurrency=concurrency, listeners=listeners,
-                             max_cost_usd=max_cost_usd, embedder=embedder if planned else None,
-                             sink=sink if planned else None, clock=clock, checked=True)  # fmt: skip
-    except BaseException:
-        sink.close()
-        raise
+    """What `qsync run` does: open the job (`open_for_run`), then run it until it completes, pauses or fails."""
+    opened = open_for_run(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock, **options)
+    runner = make_runner(opened, db=db, settings=settings, concurrency=concurrency, listeners=listeners,
+                         max_cost_usd=max_cost_usd, clock=clock)  # fmt: skip
     return runner.run()  # the runner closes the sink
 
 
 def run_job(
-    job: str,
+    job: str | OpenedJob,
     *,
     db: PathLike | None = None,
     settings: RunSettings | None = None,
@@ -335,11 +371,13 @@ def run_job(
     embedder: Embedder | None = None,
     only_batches: Sequence[int] | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    checked: bool = False,
 ) -> RunResult:
-    """Run (or resume) a planned job, as stored, until it completes, pauses or fails."""
+    """Run (or resume) a planned job, as stored, until it completes, pauses or fails. `checked`: the caller has just
+    read the whole checkpoint file (`qsync resume` does, as every command that reads one): the runner does not again."""
     return make_runner(
         job, db=db, settings=settings, concurrency=concurrency, listeners=listeners, max_cost_usd=max_cost_usd,
-        embedder=embedder, only_batches=only_batches, clock=clock,
+        embedder=embedder, only_batches=only_batches, clock=clock, checked=checked,
     ).run()  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 
 from typing_extensions import Required
 
+from qsync.catalog.models import default_limits
 from qsync.embedders.gemini import api_key_from_env
 from qsync.errors import ConfigError
 from qsync.input.frames import frame_columns
@@ -34,14 +35,30 @@ from qsync.input.sources import (
 )
 from qsync.spec.chunking import Chunking
 from qsync.spec.columns import Columns
-from qsync.spec.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DIMENSIONS, default_qdrant_path, resolve_db
+from qsync.spec.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DIMENSIONS,
+    default_concurrency,
+    default_qdrant_path,
+    resolve_db,
+)
 from qsync.spec.embedder import EmbedderSpec
 from qsync.spec.enrich import EnrichSpec
 from qsync.spec.job import JobSpec
+from qsync.spec.settings import RunSettings
 from qsync.spec.target import MEMORY, CollectionOptions, SinkSpec
 
 PathLike = str | os.PathLike[str]
-__all__ = ["SourceLike", "SpecOptions", "build_spec", "default_job_name", "sink_spec", "source_identity"]
+__all__ = [
+    "SourceLike",
+    "SpecOptions",
+    "build_spec",
+    "calls_in_flight",
+    "default_job_name",
+    "embedder_spec_of",
+    "sink_spec",
+    "source_identity",
+]
 
 
 class SpecOptions(TypedDict, total=False):
@@ -130,11 +147,7 @@ def build_spec(
         image_column or None,
         document_column or None,
     )
-    kind = embedder or ("gemini" if api_key_from_env() else "hash")
-    options = dict(embedder_options or {})
-    model = model or options.pop("model", None)
-    task_type = task_type or options.pop("task_type", None)
-    embedder_spec = EmbedderSpec(kind, dimensions or DEFAULT_DIMENSIONS, model, task_type, options)
+    embedder_spec = embedder_spec_of(embedder, model, dimensions, task_type, embedder_options)
     enrich_spec = EnrichSpec(**dict(enrich)) if isinstance(enrich, Mapping) else enrich
     spec = JobSpec(
         name=job or default_job_name(src, collection),
@@ -156,6 +169,34 @@ def build_spec(
         changed_since=changed_since or None,
     )
     return spec, src
+
+
+def embedder_spec_of(
+    embedder: str | None = None,
+    model: str | None = None,
+    dimensions: int | None = None,
+    task_type: str | None = None,
+    embedder_options: Mapping[str, Any] | None = None,
+) -> EmbedderSpec:
+    """Which embedder these options name (`build_spec`'s): Gemini when a key is set and none is named, else hashing."""
+    kind = embedder or ("gemini" if api_key_from_env() else "hash")
+    options = dict(embedder_options or {})
+    model = model or options.pop("model", None)
+    task_type = task_type or options.pop("task_type", None)
+    return EmbedderSpec(kind, dimensions or DEFAULT_DIMENSIONS, model, task_type, options)
+
+
+def calls_in_flight(settings: RunSettings, embedder: EmbedderSpec, batch_size: int) -> int | None:
+    """The batches a run of this embedder with these settings keeps in flight: the settings' concurrency, else the one
+    choice every run makes (spec.defaults.default_concurrency) from the same facts its runner reads off the built
+    embedder: its price (the one price rule) and its default texts-per-minute limit (Gemini's tier 1). None for an
+    embedder of your own: its price and limits are its own, known once it is built (its runner chooses then)."""
+    if settings.concurrency is not None:
+        return settings.concurrency
+    if embedder.kind not in ("hash", "gemini"):
+        return None
+    limit = settings.texts_per_minute or (default_limits()[0] if embedder.kind == "gemini" else None)
+    return default_concurrency(limit, batch_size, paid=embedder.price_per_million() > 0)
 
 
 def sink_spec(db: Path, qdrant_path: PathLike | None, qdrant_url: str | None) -> SinkSpec:

@@ -156,7 +156,7 @@ def active_run(job: str, db: PathLike | None = None) -> JobHandle | None:
 
 
 def start_job(
-    job: str,
+    job: str | jobs.OpenedJob,
     *,
     db: PathLike | None = None,
     settings: RunSettings | None = None,
@@ -166,16 +166,20 @@ def start_job(
     only_batches: Sequence[int] | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> JobHandle:
-    """Run (or resume) a planned job in a background thread; returns at once."""
+    """Run (or resume) a planned job in a background thread; returns at once. A job just opened by
+    `jobs.open_for_run` runs with the sink that checked its collection (closed here if it cannot start)."""
     path = resolve_db(db)
+    job_id = job.job_id if isinstance(job, jobs.OpenedJob) else job
     with _runs_lock:
-        existing = _runs.get((str(path), job))
+        existing = _runs.get((str(path), job_id))
         if existing is not None and existing.running:
-            raise ConfigError(f"job {job!r} is already running in this kernel")
-        handle = JobHandle(job, path, listeners, settings=settings, concurrency=concurrency, clock=clock)
+            if isinstance(job, jobs.OpenedJob):
+                job.close()
+            raise ConfigError(f"job {job_id!r} is already running in this kernel")
+        handle = JobHandle(job_id, path, listeners, settings=settings, concurrency=concurrency, clock=clock)
         runner = jobs.make_runner(job, db=path, settings=settings, concurrency=concurrency, listeners=[handle._dispatch],
                                  max_cost_usd=max_cost_usd, only_batches=only_batches, clock=clock)  # fmt: skip
-        _runs[(str(path), job)] = handle
+        _runs[(str(path), job_id)] = handle
     handle._start(runner)
     return handle
 

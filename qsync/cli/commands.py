@@ -131,6 +131,7 @@ def resume(args: argparse.Namespace) -> int:
         settings=_settings(args),
         max_cost_usd=args.max_cost_usd,
         listeners=[ProgressBar(disable=True if args.quiet else None), texts],
+        checked=True,  # cli.main read the whole file before this command (once: seconds at 2M records)
     )
     return report(result, args.db, texts)
 

@@ -12,22 +12,28 @@ import os
 import sys
 from collections.abc import Sequence
 
-from qsync.cli.commands import COMMANDS
-from qsync.cli.output import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from qsync.cli.parser import build_parser
 from qsync.errors import LeaseHeld, LedgerLocked, MissingColumn, QsyncError
-from qsync.ledger.integrity import check
-from qsync.ledger.ledger import Ledger
+from qsync.ledger.hosts import start_early
 from qsync.spec.defaults import resolve_db
 
 # Commands that read a checkpoint file check all of it first: a damaged block is told at once, whichever command
 # meets it, with what to run (`qsync recover`), instead of a traceback later (or nothing, for a block not read).
 # `run` is checked by app.jobs.run itself, before it plans (once: a read of the whole file takes seconds at 2M).
 _CHECKED = frozenset({"resume", "status", "jobs", "batches", "skipped", "cost", "verify", "cancel", "search"})
+# Commands that run a job: the checkpoint file's host is started before the rest of qsync is imported, so that its
+# start (an interpreter, DuckDB) overlaps this process's imports instead of following them.
+_RUNS = frozenset({"run", "resume"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in _RUNS:
+        with contextlib.suppress(QsyncError):  # a host that cannot start says why when the file is opened
+            start_early(resolve_db(args.db), create=args.command == "run")
+    from qsync.cli.commands import COMMANDS
+    from qsync.cli.output import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
+
     try:
         if args.command in _CHECKED:
             _check(args.db)
@@ -61,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(db: str | None) -> None:
+    from qsync.ledger.integrity import check
+    from qsync.ledger.ledger import Ledger
+
     path = resolve_db(db)
     if path.exists():
         with Ledger(path, create=False) as ledger:

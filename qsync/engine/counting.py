@@ -6,6 +6,8 @@ its bound (every token at least a byte) stays in every total and in the spend ca
 This thread gathers such calls and counts their texts together, in one countTokens call for up to COUNT_TEXTS
 texts (a count refused for its size is cut in halves), shares the total among the calls by their estimates (the
 sum is what the API meters), and settles them in one transaction, giving the difference back to the spend cap.
+Groups are counted side by side (up to COUNTS_AT_ONCE calls in flight), so that the count left at the end of a run
+costs one call's latency, not one per thousand texts.
 A crash before that leaves the intents uncounted: the next run counts them before its first batch. A count that
 fails leaves the bound standing: spend over-reported for a while, never under.
 """
@@ -16,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from qsync.embedders.protocol import CountsTokens, Embedder, split_tokens
@@ -28,6 +31,7 @@ log = logging.getLogger("qsync")
 COUNT_TEXTS = 1_000  # texts counted in one countTokens call: ten calls of 100 priced with one round trip
 COUNT_BYTES = 4 * 1024 * 1024  # and at most this much text in it: the API's request size
 LINGER_S = 2.0  # the oldest uncounted call waits at most this long for company (figures exact soon after)
+COUNTS_AT_ONCE = 4  # countTokens calls in flight at once (each settles its own group)
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,9 @@ class Uncounted:
 
 
 class DeferredCounts:
-    """Counts uncounted calls in groups on a thread of its own; `flush` counts what waits now (the spend cap calls
-    it before pausing a job: a bound may be all that stands between the job and its budget)."""
+    """Counts uncounted calls in groups, off the batches' threads; `flush` counts what waits now and waits for the
+    counts in flight (the spend cap calls it before pausing a job: a bound may be all that stands between the job
+    and its budget)."""
 
     def __init__(
         self,
@@ -66,7 +71,8 @@ class DeferredCounts:
         self._waiting: list[tuple[float, Uncounted]] = []
         self._closing = False
         self._cond = threading.Condition()
-        self._counting = threading.Lock()  # one count at a time: the thread's, or a flush asked for
+        self._in_flight: set[Future[int]] = set()  # counts sent and not yet settled (guarded by _cond)
+        self._pool = ThreadPoolExecutor(COUNTS_AT_ONCE, thread_name_prefix="qsync-count")
         self._thread = threading.Thread(target=self._run, name="qsync-counts", daemon=True)
         self._thread.start()
 
@@ -81,19 +87,23 @@ class DeferredCounts:
             return len(self._waiting)
 
     def flush(self) -> bool:
-        """Count every call waiting now; whether any was settled."""
+        """Count every call waiting now, and wait for the counts in flight; whether any was settled."""
         with self._cond:
             calls = [call for _, call in self._waiting]
             self._waiting = []
-        return self._settle(calls) > 0
+            sent = [*self._in_flight, *self._send(calls)]
+        return sum(future.result() for future in wait(sent).done) > 0
 
     def close(self) -> None:
-        """Count what waits (once more: a count that failed is not tried again here), then stop the thread."""
+        """Count what waits (once more: a count that failed is not tried again here), then stop counting."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         self._thread.join()
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
 
     def _run(self) -> None:
         while True:
@@ -104,7 +114,7 @@ class DeferredCounts:
                     return
                 calls = [call for _, call in self._waiting]
                 self._waiting = []
-            self._settle(calls)
+                self._send(calls)
 
     def _due(self) -> bool:
         texts = sum(len(call.texts) for _, call in self._waiting)
@@ -112,21 +122,30 @@ class DeferredCounts:
             texts >= self._group_texts or time.monotonic() - self._waiting[0][0] >= self._linger_s
         )
 
-    def _settle(self, calls: list[Uncounted]) -> int:
-        """Count and settle `calls`, a group at a time; those whose count failed for a while wait again. How many
-        were settled."""
-        settled = 0
-        with self._counting:
-            for group in self._groups(calls):
-                try:
-                    settled += self._count_group(group)
-                except TransientError as exc:  # the API is busy or away: try at the next count
-                    log.info("qsync will count tokens later: %s", exc)
-                    with self._cond:
-                        self._waiting[:0] = [(time.monotonic(), call) for call in group]
-                except QsyncError as exc:  # the lease is lost, the file is gone: the bound stands (resume counts)
-                    log.warning("qsync could not count the tokens of %d calls: %s", len(group), exc)
-        return settled
+    def _send(self, calls: list[Uncounted]) -> list[Future[int]]:
+        """Count `calls` a group a call, side by side (under _cond)."""
+        futures = [self._pool.submit(self._settle, group) for group in self._groups(calls)]
+        self._in_flight.update(futures)
+        for future in futures:
+            future.add_done_callback(self._sent)
+        return futures
+
+    def _sent(self, future: Future[int]) -> None:
+        with self._cond:
+            self._in_flight.discard(future)
+
+    def _settle(self, group: list[Uncounted]) -> int:
+        """Count and settle one group; if its count failed for a while, it waits again. How many calls were
+        settled."""
+        try:
+            return self._count_group(group)
+        except TransientError as exc:  # the API is busy or away: try at the next count
+            log.info("qsync will count tokens later: %s", exc)
+            with self._cond:
+                self._waiting[:0] = [(time.monotonic(), call) for call in group]
+        except QsyncError as exc:  # the lease is lost, the file is gone: the bound stands (resume counts)
+            log.warning("qsync could not count the tokens of %d calls: %s", len(group), exc)
+        return 0
 
     def _groups(self, calls: list[Uncounted]) -> list[list[Uncounted]]:
         groups: list[list[Uncounted]] = []

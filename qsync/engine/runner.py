@@ -43,10 +43,10 @@ from qsync.errors import (
 )
 from qsync.ledger.figures import JobFigures, job_figures
 from qsync.ledger.integrity import check as check_integrity
-from qsync.ledger.jobs import JobState
 from qsync.ledger.lease import Lease, release_lease, renew_lease, take_lease
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.run import LeasedJob
+from qsync.ledger.states import JobState
 from qsync.sink.protocol import Sink
 from qsync.spec.defaults import default_concurrency
 from qsync.spec.job import KEEP, BudgetOption, JobSpec

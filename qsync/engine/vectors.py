@@ -64,22 +64,30 @@ class BatchVectors:
         rejected = dict(refused)
         texts = {h: (t, e) for h, t, e in zip(work.hashes, work.texts, work.token_estimates, strict=True)}
         wanted = [h for h in dict.fromkeys(work.hashes) if h not in rejected]
-        self._take(self.job.cached_vectors(self.embedder, wanted), by_hash, outcome)
+        tokens_of: dict[str, int] = {}  # what a text taken from the cache saves, for batches waiting on it here
+        if not self._price:  # a free embedder claims nothing (nothing to save by waiting): the cache alone
+            self._take(self.job.cached_vectors(self.embedder, wanted), by_hash, outcome, tokens_of)
         missing = [h for h in wanted if h not in by_hash]
         while missing:
             key_of = {cache_key(self.embedder, h): h for h in missing}
             owned_keys, other_keys = self.inflight.claim(key_of)
-            # A paid embedder's texts are claimed in the ledger too: another process's run paying for one of them
-            # right now is waited for, not paid again. (A free embedder has nothing to save by waiting.)
-            elsewhere = self.job.claim_texts(owned_keys) if self._price and owned_keys else set()
-            owned = [key_of[k] for k in owned_keys if k not in elsewhere]
+            # A paid embedder's texts are looked up in the cache and claimed in the ledger in one transaction:
+            # another process's run paying for one of them right now is waited for, not paid again.
+            elsewhere: set[str] = set()
+            if self._price and owned_keys:
+                cached, paid_elsewhere = self.job.claim_texts(self.embedder, [key_of[k] for k in owned_keys])
+                self._take(cached, by_hash, outcome, tokens_of)
+                elsewhere = {k for k in owned_keys if key_of[k] in paid_elsewhere}
+            claimed = [k for k in owned_keys if k not in elsewhere and key_of[k] not in by_hash]
+            owned = [key_of[k] for k in claimed]
             try:
                 self._embed(owned, texts, work, outcome, by_hash, rejected)
             finally:  # whatever this batch did not deliver, the batches waiting for it must do themselves
                 for key in owned_keys:
-                    self.inflight.resolve(key, by_hash.get(key_of[key]))
+                    h = key_of[key]
+                    self.inflight.resolve(key, by_hash.get(h), tokens_of.get(h, 0))
                 if self._price:  # claims of texts not saved (refused, failed) are let go
-                    self.job.release_texts([k for k in owned_keys if k not in elsewhere and key_of[k] not in by_hash])
+                    self.job.release_texts([k for k in claimed if key_of[k] not in by_hash])
             found, failed = self.inflight.wait(other_keys, self.control)
             for key, (vector, tokens) in found.items():
                 by_hash[key_of[key]] = vector
@@ -88,16 +96,20 @@ class BatchVectors:
             retry = [key_of[k] for k in failed]
             retry += self._wait_elsewhere([key_of[k] for k in elsewhere], by_hash, outcome)
             # The owner may have saved them after all (resolved before we waited): look again.
-            self._take(self.job.cached_vectors(self.embedder, retry), by_hash, outcome)
+            self._take(self.job.cached_vectors(self.embedder, retry), by_hash, outcome, tokens_of)
             missing = [h for h in retry if h not in by_hash and h not in rejected]
         zero = np.zeros(self.embedder.dimensions, dtype=np.float32)
         return np.stack([by_hash.get(h, zero) for h in work.hashes]), rejected
 
     @staticmethod
-    def _take(found: Lookup, by_hash: dict[str, Vectors], outcome: Outcome) -> None:
+    def _take(
+        found: Lookup, by_hash: dict[str, Vectors], outcome: Outcome, tokens_of: dict[str, int] | None = None
+    ) -> None:
         """Vectors from the cache: cache hits, except those this job's Batch Mode paid for (embedded by it)."""
         for h, (vector, tokens) in found.found.items():
             by_hash[h] = vector
+            if tokens_of is not None:
+                tokens_of[h] = tokens
             if h in found.prefetched:
                 outcome.batch_mode += 1
             else:

@@ -16,6 +16,7 @@ import pyarrow as pa
 from qsync.catalog.models import full_dimensions, nested_dimensions
 from qsync.embedders.protocol import Vectors, shortened
 from qsync.ledger.vectorfile import VectorFile
+from qsync.sql import literal_list, quoted
 
 
 class CacheIdentity(Protocol):
@@ -122,19 +123,36 @@ def lookup_vectors(
     """The cached vectors of `hashes`, at the embedder's size or cut from the same model's full size (see
     `full_size`): one query for both (it is on every batch's path). Vectors whose origin is `free_origin` (this
     job's own Batch Mode prefetch) save nothing: the job paid for them."""
-    found = Lookup()
-    identities = serving(embedder)
-    keys = {cache_key(identity, h): (rank, h) for rank, identity in enumerate(identities) for h in set(hashes)}
+    keys = lookup_keys(embedder, hashes)
     if not keys:
-        return found
-    # A literal IN list lets DuckDB use the primary-key index (a join would scan the whole cache).
-    placeholders = ", ".join("?" * len(keys))
-    rows = con.execute(
-        f"SELECT content_hash, CASE WHEN origin = ? THEN 0 ELSE tokens END AS tokens, byte_offset, dimensions, "
-        f"cache_key, coalesce(origin = ?, false) FROM embeddings WHERE cache_key IN ({placeholders})",
-        [free_origin or "", free_origin or "", *sorted(keys)],
-    ).fetchall()
-    rows.sort(key=lambda row: keys[str(row[4])][0])  # the embedder's own size first, then the full size, cut
+        return Lookup()
+    rows = con.execute(lookup_sql(keys, free_origin)).fetchall()
+    return lookup_from_rows(rows, keys, vectors_file, embedder)
+
+
+def lookup_keys(embedder: CacheIdentity, hashes: list[str]) -> dict[str, tuple[int, str]]:
+    """The cache keys that may serve `hashes` (`serving`): key -> (rank: 0 the embedder's own size, 1 its model's
+    full size; content hash)."""
+    identities = serving(embedder)
+    return {cache_key(identity, h): (rank, h) for rank, identity in enumerate(identities) for h in set(hashes)}
+
+
+def lookup_sql(keys: dict[str, tuple[int, str]], free_origin: str | None) -> str:
+    """The query of `lookup_vectors` (its rows go to `lookup_from_rows`), for a caller that sends it with others."""
+    origin = quoted(free_origin or "")
+    return (
+        f"SELECT content_hash, CASE WHEN origin = {origin} THEN 0 ELSE tokens END AS tokens, byte_offset, "
+        f"dimensions, cache_key, coalesce(origin = {origin}, false) FROM embeddings "
+        f"WHERE cache_key IN ({literal_list(sorted(keys))})"
+    )
+
+
+def lookup_from_rows(
+    rows: list[tuple[Any, ...]], keys: dict[str, tuple[int, str]], vectors_file: VectorFile, embedder: CacheIdentity
+) -> Lookup:
+    """The vectors `lookup_sql`'s rows point at, read from the vector file."""
+    found = Lookup()
+    rows = sorted(rows, key=lambda row: keys[str(row[4])][0])  # the own size first, then the full size, cut
     for row, vector in zip(rows, vectors_file.read([int(r[2]) for r in rows], [int(r[3]) for r in rows]), strict=True):
         rank, content_hash = keys[str(row[4])]
         if content_hash in found.found:

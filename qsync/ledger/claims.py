@@ -13,8 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from qsync.ledger.cache import full_size_key
+from qsync.ledger.cache import CacheIdentity, Lookup, cache_key, forget, lookup_from_rows, lookup_keys, lookup_sql
 from qsync.ledger.process import lease_is_live
+from qsync.ledger.vectorfile import VectorFile
 from qsync.spec.defaults import stale_after_s
 
 _HELD = """SELECT c.cache_key, j.owner_pid, j.owner_host, j.heartbeat_at, coalesce(j.stale_after_s, ?), false
@@ -26,36 +27,45 @@ def held_elsewhere(con: Any, keys: list[str], token: str, now: datetime) -> set[
     """The cache keys among `keys` that a live run other than `token`'s has claimed."""
     if not keys:
         return set()
-    return _live(con.execute(_HELD, [stale_after_s(), token, keys]).fetchall(), now)
+    return live(con.execute(_HELD, [stale_after_s(), token, keys]).fetchall(), now)
 
 
-def _live(rows: list[tuple[Any, ...]], now: datetime) -> set[str]:
+def live(rows: list[tuple[Any, ...]], now: datetime) -> set[str]:
+    """The keys of `_HELD` rows whose run is alive."""
     return {str(key) for key, pid, host, beat, stale, _ in rows if lease_is_live(pid, host, beat, now, float(stale))}
 
 
-def claim(con: Any, keys: list[str], job_id: str, token: str, now: datetime) -> set[str]:
-    """Claim the keys no live run has claimed and the cache does not hold; return the others: claimed by another
-    run (to wait for), or saved since the caller looked in the cache (to take from it). Both are judged in the
-    caller's transaction, so that a text saved a moment ago is never claimed and paid for again; in one query (a
-    round trip to the host less, on every paid batch's path)."""
-    if not keys:
-        return set()
-    # The keys whose vector the cache holds, at their size or at their model's full size (cut from it).
-    fuller = {key: full for key in keys if (full := full_size_key(key)) is not None}
-    wanted = [*keys, *fuller.values()]
-    placeholders = ", ".join("?" * len(wanted))  # a literal list: DuckDB uses the primary-key index
-    rows = con.execute(
-        f"""{_HELD} UNION ALL
-            SELECT cache_key, NULL, NULL, NULL, NULL, true FROM embeddings WHERE cache_key IN ({placeholders})""",
-        [stale_after_s(), token, keys, *wanted],
-    ).fetchall()
-    held = {str(r[0]) for r in rows if r[5]}
-    taken = _live([r for r in rows if not r[5]], now)
-    taken |= {key for key in keys if key in held or fuller.get(key) in held}
-    mine = [k for k in keys if k not in taken]
-    if mine:
-        con.execute("INSERT INTO text_claims SELECT unnest(?::VARCHAR[]), ?, ?, ?", [mine, job_id, token, now])
-    return taken
+def held_and_cached(con: Any, keys: list[str], token: str, cached_sql: str) -> tuple[Any, Any]:
+    """Inside the caller's transaction, sent together (one round trip): the claims of other runs on `keys` (rows for
+    `live`), and `cached_sql`'s rows (cache.lookup_sql: what the cache holds of the same texts). Judged in the
+    transaction that claims the rest (`take`), so that a text saved a moment ago is taken from the cache, never
+    claimed and paid for again."""
+    return con.execute(_HELD, [stale_after_s(), token, keys]), con.execute(cached_sql)
+
+
+def claim_uncached(
+    con: Any, vectors: VectorFile, embedder: CacheIdentity, hashes: list[str], job_id: str, token: str, now: datetime,
+    free_origin: str,
+) -> tuple[Lookup, set[str]]:  # fmt: skip
+    """Inside the caller's lease-checked transaction, one round trip: what the cache holds of these texts (their
+    vectors: taken from it, not claimed; `free_origin` as in cache.lookup_vectors), and the hashes another live run
+    has claimed (to wait for); the rest claimed for the run of `token`. A cached vector whose bytes the vector file
+    lost is forgotten here, and its text claimed (to be paid once more)."""
+    keys = lookup_keys(embedder, hashes)
+    own = {cache_key(embedder, h): h for h in dict.fromkeys(hashes)}
+    held, cached = held_and_cached(con, list(own), token, lookup_sql(keys, free_origin))
+    taken = live(held.fetchall(), now)
+    found = lookup_from_rows(cached.fetchall(), keys, vectors, embedder)
+    if found.lost:
+        forget(con, found.lost)
+    take(con, [k for k, h in own.items() if h not in found.found and k not in taken], job_id, token, now)
+    return found, {own[k] for k in taken if own[k] not in found.found}
+
+
+def take(con: Any, keys: list[str], job_id: str, token: str, now: datetime) -> None:
+    """Claim `keys` for the run of `token` (checked free by `held_and_cached` in the same transaction)."""
+    if keys:
+        con.execute("INSERT INTO text_claims SELECT unnest(?::VARCHAR[]), ?, ?, ?", [keys, job_id, token, now])
 
 
 def release(con: Any, keys: list[str], token: str) -> None:

@@ -79,6 +79,7 @@ class Host:
         self.session_seen = 0.0  # when that client last sent a request
         self.pending: dict[Pipe, tuple[Any, ...]] = {}  # requests that arrived during another's transaction
         self.ending = False
+        self.greeted = False  # a client said hello: the file is in use (one made ahead of time is kept)
 
     # -- the file -----------------------------------------------------------------------------------------------
 
@@ -125,6 +126,7 @@ class Host:
     def handle(self, client: Pipe, request: tuple[Any, ...]) -> Any:
         op = request[0]
         if op == "hello":
+            self.greeted = True
             self.pids[client] = int(request[1])
             con = self.open()  # first: it sets file_id
             return self.file_id, file_version(con), os.getpid()
@@ -248,9 +250,29 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
+def _remove_unused(path: Path, folders: list[Path]) -> None:
+    """The checkpoint file a host made ahead of a run that never came (its command failed first), with its vector
+    file (empty), its WAL and the folders made for it (deepest first; left if not empty)."""
+    vectors = path.with_suffix(".vectors")
+    with contextlib.suppress(OSError):
+        if vectors.stat().st_size == 0:
+            vectors.unlink()
+    for leftover in (path, path.with_name(path.name + ".wal")):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _import_pandas() -> None:
+    import pandas  # noqa: F401
+
+
 def main(argv: list[str]) -> int:
     path = Path(argv[0])
     lock_timeout_s = float(argv[1]) if len(argv) > 1 else 60.0
+    open_now = argv[2:3] == ["open"]  # started ahead of a job's run: the file opened (made) before it is asked for
     sock, lock, log = host_files(path)
     election = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -281,6 +303,14 @@ def main(argv: list[str]) -> int:
             os.write(wake_w, b"x")
 
     threading.Thread(target=accept, name="qsync-ledger-accept", daemon=True).start()
+    # pandas answers `df` requests (DuckDB imports it on the first): imported beside the first requests, not before
+    # them, because the host's start is on the path of every command.
+    threading.Thread(target=_import_pandas, name="qsync-ledger-pandas", daemon=True).start()
+    made = open_now and not path.exists()
+    made_folders = [f for f in path.parents if not f.exists()] if made else []  # deepest first
+    if open_now:
+        with contextlib.suppress(Exception):  # the first client's hello opens it again, and says what went wrong
+            host.open()
     last_client = time.monotonic()
     try:
         while not host.ending:
@@ -300,7 +330,9 @@ def main(argv: list[str]) -> int:
         with contextlib.suppress(OSError):
             listener.close()
         host.close()
-        os.close(election)
+        if made and not host.greeted:  # made for a command that failed before it opened it: leave no file behind
+            _remove_unused(path, made_folders)
+        os.close(election)  # last: no other host opens the file before it is closed (or removed)
         with contextlib.suppress(OSError):
             if log.stat().st_size == 0:  # nothing went wrong: no log to keep
                 log.unlink()

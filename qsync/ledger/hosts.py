@@ -49,9 +49,10 @@ _spawned: dict[Path, tuple[subprocess.Popen[bytes], float]] = {}
 _spawn_lock = threading.Lock()
 
 
-def spawn(path: Path, lock_timeout_s: float) -> None:
+def spawn(path: Path, lock_timeout_s: float, open_now: bool = False) -> None:
     """Start the file's host, unless this process's last one is still starting (or serving: its socket is being
-    made), or was started a moment ago. A host that finds another serving ends at once (its election lock)."""
+    made), or was started a moment ago. A host that finds another serving ends at once (its election lock).
+    `open_now`: the host opens the file (creating it) at once, before any client asks."""
     with _spawn_lock:
         now = time.monotonic()
         last = _spawned.get(path)
@@ -65,12 +66,22 @@ def spawn(path: Path, lock_timeout_s: float) -> None:
         env["PYTHONSAFEPATH"] = "1"  # and nothing from the folder it starts in (a stray duckdb.py, another checkout)
         with log.open("ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "qsync.ledger.host", str(path.resolve()), str(lock_timeout_s)],
+                [sys.executable, "-m", "qsync.ledger.host", str(path.resolve()), str(lock_timeout_s),
+                 *(["open"] if open_now else [])],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True, cwd="/",
             )  # fmt: skip
         _spawned[path] = (process, now)
     # Reaped when it ends, so that a long-lived kernel does not collect zombies.
     threading.Thread(target=process.wait, name="qsync-ledger-host-reaper", daemon=True).start()
+
+
+def start_early(path: Path, create: bool, lock_timeout_s: float = 60.0) -> None:
+    """Start the host of `path` now unless one serves it, and have it open the file (creating it if `create`, else
+    only if it exists): for a command about to run a job, so that the host starts, and a new file's tables are
+    made, while the command imports the rest of qsync (the Ledger opened later finds that host, or starts one)."""
+    sock, _, _ = host_files(path)
+    if not sock.exists():
+        spawn(path, lock_timeout_s, open_now=create or path.exists())
 
 
 def failed_start(path: Path) -> str | None:

@@ -12,42 +12,17 @@ takes its lease over (lease).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from qsync.clock import Clock
 from qsync.errors import JobNotFound
 from qsync.ledger.ledger import Ledger
+from qsync.ledger.states import JobState
 from qsync.spec.job import JobSpec, base_name, resync_number
 from qsync.sql import first_row
-
-
-class JobState(str, Enum):
-    PLANNED = "planned"
-    RUNNING = "running"
-    PAUSED = "paused"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def final(self) -> bool:
-        """Nothing more will happen to the job: a new run of its spec is a new job (a re-sync)."""
-        return self in (JobState.COMPLETED, JobState.CANCELLED)
-
-
-class BatchState(str, Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-
-BATCH_STATES = tuple(s.value for s in BatchState)
 
 
 @dataclass(frozen=True)
@@ -81,7 +56,7 @@ def _record(row: tuple[Any, ...], base: Path) -> JobRecord:
     job_id, status, config, collection, source, budget = row
     data = json.loads(config)
     spec = JobSpec.from_dict(data, job_id=job_id, collection=collection, source=source, base=base)
-    cap = None if budget is None or pd.isna(budget) else float(budget)
+    cap = None if budget is None or math.isnan(float(budget)) else float(budget)  # a row: None, never NA
     return JobRecord(str(job_id), str(status), spec, cap, data)
 
 

@@ -18,9 +18,9 @@ from datetime import datetime
 from qsync.clock import Clock
 from qsync.errors import JobNotFound, JobNotRunnable, LeaseHeld, LeaseLost
 from qsync.ledger import claims
-from qsync.ledger.jobs import JobState
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.process import HOST, lease_is_live
+from qsync.ledger.states import JobState
 from qsync.spec.job import KEEP, BudgetOption
 from qsync.sql import SqlConnection, first_row
 

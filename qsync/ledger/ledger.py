@@ -20,15 +20,16 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qsync.errors import LedgerError
 from qsync.ledger.connection import Connection
 from qsync.ledger.statements import RemoteConnection
 from qsync.ledger.vectorfile import VectorFile
 from qsync.spec.defaults import resolve_db
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 T = TypeVar("T")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any, TypeVar
 
 import duckdb
@@ -277,9 +276,16 @@ class LeasedJob:
 
     # -- texts paid for right now, across processes -------------------------------------------------------------
 
-    def claim_texts(self, keys: list[str]) -> set[str]:
-        """Claim these cache keys for this run's calls; return those another live run is paying for right now."""
-        return self.commit.write(lambda con: claims.claim(con, keys, self.job_id, self.lease.token, self.clock.now()))
+    def claim_texts(self, embedder: CacheIdentity, hashes: list[str]) -> tuple[Lookup, set[str]]:
+        """Claim these texts for this run's calls, in the transaction that looks for them in the cache and in other
+        runs' claims (claims.claim_uncached): what the cache holds of them, and the hashes another live run is
+        paying for right now (to wait for)."""
+        found, elsewhere = self.commit.write(
+            lambda con: claims.claim_uncached(con, self.ledger.vectors, embedder, hashes, self.job_id,
+                                              self.lease.token, self.clock.now(), batch_mode_origin(self.job_id))
+        )  # fmt: skip
+        self.lost_vectors += len(found.lost)
+        return found, elsewhere
 
     def claimed_elsewhere(self, keys: list[str]) -> set[str]:
         """Of these cache keys, those another live run still has claimed."""
@@ -325,24 +331,9 @@ class LeasedJob:
             spend.close_intent(con, self.job_id, intent, state, self.clock.now())
 
     def count_unconfirmed(self, count_tokens: Callable[[list[str]], int], prices: dict[str, float]) -> int:
-        """Replace the upper bound of unconfirmed paid calls (embedding calls, Batch Mode submissions: the kinds
-        in `prices`, per 1M tokens) by their exact token count (countTokens on the texts they sent, at most 100 a
-        call). Returns how many intents were counted."""
-        with self.ledger.reading() as con:
-            open_ones = [u for u in spend.uncounted(con, self.job_id) if u[1] in prices]
-        counted = 0
-        for intent, kind, hashes in open_ones:
-            with self.ledger.reading() as con:
-                sent = spend.texts_sent(con, self.job_id, hashes)
-            # countTokens on the captions alone would undercount a media call: its upper bound stays.
-            if not sent or any(media for _, media in sent):
-                continue
-            texts = [t for t, _ in sent]
-            tokens = sum(int(count_tokens(texts[i : i + 100])) for i in range(0, len(texts), 100))
-            cost = tokens * prices[kind] / 1e6
-            self.commit.write(partial(spend.set_counted, job_id=self.job_id, intent=intent, tokens=tokens, cost=cost))
-            counted += 1
-        return counted
+        """Replace the upper bound of unconfirmed paid calls by their exact token count (spend.count_unconfirmed);
+        how many intents were counted."""
+        return spend.count_unconfirmed(self.ledger, self.commit.write, self.job_id, count_tokens, prices)
 
     # -- plumbing ---------------------------------------------------------------------------------------------------
 

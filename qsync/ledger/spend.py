@@ -11,7 +11,12 @@ Intent states: open -> settled (answer saved) | void (refused: not billed) | unc
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qsync.ledger.ledger import Ledger
 
 Counted = tuple[str, int, list[str], list[int], float]  # an uncounted call counted: intent, batch, hashes, tokens, cost
 
@@ -134,3 +139,27 @@ def settle_counted(con: Any, job_id: str, calls: list[tuple[str, int, int, float
            WHERE spend_intents.job_id = ? AND spend_intents.intent_id = n.i AND spend_intents.state = 'uncounted'""",
         [now, intents, tokens, costs, job_id],
     )
+
+
+def count_unconfirmed(
+    ledger: Ledger, write: Callable[[Callable[[Any], None]], None], job_id: str, count_tokens: Callable[[list[str]], int],
+    prices: dict[str, float],
+) -> int:  # fmt: skip
+    """Replace the upper bound of a job's unconfirmed paid calls (embedding calls, Batch Mode submissions: the kinds
+    in `prices`, per 1M tokens) by their exact token count (countTokens on the texts they sent, at most 100 a
+    call), each written with `write` (the run's lease-checked commit). Returns how many intents were counted."""
+    with ledger.reading() as con:
+        open_ones = [u for u in uncounted(con, job_id) if u[1] in prices]
+    counted = 0
+    for intent, kind, hashes in open_ones:
+        with ledger.reading() as con:
+            sent = texts_sent(con, job_id, hashes)
+        # countTokens on the captions alone would undercount a media call: its upper bound stays.
+        if not sent or any(media for _, media in sent):
+            continue
+        texts = [t for t, _ in sent]
+        tokens = sum(int(count_tokens(texts[i : i + 100])) for i in range(0, len(texts), 100))
+        cost = tokens * prices[kind] / 1e6
+        write(partial(set_counted, job_id=job_id, intent=intent, tokens=tokens, cost=cost))
+        counted += 1
+    return counted

@@ -5,10 +5,12 @@ on a DuckDB connection, each statement answered by the file's host (ledger/host.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import pandas as pd
 import pyarrow as pa
+
+if TYPE_CHECKING:  # the host answers `df` requests with pandas, imported then: its start is on every run's path
+    import pandas as pd
 
 
 class Sender(Protocol):

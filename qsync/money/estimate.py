@@ -31,6 +31,7 @@ from qsync.catalog.models import (
 from qsync.catalog.tokens import estimate_tokens, instruction_tokens, per_image, per_page, text_token_limit
 from qsync.clock import SYSTEM_CLOCK
 from qsync.embedders.gemini import api_key_from_env
+from qsync.engine.counting import COUNT_TEXTS
 from qsync.engine.ratelimit import SAFETY
 from qsync.errors import ConfigError, QsyncError
 from qsync.input.plan import plan_job
@@ -138,7 +139,7 @@ def estimate_uncached(found: Uncached, limits: PlanLimits, count_tokens: CountTo
     picked = found.sample
     if count_tokens is not None and len(picked):
         try:
-            counted = sum(int(count_tokens(chunk)) for chunk in _chunks(list(picked["text"]), 100))
+            counted = sum(int(count_tokens(chunk)) for chunk in _chunks(list(picked["text"]), COUNT_TEXTS))  # one call
         except QsyncError as exc:  # the estimate stands uncalibrated: it must never stop a plan
             basis += f" (countTokens failed: {exc})"
         else:

@@ -39,7 +39,7 @@ def record_estimate(
 ) -> dict[str, Any] | None:
     """Estimate a job that has not started yet and store it; a job with an estimate, or with batches already
     done, is left alone (None). `calibrate` counts tokens on a sample with the embedder's own counter (Gemini:
-    countTokens, 2 small API calls)."""
+    one countTokens call on 200 texts)."""
     if costs.recorded_estimate(ledger, job) is not None or job_figures(ledger, clock, job).batches_done:
         return None
     spec = job_record(ledger, job).spec

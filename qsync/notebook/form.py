@@ -8,15 +8,15 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from qsync.app.options import default_job_name
-from qsync.catalog.models import DEFAULT_EMBEDDING_MODEL, multimodal
+from qsync.app.options import calls_in_flight, default_job_name, embedder_spec_of
+from qsync.catalog.models import DEFAULT_EMBEDDING_MODEL, default_limits, multimodal
 from qsync.errors import ConfigError, QsyncError
 from qsync.input.columns import guess_columns, source_columns
 from qsync.input.frames import Frame, frame_label
 from qsync.input.postgres import without_secret
 from qsync.input.sources import as_source
 from qsync.notebook.formatting import error_html
-from qsync.spec.defaults import DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, DEFAULT_DIMENSIONS
+from qsync.spec.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DIMENSIONS
 from qsync.spec.job import JobSpec
 from qsync.spec.settings import RunSettings
 
@@ -89,9 +89,10 @@ class LauncherForm:
         self.embedder.add_class("qsync-embedder")
         self.model = widgets.Text(defaults.get("model") or DEFAULT_EMBEDDING_MODEL, description="Model", style=_LABEL,
                                   layout=_FIELD)  # fmt: skip
-        self.texts_per_minute = widgets.IntText(int(defaults.get("texts_per_minute") or 3000),
+        texts_limit, tokens_limit = default_limits()  # Gemini's tier 1, as a run without limits given paces itself
+        self.texts_per_minute = widgets.IntText(int(defaults.get("texts_per_minute") or texts_limit),
                                                 description="Texts per minute", style=_LABEL, layout=_FIELD)  # fmt: skip
-        self.tokens_per_minute = widgets.IntText(int(defaults.get("tokens_per_minute") or 1_000_000),
+        self.tokens_per_minute = widgets.IntText(int(defaults.get("tokens_per_minute") or tokens_limit),
                                                  description="Tokens per minute", style=_LABEL, layout=_FIELD)  # fmt: skip
         # Media columns embed each record's image or PDF (its text as caption): gemini-embedding-2 only.
         self.image_column = widgets.Dropdown(options=[_NO_MEDIA], description="Image column", style=_LABEL,
@@ -109,9 +110,14 @@ class LauncherForm:
                                           style=_LABEL, layout=_FIELD)  # fmt: skip
         self.batch_size = widgets.IntText(int(defaults.get("batch_size") or DEFAULT_BATCH_SIZE), description="Batch size",
                                           style=_LABEL, layout=_FIELD)  # fmt: skip
-        self.concurrency = widgets.IntText(int(defaults.get("concurrency") or DEFAULT_CONCURRENCY), description="Batches at once",
-                                           style=_LABEL, layout=_FIELD)  # fmt: skip
+        # Empty: chosen from the rate limits when the run starts, as `qsync run` and `qsync.run` choose; the field's
+        # placeholder and the line beside it say the number that will be (calls_in_flight, the same choice).
+        given = defaults.get("concurrency")
+        self.concurrency = widgets.Text("" if given is None else str(given), description="Batches at once",
+                                        placeholder="auto", style=_LABEL, layout=_FIELD)  # fmt: skip
         self.concurrency.add_class("qsync-concurrency")
+        self.concurrency_help = widgets.HTML("")
+        self.concurrency_help.add_class("qsync-concurrency-help")
         chunk = defaults.get("chunk_tokens")
         self.chunk_tokens = widgets.Text("" if chunk is None else str(chunk), description="Chunk tokens",
                                          placeholder="empty: the model's limit", style=_LABEL, layout=_FIELD)  # fmt: skip
@@ -127,10 +133,13 @@ class LauncherForm:
         self.read_button.on_click(lambda _: self.read_columns())
         self.embedder.observe(lambda _: self.show_embedder_fields(), names="value")
         self.model.observe(lambda _: self.show_embedder_fields(), names="value")
+        for field in (self.texts_per_minute, self.batch_size, self.concurrency):
+            field.observe(lambda _: self.show_concurrency(), names="value")
         self.widget = widgets.VBox([
             widgets.HBox([self.source, self.read_button]), self.database, self.collection, self.job_name,
             self.id_column, self.text_column, widgets.HBox([self.payload_columns, payload_help]),
-            self.embedder, self.gemini_fields, self.dimensions, self.batch_size, self.concurrency,
+            self.embedder, self.gemini_fields, self.dimensions, self.batch_size,
+            widgets.HBox([self.concurrency, self.concurrency_help]),
             widgets.HBox([self.chunk_tokens, chunk_help]), widgets.HBox([self.budget, budget_help]),
         ])  # fmt: skip
         self.show_embedder_fields()
@@ -205,14 +214,34 @@ class LauncherForm:
     def show_embedder_fields(self) -> None:
         self.gemini_fields.layout.display = "" if self.embedder.value == "gemini" else "none"
         self.media_fields.layout.display = "" if self.media_model() else "none"
+        self.show_concurrency()
+
+    def chosen_concurrency(self) -> int | None:
+        """The batches a run started now would keep in flight when the field is empty: chosen from the rate limits as
+        every run chooses (None: by an embedder of your own, when the run starts)."""
+        try:
+            spec = embedder_spec_of(self.embedder.value, self.model_value(), embedder_options=self.extra_options)
+            return calls_in_flight(self._settings(concurrency=None), spec, int(self.batch_size.value))
+        except QsyncError:  # a model not in the pricing table, say: Start tells why
+            return None
+
+    def show_concurrency(self) -> None:
+        """Say what an empty Batches at once field means for these settings: the number the run will choose."""
+        chosen = self.chosen_concurrency()
+        self.concurrency.placeholder = "auto" if chosen is None else f"auto: {chosen}"
+        said = "" if chosen is None else f": <b>{chosen}</b> for these settings"
+        self.concurrency_help.value = f"<small>empty: chosen from the rate limits as the run starts{said}</small>"
+
+    def model_value(self) -> str | None:
+        """The Model field, for the gemini embedder (the others have no model to name)."""
+        return self.model.value.strip() or None if self.embedder.value == "gemini" else None
 
     def spec_options(self) -> dict[str, Any]:
-        gemini = self.embedder.value == "gemini"
         return {
             "collection": self.collection.value.strip(), "job": self.job_name.value.strip() or None,
             "id_column": self.id_column.value, "text_column": self.text_column.value,
             "payload_columns": list(self.payload_columns.value), "embedder": self.embedder.value,
-            "model": self.model.value.strip() or None if gemini else None, "dimensions": self.dimensions.value,
+            "model": self.model_value(), "dimensions": self.dimensions.value,
             "embedder_options": self.extra_options, "batch_size": self.batch_size.value,
             "qdrant_path": self.qdrant_path, "source_db": self.database_value(), "chunk_tokens": _whole_number(self.chunk_tokens.value, "chunk tokens"),
             "image_column": self.image_column.value or None if self.media_model() else None,
@@ -220,9 +249,13 @@ class LauncherForm:
         }  # fmt: skip
 
     def settings(self) -> RunSettings:
+        """The run's settings; Batches at once left empty: None, chosen by the run from the limits."""
+        return self._settings(_whole_number(self.concurrency.value, "batches at once"))
+
+    def _settings(self, concurrency: int | None) -> RunSettings:
         gemini = self.embedder.value == "gemini"
         return RunSettings.from_env(
-            concurrency=self.concurrency.value,
+            concurrency=concurrency,
             texts_per_minute=float(self.texts_per_minute.value) if gemini else None,
             tokens_per_minute=float(self.tokens_per_minute.value) if gemini else None,
         )
@@ -266,6 +299,7 @@ class LauncherForm:
         self.chunk_tokens.value = "" if spec.chunking.tokens is None else str(spec.chunking.tokens)
         self.budget.value = "" if max_cost_usd is None else f"{max_cost_usd:g}"
         self.extra_options = dict(spec.embedder.options)
+        self.show_concurrency()  # the embedder's own price (an option) is part of the choice
 
 
 def _whole_number(text: str, name: str) -> int | None:

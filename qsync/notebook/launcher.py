@@ -32,6 +32,7 @@ from qsync.notebook.sentences import as_stored, describe_differences, run_finish
 from qsync.notebook.ui import KernelSide
 from qsync.spec.defaults import resolve_db
 from qsync.spec.job import JobSpec, base_name
+from qsync.spec.settings import RunSettings
 
 _WATCH_S = 2.0  # how often a form showing a job it does not run reads the ledger
 
@@ -185,7 +186,8 @@ class Launcher(LauncherControls):
         self.search.widget.layout.display = "none"
         try:
             budget = parse_budget(self.form.budget.value)
-        except ValueError as exc:
+            settings = self.form.settings()
+        except (ValueError, QsyncError) as exc:
             self.message.value = error_html(str(exc))
             return
         if not self.form.collection.value.strip():
@@ -201,33 +203,35 @@ class Launcher(LauncherControls):
         self.pause_button.disabled = True  # nothing to pause while planning
         self.monitor.reset(name, "reading the source and planning…")
         self.message.value = f"Reading the source and planning <b>{html.escape(name)}</b>…"
-        self._planning = threading.Thread(target=self._plan_and_run, args=(budget,), daemon=True)
+        self._planning = threading.Thread(target=self._plan_and_run, args=(budget, settings), daemon=True)
         self._planning.start()
 
-    def _plan_and_run(self, budget: float | None) -> None:
+    def _plan_and_run(self, budget: float | None, settings: RunSettings) -> None:
         """On the planning thread: plan (or pick up) the job; what follows happens on the kernel's side."""
         try:
-            job = jobs.prepare(self.form.source_value(), db=self.db, max_cost_usd=budget, settings=self.form.settings(),
-                               **self.form.spec_options())  # fmt: skip
+            # Opened for the run that follows (as `qsync run` does): the collection checked is the one it writes to.
+            job = jobs.open_for_run(self.form.source_value(), db=self.db, max_cost_usd=budget, settings=settings,
+                                    **self.form.spec_options())  # fmt: skip
         except SpecMismatch as exc:
             self.ui.call(self._show_mismatch, exc)
             return
         except (QsyncError, ValueError) as exc:
             self.ui.call(self._not_started, exc)
             return
-        self.ui.call(self._launch, job, budget)
+        self.ui.call(self._launch, job, budget, settings)
 
     def _not_started(self, exc: Exception) -> None:
         self.monitor.reset(self.form.expected_name() or "the job", "not started")
         self.message.value = error_html(f"Not started: {exc}")
         self._buttons(running=False)
 
-    def _launch(self, job: str, budget: float | None) -> None:
-        self.job = job
-        if self.monitor.job != job:
-            self.monitor.reset(job)
+    def _launch(self, job: str | jobs.OpenedJob, budget: float | None, settings: RunSettings) -> None:
+        """Run the job in the background: one just opened (its sink goes to the runner), or by name (Resume)."""
+        self.job = job.job_id if isinstance(job, jobs.OpenedJob) else job
+        if self.monitor.job != self.job:
+            self.monitor.reset(self.job)
         try:
-            self.handle = start_job(job, db=self.db, settings=self.form.settings(), max_cost_usd=budget,
+            self.handle = start_job(job, db=self.db, settings=settings, max_cost_usd=budget,
                                     listeners=[self.monitor, self._on_event])  # fmt: skip
         except QsyncError as exc:
             self.message.value = error_html(f"Not started: {exc}")
@@ -277,7 +281,8 @@ class Launcher(LauncherControls):
             self.handle.wait(10)  # the run has ended and is returning: a moment
         try:
             budget = parse_budget(self.form.budget.value)
-        except ValueError as exc:
+            settings = self.form.settings()
+        except (ValueError, QsyncError) as exc:
             self.message.value = error_html(str(exc))
             return
         self.monitor.stop(wait_s=0)
@@ -285,7 +290,7 @@ class Launcher(LauncherControls):
         self.monitor.set_status("resuming…")
         self.monitor.new_run()
         self.message.value = f"Resuming <b>{html.escape(self.job)}</b>…"
-        self._launch(self.job, budget)
+        self._launch(self.job, budget, settings)
 
     def ask_cancel(self) -> None:
         if self.job is None:

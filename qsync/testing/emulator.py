@@ -41,9 +41,11 @@ from qsync.testing.gemini_model import (  # noqa: F401 (TOKENS_PER_IMAGE, media_
     TOKEN,
     TOKENS_PER_IMAGE,
     Input,
+    answer_json,
     answer_values,
     count_tokens,
     emulated_vector,
+    encode_answer,
     error_body,
     media_key,
     read_input,
@@ -284,7 +286,7 @@ class GeminiEmulator:
         if limited is not None:
             return limited
         embeddings = [
-            {"values": answer_values(model, i.key, r.get("outputDimensionality"), self._words(i.text))}
+            {"values": answer_json(model, i.key, r.get("outputDimensionality"), self._words(i.text))}
             for i, r in zip(read, requests, strict=True)
         ]
         self._meter(model, texts, tokens, batch_mode=False, modalities=modalities)
@@ -368,7 +370,7 @@ class GeminiEmulator:
 
     @staticmethod
     def _send(handler: BaseHTTPRequestHandler, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
+        data = encode_answer(body)
         try:
             handler.send_response(code)
             handler.send_header("Content-Type", "application/json; charset=UTF-8")
