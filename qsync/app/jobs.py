@@ -243,6 +243,12 @@ class OpenedJob:
     job_id: str
     embedder: Embedder | None = None
     sink: Sink | None = None
+    checked: bool = True  # the whole file was read by `open_for_run`: the runner does not read it again
+
+    @classmethod
+    def of(cls, job: str | OpenedJob) -> OpenedJob:
+        """`job` as an OpenedJob: one given by name brings nothing (its runner builds all, and checks the file)."""
+        return job if isinstance(job, OpenedJob) else cls(job, checked=False)
 
     def close(self) -> None:
         if self.sink is not None:
@@ -299,9 +305,9 @@ def make_runner(
     clears it) is written with the lease when the run starts; `embedder` and `sink` replace the ones the spec
     would build (tests put fakes of the outside services there). An `OpenedJob` brings its own (and its checked
     file); its sink is closed here if no runner is made."""
-    job_id = job.job_id if isinstance(job, OpenedJob) else job
-    if isinstance(job, OpenedJob):
-        embedder, sink, checked = embedder or job.embedder, sink or job.sink, True
+    opened = OpenedJob.of(job)
+    job_id, embedder, sink = opened.job_id, embedder or opened.embedder, sink or opened.sink
+    checked = checked or opened.checked
     ledger: Ledger | None = None
     try:
         ledger = Ledger(db, create=False)
@@ -323,8 +329,7 @@ def make_runner(
     except BaseException:
         if ledger is not None:
             ledger.close()
-        if isinstance(job, OpenedJob):
-            job.close()
+        opened.close()
         raise
 
 

@@ -169,12 +169,12 @@ def start_job(
     """Run (or resume) a planned job in a background thread; returns at once. A job just opened by
     `jobs.open_for_run` runs with the sink that checked its collection (closed here if it cannot start)."""
     path = resolve_db(db)
-    job_id = job.job_id if isinstance(job, jobs.OpenedJob) else job
+    opened = jobs.OpenedJob.of(job)
+    job_id = opened.job_id
     with _runs_lock:
         existing = _runs.get((str(path), job_id))
         if existing is not None and existing.running:
-            if isinstance(job, jobs.OpenedJob):
-                job.close()
+            opened.close()
             raise ConfigError(f"job {job_id!r} is already running in this kernel")
         handle = JobHandle(job_id, path, listeners, settings=settings, concurrency=concurrency, clock=clock)
         runner = jobs.make_runner(job, db=path, settings=settings, concurrency=concurrency, listeners=[handle._dispatch],

@@ -227,7 +227,7 @@ class Launcher(LauncherControls):
 
     def _launch(self, job: str | jobs.OpenedJob, budget: float | None, settings: RunSettings) -> None:
         """Run the job in the background: one just opened (its sink goes to the runner), or by name (Resume)."""
-        self.job = job.job_id if isinstance(job, jobs.OpenedJob) else job
+        self.job = jobs.OpenedJob.of(job).job_id
         if self.monitor.job != self.job:
             self.monitor.reset(self.job)
         try:
