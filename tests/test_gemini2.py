@@ -264,9 +264,15 @@ def test_the_what_if_table_of_a_media_job_lists_only_media_models_and_prices_med
 
 
 @pytest.mark.parametrize("model", [G2, G1])
-def test_count_tokens_sends_one_content_per_text_as_the_sdk_makes_it(emulator: GeminiEmulator, model: str) -> None:
-    """countTokens's contents are built as dicts (the SDK converts Content objects 2.5x slower): the request must be
-    the one the SDK makes of one Content per text, each text as the model receives it, and the count their sum."""
+def test_count_tokens_sends_one_content_per_text_as_the_sdk_makes_it(
+    emulator: GeminiEmulator, model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """countTokens's body is built here and sent through the SDK's transport (the public method converts every text
+    through pydantic models first): the request must be the one the SDK makes of one Content per text, each text as
+    the model receives it, and the count their sum. An SDK without that transport gets the same request through its
+    public method."""
+    from types import SimpleNamespace
+
     from google.genai import types
 
     from qsync.embedders.gemini import GeminiEmbedder
@@ -279,5 +285,9 @@ def test_count_tokens_sends_one_content_per_text_as_the_sdk_makes_it(emulator: G
     sent = [embedder.sent_text(t) for t in texts]
     objects = [types.Content(parts=[types.Part(text=t)]) for t in sent]
     embedder._client.models.count_tokens(model=embedder.model, contents=objects)
-    assert bodies[0] == bodies[1] == {"contents": [{"parts": [{"text": t}]} for t in sent]}
+    monkeypatch.setattr(embedder.api, "client", SimpleNamespace(models=embedder._client.models))  # no transport
+    assert embedder.api.post(f"models/{model}:countTokens", {"contents": []}) is None
+    assert embedder.count_tokens(texts) == total
+    assert bodies[0] == bodies[1] == bodies[2] == {"contents": [{"parts": [{"text": t}]} for t in sent]}
+    assert len(bodies) == 3  # the fallback made one request, not two
     assert total == sum(count_tokens(t) for t in sent)
