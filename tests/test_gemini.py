@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from qsync_testing import (
 import qsync
 from qsync.app import reading
 from qsync.app.jobs import create_job
+from qsync.engine.events import BatchFinished
 from qsync.engine.runner import RunResult
 from qsync.errors import ConfigError
 from qsync.spec.settings import RunSettings
@@ -136,6 +138,38 @@ def test_recorded_cost_matches_metered_tokens_and_the_estimate(
     # A second estimate knows the cache: nothing left to pay for.
     after = qsync.estimate(src, dimensions=64, db=db)
     assert after["texts_to_embed"] == 0 and after["cost_usd"] == 0
+
+
+def test_a_run_does_not_wait_for_the_calibration_of_its_estimate(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    """A job planned for a run that starts at once has its estimate recorded uncalibrated and its batches run while
+    countTokens calibrates it (here held back until a batch is done); the run ends with it calibrated."""
+    release = threading.Event()
+
+    def held_back(verb: str, body: dict[str, Any]) -> None:
+        if verb == "countTokens":
+            release.wait(60)
+
+    emulator.hooks.append(held_back)
+    src, db = tmp_path / "g.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(300))
+    batches_done = threading.Event()
+    handle = qsync.start(
+        src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64, batch_size=50,
+        settings=FAST, listeners=[lambda e: batches_done.set() if isinstance(e, BatchFinished) else None],
+    )  # fmt: skip
+    try:
+        assert batches_done.wait(60), "no batch was done while the calibration was held back"
+        early = reading.recorded_estimate("g", db=db)
+        assert early is not None and early["tokens_basis"].startswith("estimated at ~4 bytes per token")
+    finally:
+        release.set()
+    result = handle.wait(60)
+    assert result is not None and result.ok
+    late = reading.recorded_estimate("g", db=db)
+    assert late is not None and late["tokens_basis"].startswith("estimate calibrated with countTokens on 200 texts")
+    assert late["recorded_at"] == early["recorded_at"] and late["records"] == 300
+    assert late["tokens"] == pytest.approx(emulator.tokens_metered, rel=0.10)
+    assert early["tokens"] != late["tokens"]
 
 
 @pytest.mark.reliability

@@ -14,6 +14,7 @@ the runner together with the lease, so a run refused because another runner owns
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -36,7 +37,7 @@ from qsync.ledger.integrity import check as check_integrity
 from qsync.ledger.jobs import JobRecord
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.plans import PlanSummary
-from qsync.money.recorded import record_estimate
+from qsync.money.recorded import record_estimate, record_estimate_soon
 from qsync.sink.factory import open_sink
 from qsync.sink.protocol import Sink, open_soon
 from qsync.spec.embedder import EmbedderSpec
@@ -98,15 +99,17 @@ def _open_or_plan(
     clock: Clock,
     embedder: Embedder | None,
     sink: Sink | None,
-) -> tuple[str, bool]:
-    """`open_job`, and whether it planned the job (False: an unfinished job is resumed, as stored)."""
+    estimate_soon: bool = False,
+) -> tuple[str, bool, threading.Thread | None]:
+    """`open_job`, whether it planned the job (False: an unfinished job is resumed, as stored), and the thread
+    calibrating its estimate (`estimate_soon`: for a run that starts at once, money.recorded.record_estimate_soon)."""
     for attempt in (1, 2):  # a job of that name planned meanwhile by another process: the rules again, once
         newest = ledger_jobs.newest_job(ledger, spec.name)
         if newest is not None and not newest.state.final:
             diffs = differences(newest.spec, spec)
             if diffs:
                 raise _mismatch(newest, spec, diffs)
-            return newest.job_id, False
+            return newest.job_id, False, None
         job_id = spec.name if newest is None else ledger_jobs.next_resync_name(ledger, spec.name)
         embedder = embedder or build_embedder(spec.embedder)
         try:
@@ -115,8 +118,10 @@ def _open_or_plan(
             if attempt == 2:
                 raise
             continue
+        if estimate_soon:
+            return job_id, True, record_estimate_soon(ledger, job_id, embedder, settings=settings, clock=clock)
         record_estimate(ledger, job_id, embedder, settings=settings, clock=clock)
-        return job_id, True
+        return job_id, True, None
     raise AssertionError("unreachable")
 
 
@@ -244,6 +249,7 @@ class OpenedJob:
     embedder: Embedder | None = None
     sink: Sink | None = None
     checked: bool = True  # the whole file was read by `open_for_run`: the runner does not read it again
+    estimating: threading.Thread | None = None  # calibrating the new job's estimate while it runs (joined by it)
 
     @classmethod
     def of(cls, job: str | OpenedJob) -> OpenedJob:
@@ -275,14 +281,16 @@ def open_for_run(
         check_integrity(ledger)
         sink = _job_sink(spec, embedder, ledger)
         try:
-            job_id, planned = _open_or_plan(ledger, spec, src, max_cost_usd, settings, clock, embedder, sink)
+            job_id, planned, estimating = _open_or_plan(
+                ledger, spec, src, max_cost_usd, settings, clock, embedder, sink, estimate_soon=True
+            )
         except BaseException:
             sink.close()
             raise
     if not planned:
         sink.close()  # never opened: nothing was checked
         return OpenedJob(job_id)
-    return OpenedJob(job_id, embedder, sink)
+    return OpenedJob(job_id, embedder, sink, estimating=estimating)
 
 
 def make_runner(
@@ -324,7 +332,7 @@ def make_runner(
         return Runner(
             ledger, job_id, spec, built, sink, settings, signature, budget=max_cost_usd, stages=stages_of(spec),
             listeners=listeners, only_batches=frozenset(only_batches) if only_batches is not None else None,
-            clock=clock, checked=checked,
+            clock=clock, checked=checked, alongside=[t for t in (opened.estimating,) if t is not None],
         )  # fmt: skip
     except BaseException:
         if ledger is not None:

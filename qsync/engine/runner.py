@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,7 @@ class Runner:
         clock: Clock = SYSTEM_CLOCK,
         control: Control | None = None,
         checked: bool = False,  # the caller read the whole checkpoint file moments ago (app.jobs.run): not again
+        alongside: Sequence[threading.Thread] = (),  # work for this job beside the run (its estimate's calibration)
     ) -> None:
         self.ledger = ledger
         self.job_id = job_id
@@ -116,6 +118,7 @@ class Runner:
         self.clock = clock
         self.control = control or Control()
         self.checked = checked
+        self.alongside = list(alongside)  # joined before the run is told finished (its figures are then final)
         self._scheduler: Scheduler | None = None
         texts_per_minute = settings.texts_per_minute or default_limits(embedder)[0]
         paid = bool(embedder.price_per_million_tokens)
@@ -141,7 +144,10 @@ class Runner:
             lease, took_over = take_lease(
                 self.ledger, self.job_id, self.clock, self.settings.stale_after_s, os.getpid(), self.budget
             )
-            return self._run(lease, took_over, started)
+            result = self._run(lease, took_over, started)
+            for thread in self.alongside:
+                thread.join()
+            return result
         finally:
             self.sink.close()
             self.ledger.close()

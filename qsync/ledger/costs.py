@@ -78,6 +78,18 @@ def recorded_estimate(ledger: Ledger, job: str) -> dict[str, Any] | None:
     return {str(k): (None if pd.isna(v) else v) for k, v in frame.iloc[0].to_dict().items()}
 
 
+def update_estimate(ledger: Ledger, estimate: dict[str, Any]) -> None:
+    """Replace the figures of a job's recorded estimate by these (its calibration, made after the run started:
+    money.recorded.record_estimate_soon); when it was recorded stays."""
+    figures = [c for c in _ESTIMATE_COLUMNS if c not in ("job_id", "recorded_at")]
+    ledger.write(
+        lambda con: con.execute(
+            f"UPDATE plan_estimates SET {', '.join(f'{c} = ?' for c in figures)} WHERE job_id = ?",
+            [*(estimate[c] for c in figures), estimate["job_id"]],
+        )
+    )
+
+
 def record_estimate(ledger: Ledger, estimate: dict[str, Any]) -> None:
     """Store a job's plan-time estimate (the first one stays)."""
     columns = ", ".join(_ESTIMATE_COLUMNS)

@@ -9,6 +9,9 @@ it was started (the CLI, the Python API, the notebooks: qsync.app.jobs.prepare).
 
 from __future__ import annotations
 
+import logging
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -24,8 +27,10 @@ from qsync.ledger.figures import job_figures
 from qsync.ledger.jobs import job_record
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.queries import manifest_size, uncached_contents
-from qsync.money.estimate import CountTokens, Uncached, estimate_uncached, paced_minutes, plan_limits
+from qsync.money.estimate import CountTokens, PlanLimits, Uncached, estimate_uncached, paced_minutes, plan_limits
 from qsync.spec.settings import RunSettings
+
+log = logging.getLogger("qsync")
 
 
 def record_estimate(
@@ -39,7 +44,93 @@ def record_estimate(
 ) -> dict[str, Any] | None:
     """Estimate a job that has not started yet and store it; a job with an estimate, or with batches already
     done, is left alone (None). `calibrate` counts tokens on a sample with the embedder's own counter (Gemini:
-    one countTokens call on 200 texts)."""
+    one countTokens call on 200 texts); without, the estimate is ~4 bytes per token, and says so."""
+    planned = _planned(ledger, job, embedder, settings, clock)
+    if planned is None:
+        return None
+    estimate = planned.estimate(_counter(embedder) if calibrate else None)
+    costs.record_estimate(ledger, estimate)
+    return estimate
+
+
+def record_estimate_soon(
+    ledger: Ledger, job: str, embedder: Embedder, *, settings: RunSettings | None = None, clock: Clock = SYSTEM_CLOCK
+) -> threading.Thread | None:
+    """`record_estimate` for a job whose run starts at once: what the estimate is made of is read now (before any
+    batch is done or cached), recorded uncalibrated, and calibrated on a thread (its own Ledger of the file) that
+    replaces the figures when countTokens answers, so the run's first batches do not wait for that round trip. A
+    crash before leaves the uncalibrated figures, labelled so. Returns the thread (None: nothing to calibrate, or
+    an embedder that counts without a call, done here)."""
+    planned = _planned(ledger, job, embedder, settings, clock)
+    if planned is None:
+        return None
+    if not isinstance(embedder, CountsTokens) or planned.uncached is None or not len(planned.uncached.sample):
+        costs.record_estimate(ledger, planned.estimate(_counter(embedder)))
+        return None
+    costs.record_estimate(ledger, planned.estimate(None))
+    path = ledger.path
+
+    def calibrate() -> None:
+        try:
+            calibrated = planned.estimate(embedder.count_tokens)
+            with Ledger(path, create=False) as own:
+                costs.update_estimate(own, calibrated)
+        except Exception as exc:  # the uncalibrated estimate stands; it must never disturb the run
+            log.warning("qsync: the estimate of %s was not calibrated: %s", job, exc)
+
+    thread = threading.Thread(target=calibrate, name="qsync-estimate", daemon=True)
+    thread.start()
+    return thread
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """What a job's estimate is made of, read from its manifest and the cache right after planning."""
+
+    job: str
+    records: int
+    gemini: bool
+    model: str
+    limits: PlanLimits
+    contents: int
+    uncached: Uncached | None  # None: nothing to embed
+    price: float
+    batch_mode: bool
+    settings: RunSettings
+    recorded_at: Any
+
+    def estimate(self, counter: CountTokens | None) -> dict[str, Any]:
+        """The estimate's row: `counter` calibrates the text tokens on the sample (None: bytes alone)."""
+        found = estimate_uncached(self.uncached, self.limits, count_tokens=counter) if self.uncached else None
+        tokens = found.tokens if found else 0
+        basis = "nothing to embed"
+        if found:
+            basis = found.basis if self.gemini else found.basis.replace("countTokens", "the embedder's own count")
+        settings = self.settings
+        return {
+            "job_id": self.job,
+            "recorded_at": self.recorded_at,
+            "records": self.records,
+            "texts_to_embed": found.texts_to_embed if found else 0,
+            "cached_texts": self.contents - found.texts_to_embed if found else 0,
+            "tokens": tokens,
+            "media_tokens": found.media_tokens if found else 0,
+            "tokens_basis": basis,
+            "cost_usd": found.cost_usd(self.model, batch_mode=self.batch_mode, text_price=self.price) if found else 0.0,
+            # Rate limits pace only Gemini's synchronous calls; Batch Mode answers "within 24 h".
+            "minutes": paced_minutes(
+                found.texts_to_embed, tokens, settings.texts_per_minute, settings.tokens_per_minute
+            )
+            if found and self.gemini and not self.batch_mode
+            else None,
+            "price_usd_per_million_tokens": self.price,
+        }
+
+
+def _planned(
+    ledger: Ledger, job: str, embedder: Embedder, settings: RunSettings | None, clock: Clock
+) -> _Planned | None:
+    """What the estimate of a job not started yet is made of; None for a job with an estimate or batches done."""
     if costs.recorded_estimate(ledger, job) is not None or job_figures(ledger, clock, job).batches_done:
         return None
     spec = job_record(ledger, job).spec
@@ -49,36 +140,21 @@ def record_estimate(
         DEFAULT_EMBEDDING_MODEL
     )  # fmt: skip
     limits = plan_limits(model, spec.embedder.dimensions, spec.embedder.resolved_task_type or None)
-    counter = _counter(embedder) if calibrate else _bytes_counter
     # Exactly the contents the job will embed, less what the cache holds, counted where they are (SQL).
     contents, todo, own, media, sent, sample = uncached_contents(ledger, job, key_prefixes(limits), 200)
-    found = (
-        estimate_uncached(Uncached(todo, own, media, sent, sample), limits, count_tokens=counter) if contents else None
+    return _Planned(
+        job=job,
+        records=records,
+        gemini=gemini,
+        model=model,
+        limits=limits,
+        contents=contents,
+        uncached=Uncached(todo, own, media, sent, sample) if contents else None,
+        price=spec.embedder.price_per_million(batch_mode=spec.batch_mode) or embedder.price_per_million_tokens,
+        batch_mode=spec.batch_mode,
+        settings=settings or RunSettings.from_env(),
+        recorded_at=clock.now(),
     )
-    settings = settings or RunSettings.from_env()
-    price = spec.embedder.price_per_million(batch_mode=spec.batch_mode) or embedder.price_per_million_tokens
-    tokens = found.tokens if found else 0
-    basis = "nothing to embed"
-    if found:
-        basis = found.basis if gemini else found.basis.replace("countTokens", "the embedder's own count")
-    estimate = {
-        "job_id": job,
-        "recorded_at": clock.now(),
-        "records": records,
-        "texts_to_embed": found.texts_to_embed if found else 0,
-        "cached_texts": contents - found.texts_to_embed if found else 0,
-        "tokens": tokens,
-        "media_tokens": found.media_tokens if found else 0,
-        "tokens_basis": basis,
-        "cost_usd": found.cost_usd(model, batch_mode=spec.batch_mode, text_price=price) if found else 0.0,
-        # Rate limits pace only Gemini's synchronous calls; Batch Mode answers "within 24 h".
-        "minutes": paced_minutes(found.texts_to_embed, tokens, settings.texts_per_minute, settings.tokens_per_minute)
-        if found and gemini and not spec.batch_mode
-        else None,
-        "price_usd_per_million_tokens": price,
-    }
-    costs.record_estimate(ledger, estimate)
-    return estimate
 
 
 def _bytes_counter(texts: list[str]) -> int:
