@@ -251,7 +251,7 @@ def _claims(job: LeasedJob) -> int:
     return int(job.ledger.query_rows("SELECT count(*) FROM text_claims")[0][0])
 
 
-def test_a_claimed_text_is_waited_for_and_its_claim_leaves_when_its_vector_is_saved(
+def test_a_claimed_text_is_waited_for_until_its_vector_is_saved_and_its_claim_leaves_when_its_batch_is_done(
     tmp_path: Path, job: LeasedJob
 ) -> None:
     other = _second_run(tmp_path, job)
@@ -264,11 +264,13 @@ def test_a_claimed_text_is_waited_for_and_its_claim_leaves_when_its_vector_is_sa
     assert other.claimed_elsewhere(keys) == set(keys)
     vectors = embedder.embed(work.texts)
     job.record_embeddings(work, embedder, work.hashes, vectors.vectors, vectors.tokens_per_text, False, 0.0)
-    assert other.claimed_elsewhere(keys) == set() and _claims(job) == 0  # saved: the claims left with it
-    # Saved a moment ago, after the second looked: taken from the cache in its claim, never claimed (and paid).
+    # Saved a moment ago, after the second looked: taken from the cache in its claim, never claimed (and paid), and
+    # not waited for, though the first batch's claims stay until it is done.
     cached, elsewhere = other.claim_texts(embedder, work.hashes)
-    assert set(cached.found) == set(work.hashes) and elsewhere == set() and _claims(job) == 0
+    assert set(cached.found) == set(work.hashes) and elsewhere == set() and _claims(job) == len(keys)
     assert np.array_equal(np.stack([cached.found[h][0] for h in work.hashes]), vectors.vectors)
+    job.complete([Completion(work, 0, 0, 0.1, {}, keys)])
+    assert other.claimed_elsewhere(keys) == set() and _claims(job) == 0  # done: its claims left with it
 
 
 def test_a_run_that_ends_lets_go_of_its_claims(tmp_path: Path, job: LeasedJob) -> None:

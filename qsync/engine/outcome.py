@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qsync.ledger.batches import Completion
 
@@ -20,6 +20,7 @@ class Outcome:
     cache_hits: int = 0  # texts whose vector came from the cache or another batch's call
     batch_mode: int = 0  # texts whose vector this job's Batch Mode paid for (never cache hits)
     saved_tokens: int = 0
+    claims: list[str] = field(default_factory=list)  # text claims of the texts it paid for (let go when it is done)
     error: str | None = None
     fatal: BaseException | None = None  # the run cannot go on (lease lost, ledger broken)
     halt: BaseException | None = None  # the job must stop (PauseJob: resumable; StopJob: failed)

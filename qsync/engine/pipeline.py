@@ -84,7 +84,8 @@ class BatchPipeline:
             skips = {i: _chunk_reason(work, i, rejected[h]) for i, h in enumerate(work.hashes) if h in rejected}
             outcome.skipped = work.records_among(skips)
             outcome.records = work.records_among(range(len(work.hashes))) - outcome.skipped
-            done = Completion(work, outcome.cache_hits, outcome.saved_tokens, time.monotonic() - started, skips)
+            took = time.monotonic() - started
+            done = Completion(work, outcome.cache_hits, outcome.saved_tokens, took, skips, outcome.claims)
             return Upserted(done, outcome, written)
         except Exception as exc:
             return self._ended(work, outcome, exc)

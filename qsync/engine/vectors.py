@@ -86,8 +86,9 @@ class BatchVectors:
                 for key in owned_keys:
                     h = key_of[key]
                     self.inflight.resolve(key, by_hash.get(h), tokens_of.get(h, 0))
-                if self._price:  # claims of texts not saved (refused, failed) are let go
+                if self._price:  # claims of texts not saved (refused, failed) are let go; the others when it is done
                     self.job.release_texts([k for k in claimed if key_of[k] not in by_hash])
+                    outcome.claims += [k for k in claimed if key_of[k] in by_hash]
             found, failed = self.inflight.wait(other_keys, self.control)
             for key, (vector, tokens) in found.items():
                 by_hash[key_of[key]] = vector

@@ -88,6 +88,7 @@ class Completion:
     saved_tokens: int
     duration_s: float
     skips: dict[int, str] = field(default_factory=dict)  # record index -> why the embedder refused it
+    claims: list[str] = field(default_factory=list)  # text claims of its paid texts, let go when it is done
 
 
 def next_attempt(job_id: str, batch_no: int, state: tuple[int, str] | None) -> int:
@@ -164,25 +165,33 @@ def end_attempt(con: Any, job_id: str, work: BatchWork, token: str, now: Any, ou
     )
 
 
-def mark_done(con: Any, job_id: str, done: Completion, now: Any) -> None:
+def mark_done(con: Any, job_id: str, token: str, dones: Sequence[Completion], now: Any) -> None:
+    """Mark batches done, their attempts ended and their refused records listed: one statement each for the whole
+    group (a statement costs the host 1 to 3 ms whatever its size)."""
+    if not dones:
+        return
+    numbers = [done.work.batch_no for done in dones]
     con.execute(
-        """UPDATE batches SET status = 'done', finished_at = ?, duration_s = ?, last_error = NULL,
-               cache_hits = cache_hits + ?, saved_tokens = saved_tokens + ?, skipped_records = ?
-           WHERE job_id = ? AND batch_no = ?""",
-        [
-            now,
-            done.duration_s,
-            done.cache_hits,
-            done.saved_tokens,
-            done.work.records_among(done.skips),
-            job_id,
-            done.work.batch_no,
-        ],
+        """UPDATE batches SET status = 'done', finished_at = ?, duration_s = n.d, last_error = NULL,
+               cache_hits = cache_hits + n.h, saved_tokens = saved_tokens + n.s, skipped_records = n.k
+           FROM (SELECT unnest(?::INTEGER[]) AS b, unnest(?::DOUBLE[]) AS d, unnest(?::BIGINT[]) AS h,
+                        unnest(?::BIGINT[]) AS s, unnest(?::BIGINT[]) AS k) n
+           WHERE batches.job_id = ? AND batches.batch_no = n.b""",
+        [now, numbers, [done.duration_s for done in dones], [done.cache_hits for done in dones],
+         [done.saved_tokens for done in dones], [done.work.records_among(done.skips) for done in dones], job_id],
+    )  # fmt: skip
+    con.execute(
+        """UPDATE attempts SET finished_at = ?, outcome = 'done', error = NULL
+           FROM (SELECT unnest(?::INTEGER[]) AS b, unnest(?::INTEGER[]) AS a) n
+           WHERE attempts.job_id = ? AND attempts.batch_no = n.b AND attempts.attempt = n.a AND lease_token = ?""",
+        [now, numbers, [done.work.attempt for done in dones], job_id, token],
     )
-    for i, reason in done.skips.items():
+    skips = [(done.work.ordinals[i], done.work.record_ids[i], why) for done in dones for i, why in done.skips.items()]
+    if skips:
+        ordinals, ids, reasons = (list(column) for column in zip(*skips, strict=True))
         con.execute(
-            "INSERT INTO skipped VALUES (?, ?, ?, 'embed', ?, ?)",
-            [job_id, done.work.ordinals[i], done.work.record_ids[i], reason, now],
+            "INSERT INTO skipped SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), 'embed', unnest(?::VARCHAR[]), ?",
+            [job_id, ordinals, ids, reasons, now],
         )
 
 

@@ -6,12 +6,8 @@ every job in the DuckDB file, so a second job over the same texts and model pays
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import duckdb
-import pyarrow as pa
 
 from qsync.catalog.models import full_dimensions, nested_dimensions
 from qsync.embedders.protocol import Vectors, shortened
@@ -64,28 +60,17 @@ def insert_vectors(
     A plain INSERT: callers only persist keys the cache did not hold when they looked, and ON CONFLICT
     costs ~6 ms a batch, growing with the cache. If another job saved one of the keys meanwhile, the
     INSERT fails and the caller retries with `ignore_existing` (the first copy wins)."""
-    table = pa.table(
-        {
-            "cache_key": [cache_key(embedder, h) for h in hashes],
-            "model": [embedder.model] * len(hashes),
-            "dimensions": pa.array([embedder.dimensions] * len(hashes), pa.int32()),
-            "task_type": [embedder.task_type] * len(hashes),
-            "content_hash": hashes,
-            "tokens": pa.array(tokens, pa.int32()),
-            "byte_offset": pa.array(offsets, pa.int64()),
-            "created_at": pa.array([now] * len(hashes), pa.timestamp("us")),
-            "origin": pa.array([origin] * len(hashes), pa.string()),
-        }
-    )
-    con.register("__qsync_new_vectors", table)
-    try:
-        conflict = " ON CONFLICT DO NOTHING" if ignore_existing else ""
-        con.execute(f"INSERT INTO embeddings SELECT * FROM __qsync_new_vectors{conflict}")
-    finally:
-        # After a failed INSERT the transaction is aborted and unregister fails too; its error must not hide
-        # the INSERT's (a key conflict is retried by the caller). The next register replaces the view anyway.
-        with contextlib.suppress(duckdb.Error):
-            con.unregister("__qsync_new_vectors")
+    # One statement of lists (~1 ms) rather than an Arrow table registered, inserted and unregistered (three
+    # requests to the host, ~3 ms).
+    conflict = " ON CONFLICT DO NOTHING" if ignore_existing else ""
+    con.execute(
+        f"""INSERT INTO embeddings (cache_key, model, dimensions, task_type, content_hash, tokens, byte_offset,
+                                    created_at, origin)
+            SELECT unnest(?::VARCHAR[]), ?, ?, ?, unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::BIGINT[]),
+                   ?::TIMESTAMP, ?{conflict}""",
+        [[cache_key(embedder, h) for h in hashes], embedder.model, embedder.dimensions, embedder.task_type,
+         list(hashes), [int(t) for t in tokens], [int(o) for o in offsets], now, origin],
+    )  # fmt: skip
 
 
 def set_tokens(con: Any, keys: list[str], tokens: list[int]) -> None:

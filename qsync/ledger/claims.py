@@ -3,9 +3,10 @@ lease-checked transaction that checks nobody else did), so that a second process
 their vectors instead of paying for them again. In one process, engine.inflight does the same for the batches of one
 run, without the file.
 
-A claim leaves when its vectors are saved (in that transaction), when its call fails or is refused, when its run
-releases its lease, or when its job's lease is taken over; a claim whose run is gone (its lease released, stale, or
-its process dead) counts for nothing.
+A claim leaves when its batch is done (in the transaction that marks it done, one statement for the group: until then
+the text's vector, saved already, is what anyone looking finds first, so the claim holds nobody up), when its call
+fails or is refused, when its run releases its lease, or when its job's lease is taken over; a claim whose run is
+gone (its lease released, stale, or its process dead) counts for nothing.
 """
 
 from __future__ import annotations

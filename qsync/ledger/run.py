@@ -146,9 +146,9 @@ class LeasedJob:
 
         def apply(con: Any) -> None:
             now = self.clock.now()
-            for done in batches:
-                b.mark_done(con, self.job_id, done, now)
-                b.end_attempt(con, self.job_id, done.work, self.lease.token, now, "done", None)
+            b.mark_done(con, self.job_id, self.lease.token, batches, now)
+            # Their texts' vectors are saved (and taken from the cache by whoever looks): nobody waits for them.
+            claims.release(con, [key for done in batches for key in done.claims], self.lease.token)
             skipped = sum(done.work.records_among(done.skips) for done in batches)
             if skipped:
                 con.execute(
@@ -222,8 +222,6 @@ class LeasedJob:
             insert_vectors(
                 con, embedder, hashes, offsets(con), tokens_per_text, now, None, ignore_existing=ignore_existing
             )
-            # Saved: the texts are no longer being paid for (a run waiting for them finds them in the cache).
-            claims.release(con, [cache_key(embedder, h) for h in hashes], self.lease.token)
             con.execute(
                 """UPDATE batches SET embedded_texts = embedded_texts + ?, tokens = tokens + ?,
                        cost_usd = cost_usd + ?, tokens_estimated = tokens_estimated OR ?,
