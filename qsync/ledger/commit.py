@@ -1,8 +1,8 @@
 """Group commit: the writes of one run's workers, each lease-checked, committed together.
 
 While one worker's transaction runs, the writes other workers ask for queue up and then commit together in the
-next transaction: one lease check (which also moves the job's updated_at), one fsync of the vector file for all
-the vectors the group appended, one commit. Each caller returns only once its own write is committed, so the
+next transaction: one lease check, one fsync of the vector file for all the vectors the group appended, one
+commit. Each caller returns only once its own write is committed, so the
 order a batch's writes are made in holds batch by batch. A write whose group fails is committed again on its
 own, so that only the failing caller sees its error.
 
