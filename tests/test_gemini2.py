@@ -285,9 +285,30 @@ def test_count_tokens_sends_one_content_per_text_as_the_sdk_makes_it(
     sent = [embedder.sent_text(t) for t in texts]
     objects = [types.Content(parts=[types.Part(text=t)]) for t in sent]
     embedder._client.models.count_tokens(model=embedder.model, contents=objects)
-    monkeypatch.setattr(embedder.api, "client", SimpleNamespace(models=embedder._client.models))  # no transport
+    no_transport = SimpleNamespace(models=embedder._client.models)  # an SDK's client without `_api_client`
+    monkeypatch.setattr(embedder.api, "_sdk", (no_transport, embedder.api.types))
     assert embedder.api.post(f"models/{model}:countTokens", {"contents": []}) is None
     assert embedder.count_tokens(texts) == total
     assert bodies[0] == bodies[1] == bodies[2] == {"contents": [{"parts": [{"text": t}]} for t in sent]}
     assert len(bodies) == 3  # the fallback made one request, not two
     assert total == sum(count_tokens(t) for t in sent)
+
+
+def test_an_sdk_that_cannot_start_stops_the_job_at_its_first_call_saying_why(
+    tmp_path: Path, emulator: GeminiEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK is imported and its client made on a thread while the job is planned: a failure there is told by the
+    first call that needs it, and the job stops (it cannot embed anything) with the SDK's own words."""
+    import google.genai
+
+    def broken(**kwargs: Any) -> Any:
+        raise ValueError("this SDK cannot start here")
+
+    monkeypatch.setattr(google.genai, "Client", broken)
+    src = tmp_path / "g.jsonl"
+    write_records(src, make_records(120))
+    result = qsync.run(src, collection="c", job="g", db=tmp_path / "q.duckdb", qdrant_path=tmp_path / "qdrant",
+                       dimensions=64, batch_size=50, settings=FAST)  # fmt: skip
+    assert result.status == "failed"
+    assert "google-genai) could not start: ValueError: this SDK cannot start here" in (result.message or "")
+    assert emulator.requests["batchEmbedContents"] == 0

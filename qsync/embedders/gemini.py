@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import warnings
 from collections import Counter
 from typing import Any
@@ -63,22 +64,51 @@ class GeminiClient:
     """The google-genai client with qsync's boundary: SDK retries off, errors converted, the key scrubbed."""
 
     def __init__(self, timeout_s: float = 60.0, model: str = DEFAULT_MODEL) -> None:
-        from google import genai
-        from google.genai import types
-
         key = api_key_from_env()
         if not key:
             raise ConfigError("Gemini needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")
         self.model = model.removeprefix("models/")
-        self.types = types
         self.secret = key
-        # Retries are ours (attempts=1 turns the SDK's off); the timeout is per HTTP call, in ms.
-        self.client = genai.Client(
-            api_key=key,
-            http_options=types.HttpOptions(
-                timeout=int(timeout_s * 1000), retry_options=types.HttpRetryOptions(attempts=1)
-            ),
-        )
+        self._timeout_s = timeout_s
+        self._sdk: tuple[Any, Any] | BaseException | None = None
+        # The SDK is imported and its client made on a thread (~0.35 s of CPU): a run plans its job meanwhile, its
+        # main thread mostly waiting for the checkpoint file's host. The first use waits for it.
+        self._making = threading.Thread(target=self._make, name="qsync-genai-import", daemon=True)
+        self._making.start()
+
+    def _make(self) -> None:
+        try:
+            from google import genai
+            from google.genai import types
+
+            # Retries are ours (attempts=1 turns the SDK's off); the timeout is per HTTP call, in ms.
+            client = genai.Client(
+                api_key=self.secret,
+                http_options=types.HttpOptions(
+                    timeout=int(self._timeout_s * 1000), retry_options=types.HttpRetryOptions(attempts=1)
+                ),
+            )
+            self._sdk = (client, types)
+        except BaseException as exc:  # told at the first use
+            self._sdk = exc
+
+    def _made(self) -> tuple[Any, Any]:
+        self._making.join()
+        if isinstance(self._sdk, BaseException):  # no call can be made: the job stops, saying why
+            error = self.scrub(f"{type(self._sdk).__name__}: {self._sdk}")
+            raise StopJob(f"the Gemini SDK (google-genai) could not start: {error}") from None
+        assert self._sdk is not None
+        return self._sdk
+
+    @property
+    def client(self) -> Any:
+        """The SDK's client (genai.Client)."""
+        return self._made()[0]
+
+    @property
+    def types(self) -> Any:
+        """The SDK's `google.genai.types`."""
+        return self._made()[1]
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """POST `body` as it is through the SDK's own transport (its key, base URL, timeout and errors), answered
@@ -176,8 +206,14 @@ class GeminiEmbedder:
         self.batch_price_per_million_tokens = price_per_million(self.model, batch_mode=True, override=override)
         texts, tokens = default_limits()
         self.default_limits: tuple[float | None, float | None] = (float(texts), float(tokens))
-        self._types = self.api.types
-        self._client = self.api.client
+
+    @property
+    def _client(self) -> Any:
+        return self.api.client
+
+    @property
+    def _types(self) -> Any:
+        return self.api.types
 
     def rate_limit_key(self) -> str:
         """Gemini's limits are per project and model (at one endpoint: a rehearsal emulator has limits of its own):
