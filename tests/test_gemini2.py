@@ -291,6 +291,15 @@ def test_count_tokens_sends_one_content_per_text_as_the_sdk_makes_it(
     assert embedder.count_tokens(texts) == total
     assert bodies[0] == bodies[1] == bodies[2] == {"contents": [{"parts": [{"text": t}]} for t in sent]}
     assert len(bodies) == 3  # the fallback made one request, not two
+
+    def other_signature(*args: Any) -> Any:
+        raise TypeError("request() takes 2 positional arguments")
+
+    for transport in (SimpleNamespace(request=other_signature), SimpleNamespace(request=print, vertexai=True)):
+        client = SimpleNamespace(models=no_transport.models, _api_client=transport)
+        monkeypatch.setattr(embedder.api, "_sdk", (client, embedder.api.types))
+        assert embedder.api.post(f"models/{model}:countTokens", {"contents": []}) is None  # nothing sent
+    assert embedder.count_tokens(texts) == total and len(bodies) == 4  # the public method, once
     assert total == sum(count_tokens(t) for t in sent)
 
 

@@ -273,6 +273,25 @@ def test_a_claimed_text_is_waited_for_until_its_vector_is_saved_and_its_claim_le
     assert other.claimed_elsewhere(keys) == set() and _claims(job) == 0  # done: its claims left with it
 
 
+@pytest.mark.parametrize("ending", ["failed", "released"])
+def test_a_batch_that_ends_unfinished_after_paying_lets_go_of_its_claims(job: LeasedJob, ending: str) -> None:
+    """A batch's claims stay until it ends (its vectors are in the cache meanwhile): failed after paying (its points
+    refused, say) or handed back at a pause, it lets go of them in that transaction, not at the run's end."""
+    embedder = HashingEmbedder(8)
+    work = job.claim(0)
+    keys = [cache_key(embedder, h) for h in dict.fromkeys(work.hashes)]
+    job.claim_texts(embedder, work.hashes)
+    vectors = embedder.embed(work.texts)
+    job.record_embeddings(work, embedder, work.hashes, vectors.vectors, vectors.tokens_per_text, False, 0.0)
+    assert _claims(job) == len(keys)
+    if ending == "failed":
+        job.fail(work, "Qdrant refused the points", keys)
+    else:
+        job.release(work, keys)
+    assert _claims(job) == 0
+    assert _statuses(job)[0][0] == ("failed" if ending == "failed" else "pending")
+
+
 def test_a_run_that_ends_lets_go_of_its_claims(tmp_path: Path, job: LeasedJob) -> None:
     other = _second_run(tmp_path, job)
     embedder, hashes = HashingEmbedder(8), [f"h{i}" for i in range(5)]

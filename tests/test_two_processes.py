@@ -79,7 +79,7 @@ def test_two_processes_over_the_same_texts_pay_once_for_each(tmp_path: Path) -> 
     assert one["embedded_texts"] + two["embedded_texts"] == len(records)  # each paid call counted by its payer
     with Ledger(db, create=False) as ledger:
         check(ledger)  # every block of every table reads (DuckDB's checksums)
-        assert ledger.query_rows("SELECT count(*) FROM text_claims") == [(0,)]  # every claim left with its vector
+        assert ledger.query_rows("SELECT count(*) FROM text_claims") == [(0,)]  # every claim left with its batch
 
 
 @pytest.mark.parametrize("victim", [0, 1])

@@ -112,24 +112,30 @@ class GeminiClient:
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """POST `body` as it is through the SDK's own transport (its key, base URL, timeout and errors), answered
-        as JSON; None when this version of the SDK has no such transport or answers in another shape (the caller
-        then uses the public method). For free requests only (countTokens): a public method called after a
-        surprise here must not pay twice.
+        as JSON; None when this version of the SDK has no such transport, takes or answers it in another shape, or
+        talks to Vertex AI (other paths): the caller then uses the public method. For free requests only
+        (countTokens): a public method called after a surprise here must not pay twice.
 
         Why: the public `count_tokens` turns each text into pydantic models and back before sending the very same
         JSON, ~120 to 200 ms of CPU per 1,000 texts against ~4 ms here (measured with the emulator); a run counts
         every text it embeds, so that was as much of the runner's CPU as the embedding calls themselves."""
-        transport = getattr(getattr(self.client, "_api_client", None), "request", None)
-        if not callable(transport):
+        api_client = getattr(self.client, "_api_client", None)
+        transport = getattr(api_client, "request", None)
+        if not callable(transport) or getattr(api_client, "vertexai", False):
             return None
-        answer = getattr(transport("post", path, body, None), "body", None)
         try:
-            parsed = json.loads(answer) if isinstance(answer, (str, bytes)) else None
+            response = transport("post", path, body, None)
+        except TypeError:  # another signature: nothing was sent
+            return None
+        answer = response if isinstance(response, dict) else getattr(response, "body", None)
+        try:
+            parsed = json.loads(answer) if isinstance(answer, (str, bytes)) else answer
         except ValueError:
             return None
         return parsed if isinstance(parsed, dict) else None
 
     def call(self, fn: Any, what: str) -> Any:
+        self._made()  # an SDK that could not start stops the job here, before anything of it is imported
         from google.genai import errors as genai_errors
 
         try:
@@ -326,8 +332,8 @@ class GeminiEmbedder:
         answer = self._call(
             lambda: self.api.post(f"models/{self.model}:countTokens", {"contents": contents}), "countTokens"
         )
-        if answer is not None:
-            return int(answer.get("totalTokens") or 0)
+        if answer is not None and "totalTokens" in answer:  # else (another shape, or none of it) the public method
+            return int(answer["totalTokens"] or 0)
         response = self._call(
             lambda: self._client.models.count_tokens(model=self.model, contents=contents), "countTokens"
         )

@@ -110,10 +110,10 @@ class BatchPipeline:
         if isinstance(exc, (LeaseLost, LedgerError)):
             return Outcome(work.batch_no, "lost", fatal=exc)
         if isinstance(exc, Interrupted):
-            return self._release(work, Outcome(work.batch_no, "released"))
+            return self._release(work, Outcome(work.batch_no, "released"), outcome.claims)
         if isinstance(exc, (PauseJob, StopJob)):
             # The job must stop: this batch is not at fault, so it goes back to pending untouched.
-            return self._release(work, Outcome(work.batch_no, "halted", error=str(exc), halt=exc))
+            return self._release(work, Outcome(work.batch_no, "halted", error=str(exc), halt=exc), outcome.claims)
         if isinstance(exc, (TransientError, PermanentError)):
             outcome.error = str(exc)
         else:  # a bug or an unconverted library error: fail this batch, keep the job going
@@ -121,14 +121,14 @@ class BatchPipeline:
             log.error("qsync batch %s failed unexpectedly", work.batch_no, exc_info=exc)
         outcome.kind = "failed"
         try:
-            self.job.fail(work, outcome.error)
+            self.job.fail(work, outcome.error, outcome.claims)
         except (LeaseLost, LedgerError) as lost:
             return Outcome(work.batch_no, "lost", fatal=lost)
         return outcome
 
-    def _release(self, work: BatchWork, outcome: Outcome) -> Outcome:
+    def _release(self, work: BatchWork, outcome: Outcome, held: Sequence[str]) -> Outcome:
         try:
-            self.job.release(work)
+            self.job.release(work, held)
         except (LeaseLost, LedgerError) as exc:
             return Outcome(work.batch_no, "lost", fatal=exc)
         return outcome

@@ -55,6 +55,7 @@ from qsync.spec.settings import RunSettings
 
 log = logging.getLogger("qsync")
 _PROGRESS_EVERY_S = 0.5  # figures are read from the ledger at most this often while running
+ALONGSIDE_WAIT_S = 5.0  # how long a finished run waits for work beside it (its estimate's calibration)
 # ... and at most this share of the time: the figures query holds the ledger's host, which every batch's writes wait
 # for (a long job's figures take longer to read; on a busy machine, so does everything).
 _PROGRESS_SHARE = 0.05
@@ -145,8 +146,11 @@ class Runner:
                 self.ledger, self.job_id, self.clock, self.settings.stale_after_s, os.getpid(), self.budget
             )
             result = self._run(lease, took_over, started)
+            # The job is final by now (its lease released); its estimate's calibration is waited for a little, so
+            # that listeners told it finished read the calibrated figures. One slower than that (a count timing out)
+            # is left to end by itself; the uncalibrated figures, labelled so, stand until then.
             for thread in self.alongside:
-                thread.join()
+                thread.join(ALONGSIDE_WAIT_S)
             return result
         finally:
             self.sink.close()

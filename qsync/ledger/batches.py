@@ -190,7 +190,8 @@ def mark_done(con: Any, job_id: str, token: str, dones: Sequence[Completion], no
     if skips:
         ordinals, ids, reasons = (list(column) for column in zip(*skips, strict=True))
         con.execute(
-            "INSERT INTO skipped SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), 'embed', unnest(?::VARCHAR[]), ?",
+            "INSERT INTO skipped (job_id, ordinal, record_id, stage, reason, created_at) "
+            "SELECT ?, unnest(?::BIGINT[]), unnest(?::VARCHAR[]), 'embed', unnest(?::VARCHAR[]), ?",
             [job_id, ordinals, ids, reasons, now],
         )
 

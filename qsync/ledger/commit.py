@@ -8,7 +8,7 @@ own, so that only the failing caller sees its error.
 
 The lease check comes first in every transaction, and the vectors a write appends are appended inside it: a
 runner that lost its lease writes nothing, not even bytes to the vector file. The check waits for no answer
-(`Lease.touch_checked`: the host fails the transaction), so a group of writes that need no answer is one round trip
+(`Lease.check_held`: the host fails the transaction), so a group of writes that need no answer is one round trip
 to the host; a write that appends vectors first has the transaction begun and checked (`LeasedJob.appender`).
 """
 
@@ -71,7 +71,7 @@ class GroupCommit:
             # A commit (and the checkpoint it may start) on a full disk leaves DuckDB unusable: stop before.
             ensure_room(self.ledger.path, LEDGER_MARGIN, "the checkpoint file")
             with self.ledger.transaction() as con:
-                self.lease.touch_checked(con, self.clock.now())
+                self.lease.check_held(con)
                 results = [write.apply(con) for write in group]
                 self.ledger.vectors.sync()  # the rows about to commit point at bytes that are on disk
         except BaseException as exc:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 
 from qsync.clock import Clock
 from qsync.errors import JobNotFound, JobNotRunnable, LeaseHeld, LeaseLost
@@ -42,7 +41,7 @@ class Lease:
         if row is None or row[0] != self.token:
             self._lost(row)
 
-    def touch_checked(self, con: SqlConnection, now: datetime) -> None:
+    def check_held(self, con: SqlConnection) -> None:
         """Make the transaction fail (with LEASE_LOST in its error) unless this lease still owns the job (a job row
         is never deleted): a run's every write starts with it. Nothing here waits for an answer, so a transaction of
         writes only stays one round trip to the host; GroupCommit turns the failure into LeaseLost (`lost_in`).
@@ -50,12 +49,12 @@ class Lease:
         and the commit, and a read costs the host a fifth of an UPDATE of the job's row (0.3 against 1.8 ms, in
         every transaction of a run); the heartbeat moves the job's updated_at."""
         con.execute(
-            "SELECT CASE WHEN lease_token = ? THEN ?::TIMESTAMP ELSE error(?) END FROM jobs WHERE job_id = ?",
-            [self.token, now, LEASE_LOST, self.job_id],
+            "SELECT CASE WHEN lease_token = ? THEN true ELSE error(?) END FROM jobs WHERE job_id = ?",
+            [self.token, LEASE_LOST, self.job_id],
         )
 
     def lost_in(self, exc: BaseException, ledger: Ledger) -> LeaseLost | None:
-        """The LeaseLost a failed transaction meant (naming the new holder), if `touch_checked` failed it."""
+        """The LeaseLost a failed transaction meant (naming the new holder), if `check_held` failed it."""
         if LEASE_LOST not in str(exc):
             return None
         try:

@@ -158,23 +158,29 @@ class LeasedJob:
 
         self._write_for([done.work for done in batches], apply)
 
-    def fail(self, work: BatchWork, error: str) -> None:
+    def fail(self, work: BatchWork, error: str, held: Sequence[str] = ()) -> None:
+        """Mark the batch failed, letting go of `held`: the text claims of the texts it paid for (their vectors are
+        saved; Outcome.claims)."""
+
         def apply(con: Any) -> None:
             now = self.clock.now()
             b.mark_failed(con, self.job_id, work, error, now)
             b.end_attempt(con, self.job_id, work, self.lease.token, now, "failed", error)
+            claims.release(con, list(held), self.lease.token)
 
         self._write_for([work], apply)
 
-    def release(self, work: BatchWork) -> None:
-        """Hand an unfinished batch back (clean stop): pending again, its paid vectors kept. A batch whose claim
-        was never written is pending already."""
+    def release(self, work: BatchWork, held: Sequence[str] = ()) -> None:
+        """Hand an unfinished batch back (clean stop): pending again, its paid vectors kept, `held` let go (as
+        `fail`). A batch whose claim was never written is pending already."""
         if not work.claimed:
+            self.release_texts(list(held))
             return
 
         def apply(con: Any) -> None:
             b.mark_pending(con, self.job_id, work)
             b.end_attempt(con, self.job_id, work, self.lease.token, self.clock.now(), "released", None)
+            claims.release(con, list(held), self.lease.token)
 
         self.commit.write(apply)
 

@@ -347,8 +347,8 @@ def _v12(con: Any, context: MigrationContext) -> None:
 
 
 # v13: texts being embedded right now, by which run (its lease): a run about to pay for a text another process's run
-# is paying for waits for that text's vector instead (ledger.claims). Rows leave when the vectors are saved, or the
-# batch ends; a claim whose lease is gone counts for nothing.
+# is paying for waits for that text's vector instead (ledger.claims). Rows leave when their batch ends (done, failed
+# or handed back), or the run's lease; a claim whose lease is gone counts for nothing.
 _V13 = """
 CREATE TABLE text_claims (
     cache_key   VARCHAR NOT NULL,

@@ -60,7 +60,7 @@ def record_estimate_soon(
     batch is done or cached), recorded uncalibrated, and calibrated on a thread (its own Ledger of the file) that
     replaces the figures when countTokens answers, so the run's first batches do not wait for that round trip. A
     crash before leaves the uncalibrated figures, labelled so. Returns the thread (None: nothing to calibrate, or
-    an embedder that counts without a call, done here)."""
+    an embedder that is not an API's, such as hashing, whose count costs no call and is done here)."""
     planned = _planned(ledger, job, embedder, settings, clock)
     if planned is None:
         return None
