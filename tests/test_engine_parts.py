@@ -14,7 +14,6 @@ import pytest
 from qsync.embedders.protocol import Vectors
 from qsync.engine.completer import Completer
 from qsync.engine.control import Control
-from qsync.engine.counting import DeferredCounts, Uncounted
 from qsync.engine.inflight import InFlight
 from qsync.engine.outcome import Outcome, Upserted
 from qsync.engine.ratelimit import RateLimiter, shared_limiter
@@ -174,39 +173,6 @@ def test_the_scheduler_runs_every_batch_once_on_its_workers() -> None:
     kinds = {o.batch_no: o.kind for o in outcomes}
     assert kinds[3] == "failed" and all(kinds[b] == "done" for b in range(20) if b != 3)
     assert scheduler.in_flight == 0
-
-
-def test_the_scheduler_says_once_when_the_last_batches_are_under_way() -> None:
-    pipeline = _Pipeline(seconds=0.01)
-    told: list[int] = []  # how many batches had started when it was told
-    scheduler = Scheduler(pipeline, concurrency=3, control=Control())  # type: ignore[arg-type]
-    assert scheduler.run(list(range(10)), lambda o: None, on_last_taken=lambda: told.append(len(pipeline.started)))
-    assert told == [10]
-
-
-def test_the_last_batches_answers_are_counted_as_they_come_not_at_the_end() -> None:
-    """Answers without usage wait for company before they are counted (LINGER_S); once the run's last batches are
-    under way (`hurry`), they are counted as they come, so the count left when the run ends is under way already."""
-    settled = threading.Event()
-
-    class _Job:
-        def settle_counted(self, embedder: object, rows: object) -> None:
-            settled.set()
-
-    class _Embedder:
-        model, price_per_million_tokens = "m", 0.15
-
-        def count_tokens(self, texts: list[str]) -> int:
-            return 3 * len(texts)
-
-    counts = DeferredCounts(_Job(), _Embedder(), refund=lambda usd: None, linger_s=600)  # type: ignore[arg-type]
-    try:
-        counts.add(Uncounted("intent-1", 0, ["h1"], ["a text"], [2], 1e-6))
-        assert not settled.wait(0.3)  # waiting for company: more answers may come
-        counts.hurry()
-        assert settled.wait(30)  # counted now, not in ten minutes or at close()
-    finally:
-        counts.close()
 
 
 def test_a_batch_that_must_stop_the_job_starts_no_new_batch() -> None:

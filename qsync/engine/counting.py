@@ -31,7 +31,6 @@ log = logging.getLogger("qsync")
 COUNT_TEXTS = 1_000  # texts counted in one countTokens call: ten calls of 100 priced with one round trip
 COUNT_BYTES = 4 * 1024 * 1024  # and at most this much text in it: the API's request size
 LINGER_S = 2.0  # the oldest uncounted call waits at most this long for company (figures exact soon after)
-LAST_LINGER_S = 0.05  # ... once the run's last batches are under way: only the answers arriving together
 COUNTS_AT_ONCE = 4  # countTokens calls in flight at once (each settles its own group)
 
 
@@ -86,13 +85,6 @@ class DeferredCounts:
     def waiting(self) -> int:
         with self._cond:
             return len(self._waiting)
-
-    def hurry(self) -> None:
-        """The run's last batches are under way: count their answers as they come (those arriving together in one
-        call), so that the count left when the run ends is under way already, not a round trip begun then."""
-        with self._cond:
-            self._linger_s = min(self._linger_s, LAST_LINGER_S)
-            self._cond.notify_all()
 
     def flush(self) -> bool:
         """Count every call waiting now, and wait for the counts in flight; whether any was settled."""

@@ -294,7 +294,7 @@ class Runner:
             )
 
         self._scheduler = Scheduler(pipeline, self.concurrency, self.control)
-        self._scheduler.run(runnable, on_outcome, on_interrupt, on_last_taken=counts.hurry if counts else None)
+        self._scheduler.run(runnable, on_outcome, on_interrupt)
         self._emit_progress(tally, started)
 
     def _tally(self, outcome: Outcome, tally: _Tally) -> None:

@@ -31,7 +31,6 @@ class Scheduler:
         self._taken = 0  # batches taken by workers
         self._ended = 0  # of those, whose outcome reached the scheduling thread
         self._count_lock = threading.Lock()
-        self._on_last_taken: Callable[[], None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -44,11 +43,8 @@ class Scheduler:
         batches: list[int],
         on_outcome: Callable[[Outcome], None],
         on_first_interrupt: Callable[[], None] = lambda: None,
-        on_last_taken: Callable[[], None] | None = None,
     ) -> bool:
-        """Process `batches`; return False if a second Ctrl-C cut the run short (workers not joined).
-        `on_last_taken`: called once, from a worker, when no batch is left to take (the last ones are under way)."""
-        self._on_last_taken = on_last_taken
+        """Process `batches`; return False if a second Ctrl-C cut the run short (workers not joined)."""
         todo: queue.Queue[int] = queue.Queue()
         for batch_no in batches:
             todo.put(batch_no)
@@ -111,10 +107,6 @@ class Scheduler:
         try:
             batch_no = todo.get_nowait()
         except queue.Empty:
-            with self._count_lock:
-                told, self._on_last_taken = self._on_last_taken, None
-            if told is not None:
-                told()
             return None
         with self._count_lock:
             self._taken += 1
