@@ -18,7 +18,7 @@ from typing import Any, TypedDict
 from typing_extensions import Required
 
 from qsync.catalog.models import default_limits
-from qsync.embedders.gemini import api_key_from_env
+from qsync.embedders.gemini_client import api_key_from_env
 from qsync.errors import ConfigError
 from qsync.input.frames import frame_columns
 from qsync.input.postgres import without_secret

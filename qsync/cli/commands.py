@@ -23,7 +23,7 @@ from qsync.cli.output import (
     report,
 )
 from qsync.cli.progress import ProgressBar
-from qsync.embedders.gemini import api_key_from_env
+from qsync.embedders.gemini_client import api_key_from_env
 from qsync.errors import ConfigError, MissingColumn
 from qsync.input.columns import guess_columns, source_columns
 from qsync.money.estimate import compare_models, estimate

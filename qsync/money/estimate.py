@@ -30,7 +30,7 @@ from qsync.catalog.models import (
 )
 from qsync.catalog.tokens import estimate_tokens, instruction_tokens, per_image, per_page, text_token_limit
 from qsync.clock import SYSTEM_CLOCK
-from qsync.embedders.gemini import api_key_from_env
+from qsync.embedders.gemini_client import api_key_from_env
 from qsync.engine.counting import COUNT_TEXTS
 from qsync.engine.ratelimit import SAFETY
 from qsync.errors import ConfigError, QsyncError

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from qsync.catalog.models import output_price_per_million, price_per_million
 from qsync.catalog.tokens import estimate_tokens
-from qsync.embedders.gemini import GeminiClient
+from qsync.embedders.gemini_client import GeminiClient
 from qsync.engine.stage import Stage, StageContext
 from qsync.errors import InvalidInput, TransientError
 from qsync.ledger.batches import BatchWork, load_payload
