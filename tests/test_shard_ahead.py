@@ -11,7 +11,7 @@ import pytest
 from qsync_testing import make_records, write_records
 
 from qsync.app.jobs import create_job, prepare
-from qsync.errors import ConfigError
+from qsync.errors import ConfigError, QsyncError
 from qsync.ledger.ledger import Ledger
 
 
@@ -54,3 +54,41 @@ def test_a_collection_refused_before_the_plan_commits_leaves_nothing_planned(tmp
         jobs = ledger.query_rows("SELECT job_id FROM jobs")
         rows = ledger.query_rows("SELECT count(*) FROM manifest WHERE job_id = 'wide'")
     assert jobs == [("narrow",)] and rows == [(0,)]
+
+
+def test_a_shard_that_cannot_be_loaded_ahead_is_told_by_its_first_use_and_nothing_is_planned(tmp_path: Path) -> None:
+    # The shard's config is damaged: its load in the background fails (silently: told by the first use), the check
+    # before the plan commits loads it again, and its error says which shard and which file.
+    src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(30))
+    options: dict[str, Any] = {"collection": "c", "db": db, "embedder": "hash", "dimensions": 16}
+    create_job(src, job="first", **options)
+    config = tmp_path / "q.qdrant" / "c" / "edge_config.json"
+    config.write_text('{"garbage')
+    with pytest.raises(QsyncError, match=r"Qdrant Edge failed on the shard .*q\.qdrant/c: .*edge_config\.json"):
+        prepare(src, job="second", **options)
+    with Ledger(db) as ledger:
+        assert ledger.query_rows("SELECT job_id FROM jobs") == [("first",)]
+
+
+def test_a_load_ahead_that_fails_once_is_made_again_by_the_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qsync.sink import shards
+
+    src, db = tmp_path / "docs.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(30))
+    options: dict[str, Any] = {"collection": "c", "db": db, "embedder": "hash", "dimensions": 16}
+    create_job(src, job="first", **options)
+    acquire, calls = shards.acquire, []
+
+    def failing_once(path: Path, new_config: dict[str, Any] | None = None) -> shards.SharedShard:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            raise OSError("Too many open files")  # the load ahead meets a passing fault
+        return acquire(path, new_config)
+
+    monkeypatch.setattr(shards, "acquire", failing_once)
+    write_records(src, make_records(40))
+    assert prepare(src, job="second", **options) == "second"
+    assert calls[0] == "qsync-edge-open" and len(calls) == 2  # loaded again by the check, once
