@@ -19,6 +19,7 @@ from qsync_testing import (
     qsync_env,
     run_qsync,
     sdk_emulator,
+    wait_for,
     write_records,
 )
 
@@ -170,6 +171,35 @@ def test_a_run_does_not_wait_for_the_calibration_of_its_estimate(tmp_path: Path,
     assert late["recorded_at"] == early["recorded_at"] and late["records"] == 300
     assert late["tokens"] == pytest.approx(emulator.tokens_metered, rel=0.10)
     assert early["tokens"] != late["tokens"]
+
+
+def test_a_calibration_slower_than_the_run_leaves_the_bytes_estimate_until_it_answers(
+    tmp_path: Path, emulator: GeminiEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run waits a little for its estimate's calibration, not for a count that does not answer: it ends with the
+    uncalibrated figures, labelled so, and the count, when it answers, replaces them."""
+    from qsync.engine import runner
+
+    monkeypatch.setattr(runner, "ALONGSIDE_WAIT_S", 0.2)
+    release = threading.Event()
+
+    def held_back(verb: str, body: dict[str, Any]) -> None:
+        if verb == "countTokens":
+            release.wait(60)
+
+    emulator.hooks.append(held_back)
+    src, db = tmp_path / "g.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(150))
+    try:
+        result = qsync.run(src, collection="c", job="g", db=db, qdrant_path=tmp_path / "qdrant", dimensions=64,
+                           batch_size=50, settings=FAST)  # fmt: skip
+        assert result.ok
+        ended = reading.recorded_estimate("g", db=db)
+        assert ended is not None and ended["tokens_basis"].startswith("estimated at ~4 bytes per token")
+    finally:
+        release.set()
+    wait_for(lambda: (reading.recorded_estimate("g", db=db) or {}).get("tokens_basis", "").startswith(
+        "estimate calibrated with countTokens"), timeout=60)  # fmt: skip
 
 
 @pytest.mark.reliability

@@ -2,9 +2,9 @@
 
 While one worker's transaction runs, the writes other workers ask for queue up and then commit together in the
 next transaction: one lease check, one fsync of the vector file for all the vectors the group appended, one
-commit. Each caller returns only once its own write is committed, so the
-order a batch's writes are made in holds batch by batch. A write whose group fails is committed again on its
-own, so that only the failing caller sees its error.
+commit. Each caller returns only once its own write is committed, so the order a batch's writes are made in holds
+batch by batch. A write whose group fails is committed again on its own, so that only the failing caller sees its
+error.
 
 The lease check comes first in every transaction, and the vectors a write appends are appended inside it: a
 runner that lost its lease writes nothing, not even bytes to the vector file. The check waits for no answer

@@ -72,7 +72,7 @@ def record_estimate_soon(
 
     def calibrate() -> None:
         try:
-            calibrated = planned.estimate(embedder.count_tokens)
+            calibrated = planned.estimate(_counter(embedder))
             with Ledger(path, create=False) as own:
                 costs.update_estimate(own, calibrated)
         except Exception as exc:  # the uncalibrated estimate stands; it must never disturb the run
