@@ -141,9 +141,8 @@ def test_recorded_cost_matches_metered_tokens_and_the_estimate(
     assert after["texts_to_embed"] == 0 and after["cost_usd"] == 0
 
 
-def test_a_run_does_not_wait_for_the_calibration_of_its_estimate(tmp_path: Path, emulator: GeminiEmulator) -> None:
-    """A job planned for a run that starts at once has its estimate recorded uncalibrated and its batches run while
-    countTokens calibrates it (here held back until a batch is done); the run ends with it calibrated."""
+def _hold_counts(emulator: GeminiEmulator) -> threading.Event:
+    """The emulator answers no countTokens call until the returned event is set (at most a minute)."""
     release = threading.Event()
 
     def held_back(verb: str, body: dict[str, Any]) -> None:
@@ -151,6 +150,13 @@ def test_a_run_does_not_wait_for_the_calibration_of_its_estimate(tmp_path: Path,
             release.wait(60)
 
     emulator.hooks.append(held_back)
+    return release
+
+
+def test_a_run_does_not_wait_for_the_calibration_of_its_estimate(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    """A job planned for a run that starts at once has its estimate recorded uncalibrated and its batches run while
+    countTokens calibrates it (here held back until a batch is done); the run ends with it calibrated."""
+    release = _hold_counts(emulator)
     src, db = tmp_path / "g.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(300))
     batches_done = threading.Event()
@@ -181,13 +187,7 @@ def test_a_calibration_slower_than_the_run_leaves_the_bytes_estimate_until_it_an
     from qsync.engine import runner
 
     monkeypatch.setattr(runner, "ALONGSIDE_WAIT_S", 0.2)
-    release = threading.Event()
-
-    def held_back(verb: str, body: dict[str, Any]) -> None:
-        if verb == "countTokens":
-            release.wait(60)
-
-    emulator.hooks.append(held_back)
+    release = _hold_counts(emulator)
     src, db = tmp_path / "g.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(150))
     try:
