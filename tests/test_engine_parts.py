@@ -18,6 +18,7 @@ from qsync.engine.inflight import InFlight
 from qsync.engine.outcome import Outcome, Upserted
 from qsync.engine.ratelimit import RateLimiter, shared_limiter
 from qsync.engine.scheduler import Scheduler
+from qsync.engine.slots import CallSlots
 from qsync.engine.spend_cap import SpendCap
 from qsync.errors import Interrupted, PauseJob
 from qsync.ledger.batches import BatchWork, Completion
@@ -167,7 +168,7 @@ class _Pipeline:
 def test_the_scheduler_runs_every_batch_once_on_its_workers() -> None:
     pipeline = _Pipeline(seconds=0.01, fail=3)
     outcomes: list[Outcome] = []
-    scheduler = Scheduler(pipeline, concurrency=4, control=Control())  # type: ignore[arg-type]
+    scheduler = Scheduler(pipeline, workers=4, control=Control())  # type: ignore[arg-type]
     assert scheduler.run(list(range(20)), outcomes.append)
     assert sorted(pipeline.started) == list(range(20))
     kinds = {o.batch_no: o.kind for o in outcomes}
@@ -178,7 +179,7 @@ def test_the_scheduler_runs_every_batch_once_on_its_workers() -> None:
 def test_a_batch_that_must_stop_the_job_starts_no_new_batch() -> None:
     pipeline = _Pipeline(halt=0)
     outcomes: list[Outcome] = []
-    scheduler = Scheduler(pipeline, concurrency=1, control=Control())  # type: ignore[arg-type]
+    scheduler = Scheduler(pipeline, workers=1, control=Control())  # type: ignore[arg-type]
     scheduler.run(list(range(10)), outcomes.append)
     assert pipeline.started == [0]  # one worker: it heard the halt before taking another batch
     assert outcomes[0].halt is not None
@@ -189,9 +190,43 @@ def test_a_stop_lets_the_batches_under_way_finish_and_starts_no_other() -> None:
     pipeline = _Pipeline(seconds=0.2)
     outcomes: list[Outcome] = []
     threading.Timer(0.05, control.request_stop).start()
-    Scheduler(pipeline, concurrency=2, control=control).run(list(range(10)), outcomes.append)  # type: ignore[arg-type]
+    Scheduler(pipeline, workers=2, control=control).run(list(range(10)), outcomes.append)  # type: ignore[arg-type]
     assert sorted(pipeline.started) == [0, 1]
     assert sorted(o.batch_no for o in outcomes) == [0, 1] and all(o.kind == "done" for o in outcomes)
+
+
+def test_a_call_slot_is_waited_for_and_a_stop_ends_the_wait() -> None:
+    control, slots = Control(), CallSlots(1)
+    took: list[str] = []
+    with slots.held(control):
+        waiter = threading.Thread(target=lambda: _hold(slots, control, took))
+        waiter.start()
+        time.sleep(0.05)
+        assert took == []  # the one slot is held: the second call waits
+    waiter.join(timeout=5)
+    assert took == ["slot"]
+    with slots.held(control):
+        stopped: list[BaseException] = []
+        waiter = threading.Thread(target=lambda: _hold(slots, control, took, stopped))
+        waiter.start()
+        control.request_stop()
+        waiter.join(timeout=5)
+    assert not waiter.is_alive() and isinstance(stopped[0], Interrupted) and took == ["slot"]
+    with pytest.raises(Interrupted), slots.held(control):  # a stopping run takes no free slot either
+        pass
+    winding = Control()  # the budget or a refused key stops the job: a batch not yet calling does not call
+    winding.wind_down()
+    with pytest.raises(Interrupted), slots.held(winding):
+        pass
+
+
+def _hold(slots: CallSlots, control: Control, took: list[str], errors: list[BaseException] | None = None) -> None:
+    try:
+        with slots.held(control):
+            took.append("slot")
+    except Interrupted as exc:
+        assert errors is not None
+        errors.append(exc)
 
 
 # -- pacing ----------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from qsync.app.jobs import create_job
 from qsync.engine.events import BatchFinished
 from qsync.engine.runner import RunResult
 from qsync.errors import ConfigError
+from qsync.ledger.run import LeasedJob
 from qsync.spec.settings import RunSettings
 from qsync.spec.target import point_id
 from qsync.testing.emulator import GeminiEmulator
@@ -200,6 +201,30 @@ def test_a_calibration_slower_than_the_run_leaves_the_bytes_estimate_until_it_an
         release.set()
     wait_for(lambda: (reading.recorded_estimate("g", db=db) or {}).get("tokens_basis", "").startswith(
         "estimate calibrated with countTokens"), timeout=60)  # fmt: skip
+
+
+def test_batches_are_readied_while_the_calls_are_on_the_wire_and_never_more_calls_than_the_concurrency(
+    tmp_path: Path, emulator: GeminiEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The calls on the wire are what a kill can make us pay twice: at most `concurrency`, counted by the server.
+    # The batches around them (claimed, looked up, recorded) run beside those calls, not between them.
+    db, records = _job(tmp_path, n=600)
+    emulator.latency_s = 0.2
+    on_the_wire: list[int] = []
+    emulator.hooks.append(lambda verb, body: on_the_wire.append(emulator.in_progress[verb]) if verb == (
+        "batchEmbedContents") else None)  # fmt: skip
+    claimed_during: list[int] = []
+    real_claim = LeasedJob.claim
+
+    def claim(self: LeasedJob, batch_no: int) -> Any:
+        claimed_during.append(emulator.in_progress["batchEmbedContents"])
+        return real_claim(self, batch_no)
+
+    monkeypatch.setattr(LeasedJob, "claim", claim)
+    assert _run(db, settings={"concurrency": 2}).ok
+    _assert_vectors(tmp_path, records)
+    assert len(on_the_wire) == 12 and max(on_the_wire) == 2, on_the_wire
+    assert max(claimed_during) == 2, claimed_during  # a batch was claimed while both calls were out
 
 
 @pytest.mark.reliability

@@ -219,7 +219,7 @@ def test_every_view_of_a_job_shows_the_same_figures(tmp_path: Path, emulator: Ge
 def test_the_concurrency_said_before_a_run_is_the_one_its_runner_chooses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`app.options.calls_in_flight` (what the launcher says beside an empty Batches at once) and a Runner built from
+    """`app.options.calls_in_flight` (what the launcher says beside an empty Calls at once) and a Runner built from
     the same options choose alike, whatever the embedder, its price, the limits and the batch size."""
     from qsync.app.options import build_spec, calls_in_flight
     from qsync.embedders.factory import build_embedder

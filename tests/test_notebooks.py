@@ -280,7 +280,7 @@ def test_start_loads_the_jobs_shard_once(tmp_path: Path, monkeypatch: pytest.Mon
 def test_batches_at_once_left_empty_is_chosen_from_the_limits_as_every_run_chooses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The launcher's Batches at once starts empty, not at a fixed 4: its run keeps in flight what `qsync run` and
+    """The launcher's Calls at once starts empty, not at a fixed 4: its run keeps in flight what `qsync run` and
     `qsync.run` choose from the limits, and the form says that number before Start; a number typed in is kept."""
     with sdk_emulator(monkeypatch, "test-key"):
         src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"

@@ -98,7 +98,7 @@ def budget_option(text: str) -> float | None:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--concurrency", type=int, help=f"batches in flight at once (default: from the limits, "
+    p.add_argument("--concurrency", type=int, help=f"API calls in flight at once (default: from the limits, "
                    f"{DEFAULT_CONCURRENCY} at Gemini's tier 1, up to {MAX_CONCURRENCY} when they are lifted)")  # fmt: skip
     p.add_argument("--texts-per-minute", type=float, help="pace to this many texts a minute (Gemini default 3000)")
     p.add_argument("--tokens-per-minute", type=float, help="pace to this many tokens a minute (Gemini default 1M)")

@@ -29,6 +29,7 @@ from qsync.engine.pipeline import BatchPipeline
 from qsync.engine.ratelimit import RateLimiter, shared_limiter
 from qsync.engine.retry import Retrier, RetryPolicy
 from qsync.engine.scheduler import Scheduler
+from qsync.engine.slots import CallSlots, batches_under_way
 from qsync.engine.spend_cap import SpendCap
 from qsync.engine.stage import Stage, StageContext, StageFactory
 from qsync.engine.vectors import BatchVectors
@@ -272,7 +273,8 @@ class Runner:
                 break
             except Interrupted:
                 break
-        vectors = BatchVectors(job, self.embedder, retrier, self.control, cap, self._limiter(), InFlight(), counts)
+        limiter, slots = self._limiter(), CallSlots(self.concurrency)
+        vectors = BatchVectors(job, self.embedder, retrier, self.control, cap, limiter, InFlight(), counts, slots)
         pipeline = BatchPipeline(job, vectors, self.sink, retrier, self.control, stages)
         runnable = [] if self.control.stopping or tally.halt is not None else job.runnable_batches()
         if self.only_batches is not None:
@@ -293,7 +295,7 @@ class Runner:
                 self.listeners, Notice(self.job_id, "stopping after the calls in flight (Ctrl-C again to stop at once)")
             )
 
-        self._scheduler = Scheduler(pipeline, self.concurrency, self.control)
+        self._scheduler = Scheduler(pipeline, batches_under_way(self.concurrency), self.control)
         self._scheduler.run(runnable, on_outcome, on_interrupt)
         self._emit_progress(tally, started)
 

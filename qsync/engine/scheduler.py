@@ -1,6 +1,7 @@
-"""Runs batches through the pipeline on `concurrency` worker threads, and hears Ctrl-C.
+"""Runs batches through the pipeline on `workers` threads, and hears Ctrl-C.
 
-Workers take the next batch number until none is left or the run is stopping; a batch is never
+A run has a few more workers than calls in flight (engine.slots: a batch holds a call slot only for its
+call). Workers take the next batch number until none is left or the run is stopping; a batch is never
 requeued (the retry layer is per call, engine.retry). A worker hands a batch whose points it wrote to the
 completer (engine.completer), which marks batches done in groups, and takes its next one. The scheduling
 thread (the caller's) hands each outcome to `on_outcome`. The first Ctrl-C asks the run to stop after the calls in flight; a second one
@@ -24,9 +25,9 @@ WAITING_PER_WORKER = 4
 
 
 class Scheduler:
-    def __init__(self, pipeline: BatchPipeline, concurrency: int, control: Control) -> None:
+    def __init__(self, pipeline: BatchPipeline, workers: int, control: Control) -> None:
         self.pipeline = pipeline
-        self.concurrency = max(1, concurrency)
+        self.workers = max(1, workers)
         self.control = control
         self._taken = 0  # batches taken by workers
         self._ended = 0  # of those, whose outcome reached the scheduling thread
@@ -49,7 +50,7 @@ class Scheduler:
         for batch_no in batches:
             todo.put(batch_no)
         done: queue.Queue[Outcome] = queue.Queue()
-        count = min(self.concurrency, max(1, len(batches)))
+        count = min(self.workers, max(1, len(batches)))
         completer = Completer(self.pipeline.complete, done.put, max_waiting=WAITING_PER_WORKER * count)
         workers = [
             threading.Thread(target=self._work, args=(todo, done, completer), name=f"qsync-worker-{i}", daemon=True)

@@ -11,6 +11,7 @@ the request limits, their files read again (and checked unchanged) when the batc
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 
 import numpy as np
@@ -22,8 +23,17 @@ from qsync.engine.inflight import InFlight
 from qsync.engine.outcome import Outcome
 from qsync.engine.ratelimit import RateLimiter
 from qsync.engine.retry import Retrier
+from qsync.engine.slots import CallSlots
 from qsync.engine.spend_cap import SpendCap
-from qsync.errors import InvalidInput, MediaProblem, PermanentError, RateLimited, TransientError
+from qsync.errors import (
+    InvalidInput,
+    MediaProblem,
+    PauseJob,
+    PermanentError,
+    RateLimited,
+    StopJob,
+    TransientError,
+)
 from qsync.input.media_plan import caption_of, file_size, load_planned
 from qsync.ledger.batches import BatchWork
 from qsync.ledger.cache import Lookup, cache_key
@@ -45,8 +55,10 @@ class BatchVectors:
         limiter: RateLimiter | None,
         inflight: InFlight,
         counts: DeferredCounts | None = None,
+        slots: CallSlots | None = None,
     ) -> None:
         self.job = job
+        self.slots = slots  # the calls on the wire at once, shared by the run's batches (None: as many as batches)
         self.counts = counts  # answers without usage are priced here, after the fact (None: at their estimate)
         self.embedder = embedder
         self.retrier = retrier
@@ -242,13 +254,12 @@ class BatchVectors:
         send: Callable[[], EmbedResult],
         media: bool = False,
     ) -> tuple[EmbedResult, str | None]:
-        """One paid call: reserved against the budget, recorded as an intent before it is sent (write-ahead
-        for money), paced by the rate limiter, retried by the one retry layer. The caller settles the
+        """One paid call, in a call slot: reserved against the budget, recorded as an intent before it is sent
+        (write-ahead for money), paced by the rate limiter, retried by the one retry layer. The caller settles the
         reservation, and the intent (with the real cost) when it persists the vectors."""
         estimate = sum(texts[h][1] for h in chunk)
         most_tokens, most_cost = self._bound(chunk, texts, media)
         reserved = self._reserved(chunk, texts, media)
-        self.budget.reserve(reserved)
 
         def once() -> tuple[EmbedResult, str | None]:
             if self.limiter is not None:
@@ -275,8 +286,16 @@ class BatchVectors:
             if self.limiter is not None and isinstance(exc, RateLimited):
                 self.limiter.throttle(exc.retry_after_s)
 
-        try:
-            return self.retrier.call(once, before_retry=throttle)
-        except BaseException:
-            self.budget.settle(reserved, 0.0)
-            raise
+        with self.slots.held(self.control) if self.slots is not None else nullcontext():
+            try:
+                self.budget.reserve(reserved)
+            except (PauseJob, StopJob):
+                self.control.wind_down()  # before the slot is let go: no batch waiting for it calls now
+                raise
+            try:
+                return self.retrier.call(once, before_retry=throttle)
+            except BaseException as exc:
+                self.budget.settle(reserved, 0.0)
+                if isinstance(exc, (PauseJob, StopJob)):  # a refused key, a quota for the day: as above
+                    self.control.wind_down()
+                raise

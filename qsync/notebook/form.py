@@ -113,7 +113,7 @@ class LauncherForm:
         # Empty: chosen from the rate limits when the run starts, as `qsync run` and `qsync.run` choose; the field's
         # placeholder and the line beside it say the number that will be (calls_in_flight, the same choice).
         given = defaults.get("concurrency")
-        self.concurrency = widgets.Text("" if given is None else str(given), description="Batches at once",
+        self.concurrency = widgets.Text("" if given is None else str(given), description="Calls at once",
                                         placeholder="auto", style=_LABEL, layout=_FIELD)  # fmt: skip
         self.concurrency.add_class("qsync-concurrency")
         self.concurrency_help = widgets.HTML("")
@@ -226,7 +226,7 @@ class LauncherForm:
             return None
 
     def show_concurrency(self) -> None:
-        """Say what an empty Batches at once field means for these settings: the number the run will choose."""
+        """Say what an empty Calls at once field means for these settings: the number the run will choose."""
         chosen = self.chosen_concurrency()
         self.concurrency.placeholder = "auto" if chosen is None else f"auto: {chosen}"
         said = "" if chosen is None else f": <b>{chosen}</b> for these settings"
@@ -249,7 +249,7 @@ class LauncherForm:
         }  # fmt: skip
 
     def settings(self) -> RunSettings:
-        """The run's settings; Batches at once left empty: None, chosen by the run from the limits."""
+        """The run's settings; Calls at once left empty: None, chosen by the run from the limits."""
         return self._settings(_whole_number(self.concurrency.value, "batches at once"))
 
     def _settings(self, concurrency: int | None) -> RunSettings:

@@ -15,7 +15,7 @@ class RunSettings:
     """How one run goes about a job."""
 
     concurrency: int | None = (
-        None  # batches in flight at once; None: chosen from the limits (defaults.default_concurrency)
+        None  # API calls in flight at once (a few more batches are under way); None: chosen from the limits (defaults.default_concurrency)
     )
     max_attempts: int = 8  # per API or Qdrant call, transient errors only; then the batch fails
     retry_base_s: float = 1.0  # first backoff; doubles per attempt, with jitter
