@@ -1,5 +1,3 @@
-import sys
+from qsync.cli.main import entry
 
-from qsync.cli.main import main
-
-sys.exit(main())
+entry()

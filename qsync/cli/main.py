@@ -8,9 +8,11 @@ another runner owns the job, or another process held the checkpoint file too lon
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from qsync.cli.parser import build_parser
 from qsync.errors import LeaseHeld, LedgerLocked, MissingColumn, QsyncError
@@ -64,6 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+
+
+def entry() -> NoReturn:
+    """The `qsync` process: main(), then exit. Before exiting, every object is frozen out of the garbage collector:
+    the interpreter's last collections walked the hundreds of thousands of objects of pandas, the SDK and pydantic
+    for ~0.3 s (measured: importing what a run imports, then exiting, 1.05 - 1.18 s against 0.79 - 0.88 s), a tenth
+    of a short run. Nothing is skipped: atexit handlers run, files and hosts close as before; only cycles left
+    unreachable at exit are not collected, which the end of the process frees anyway."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
 
 
 def _check(db: str | None) -> None:
