@@ -209,22 +209,30 @@ def test_batches_are_readied_while_the_calls_are_on_the_wire_and_never_more_call
     # The calls on the wire are what a kill can make us pay twice: at most `concurrency`, counted by the server.
     # The batches around them (claimed, looked up, recorded) run beside those calls, not between them.
     db, records = _job(tmp_path, n=600)
-    emulator.latency_s = 0.2
-    on_the_wire: list[int] = []
-    emulator.hooks.append(lambda verb, body: on_the_wire.append(emulator.in_progress[verb]) if verb == (
-        "batchEmbedContents") else None)  # fmt: skip
-    claimed_during: list[int] = []
+    third_claimed = threading.Event()
     real_claim = LeasedJob.claim
+    claims: list[int] = []
 
     def claim(self: LeasedJob, batch_no: int) -> Any:
-        claimed_during.append(emulator.in_progress["batchEmbedContents"])
+        claims.append(batch_no)
+        if len(claims) >= 3:
+            third_claimed.set()
         return real_claim(self, batch_no)
 
+    on_the_wire: list[int] = []
+    held: list[bool] = []
+
+    def hold(verb: str, body: dict[str, Any]) -> None:
+        if verb == "batchEmbedContents":  # every call waits on the wire until a third batch is claimed
+            on_the_wire.append(emulator.in_progress[verb])
+            held.append(third_claimed.wait(timeout=10))
+
+    emulator.hooks.append(hold)
     monkeypatch.setattr(LeasedJob, "claim", claim)
     assert _run(db, settings={"concurrency": 2}).ok
     _assert_vectors(tmp_path, records)
     assert len(on_the_wire) == 12 and max(on_the_wire) == 2, on_the_wire
-    assert max(claimed_during) == 2, claimed_during  # a batch was claimed while both calls were out
+    assert all(held), held  # with one worker per call, no third batch could be claimed while both calls were out
 
 
 @pytest.mark.reliability

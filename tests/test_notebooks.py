@@ -277,7 +277,7 @@ def test_start_loads_the_jobs_shard_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(loads) == 1, loads
 
 
-def test_batches_at_once_left_empty_is_chosen_from_the_limits_as_every_run_chooses(
+def test_calls_at_once_left_empty_is_chosen_from_the_limits_as_every_run_chooses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The launcher's Calls at once starts empty, not at a fixed 4: its run keeps in flight what `qsync run` and

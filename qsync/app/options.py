@@ -187,7 +187,7 @@ def embedder_spec_of(
 
 
 def calls_in_flight(settings: RunSettings, embedder: EmbedderSpec, batch_size: int) -> int | None:
-    """The batches a run of this embedder with these settings keeps in flight: the settings' concurrency, else the one
+    """The API calls a run of this embedder with these settings keeps in flight: the settings' concurrency, else the one
     choice every run makes (spec.defaults.default_concurrency) from the same facts its runner reads off the built
     embedder: its price (the one price rule) and its default texts-per-minute limit (Gemini's tier 1). None for an
     embedder of your own: its price and limits are its own, known once it is built (its runner chooses then)."""

@@ -27,8 +27,9 @@ class Control:
         self._stop.set()
 
     def wind_down(self) -> None:
-        """Start no new batch; let the batches under way finish, their calls and waits included (the job
-        must stop for a reason of its own, such as the budget: a call that fit in it still goes out)."""
+        """Start no new batch and no new call; let the calls under way finish and be saved, and the batches that made
+        them finish (the job must stop for a reason of its own, such as the budget). A batch still waiting for a
+        call slot goes back to pending (engine.slots)."""
         self._wind_down.set()
 
     @property

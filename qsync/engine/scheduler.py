@@ -96,7 +96,7 @@ class Scheduler:
 
     def _heed(self, outcome: Outcome) -> None:
         """A lost lease or a broken store stops the run at once; a job that must stop (the budget, a refused
-        key) starts no new batch, and the batches under way finish."""
+        key) starts no new batch or call, and the calls under way finish (engine.control.wind_down)."""
         if outcome.fatal is not None:
             self.control.request_stop()
         elif outcome.halt is not None:

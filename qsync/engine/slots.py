@@ -4,8 +4,8 @@ A batch spends most of its time away from the API: claimed and loaded, its texts
 vectors recorded, its points written to Qdrant. With one worker per call, the API sat idle through all of that
 (at one call at a time and 300 ms a call, a fifth of each batch). So the scheduler runs a few more batches than
 calls, and a batch takes one of these slots only for its call: from its spend reservation and rate-limit wait to
-the answer (retries and their backoffs included, so a call being retried still counts). The calls on the wire, and
-so what a kill can make us pay twice, stay at most `concurrency`.
+its answer saved in the cache (retries and their backoffs included). A paid answer not yet saved is still a call
+in flight (a kill would pay for it again): so what a kill can make us pay twice stays at most `concurrency` calls.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ the request limits, their files read again (and checked unchanged) when the batc
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from functools import partial
 
 import numpy as np
@@ -169,7 +169,11 @@ class BatchVectors:
                 else:
                     batch = [texts[h][0] for h in chunk]
                     send = partial(self.embedder.embed, batch)
-                result, intent = self._call(chunk, texts, work, send, media=chunk[0] in refs)
+                # The slot is held until the answer is saved: a paid answer not yet in the cache is still a call in
+                # flight (a kill would pay for it again), so at most `concurrency` of them exist at any moment.
+                with self._slot():
+                    result, intent = self._call(chunk, texts, work, send, media=chunk[0] in refs)
+                    self._save(chunk, texts, work, refs, result, intent)
             except InvalidInput as exc:
                 if len(chunk) == 1:
                     rejected[chunk[0]] = f"refused by the embedder: {exc}"
@@ -177,25 +181,44 @@ class BatchVectors:
                     half = len(chunk) // 2
                     pending += [chunk[half:], chunk[:half]]
                 continue
-            media_tokens = sum(v for k, v in (result.tokens_by_modality or {}).items() if k != "TEXT")
-            text_tokens = sum(result.tokens_per_text) - media_tokens
-            cost = text_tokens * self._price + media_tokens * self._media_price
-            # No usage in the answer: counted later with many other calls, charged its bound meanwhile.
-            later = self.counts is not None and intent is not None and result.tokens_estimated and chunk[0] not in refs
-            charged = self._bound(chunk, texts, chunk[0] in refs)[1] if later else cost
-            try:
-                self.job.record_embeddings(
-                    work, self.embedder, chunk, result.vectors, result.tokens_per_text, result.tokens_estimated and
-                    not later, cost, intent, media_tokens, result.modality_estimated, uncounted=later,
-                )  # fmt: skip
-            finally:
-                self.budget.settle(self._reserved(chunk, texts, chunk[0] in refs), charged)
-            if later and self.counts is not None and intent is not None:
-                sent = [texts[h][0] for h in chunk]
-                self.counts.add(Uncounted(intent, work.batch_no, chunk, sent, result.tokens_per_text, charged))
             outcome.embedded += len(chunk)
             for h, vector in zip(chunk, result.vectors, strict=True):
                 by_hash[h] = vector
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """One of the run's call slots (engine.slots) for a call and the saving of its answer. A call that must stop
+        the job (the budget, a refused key, a quota for the day) winds the run down before its slot is let go: no
+        batch waiting for a slot calls after it."""
+        with self.slots.held(self.control) if self.slots is not None else nullcontext():
+            try:
+                yield
+            except (PauseJob, StopJob):
+                self.control.wind_down()
+                raise
+
+    def _save(
+        self, chunk: list[str], texts: Texts, work: BatchWork, refs: dict[str, str], result: EmbedResult,
+        intent: str | None,
+    ) -> None:  # fmt: skip
+        """Persist one answer: its vectors and cost (closing its intent), its reservation settled; an answer without
+        usage is charged its bound until it is counted with others."""
+        media_tokens = sum(v for k, v in (result.tokens_by_modality or {}).items() if k != "TEXT")
+        text_tokens = sum(result.tokens_per_text) - media_tokens
+        cost = text_tokens * self._price + media_tokens * self._media_price
+        # No usage in the answer: counted later with many other calls, charged its bound meanwhile.
+        later = self.counts is not None and intent is not None and result.tokens_estimated and chunk[0] not in refs
+        charged = self._bound(chunk, texts, chunk[0] in refs)[1] if later else cost
+        try:
+            self.job.record_embeddings(
+                work, self.embedder, chunk, result.vectors, result.tokens_per_text, result.tokens_estimated and
+                not later, cost, intent, media_tokens, result.modality_estimated, uncounted=later,
+            )  # fmt: skip
+        finally:
+            self.budget.settle(self._reserved(chunk, texts, chunk[0] in refs), charged)
+        if later and self.counts is not None and intent is not None:
+            sent = [texts[h][0] for h in chunk]
+            self.counts.add(Uncounted(intent, work.batch_no, chunk, sent, result.tokens_per_text, charged))
 
     def _media_chunks(self, hashes: list[str], texts: Texts, refs: dict[str, str]) -> list[list[str]]:
         """Media records cut into calls within the request limits, by file size before any file is read:
@@ -254,7 +277,7 @@ class BatchVectors:
         send: Callable[[], EmbedResult],
         media: bool = False,
     ) -> tuple[EmbedResult, str | None]:
-        """One paid call, in a call slot: reserved against the budget, recorded as an intent before it is sent
+        """One paid call (in a call slot): reserved against the budget, recorded as an intent before it is sent
         (write-ahead for money), paced by the rate limiter, retried by the one retry layer. The caller settles the
         reservation, and the intent (with the real cost) when it persists the vectors."""
         estimate = sum(texts[h][1] for h in chunk)
@@ -286,16 +309,9 @@ class BatchVectors:
             if self.limiter is not None and isinstance(exc, RateLimited):
                 self.limiter.throttle(exc.retry_after_s)
 
-        with self.slots.held(self.control) if self.slots is not None else nullcontext():
-            try:
-                self.budget.reserve(reserved)
-            except (PauseJob, StopJob):
-                self.control.wind_down()  # before the slot is let go: no batch waiting for it calls now
-                raise
-            try:
-                return self.retrier.call(once, before_retry=throttle)
-            except BaseException as exc:
-                self.budget.settle(reserved, 0.0)
-                if isinstance(exc, (PauseJob, StopJob)):  # a refused key, a quota for the day: as above
-                    self.control.wind_down()
-                raise
+        self.budget.reserve(reserved)
+        try:
+            return self.retrier.call(once, before_retry=throttle)
+        except BaseException:
+            self.budget.settle(reserved, 0.0)
+            raise

@@ -217,7 +217,7 @@ class LauncherForm:
         self.show_concurrency()
 
     def chosen_concurrency(self) -> int | None:
-        """The batches a run started now would keep in flight when the field is empty: chosen from the rate limits as
+        """The API calls a run started now would keep in flight when the field is empty: chosen from the rate limits as
         every run chooses (None: by an embedder of your own, when the run starts)."""
         try:
             spec = embedder_spec_of(self.embedder.value, self.model_value(), embedder_options=self.extra_options)
@@ -250,7 +250,7 @@ class LauncherForm:
 
     def settings(self) -> RunSettings:
         """The run's settings; Calls at once left empty: None, chosen by the run from the limits."""
-        return self._settings(_whole_number(self.concurrency.value, "batches at once"))
+        return self._settings(_whole_number(self.concurrency.value, "calls at once"))
 
     def _settings(self, concurrency: int | None) -> RunSettings:
         gemini = self.embedder.value == "gemini"
