@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -221,11 +222,14 @@ def test_batches_are_readied_while_the_calls_are_on_the_wire_and_never_more_call
 
     on_the_wire: list[int] = []
     held: list[bool] = []
+    pair = threading.Barrier(2)
 
     def hold(verb: str, body: dict[str, Any]) -> None:
-        if verb == "batchEmbedContents":  # every call waits on the wire until a third batch is claimed
+        if verb == "batchEmbedContents":
             on_the_wire.append(emulator.in_progress[verb])
-            held.append(third_claimed.wait(timeout=10))
+            with contextlib.suppress(threading.BrokenBarrierError):
+                pair.wait(timeout=10)  # the calls go out two by two: both slots are used
+            held.append(third_claimed.wait(timeout=10))  # and each waits on the wire until a third batch is claimed
 
     emulator.hooks.append(hold)
     monkeypatch.setattr(LeasedJob, "claim", claim)

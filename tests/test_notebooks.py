@@ -308,7 +308,7 @@ def test_calls_at_once_left_empty_is_chosen_from_the_limits_as_every_run_chooses
         assert form.concurrency.placeholder == "auto: 4"
         form.concurrency.value = "three"
         launcher.start()
-        assert "batches at once must be a whole number" in launcher.message.value
+        assert "calls at once must be a whole number" in launcher.message.value
 
 
 def test_a_form_that_differs_from_the_unfinished_job_offers_two_ways_on(tmp_path: Path) -> None:
