@@ -33,6 +33,7 @@ import qsync
 from qsync.app import reading
 from qsync.app.session import JobHandle
 from qsync.embedders.hashing import hash_vector
+from qsync.engine.events import BatchFinished
 from qsync.formatting import usd
 from qsync.notebook import BatchInspector, CostPanel, JobMonitor, Launcher, RateMeter
 from qsync.notebook.form import parse_budget
@@ -388,11 +389,19 @@ def test_dollars_read_the_same_everywhere() -> None:
 def test_search_and_background_runs_from_a_cell(tmp_path: Path) -> None:
     src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(800))
+    started = threading.Event()
+    handles: list[JobHandle] = []
+
+    def pause_at_the_first_batch(event: Any) -> None:  # part-way, whatever the machine's speed
+        if isinstance(event, BatchFinished) and started.wait(10):
+            handles[0].pause()
+
     handle = qsync.run(src, background=True, db=db, collection="c", dimensions=32, batch_size=50,
-                       payload_columns=["n"], embedder_options={"latency_s": 0.05})  # fmt: skip
+                       payload_columns=["n"], embedder_options={"latency_s": 0.05},
+                       listeners=[pause_at_the_first_batch])  # fmt: skip
     assert isinstance(handle, JobHandle) and handle.job_id == "c:src"
-    wait_for(lambda: handle.figures is not None and handle.figures.processed_records > 0, timeout=60)
-    handle.pause()
+    handles.append(handle)
+    started.set()
     result = handle.wait(30)
     assert result is not None and result.status == "paused"
     again = qsync.start(src, db=db, collection="c", dimensions=32, batch_size=50, payload_columns=["n"])
