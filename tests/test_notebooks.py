@@ -189,7 +189,7 @@ def test_the_form_offers_the_source_columns_and_only_the_embedders_fields(tmp_pa
 
 
 def test_start_pause_resume_from_the_widgets_answer_at_once(tmp_path: Path) -> None:
-    launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
+    launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.1})
     launcher.form.payload_columns.value = ("n",)
     started = time.monotonic()
     launcher.start_button.click()
@@ -224,7 +224,7 @@ def test_start_pause_resume_from_the_widgets_answer_at_once(tmp_path: Path) -> N
 
 
 def test_cancel_asks_first_and_differs_from_pause(tmp_path: Path) -> None:
-    launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
+    launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.1})
     launcher.start_button.click()
     wait_for(lambda: _processed(tmp_path / "q.duckdb") >= 100, timeout=60)
     launcher.cancel_button.click()
@@ -240,6 +240,8 @@ def test_cancel_asks_first_and_differs_from_pause(tmp_path: Path) -> None:
 
 
 def test_a_rerun_notebook_finds_its_job_and_a_resync_resumes_as_itself(tmp_path: Path) -> None:
+    # Runs that must be paused part-way take calls of 0.1 s, two at a time: what is left after the pause point is
+    # at least ~1.3 s of calls, time enough for the pause on a busy machine.
     db = tmp_path / "q.duckdb"
     first = _launcher(tmp_path, n=600)
     first.form.payload_columns.value = ("n",)
@@ -248,7 +250,7 @@ def test_a_rerun_notebook_finds_its_job_and_a_resync_resumes_as_itself(tmp_path:
     assert first.wait(60) is not None
     # A re-sync (c:src#2) paused part-way, as a kernel restart would leave it after the notebook re-ran.
     write_records(tmp_path / "src.jsonl", make_records(1500, prefix="changed"))
-    second = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
+    second = _launcher(tmp_path, embedder_options={"latency_s": 0.1})
     assert second.form.payload_columns.value == ("n",) and second.form.budget.value == "3", (
         "the form shows the stored job"
     )
@@ -257,7 +259,7 @@ def test_a_rerun_notebook_finds_its_job_and_a_resync_resumes_as_itself(tmp_path:
     second.pause()
     paused = second.wait(30)
     assert paused is not None and paused.status == "paused"
-    third = _launcher(tmp_path, embedder_options={"latency_s": 0.05})  # Run All after a kernel restart
+    third = _launcher(tmp_path, embedder_options={"latency_s": 0.1})  # Run All after a kernel restart
     assert third.job == "c:src#2" and not third.resume_button.disabled
     assert "already done" in third.message.value and "already paid" in third.message.value
     third.start_button.click()
@@ -313,7 +315,7 @@ def test_calls_at_once_left_empty_is_chosen_from_the_limits_as_every_run_chooses
 
 
 def test_a_form_that_differs_from_the_unfinished_job_offers_two_ways_on(tmp_path: Path) -> None:
-    launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.05})
+    launcher = _launcher(tmp_path, embedder_options={"latency_s": 0.1})
     launcher.start()
     wait_for(lambda: launcher.job and _processed(tmp_path / "q.duckdb", launcher.job), 60)
     launcher.pause()
@@ -679,11 +681,21 @@ def test_a_job_that_skipped_rows_at_planning_starts_as_new_not_resumed(tmp_path:
 def test_a_handle_says_pausing_and_resumes(tmp_path: Path) -> None:
     src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(800))
+    started = threading.Event()
+    handles: list[JobHandle] = []
+    states: list[str] = []
+
+    def pause_at_the_first_batch(event: Any) -> None:  # part-way, whatever the machine's speed
+        if isinstance(event, BatchFinished) and not states and started.wait(10):
+            handles[0].pause()
+            states.append(handles[0].state + " " + repr(handles[0]))
+
     handle = qsync.start(src, db=db, collection="c", dimensions=32, batch_size=50, progress=False,
-                         embedder_options={"latency_s": 0.05})  # fmt: skip
-    wait_for(lambda: handle.figures is not None and handle.figures.processed_records > 0, timeout=60)
-    handle.pause()
-    assert handle.state in ("pausing", "paused") and "running" not in repr(handle)
+                         embedder_options={"latency_s": 0.05}, listeners=[pause_at_the_first_batch])  # fmt: skip
+    handles.append(handle)
+    started.set()
+    wait_for(lambda: bool(states), timeout=60)
+    assert states[0].startswith(("pausing", "paused")) and "running" not in states[0], states
     paused = handle.wait(30)
     assert paused is not None and paused.status == "paused"
     assert repr(handle) == "<JobHandle 'c:src': paused>"
