@@ -2,6 +2,7 @@
 
     pip install -r benchmarks/requirements-langchain.txt
     python benchmarks/langchain_indexer.py --records 3000 --speed-rounds 4      # speed: both into :memory:
+    python benchmarks/langchain_indexer.py --records 3000 --speed-rounds 4 --tree before=../main-abc --tree now=.
     python benchmarks/langchain_indexer.py [--records 5000] [--latency 0.3] [--kill-at 0.25]   # kills
 
 Both tools embed with gemini-embedding-001 (768 dimensions, RETRIEVAL_DOCUMENT) through the real
@@ -127,13 +128,18 @@ def qsync_points(work: Path) -> int:
 
 
 def run(
-    command: list[str], env: dict[str, str], emulator: EmulatorProcess, kill_at_texts: int | None, delay_s: float = 0
+    command: list[str],
+    env: dict[str, str],
+    emulator: EmulatorProcess,
+    kill_at_texts: int | None,
+    delay_s: float = 0,
+    cwd: Path | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """Run `command` to its end, or SIGKILL it `delay_s` after the emulator has embedded `kill_at_texts`.
     Returns the time taken and the emulator's counters right after the kill (or the end)."""
     started = time.perf_counter()
     stats: dict[str, Any] = {}
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd)
     reached: float | None = None
     while child.poll() is None:
         if kill_at_texts is not None and reached is None and emulator.stats()["texts_embedded"] >= kill_at_texts:
@@ -153,13 +159,13 @@ def command_for(tool: str, source: Path, work: Path, in_memory: bool = False) ->
     if tool == "langchain":
         return [
             sys.executable,
-            __file__,
+            str(Path(__file__).resolve()),
             "--langchain-child",
             str(source),
             str(work),
             "memory" if in_memory else "folder",
         ]
-    return qsync_command(source, work, int(tool.removeprefix("qsync-c")), in_memory)
+    return qsync_command(source, work, int(tool.removeprefix("qsync-c").split("@")[0]), in_memory)
 
 
 def measure(tool: str, n: int, latency_s: float, kill_at: float, trials: int, seed: int, usage: bool) -> dict[str, Any]:
@@ -221,12 +227,23 @@ def main() -> None:
         "--speed-rounds", type=int, default=0,
         help="instead of kills: this many rounds of one full run per tool, tools alternating within a round",
     )  # fmt: skip
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help="speed: NAME=PATH of a qsync source tree to run qsync from (repeat to compare trees)",
+    )
     parser.add_argument("--usage-metadata", action="store_true",
                         help="the emulator's embed answers carry usageMetadata (Google's Developer API's do not)")  # fmt: skip
     args = parser.parse_args()
     tools = ["langchain", *(f"qsync-c{c}" for c in args.qsync_concurrency.split(","))]
     if args.speed_rounds:
-        print(json.dumps(speed(tools, args.records, args.latency, args.speed_rounds, args.usage_metadata), indent=2))
+        # qsync-cN@NAME: qsync from the tree NAME (PYTHONPATH), alternating with the others in every round
+        trees = dict(t.split("=", 1) for t in args.tree)
+        if trees:
+            tools = ["langchain", *(f"{t}@{name}" for t in tools[1:] for name in trees)]
+        result = speed(tools, args.records, args.latency, args.speed_rounds, args.usage_metadata, trees)
+        print(json.dumps(result, indent=2))
         return
     results = [measure(tool, args.records, args.latency, args.kill_at, args.trials, args.seed, args.usage_metadata)
                for tool in tools]  # fmt: skip
@@ -234,7 +251,9 @@ def main() -> None:
                       "usage_metadata": args.usage_metadata, "results": results}, indent=2))  # fmt: skip
 
 
-def speed(tools: list[str], n: int, latency_s: float, rounds: int, usage: bool) -> dict[str, Any]:
+def speed(
+    tools: list[str], n: int, latency_s: float, rounds: int, usage: bool, trees: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Full runs only, both tools into in-memory Qdrant, tools alternating in every round (the machine's noise falls
     on each alike); records/s, the process CPU each run used, and the API calls it made."""
     root = Path(tempfile.mkdtemp(prefix="qsync-vs-speed-"))
@@ -252,7 +271,11 @@ def speed(tools: list[str], n: int, latency_s: float, rounds: int, usage: bool) 
                 work = root / f"{tool}-{round_no}"
                 work.mkdir()
                 before, requests = os.times(), emulator.stats()["requests"]
-                elapsed, stats = run(command_for(tool, source, work, in_memory=True), env, emulator, None)
+                tree = (trees or {}).get(tool.partition("@")[2])
+                # cwd: not a source tree (`python -m` puts the cwd before PYTHONPATH on sys.path)
+                tool_env = {**env, "PYTHONPATH": str(Path(tree).resolve())} if tree else env
+                elapsed, stats = run(command_for(tool, source, work, in_memory=True), tool_env, emulator, None,
+                                     cwd=work)  # fmt: skip
                 after = os.times()
                 if round_no < 0:
                     continue
@@ -266,6 +289,7 @@ def speed(tools: list[str], n: int, latency_s: float, rounds: int, usage: bool) 
                                        - before.children_user - before.children_system, 2))  # fmt: skip
     return {
         "records": n, "emulator_latency_s": latency_s, "usage_metadata": usage, "rounds": rounds, "qdrant": ":memory:",
+        "trees": trees or {},
         "warm_emulator": True,
         "api_requests_per_run": calls,
         "ratio_to_langchain": {t: {"median": round(statistics.median(r) / statistics.median(rates["langchain"]), 2),

@@ -50,6 +50,11 @@ def _memory_client() -> QdrantClient:
         return _memory
 
 
+def _make_memory_client() -> None:
+    with contextlib.suppress(Exception):  # told by the first use, which makes it again
+        _memory_client()
+
+
 class ClientSink:
     """A collection of a Qdrant server (by URL) or of qdrant-client's in-memory Qdrant."""
 
@@ -59,12 +64,28 @@ class ClientSink:
         self.dimensions = dimensions
         self.options = options
         self._client: QdrantClient | None = None
+        self._opening: threading.Thread | None = None
         # The in-memory mode is plain Python and not thread-safe; a server takes one call at a time per
         # sink well enough, since the runner's batches are large.
         self._lock = threading.Lock()
 
+    def open_soon(self) -> bool:
+        """In-memory Qdrant: import qdrant-client and make its client on a thread (~0.6 s of imports) while the job
+        is planned, its main thread mostly waiting for the checkpoint file's host; True: ensure_collection is then
+        local. A server: nothing (False), for its answer may take QDRANT_TIMEOUT_S and is asked for before planning.
+        What fails on the thread is left to the first use, which tries again and says why."""
+        if self.spec.path != MEMORY:
+            return False
+        if self._opening is None and self._client is None:
+            self._opening = threading.Thread(target=_make_memory_client, name="qsync-qdrant-import", daemon=True)
+            self._opening.start()
+        return True
+
     @property
     def client(self) -> QdrantClient:
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
         from qdrant_client import QdrantClient
 
         if self._client is None:

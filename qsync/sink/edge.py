@@ -41,18 +41,19 @@ class EdgeSink:
         self._lock = threading.Lock()
         self._opening: threading.Thread | None = None
 
-    def open_soon(self) -> None:
+    def open_soon(self) -> bool:
         """Load an existing shard in the background (its host process reads it: ~1.5 s at 2M points), e.g. while a
         job is planned; the first use waits for it. A load that fails is left to that use, which tries again and
         reports why. A shard not there yet is not created here: that is ensure_collection's."""
         try:
             refuse_old_format(self.root)
         except ConfigError:  # told by the first use
-            return
+            return True
         with self._lock:
             if self._shared is None and self._opening is None and shards.exists(self.shard_path):
                 self._opening = threading.Thread(target=self._load_ahead, name="qsync-edge-open", daemon=True)
                 self._opening.start()
+        return True
 
     def _load_ahead(self) -> None:
         try:
