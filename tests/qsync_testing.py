@@ -150,16 +150,17 @@ def make_records(n: int, start: int = 0, prefix: str = "text") -> list[dict[str,
 
 
 def qdrant_points(
-    path: Path, collection: str, vector: str | None = None
+    path: Path, collection: str, vector: str | None = None, wait_s: float = 60.0
 ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
     """Every point of a Qdrant Edge collection: id -> (vector, payload), `vector` naming a named vector.
 
-    Reads through this process's open shard if a job here holds it, else loads it and closes it after.
+    Reads through this process's open shard if a job here holds it, else loads it and closes it after; a shard
+    another process holds is waited for up to `wait_s`.
     """
     from qsync.errors import TransientError
     from qsync.sink.shards import open_shard
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             with open_shard(path / collection) as shared:

@@ -105,10 +105,12 @@ def test_the_last_user_closes_the_shard_so_another_process_can_open_it(tmp_path:
     second.ensure_collection()
     first.upsert(["a"], np.ones((1, 4), dtype=np.float32), [{"id": "a"}])
     reader = [sys.executable, "-c", "import sys; from qsync_testing import qdrant_points; "
-              "print(len(qdrant_points(__import__('pathlib').Path(sys.argv[1]), 'c')))", str(tmp_path)]  # fmt: skip
+              "print(len(qdrant_points(__import__('pathlib').Path(sys.argv[1]), 'c', wait_s=float(sys.argv[2]))))",
+              str(tmp_path)]  # fmt: skip
     first.close()
-    busy = subprocess.run(reader, capture_output=True, text=True, env=qsync_env(), check=False)
+    # Asked once, not waited for (`second` holds it for as long as the test likes): refused at once.
+    busy = subprocess.run([*reader, "0"], capture_output=True, text=True, env=qsync_env(), check=False)
     assert busy.returncode != 0 and "in use by another process" in busy.stderr  # `second` still holds it
     second.close()
-    free = subprocess.run(reader, capture_output=True, text=True, env=qsync_env(), check=False)
+    free = subprocess.run([*reader, "60"], capture_output=True, text=True, env=qsync_env(), check=False)
     assert free.returncode == 0 and free.stdout.strip() == "1", free.stderr
