@@ -165,7 +165,13 @@ def command_for(tool: str, source: Path, work: Path, in_memory: bool = False) ->
             str(work),
             "memory" if in_memory else "folder",
         ]
-    return qsync_command(source, work, int(tool.removeprefix("qsync-c").split("@")[0]), in_memory)
+    return qsync_command(source, work, qsync_tool(tool)[0], in_memory)
+
+
+def qsync_tool(tool: str) -> tuple[int, str]:
+    """`qsync-cN` or `qsync-cN@TREE` (qsync from the source tree named TREE): (N, TREE or "")."""
+    concurrency, _, tree = tool.removeprefix("qsync-c").partition("@")
+    return int(concurrency), tree
 
 
 def measure(tool: str, n: int, latency_s: float, kill_at: float, trials: int, seed: int, usage: bool) -> dict[str, Any]:
@@ -271,7 +277,7 @@ def speed(
                 work = root / f"{tool}-{round_no}"
                 work.mkdir()
                 before, requests = os.times(), emulator.stats()["requests"]
-                tree = (trees or {}).get(tool.partition("@")[2])
+                tree = (trees or {}).get(qsync_tool(tool)[1]) if tool != "langchain" else None
                 # cwd: not a source tree (`python -m` puts the cwd before PYTHONPATH on sys.path)
                 tool_env = {**env, "PYTHONPATH": str(Path(tree).resolve())} if tree else env
                 elapsed, stats = run(command_for(tool, source, work, in_memory=True), tool_env, emulator, None,

@@ -229,9 +229,7 @@ def test_dimension_mismatch_is_refused_before_any_embedding(tmp_path: Path) -> N
 
 def test_stop_pauses_within_a_batch_and_resume_completes(tmp_path: Path) -> None:
     _, db = _plan(tmp_path, n=1000)
-    runner = _runner(
-        db, embedder=RecordingEmbedder(latency_s=0.1)
-    )  # 18 calls of 0.1 s, 2 at a time, after the stop point
+    runner = _runner(db, embedder=RecordingEmbedder(latency_s=0.1))  # 18 calls of 0.1 s, 2 at once, after the stop
     thread = threading.Thread(target=lambda: setattr(runner, "result", runner.run()))
     thread.start()
     wait_for(lambda: qsync.status("j", db=db)["processed_records"] >= 100)

@@ -22,8 +22,7 @@ _POLL_S = 0.1  # how often a batch waiting for a slot looks whether the run is s
 
 class CallSlots:
     def __init__(self, size: int) -> None:
-        self.size = max(1, size)
-        self._free = self.size
+        self._free = max(1, size)
         self._cond = threading.Condition()
 
     @contextmanager

@@ -83,8 +83,9 @@ class ClientSink:
 
     @property
     def client(self) -> QdrantClient:
-        if self._opening is not None:
-            self._opening.join()
+        opening = self._opening  # read once: another thread may be done with it and clear it meanwhile
+        if opening is not None:
+            opening.join()
             self._opening = None
         from qdrant_client import QdrantClient
 

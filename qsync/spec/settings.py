@@ -14,9 +14,9 @@ from qsync.spec.defaults import DEFAULT_STALE_AFTER_S, env_float, stale_after_s
 class RunSettings:
     """How one run goes about a job."""
 
-    concurrency: int | None = (
-        None  # API calls in flight at once (a few more batches are under way); None: chosen from the limits (defaults.default_concurrency)
-    )
+    # API calls in flight at once (a few more batches are under way, engine.slots); None: chosen from the limits
+    # (defaults.default_concurrency)
+    concurrency: int | None = None
     max_attempts: int = 8  # per API or Qdrant call, transient errors only; then the batch fails
     retry_base_s: float = 1.0  # first backoff; doubles per attempt, with jitter
     retry_max_s: float = 60.0
