@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import shutil
 import threading
@@ -15,6 +16,7 @@ from qsync_testing import make_records, qdrant_points, wait_for, write_records
 import qsync
 from qsync.app import reading
 from qsync.app.jobs import create_job, make_runner
+from qsync.cli.progress import ProgressBar
 from qsync.embedders.hashing import HashingEmbedder
 from qsync.embedders.protocol import EmbedResult
 from qsync.engine.events import BatchFinished, Notice, Progress
@@ -282,6 +284,23 @@ def test_listeners_see_start_progress_and_finish(tmp_path: Path) -> None:
     progress = [e for e in events if isinstance(e, Progress)]
     assert [p.done_records for p in progress][-1] == 200
     assert all(a.done_records <= b.done_records for a, b in itertools.pairwise(progress))
+
+
+def test_no_figures_are_read_while_running_when_no_listener_shows_them(tmp_path: Path) -> None:
+    _, db = _plan(tmp_path, n=300)
+    heard: list[Any] = []
+
+    class Counting:
+        wants_progress = False  # like the CLI's RunTexts, or a progress bar that is not drawn
+
+        def __call__(self, event: Any) -> None:
+            heard.append(event)
+
+    assert _runner(db, embedder=RecordingEmbedder(), listeners=[Counting(), ProgressBar(disable=True)]).run().ok
+    assert sum(isinstance(e, BatchFinished) for e in heard) == 6
+    assert not [e for e in heard if isinstance(e, Progress)]  # the figures query was never made for them
+    assert not ProgressBar(io.StringIO()).wants_progress  # tqdm draws nothing on a stream that is not a terminal
+    assert ProgressBar(io.StringIO(), disable=False).wants_progress
 
 
 def test_a_pause_while_waiting_for_qdrant_leaves_the_job_paused_not_failed(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PAUSED, EXIT_REFUSED = 0, 1, 2, 3, 4
 class RunTexts:
     """What this run embedded and found in the embedding cache, batch by batch."""
 
+    wants_progress = False  # it counts BatchFinished events only
+
     def __init__(self) -> None:
         self.embedded = 0
         self.cached = 0

@@ -21,6 +21,14 @@ class ProgressBar:
         self._bar: Any = None  # tqdm
         self._shown = 0
 
+    @property
+    def wants_progress(self) -> bool:
+        """Whether the bar is drawn: not with --quiet (disable=True), and with disable=None only on a terminal, as
+        tqdm decides. A bar not drawn needs no figures while the job runs (events.wants_progress)."""
+        if self.disable is None:
+            return bool(getattr(self.stream, "isatty", lambda: False)())
+        return not self.disable
+
     def __call__(self, event: Event) -> None:
         if isinstance(event, JobStarted):
             figures = event.figures

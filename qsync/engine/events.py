@@ -2,7 +2,9 @@
 
 Listeners are plain callables, called on the runner's scheduling thread; a slow listener slows the
 scheduler, so widgets throttle their own redraws. A listener that raises is logged and ignored: a
-broken progress bar must never stop a paid backfill.
+broken progress bar must never stop a paid backfill. A listener that never shows Progress says so with
+`wants_progress = False`: the figures behind each Progress are a query of the checkpoint file that every batch's
+writes wait for, made only while some listener shows them (`wants_progress`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ class Notice:
 
 Event = JobStarted | Progress | BatchFinished | JobFinished | Notice
 Listener = Callable[[Event], None]
+
+
+def wants_progress(listeners: Iterable[Listener]) -> bool:
+    """Whether any of these listeners shows Progress events (a plain callable is taken to)."""
+    return any(getattr(listener, "wants_progress", True) for listener in listeners)
 
 
 def emit(listeners: Iterable[Listener], event: Event) -> None:

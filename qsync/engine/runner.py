@@ -21,7 +21,16 @@ from qsync.clock import SYSTEM_CLOCK, Clock
 from qsync.embedders.protocol import CountsTokens, Embedder, HasRateLimits, SubmitsBatches, default_limits
 from qsync.engine.control import Control
 from qsync.engine.counting import DeferredCounts, Uncounted
-from qsync.engine.events import BatchFinished, JobFinished, JobStarted, Listener, Notice, Progress, emit
+from qsync.engine.events import (
+    BatchFinished,
+    JobFinished,
+    JobStarted,
+    Listener,
+    Notice,
+    Progress,
+    emit,
+    wants_progress,
+)
 from qsync.engine.heartbeat import Heartbeat
 from qsync.engine.inflight import InFlight
 from qsync.engine.outcome import Outcome
@@ -312,8 +321,8 @@ class Runner:
             tally.failed.add(outcome.batch_no)
 
     def _emit_progress(self, tally: _Tally, started: float) -> None:
-        if not self.listeners:
-            return  # nobody to tell: the figures query is not free
+        if not wants_progress(self.listeners):
+            return  # nobody shows them: the figures query is not free
         try:
             figures = job_figures(self.ledger, self.clock, self.job_id)
         except LedgerError as exc:  # a progress bar must never stop a paid backfill
