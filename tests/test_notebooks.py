@@ -357,11 +357,27 @@ def test_the_inspector_pages_filters_shows_a_failed_batch_and_retries_it(
     assert "text 321 " in inspector.records.value
     inspector.retry(wait=True)
     assert inspector.result is not None and inspector.result.ok
+    assert "Retry finished: the job is <b>completed</b>" in inspector.message.value
     assert "No batches match" in inspector.table.value, "the retried batch left the failed filter by itself"
     assert qsync.status(result.job_id, db=tmp_path / "q.duckdb")["status"] == "completed"
     panel = CostPanel(result.job_id, db=tmp_path / "q.duckdb")
     assert "estimate (plan time)" in panel.versus.value and "resumes did not redo" in panel.summary.value
     assert "Batch Mode" in panel.what_if.value and panel.plot.outputs
+
+
+def test_retrying_a_batch_of_a_cancelled_job_says_why_and_frees_the_buttons(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    src = tmp_path / "src.jsonl"
+    write_records(src, make_records(300))
+    qsync.prepare(src, collection="c", job="j", db=db, qdrant_path=tmp_path / "qdrant", dimensions=32, batch_size=100)
+    assert qsync.cancel("j", db=db) == "cancelled"
+    inspector = BatchInspector(db=db)
+    inspector.batch_no.value = 1
+    assert not inspector.retry_one_button.disabled, "a pending batch is offered for a retry"
+    inspector.retry([1])  # the run is refused in its thread: the job was cancelled
+    wait_for(lambda: "was cancelled" in inspector.message.value, timeout=30)
+    assert not inspector.retry_one_button.disabled, "the buttons are not left as for a retry in progress"
+    assert "3 batches (3 pending)" in inspector.summary.value
 
 
 def test_rate_and_eta_do_not_jump_after_resume() -> None:

@@ -19,7 +19,7 @@ from qsync.app.jobs import create_job, make_runner
 from qsync.cli.progress import ProgressBar
 from qsync.embedders.hashing import HashingEmbedder
 from qsync.embedders.protocol import EmbedResult
-from qsync.engine.events import BatchFinished, Notice, Progress
+from qsync.engine.events import BatchFinished, Notice, Progress, RunError
 from qsync.engine.runner import Runner
 from qsync.errors import ConfigError, LeaseHeld, PermanentError
 from qsync.ledger.run import LeasedJob
@@ -268,8 +268,11 @@ def test_a_second_runner_in_the_same_process_is_refused(tmp_path: Path) -> None:
     thread.start()
     try:
         wait_for(lambda: qsync.status("j", db=db)["status"] == "running")
+        heard: list[Any] = []
         with pytest.raises(LeaseHeld, match="is being run by process"):
-            _runner(db, embedder=RecordingEmbedder()).run()
+            _runner(db, embedder=RecordingEmbedder(), listeners=[heard.append]).run()
+        # Its listeners (a notebook's buttons) hear that the run ended, and why: it never started.
+        assert [type(e) for e in heard] == [RunError] and "is being run by process" in heard[0].error
     finally:
         first.request_stop()
         thread.join(timeout=10)

@@ -58,12 +58,22 @@ class JobFinished:
 
 
 @dataclass(frozen=True)
+class RunError:
+    """The run ended on an error without telling how the job ended (no JobFinished): it was refused before it
+    started (the job was cancelled, another process runs it, the checkpoint file is damaged) or lost its lease to
+    another runner. The job is as the error left it; the caller of `Runner.run` gets the error itself."""
+
+    job_id: str
+    error: str
+
+
+@dataclass(frozen=True)
 class Notice:
     job_id: str
     text: str
 
 
-Event = JobStarted | Progress | BatchFinished | JobFinished | Notice
+Event = JobStarted | Progress | BatchFinished | JobFinished | RunError | Notice
 Listener = Callable[[Event], None]
 
 

@@ -28,6 +28,7 @@ from qsync.engine.events import (
     Listener,
     Notice,
     Progress,
+    RunError,
     emit,
     wants_progress,
 )
@@ -149,6 +150,7 @@ class Runner:
         everything (the lease, the checkpoint file, the Qdrant shard): a Resume heard then can start at once."""
         started = time.monotonic()
         self._finished = None
+        error: BaseException | None = None
         try:
             if not self.checked:  # a damaged checkpoint file is told now, whichever table it is in
                 check_integrity(self.ledger)
@@ -162,10 +164,13 @@ class Runner:
             for thread in self.alongside:
                 thread.join(ALONGSIDE_WAIT_S)
             return result
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             self.sink.close()
             self.ledger.close()
-            self._announce_finish()
+            self._announce_finish(error)
 
     def _run(self, lease: Lease, took_over: bool, started: float) -> RunResult:
         job = LeasedJob(self.ledger, lease, self.clock, self.spec.target, self.embedder_signature)
@@ -211,9 +216,13 @@ class Runner:
             self._count_unconfirmed(job)  # calls that timed out here: priced exactly, not at the bound
             return self._finish(lease, state, message, tally, started)
 
-    def _announce_finish(self) -> None:
+    def _announce_finish(self, error: BaseException | None) -> None:
+        """JobFinished, or (an error before the job's end was decided) RunError: a listener waiting for the run to
+        end (a notebook's buttons) always hears that it did."""
         if self._finished is not None:
             emit(self.listeners, self._finished)
+        elif error is not None:
+            emit(self.listeners, RunError(self.job_id, str(error) or type(error).__name__))
 
     def _heal_cache(self, job: LeasedJob) -> None:
         healed = job.heal_cache()

@@ -15,7 +15,7 @@ import pandas as pd
 
 from qsync.app import reading
 from qsync.app.session import JobHandle, active_run, start_job
-from qsync.engine.events import Event, JobFinished
+from qsync.engine.events import Event
 from qsync.engine.runner import RunResult
 from qsync.errors import QsyncError
 from qsync.formatting import count, counted
@@ -165,7 +165,7 @@ class BatchInspector:
             f"{count(by_status.get(s, 0))} {s}" for s in ("done", "failed", "running", "pending") if by_status.get(s)
         ]
         self.summary.value = (
-            f"<b>{html.escape(self.job)}</b>: {count(len(everything))} batches ({', '.join(parts) or 'none'}); "
+            f"<b>{html.escape(self.job)}</b>: {counted(len(everything), 'batch', 'batches')} ({', '.join(parts) or 'none'}); "
             f"{counted(len(skipped), 'record')} skipped"
         )
         has_batches = not everything.empty
@@ -264,36 +264,31 @@ class BatchInspector:
             return
         if wait:
             self._after_retry(self.handle)
+        else:  # told when the run's thread ends, however it ends: a refused run (a cancelled job) never starts
+            threading.Thread(target=self._after_retry, args=(self.handle,), daemon=True).start()
 
     def _on_event(self, event: Event) -> None:
-        """A listener of the retry's run (called on its thread)."""
+        """A listener of the retry's run (called on its thread): the table follows it."""
         self.ui.call(self._heard, event)
 
     def _heard(self, event: Event) -> None:
-        if isinstance(event, JobFinished):
-            self._done_retrying()
-        elif time.monotonic() - self._last_refresh >= _REFRESH_S:
+        if time.monotonic() - self._last_refresh >= _REFRESH_S:
             self.refresh()
-
-    def _done_retrying(self) -> None:
-        handle = self.handle
-        if handle is None:
-            return
-        threading.Thread(target=self._after_retry, args=(handle,), daemon=True).start()
 
     def _after_retry(self, handle: JobHandle) -> None:
         try:
             result = handle.wait()
-        except QsyncError as exc:
+        except Exception as exc:  # QsyncError: why it stopped (said); anything else, said too: never a silent hang
             self.ui.call(self._retried, None, exc)
             return
         self.ui.call(self._retried, result, None)
 
-    def _retried(self, result: RunResult | None, error: QsyncError | None) -> None:
+    def _retried(self, result: RunResult | None, error: Exception | None) -> None:
+        self.picker.reload()  # the job's status changed: it reopens the job, which clears the message (so first)
+        self.refresh()
         if error is not None:
-            self.message.value = error_html(str(error))
+            text = str(error) if isinstance(error, QsyncError) else f"{type(error).__name__}: {error}"
+            self.message.value = error_html(text)
         if result is not None:
             self.result = result
             self.message.value = f"Retry finished: the job is <b>{html.escape(result.status)}</b>."
-        self.picker.reload()
-        self.refresh()

@@ -17,7 +17,7 @@ import ipywidgets as widgets
 
 from qsync.app import jobs, reading
 from qsync.app.session import JobHandle, active_run, start_job
-from qsync.engine.events import Event, JobFinished, JobStarted
+from qsync.engine.events import Event, JobFinished, JobStarted, RunError
 from qsync.engine.runner import RunResult
 from qsync.errors import QsyncError, SpecMismatch
 from qsync.input.frames import Frame
@@ -251,6 +251,11 @@ class Launcher(LauncherControls):
             self.message.value = run_started(event.figures)
         elif isinstance(event, JobFinished):
             self._finished(event)
+        elif isinstance(event, RunError):
+            # Refused before it started (another process runs the job, it was cancelled) or its lease lost: the
+            # buttons must not stay as for a run in progress. Resume tries again (and says why if it still cannot).
+            self._buttons(running=False, resumable=True)
+            self.message.value = error_html(f"Stopped: {event.error}")
 
     def _finished(self, event: JobFinished) -> None:
         stopped_short = event.status in ("paused", "failed")
