@@ -31,13 +31,16 @@ from qsync_testing import (
 
 import qsync
 from qsync.app import reading
+from qsync.app.jobs import make_runner
 from qsync.app.session import JobHandle
 from qsync.embedders.hashing import hash_vector
 from qsync.engine.events import BatchFinished
 from qsync.formatting import usd
 from qsync.notebook import BatchInspector, CostPanel, JobMonitor, Launcher, RateMeter
+from qsync.notebook.costs import versus_html
 from qsync.notebook.form import parse_budget
 from qsync.notebook.formatting import humanize
+from qsync.spec.settings import RunSettings
 from qsync.spec.target import point_id
 
 NOTEBOOKS = REPO / "notebooks"
@@ -378,6 +381,21 @@ def test_retrying_a_batch_of_a_cancelled_job_says_why_and_frees_the_buttons(tmp_
     wait_for(lambda: "was cancelled" in inspector.message.value, timeout=30)
     assert not inspector.retry_one_button.disabled, "the buttons are not left as for a retry in progress"
     assert "3 batches (3 pending)" in inspector.summary.value
+
+
+def test_a_paused_job_shows_its_estimate_beside_what_it_spent_without_an_error(tmp_path: Path) -> None:
+    db = tmp_path / "q.duckdb"
+    src = tmp_path / "src.jsonl"
+    write_records(src, make_records(3000))
+    qsync.prepare(src, collection="c", job="j", db=db, qdrant_path=tmp_path / "qdrant", dimensions=32, batch_size=100)
+    runner = make_runner("j", db=db, settings=RunSettings(concurrency=1))
+    runner.listeners.append(lambda e: runner.request_stop() if isinstance(e, BatchFinished) else None)
+    assert runner.run().status == "paused"
+    versus = reading.estimate_vs_actual("j", db=db).set_index("figure")
+    spent, estimated = float(versus["actual"].loc["tokens"]), float(versus["estimate"].loc["tokens"])
+    assert 0 < spent < estimated, "part of the texts were embedded"
+    assert versus["error_pct"].isna().all(), "the estimate of all the texts is not held against a part of them"
+    assert "once the job completes (it is paused" in versus_html("j", db=db)
 
 
 def test_rate_and_eta_do_not_jump_after_resume() -> None:

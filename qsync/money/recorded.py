@@ -170,9 +170,15 @@ def _counter(embedder: Embedder) -> CountTokens:
     return _bytes_counter
 
 
+def error_known(status: str) -> bool:
+    """Whether a job's estimate can be held against what it spent: the estimate is for all of its texts, so only
+    once it completed (a paused, failed or cancelled job paid for part of them)."""
+    return status == "completed"
+
+
 def estimate_vs_actual(ledger: Ledger, job: str, clock: Clock = SYSTEM_CLOCK) -> pd.DataFrame:
     """Tokens, dollars and minutes: the estimate recorded at plan time, the actual, and the error in % of the
-    actual (positive: the estimate was high). Empty when no estimate was recorded."""
+    actual (positive: the estimate was high; None until `error_known`). Empty when no estimate was recorded."""
     estimate = costs.recorded_estimate(ledger, job)
     if estimate is None:
         return pd.DataFrame(columns=["figure", "estimate", "actual", "error_pct"])
@@ -183,7 +189,9 @@ def estimate_vs_actual(ledger: Ledger, job: str, clock: Clock = SYSTEM_CLOCK) ->
         ("minutes", estimate["minutes"], costs.run_minutes(ledger, job)),
     ]
     frame = pd.DataFrame(rows, columns=["figure", "estimate", "actual"])
+    whole = error_known(figures.status)
     frame["error_pct"] = [
-        None if e is None or a is None or not a else (float(e) - float(a)) / float(a) * 100 for _, e, a in rows
+        None if not whole or e is None or a is None or not a else (float(e) - float(a)) / float(a) * 100
+        for _, e, a in rows
     ]
     return frame

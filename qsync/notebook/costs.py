@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from qsync.app import reading
 from qsync.errors import QsyncError
 from qsync.formatting import batch_mode_text, count, duration, percent, usd, value_text
+from qsync.money.recorded import error_known
 from qsync.money.what_if import what_if
 from qsync.notebook.formatting import error_html, figure_output, frame_html, usd_axis
 from qsync.notebook.picker import JobPicker
@@ -53,10 +54,16 @@ def versus_html(job: str, db: str | Path | None = None) -> str:
         media_price = spec.embedder.price_per_million(batch_mode=spec.batch_mode, media=True)
         prices = (f"{count(media)} of the tokens are images or PDF pages at {usd(media_price)} "
                   f"per 1M, the rest text at {usd(recorded['price_usd_per_million_tokens'])}")  # fmt: skip
+    status = str(reading.status(job, db=db)["status"])
+    error = (
+        "Error: estimate minus actual, in % of the actual."
+        if error_known(status)
+        else f"Error: once the job completes (it is {html.escape(status)}: the estimate is for all of its texts)."
+    )
     return frame_html(shown, css="qsync-table qsync-versus") + (
         f"<p><small>estimated {when} for {count(recorded['texts_to_embed'])} texts to embed "
         f"({count(recorded['cached_texts'])} already cached); {html.escape(str(recorded['tokens_basis']))}; "
-        f"{prices}. Error: estimate minus actual, in % of the actual.</small></p>"
+        f"{prices}. {error}</small></p>"
     )
 
 
