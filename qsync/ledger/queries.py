@@ -173,14 +173,13 @@ def uncached_contents(
 ) -> tuple[int, int, int, int, int, pd.DataFrame]:
     """Of the job's distinct contents, those the cache holds under none of `key_prefixes` (cache.key_prefixes), counted
     in SQL (a million texts never leave the file): (distinct contents, uncached, their own text tokens, their media
-    tokens, how many send a text, a sample to calibrate on: columns text, own, the first `sample` of all the job's
-    texts by content hash, cached or not, so that what the cache holds does not move the calibration). One pass
+    tokens, how many send a text, a sample of those: columns text, own, the first `sample` by content hash). One pass
     over the manifest: at 2M records each pass is a second or more before the job's first batch."""
     params = [job, *key_prefixes, sample]
     row = ledger.query_rows(
         _UNCACHED + " SELECT count(*), count(*) FILTER (WHERE todo), coalesce(sum(own) FILTER (WHERE todo), 0), "
         "coalesce(sum(media) FILTER (WHERE todo), 0), count(*) FILTER (WHERE todo AND text <> ''), "
-        "arg_min({'text': text, 'own': own}, content_hash, ?) FILTER (WHERE text <> '') FROM u",
+        "arg_min({'text': text, 'own': own}, content_hash, ?) FILTER (WHERE todo AND text <> '') FROM u",
         params,
     )[0]
     picked = pd.DataFrame(row[5] or [], columns=["text", "own"])

@@ -64,8 +64,7 @@ def record_estimate_soon(
     planned = _planned(ledger, job, embedder, settings, clock)
     if planned is None:
         return None
-    uncached = planned.uncached
-    if not isinstance(embedder, CountsTokens) or uncached is None or not len(uncached.sample) or not uncached.sent:
+    if not isinstance(embedder, CountsTokens) or planned.uncached is None or not len(planned.uncached.sample):
         costs.record_estimate(ledger, planned.estimate(_counter(embedder)))
         return None
     costs.record_estimate(ledger, planned.estimate(None))
