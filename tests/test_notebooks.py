@@ -33,7 +33,7 @@ import qsync
 from qsync.app import reading
 from qsync.app.jobs import make_runner
 from qsync.app.session import JobHandle
-from qsync.embedders.hashing import hash_vector
+from qsync.embedders.hashing import HashingEmbedder, hash_vector
 from qsync.engine.events import BatchFinished
 from qsync.formatting import usd
 from qsync.notebook import BatchInspector, CostPanel, JobMonitor, Launcher, RateMeter
@@ -396,6 +396,29 @@ def test_a_paused_job_shows_its_estimate_beside_what_it_spent_without_an_error(t
     assert 0 < spent < estimated, "part of the texts were embedded"
     assert versus["error_pct"].isna().all(), "the estimate of all the texts is not held against a part of them"
     assert "once the job completes (it is paused" in versus_html("j", db=db)
+
+
+def test_a_resume_refused_because_another_runner_has_the_job_frees_the_launcher(tmp_path: Path) -> None:
+    src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(3000))
+    qsync.prepare(src, collection="c", db=db, qdrant_path=db.with_suffix(".qdrant"), dimensions=32, batch_size=50)
+    other = make_runner(
+        "c:src", db=db, embedder=HashingEmbedder(32, latency_s=0.05), settings=RunSettings(concurrency=1)
+    )
+    thread = threading.Thread(target=lambda: setattr(other, "result", other.run()))
+    thread.start()
+    try:
+        wait_for(lambda: qsync.status("c:src", db=db)["status"] == "running", 30)
+        launcher = _launcher(tmp_path)
+        assert launcher.job == "c:src"
+        launcher.resume()  # refused in the run's thread: another runner holds the job's lease
+        wait_for(lambda: "Stopped:" in launcher.message.value, 30)
+        assert "is being run by process" in launcher.message.value
+        assert launcher.pause_button.disabled and not launcher.resume_button.disabled, "not left as for a run"
+        assert launcher.monitor.status == "stopped", "the monitor no longer says resuming…"
+    finally:
+        other.request_stop()
+        thread.join(30)
 
 
 def test_rate_and_eta_do_not_jump_after_resume() -> None:

@@ -273,6 +273,7 @@ def test_a_second_runner_in_the_same_process_is_refused(tmp_path: Path) -> None:
             _runner(db, embedder=RecordingEmbedder(), listeners=[heard.append]).run()
         # Its listeners (a notebook's buttons) hear that the run ended, and why: it never started.
         assert [type(e) for e in heard] == [RunError] and "is being run by process" in heard[0].error
+        assert heard[0].resumable, "once the other runner stops, the job can be resumed"
     finally:
         first.request_stop()
         thread.join(timeout=10)

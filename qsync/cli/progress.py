@@ -26,7 +26,8 @@ class ProgressBar:
         """Whether the bar is drawn: not with --quiet (disable=True), and with disable=None only on a terminal, as
         tqdm decides. A bar not drawn needs no figures while the job runs (events.wants_progress)."""
         if self.disable is None:
-            return bool(getattr(self.stream, "isatty", lambda: False)())
+            isatty = getattr(self.stream, "isatty", None)
+            return isatty is None or bool(isatty())  # tqdm draws on a stream that cannot tell
         return not self.disable
 
     def __call__(self, event: Event) -> None:

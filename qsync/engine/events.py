@@ -60,11 +60,14 @@ class JobFinished:
 @dataclass(frozen=True)
 class RunError:
     """The run ended on an error without telling how the job ended (no JobFinished): it was refused before it
-    started (the job was cancelled, another process runs it, the checkpoint file is damaged) or lost its lease to
-    another runner. The job is as the error left it; the caller of `Runner.run` gets the error itself."""
+    started (the job was cancelled, another process runs it, the checkpoint file is damaged), lost its lease to
+    another runner, or met an error while it wound up (the checkpoint file could not be read or written). The job
+    is as the error left it; the caller of `Runner.run` gets the error itself. `resumable`: whether running the job
+    again can help (not for a cancelled job, nor a damaged file before `qsync recover`)."""
 
     job_id: str
     error: str
+    resumable: bool = True
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,9 @@ from qsync.engine.vectors import BatchVectors
 from qsync.errors import (
     DiskFull,
     Interrupted,
+    JobNotRunnable,
     LeaseLost,
+    LedgerCorrupted,
     LedgerError,
     PauseJob,
     QsyncError,
@@ -168,9 +170,11 @@ class Runner:
             error = exc
             raise
         finally:
-            self.sink.close()
-            self.ledger.close()
-            self._announce_finish(error)
+            try:
+                self.sink.close()
+                self.ledger.close()
+            finally:
+                self._announce_finish(error)
 
     def _run(self, lease: Lease, took_over: bool, started: float) -> RunResult:
         job = LeasedJob(self.ledger, lease, self.clock, self.spec.target, self.embedder_signature)
@@ -222,7 +226,8 @@ class Runner:
         if self._finished is not None:
             emit(self.listeners, self._finished)
         elif error is not None:
-            emit(self.listeners, RunError(self.job_id, str(error) or type(error).__name__))
+            resumable = not isinstance(error, JobNotRunnable | LedgerCorrupted)
+            emit(self.listeners, RunError(self.job_id, str(error) or type(error).__name__, resumable))
 
     def _heal_cache(self, job: LeasedJob) -> None:
         healed = job.heal_cache()

@@ -189,6 +189,7 @@ def estimate_vs_actual(ledger: Ledger, job: str, clock: Clock = SYSTEM_CLOCK) ->
         ("minutes", estimate["minutes"], costs.run_minutes(ledger, job)),
     ]
     frame = pd.DataFrame(rows, columns=["figure", "estimate", "actual"])
+    frame.attrs["status"] = figures.status  # what the error was judged by (a reader says why it is blank)
     whole = error_known(figures.status)
     frame["error_pct"] = [
         None if not whole or e is None or a is None or not a else (float(e) - float(a)) / float(a) * 100

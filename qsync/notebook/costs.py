@@ -54,7 +54,7 @@ def versus_html(job: str, db: str | Path | None = None) -> str:
         media_price = spec.embedder.price_per_million(batch_mode=spec.batch_mode, media=True)
         prices = (f"{count(media)} of the tokens are images or PDF pages at {usd(media_price)} "
                   f"per 1M, the rest text at {usd(recorded['price_usd_per_million_tokens'])}")  # fmt: skip
-    status = str(reading.status(job, db=db)["status"])
+    status = str(versus.attrs.get("status", ""))
     error = (
         "Error: estimate minus actual, in % of the actual."
         if error_known(status)

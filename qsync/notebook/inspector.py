@@ -278,14 +278,13 @@ class BatchInspector:
     def _after_retry(self, handle: JobHandle) -> None:
         try:
             result = handle.wait()
-        except Exception as exc:  # QsyncError: why it stopped (said); anything else, said too: never a silent hang
+        except BaseException as exc:  # QsyncError: why it stopped (said); anything else, said too: never a silent hang
             self.ui.call(self._retried, None, exc)
             return
         self.ui.call(self._retried, result, None)
 
-    def _retried(self, result: RunResult | None, error: Exception | None) -> None:
-        self.picker.reload()  # the job's status changed: it reopens the job, which clears the message (so first)
-        self.refresh()
+    def _retried(self, result: RunResult | None, error: BaseException | None) -> None:
+        self.picker.reload()  # the job's status changed: it reopens (and reads) the job, clearing the message: first
         if error is not None:
             text = str(error) if isinstance(error, QsyncError) else f"{type(error).__name__}: {error}"
             self.message.value = error_html(text)

@@ -254,7 +254,7 @@ class Launcher(LauncherControls):
         elif isinstance(event, RunError):
             # Refused before it started (another process runs the job, it was cancelled) or its lease lost: the
             # buttons must not stay as for a run in progress. Resume tries again (and says why if it still cannot).
-            self._buttons(running=False, resumable=True)
+            self._buttons(running=False, resumable=event.resumable)
             self.message.value = error_html(f"Stopped: {event.error}")
 
     def _finished(self, event: JobFinished) -> None:

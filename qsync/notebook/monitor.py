@@ -24,7 +24,7 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 
 from qsync.app import reading
-from qsync.engine.events import BatchFinished, Event, JobFinished, JobStarted, Notice, Progress
+from qsync.engine.events import BatchFinished, Event, JobFinished, JobStarted, Notice, Progress, RunError
 from qsync.errors import QsyncError
 from qsync.formatting import batch_mode_text, count, counted, duration, number, records_to_chunks, usd
 from qsync.ledger.figures import JobFigures
@@ -274,6 +274,9 @@ class JobMonitor:
                 self.set_status(event.status)
             if event.message and self.show_messages:
                 self.notice.value = f"<small>{html.escape(humanize(event.message))}</small>"
+        elif isinstance(event, RunError):  # refused, or its lease lost: not "resuming…" or "running" any more
+            self.set_status("stopped")
+            self.notice.value = f"<small style='color:#b00020'>{html.escape(humanize(event.error))}</small>"
         elif isinstance(event, Notice):
             self.notice.value = f"<small>{html.escape(humanize(event.text))}</small>"
             if _RETRYING.search(event.text) and self.figures is not None:
