@@ -104,7 +104,8 @@ def gigabytes(value: Any) -> str:
 
 
 def column_formatter(name: str, values: pd.Series) -> Formatter:
-    """A formatter chosen by the column's name and type: dollars, identifiers, counts, seconds, text."""
+    """A formatter chosen by the column's name and type: dollars, identifiers, counts, seconds, minutes as a
+    duration, text."""
     lowered = name.lower()
     if "usd" in lowered or "$" in lowered or lowered == "cost":
         return usd
@@ -112,6 +113,8 @@ def column_formatter(name: str, values: pd.Series) -> Formatter:
         return lambda v: MISSING if _missing(v) else str(v)
     if lowered.endswith("_s") or lowered == "seconds":
         return lambda v: number(v, 1)
+    if lowered.endswith("minutes"):  # a duration, as people read one ("8 s", not "0.14")
+        return lambda v: MISSING if _missing(v) else duration(float(v) * 60)
     if pd.api.types.is_bool_dtype(values):
         return lambda v: MISSING if _missing(v) else ("yes" if v else "no")
     if pd.api.types.is_integer_dtype(values) or (

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import pandas as pd
 import pytest
 from nbclient import NotebookClient
 from qsync_testing import (
@@ -39,7 +40,7 @@ from qsync.formatting import usd
 from qsync.notebook import BatchInspector, CostPanel, JobMonitor, Launcher, RateMeter
 from qsync.notebook.costs import versus_html
 from qsync.notebook.form import parse_budget
-from qsync.notebook.formatting import humanize
+from qsync.notebook.formatting import humanize, show
 from qsync.spec.settings import RunSettings
 from qsync.spec.target import point_id
 
@@ -419,6 +420,11 @@ def test_a_resume_refused_because_another_runner_has_the_job_frees_the_launcher(
     finally:
         other.request_stop()
         thread.join(30)
+
+
+def test_tables_read_as_people_read_them() -> None:
+    table = show(pd.DataFrame({"model": ["m"], "cost_usd": [0.0123], "expected_minutes": [0.14], "records": [5000.0]}))
+    assert ">$0.012<" in table.value and ">8 s<" in table.value and ">5,000<" in table.value, table.value
 
 
 def test_rate_and_eta_do_not_jump_after_resume() -> None:
