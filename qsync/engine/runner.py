@@ -21,21 +21,12 @@ from qsync.clock import SYSTEM_CLOCK, Clock
 from qsync.embedders.protocol import CountsTokens, Embedder, HasRateLimits, SubmitsBatches, default_limits
 from qsync.engine.control import Control
 from qsync.engine.counting import DeferredCounts, Uncounted
-from qsync.engine.events import (
-    BatchFinished,
-    JobFinished,
-    JobStarted,
-    Listener,
-    Notice,
-    Progress,
-    RunError,
-    emit,
-    wants_progress,
-)
+from qsync.engine.events import BatchFinished, JobFinished, JobStarted, Listener, Notice, RunError, emit
 from qsync.engine.heartbeat import Heartbeat
 from qsync.engine.inflight import InFlight
 from qsync.engine.outcome import Outcome
 from qsync.engine.pipeline import BatchPipeline
+from qsync.engine.progress import ProgressReports
 from qsync.engine.ratelimit import RateLimiter, shared_limiter
 from qsync.engine.retry import Retrier, RetryPolicy
 from qsync.engine.scheduler import Scheduler
@@ -67,11 +58,7 @@ from qsync.spec.job import KEEP, BudgetOption, JobSpec
 from qsync.spec.settings import RunSettings
 
 log = logging.getLogger("qsync")
-_PROGRESS_EVERY_S = 0.5  # figures are read from the ledger at most this often while running
 ALONGSIDE_WAIT_S = 5.0  # how long a finished run waits for work beside it (its estimate's calibration)
-# ... and at most this share of the time: the figures query holds the ledger's host, which every batch's writes wait
-# for (a long job's figures take longer to read; on a busy machine, so does everything).
-_PROGRESS_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -94,8 +81,6 @@ class _Tally:
     failed: set[int] = field(default_factory=set)
     fatal: BaseException | None = None
     halt: BaseException | None = None
-    last_progress: float = 0.0
-    progress_every_s: float = _PROGRESS_EVERY_S
 
 
 class Runner:
@@ -303,15 +288,13 @@ class Runner:
         if self.only_batches is not None:
             runnable = [b for b in runnable if b in self.only_batches]
 
+        progress = ProgressReports(self.ledger, self.clock, self.job_id, self.listeners, started)
+
         def on_outcome(outcome: Outcome) -> None:
             self._tally(outcome, tally)
             emit(self.listeners, BatchFinished(self.job_id, outcome.batch_no, outcome.kind, outcome.records,
                                                outcome.embedded, outcome.cache_hits, outcome.error, outcome.batch_mode))  # fmt: skip
-            now = time.monotonic()
-            if now - tally.last_progress >= tally.progress_every_s:
-                self._emit_progress(tally, started)
-                tally.last_progress = time.monotonic()
-                tally.progress_every_s = max(_PROGRESS_EVERY_S, (tally.last_progress - now) / _PROGRESS_SHARE)
+            progress.due(tally.run_records)
 
         def on_interrupt() -> None:
             emit(
@@ -320,7 +303,7 @@ class Runner:
 
         self._scheduler = Scheduler(pipeline, batches_under_way(self.concurrency), self.control)
         self._scheduler.run(runnable, on_outcome, on_interrupt)
-        self._emit_progress(tally, started)
+        progress.now(tally.run_records)
 
     def _tally(self, outcome: Outcome, tally: _Tally) -> None:
         if outcome.fatal is not None:
@@ -333,16 +316,6 @@ class Runner:
             tally.failed.discard(outcome.batch_no)
         elif outcome.kind == "failed":
             tally.failed.add(outcome.batch_no)
-
-    def _emit_progress(self, tally: _Tally, started: float) -> None:
-        if not wants_progress(self.listeners):
-            return  # nobody shows them: the figures query is not free
-        try:
-            figures = job_figures(self.ledger, self.clock, self.job_id)
-        except LedgerError as exc:  # a progress bar must never stop a paid backfill
-            log.warning("qsync could not read progress: %s", exc)
-            return
-        emit(self.listeners, Progress(self.job_id, figures, tally.run_records, time.monotonic() - started))
 
     def _notify_retry(self, exc: TransientError, wait: float) -> None:
         emit(self.listeners, Notice(self.job_id, f"{exc}; trying again in {wait:.0f}s"))

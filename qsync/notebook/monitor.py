@@ -1,5 +1,5 @@
 """The progress of one job: a bar, records, a smoothed rate and ETA, failed batches, cost; plots of
-records and throughput over time that keep their history across Pause and Resume.
+records and throughput over time that keep their history across Pause and Resume (history_plot).
 
 Fed by the runner's events when the job runs in this kernel, or by reading the ledger (`attach`) when it
 runs elsewhere (another notebook, `qsync run` in a terminal). Widgets change only through trait
@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import atexit
 import html
-import math
 import re
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
-from matplotlib.figure import Figure
 
 from qsync.app import reading
 from qsync.engine.events import BatchFinished, Event, JobFinished, JobStarted, Notice, Progress, RunError
@@ -29,6 +26,7 @@ from qsync.errors import QsyncError
 from qsync.formatting import batch_mode_text, count, counted, duration, number, records_to_chunks, usd
 from qsync.ledger.figures import JobFigures
 from qsync.notebook.formatting import figure_output, humanize
+from qsync.notebook.history_plot import HistoryPoint, history_figure
 from qsync.notebook.rate import RateMeter
 from qsync.notebook.ui import KernelSide
 from qsync.spec.defaults import resolve_db
@@ -38,15 +36,6 @@ _PLOT_EVERY_S = 1.0
 _FINAL = ("completed", "cancelled")
 # The retry notice of a run that cannot reach a service ("Connection refused; trying again in 51s").
 _RETRYING = re.compile(r"trying again in \d+ ?s")
-
-
-@dataclass
-class _Point:
-    t: float  # seconds since the monitor first saw the job
-    processed: int
-    skipped: int
-    rate: float | None  # smoothed, as shown at that moment
-    new_run: bool  # first point of a run: the plot breaks the line here (the pause between runs)
 
 
 class JobMonitor:
@@ -71,7 +60,7 @@ class JobMonitor:
         self.meter = RateMeter()
         self.figures: JobFigures | None = None
         self.status = ""
-        self._history: list[_Point] = []
+        self._history: list[HistoryPoint] = []
         self._origin: float | None = None
         self._new_run = True
         self._last_show = 0.0
@@ -138,7 +127,7 @@ class JobMonitor:
                     self.meter.restart(t, figures.processed_records)
                 else:
                     self.meter.add(t, figures.processed_records)
-                self._history.append(_Point(t, figures.processed_records, figures.skipped_records,
+                self._history.append(HistoryPoint(t, figures.processed_records, figures.skipped_records,
                                             self.meter.rate(), self._new_run))  # fmt: skip
                 self._new_run = False
         self._render(figures, status)
@@ -206,51 +195,11 @@ class JobMonitor:
         with self._lock:
             history = list(self._history)
             figures = self.figures
-        if figures is None or figures.batches_total == 0 or len(history) < 2 or history[-1].t <= history[0].t:
-            return  # an empty job, or a single moment: nothing worth a plot
-        minutes = history[-1].t > 180
-        scale = 60.0 if minutes else 1.0
-        times: list[float] = []
-        processed: list[float] = []
-        skipped: list[float] = []
-        rates: list[float] = []
-        for point in history:
-            if point.new_run and times:  # the pause between two runs: a gap, not a slope
-                times.append(math.nan)
-                processed.append(math.nan)
-                skipped.append(math.nan)
-                rates.append(math.nan)
-            times.append(point.t / scale)
-            processed.append(point.processed)
-            skipped.append(point.skipped)
-            rates.append(math.nan if point.rate is None else point.rate)
-        unit = "minutes" if minutes else "seconds"
-        # A bare Figure (not pyplot) draws off-screen without touching the kernel's matplotlib backend.
-        fig = Figure(figsize=(9, 2.4))
-        left, right = fig.subplots(1, 2)
-        left.plot(times, processed, label="processed")
-        left.plot(times, skipped, color="tab:red", label=f"skipped ({count(figures.skipped_records)})")
-        title = "records"
-        if figures.batches_failed:
-            title += f" — {counted(figures.batches_failed, 'failed batch', 'failed batches')}"
-        left.set(title=title, xlabel=unit, ylim=(0, max(1, figures.total_records) * 1.05))
-        left.legend(loc="upper left", fontsize=8)
-        if sum(not math.isnan(r) for r in rates) < 2:  # no line to draw: a sentence, not an empty frame
-            run = history[max(i for i, p in enumerate(history) if p.new_run or i == 0) :]
-            if figures.status != "running" and len(run) > 1 and run[-1].t > run[0].t:
-                # Ended before a recent rate could be measured: say what the run averaged instead.
-                average = (run[-1].processed - run[0].processed) / (run[-1].t - run[0].t)
-                sentence = f"the run averaged\n{number(average)} records/s"
-            else:  # what the status line says, so the two never disagree
-                sentence = self._pace(figures.remaining_records).replace(" · ", "\n").replace(": ", ":\n")
-            right.text(0.5, 0.5, sentence, ha="center", va="center", transform=right.transAxes)
-            right.set(xticks=[], yticks=[], title="throughput (records/s)")
-        else:
-            right.plot(times, rates, color="tab:orange")
-            waiting = " — now waiting for the API" if self._waiting else ""
-            right.set(title=f"throughput (records/s, last 30 s){waiting}", xlabel=unit)
-            right.set_ylim(bottom=0)
-        self.plot.outputs = figure_output(fig)
+        if figures is not None:
+            pace = self._pace(figures.remaining_records)
+            fig = history_figure(history, figures, pace, waiting=self._waiting is not None)
+            if fig is not None:
+                self.plot.outputs = figure_output(fig)
 
     # -- fed by the runner's events ------------------------------------------------------------------
 
