@@ -97,10 +97,15 @@ def duration(seconds: Any) -> str:
 
 
 def gigabytes(value: Any) -> str:
+    """A size given in GB as people read it: MB under a gigabyte (one unit down a column of small sizes, not
+    `3.7 MB` beside `0.01 GB`)."""
     if _missing(value):
         return MISSING
     gb = float(value)
-    return f"{gb:,.2f} GB" if gb >= 0.01 else f"{gb * 1024:,.1f} MB"
+    if gb >= 1:
+        return f"{gb:,.2f} GB"
+    mb = gb * 1024
+    return f"{mb:,.1f} MB" if mb < 100 else f"{mb:,.0f} MB"
 
 
 def column_formatter(name: str, values: pd.Series) -> Formatter:

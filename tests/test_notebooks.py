@@ -36,7 +36,7 @@ from qsync.app.jobs import make_runner
 from qsync.app.session import JobHandle
 from qsync.embedders.hashing import HashingEmbedder, hash_vector
 from qsync.engine.events import BatchFinished
-from qsync.formatting import usd
+from qsync.formatting import gigabytes, usd
 from qsync.notebook import BatchInspector, CostPanel, JobMonitor, Launcher, RateMeter
 from qsync.notebook.costs import versus_html
 from qsync.notebook.form import parse_budget
@@ -425,6 +425,7 @@ def test_a_resume_refused_because_another_runner_has_the_job_frees_the_launcher(
 def test_tables_read_as_people_read_them() -> None:
     table = show(pd.DataFrame({"model": ["m"], "cost_usd": [0.0123], "expected_minutes": [0.14], "records": [5000.0]}))
     assert ">$0.012<" in table.value and ">8 s<" in table.value and ">5,000<" in table.value, table.value
+    assert [gigabytes(g) for g in (0.0036, 0.0143, 0.5, 2.25)] == ["3.7 MB", "14.6 MB", "512 MB", "2.25 GB"]
 
 
 def test_rate_and_eta_do_not_jump_after_resume() -> None:
