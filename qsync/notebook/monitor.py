@@ -25,7 +25,7 @@ from qsync.engine.events import BatchFinished, Event, JobFinished, JobStarted, N
 from qsync.errors import QsyncError
 from qsync.formatting import batch_mode_text, count, counted, duration, number, records_to_chunks, usd
 from qsync.ledger.figures import JobFigures
-from qsync.notebook.formatting import figure_output, humanize
+from qsync.notebook.formatting import error_html, figure_output, humanize
 from qsync.notebook.history_plot import HistoryPoint, history_figure
 from qsync.notebook.rate import RateMeter
 from qsync.notebook.ui import KernelSide
@@ -128,7 +128,7 @@ class JobMonitor:
                 else:
                     self.meter.add(t, figures.processed_records)
                 self._history.append(HistoryPoint(t, figures.processed_records, figures.skipped_records,
-                                            self.meter.rate(), self._new_run))  # fmt: skip
+                                                  self.meter.rate(), self._new_run))  # fmt: skip
                 self._new_run = False
         self._render(figures, status)
         if force or now - self._last_draw >= _PLOT_EVERY_S:
@@ -225,7 +225,8 @@ class JobMonitor:
                 self.notice.value = f"<small>{html.escape(humanize(event.message))}</small>"
         elif isinstance(event, RunError):  # refused, or its lease lost: not "resuming…" or "running" any more
             self.set_status("stopped")
-            self.notice.value = f"<small style='color:#b00020'>{html.escape(humanize(event.error))}</small>"
+            if self.show_messages:  # the Launcher says it itself, once
+                self.notice.value = f"<small>{error_html(event.error)}</small>"
         elif isinstance(event, Notice):
             self.notice.value = f"<small>{html.escape(humanize(event.text))}</small>"
             if _RETRYING.search(event.text) and self.figures is not None:
