@@ -46,7 +46,8 @@ def start(
 ) -> JobHandle:
     """Plan the job (or pick up the unfinished one of that name; its estimate is recorded when new), then
     run it in a background thread. In a notebook, shows its progress (`progress=False`: not)."""
-    job = jobs.open_for_run(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock, **options)
+    job = jobs.open_for_run(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock,
+                           listeners=listeners, **options)  # fmt: skip
     shown = [*listeners, *_notebook_progress(job, db, progress)]
     return start_job(job, db=db, settings=settings, concurrency=concurrency, listeners=shown,
                      max_cost_usd=max_cost_usd, clock=clock)  # fmt: skip
@@ -88,7 +89,8 @@ def run(
     if not _in_notebook() or progress is False:
         return jobs.run(source, db=db, settings=settings, concurrency=concurrency, listeners=listeners,
                         max_cost_usd=max_cost_usd, clock=clock, **options)  # fmt: skip
-    job = jobs.open_for_run(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock, **options)
+    job = jobs.open_for_run(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock,
+                           listeners=listeners, **options)  # fmt: skip
     shown = [*listeners, *_notebook_progress(job, db, progress)]
     return jobs.run_job(job, db=db, settings=settings, concurrency=concurrency, listeners=shown,
                         max_cost_usd=max_cost_usd, clock=clock)  # fmt: skip

@@ -114,6 +114,30 @@ def test_a_run_whose_texts_are_all_cached_says_why_it_was_instant(
     assert "--simulate-latency 5 slows embedder calls only" in out
 
 
+def test_the_terminal_is_told_when_planning_starts_and_only_then(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Planning millions of rows takes seconds before the run's first event: `qsync run` says it started (even with
+    --quiet, which hides the bar only). A job picked up unfinished is not planned, and says nothing of planning."""
+    from qsync.app import jobs
+
+    src, db = tmp_path / "s.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(120))
+    common = ["--source", str(src), "--collection", "c", "--db", str(db), "--embedder", "hash", "--dimensions", "8"]
+    code, _, err = _cli(capsys, "run", *common, "--quiet")
+    assert code == EXIT_OK, err
+    assert f"reading {src} and planning job 'c:s'…" in err, err
+    code, _, err = _cli(capsys, "run", *common, "--quiet")  # a re-sync: a new job, planned
+    assert code == EXIT_OK, err
+    assert f"reading {src} and planning job 'c:s#2'…" in err, err
+
+    heard: list[object] = []
+    planned = jobs.prepare(src, db=db, collection="other", embedder="hash", dimensions=8)  # planned, not run
+    result = jobs.run(src, db=db, collection="other", embedder="hash", dimensions=8, listeners=[heard.append])
+    assert result.job_id == planned and result.status == "completed"
+    assert not [e for e in heard if "planning" in str(getattr(e, "text", ""))], heard
+
+
 def test_a_job_started_from_the_terminal_records_its_estimate_like_one_from_a_notebook(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,27 +20,26 @@ from dataclasses import dataclass, replace
 
 from typing_extensions import Unpack
 
+from qsync.app.mismatch import mismatch
 from qsync.app.options import SourceLike, SpecOptions, build_spec
 from qsync.clock import SYSTEM_CLOCK, Clock
 from qsync.embedders.factory import build_embedder
 from qsync.embedders.protocol import Embedder
-from qsync.engine.events import Listener
+from qsync.engine.events import Listener, Notice, emit
 from qsync.engine.runner import Runner, RunResult
 from qsync.engine.stage import StageFactory
-from qsync.errors import JobExists, SpecMismatch, TransientError
+from qsync.errors import JobExists, TransientError
 from qsync.input.changed import ChangedSince
 from qsync.input.plan import plan_job
 from qsync.input.sources import Source
 from qsync.ledger import jobs as ledger_jobs
-from qsync.ledger.cache import CacheIdentity, SignatureIdentity, embedder_signature, full_size
+from qsync.ledger.cache import embedder_signature
 from qsync.ledger.integrity import check as check_integrity
-from qsync.ledger.jobs import JobRecord
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.plans import PlanSummary
 from qsync.money.recorded import record_estimate, record_estimate_soon
 from qsync.sink.factory import open_sink
 from qsync.sink.protocol import Sink, open_soon
-from qsync.spec.embedder import EmbedderSpec
 from qsync.spec.job import KEEP, BudgetOption, JobSpec, content_differences, differences
 from qsync.spec.settings import RunSettings
 
@@ -100,18 +99,21 @@ def _open_or_plan(
     embedder: Embedder | None,
     sink: Sink | None,
     estimate_soon: bool = False,
+    listeners: Sequence[Listener] = (),
 ) -> tuple[str, bool, threading.Thread | None]:
     """`open_job`, whether it planned the job (False: an unfinished job is resumed, as stored), and the thread
-    calibrating its estimate (`estimate_soon`: for a run that starts at once, money.recorded.record_estimate_soon)."""
+    calibrating its estimate (`estimate_soon`: for a run that starts at once, money.recorded.record_estimate_soon).
+    `listeners` hear when planning starts: at millions of rows it takes seconds before the run's first event."""
     for attempt in (1, 2):  # a job of that name planned meanwhile by another process: the rules again, once
         newest = ledger_jobs.newest_job(ledger, spec.name)
         if newest is not None and not newest.state.final:
             diffs = differences(newest.spec, spec)
             if diffs:
-                raise _mismatch(newest, spec, diffs)
+                raise mismatch(newest, spec, diffs)
             return newest.job_id, False, None
         job_id = spec.name if newest is None else ledger_jobs.next_resync_name(ledger, spec.name)
         embedder = embedder or build_embedder(spec.embedder)
+        emit(listeners, Notice(job_id, f"reading {source.description} and planning job {job_id!r}…"))
         try:
             plan(ledger, job_id, spec, source, embedder, None if max_cost_usd is KEEP else max_cost_usd, clock, sink)
         except JobExists:
@@ -123,39 +125,6 @@ def _open_or_plan(
         record_estimate(ledger, job_id, embedder, settings=settings, clock=clock)
         return job_id, True, None
     raise AssertionError("unreachable")
-
-
-def _mismatch(stored: JobRecord, given: JobSpec, diffs: list[str]) -> SpecMismatch:
-    """The refusal, saying truly what either way costs: vectors of the stored model and size are reused by a
-    resume; a smaller size of a Matryoshka model is cut from them; another model or size (or enrichment) is paid for
-    again in full."""
-    same_vectors = stored.spec.embedder.identity() == given.embedder.identity() and stored.spec.enrich == given.enrich
-    cut_from_stored = (
-        stored.spec.enrich == given.enrich
-        and stored.spec.embedder.identity()
-        == {**given.embedder.identity(), "dimensions": stored.spec.embedder.dimensions}
-        and (full := full_size(_identity(given.embedder))) is not None
-        and full.dimensions == stored.spec.embedder.dimensions
-    )
-    note = (
-        "vectors already paid for are reused either way."
-        if same_vectors
-        else "vectors already paid for are reused either way: this smaller size is cut from the full-size vectors "
-        "the job paid for (the model is Matryoshka-trained)."
-        if cut_from_stored
-        else "resuming reuses the vectors already paid for; starting afresh with this spec embeds every text again "
-        "(another model, size, task or enrichment makes other vectors), at full price."
-    )
-    if any(d.startswith("dimensions:") for d in diffs):
-        note += (
-            " Vectors of another size also need another collection, or a named vector: a collection holds one size"
-            " per vector."
-        )
-    return SpecMismatch(stored.job_id, stored.status, diffs, reuse_note=note)
-
-
-def _identity(embedder: EmbedderSpec) -> CacheIdentity:
-    return SignatureIdentity(f"{embedder.resolved_model}|{embedder.dimensions}|{embedder.resolved_task_type}")
 
 
 def plan(
@@ -268,12 +237,14 @@ def open_for_run(
     max_cost_usd: BudgetOption = KEEP,
     settings: RunSettings | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    listeners: Sequence[Listener] = (),
     **options: Unpack[SpecOptions],
 ) -> OpenedJob:
     """`prepare` for a run that follows at once, in this process: what `run` does before it runs, for every front
     end (the CLI, `qsync.run`/`qsync.start` in a notebook, the launcher). One embedder and one sink serve both: the
     collection checked before a new job is planned is the one the run writes to, opened once. An unfinished job
-    resumed is run as stored: its runner builds both from the stored spec."""
+    resumed is run as stored: its runner builds both from the stored spec. `listeners` hear a Notice when planning
+    starts (the run's own events follow)."""
     spec, src = build_spec(source, db=db, **options)
     embedder = build_embedder(spec.embedder)
     with Ledger(db) as ledger:
@@ -281,9 +252,8 @@ def open_for_run(
         check_integrity(ledger)
         sink = _job_sink(spec, embedder, ledger)
         try:
-            job_id, planned, estimating = _open_or_plan(
-                ledger, spec, src, max_cost_usd, settings, clock, embedder, sink, estimate_soon=True
-            )
+            job_id, planned, estimating = _open_or_plan(ledger, spec, src, max_cost_usd, settings, clock, embedder, sink,
+                                                        estimate_soon=True, listeners=listeners)  # fmt: skip
         except BaseException:
             sink.close()
             raise
@@ -367,7 +337,8 @@ def run(
     **options: Unpack[SpecOptions],
 ) -> RunResult:
     """What `qsync run` does: open the job (`open_for_run`), then run it until it completes, pauses or fails."""
-    opened = open_for_run(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock, **options)
+    opened = open_for_run(source, db=db, max_cost_usd=max_cost_usd, settings=settings, clock=clock, listeners=listeners,
+                          **options)  # fmt: skip
     runner = make_runner(opened, db=db, settings=settings, concurrency=concurrency, listeners=listeners,
                          max_cost_usd=max_cost_usd, clock=clock)  # fmt: skip
     return runner.run()  # the runner closes the sink
