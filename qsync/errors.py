@@ -11,7 +11,9 @@ from __future__ import annotations
 
 
 class QsyncError(Exception):
-    """Root of every qsync error."""
+    """Root of every qsync error. `maybe_billed`: see TransientError (`billed` sets it on any error)."""
+
+    maybe_billed = False
 
 
 # -- calls to outside services ----------------------------------------------------------------------------
@@ -27,6 +29,12 @@ class TransientError(QsyncError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.maybe_billed = maybe_billed
+
+
+def billed(exc: QsyncError) -> QsyncError:
+    """`exc`, raised about a call the API answered (so billed): its spend stays unconfirmed, never forgotten."""
+    exc.maybe_billed = True
+    return exc
 
 
 class RateLimited(TransientError):

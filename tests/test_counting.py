@@ -80,6 +80,28 @@ def test_a_count_refused_for_its_size_is_made_in_halves(tmp_path: Path, emulator
     _assert_exact(db, emulator)
 
 
+def test_a_half_counted_then_a_busy_api_settles_each_call_once(tmp_path: Path, emulator: GeminiEmulator) -> None:
+    """A count cut in halves whose first half settled and whose second met a busy API (503) waits again with the second
+    half only: the first is not counted twice (its tokens added to its batch twice, the spend cap refunded twice)."""
+    counted = [0]
+
+    def small_counts_and_one_busy(verb: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        if verb != "countTokens":
+            return None
+        if len(body.get("contents", [])) > 120:
+            return 400, error_body(400, "INVALID_ARGUMENT", "Request contains too many contents")
+        counted[0] += 1
+        if counted[0] == 2:  # the second half of the first cut
+            return 503, error_body(503, "UNAVAILABLE", "The service is currently unavailable.")
+        return None
+
+    db = _plan(tmp_path, 2000)  # the first group (1,000 texts) is counted mid-run: its busy half waits, then counts
+    emulator.hooks.append(small_counts_and_one_busy)
+    assert qsync.resume("c", db=db, settings=FAST).ok
+    assert counted[0] > 2
+    _assert_exact(db, emulator)
+
+
 def test_the_budget_counts_before_it_pauses(tmp_path: Path, emulator: GeminiEmulator) -> None:
     # Uncounted calls are charged their bound (a byte a token: ~4x the tokens). A cap of 1.5x the real cost pauses
     # the job unless the cap has the waiting calls counted first, as it does.

@@ -29,6 +29,7 @@ from qsync.errors import (
     PermanentError,
     QsyncError,
     TransientError,
+    billed,
 )
 from qsync.spec.defaults import DEFAULT_DIMENSIONS
 
@@ -112,12 +113,17 @@ class GeminiEmbedder:
             lambda: self._client.models.embed_content(model=self.model, contents=contents, config=config),
             "batchEmbedContents",
         )
+        # Past this point the API answered: it billed the call, whatever is wrong with the answer (maybe_billed).
         embeddings = response.embeddings or []
         if len(embeddings) != len(texts):
-            raise TransientError(f"Gemini answered {len(embeddings)} embeddings for {len(texts)} texts")
+            raise TransientError(
+                f"Gemini answered {len(embeddings)} embeddings for {len(texts)} texts", maybe_billed=True
+            )
         matrix = np.asarray([e.values for e in embeddings], dtype=np.float32)
         if matrix.shape[1] != self.dimensions:
-            raise PermanentError(f"Gemini answered vectors of size {matrix.shape[1]}, expected {self.dimensions}")
+            raise billed(
+                PermanentError(f"Gemini answered vectors of size {matrix.shape[1]}, expected {self.dimensions}")
+            )
         if self.dimensions < self.full_dimensions:
             matrix = unit_length(matrix)  # only the full-size output is normalised by the API
         usage = getattr(response, "usage_metadata", None)
@@ -149,8 +155,10 @@ class GeminiEmbedder:
             "batchEmbedContents",
         )
         embeddings = response.embeddings or []
-        if len(embeddings) != len(items):
-            raise TransientError(f"Gemini answered {len(embeddings)} embeddings for {len(items)} media records")
+        if len(embeddings) != len(items):  # answered, so billed (see `embed`)
+            raise TransientError(
+                f"Gemini answered {len(embeddings)} embeddings for {len(items)} media records", maybe_billed=True
+            )
         matrix = np.asarray([e.values for e in embeddings], dtype=np.float32)
         if self.dimensions < self.full_dimensions:
             matrix = unit_length(matrix)

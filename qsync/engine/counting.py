@@ -135,8 +135,8 @@ class DeferredCounts:
             self._in_flight.discard(future)
 
     def _settle(self, group: list[Uncounted]) -> int:
-        """Count and settle one group; if its count failed for a while, it waits again. How many calls were
-        settled."""
+        """Count and settle one group; if its count failed for a while, it waits again (only what was not settled:
+        a group cut in halves settles each half alone). How many calls were settled."""
         try:
             return self._count_group(group)
         except TransientError as exc:  # the API is busy or away: try at the next count
@@ -170,12 +170,15 @@ class DeferredCounts:
             if len(group) == 1:
                 raise
             half = len(group) // 2
-            return self._count_group(group[:half]) + self._count_group(group[half:])
+            # Each half settles, or waits again, on its own: a half settled must not be counted again with the other.
+            return self._settle(group[:half]) + self._settle(group[half:])
         shares = split_tokens(total, [e for call in group for e in call.estimates])
         rows: list[Counted] = []
         for call in group:
             tokens, shares = shares[: len(call.texts)], shares[len(call.texts) :]
             rows.append((call.intent, call.batch_no, call.hashes, tokens, sum(tokens) * self._price))
-        self._job.settle_counted(self._embedder, rows)
-        self._refund(sum(call.bound_usd for call in group) - sum(row[4] for row in rows))
-        return len(group)
+        settled = self._job.settle_counted(self._embedder, rows)  # those still uncounted: settled once, never twice
+        self._refund(
+            sum(call.bound_usd - row[4] for call, row in zip(group, rows, strict=True) if call.intent in settled)
+        )
+        return len(settled)

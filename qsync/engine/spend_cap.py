@@ -8,7 +8,10 @@ what they cost, and settling gives the difference back. Only a call that does no
 pauses the job, so a job spends up to its cap less one call's bound, never a cap less every call in flight.
 
 A call answered without usage is charged its bound until its tokens are counted (engine.counting), which refunds
-the difference; before pausing, the cap has such counts made at once (`count_now`)."""
+the difference; before pausing, the cap has such counts made at once (`count_now`). A call that ended without an
+answer the API may have billed (a timeout, a dropped connection, an answer that could not be used) is charged its
+bound for the rest of the run (`close_unanswered`), as the checkpoint counts it until its tokens are counted: a
+retry of it is paid again, and the cap sees both."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import threading
 from collections.abc import Callable
 
 from qsync.errors import PauseJob
+from qsync.ledger.run import LeasedJob
 
 
 class SpendCap:
@@ -57,8 +61,24 @@ class SpendCap:
             self.spent_usd += actual_usd
             self._settled.notify_all()
 
+    def charge(self, usd: float) -> None:
+        """`usd` was (or may have been) spent outside any reservation: a call closed unconfirmed."""
+        with self._settled:
+            self.spent_usd += usd
+            self._settled.notify_all()
+
     def refund(self, usd: float) -> None:
         """A call charged at its bound was counted: `usd` less was spent."""
         with self._settled:
             self.spent_usd -= usd
             self._settled.notify_all()
+
+
+def close_unanswered(job: LeasedJob, cap: SpendCap, intent: str, exc: BaseException, bound_usd: float) -> None:
+    """A paid call (its intent open) ended on `exc` without an answer to save. If the API may have billed it (the
+    error says `maybe_billed`), its intent is closed 'unconfirmed' (its bound counted until its tokens are) and the
+    cap is charged that bound; else (a refusal: nothing billed) 'void'."""
+    billed = bool(getattr(exc, "maybe_billed", False))
+    job.close_intent(intent, "unconfirmed" if billed else "void")
+    if billed:
+        cap.charge(bound_usd)

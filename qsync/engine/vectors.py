@@ -24,7 +24,7 @@ from qsync.engine.outcome import Outcome
 from qsync.engine.ratelimit import RateLimiter
 from qsync.engine.retry import Retrier
 from qsync.engine.slots import CallSlots
-from qsync.engine.spend_cap import SpendCap
+from qsync.engine.spend_cap import SpendCap, close_unanswered
 from qsync.errors import (
     InvalidInput,
     MediaProblem,
@@ -265,8 +265,10 @@ class BatchVectors:
         if media:  # media tokens have no byte bound: the bound is our estimate (~258 an image or page), doubled
             most_tokens = 2 * sum(texts[h][1] for h in chunk)
             return most_tokens, most_tokens * self._media_price
-        # Each token is at least one byte: the byte count bounds what an unanswered call may have cost.
-        most_tokens = sum(len(texts[h][0].encode("utf-8")) for h in chunk)
+        # Each token is at least one byte of what is sent (with the model's instruction, for gemini-embedding-2): the
+        # byte count bounds what an unanswered call may have cost.
+        sent = getattr(self.embedder, "sent_text", None) or (lambda text: text)
+        most_tokens = sum(len(sent(texts[h][0]).encode("utf-8")) for h in chunk)
         return most_tokens, most_tokens * self._price
 
     def _call(
@@ -292,13 +294,9 @@ class BatchVectors:
                 intent = self.job.open_intent("embed", work, len(chunk), most_tokens, most_cost, chunk)
             try:
                 result = send()
-            except TransientError as exc:
+            except BaseException as exc:  # unconfirmed if the API may have billed it, else void (a refusal)
                 if intent is not None:
-                    self.job.close_intent(intent, "unconfirmed" if exc.maybe_billed else "void")
-                raise
-            except BaseException:
-                if intent is not None:  # the API answered with a refusal: nothing was billed
-                    self.job.close_intent(intent, "void")
+                    close_unanswered(self.job, self.budget, intent, exc, most_cost)
                 raise
             if self.limiter is not None:
                 self.limiter.succeeded()

@@ -241,17 +241,18 @@ class LeasedJob:
 
         self.write_vectors(apply, work)
 
-    def settle_counted(self, embedder: CacheIdentity, calls: Sequence[spend.Counted]) -> None:
-        """Calls recorded `uncounted`, now counted: each (intent, batch, hashes, tokens per text, cost) settled,
-        its tokens and cost added to its batch and its cache rows' tokens made exact, in one transaction."""
+    def settle_counted(self, embedder: CacheIdentity, calls: Sequence[spend.Counted]) -> set[str]:
+        """Calls recorded `uncounted`, now counted: each (intent, batch, hashes, tokens per text, cost) still
+        uncounted is settled, its tokens and cost added to its batch, in one transaction, with its cache rows' tokens
+        made exact. Returns the intents settled (one settled before is not again)."""
         keys = [cache_key(embedder, h) for _, _, hashes, _, _ in calls for h in hashes]
         settled = [(intent, batch_no, sum(tokens), cost) for intent, batch_no, _, tokens, cost in calls]
 
-        def apply(con: Any) -> None:
+        def apply(con: Any) -> set[str]:
             set_tokens(con, keys, [n for _, _, _, tokens, _ in calls for n in tokens])
-            spend.settle_counted(con, self.job_id, settled, self.clock.now())
+            return spend.settle_counted(con, self.job_id, settled, self.clock.now())
 
-        self.commit.write(apply)
+        return self.commit.write(apply)
 
     def uncounted_calls(self) -> list[tuple[str, int, list[str], float, dict[str, tuple[str, int]]]]:
         with self.ledger.reading() as con:  # calls a crash left uncounted, with their texts and estimates
@@ -344,19 +345,25 @@ class LeasedJob:
     def appender(self, vectors: Vectors) -> Callable[[Any], list[int]]:
         """`offsets(con)`, inside the lease-checked transaction that records `vectors`: their offsets in the vector
         file, appended on the first call, the same on later calls (a retried transaction must not append them
-        twice). Every call first forgets the cache rows that point past where the file ended before the append: a
-        file truncated or deleted meanwhile would otherwise have them point at these vectors' bytes."""
+        twice). Every call first forgets the cache rows that point past where the file ends now (read inside the
+        transaction, where it holds still): a file truncated or deleted meanwhile would otherwise have them point at
+        these vectors' bytes. The end is read again on a retry, not kept from the first try: writes committed
+        between the two point past the old end, and they are not lost vectors. Bytes of the first try that the file
+        no longer has (it was truncated between the tries) are appended again."""
         offsets: list[int] = []
         vector_file = self.ledger.vectors
-        end: list[int] = []
+        counted = [False]
+        row_bytes = 4 * vectors.shape[1] if len(vectors) else 0
 
         def append(con: Any) -> list[int]:
-            if not end:  # read once the host serves this transaction alone, its lease checked (commit.py)
-                con.begin_now()
-                end.append(vector_file.end())
-            lost = forget_beyond(con, end[0])
-            if lost and not offsets:  # counted once, even if this transaction is tried again
+            con.begin_now()  # from here the host serves this transaction alone, its lease checked (commit.py)
+            end = vector_file.end()
+            lost = forget_beyond(con, end)
+            if lost and not counted[0]:  # counted once, even if this transaction is tried again
                 self.lost_vectors += lost
+                counted[0] = True
+            if offsets and offsets[-1] + row_bytes > end:
+                offsets.clear()
             if not offsets and len(vectors):
                 offsets.extend(append_vectors(vector_file, vectors))
             return offsets

@@ -121,24 +121,32 @@ def planned_texts(con: Any, job_id: str, hashes: list[str]) -> dict[str, tuple[s
     return {str(h): (str(t), int(e)) for h, t, e in rows}
 
 
-def settle_counted(con: Any, job_id: str, calls: list[tuple[str, int, int, float]], now: Any) -> None:
-    """Uncounted calls counted: each (intent, batch, tokens, cost) adds its tokens and cost to its batch, and its
-    intent, now exact, is settled (its bound leaves the unconfirmed total in the same transaction). Two statements
-    for any number of calls."""
-    intents, batch_nos, tokens, costs = (list(column) for column in zip(*calls, strict=True))
-    con.execute(
-        """UPDATE batches SET tokens = batches.tokens + n.t, cost_usd = batches.cost_usd + n.c
-           FROM (SELECT b, sum(t) AS t, sum(c) AS c FROM (SELECT unnest(?::INTEGER[]) AS b, unnest(?::BIGINT[]) AS t,
-                 unnest(?::DOUBLE[]) AS c) GROUP BY b) n
-           WHERE batches.job_id = ? AND batches.batch_no = n.b""",
-        [batch_nos, tokens, costs, job_id],
-    )
-    con.execute(
-        """UPDATE spend_intents SET state = 'settled', tokens = n.t, cost_usd = n.c, counted = true, closed_at = ?
-           FROM (SELECT unnest(?::VARCHAR[]) AS i, unnest(?::BIGINT[]) AS t, unnest(?::DOUBLE[]) AS c) n
-           WHERE spend_intents.job_id = ? AND spend_intents.intent_id = n.i AND spend_intents.state = 'uncounted'""",
-        [now, intents, tokens, costs, job_id],
-    )
+def settle_counted(con: Any, job_id: str, calls: list[tuple[str, int, int, float]], now: Any) -> set[str]:
+    """Uncounted calls counted: each (intent, batch, tokens, cost) whose intent is still uncounted is settled, exact
+    now (its bound leaves the unconfirmed total), and adds its tokens and cost to its batch, in the caller's
+    transaction; an intent settled already adds nothing again. Two statements for any number of calls. Returns the
+    intents settled here."""
+    intents, tokens, costs = ([c[0] for c in calls], [c[2] for c in calls], [c[3] for c in calls])
+    settled = {
+        str(row[0])
+        for row in con.execute(
+            """UPDATE spend_intents SET state = 'settled', tokens = n.t, cost_usd = n.c, counted = true, closed_at = ?
+               FROM (SELECT unnest(?::VARCHAR[]) AS i, unnest(?::BIGINT[]) AS t, unnest(?::DOUBLE[]) AS c) n
+               WHERE spend_intents.job_id = ? AND spend_intents.intent_id = n.i AND spend_intents.state = 'uncounted'
+               RETURNING spend_intents.intent_id""",
+            [now, intents, tokens, costs, job_id],
+        ).fetchall()
+    }
+    kept = [c for c in calls if c[0] in settled]
+    if kept:
+        con.execute(
+            """UPDATE batches SET tokens = batches.tokens + n.t, cost_usd = batches.cost_usd + n.c
+               FROM (SELECT b, sum(t) AS t, sum(c) AS c FROM (SELECT unnest(?::INTEGER[]) AS b,
+                     unnest(?::BIGINT[]) AS t, unnest(?::DOUBLE[]) AS c) GROUP BY b) n
+               WHERE batches.job_id = ? AND batches.batch_no = n.b""",
+            [[c[1] for c in kept], [c[2] for c in kept], [c[3] for c in kept], job_id],
+        )
+    return settled
 
 
 def count_unconfirmed(

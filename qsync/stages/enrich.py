@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from qsync.catalog.models import output_price_per_million, price_per_million
 from qsync.catalog.tokens import estimate_tokens
 from qsync.embedders.gemini_client import GeminiClient
+from qsync.engine.spend_cap import close_unanswered
 from qsync.engine.stage import Stage, StageContext
 from qsync.errors import InvalidInput, TransientError
 from qsync.ledger.batches import BatchWork, load_payload
@@ -50,8 +51,8 @@ class Enricher:
             "generateContent",
         )
         answer = response.text
-        if answer is None:
-            raise TransientError("Gemini generateContent answered no text")
+        if answer is None:  # an answer (billed) without text: asked again, this one counted until then
+            raise TransientError("Gemini generateContent answered no text", maybe_billed=True)
         usage = response.usage_metadata
         tokens_in = int(getattr(usage, "prompt_token_count", 0) or 0)
         tokens_out = int(getattr(usage, "candidates_token_count", 0) or 0)
@@ -110,11 +111,8 @@ class EnrichStage:
             intent = self.job.open_intent("enrich", work, 1, most_tokens, ceiling)
             try:
                 return (*self.enricher.generate(prompt), intent)
-            except TransientError as exc:
-                self.job.close_intent(intent, "unconfirmed" if exc.maybe_billed else "void")
-                raise
-            except BaseException:
-                self.job.close_intent(intent, "void")
+            except BaseException as exc:  # unconfirmed if the API may have billed it, else void (a refusal)
+                close_unanswered(self.job, self.budget, intent, exc, ceiling)
                 raise
 
         try:
