@@ -73,8 +73,11 @@ def test_reported_spend_is_never_less_than_metered_across_kills(tmp_path: Path, 
         assert spend["tokens"] + spend["unconfirmed_tokens"] >= emulator.tokens_metered  # never less than billed
         unconfirmed_seen += spend["unconfirmed_tokens"] > 0
     assert unconfirmed_seen >= 3  # the kills did cut calls off mid-flight
+    left = _spend_in_process(db)["unconfirmed_cost_usd"]
     final = run_qsync(*_args(src, db), env=env)
     assert final.returncode == 0, final.stderr
+    # The resume says what was spent as `qsync cost` does: what may have been billed too (before: "$0.0000").
+    assert "already spent" in final.stderr and ("unconfirmed)" in final.stderr) == (left > 0), final.stderr
     _quiet(emulator)
     spend = _spend(db, env)
     assert spend["tokens"] <= emulator.tokens_metered <= spend["tokens"] + spend["unconfirmed_tokens"]

@@ -44,7 +44,14 @@ def report(result: RunResult, db: str | None, texts: RunTexts, simulated_latency
     )
     if info.get("since_column"):
         print(
-            "  " + rows_read_text(info["since_column"], info["since_value"], info["high_water"], info["total_records"])
+            "  "
+            + rows_read_text(
+                info["since_column"],
+                info["since_value"],
+                # Only a completed job's mark is where the next re-sync starts (docs/CLI.md).
+                info["high_water"] if result.status == "completed" else None,
+                info["total_records"],
+            )
         )
     if texts.batch_mode:
         print("  " + batch_mode_text(info["batch_mode_texts"], info["batch_mode_tokens"], info["batch_mode_cost_usd"]))
