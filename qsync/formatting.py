@@ -68,6 +68,11 @@ def records_to_chunks(records: Any, chunks: Any) -> str:
     return f"{count(records)} records → {count(chunks)} chunks"
 
 
+def unconfirmed(amount: Any) -> str:
+    """What may have been billed besides the confirmed spend, after a space, or '' (`qsync run`'s lines)."""
+    return f" (+ up to {usd(amount)} unconfirmed)" if amount else ""
+
+
 def chunked(records: Any, chunks: Any) -> str:
     """records_to_chunks in parentheses after a space, or ''."""
     phrase = records_to_chunks(records, chunks)

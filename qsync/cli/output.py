@@ -11,7 +11,7 @@ import pandas as pd
 from qsync.app import reading
 from qsync.engine.events import BatchFinished, Event
 from qsync.engine.runner import RunResult
-from qsync.formatting import batch_mode_text, chunked, formatted, rows_read_text, usd, value_text
+from qsync.formatting import batch_mode_text, chunked, formatted, rows_read_text, unconfirmed, usd, value_text
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PAUSED, EXIT_REFUSED = 0, 1, 2, 3, 4
 
@@ -40,7 +40,7 @@ def report(result: RunResult, db: str | None, texts: RunTexts, simulated_latency
         f"{info['loaded_records']:,} loaded, {info['skipped_records']:,} skipped, {info['unchanged_records']:,} "
         f"unchanged{chunked(info['total_records'] - info['skipped_records'], info['total_chunks'])}; "
         f"{info['batches_failed']} batches failed, {info['tokens']:,} tokens, {usd(info['cost_usd'])}"
-        + (f" (+ up to {usd(info['unconfirmed_cost_usd'])} unconfirmed)" if info["unconfirmed_cost_usd"] else "")
+        + unconfirmed(info["unconfirmed_cost_usd"])
     )
     if info.get("since_column"):
         print(

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from qsync.engine.events import Event, JobFinished, JobStarted, Notice, Progress
-from qsync.formatting import chunked, usd
+from qsync.formatting import chunked, unconfirmed, usd
 
 
 class ProgressBar:
@@ -35,12 +35,10 @@ class ProgressBar:
             figures = event.figures
             if figures.batches_done or figures.cost_usd or figures.unconfirmed_cost_usd:
                 # Spent as `qsync status` and `qsync cost` say it: confirmed, and what may have been billed besides.
-                maybe = figures.unconfirmed_cost_usd
                 self._write(
                     f"resuming {event.job_id}: {figures.processed_records:,} of {figures.total_records:,} records "
                     f"already processed ({figures.batches_done}/{figures.batches_total} batches), "
-                    f"{usd(figures.cost_usd)} already spent{f' (+ up to {usd(maybe)} unconfirmed)' if maybe else ''}; "
-                    "continuing"
+                    f"{usd(figures.cost_usd)} already spent{unconfirmed(figures.unconfirmed_cost_usd)}; continuing"
                 )
             elif figures.skipped_records or figures.unchanged_records:
                 self._write(

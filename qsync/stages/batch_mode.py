@@ -20,8 +20,9 @@ from functools import partial
 
 from qsync.catalog.tokens import estimate_tokens
 from qsync.embedders.protocol import SubmitsBatches
+from qsync.engine.spend_cap import close_unanswered
 from qsync.engine.stage import Stage, StageContext
-from qsync.errors import ConfigError, PermanentError, TransientError
+from qsync.errors import ConfigError, PermanentError
 from qsync.ledger.batch_mode import BatchModeRecords
 from qsync.ledger.batches import BatchWork
 
@@ -106,8 +107,7 @@ class BatchModeStage:
                 name = self.retrier.call(partial(self._submit_once, chunk_texts, display_name, [False]))
             except BaseException as exc:
                 self.budget.settle(estimate, 0.0)
-                billed = isinstance(exc, TransientError) and exc.maybe_billed
-                self.run.close_intent(intent, "unconfirmed" if billed else "void")
+                close_unanswered(self.run, self.budget, intent, exc, most_tokens * self.price / 1e6)
                 raise
             self.budget.settle(estimate, estimate)
             self.job.record_remote_job(name, chunk_hashes, intent)
