@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,10 @@ from qsync.embedders.hashing import HashingEmbedder
 from qsync.errors import LeaseLost, NotClaimable
 from qsync.ledger import batches as ledger_batches
 from qsync.ledger.batches import MANIFEST_READ_AHEAD, BatchWork, Completion
-from qsync.ledger.cache import cache_key, lookup_vectors
+from qsync.ledger.cache import Lookup, cache_key, lookup_vectors
 from qsync.ledger.lease import release_lease, take_lease
 from qsync.ledger.ledger import Ledger
+from qsync.ledger.readahead import ManifestReadAhead
 from qsync.ledger.run import LeasedJob
 from qsync.ledger.states import JobState
 
@@ -68,23 +69,32 @@ def _paid(job: LeasedJob, work: BatchWork) -> str:
 def _write_together(job: LeasedJob, works: dict[int, BatchWork]) -> dict[int, BatchWork | BaseException]:
     """Write each batch's first intent (and so its claim) from one thread per batch, all queued behind a commit
     in progress, then let them go at once."""
-    results: dict[int, BatchWork | BaseException] = {}
+
+    def paid(work: BatchWork) -> Callable[[], BatchWork]:
+        return lambda: (_paid(job, work), work)[1]
+
+    return _together(job, {b: paid(work) for b, work in works.items()})
+
+
+def _together(job: LeasedJob, calls: dict[int, Callable[[], Any]]) -> dict[int, Any]:
+    """Each call (one write of the run) from a thread of its own, all queued behind a commit in progress, then let go
+    at once: they commit in one group. Each call's result, or the exception it raised."""
+    results: dict[int, Any] = {}
     release = threading.Event()
 
-    def write(batch_no: int) -> None:
+    def write(key: int) -> None:
         try:
-            _paid(job, works[batch_no])
-            results[batch_no] = works[batch_no]
+            results[key] = calls[key]()
         except BaseException as exc:
-            results[batch_no] = exc
+            results[key] = exc
 
     holder = threading.Thread(target=job.commit.write, args=(lambda con: release.wait(30),))
     holder.start()  # a commit in progress: the writes below queue up meanwhile
     wait_for(lambda: job.commit.queued == 0 and holder.is_alive(), timeout=10)
-    threads = [threading.Thread(target=write, args=(b,)) for b in works]
+    threads = [threading.Thread(target=write, args=(key,)) for key in calls]
     for t in threads:
         t.start()
-    wait_for(lambda: job.commit.queued == len(works), timeout=10)
+    wait_for(lambda: job.commit.queued == len(calls), timeout=10)
     release.set()
     for t in [holder, *threads]:
         t.join(timeout=30)
@@ -96,10 +106,19 @@ def _statuses(job: LeasedJob) -> dict[int, tuple[str, int]]:
     return {int(b): (str(s), int(a)) for b, s, a in rows}
 
 
-def test_queued_writes_commit_in_one_transaction_and_each_caller_gets_its_own_result(job: LeasedJob) -> None:
+def test_queued_writes_commit_in_one_transaction_and_each_caller_gets_its_own_result(
+    job: LeasedJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
     works = {b: job.claim(b) for b in range(8)}
+    statements = _statements_sent(job, monkeypatch)
     results = _write_together(job, works)
     assert _transactions(job) == 2  # the commit in progress, then eight claims with their intents in one
+    # ... made together: one claim, one insert of attempts, one of intents for the eight
+    assert [sql.split()[:3] for sql in statements if sql.split()[0] in ("UPDATE", "INSERT")] == [
+        ["UPDATE", "batches", "SET"], ["INSERT", "INTO", "attempts"], ["INSERT", "INTO", "spend_intents"]
+    ]  # fmt: skip
+    intents = job.ledger.query_rows("SELECT batch_no, texts, state, len(content_hashes) FROM spend_intents")
+    assert sorted(intents) == [(b, 10, "open", 10) for b in range(8)]
     for batch_no, work in results.items():
         assert isinstance(work, BatchWork)
         assert work.batch_no == batch_no and work.attempt == 1
@@ -163,6 +182,80 @@ def test_a_write_needing_no_answer_is_one_round_trip_to_the_host(
     assert sent == ["batch", "batch"]
 
 
+def test_texts_claimed_by_many_batches_at_once_are_claimed_in_one_go_each_batch_told_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run's batches ask for their texts' claims together (all of them, as it starts): one look at the cache and the
+    # other runs' claims, one insert, for the whole group; each batch is answered for its own texts only.
+    job = _job(tmp_path)
+    embedder = HashingEmbedder(8)
+    works = {b: job.claim(b) for b in range(4)}
+    saved = works[1].hashes[0]  # in the cache already: taken from it, not claimed
+    job.record_embeddings(works[1], embedder, [saved], np.ones((1, 8), np.float32), [3], False, 0.0)
+    other = _second_job(job, "h")  # another live run is paying for one of batch 2's texts: batch 2 waits for it
+    other.claim_texts(embedder, [works[2].hashes[0]])
+    statements = _statements_sent(job, monkeypatch)
+
+    def claim(work: BatchWork) -> Callable[[], tuple[Lookup, set[str]]]:
+        return lambda: job.claim_texts(embedder, work.hashes)
+
+    results = _together(job, {b: claim(work) for b, work in works.items()})
+    assert sum("FROM text_claims c JOIN jobs" in sql for sql in statements) == 1
+    assert sum(sql.startswith("INSERT INTO text_claims") for sql in statements) == 1
+    for b, work in works.items():
+        found, elsewhere = results[b]
+        assert set(found.found) == ({saved} if b == 1 else set())
+        assert elsewhere == ({work.hashes[0]} if b == 2 else set())
+    claimed = job.ledger.query_rows("SELECT cache_key FROM text_claims WHERE job_id = 'g'")
+    expected = {h for w in works.values() for h in w.hashes} - {saved, works[2].hashes[0]}
+    assert {str(k) for (k,) in claimed} == {cache_key(embedder, h) for h in expected}
+
+
+def test_a_combined_write_that_fails_is_made_again_alone_for_each_caller(job: LeasedJob) -> None:
+    calls: list[list[str]] = []
+
+    def many(con: Any, names: list[str]) -> list[str]:
+        calls.append(names)
+        con.execute("INSERT INTO text_claims SELECT unnest(?::VARCHAR[]), 'g', 'x', now()", [names])
+        if "bad" in names:
+            raise ValueError("bad write")
+        return [name.upper() for name in names]
+
+    names = {0: "a", 1: "bad", 2: "c"}
+
+    def write(name: str) -> Callable[[], str]:
+        return lambda: job.commit.write_combined("kind", many, name)
+
+    results = _together(job, {i: write(name) for i, name in names.items()})
+    assert sorted(map(sorted, calls)) == [["a"], ["a", "bad", "c"], ["bad"], ["c"]]  # together, then each alone
+    assert results[0] == "A" and results[2] == "C" and isinstance(results[1], ValueError)
+    rows = job.ledger.query_rows("SELECT cache_key FROM text_claims ORDER BY 1")
+    assert rows == [("a",), ("c",)]  # the group's transaction rolled back; the bad write's own too
+
+
+def _statements_sent(job: LeasedJob, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL of every statement the job sends to the host from now on (filled as they are sent)."""
+    statements: list[str] = []
+    connection = job.ledger._connection
+    original = connection.request
+
+    def request(*parts: Any) -> Any:
+        for sent in parts[1] if parts[0] == "batch" else [parts]:
+            statements.extend([str(sent[1])] if sent[0] == "execute" else [])
+        return original(*parts)
+
+    monkeypatch.setattr(connection, "request", request)
+    return statements
+
+
+def _second_job(job: LeasedJob, name: str) -> LeasedJob:
+    """Another job of the same records in the same file, its lease taken by this (live) process."""
+    create_job(pd.DataFrame(make_records(100)), collection="c", job=name, db=job.ledger.path, dimensions=8,
+               batch_size=10)  # fmt: skip
+    lease, _ = take_lease(job.ledger, name, SYSTEM_CLOCK, 60, os.getpid())
+    return LeasedJob(job.ledger, lease, SYSTEM_CLOCK, "", "")
+
+
 def test_the_batch_records_are_read_ahead_and_served_once(job: LeasedJob, monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[tuple[int, int]] = []
     original = ledger_batches.read_manifest
@@ -180,6 +273,41 @@ def test_the_batch_records_are_read_ahead_and_served_once(job: LeasedJob, monkey
     again = job.claim(4)  # served from the manifest again, not a stale copy
     assert again.attempt == 2 and again.record_ids == works[4].record_ids
     assert len(reads) == 2
+
+
+def test_batches_asked_for_at_once_are_read_in_one_query(job: LeasedJob, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run's workers start together, each asking for its batch: one manifest read serves them all, not one each.
+    reads: list[int] = []
+    first_read = threading.Event()
+    original = ledger_batches.read_manifest
+
+    def slow_first(con: Any, job_id: str, first: int, last: int) -> Any:
+        reads.append(first)
+        if len(reads) == 1:
+            first_read.wait(30)
+        return original(con, job_id, first, last)
+
+    asked: list[int] = []
+    pop = ManifestReadAhead._pop
+
+    def counted_pop(self: ManifestReadAhead, batch_no: int) -> Any:
+        asked.append(batch_no)
+        return pop(self, batch_no)
+
+    monkeypatch.setattr(ledger_batches, "read_manifest", slow_first)
+    monkeypatch.setattr(ManifestReadAhead, "_pop", counted_pop)
+    works: dict[int, BatchWork] = {}
+    threads = [threading.Thread(target=lambda b=b: works.update({b: job.claim(b)})) for b in range(8)]
+    threads[0].start()
+    wait_for(lambda: reads, timeout=10)  # batch 0's read is under way
+    for t in threads[1:]:
+        t.start()
+    wait_for(lambda: set(asked) == set(range(8)), timeout=10)  # every other batch asked (and missed) meanwhile
+    first_read.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert reads == [0]
+    assert {b: w.record_ids[0] for b, w in works.items()} == {b: f"r{b * 10}" for b in range(8)}
 
 
 def test_the_read_ahead_holds_at_most_one_read_of_batches(tmp_path: Path) -> None:

@@ -140,20 +140,25 @@ def work_of(batch_no: int, attempt: int, records: list[tuple[Any, ...]]) -> Batc
     )
 
 
-def claim(con: Any, job_id: str, work: BatchWork, pid: int, token: str, now: Any) -> None:
-    row = first_row(
-        con.execute(
-            """UPDATE batches SET status = 'running', attempts = attempts + 1, started_at = ?
-               WHERE job_id = ? AND batch_no = ? AND status IN ('pending', 'failed')
-               RETURNING attempts""",
-            [now, job_id, work.batch_no],
-        )
-    )
-    if row is None or int(row[0]) != work.attempt:
-        raise NotClaimable(f"batch {work.batch_no} of {job_id!r} is not claimable")
+def claim(con: Any, job_id: str, works: Sequence[BatchWork], pid: int, token: str, now: Any) -> None:
+    """Claim these batches for their attempts (running, attempts + 1, an attempts row each), in two statements
+    whatever their number. NotClaimable if one of them is no longer pending or failed at the attempt read."""
+    if not works:
+        return
+    rows = con.execute(
+        f"""UPDATE batches SET status = 'running', attempts = attempts + 1, started_at = ?
+            WHERE job_id = ? AND batch_no IN ({", ".join(str(int(w.batch_no)) for w in works)})
+              AND status IN ('pending', 'failed')
+            RETURNING batch_no, attempts""",
+        [now, job_id],
+    ).fetchall()
+    attempts = {int(batch_no): int(attempt) for batch_no, attempt in rows}
+    for work in works:
+        if attempts.get(work.batch_no) != work.attempt:
+            raise NotClaimable(f"batch {work.batch_no} of {job_id!r} is not claimable")
     con.execute(
-        "INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
-        [job_id, work.batch_no, work.attempt, pid, token, now],
+        """INSERT INTO attempts SELECT ?, unnest(?::BIGINT[]), unnest(?::INTEGER[]), ?, ?, ?, NULL, NULL, NULL""",
+        [job_id, [w.batch_no for w in works], [w.attempt for w in works], pid, token, now],
     )
 
 

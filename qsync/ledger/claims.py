@@ -63,6 +63,31 @@ def claim_uncached(
     return found, {own[k] for k in taken if own[k] not in found.found}
 
 
+def claim_uncached_many(
+    con: Any, vectors: VectorFile, embedder: CacheIdentity, requests: list[list[str]], job_id: str, token: str,
+    now: datetime, free_origin: str,
+) -> list[tuple[Lookup, set[str]]]:  # fmt: skip
+    """`claim_uncached` for several callers' hashes at once (GroupCommit.write_combined): one round trip and one insert
+    for all of them, each caller's part of the answer returned to it. A hash two callers ask for is claimed once (the
+    second's claim, made alone, would have found the first's: the same run's claims hold nobody of that run up)."""
+    if len(requests) == 1:
+        return [claim_uncached(con, vectors, embedder, requests[0], job_id, token, now, free_origin)]
+    found, elsewhere = claim_uncached(
+        con, vectors, embedder, [h for hashes in requests for h in hashes], job_id, token, now, free_origin
+    )
+    parts = []
+    for hashes in requests:
+        mine = set(hashes)
+        keys = lookup_keys(embedder, hashes)
+        part = Lookup(
+            found={h: v for h, v in found.found.items() if h in mine},
+            prefetched=found.prefetched & mine,
+            lost=[k for k in found.lost if k in keys],
+        )
+        parts.append((part, elsewhere & mine))
+    return parts
+
+
 def take(con: Any, keys: list[str], job_id: str, token: str, now: datetime) -> None:
     """Claim `keys` for the run of `token` (checked free by `held_and_cached` in the same transaction)."""
     if keys:

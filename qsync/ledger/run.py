@@ -10,7 +10,6 @@ durably, and marks many batches done in one transaction (one Qdrant Edge flush c
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -20,13 +19,14 @@ from qsync.clock import Clock
 from qsync.embedders.protocol import Vectors
 from qsync.ledger import batches as b
 from qsync.ledger import claims, spend
-from qsync.ledger.batches import MANIFEST_READ_AHEAD, BatchWork, Completion
+from qsync.ledger.batches import BatchWork, Completion
 from qsync.ledger.cache import (
     CacheIdentity,
     Lookup,
     append_vectors,
     batch_mode_origin,
     cache_key,
+    embedder_signature,
     forget,
     forget_beyond,
     insert_vectors,
@@ -36,6 +36,7 @@ from qsync.ledger.cache import (
 from qsync.ledger.commit import GroupCommit
 from qsync.ledger.lease import Lease
 from qsync.ledger.ledger import Ledger
+from qsync.ledger.readahead import ManifestReadAhead
 
 T = TypeVar("T")
 
@@ -52,8 +53,7 @@ class LeasedJob:
         self.embedder_signature = embedder_signature
         self.lost_vectors = 0  # cache entries this run found gone from the vector file (and forgot)
         self.commit = GroupCommit(ledger, lease, clock)  # every write of the run goes through it
-        self._manifests: dict[int, tuple[b.Records, tuple[int, str]]] = {}  # read ahead: records and state
-        self._manifests_lock = threading.Lock()
+        self._manifest = ManifestReadAhead(ledger, self.job_id)
         # A fresh backfill (and a re-sync's batches of new records) skips deleting earlier `points` rows of its
         # records, which scans the whole table and would make each batch slower than the last.
         with ledger.reading() as con:
@@ -108,8 +108,7 @@ class LeasedJob:
     @property
     def prefetched(self) -> int:
         """Batches whose records were read ahead and not yet claimed (at most MANIFEST_READ_AHEAD - 1)."""
-        with self._manifests_lock:
-            return len(self._manifests)
+        return self._manifest.held
 
     def last_error(self) -> str:
         errors = self.ledger.query_rows(
@@ -123,23 +122,8 @@ class LeasedJob:
     def claim(self, batch_no: int) -> BatchWork:
         """Take the batch for a new attempt and load its records. The claim (running, attempt + 1) is written in
         the batch's first write (batches.py). Raises NotClaimable if the batch is not pending or failed."""
-        records, state = self._manifest(batch_no)
+        records, state = self._manifest.take(batch_no)
         return b.work_of(batch_no, b.next_attempt(self.job_id, batch_no, state), records)
-
-    def _manifest(self, batch_no: int) -> tuple[b.Records, tuple[int, str] | None]:
-        """The batch's records and state, read MANIFEST_READ_AHEAD batches at a time (one query instead of many)."""
-        with self._manifests_lock:
-            found = self._manifests.pop(batch_no, None)
-        if found is not None:
-            return found
-        with self.ledger.reading() as con:
-            by_batch = b.read_manifest(con, self.job_id, batch_no, batch_no + MANIFEST_READ_AHEAD - 1)
-        records, state = by_batch.pop(batch_no, ([], None))
-        with self._manifests_lock:
-            # Replace, not add: batches of an earlier read that were never claimed (done ones inside a retry's
-            # range, say) would otherwise pile up; this keeps at most one read's worth in memory.
-            self._manifests = by_batch
-        return records, state
 
     def complete(self, batches: Sequence[Completion]) -> None:
         """Mark batches done, in one transaction: Qdrant holds their points durably (see Sink.durable)."""
@@ -285,10 +269,14 @@ class LeasedJob:
         """Claim these texts for this run's calls, in the transaction that looks for them in the cache and in other
         runs' claims (claims.claim_uncached): what the cache holds of them, and the hashes another live run is
         paying for right now (to wait for)."""
-        found, elsewhere = self.commit.write(
-            lambda con: claims.claim_uncached(con, self.ledger.vectors, embedder, hashes, self.job_id,
-                                              self.lease.token, self.clock.now(), batch_mode_origin(self.job_id))
-        )  # fmt: skip
+
+        def claim_all(con: Any, requests: list[list[str]]) -> list[tuple[Lookup, set[str]]]:
+            return claims.claim_uncached_many(con, self.ledger.vectors, embedder, requests, self.job_id,
+                                              self.lease.token, self.clock.now(), batch_mode_origin(self.job_id))  # fmt: skip
+
+        # The batches asking at once (a run's start: all of them) are claimed together, in one round trip.
+        kind = ("claim_texts", embedder_signature(embedder))
+        found, elsewhere = self.commit.write_combined(kind, claim_all, hashes)
         self.lost_vectors += len(found.lost)
         return found, elsewhere
 
@@ -315,16 +303,26 @@ class LeasedJob:
     ) -> str:
         """Record a paid call before it is sent: `tokens` and `cost` are what it can cost at most; `work`: the batch
         it is for (None: Batch Mode); `intent`: its id when the caller names it (a Batch Mode job's display name).
-        Returns the intent's id, to settle (`record_*`) or close (`close_intent`)."""
-        batch_no = None if work is None else work.batch_no
+        Returns the intent's id, to settle (`record_*`) or close (`close_intent`). The intents of batches that open
+        theirs at once (a run's start) are written together, with the claims of the batches not claimed yet."""
+        call = spend.Intent(None if work is None else work.batch_no, kind, texts, tokens, cost, hashes, intent)
+        if work is None or work.claimed:
+            return self._open(None, call)
+        with work.claiming:  # writes of one batch may run at once (its enrichment calls): the first claims
+            opened = self._open(None if work.claimed else work, call)
+            work.claimed = True
+            return opened
 
-        def apply(con: Any) -> str:
-            return spend.open_intent(
-                con, self.job_id, batch_no, kind, texts, tokens, cost, hashes, self.lease.token, self.clock.now(),
-                intent,
-            )  # fmt: skip
+    def _open(self, claiming: BatchWork | None, call: spend.Intent) -> str:
+        arg: tuple[BatchWork | None, spend.Intent] = (claiming, call)
+        return self.commit.write_combined("open_intent", self._open_intents, arg)
 
-        return self._write_for([] if work is None else [work], apply)
+    def _open_intents(self, con: Any, calls: list[tuple[BatchWork | None, spend.Intent]]) -> list[str]:
+        """Open these intents, claiming first the batches given with them (their first write)."""
+        now = self.clock.now()
+        b.claim(con, self.job_id, [work for work, _ in calls if work is not None], self.lease.pid, self.lease.token,
+                now)  # fmt: skip
+        return spend.open_intents(con, self.job_id, [call for _, call in calls], self.lease.token, now)
 
     def close_intent(self, intent: str, state: str) -> None:
         """The call ended without an answer to save: 'void' (refused, so not billed) or 'unconfirmed' (it may have
@@ -390,8 +388,7 @@ class LeasedJob:
 
             def claimed_then(con: Any) -> T:
                 now = self.clock.now()
-                for work in unclaimed:
-                    b.claim(con, self.job_id, work, self.lease.pid, self.lease.token, now)
+                b.claim(con, self.job_id, unclaimed, self.lease.pid, self.lease.token, now)
                 return apply(con)
 
             result = self.commit.write(claimed_then)
