@@ -155,3 +155,20 @@ def rows_read_text(column: str, since: str | None, high_water: str | None, rows:
     )
     nxt = f"; the next re-sync reads from {column} >= {high_water}" if high_water is not None else ""
     return f"{read}{nxt}"
+
+
+# A duplicate's reason names the row its id was first seen at: one reason per duplicate, grouped without it.
+DUPLICATE_DETAIL = r" \(first seen at row \d+\)"
+
+
+def skips_for_people(skipped: pd.DataFrame) -> pd.DataFrame:
+    """Skipped records as a person reads them (a terminal's `qsync skipped`, the notebook's inspector): rows counted
+    from 1, as a duplicate's reason counts them ("first seen at row 3"), where `ordinal` counts from 0 (a frame's
+    position: what Python code and --json keep)."""
+    shown = skipped[["ordinal", "record_id", "stage", "reason"]].rename(columns={"ordinal": "row", "record_id": "id"})
+    return shown.assign(row=shown["row"].map(lambda r: r + 1 if pd.notna(r) else r))
+
+
+def reason_kinds(reasons: pd.Series) -> pd.Series:
+    """Each reason without what is particular to its record (the row a duplicate's id was first seen at)."""
+    return reasons.str.replace(DUPLICATE_DETAIL, "", regex=True)

@@ -11,12 +11,13 @@ import re
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from qsync_testing import make_records, run_qsync, wait_for, write_records
 
 import qsync
 from qsync.cli import main
-from qsync.cli.output import EXIT_OK, EXIT_USAGE
+from qsync.cli.output import EXIT_OK, EXIT_USAGE, print_frame
 from qsync.formatting import usd
 
 
@@ -202,3 +203,39 @@ def test_a_run_refused_before_planning_leaves_no_checkpoint_file(tmp_path: Path)
     out = run_qsync("run", "--source", str(src), "--collection", "c", "--db", str(db), "--embedder", "hash", "--quiet")
     assert out.returncode == EXIT_OK, out.stderr
     assert db.exists() and qsync.status(db=db)["status"] == "completed"
+
+
+def test_a_long_text_is_cut_to_a_terminal_line_and_given_whole_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    # `qsync search` shows the texts it found: a document's whole text on a terminal is a screenful per hit.
+    text = "a long document " * 100
+    frame = pd.DataFrame({"score": [0.91], "id": ["r1"], "text": [text]})
+    print_frame(frame, as_json=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(len(line) <= 100 for line in lines) and lines[1].endswith("...")
+    print_frame(frame, as_json=True)
+    assert json.loads(capsys.readouterr().out)[0]["text"] == text
+
+
+def test_skipped_rows_count_as_a_duplicates_reason_counts_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "duplicate id (first seen at row 2)" beside a row number counted another way read as the wrong row.
+    src, db = tmp_path / "s.jsonl", tmp_path / "q.duckdb"
+    records = make_records(6)
+    records[4]["id"] = records[1]["id"]  # the fifth row repeats the second's id
+    records[5]["id"] = records[1]["id"]
+    write_records(src, records)
+    code, _, err = _cli(capsys, "run", "--source", str(src), "--collection", "c", "--db", str(db), "--job", "j",
+                        "--embedder", "hash", "--dimensions", "8", "--quiet")  # fmt: skip
+    assert code == EXIT_OK, err
+    code, out, err = _cli(capsys, "skipped", "j", "--db", str(db))
+    assert code == EXIT_OK, err
+    rows = [line.split(None, 3) for line in out.splitlines()[1:]]
+    assert out.split()[:4] == ["row", "id", "stage", "reason"]
+    assert [(row, reason) for row, _, _, reason in rows] == [
+        ("5", "duplicate id (first seen at row 2)"), ("6", "duplicate id (first seen at row 2)")
+    ]  # fmt: skip
+    code, out, _ = _cli(capsys, "skipped", "j", "--db", str(db), "--json")
+    assert [r["ordinal"] for r in json.loads(out)] == [4, 5]  # for code: the frame's positions, from 0
+    code, out, _ = _cli(capsys, "estimate", "--source", str(src), "--embedder", "hash", "--json")
+    assert json.loads(out)["skip_reasons"] == {"duplicate id": 2}  # one kind of reason, not one per row

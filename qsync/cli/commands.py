@@ -25,6 +25,7 @@ from qsync.cli.output import (
 from qsync.cli.progress import ProgressBar
 from qsync.embedders.gemini_client import api_key_from_env
 from qsync.errors import ConfigError, MissingColumn
+from qsync.formatting import skips_for_people
 from qsync.input.columns import guess_columns, source_columns
 from qsync.money.estimate import compare_models, estimate
 from qsync.ops.verify import SAMPLE
@@ -160,7 +161,8 @@ def batches(args: argparse.Namespace) -> int:
 
 
 def skipped(args: argparse.Namespace) -> int:
-    print_frame(reading.skipped(args.job, db=args.db), args.json)
+    found = reading.skipped(args.job, db=args.db)
+    print_frame(found if args.json or found.empty else skips_for_people(found), args.json)
     return EXIT_OK
 
 

@@ -81,6 +81,9 @@ def print_mapping(mapping: dict[Any, Any]) -> None:
         print(f"{key!s:<{width}}  {value_text(str(key), value)}")
 
 
+_MAX_COLWIDTH = 80
+
+
 def print_frame(frame: pd.DataFrame, as_json: bool, columns: list[str] | None = None) -> None:
     if as_json:
         print(frame.to_json(orient="records", date_format="iso", indent=2))
@@ -89,7 +92,6 @@ def print_frame(frame: pd.DataFrame, as_json: bool, columns: list[str] | None = 
         print("(none)")
         return
     shown = formatted(frame[columns] if columns else frame)  # dollars as dollars, `—` for missing values
-    with pd.option_context(
-        "display.max_rows", 500, "display.max_columns", 50, "display.width", 200, "display.max_colwidth", 80
-    ):
-        print(shown.to_string(index=False))
+    with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 200):
+        # A terminal line a cell: a long text (a search hit, an error) cut with `...`; --json gives it whole.
+        print(shown.to_string(index=False, max_colwidth=_MAX_COLWIDTH))

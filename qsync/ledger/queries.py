@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from qsync.formatting import reason_kinds
 from qsync.ledger.cache import uncached_sql
 from qsync.ledger.jobs import job_record
 from qsync.ledger.ledger import Ledger
@@ -107,11 +108,10 @@ def expected_points(ledger: Ledger, target: str) -> pd.DataFrame:
 
 
 def skip_reasons(ledger: Ledger, job: str) -> dict[str, int]:
-    """How many records were skipped for each reason, most common first."""
-    rows = ledger.query_rows(
-        "SELECT reason, count(*) FROM skipped WHERE job_id = ? GROUP BY reason ORDER BY 2 DESC, 1", [job]
-    )
-    return {str(reason): int(n) for reason, n in rows}
+    """How many records were skipped for each kind of reason (duplicates together), most common first."""
+    frame = ledger.query_df("SELECT reason FROM skipped WHERE job_id = ?", [job])
+    kinds = reason_kinds(frame["reason"].astype(str)).value_counts()
+    return {str(reason): int(n) for reason, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))}
 
 
 # What an estimate reads of a planned manifest: each distinct content once, its text (a media record's caption),

@@ -18,7 +18,7 @@ from qsync.app.session import JobHandle, active_run, start_job
 from qsync.engine.events import Event
 from qsync.engine.runner import RunResult
 from qsync.errors import QsyncError
-from qsync.formatting import count, counted
+from qsync.formatting import count, counted, reason_kinds, skips_for_people
 from qsync.notebook.formatting import error_html, frame_html, page_style
 from qsync.notebook.picker import JobPicker
 from qsync.notebook.ui import KernelSide
@@ -214,12 +214,9 @@ class BatchInspector:
         if skipped.empty:
             self.skips.value = "<p><i>No record was skipped.</i></p>"
             return
-        reasons = skipped.assign(reason=skipped["reason"].str.replace(r"\(first seen at row \d+\)", "", regex=True))
+        reasons = skipped.assign(reason=reason_kinds(skipped["reason"]))
         by_reason = reasons.groupby("reason").size().sort_values(ascending=False).reset_index(name="records")
-        shown = skipped.head(limit)[["ordinal", "record_id", "stage", "reason"]].rename(
-            columns={"ordinal": "row", "record_id": "id"}
-        )
-        shown["row"] = shown["row"].map(lambda r: r + 1 if pd.notna(r) else r)  # rows count from 1 for people
+        shown = skips_for_people(skipped.head(limit))
         more = f"<p><small>first {limit} of {count(len(skipped))} shown; all of them: <code>qsync.skipped(JOB)</code></small></p>"
         whole = "<p><small>A reason cut with … shows whole when you hover it.</small></p>"
         self.skips.value = (
