@@ -150,9 +150,7 @@ def value_text(name: str, value: Any) -> str:
 
 def rows_read_text(column: str, since: str | None, high_water: str | None, rows: int) -> str:
     """What a job with --changed-since read, and where the next starts: one sentence, for the CLI."""
-    read = (
-        f"read every row ({rows:,})" if since is None else f"read only {counted(rows, 'row')} with {column} >= {since}"
-    )
+    read = f"read every row ({rows:,})" if since is None else f"read {counted(rows, 'row')} with {column} >= {since}"
     nxt = f"; the next re-sync reads from {column} >= {high_water}" if high_water is not None else ""
     return f"{read}{nxt}"
 

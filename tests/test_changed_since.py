@@ -64,14 +64,14 @@ def test_a_resync_reads_only_rows_changed_since_the_last_job_and_deletes_by_ids(
     code = main(["run", "--source", str(folder), "--collection", "c", "--db", str(db), "--embedder", "hash",
                  "--dimensions", "8", "--changed-since", "seq", "--delete-missing", "--quiet"])  # fmt: skip
     assert code == 0
-    assert "read only 1 row with seq >= 503; the next re-sync reads from seq >= 503" in capsys.readouterr().out
+    assert "read 1 row with seq >= 503; the next re-sync reads from seq >= 503" in capsys.readouterr().out
     # Only a completed job's mark is where the next re-sync starts: a run that ended otherwise names none.
     from qsync.cli import output
     from qsync.engine.runner import RunResult
 
     output.report(RunResult("c:table#3", "paused", "paused", 0, 0.0), str(db), output.RunTexts())
     said = capsys.readouterr().out
-    assert "read only 1 row with seq >= 503" in said and "next re-sync" not in said, said
+    assert "read 1 row with seq >= 503" in said and "next re-sync" not in said, said
     assert _figures("c:table#3", db) == (1, 0, 1, 0, 0)  # only the row at the mark, unchanged
 
 
