@@ -137,6 +137,13 @@ def test_the_terminal_is_told_when_planning_starts_and_only_then(
     result = jobs.run(src, db=db, collection="other", embedder="hash", dimensions=8, listeners=[heard.append])
     assert result.job_id == planned and result.status == "completed"
     assert not [e for e in heard if "planning" in str(getattr(e, "text", ""))], heard
+    # A job planned by an earlier run that did nothing yet: `qsync run` picks it up, and says so.
+    jobs.prepare(src, db=db, collection="third", embedder="hash", dimensions=8)
+    code, _, err = _cli(capsys, "run", *common[:2], "--collection", "third", *common[4:], "--quiet")
+    assert code == EXIT_OK, err
+    assert "resuming third:s: no batch done yet (2 to do); continuing" in err and "planning" not in err, err
+    code, _, err = _cli(capsys, "run", *common[:2], "--collection", "fourth", *common[4:], "--quiet")
+    assert code == EXIT_OK and "resuming" not in err, err  # planned by this run: nothing resumed
 
 
 def test_a_job_started_from_the_terminal_records_its_estimate_like_one_from_a_notebook(

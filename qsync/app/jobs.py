@@ -113,7 +113,7 @@ def _open_or_plan(
             return newest.job_id, False, None
         job_id = spec.name if newest is None else ledger_jobs.next_resync_name(ledger, spec.name)
         embedder = embedder or build_embedder(spec.embedder)
-        emit(listeners, Notice(job_id, f"reading {source.description} and planning job {job_id!r}…"))
+        emit(listeners, Notice(job_id, f"reading {source.description} and planning job {job_id!r}…", planning=True))
         try:
             plan(ledger, job_id, spec, source, embedder, None if max_cost_usd is KEEP else max_cost_usd, clock, sink)
         except JobExists:

@@ -20,6 +20,7 @@ class ProgressBar:
         self.disable = disable
         self._bar: Any = None  # tqdm
         self._shown = 0
+        self._planned = False  # this run planned its job (a Notice said so): a job it did not plan is resumed
 
     @property
     def wants_progress(self) -> bool:
@@ -33,22 +34,8 @@ class ProgressBar:
     def __call__(self, event: Event) -> None:
         if isinstance(event, JobStarted):
             figures = event.figures
-            if figures.batches_done or figures.cost_usd or figures.unconfirmed_cost_usd:
-                # Spent as `qsync status` and `qsync cost` say it: confirmed, and what may have been billed besides.
-                self._write(
-                    f"resuming {event.job_id}: {figures.processed_records:,} of {figures.total_records:,} records "
-                    f"already processed ({figures.batches_done}/{figures.batches_total} batches), "
-                    f"{usd(figures.cost_usd)} already spent{unconfirmed(figures.unconfirmed_cost_usd)}; continuing"
-                )
-            elif figures.skipped_records or figures.unchanged_records:
-                self._write(
-                    f"{event.job_id}: {figures.total_records:,} records: {figures.skipped_records:,} skipped at "
-                    f"planning, {figures.unchanged_records:,} already in the collection unchanged, "
-                    f"{figures.remaining_records:,} to do"
-                    + chunked(figures.total_records - figures.skipped_records, figures.total_chunks)
-                )
-            elif note := chunked(figures.total_records - figures.skipped_records, figures.total_chunks):
-                self._write(f"{event.job_id}: long records were cut into chunks, a point each{note}")
+            for line in self._opening(event):
+                self._write(line)
             if event.took_over_stale_owner:
                 self._write("the previous runner had stopped without finishing; its unfinished batches are redone")
             self._bar = tqdm(
@@ -73,10 +60,35 @@ class ProgressBar:
                 refresh=False,
             )
         elif isinstance(event, Notice):
+            self._planned = self._planned or event.planning
             self._write(event.text)
         elif isinstance(event, JobFinished) and self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def _opening(self, event: JobStarted) -> list[str]:
+        """What the terminal is told as the run starts: where a resumed job stands, what planning left out."""
+        figures = event.figures
+        if figures.batches_done or figures.cost_usd or figures.unconfirmed_cost_usd:
+            # Spent as `qsync status` and `qsync cost` say it: confirmed, and what may have been billed besides.
+            return [
+                f"resuming {event.job_id}: {figures.processed_records:,} of {figures.total_records:,} records "
+                f"already processed ({figures.batches_done}/{figures.batches_total} batches), "
+                f"{usd(figures.cost_usd)} already spent{unconfirmed(figures.unconfirmed_cost_usd)}; continuing"
+            ]
+        lines = []
+        if not self._planned:  # planned by an earlier run that did nothing yet (stopped in its first calls)
+            lines.append(f"resuming {event.job_id}: no batch done yet ({figures.batches_total} to do); continuing")
+        if figures.skipped_records or figures.unchanged_records:
+            lines.append(
+                f"{event.job_id}: {figures.total_records:,} records: {figures.skipped_records:,} skipped at "
+                f"planning, {figures.unchanged_records:,} already in the collection unchanged, "
+                f"{figures.remaining_records:,} to do"
+                + chunked(figures.total_records - figures.skipped_records, figures.total_chunks)
+            )
+        elif note := chunked(figures.total_records - figures.skipped_records, figures.total_chunks):
+            lines.append(f"{event.job_id}: long records were cut into chunks, a point each{note}")
+        return lines
 
     def _write(self, text: str) -> None:
         if self._bar is not None:

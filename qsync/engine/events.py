@@ -74,6 +74,7 @@ class RunError:
 class Notice:
     job_id: str
     text: str
+    planning: bool = False  # the notice that the job is being planned (it was not: a run that hears none resumes)
 
 
 Event = JobStarted | Progress | BatchFinished | JobFinished | RunError | Notice
