@@ -233,6 +233,30 @@ def test_a_combined_write_that_fails_is_made_again_alone_for_each_caller(job: Le
     assert rows == [("a",), ("c",)]  # the group's transaction rolled back; the bad write's own too
 
 
+def test_two_takes_of_one_batch_in_one_group_claim_it_once(job: LeasedJob) -> None:
+    taken, stale = job.claim(3), job.claim(3)  # two takes of batch 3, neither written, their intents made together
+    results = _write_together(job, {1: taken, 2: stale})
+    assert sorted(type(r).__name__ for r in results.values()) == ["BatchWork", "NotClaimable"]
+    assert job.ledger.query_rows("SELECT batch_no, attempt FROM attempts") == [(3, 1)]
+    assert job.ledger.query_rows("SELECT count(*) FROM spend_intents") == [(1,)]
+
+
+def test_vectors_the_file_lost_are_counted_once_when_batches_ask_for_them_together(tmp_path: Path) -> None:
+    job = _job(tmp_path)
+    embedder = HashingEmbedder(8)
+    work = job.claim(0)
+    paid = embedder.embed(work.texts)
+    job.record_embeddings(work, embedder, work.hashes, paid.vectors, paid.tokens_per_text, False, 0.0)
+    os.truncate(job.ledger.vectors.path, job.ledger.vectors.size() - 2 * 8 * 4)  # the last two vectors' bytes lost
+
+    def ask(hashes: list[str]) -> Callable[[], tuple[Lookup, set[str]]]:
+        return lambda: job.claim_texts(embedder, hashes)
+
+    results = _together(job, {1: ask(work.hashes), 2: ask(work.hashes[5:])})
+    assert len(results[1][0].found) == 8 and sorted(len(r[0].lost) for r in results.values()) == [0, 2]
+    assert job.lost_vectors == 2
+
+
 def _statements_sent(job: LeasedJob, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The SQL of every statement the job sends to the host from now on (filled as they are sent)."""
     statements: list[str] = []

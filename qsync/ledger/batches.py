@@ -145,6 +145,8 @@ def claim(con: Any, job_id: str, works: Sequence[BatchWork], pid: int, token: st
     whatever their number. NotClaimable if one of them is no longer pending or failed at the attempt read."""
     if not works:
         return
+    if len({work.batch_no for work in works}) < len(works):  # two takes of one batch: the first claims it, alone
+        raise NotClaimable(f"batch of {job_id!r} claimed twice at once")
     rows = con.execute(
         f"""UPDATE batches SET status = 'running', attempts = attempts + 1, started_at = ?
             WHERE job_id = ? AND batch_no IN ({", ".join(str(int(w.batch_no)) for w in works)})

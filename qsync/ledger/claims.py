@@ -76,14 +76,16 @@ def claim_uncached_many(
         con, vectors, embedder, [h for hashes in requests for h in hashes], job_id, token, now, free_origin
     )
     parts = []
+    lost = set(found.lost)  # each told once, to the first caller that asked (a caller counts what it is told)
     for hashes in requests:
         mine = set(hashes)
         keys = lookup_keys(embedder, hashes)
         part = Lookup(
             found={h: v for h, v in found.found.items() if h in mine},
             prefetched=found.prefetched & mine,
-            lost=[k for k in found.lost if k in keys],
+            lost=[k for k in found.lost if k in keys and k in lost],
         )
+        lost -= set(part.lost)
         parts.append((part, elsewhere & mine))
     return parts
 
