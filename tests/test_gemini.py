@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import threading
@@ -492,3 +493,72 @@ def test_the_emulator_refuses_oversized_requests_like_the_api(emulator: GeminiEm
     ok = httpx.post(url.replace("/v1/", "/v1beta/").replace("batchEmbedContents", "embedContent"), json=one,
                     headers=headers)  # fmt: skip
     assert ok.status_code == 200 and len(ok.json()["embedding"]["values"]) == 3072
+
+
+@pytest.mark.parametrize(
+    ("model", "dimensions", "task_type"),
+    [("gemini-embedding-001", 768, "RETRIEVAL_DOCUMENT"), ("gemini-embedding-001", 256, None),
+     ("gemini-embedding-2", 512, "document:v1")],
+)  # fmt: skip
+@pytest.mark.parametrize("usage", [True, False])
+def test_an_embedding_call_sends_what_the_sdks_method_sends_and_reads_the_same_answer(
+    emulator: GeminiEmulator, monkeypatch: pytest.MonkeyPatch, model: str, dimensions: int, task_type: str | None,
+    usage: bool,
+) -> None:  # fmt: skip
+    # The call goes through the SDK's transport as JSON and its answer is read with orjson (the public method's
+    # decoding was most of a run's CPU): request for request, and answer for answer, the same as the SDK's method.
+    from qsync.embedders.gemini import GeminiEmbedder
+    from qsync.embedders.gemini_client import GeminiClient
+
+    emulator.usage_metadata = usage
+    embedder = GeminiEmbedder(model=model, dimensions=dimensions, task_type=task_type)
+    sent: list[tuple[str, dict[str, Any]]] = []
+    api_client = embedder._client._api_client
+    transport = api_client.request
+
+    def spy(method: str, path: str, body: dict[str, Any], options: Any = None) -> Any:
+        sent.append((path, {k: v for k, v in body.items() if not k.startswith("_")}))  # the SDK drops `_` keys
+        return transport(method, path, body, options)
+
+    monkeypatch.setattr(api_client, "request", spy)
+    texts = ["a first text", "ünïcödé and more", "third"]
+    raw = embedder.embed(texts)
+    monkeypatch.setattr(GeminiClient, "post_paid", lambda self, path, body: None)  # the SDK's public method
+    public = embedder.embed(texts)
+    assert len(sent) == 2 and sent[0] == sent[1]
+    assert np.array_equal(raw.vectors, public.vectors) and raw.vectors.dtype == np.float32
+    assert (raw.tokens_per_text, raw.tokens_estimated) == (public.tokens_per_text, public.tokens_estimated)
+    assert raw.tokens_estimated is not usage
+
+
+def test_a_paid_call_is_sent_once_whatever_the_sdks_transport_looks_like(
+    emulator: GeminiEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from qsync.embedders.gemini import GeminiEmbedder
+    from qsync.errors import PermanentError
+
+    embedder = GeminiEmbedder(model=MODEL, dimensions=768)
+    api_client = embedder._client._api_client
+    transport = api_client.request
+
+    def calls() -> int:
+        return int(emulator.stats()["requests"].get("batchEmbedContents", 0))
+
+    class OtherShape:  # a transport that says it takes other arguments (another SDK version)
+        __signature__ = inspect.Signature([inspect.Parameter("request", inspect.Parameter.POSITIONAL_ONLY)])
+
+        def __call__(self, *args: Any) -> Any:
+            return transport(*args)
+
+    # Not used for the paid call: the public method sends it, once.
+    monkeypatch.setattr(api_client, "request", OtherShape())
+    before = calls()
+    assert embedder.embed(["one", "two"]).vectors.shape == (2, 768) and calls() == before + 1
+    # An answer that is not JSON was billed all the same: an error that says so, never a second call.
+    monkeypatch.setattr(api_client, "request", lambda *a: (transport(*a), SimpleNamespace(body="<html>"))[1])
+    before = calls()
+    with pytest.raises(PermanentError, match="not a JSON object") as raised:
+        embedder.embed(["one", "two"])
+    assert raised.value.maybe_billed and calls() == before + 1
