@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -177,6 +178,7 @@ def whole(
                 }  # fmt: skip
                 if done.returncode:
                     line["stderr"] = done.stderr[-2000:]
+                shutil.rmtree(folder, ignore_errors=True)  # ~90 MB a qsync run: hundreds of runs fill a disk
                 if round_no < 0:
                     continue  # the warm-up
                 line["warm_emulator"] = warm
@@ -184,6 +186,7 @@ def whole(
                 if out is not None:
                     with out.open("a") as f:
                         f.write(json.dumps(line) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def summary(path: Path) -> dict[str, Any]:
