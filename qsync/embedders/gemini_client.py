@@ -126,8 +126,8 @@ class GeminiClient:
         object was billed all the same (a billed PermanentError).
 
         Why: the public `embed_content` decodes each answer with the standard library's JSON (76,800 floats for
-        100 vectors of 768) and turns it into pydantic models: ~30 ms of the runner's CPU a call, most of a free
-        run's CPU besides the checkpoint's; orjson decodes it in a few ms (benchmarks/README.md)."""
+        100 vectors of 768) and turns it into pydantic models: ~30 ms of the runner's CPU a call, half of what a run
+        against a fast API spends in its own process; orjson decodes it in ~6 ms (benchmarks/answer_decoding.py)."""
         api_client = getattr(self.client, "_api_client", None)
         transport = getattr(api_client, "request", None)
         if not callable(transport) or getattr(api_client, "vertexai", False):
