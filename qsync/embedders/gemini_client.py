@@ -113,7 +113,7 @@ class GeminiClient:
             return None
         answer = response if isinstance(response, dict) else getattr(response, "body", None)
         try:
-            parsed = json.loads(answer) if isinstance(answer, (str, bytes)) else answer
+            parsed = orjson.loads(answer) if isinstance(answer, (str, bytes)) else answer
         except ValueError:
             return None
         return parsed if isinstance(parsed, dict) else None
