@@ -101,9 +101,13 @@ class GeminiEmbedder:
         types = self._types
         return [types.Content(parts=[types.Part(text=self.sent_text(t))]) for t in texts]
 
+    @property
+    def _task_type(self) -> str | None:
+        """The Gemini task_type sent: none for a model that takes its task as an instruction in the text."""
+        return None if self.instructions else (self.task_type or None)
+
     def _config(self) -> Any:
-        task_type = None if self.instructions else (self.task_type or None)
-        return self._types.EmbedContentConfig(task_type=task_type, output_dimensionality=self.dimensions)
+        return self._types.EmbedContentConfig(task_type=self._task_type, output_dimensionality=self.dimensions)
 
     def embed(self, texts: list[str]) -> EmbedResult:
         estimates = [estimate_tokens(self.sent_text(t)) for t in texts]
@@ -148,10 +152,9 @@ class GeminiEmbedder:
         """The JSON the SDK's `embed_content` sends for these texts (tests/test_gemini.py holds it to that, request
         for request): one request per text, its Content marked as the user's for a plain string (-001); with the
         model's instruction in the text and no task type for gemini-embedding-2 (one Content per text)."""
-        task_type = None if self.instructions else (self.task_type or None)
         one: dict[str, Any] = {"outputDimensionality": self.dimensions, "model": self._model_path}
-        if task_type:
-            one["taskType"] = task_type
+        if self._task_type:
+            one["taskType"] = self._task_type
         role: dict[str, str] = {} if self.instructions else {"role": "user"}
         return {
             "requests": [{"content": {"parts": [{"text": self.sent_text(t)}], **role}, **one} for t in texts],

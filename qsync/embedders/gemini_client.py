@@ -103,48 +103,46 @@ class GeminiClient:
         Why: the public `count_tokens` turns each text into pydantic models and back before sending the very same
         JSON, ~120 to 200 ms of CPU per 1,000 texts against ~4 ms here (measured with the emulator); a run counts
         every text it embeds, so that was as much of the runner's CPU as the embedding calls themselves."""
-        api_client = getattr(self.client, "_api_client", None)
-        transport = getattr(api_client, "request", None)
-        if not callable(transport) or getattr(api_client, "vertexai", False):
+        transport = self._transport(path, body)
+        if transport is None:
             return None
         try:
             response = transport("post", path, body, None)
-        except TypeError:  # another signature: nothing was sent
+        except TypeError:  # another shape after all (a free request: the public method may ask again)
             return None
-        answer = response if isinstance(response, dict) else getattr(response, "body", None)
-        try:
-            parsed = orjson.loads(answer) if isinstance(answer, (str, bytes)) else answer
-        except ValueError:
-            return None
-        return parsed if isinstance(parsed, dict) else None
+        return _json_object(response)
 
     def post_paid(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """POST a paid request as it is through the SDK's own transport (as `post`), and parse its answer with orjson;
-        None, having sent nothing, when that transport is not there to take it in this shape (another version of the
-        SDK, Vertex AI): the caller then uses the public method. Whether it takes it is judged before anything is
-        sent (its signature), never from an error: a paid call must not be sent twice. An answer that is not a JSON
-        object was billed all the same (a billed PermanentError).
+        """POST a paid request as `post` does; None, having sent nothing, when the SDK's transport is not there to
+        take it (`_transport`): the caller then uses the public method. Unlike `post`, nothing that happens once it
+        is sent makes the caller ask again: a paid call must not be sent twice. An answer that is not a JSON object
+        was billed all the same (a billed PermanentError).
 
         Why: the public `embed_content` decodes each answer with the standard library's JSON (76,800 floats for
         100 vectors of 768) and turns it into pydantic models: ~30 ms of the runner's CPU a call, half of what a run
         against a fast API spends in its own process; orjson decodes it in ~6 ms (benchmarks/answer_decoding.py)."""
+        transport = self._transport(path, body)
+        if transport is None:
+            return None
+        response = transport("post", path, body, None)
+        parsed = _json_object(response)
+        if parsed is None:
+            kind = type(getattr(response, "body", response)).__name__
+            raise billed(PermanentError(f"Gemini {path}: the answer is not a JSON object ({kind})"))
+        return parsed
+
+    def _transport(self, path: str, body: dict[str, Any]) -> Any:
+        """The SDK's own transport (`request(method, path, body, options)`) if it is there and takes these arguments,
+        judged before anything is sent (its signature); None for another version of the SDK, or Vertex AI."""
         api_client = getattr(self.client, "_api_client", None)
         transport = getattr(api_client, "request", None)
         if not callable(transport) or getattr(api_client, "vertexai", False):
             return None
         try:
             inspect.signature(transport).bind("post", path, body, None)
-        except (TypeError, ValueError):  # another signature: send nothing this way
+        except (TypeError, ValueError):
             return None
-        response = transport("post", path, body, None)
-        answer = getattr(response, "body", None)
-        try:
-            parsed = orjson.loads(answer) if isinstance(answer, (str, bytes)) else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            raise billed(PermanentError(f"Gemini {path}: the answer is not a JSON object ({type(answer).__name__})"))
-        return parsed
+        return transport
 
     def call(self, fn: Any, what: str) -> Any:
         self._made()  # an SDK that could not start stops the job here, before anything of it is imported
@@ -189,6 +187,17 @@ class GeminiClient:
 
     def scrub(self, text: str) -> str:
         return text.replace(self.secret, "***") if self.secret else text
+
+
+def _json_object(response: Any) -> dict[str, Any] | None:
+    """The answer the SDK's transport returned (its body, JSON, read with orjson), if it is a JSON object."""
+    answer = response if isinstance(response, dict) else getattr(response, "body", None)
+    if isinstance(answer, (str, bytes)):
+        try:
+            answer = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            return None
+    return answer if isinstance(answer, dict) else None
 
 
 def _details(exc: Any) -> list[dict[str, Any]]:

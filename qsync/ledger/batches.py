@@ -24,6 +24,7 @@ from qsync.errors import NotClaimable
 from qsync.spec.target import point_id
 from qsync.sql import first_row
 
+CLAIMABLE = ("pending", "failed")  # the states a batch can be claimed from (for a new attempt)
 MANIFEST_READ_AHEAD = 16  # batches whose records one manifest query loads
 
 
@@ -94,7 +95,7 @@ class Completion:
 def next_attempt(job_id: str, batch_no: int, state: tuple[int, str] | None) -> int:
     """The attempt a claim of the batch would be, from its (attempts, status) as read with its records; NotClaimable
     unless it is pending or failed. (The claim's write checks it again: batches.claim.)"""
-    if state is None or state[1] not in ("pending", "failed"):
+    if state is None or state[1] not in CLAIMABLE:
         raise NotClaimable(f"batch {batch_no} of {job_id!r} is not claimable")
     return int(state[0]) + 1
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+from typing import TypeGuard
 
 from qsync.ledger import batches as b
-from qsync.ledger.batches import MANIFEST_READ_AHEAD
+from qsync.ledger.batches import CLAIMABLE, MANIFEST_READ_AHEAD
 from qsync.ledger.ledger import Ledger
 
 Entry = tuple[b.Records, tuple[int, str]]  # a batch's records, and its (attempts, status) as read with them
@@ -32,11 +33,11 @@ class ManifestReadAhead:
         concurrency 16), where one read serves them all. A state read ahead that is no longer claimable (the batch
         ran since, in this run) is read again: it may be claimable once more (failed)."""
         found = self._pop(batch_no)
-        if found is not None and found[1][1] in ("pending", "failed"):
+        if _claimable(found):
             return found
         with self._reading:
             found = self._pop(batch_no)  # read by the worker this one waited for
-            if found is not None and found[1][1] in ("pending", "failed"):
+            if _claimable(found):
                 return found
             with self.ledger.reading() as con:
                 by_batch = b.read_manifest(con, self.job_id, batch_no, batch_no + MANIFEST_READ_AHEAD - 1)
@@ -50,3 +51,7 @@ class ManifestReadAhead:
     def _pop(self, batch_no: int) -> Entry | None:
         with self._lock:
             return self._held.pop(batch_no, None)
+
+
+def _claimable(found: Entry | None) -> TypeGuard[Entry]:
+    return found is not None and found[1][1] in CLAIMABLE
