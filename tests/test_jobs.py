@@ -362,6 +362,26 @@ def test_a_resync_keeps_one_points_row_per_point_for_changed_and_new_records(tmp
     assert qsync.status(again.job_id, db=tmp_path / "q.duckdb")["unchanged_records"] == 600
 
 
+def test_a_resync_rewrites_a_record_whose_payload_alone_changed_without_embedding_it(tmp_path: Path) -> None:
+    """A point remembers the hash of its payload as planned: a re-sync where only a payload column changed writes
+    those records again (nothing embedded: their texts are cached) and leaves the others unchanged; the re-sync after
+    it finds every record unchanged."""
+    from qsync_testing import qdrant_points
+
+    src = tmp_path / "docs.jsonl"
+    records = make_records(300)
+    write_records(src, records)
+    assert _run(src, tmp_path, embedder="hash", batch_size=50, payload_columns=["n"]).ok
+    write_records(src, [{**r, "n": r["n"] + 1000} if i % 10 == 0 else r for i, r in enumerate(records)])
+    result = _run(src, tmp_path, embedder="hash", batch_size=50, payload_columns=["n"])
+    info = qsync.status(result.job_id, db=tmp_path / "q.duckdb")
+    assert (result.ok, result.run_records, info["unchanged_records"], info["embedded_texts"]) == (True, 30, 270, 0)
+    points = qdrant_points(tmp_path / "qdrant", "c")
+    assert sorted(payload["n"] for _, payload in points.values())[-3:] == [1270, 1280, 1290]
+    again = _run(src, tmp_path, embedder="hash", batch_size=50, payload_columns=["n"])
+    assert qsync.status(again.job_id, db=tmp_path / "q.duckdb")["unchanged_records"] == 300
+
+
 def _count_whole_file_reads(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[Path]]:
     """The CLI's module, and the list each integrity check (a read of the whole checkpoint file) appends its file to,
     wherever it runs: the CLI's start-up, app.jobs, the runner."""

@@ -105,10 +105,12 @@ Records = list[tuple[Any, ...]]
 
 def read_manifest(con: Any, job_id: str, first: int, last: int) -> dict[int, tuple[Records, tuple[int, str]]]:
     """batch_no -> its texts (ordinal, record_id, content_hash, text, token_estimate, payload, media_ref, chunk_no,
-    chunk_count, payload_hash), and its (attempts, status): one query for a batch's claim and its records."""
+    chunk_count, payload_hash), and its (attempts, status): one query for a batch's claim and its records. The
+    payload's hash is computed here (older plans stored it in the manifest; a plan no longer does)."""
     rows = con.execute(
         """SELECT m.batch_no, ordinal, record_id, content_hash, text, token_estimate, payload, media_ref,
-               coalesce(chunk_no, 0), coalesce(chunk_count, 1), payload_hash, b.attempts, b.status
+               coalesce(chunk_no, 0), coalesce(chunk_count, 1),
+               coalesce(payload_hash, sha256(payload::VARCHAR)), b.attempts, b.status
            FROM manifest m JOIN batches b ON b.job_id = m.job_id AND b.batch_no = m.batch_no
            WHERE m.job_id = ? AND m.batch_no BETWEEN ? AND ? ORDER BY m.batch_no, ordinal, chunk_no""",
         [job_id, first, last],
