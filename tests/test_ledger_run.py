@@ -257,6 +257,59 @@ def test_vectors_the_file_lost_are_counted_once_when_batches_ask_for_them_togeth
     assert job.lost_vectors == 2
 
 
+def _answer(job: LeasedJob, work: BatchWork, hashes: list[str], value: float, intent: str | None = None) -> None:
+    """The answer of one call for these texts of the batch: vectors of `value`, 3 tokens a text, $0.001 a text."""
+    vectors = np.full((len(hashes), 8), value, np.float32)
+    job.record_embeddings(work, HashingEmbedder(8), hashes, vectors, [3] * len(hashes), False, 0.001 * len(hashes),
+                          intent)  # fmt: skip
+
+
+def _cached(job: LeasedJob, hashes: list[str]) -> dict[str, float]:
+    with job.ledger.reading() as con:
+        found = lookup_vectors(con, job.ledger.vectors, HashingEmbedder(8), hashes)
+    return {h: float(vector[0]) for h, (vector, _) in found.found.items()}
+
+
+def test_answers_recorded_at_once_are_recorded_together_each_batch_counted_its_own(
+    job: LeasedJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run's answers arriving together (a zero-latency API, or a free embedder) are one insert into the cache, one
+    # update of the batches' figures and one of the intents for the group, the batches not claimed yet claimed with
+    # them; two answers of one batch add up on it.
+    works = {b: job.claim(b) for b in range(4)}
+    intents = {half: _paid(job, works[0]) for half in (0, 1)}  # batch 0 is claimed: its two calls, half each
+    statements = _statements_sent(job, monkeypatch)
+    calls: dict[int, Callable[[], Any]] = {
+        b: (lambda b=b: _answer(job, works[b], works[b].hashes, float(b))) for b in (1, 2, 3)
+    }
+    for half in (0, 1):
+        hashes = works[0].hashes[half * 5 : half * 5 + 5]
+        calls[10 + half] = lambda hashes=hashes, half=half: _answer(job, works[0], hashes, 0.5, intents[half])
+    results = _together(job, calls)
+    assert all(result is None for result in results.values())
+    writes = [" ".join(sql.split()[:3]) for sql in statements if sql.split()[0] in ("UPDATE", "INSERT", "DELETE")]
+    assert sorted(writes) == sorted(["UPDATE batches SET", "INSERT INTO attempts", "INSERT INTO embeddings",
+                                     "UPDATE batches SET", "UPDATE spend_intents SET"])  # fmt: skip
+    assert sum("FROM embeddings WHERE byte_offset" in sql for sql in statements) == 1  # the file's end checked once
+    figures = job.ledger.query_rows("SELECT batch_no, embedded_texts, tokens, cost_usd FROM batches WHERE batch_no < 4")
+    assert sorted((b, n, t, round(c, 6)) for b, n, t, c in figures) == [(b, 10, 30, 0.01) for b in range(4)]
+    assert all(_statuses(job)[b] == ("running", 1) for b in range(4))
+    assert job.ledger.query_rows("SELECT DISTINCT state FROM spend_intents") == [("settled",)]
+    cached = _cached(job, [h for work in works.values() for h in work.hashes])
+    assert cached == {h: (0.5 if b == 0 else float(b)) for b, work in works.items() for h in work.hashes}
+
+
+def test_a_vector_saved_meanwhile_fails_only_its_batch_in_a_group_which_keeps_the_first_copy(job: LeasedJob) -> None:
+    works = {b: job.claim(b) for b in range(4)}
+    _answer(job, works[0], [works[2].hashes[0]], 9.0)  # batch 2's first text, saved by another batch first
+    results = _together(job, {b: (lambda b=b: _answer(job, works[b], works[b].hashes, float(b))) for b in (1, 2, 3)})
+    assert all(result is None for result in results.values())
+    cached = _cached(job, [h for b in (1, 2, 3) for h in works[b].hashes])
+    assert cached == {h: (9.0 if h == works[2].hashes[0] else float(b)) for b in (1, 2, 3) for h in works[b].hashes}
+    figures = job.ledger.query_rows("SELECT batch_no, embedded_texts, attempts FROM batches WHERE batch_no < 4")
+    assert sorted(figures) == [(0, 1, 1), (1, 10, 1), (2, 10, 1), (3, 10, 1)]  # every call paid is counted once
+
+
 def _statements_sent(job: LeasedJob, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The SQL of every statement the job sends to the host from now on (filled as they are sent)."""
     statements: list[str] = []

@@ -147,17 +147,17 @@ def test_a_write_retried_after_a_duplicate_keeps_what_others_saved_meanwhile(tmp
         first, second, theirs = g.claim(0), g.claim(1), h.claim(0)
         text = first.hashes[0]
         g.record_embeddings(first, free, [text], np.ones((1, 8), np.float32), [3], False, 0.0)
-        tried = g._write_for
+        tried = g.commit.write_combined
 
-        def others_save_between_tries(works: Any, apply: Any) -> Any:
+        def others_save_between_tries(kind: Any, many: Any, arg: Any) -> Any:
             try:
-                return tried(works, apply)
+                return tried(kind, many, arg)
             except duckdb.ConstraintException:
                 h.record_embeddings(theirs, paid, theirs.hashes[:3], np.full((3, 8), 7.0, np.float32), [5, 5, 5],
                                     False, 0.0015)  # fmt: skip
                 raise
 
-        g._write_for = others_save_between_tries  # type: ignore[method-assign]
+        g.commit.write_combined = others_save_between_tries  # type: ignore[method-assign]
         g.record_embeddings(second, free, [text], np.full((1, 8), 2.0, np.float32), [3], False, 0.0)
         assert g.lost_vectors == 0  # nothing was lost: the file only grew
         with lh.reading() as con:

@@ -66,7 +66,9 @@ class BatchModeRecords:
 
         def apply(con: Any, ignore_existing: bool) -> None:
             now = self.job.clock.now()
-            insert_vectors(con, embedder, hashes, offsets(con), tokens, now, origin, ignore_existing=ignore_existing)
+            insert_vectors(
+                con, embedder, hashes, offsets(con, False), tokens, now, origin, ignore_existing=ignore_existing
+            )
             remote.mark_ingested(con, self.job.job_id, name, total, total * price / 1e6, now)
             spend.close_intent(con, self.job.job_id, name, "settled", self.job.clock.now())
 

@@ -10,7 +10,8 @@ durably, and marks many batches done in one transaction (one Qdrant Edge flush c
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import duckdb
@@ -29,11 +30,11 @@ from qsync.ledger.cache import (
     embedder_signature,
     forget,
     forget_beyond,
-    insert_vectors,
     lookup_vectors,
     set_tokens,
 )
 from qsync.ledger.commit import GroupCommit
+from qsync.ledger.fresh import FreshVectors, record_fresh
 from qsync.ledger.lease import Lease
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.readahead import ManifestReadAhead
@@ -202,28 +203,24 @@ class LeasedJob:
         """Persist freshly paid-for vectors and their cost, settling the call's intent. Called before the upsert.
         `media_tokens`: the part of the tokens that were images or document pages; `media_tokens_estimated`: that
         part was split by qsync's estimates, not reported by the API. `uncounted`: no usage came; the intent's bound
-        stands until `settle_counted`."""
+        stands until `settle_counted`. Answers recorded at once are recorded together (fresh.record_fresh)."""
         tokens, cost = (0, 0.0) if uncounted else (int(sum(tokens_per_text)), cost)
-        split_estimated = media_tokens_estimated and media_tokens > 0
-        offsets = self.appender(vectors)
+        state = "uncounted" if uncounted else "settled"
+        answer = FreshVectors(work, hashes, self.appender(vectors), tokens_per_text, tokens, cost, tokens_estimated,
+                              media_tokens, media_tokens_estimated, intent, state)  # fmt: skip
 
-        def apply(con: Any, ignore_existing: bool) -> None:
-            now = self.clock.now()
-            insert_vectors(
-                con, embedder, hashes, offsets(con), tokens_per_text, now, None, ignore_existing=ignore_existing
-            )
-            con.execute(
-                """UPDATE batches SET embedded_texts = embedded_texts + ?, tokens = tokens + ?,
-                       cost_usd = cost_usd + ?, tokens_estimated = tokens_estimated OR ?,
-                       media_tokens = coalesce(media_tokens, 0) + ?,
-                       media_tokens_estimated = coalesce(media_tokens_estimated, false) OR ?
-                   WHERE job_id = ? AND batch_no = ?""",
-                [len(hashes), tokens, cost, tokens_estimated, media_tokens, split_estimated, self.job_id,
-                 work.batch_no],
-            )  # fmt: skip
-            self._settle(con, intent, "uncounted" if uncounted else "settled")
+        def record(con: Any, answers: list[FreshVectors], ignore_existing: bool) -> list[None]:
+            now = self.clock.now()  # the batches not claimed yet are claimed first (their callers hold `claiming`)
+            b.claim(con, self.job_id, [a.work for a in answers if not a.work.claimed], self.lease.pid,
+                    self.lease.token, now)  # fmt: skip
+            return record_fresh(con, self.job_id, embedder, answers, now, ignore_existing=ignore_existing)
 
-        self.write_vectors(apply, work)
+        signature = embedder_signature(embedder)
+        with self._claiming([work]):
+            try:  # another job may have saved one of the keys meanwhile: then again, keeping its copy
+                self.commit.write_combined(("fresh", signature, False), partial(record, ignore_existing=False), answer)
+            except duckdb.ConstraintException:
+                self.commit.write_combined(("fresh", signature, True), partial(record, ignore_existing=True), answer)
 
     def settle_counted(self, embedder: CacheIdentity, calls: Sequence[spend.Counted]) -> set[str]:
         """Calls recorded `uncounted`, now counted: each (intent, batch, hashes, tokens per text, cost) still
@@ -340,8 +337,8 @@ class LeasedJob:
 
     # -- plumbing ---------------------------------------------------------------------------------------------------
 
-    def appender(self, vectors: Vectors) -> Callable[[Any], list[int]]:
-        """`offsets(con)`, inside the lease-checked transaction that records `vectors`: their offsets in the vector
+    def appender(self, vectors: Vectors) -> Callable[[Any, bool], list[int]]:
+        """`offsets(con[, end_checked])`, inside the lease-checked transaction that records `vectors`: their offsets in the vector
         file, appended on the first call, the same on later calls (a retried transaction must not append them
         twice). Every call first forgets the cache rows that point past where the file ends now (read inside the
         transaction, where it holds still): a file truncated or deleted meanwhile would otherwise have them point at
@@ -353,10 +350,10 @@ class LeasedJob:
         counted = [False]
         row_bytes = 4 * vectors.shape[1] if len(vectors) else 0
 
-        def append(con: Any) -> list[int]:
+        def append(con: Any, end_checked: bool = False) -> list[int]:
             con.begin_now()  # from here the host serves this transaction alone, its lease checked (commit.py)
             end = vector_file.end()
-            lost = forget_beyond(con, end)
+            lost = 0 if end_checked else forget_beyond(con, end)  # checked: by an earlier append of this transaction
             if lost and not counted[0]:  # counted once, even if this transaction is tried again
                 self.lost_vectors += lost
                 counted[0] = True
@@ -378,20 +375,26 @@ class LeasedJob:
 
     def _write_for(self, works: Sequence[BatchWork], apply: Callable[[Any], T]) -> T:
         """Write a change to these batches, claiming first (same transaction) those not claimed yet."""
+        with self._claiming(works) as unclaimed:
+
+            def claimed_then(con: Any) -> T:
+                b.claim(con, self.job_id, unclaimed, self.lease.pid, self.lease.token, self.clock.now())
+                return apply(con)
+
+            return self.commit.write(claimed_then)
+
+    @contextlib.contextmanager
+    def _claiming(self, works: Sequence[BatchWork]) -> Iterator[list[BatchWork]]:
+        """Hold these batches' claiming locks around their first write (writes of one batch may run at once: its
+        enrichment calls; the first claims, the others wait): the batches not claimed yet, marked claimed once the
+        write committed."""
         if all(work.claimed for work in works):
-            return self.commit.write(apply)
+            yield []  # nothing to wait for: writes of claimed batches go straight on
+            return
         with contextlib.ExitStack() as held:
-            # Writes of one batch may run at once (its enrichment calls): the first claims, the others wait.
             for work in sorted(works, key=lambda w: w.batch_no):
                 held.enter_context(work.claiming)
             unclaimed = [work for work in works if not work.claimed]
-
-            def claimed_then(con: Any) -> T:
-                now = self.clock.now()
-                b.claim(con, self.job_id, unclaimed, self.lease.pid, self.lease.token, now)
-                return apply(con)
-
-            result = self.commit.write(claimed_then)
+            yield unclaimed
             for work in unclaimed:
                 work.claimed = True
-            return result

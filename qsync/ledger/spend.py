@@ -72,6 +72,16 @@ def close_intent(con: Any, job_id: str, intent: str, state: str, now: Any) -> No
     )
 
 
+def close_intents(con: Any, job_id: str, intents: list[tuple[str, str]], now: Any) -> None:
+    """`close_intent` for many (intent, state) at once: one statement."""
+    if intents:
+        con.execute(
+            "UPDATE spend_intents SET state = n.state, closed_at = ? FROM (SELECT unnest(?::VARCHAR[]) AS intent_id, "
+            "unnest(?::VARCHAR[]) AS state) n WHERE job_id = ? AND spend_intents.intent_id = n.intent_id",
+            [now, [i for i, _ in intents], [s for _, s in intents], job_id],
+        )
+
+
 def rename_intent(con: Any, job_id: str, intent: str, name: str) -> None:
     """A Batch Mode submission's intent takes the remote job's name, to be settled when it is ingested."""
     con.execute("UPDATE spend_intents SET intent_id = ? WHERE job_id = ? AND intent_id = ?", [name, job_id, intent])
