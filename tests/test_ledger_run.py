@@ -264,6 +264,12 @@ def _answer(job: LeasedJob, work: BatchWork, hashes: list[str], value: float, in
                           intent)  # fmt: skip
 
 
+def _answering(
+    job: LeasedJob, work: BatchWork, hashes: list[str], value: float, intent: str | None = None
+) -> Callable[[], None]:
+    return lambda: _answer(job, work, hashes, value, intent)
+
+
 def _cached(job: LeasedJob, hashes: list[str]) -> dict[str, float]:
     with job.ledger.reading() as con:
         found = lookup_vectors(con, job.ledger.vectors, HashingEmbedder(8), hashes)
@@ -279,12 +285,9 @@ def test_answers_recorded_at_once_are_recorded_together_each_batch_counted_its_o
     works = {b: job.claim(b) for b in range(4)}
     intents = {half: _paid(job, works[0]) for half in (0, 1)}  # batch 0 is claimed: its two calls, half each
     statements = _statements_sent(job, monkeypatch)
-    calls: dict[int, Callable[[], Any]] = {
-        b: (lambda b=b: _answer(job, works[b], works[b].hashes, float(b))) for b in (1, 2, 3)
-    }
+    calls = {b: _answering(job, works[b], works[b].hashes, float(b)) for b in (1, 2, 3)}
     for half in (0, 1):
-        hashes = works[0].hashes[half * 5 : half * 5 + 5]
-        calls[10 + half] = lambda hashes=hashes, half=half: _answer(job, works[0], hashes, 0.5, intents[half])
+        calls[10 + half] = _answering(job, works[0], works[0].hashes[half * 5 : half * 5 + 5], 0.5, intents[half])
     results = _together(job, calls)
     assert all(result is None for result in results.values())
     writes = [" ".join(sql.split()[:3]) for sql in statements if sql.split()[0] in ("UPDATE", "INSERT", "DELETE")]
@@ -302,7 +305,7 @@ def test_answers_recorded_at_once_are_recorded_together_each_batch_counted_its_o
 def test_a_vector_saved_meanwhile_fails_only_its_batch_in_a_group_which_keeps_the_first_copy(job: LeasedJob) -> None:
     works = {b: job.claim(b) for b in range(4)}
     _answer(job, works[0], [works[2].hashes[0]], 9.0)  # batch 2's first text, saved by another batch first
-    results = _together(job, {b: (lambda b=b: _answer(job, works[b], works[b].hashes, float(b))) for b in (1, 2, 3)})
+    results = _together(job, {b: _answering(job, works[b], works[b].hashes, float(b)) for b in (1, 2, 3)})
     assert all(result is None for result in results.values())
     cached = _cached(job, [h for b in (1, 2, 3) for h in works[b].hashes])
     assert cached == {h: (9.0 if h == works[2].hashes[0] else float(b)) for b in (1, 2, 3) for h in works[b].hashes}
