@@ -22,6 +22,7 @@ from qsync.errors import LeaseLost, NotClaimable
 from qsync.ledger import batches as ledger_batches
 from qsync.ledger.batches import MANIFEST_READ_AHEAD, BatchWork, Completion
 from qsync.ledger.cache import Lookup, cache_key, lookup_vectors
+from qsync.ledger.fresh import FreshVectors, record_fresh
 from qsync.ledger.lease import release_lease, take_lease
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.readahead import ManifestReadAhead
@@ -311,6 +312,41 @@ def test_a_vector_saved_meanwhile_fails_only_its_batch_in_a_group_which_keeps_th
     assert cached == {h: (9.0 if h == works[2].hashes[0] else float(b)) for b in (1, 2, 3) for h in works[b].hashes}
     figures = job.ledger.query_rows("SELECT batch_no, embedded_texts, attempts FROM batches WHERE batch_no < 4")
     assert sorted(figures) == [(0, 1, 1), (1, 10, 1), (2, 10, 1), (3, 10, 1)]  # every call paid is counted once
+
+
+def test_a_write_tried_again_forgets_again_the_entries_its_rolled_back_try_had_forgotten(job: LeasedJob) -> None:
+    # The vector file lost batch 0's last three vectors (cut while the run goes). Batch 2's answer forgets their
+    # entries, appends its vectors where they pointed, and fails on a key saved before: the rollback restores the
+    # entries, pointing at batch 2's vectors now. Tried again (keeping the first copy), it forgets them again.
+    first, second = job.claim(0), job.claim(2)
+    _answer(job, first, first.hashes, 0.5)
+    os.truncate(job.ledger.vectors.path, job.ledger.vectors.size() - 3 * 8 * 4)
+    _answer(job, second, [first.hashes[0], *second.hashes], 2.0)
+    assert _cached(job, first.hashes) == dict.fromkeys(first.hashes[:7], 0.5)  # the three lost: misses, not 2.0
+    assert _cached(job, second.hashes) == dict.fromkeys(second.hashes, 2.0)
+    assert job.lost_vectors == 3
+
+
+def test_vectors_kept_from_a_rolled_back_try_are_appended_again_when_the_file_lost_them(job: LeasedJob) -> None:
+    # A try appends X's vectors then Y's, and rolls back; the file is then cut inside X's. Tried again with Y first,
+    # Y's append ends past X's old bytes: X must not keep offsets whose bytes are Y's now.
+    embedder, now = HashingEmbedder(8), SYSTEM_CLOCK.now()
+    works = {value: job.claim(b) for b, value in ((0, 1.0), (1, 2.0))}
+    appenders = {value: job.appender(np.full((10, 8), value, np.float32)) for value in works}
+    answers = {value: FreshVectors(work, work.hashes, appenders[value], [3] * 10, 30, 0.0, False, 0, False, None,
+                                   "settled") for value, work in works.items()}  # fmt: skip
+
+    def rolled_back(con: Any) -> None:
+        record_fresh(con, "g", embedder, [answers[1.0], answers[2.0]], now, ignore_existing=False)
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        job.commit.write(rolled_back)
+    os.truncate(job.ledger.vectors.path, appenders[1.0].offsets[0] + 5 * 8 * 4)  # X keeps 5 of its 10
+    job.commit.write(lambda con: record_fresh(con, "g", embedder, [answers[2.0], answers[1.0]], now,
+                                              ignore_existing=False))  # fmt: skip
+    for value, work in works.items():
+        assert _cached(job, work.hashes) == dict.fromkeys(work.hashes, value)
 
 
 def _statements_sent(job: LeasedJob, monkeypatch: pytest.MonkeyPatch) -> list[str]:

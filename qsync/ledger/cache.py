@@ -218,6 +218,12 @@ def forget_beyond(con: Any, size: int) -> int:
     return lost
 
 
+def forget_within(con: Any, start: int, stop: int) -> None:
+    """Drop cache entries whose bytes overlap bytes [start, stop) of the vector file: bytes a write appended for its
+    own vectors, which entries its rolled-back first try had forgotten may point at again (fresh.Appender)."""
+    con.execute("DELETE FROM embeddings WHERE byte_offset < ? AND byte_offset + 4 * dimensions > ?", [stop, start])
+
+
 def cached_hashes(con: Any, embedder: CacheIdentity, hashes: list[str]) -> set[str]:
     """The hashes among `hashes` whose vector (by this embedder, or cut from its full size) the cache holds."""
     found: set[str] = set()

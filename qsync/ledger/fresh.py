@@ -14,9 +14,53 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from qsync.embedders.protocol import Vectors
 from qsync.ledger.batches import BatchWork
-from qsync.ledger.cache import CacheIdentity, insert_vectors
+from qsync.ledger.cache import CacheIdentity, append_vectors, forget_beyond, forget_within, insert_vectors
 from qsync.ledger.spend import close_intents
+from qsync.ledger.vectorfile import VectorFile
+
+
+class Appender:
+    """`appender(con, end_checked=False)`: the offsets of `vectors` in the vector file, inside the lease-checked
+    transaction that records them: appended on the first call, the same on later calls (a transaction tried again
+    must not append them twice).
+
+    Every call first forgets the cache rows that point past where the file ends now (read inside the transaction,
+    where it holds still): a file truncated or deleted meanwhile would otherwise have them point at these vectors'
+    bytes; `end_checked`: an earlier append of this transaction did. The end is read again on a retry, not kept from
+    the first try: writes committed between the two point past the old end, and they are not lost vectors. On a
+    retry, the bytes of the first try are kept only if the file still holds them (it may have been cut, and others'
+    vectors appended there since), else appended again; and the rows the first try forgot, which its rollback
+    restored, are forgotten again where they point into those bytes (they would serve these vectors for other
+    texts)."""
+
+    def __init__(self, vector_file: VectorFile, vectors: Vectors, count_lost: Callable[[int], None]) -> None:
+        self.vector_file = vector_file
+        self.vectors = vectors
+        self.count_lost = count_lost  # told once, however often the transaction is tried
+        self.offsets: list[int] = []
+        self.counted = False
+
+    def __call__(self, con: Any, end_checked: bool = False) -> list[int]:
+        con.begin_now()  # from here the host serves this transaction alone, its lease checked (commit.py)
+        lost = 0 if end_checked else forget_beyond(con, self.vector_file.end())
+        if lost and not self.counted:
+            self.count_lost(lost)
+            self.counted = True
+        if self.offsets and not self._still_there():
+            self.offsets.clear()
+        if self.offsets:
+            forget_within(con, self.offsets[0], self.offsets[-1] + 4 * self.vectors.shape[1])
+        elif len(self.vectors):
+            self.offsets.extend(append_vectors(self.vector_file, self.vectors))
+        return self.offsets
+
+    def _still_there(self) -> bool:
+        found = self.vector_file.read(self.offsets, [int(self.vectors.shape[1])] * len(self.offsets))
+        return all(v is not None for v in found) and bool(np.array_equal(np.stack(found), self.vectors))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from qsync.ledger.batches import BatchWork, Completion
 from qsync.ledger.cache import (
     CacheIdentity,
     Lookup,
-    append_vectors,
     batch_mode_origin,
     cache_key,
     embedder_signature,
@@ -34,7 +33,7 @@ from qsync.ledger.cache import (
     set_tokens,
 )
 from qsync.ledger.commit import GroupCommit
-from qsync.ledger.fresh import FreshVectors, record_fresh
+from qsync.ledger.fresh import Appender, FreshVectors, record_fresh
 from qsync.ledger.lease import Lease
 from qsync.ledger.ledger import Ledger
 from qsync.ledger.readahead import ManifestReadAhead
@@ -337,33 +336,15 @@ class LeasedJob:
 
     # -- plumbing ---------------------------------------------------------------------------------------------------
 
-    def appender(self, vectors: Vectors) -> Callable[[Any, bool], list[int]]:
-        """`offsets(con[, end_checked])`, inside the lease-checked transaction that records `vectors`: their offsets in the vector
-        file, appended on the first call, the same on later calls (a retried transaction must not append them
-        twice). Every call first forgets the cache rows that point past where the file ends now (read inside the
-        transaction, where it holds still): a file truncated or deleted meanwhile would otherwise have them point at
-        these vectors' bytes. The end is read again on a retry, not kept from the first try: writes committed
-        between the two point past the old end, and they are not lost vectors. Bytes of the first try that the file
-        no longer has (it was truncated between the tries) are appended again."""
-        offsets: list[int] = []
-        vector_file = self.ledger.vectors
-        counted = [False]
-        row_bytes = 4 * vectors.shape[1] if len(vectors) else 0
+    def appender(self, vectors: Vectors) -> Appender:
+        """`offsets(con[, end_checked])`: these vectors appended to the vector file inside the lease-checked
+        transaction that records them, once however often it is tried (fresh.Appender); lost entries it finds are
+        counted in `lost_vectors`."""
 
-        def append(con: Any, end_checked: bool = False) -> list[int]:
-            con.begin_now()  # from here the host serves this transaction alone, its lease checked (commit.py)
-            end = vector_file.end()
-            lost = 0 if end_checked else forget_beyond(con, end)  # checked: by an earlier append of this transaction
-            if lost and not counted[0]:  # counted once, even if this transaction is tried again
-                self.lost_vectors += lost
-                counted[0] = True
-            if offsets and offsets[-1] + row_bytes > end:
-                offsets.clear()
-            if not offsets and len(vectors):
-                offsets.extend(append_vectors(vector_file, vectors))
-            return offsets
+        def count_lost(lost: int) -> None:
+            self.lost_vectors += lost
 
-        return append
+        return Appender(self.ledger.vectors, vectors, count_lost)
 
     def write_vectors(self, apply: Callable[[Any, bool], None], work: BatchWork | None = None) -> None:
         """Commit rows of new vectors; if another job saved one of the keys meanwhile, again, keeping its."""
