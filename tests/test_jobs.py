@@ -368,6 +368,8 @@ def test_a_resync_rewrites_a_record_whose_payload_alone_changed_without_embeddin
     it finds every record unchanged."""
     from qsync_testing import qdrant_points
 
+    from qsync.ledger.ledger import Ledger
+
     src = tmp_path / "docs.jsonl"
     records = make_records(300)
     write_records(src, records)
@@ -378,6 +380,8 @@ def test_a_resync_rewrites_a_record_whose_payload_alone_changed_without_embeddin
     assert (result.ok, result.run_records, info["unchanged_records"], info["embedded_texts"]) == (True, 30, 270, 0)
     points = qdrant_points(tmp_path / "qdrant", "c")
     assert sorted(payload["n"] for _, payload in points.values())[-3:] == [1270, 1280, 1290]
+    with Ledger(tmp_path / "q.duckdb") as ledger:  # computed when read, not written with the plan (a 2M plan's WAL)
+        assert ledger.query_rows("SELECT count(payload_hash) FROM manifest") == [(0,)]
     again = _run(src, tmp_path, embedder="hash", batch_size=50, payload_columns=["n"])
     assert qsync.status(again.job_id, db=tmp_path / "q.duckdb")["unchanged_records"] == 300
 
