@@ -258,17 +258,20 @@ def test_vectors_the_file_lost_are_counted_once_when_batches_ask_for_them_togeth
     assert job.lost_vectors == 2
 
 
-def _answer(job: LeasedJob, work: BatchWork, hashes: list[str], value: float, intent: str | None = None) -> None:
-    """The answer of one call for these texts of the batch: vectors of `value`, 3 tokens a text, $0.001 a text."""
+def _answer(
+    job: LeasedJob, work: BatchWork, hashes: list[str], value: float, intent: str | None = None, uncounted: bool = False
+) -> None:
+    """The answer of one call for these texts of the batch: vectors of `value`, 3 tokens a text, $0.001 a text
+    (`uncounted`: an answer without usage, counted later)."""
     vectors = np.full((len(hashes), 8), value, np.float32)
     job.record_embeddings(work, HashingEmbedder(8), hashes, vectors, [3] * len(hashes), False, 0.001 * len(hashes),
-                          intent)  # fmt: skip
+                          intent, uncounted=uncounted)  # fmt: skip
 
 
 def _answering(
-    job: LeasedJob, work: BatchWork, hashes: list[str], value: float, intent: str | None = None
+    job: LeasedJob, work: BatchWork, hashes: list[str], value: float, intent: str | None = None, uncounted: bool = False
 ) -> Callable[[], None]:
-    return lambda: _answer(job, work, hashes, value, intent)
+    return lambda: _answer(job, work, hashes, value, intent, uncounted)
 
 
 def _cached(job: LeasedJob, hashes: list[str]) -> dict[str, float]:
@@ -312,6 +315,41 @@ def test_a_vector_saved_meanwhile_fails_only_its_batch_in_a_group_which_keeps_th
     assert cached == {h: (9.0 if h == works[2].hashes[0] else float(b)) for b in (1, 2, 3) for h in works[b].hashes}
     figures = job.ledger.query_rows("SELECT batch_no, embedded_texts, attempts FROM batches WHERE batch_no < 4")
     assert sorted(figures) == [(0, 1, 1), (1, 10, 1), (2, 10, 1), (3, 10, 1)]  # every call paid is counted once
+
+
+def test_answers_with_and_without_usage_recorded_together_close_each_intent_in_its_own_state(job: LeasedJob) -> None:
+    works = {b: job.claim(b) for b in range(2)}
+    intents = {b: _paid(job, work) for b, work in works.items()}
+    results = _together(job, {0: _answering(job, works[0], works[0].hashes, 1.0, intents[0]),
+                              1: _answering(job, works[1], works[1].hashes, 2.0, intents[1], uncounted=True)})  # fmt: skip
+    assert results == {0: None, 1: None}
+    states = job.ledger.query_rows("SELECT batch_no, state FROM spend_intents")
+    assert sorted(states) == [(0, "settled"), (1, "uncounted")]
+    figures = job.ledger.query_rows("SELECT batch_no, embedded_texts, tokens, cost_usd FROM batches WHERE batch_no < 2")
+    assert sorted((b, n, t, round(c, 6)) for b, n, t, c in figures) == [(0, 10, 30, 0.01), (1, 10, 0, 0.0)]
+
+
+def test_one_text_in_two_answers_of_a_group_is_saved_once_and_counted_for_both(job: LeasedJob) -> None:
+    works = {b: job.claim(b) for b in (1, 2)}
+    shared = works[1].hashes[0]  # both calls sent it (two batches that did not wait for each other)
+    results = _together(job, {1: _answering(job, works[1], works[1].hashes, 1.0),
+                              2: _answering(job, works[2], [shared, *works[2].hashes], 2.0)})  # fmt: skip
+    assert results == {1: None, 2: None}
+    assert job.ledger.query_rows("SELECT count(*) FROM embeddings WHERE content_hash = ?", [shared]) == [(1,)]
+    assert list(_cached(job, [shared]).values()) in ([1.0], [2.0])  # one copy, whole
+    figures = job.ledger.query_rows("SELECT batch_no, embedded_texts, attempts FROM batches WHERE batch_no IN (1, 2)")
+    assert sorted(figures) == [(1, 10, 1), (2, 11, 1)]
+
+
+def test_a_stale_take_of_a_batch_in_a_group_of_answers_is_refused_alone(job: LeasedJob) -> None:
+    taken, stale, other = job.claim(3), job.claim(3), job.claim(4)
+    results = _together(job, {1: _answering(job, taken, taken.hashes, 1.0), 2: _answering(job, stale, stale.hashes, 2.0),
+                              3: _answering(job, other, other.hashes, 3.0)})  # fmt: skip
+    assert sorted(type(r).__name__ for r in results.values()) == ["NoneType", "NoneType", "NotClaimable"]
+    assert sorted(job.ledger.query_rows("SELECT batch_no, attempt FROM attempts")) == [(3, 1), (4, 1)]
+    figures = job.ledger.query_rows("SELECT batch_no, embedded_texts FROM batches WHERE batch_no IN (3, 4)")
+    assert sorted(figures) == [(3, 10), (4, 10)]  # the refused take recorded nothing
+    assert set(_cached(job, taken.hashes).values()) in ({1.0}, {2.0})
 
 
 def test_a_write_tried_again_forgets_again_the_entries_its_rolled_back_try_had_forgotten(job: LeasedJob) -> None:
