@@ -3,8 +3,8 @@ the cache in one insert, their tokens and cost onto their batches in one update,
 more (commit.py's `write_combined`; alone, the same three statements for one batch).
 
 A batch's vectors are on disk (the vector file, fsynced by the group commit) and in the cache before the upsert that
-uses them: a crash after this costs nothing on resume. Each batch's appender puts its own vectors in the file (its
-rules for a transaction tried again hold, run.LeasedJob.appender); the first of a group checks the file's end for
+uses them: a crash after this costs nothing on resume. Each answer's `Appender` puts its own vectors in the file
+(its rules for a transaction tried again hold in a group too); the first of a group checks the file's end for
 entries it lost, and the others need not: nothing was recorded past that end since, in the same transaction.
 """
 
