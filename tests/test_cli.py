@@ -96,6 +96,15 @@ def test_cli_tables_show_dollars_and_no_nan_or_none(tmp_path: Path, capsys: pyte
     assert re.search(rf"\ncost_usd +{re.escape(spent)}\n", outputs["cost"])
     assert re.search(r"max_cost_usd +—\n", outputs["status"])  # no cap: a dash, not None
     assert re.search(r"\bdone +100 +0 +1 +— ", outputs["batches"])  # records, skipped, attempts; no last error: a dash
+    # The estimate recorded at planning, against what was spent: the notebooks' cost view's table, line for line.
+    from qsync.app.versus import versus
+
+    shown = versus("j", db=db)
+    assert shown is not None and "the estimate recorded when the job was planned" in outputs["cost"]
+    for row in shown.table.itertuples(index=False):
+        cells = " +".join(re.escape(str(cell)) for cell in row)
+        assert re.search(rf"\n +{cells}\n", outputs["cost"]), (row, outputs["cost"])
+    assert "texts to embed (0 already cached)" in outputs["cost"]
 
 
 def test_a_run_whose_texts_are_all_cached_says_why_it_was_instant(

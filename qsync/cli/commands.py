@@ -13,6 +13,7 @@ from typing import Any
 
 from qsync.app import jobs, reading
 from qsync.app.compare import COMPARE_SIZES, MEANING, compare, comparison_view, sample_sentence, spent_sentence
+from qsync.app.versus import versus
 from qsync.cli.output import (
     EXIT_ERROR,
     EXIT_OK,
@@ -170,8 +171,13 @@ def cost(args: argparse.Namespace) -> int:
     row = reading.cost(args.job, db=args.db).iloc[0].to_dict()
     if args.json:
         print(json.dumps(jsonable(row), indent=2))
-    else:
-        print_mapping(row)
+        return EXIT_OK
+    print_mapping(row)
+    shown = versus(args.job, db=args.db)  # the notebooks' cost view shows the same table
+    if shown is not None:
+        print("\nthe estimate recorded when the job was planned, against what it spent:")
+        print(textwrap.indent(shown.table.to_string(index=False), "  "))
+        print(textwrap.fill(shown.footnote, 110, initial_indent="  ", subsequent_indent="  "))
     return EXIT_OK
 
 

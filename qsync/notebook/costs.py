@@ -5,7 +5,6 @@ Batch Mode, Qdrant storage), tokens per batch and cost over time. Dollars everyw
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,56 +13,25 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from qsync.app import reading
+from qsync.app.versus import versus
 from qsync.errors import QsyncError
-from qsync.formatting import batch_mode_text, count, duration, percent, usd, value_text
-from qsync.money.recorded import error_known
+from qsync.formatting import batch_mode_text, count, duration, usd, value_text
 from qsync.money.what_if import what_if
 from qsync.notebook.formatting import error_html, figure_output, frame_html, usd_axis
 from qsync.notebook.picker import JobPicker
 
 
-def _work_time(minutes: float) -> str:
-    """A duration; tenths of a second below 10 s (a 0.3 s job beside a 0.4 s estimate is not "0 s / 0 s")."""
-    seconds = float(minutes) * 60
-    return f"{seconds:.1f} s" if seconds < 10 else duration(seconds)
-
-
 def versus_html(job: str, db: str | Path | None = None) -> str:
     """The estimate recorded when `job` was planned beside what it spent (tokens, dollars, minutes), with
     the error in %, as an HTML table; a sentence when no estimate was recorded."""
-    versus = reading.estimate_vs_actual(job, db=db)
-    recorded = reading.recorded_estimate(job, db=db)
-    if versus.empty or recorded is None:
+    shown = versus(job, db)
+    if shown is None:
         return (
             f"<p><i>No estimate was recorded when {html.escape(job)} was planned: it was planned by a qsync older "
             "than the estimate (every job planned since records one, whichever way it was started).</i></p>"
         )
-    # Minutes as a duration: a small job's "0.0 / 0.0" beside an error of -85% read as a contradiction.
-    fmt: dict[str, Callable[[Any], str]] = {"tokens": count, "cost_usd": usd, "minutes": _work_time}
-    shown = pd.DataFrame({
-        "": ["tokens", "cost", "time of work"],
-        "estimate (plan time)": [fmt[f](e) for f, e in zip(versus["figure"], versus["estimate"], strict=True)],
-        "actual": [fmt[f](a) for f, a in zip(versus["figure"], versus["actual"], strict=True)],
-        "error": [percent(e) for e in versus["error_pct"]],
-    })  # fmt: skip
-    when = pd.Timestamp(recorded["recorded_at"]).strftime("%Y-%m-%d %H:%M")
-    media = int(recorded.get("media_tokens") or 0)
-    prices = f"priced at {usd(recorded['price_usd_per_million_tokens'])} per 1M tokens"
-    if media:  # images and PDF pages have a price of their own
-        spec = reading.stored_job(job, db=db).spec
-        media_price = spec.embedder.price_per_million(batch_mode=spec.batch_mode, media=True)
-        prices = (f"{count(media)} of the tokens are images or PDF pages at {usd(media_price)} "
-                  f"per 1M, the rest text at {usd(recorded['price_usd_per_million_tokens'])}")  # fmt: skip
-    status = str(versus.attrs.get("status", ""))
-    error = (
-        "Error: estimate minus actual, in % of the actual."
-        if error_known(status)
-        else f"Error: once the job completes (it is {html.escape(status)}: the estimate is for all of its texts)."
-    )
-    return frame_html(shown, css="qsync-table qsync-versus") + (
-        f"<p><small>estimated {when} for {count(recorded['texts_to_embed'])} texts to embed "
-        f"({count(recorded['cached_texts'])} already cached); {html.escape(str(recorded['tokens_basis']))}; "
-        f"{prices}. {error}</small></p>"
+    return (
+        frame_html(shown.table, css="qsync-table qsync-versus") + f"<p><small>{html.escape(shown.footnote)}</small></p>"
     )
 
 

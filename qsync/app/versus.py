@@ -1,0 +1,67 @@
+"""The estimate a job was planned with, beside what it spent, for people: one table and its footnote, shown by the
+notebooks' cost view (as HTML) and by `qsync cost` (as text)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from qsync.app import reading
+from qsync.formatting import count, duration, percent, usd
+from qsync.money.recorded import error_known
+
+
+@dataclass(frozen=True)
+class Versus:
+    """`table`: tokens, cost and time of work: estimate (plan time), actual, error; `footnote`: what the estimate was
+    made for and how, and what the error means."""
+
+    table: pd.DataFrame
+    footnote: str
+
+
+def _work_time(minutes: Any) -> str:
+    """A duration; tenths of a second below 10 s (a 0.3 s job beside a 0.4 s estimate is not "0 s / 0 s")."""
+    if minutes is None or pd.isna(minutes):
+        return "—"
+    seconds = float(minutes) * 60
+    return f"{seconds:.1f} s" if seconds < 10 else duration(seconds)
+
+
+def versus(job: str, db: str | Path | None = None) -> Versus | None:
+    """The job's recorded estimate against its actual figures (money.recorded.estimate_vs_actual), or None when it
+    was planned by a qsync older than the estimate."""
+    frame = reading.estimate_vs_actual(job, db=db)
+    recorded = reading.recorded_estimate(job, db=db)
+    if frame.empty or recorded is None:
+        return None
+    # Minutes as a duration: a small job's "0.0 / 0.0" beside an error of -85% read as a contradiction.
+    fmt = {"tokens": count, "cost_usd": usd, "minutes": _work_time}
+    table = pd.DataFrame({
+        "": ["tokens", "cost", "time of work"],
+        "estimate (plan time)": [fmt[f](e) for f, e in zip(frame["figure"], frame["estimate"], strict=True)],
+        "actual": [fmt[f](a) for f, a in zip(frame["figure"], frame["actual"], strict=True)],
+        "error": [percent(e) for e in frame["error_pct"]],
+    })  # fmt: skip
+    when = pd.Timestamp(recorded["recorded_at"]).strftime("%Y-%m-%d %H:%M")
+    media = int(recorded.get("media_tokens") or 0)
+    prices = f"priced at {usd(recorded['price_usd_per_million_tokens'])} per 1M tokens"
+    if media:  # images and PDF pages have a price of their own
+        spec = reading.stored_job(job, db=db).spec
+        media_price = spec.embedder.price_per_million(batch_mode=spec.batch_mode, media=True)
+        prices = (f"{count(media)} of the tokens are images or PDF pages at {usd(media_price)} "
+                  f"per 1M, the rest text at {usd(recorded['price_usd_per_million_tokens'])}")  # fmt: skip
+    status = str(frame.attrs.get("status", ""))
+    error = (
+        "Error: estimate minus actual, in % of the actual."
+        if error_known(status)
+        else f"Error: once the job completes (it is {status}: the estimate is for all of its texts)."
+    )
+    footnote = (
+        f"estimated {when} for {count(recorded['texts_to_embed'])} texts to embed "
+        f"({count(recorded['cached_texts'])} already cached); {recorded['tokens_basis']}; {prices}. {error}"
+    )
+    return Versus(table, footnote)
