@@ -25,9 +25,7 @@ class Versus:
 
 def _work_time(minutes: Any) -> str:
     """A duration; tenths of a second below 10 s (a 0.3 s job beside a 0.4 s estimate is not "0 s / 0 s")."""
-    if minutes is None or pd.isna(minutes):
-        return "—"
-    seconds = float(minutes) * 60
+    seconds = float(minutes) * 60  # a missing figure is NaN here: `duration` shows it as missing
     return f"{seconds:.1f} s" if seconds < 10 else duration(seconds)
 
 
@@ -35,9 +33,9 @@ def versus(job: str, db: str | Path | None = None) -> Versus | None:
     """The job's recorded estimate against its actual figures (money.recorded.estimate_vs_actual), or None when it
     was planned by a qsync older than the estimate."""
     frame = reading.estimate_vs_actual(job, db=db)
-    recorded = reading.recorded_estimate(job, db=db)
-    if frame.empty or recorded is None:
+    if frame.empty:
         return None
+    recorded = frame.attrs["recorded"]
     # Minutes as a duration: a small job's "0.0 / 0.0" beside an error of -85% read as a contradiction.
     fmt = {"tokens": count, "cost_usd": usd, "minutes": _work_time}
     table = pd.DataFrame({

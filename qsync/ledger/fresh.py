@@ -60,7 +60,8 @@ class Appender:
 
     def _still_there(self) -> bool:
         found = self.vector_file.read(self.offsets, [int(self.vectors.shape[1])] * len(self.offsets))
-        return all(v is not None for v in found) and bool(np.array_equal(np.stack(found), self.vectors))  # type: ignore[arg-type]
+        held = [vector for vector in found if vector is not None]
+        return len(held) == len(found) and bool(np.array_equal(np.stack(held), self.vectors))
 
 
 @dataclass(frozen=True)

@@ -346,13 +346,13 @@ class LeasedJob:
 
         return Appender(self.ledger.vectors, vectors, count_lost)
 
-    def write_vectors(self, apply: Callable[[Any, bool], None], work: BatchWork | None = None) -> None:
-        """Commit rows of new vectors; if another job saved one of the keys meanwhile, again, keeping its."""
-        works = [work] if work is not None else []
+    def write_vectors(self, apply: Callable[[Any, bool], None]) -> None:
+        """Commit rows of new vectors that belong to no batch (Batch Mode's); if another job saved one of the keys
+        meanwhile, again, keeping its. A batch's answers: `record_embeddings`."""
         try:
-            self._write_for(works, lambda con: apply(con, False))
+            self.commit.write(lambda con: apply(con, False))
         except duckdb.ConstraintException:
-            self._write_for(works, lambda con: apply(con, True))
+            self.commit.write(lambda con: apply(con, True))
 
     def _write_for(self, works: Sequence[BatchWork], apply: Callable[[Any], T]) -> T:
         """Write a change to these batches, claiming first (same transaction) those not claimed yet."""

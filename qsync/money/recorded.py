@@ -178,7 +178,8 @@ def error_known(status: str) -> bool:
 
 def estimate_vs_actual(ledger: Ledger, job: str, clock: Clock = SYSTEM_CLOCK) -> pd.DataFrame:
     """Tokens, dollars and minutes: the estimate recorded at plan time, the actual, and the error in % of the
-    actual (positive: the estimate was high; None until `error_known`). Empty when no estimate was recorded."""
+    actual (positive: the estimate was high; None until `error_known`); the job's status and the whole recorded
+    estimate in `attrs`. Empty when no estimate was recorded."""
     estimate = costs.recorded_estimate(ledger, job)
     if estimate is None:
         return pd.DataFrame(columns=["figure", "estimate", "actual", "error_pct"])
@@ -190,6 +191,7 @@ def estimate_vs_actual(ledger: Ledger, job: str, clock: Clock = SYSTEM_CLOCK) ->
     ]
     frame = pd.DataFrame(rows, columns=["figure", "estimate", "actual"])
     frame.attrs["status"] = figures.status  # what the error was judged by (a reader says why it is blank)
+    frame.attrs["recorded"] = estimate  # what the estimate was made for and how (app.versus: its footnote)
     whole = error_known(figures.status)
     frame["error_pct"] = [
         None if not whole or e is None or a is None or not a else (float(e) - float(a)) / float(a) * 100
