@@ -105,6 +105,7 @@ def test_cli_tables_show_dollars_and_no_nan_or_none(tmp_path: Path, capsys: pyte
         cells = " +".join(re.escape(str(cell)) for cell in row)
         assert re.search(rf"\n +{cells}\n", outputs["cost"]), (row, outputs["cost"])
     assert "texts to embed (0 already cached)" in outputs["cost"]
+    assert "Time of work is estimated only for a Gemini model's standard calls" in " ".join(outputs["cost"].split())
 
 
 def test_a_run_whose_texts_are_all_cached_says_why_it_was_instant(

@@ -179,10 +179,13 @@ def test_the_compare_command_says_the_cost_first_then_the_table(tmp_path: Path, 
     )
     assert "neighbours kept" in out.stdout and "of your queries" in out.stdout and "100%" in out.stdout
     assert "not relevance" in " ".join(out.stdout.split())
+    # How the whole table's tokens were counted (here with the API: a job's what-if table says ~4 bytes a token).
+    assert "Its tokens: estimate calibrated with countTokens on" in " ".join(out.stdout.split())
     as_json = run_qsync("compare", "--source", str(src), "--db", str(db), "--sample", "60", "--models", MODEL,
                         "--sizes", "256", "3072", "--json")  # fmt: skip
     rows = json.loads(as_json.stdout)
     assert [r["dimensions"] for r in rows] == [256, 3072] and rows[1]["neighbours_kept"] == 1.0
+    assert rows[0]["tokens_basis"].startswith("estimate calibrated with countTokens")
     assert _embedded(emulator) == 60 + 3, "the JSON run found the sample in the cache"
     # A notebook's job picker opens the newest backfill, not the samples compared since.
     choices = [job for _, job in job_choices(db)]

@@ -700,8 +700,8 @@ def test_the_status_line_says_the_api_is_down_instead_of_a_rate(
         emulator.kill()
 
 
-def test_small_figures_read_as_a_person_reads_them(tmp_path: Path) -> None:
-    from qsync.notebook import estimate_table
+def test_small_figures_read_as_a_person_reads_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qsync.notebook import costs, estimate_table
     from qsync.notebook.costs import versus_html
 
     launcher = _launcher(tmp_path, n=120)
@@ -710,6 +710,7 @@ def test_small_figures_read_as_a_person_reads_them(tmp_path: Path) -> None:
     assert result is not None and result.ok
     table = versus_html(result.job_id, tmp_path / "q.duckdb")
     assert "time of work" in table and " s<" in table and "0.0<" not in table  # seconds, never "0.0"
+    assert "Time of work is estimated only for a Gemini model" in table  # why its estimate is a dash
     shown = estimate_table(qsync.estimate(tmp_path / "src.jsonl", db=tmp_path / "q.duckdb")).value
     assert "cost in Batch Mode" in shown and "$0" in shown and "time at the rate limits" in shown
     assert not re.search(r"\d\.\d{7,}", shown), "no raw float"
@@ -717,8 +718,17 @@ def test_small_figures_read_as_a_person_reads_them(tmp_path: Path) -> None:
     assert "0 records skipped" in inspector.summary.value
     inspector.error_filter.value = "no such error"
     assert "no batch matches these filters" in inspector.page_label.value and "0 to 0" not in inspector.page_label.value
+    drawn: list[Any] = []
+
+    def keep(fig: Any) -> tuple[()]:
+        drawn.append(fig)
+        return ()
+
+    monkeypatch.setattr(costs, "figure_output", keep)
     panel = CostPanel(result.job_id, db=tmp_path / "q.duckdb")
     assert ">128<" in panel.what_if.value and ">256<" in panel.what_if.value
+    spent = drawn[-1].axes[1]  # a free job's spending: said, not a flat line under empty dollar ticks
+    assert [t.get_text() for t in spent.texts] == ["$0: nothing was paid for\n(a free embedder, or all from the cache)"]
 
 
 def test_a_job_that_skipped_rows_at_planning_starts_as_new_not_resumed(tmp_path: Path) -> None:

@@ -59,7 +59,8 @@ class Comparison:
     record's nearest sampled records at full size), `neighbours_kept_queries` (with `queries`: of each query's),
     `records` (how many sampled records the model's measure rests on: a record it skips is not measured), and for
     the whole table at that model: `cost_usd` still to pay (what the cache holds at full size counted, the sample
-    included), `minutes` at the tier's limits, `storage_gb` in Qdrant. Only a Matryoshka model's smaller sizes are
+    included), `minutes` at the tier's limits, `storage_gb` in Qdrant, `tokens_basis` (how its tokens were counted,
+    as an estimate says it). Only a Matryoshka model's smaller sizes are
     measured (`measured_sizes`)."""
 
     source: str
@@ -141,7 +142,7 @@ def compare(
                 **({"neighbours_kept_queries": recall_at_k(items, query_vectors, dims, NEIGHBOURS)}
                    if query_vectors is not None else {}),
                 "cost_usd": float(whole["cost_usd"]), "minutes": float(whole["expected_minutes"]),
-                "storage_gb": storage_gb(int(whole["chunks"]), dims),
+                "storage_gb": storage_gb(int(whole["chunks"]), dims), "tokens_basis": str(whole["tokens_basis"]),
             })  # fmt: skip
     found.table = pd.DataFrame(rows)
     return found
@@ -184,6 +185,17 @@ MEANING = (
     "whether either neighbourhood is what a person would want, nor compare one model with the other. Cost still to "
     "pay, time (at the tier's limits) and storage are the whole table's; a long record counts by its first chunk."
 )
+
+
+def meaning(table: pd.DataFrame) -> str:
+    """MEANING, and how the whole table's tokens were counted for each model (a count calibrated with the API can
+    differ by a few percent from the estimate at ~4 bytes a token that a job's what-if table shows)."""
+    if table.empty or "tokens_basis" not in table:
+        return MEANING
+    bases = table.groupby("model", sort=False)["tokens_basis"].first()
+    if bases.nunique() == 1:
+        return f"{MEANING} Its tokens: {bases.iloc[0]}."
+    return f"{MEANING} Its tokens: " + "; ".join(f"{model}: {basis}" for model, basis in bases.items()) + "."
 
 
 def comparison_view(table: pd.DataFrame) -> pd.DataFrame:

@@ -62,4 +62,6 @@ def versus(job: str, db: str | Path | None = None) -> Versus | None:
         f"estimated {when} for {count(recorded['texts_to_embed'])} texts to embed "
         f"({count(recorded['cached_texts'])} already cached); {recorded['tokens_basis']}; {prices}. {error}"
     )
+    if recorded["texts_to_embed"] and pd.isna(recorded["minutes"]):  # the table's "—" said nothing of why
+        footnote += " Time of work is estimated only for a Gemini model's standard calls (from its rate limits)."
     return Versus(table, footnote)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qsync.app import jobs, reading
-from qsync.app.compare import COMPARE_SIZES, MEANING, compare, comparison_view, sample_sentence, spent_sentence
+from qsync.app.compare import COMPARE_SIZES, compare, comparison_view, meaning, sample_sentence, spent_sentence
 from qsync.app.versus import versus
 from qsync.cli.output import (
     EXIT_ERROR,
@@ -235,7 +235,7 @@ def compare_(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(spent_sentence(found))
     print_frame(comparison_view(found.table), False)
-    print(textwrap.fill(MEANING, width=100))
+    print(textwrap.fill(meaning(found.table), width=100))
     return EXIT_OK
 
 

@@ -188,4 +188,8 @@ class CostPanel:
         right.set(title="spent over the run ($)", xlabel=f"{unit} since the first batch")
         usd_axis(right.yaxis)
         right.set_ylim(bottom=0)
+        if not over_time["cumulative_cost_usd"].max() > 0:  # a flat line at $0 under dollar ticks reads as empty
+            right.set_yticks([0])
+            right.text(0.5, 0.5, "$0: nothing was paid for\n(a free embedder, or all from the cache)",
+                       transform=right.transAxes, ha="center", va="center", color="0.35")  # fmt: skip
         self.plot.outputs = figure_output(fig)
