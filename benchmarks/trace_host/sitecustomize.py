@@ -20,10 +20,12 @@ if _OUT and b"qsync.ledger.host" in _ARGS:
 
     _connect = duckdb.connect
 
+    _CHARS = int(os.environ.get("QSYNC_TRACE_CHARS", "160"))  # how much of each statement is kept
+
     def _log(started: float, sql: str) -> None:
         now = time.time()
         with Path(_OUT).open("a") as out:
-            out.write(f"{now:.3f}\t{now - started:.4f}\t{' '.join(str(sql).split())[:160]}\n")
+            out.write(f"{now:.3f}\t{now - started:.4f}\t{' '.join(str(sql).split())[:_CHARS]}\n")
 
     class _Result:
         def __init__(self, inner: Any, sql: str, started: float, spent: float) -> None:
