@@ -6,9 +6,8 @@ its bound (every token at least a byte) stays in every total and in the spend ca
 This thread gathers such calls and counts their texts together, in one countTokens call for up to COUNT_TEXTS
 texts (a count refused for its size is cut in halves), shares the total among the calls by their estimates (the
 sum is what the API meters), and settles them in one transaction, giving the difference back to the spend cap.
-Groups are counted side by side (up to COUNTS_AT_ONCE calls in flight). Once every batch of the run is taken (`ending`),
-what waits is counted at once, and the run's last calls are counted while they are on the wire (`ahead`, once the run
-has seen an answer without usage): the run's end then waits for no count of its own.
+Groups are counted side by side (up to COUNTS_AT_ONCE calls in flight), so that the count left at the end of a run
+costs one call's latency, not one per thousand texts.
 A crash before that leaves the intents uncounted: the next run counts them before its first batch. A count that
 fails leaves the bound standing: spend over-reported for a while, never under.
 """
@@ -20,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from qsync.embedders.protocol import CountsTokens, Embedder, split_tokens
 from qsync.errors import QsyncError, TransientError
@@ -45,7 +44,6 @@ class Uncounted:
     texts: list[str]
     estimates: list[int]  # qsync's estimate of each text: how a counted total is shared among them
     bound_usd: float  # what the spend cap was charged for it until counted
-    counted: Future[int] | None = field(default=None, compare=False)  # its texts' count, asked while it was sent
 
 
 class DeferredCounts:
@@ -72,38 +70,16 @@ class DeferredCounts:
         self._linger_s = linger_s
         self._waiting: list[tuple[float, Uncounted]] = []
         self._closing = False
-        self._ending = False  # every batch is taken: nothing waits for company any more
-        self._seen = False  # an answer of this run came without usage (so its last calls' will too)
         self._cond = threading.Condition()
         self._in_flight: set[Future[int]] = set()  # counts sent and not yet settled (guarded by _cond)
         self._pool = ThreadPoolExecutor(COUNTS_AT_ONCE, thread_name_prefix="qsync-count")
-        # Counts asked ahead run apart: a settling thread waits for one, and must not wait behind itself.
-        self._ahead = ThreadPoolExecutor(COUNTS_AT_ONCE, thread_name_prefix="qsync-count-ahead")
         self._thread = threading.Thread(target=self._run, name="qsync-counts", daemon=True)
         self._thread.start()
 
     def add(self, call: Uncounted) -> None:
         with self._cond:
-            self._seen = True
-            if call.counted is not None:  # counted while it was sent: settled as soon as the count is in
-                self._track([self._pool.submit(self._settle, [call], call.counted)])
-                return
             self._waiting.append((time.monotonic(), call))
             self._cond.notify_all()
-
-    def ending(self) -> None:
-        """Every batch of the run is taken: count what waits now, and the calls still to come as they are sent."""
-        with self._cond:
-            self._ending = True
-            self._cond.notify_all()
-
-    def ahead(self, texts: list[str]) -> Future[int] | None:
-        """The count of a call's texts, asked now, beside the call, when the run is ending and its answers come
-        without usage (`add` it with the call): the run's end need not wait for it. None otherwise."""
-        with self._cond:
-            if not (self._ending and self._seen and not self._closing):
-                return None
-            return self._ahead.submit(self._count, list(texts))
 
     @property
     def waiting(self) -> int:
@@ -128,7 +104,6 @@ class DeferredCounts:
             self.flush()
         finally:
             self._pool.shutdown(wait=True)
-            self._ahead.shutdown(wait=True)
 
     def _run(self) -> None:
         while True:
@@ -144,15 +119,12 @@ class DeferredCounts:
     def _due(self) -> bool:
         texts = sum(len(call.texts) for _, call in self._waiting)
         return bool(self._waiting) and (
-            self._ending or texts >= self._group_texts or time.monotonic() - self._waiting[0][0] >= self._linger_s
+            texts >= self._group_texts or time.monotonic() - self._waiting[0][0] >= self._linger_s
         )
 
     def _send(self, calls: list[Uncounted]) -> list[Future[int]]:
         """Count `calls` a group a call, side by side (under _cond)."""
-        return self._track([self._pool.submit(self._settle, group) for group in self._groups(calls)])
-
-    def _track(self, futures: list[Future[int]]) -> list[Future[int]]:
-        """Settlings under way, until done (under _cond): `flush` waits for them."""
+        futures = [self._pool.submit(self._settle, group) for group in self._groups(calls)]
         self._in_flight.update(futures)
         for future in futures:
             future.add_done_callback(self._sent)
@@ -162,12 +134,11 @@ class DeferredCounts:
         with self._cond:
             self._in_flight.discard(future)
 
-    def _settle(self, group: list[Uncounted], counted: Future[int] | None = None) -> int:
-        """Count and settle one group (`counted`: its count, asked ahead); if its count failed for a while, it waits
-        again (only what was not settled: a group cut in halves settles each half alone). How many calls were
-        settled."""
+    def _settle(self, group: list[Uncounted]) -> int:
+        """Count and settle one group; if its count failed for a while, it waits again (only what was not settled:
+        a group cut in halves settles each half alone). How many calls were settled."""
         try:
-            return self._count_group(group, counted)
+            return self._count_group(group)
         except TransientError as exc:  # the API is busy or away: try at the next count
             log.info("qsync will count tokens later: %s", exc)
             with self._cond:
@@ -189,13 +160,10 @@ class DeferredCounts:
             size += call_size
         return groups
 
-    def _count_group(self, group: list[Uncounted], counted: Future[int] | None = None) -> int:
-        """One countTokens call for the group's texts (cut in halves if the API refuses it for its size), unless it
-        was `counted` ahead (a count ahead that failed is asked again here, as any)."""
+    def _count_group(self, group: list[Uncounted]) -> int:
+        """One countTokens call for the group's texts (cut in halves if the API refuses it for its size)."""
         try:
-            total = _result(counted)
-            if total is None:
-                total = self._count([t for call in group for t in call.texts])
+            total = self._count([t for call in group for t in call.texts])
         except TransientError:
             raise
         except QsyncError:
@@ -214,13 +182,3 @@ class DeferredCounts:
             sum(call.bound_usd - row[4] for call, row in zip(group, rows, strict=True) if call.intent in settled)
         )
         return len(settled)
-
-
-def _result(counted: Future[int] | None) -> int | None:
-    """A count asked ahead, or None when there is none or it failed."""
-    if counted is None:
-        return None
-    try:
-        return counted.result()
-    except QsyncError:
-        return None

@@ -302,7 +302,7 @@ class Runner:
             )
 
         self._scheduler = Scheduler(pipeline, batches_under_way(self.concurrency), self.control)
-        self._scheduler.run(runnable, on_outcome, on_interrupt, counts.ending if counts is not None else lambda: None)
+        self._scheduler.run(runnable, on_outcome, on_interrupt)
         progress.now(tally.run_records)
 
     def _tally(self, outcome: Outcome, tally: _Tally) -> None:

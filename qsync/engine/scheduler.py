@@ -44,10 +44,8 @@ class Scheduler:
         batches: list[int],
         on_outcome: Callable[[Outcome], None],
         on_first_interrupt: Callable[[], None] = lambda: None,
-        on_all_taken: Callable[[], None] = lambda: None,
     ) -> bool:
-        """Process `batches`; return False if a second Ctrl-C cut the run short (workers not joined).
-        `on_all_taken`: called (from a worker, perhaps more than once) when the last batch is taken."""
+        """Process `batches`; return False if a second Ctrl-C cut the run short (workers not joined)."""
         todo: queue.Queue[int] = queue.Queue()
         for batch_no in batches:
             todo.put(batch_no)
@@ -55,9 +53,7 @@ class Scheduler:
         count = min(self.workers, max(1, len(batches)))
         completer = Completer(self.pipeline.complete, done.put, max_waiting=WAITING_PER_WORKER * count)
         workers = [
-            threading.Thread(
-                target=self._work, args=(todo, done, completer, on_all_taken), name=f"qsync-worker-{i}", daemon=True
-            )
+            threading.Thread(target=self._work, args=(todo, done, completer), name=f"qsync-worker-{i}", daemon=True)
             for i in range(count)
         ]
         for worker in workers:
@@ -86,12 +82,8 @@ class Scheduler:
                     return False
                 on_first_interrupt()
 
-    def _work(
-        self, todo: queue.Queue[int], done: queue.Queue[Outcome], completer: Completer, on_all_taken: Callable[[], None]
-    ) -> None:
+    def _work(self, todo: queue.Queue[int], done: queue.Queue[Outcome], completer: Completer) -> None:
         while (batch_no := self._take(todo)) is not None:
-            if todo.empty():
-                on_all_taken()
             try:
                 result = self.pipeline.process(batch_no)
             except BaseException as exc:  # never let a worker die silently: the run must hear of it

@@ -11,7 +11,6 @@ the request limits, their files read again (and checked unchanged) when the batc
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager, nullcontext
 from functools import partial
 
@@ -162,7 +161,6 @@ class BatchVectors:
         pending.reverse()
         while pending:
             chunk = pending.pop()
-            batch: list[str] = []  # a call of texts: its texts
             try:
                 if chunk[0] in refs:
                     chunk, send = self._media_call(chunk, texts, refs, rejected)
@@ -174,9 +172,8 @@ class BatchVectors:
                 # The slot is held until the answer is saved: a paid answer not yet in the cache is still a call in
                 # flight (a kill would pay for it again), so at most `concurrency` of them exist at any moment.
                 with self._slot():
-                    counted = self.counts.ahead(batch) if self.counts is not None and batch else None
                     result, intent = self._call(chunk, texts, work, send, media=chunk[0] in refs)
-                    self._save(chunk, texts, work, refs, result, intent, counted)
+                    self._save(chunk, texts, work, refs, result, intent)
             except InvalidInput as exc:
                 if len(chunk) == 1:
                     rejected[chunk[0]] = f"refused by the embedder: {exc}"
@@ -202,10 +199,10 @@ class BatchVectors:
 
     def _save(
         self, chunk: list[str], texts: Texts, work: BatchWork, refs: dict[str, str], result: EmbedResult,
-        intent: str | None, counted: Future[int] | None = None,
+        intent: str | None,
     ) -> None:  # fmt: skip
         """Persist one answer: its vectors and cost (closing its intent), its reservation settled; an answer without
-        usage is charged its bound until it is counted with others (or by `counted`, its count asked ahead)."""
+        usage is charged its bound until it is counted with others."""
         media_tokens = sum(v for k, v in (result.tokens_by_modality or {}).items() if k != "TEXT")
         text_tokens = sum(result.tokens_per_text) - media_tokens
         cost = text_tokens * self._price + media_tokens * self._media_price
@@ -221,7 +218,7 @@ class BatchVectors:
             self.budget.settle(self._reserved(chunk, texts, chunk[0] in refs), charged)
         if later and self.counts is not None and intent is not None:
             sent = [texts[h][0] for h in chunk]
-            self.counts.add(Uncounted(intent, work.batch_no, chunk, sent, result.tokens_per_text, charged, counted))
+            self.counts.add(Uncounted(intent, work.batch_no, chunk, sent, result.tokens_per_text, charged))
 
     def _media_chunks(self, hashes: list[str], texts: Texts, refs: dict[str, str]) -> list[list[str]]:
         """Media records cut into calls within the request limits, by file size before any file is read:
