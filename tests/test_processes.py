@@ -240,7 +240,7 @@ def test_stale_owner_is_taken_over_and_cannot_write_afterwards(tmp_path: Path) -
         time.sleep(0.2)  # into the next embed call
         _stop_while_not_holding_the_store(old, db)
         stale = wait_for(lambda: (s := status_json(db, "j", env))["status"] == "stale" and s, timeout=10)
-        assert f"pid {old.pid}" in stale["owner"]
+        assert f"pid {old.pid}" in stale["owner"] and "stopped, or silent too long" in stale["owner"]
 
         takeover_at = time.time()
         new = run_qsync("resume", "j", "--db", str(db), env=env)

@@ -39,6 +39,8 @@ def status(job: str | None = None, *, db: PathLike | None = None, clock: Clock =
         frame = read_figures(ledger, clock, job, newest=job is None)
     record = {str(k): v for k, v in frame.iloc[0].to_dict().items()}
     owner = f"pid {record['owner_pid']} on {record['owner_host']}" if record["leased"] else None
+    if owner and record["status"] == "stale":  # the lease names a run that is not working the job
+        owner += " (stopped, or silent too long: the next run takes the job over)"
     hidden = ("owner_pid", "owner_host", "leased", "stale_after_s")
     result = {k: _plain(v) for k, v in record.items() if k not in hidden}
     result["owner"] = owner
