@@ -32,7 +32,7 @@ from qsync_testing import (
 
 import qsync
 from qsync.app import reading
-from qsync.app.jobs import make_runner
+from qsync.app.jobs import create_job, make_runner
 from qsync.app.session import JobHandle
 from qsync.embedders.hashing import HashingEmbedder, hash_vector
 from qsync.engine.events import BatchFinished
@@ -729,6 +729,17 @@ def test_small_figures_read_as_a_person_reads_them(tmp_path: Path, monkeypatch: 
     assert ">128<" in panel.what_if.value and ">256<" in panel.what_if.value
     spent = drawn[-1].axes[1]  # a free job's spending: said, not a flat line under empty dollar ticks
     assert [t.get_text() for t in spent.texts] == ["$0: nothing was paid for\n(a free embedder, or all from the cache)"]
+    assert not spent.lines
+    one = tmp_path / "one"  # a paid job of one batch: one point, no curve to draw
+    one.mkdir()
+    write_records(one / "src.jsonl", make_records(40))
+    create_job(one / "src.jsonl", collection="c", job="one", db=one / "q.duckdb", dimensions=32, batch_size=50)
+    assert make_runner("one", db=one / "q.duckdb", embedder=HashingEmbedder(32, price_per_million_tokens=0.15)).run().ok
+    CostPanel("one", db=one / "q.duckdb")
+    spent = drawn[-1].axes[1]
+    assert not spent.lines and [t.get_text() for t in spent.texts] == [
+        f"{usd(qsync.status('one', db=one / 'q.duckdb')['cost_usd'])}, in one batch"
+    ]
 
 
 def test_a_job_that_skipped_rows_at_planning_starts_as_new_not_resumed(tmp_path: Path) -> None:
@@ -792,3 +803,25 @@ def test_two_unrelated_dataframes_into_one_collection_are_two_jobs(tmp_path: Pat
     again = qsync.run(books.assign(title=["a book", "a changed book"]), collection="c", db=db, dimensions=32,
                       text_column="title", progress=False)  # fmt: skip
     assert again.job_id == first.job_id + "#2", "the same frame again is a re-sync of its own job"
+
+
+def test_a_notebook_run_twice_without_a_key_says_both_times_that_gemini_is_emulated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first run's emulator sets a placeholder key in the kernel: a second Run All once read it as the user's key.
+    import qsync.testing
+    from qsync.notebook.sentences import gemini_for_this_kernel
+
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
+        monkeypatch.setenv(name, "")  # remembered as it was (start_offline sets two of them): put back afterwards
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(qsync.testing, "_offline", None)
+    first = gemini_for_this_kernel()
+    emulator = qsync.testing.offline_emulator()
+    try:
+        second = gemini_for_this_kernel()
+    finally:
+        assert emulator is not None
+        emulator.stop()
+    assert first == second and "Gemini is emulated locally" in first and "nothing is billed" in first
+    assert max(map(len, first.splitlines())) <= 96  # JupyterLab breaks longer output lines mid-word

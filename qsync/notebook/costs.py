@@ -183,13 +183,20 @@ class CostPanel:
         left.set(title="tokens per batch", xlabel="batch")
         seconds = (over_time["finished_at"] - over_time["finished_at"].iloc[0]).dt.total_seconds()
         scale, unit = (60.0, "minutes") if seconds.iloc[-1] > 180 else (1.0, "seconds")
-        right.step(seconds / scale, over_time["cumulative_cost_usd"], where="post", color="tab:green")
         # The dollars are on the ticks and in the title: a y label beside "$0.000012" ticks crowds them.
-        right.set(title="spent over the run ($)", xlabel=f"{unit} since the first batch")
-        usd_axis(right.yaxis)
-        right.set_ylim(bottom=0)
-        if not over_time["cumulative_cost_usd"].max() > 0:  # a flat line at $0 under dollar ticks reads as empty
-            right.set_yticks([0])
-            right.text(0.5, 0.5, "$0: nothing was paid for\n(a free embedder, or all from the cache)",
-                       transform=right.transAxes, ha="center", va="center", color="0.35")  # fmt: skip
+        right.set(title="spent over the run ($)")
+        spent = float(over_time["cumulative_cost_usd"].max())
+        # No curve to draw (a flat line at $0 under dollar ticks, or one point) reads as an empty plot: a sentence.
+        sentence = (
+            "$0: nothing was paid for\n(a free embedder, or all from the cache)" if not spent > 0
+            else f"{usd(spent)}, in one batch" if len(over_time) < 2 else None
+        )  # fmt: skip
+        if sentence is None:
+            right.step(seconds / scale, over_time["cumulative_cost_usd"], where="post", color="tab:green")
+            right.set(xlabel=f"{unit} since the first batch")
+            usd_axis(right.yaxis)
+            right.set_ylim(bottom=0)
+        else:
+            right.set(xticks=[], yticks=[])
+            right.text(0.5, 0.5, sentence, transform=right.transAxes, ha="center", va="center", color="0.35")
         self.plot.outputs = figure_output(fig)

@@ -67,7 +67,9 @@ class LauncherForm:
         self._database: str | None = defaults.get("source_db") or None
         self.database = widgets.Text(without_secret(self._database) or "", description="Database", style=_LABEL,
                                      layout={"width": "600px"}, placeholder="for sql: or a table: a DuckDB file, or "
-                                     "postgresql://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass)")  # fmt: skip
+                                     "postgresql://USER@HOST/DB",  # the field's width: no more than this shows
+                                     tooltip="PostgreSQL's password: from PGPASSWORD, ~/.pgpass or PGSERVICE (one typed "
+                                     "here is used, never shown or saved)")  # fmt: skip
         self.database.add_class("qsync-database")
         self.read_button = widgets.Button(description="Read columns", icon="table", layout={"width": "130px"})
         self.read_button.add_class("qsync-read-columns")
