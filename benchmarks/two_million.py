@@ -4,7 +4,7 @@ re-sync of 1% changed + 1% new records.
     python benchmarks/two_million.py data --rows 2000000 --data /tmp/2m              # records.parquet, once
     python benchmarks/two_million.py full --data /tmp/2m --work /tmp/2m/a [--on-disk] [--root R] [--out F]
     python benchmarks/two_million.py first-batch --data /tmp/2m --rounds 3 --roots R1,R2 [--out F]
-    python benchmarks/two_million.py resync --data /tmp/2m --works W1,W2 --roots R1,R2 --rounds 3 [--out F]
+    python benchmarks/two_million.py resync --data /tmp/2m --works W1,W2 --roots R1,R2 --rounds 3 [--extras "A;B"] [--out F]
 
 Hashing embedder, 128 dimensions, Qdrant Edge in the work folder, default settings. `--root` (`--roots`, one per
 version, alternating) is a checkout of qsync to run (its .venv's python), so that a worktree of main can be measured beside
@@ -64,12 +64,12 @@ def make_data(folder: Path, rows: int, changed_round: int = 0) -> None:
     (folder / "round").write_text(str(changed_round))
 
 
-def command(data: Path, work: Path, on_disk: bool, root: str | None) -> list[str]:
+def command(data: Path, work: Path, on_disk: bool, root: str | None, extra: str = "") -> list[str]:
     python = str(Path(root).resolve() / ".venv" / "bin" / "python") if root else sys.executable
     args = [python, "-m", "qsync", "run", "--source", str(data / "records.parquet"), "--collection", "c",
             "--job", JOB, "--db", str(work / "q.duckdb"), "--qdrant-path", str(work / "qdrant"), "--embedder", "hash",
             "--dimensions", "128", "--quiet"]  # fmt: skip
-    return args + (["--on-disk"] if on_disk else [])
+    return args + (["--on-disk"] if on_disk else []) + extra.split()
 
 
 def _rss_mb(pid: int, field: str = "VmRSS") -> float | None:
@@ -254,9 +254,9 @@ def _spread(values: list[Any]) -> dict[str, Any]:
 
 def _summary(runs: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for root in sorted({r["root"] for r in runs}):
-        mine = [r for r in runs if r["root"] == root]
-        out[root] = {k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+    for variant in sorted({r["variant"] for r in runs}):
+        mine = [r for r in runs if r["variant"] == variant]
+        out[variant] = {k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
                      for k in keys if (v := [r[k] for r in mine if r.get(k) is not None])}  # fmt: skip
     return out
 
@@ -272,6 +272,9 @@ def main() -> None:
     parser.add_argument("--roots", default="")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--on-disk", action="store_true")
+    parser.add_argument("--extras", default="",
+                        help="more options of `qsync run`, one set per root, separated by ';' (e.g. --roots .,. "
+                        "--extras ';--concurrency 8': the same tree with and without)")  # fmt: skip
     parser.add_argument("--out", type=Path)
     parser.add_argument("--trace", action="store_true",
                         help="log every statement the checkpoint file's host runs (benchmarks/trace_host), and report "
@@ -293,13 +296,17 @@ def main() -> None:
         result = {"mode": "full", "root": args.root, "on_disk": args.on_disk, **run}
     else:
         roots = args.roots.split(",")
+        extras = args.extras.split(";") if args.extras else [""] * len(roots)
+        assert len(extras) == len(roots), "--extras: one set of options per root"
         runs = []
         for round_no in range(args.rounds):
             for index, root in enumerate(roots):  # alternating: the machine's noise falls on each version alike
                 if args.mode == "first-batch":
                     work = args.data / f"first-{index}-{round_no}"
                     work.mkdir()
-                    run = one_process(command(args.data, work, args.on_disk, root), dict(os.environ), work, True)
+                    run = one_process(
+                        command(args.data, work, args.on_disk, root, extras[index]), dict(os.environ), work, True
+                    )
                     for trace in work.glob("trace-*.tsv"):  # kept: the folder goes
                         trace.replace(args.data / f"{trace.stem}-{index}-{round_no}.tsv")
                     subprocess.run(["rm", "-rf", str(work)], check=True)
@@ -307,8 +314,8 @@ def main() -> None:
                     work = Path(args.works.split(",")[index])
                     source = work / "source"
                     make_data(source, args.rows, int((source / "round").read_text()) + 1)
-                    run = one_process(command(source, work, args.on_disk, root), dict(os.environ), work)
-                run.update(root=root, round=round_no)
+                    run = one_process(command(source, work, args.on_disk, root, extras[index]), dict(os.environ), work)
+                run.update(root=root, extra=extras[index], variant=f"{root} {extras[index]}".strip(), round=round_no)
                 run.pop("rss_samples")
                 runs.append(run)
                 print(json.dumps(run), file=sys.stderr)
