@@ -810,7 +810,7 @@ def test_a_notebook_run_twice_without_a_key_says_both_times_that_gemini_is_emula
 ) -> None:
     # The first run's emulator sets a placeholder key in the kernel: a second Run All once read it as the user's key.
     import qsync.testing
-    from qsync.notebook.sentences import gemini_for_this_kernel
+    from qsync.testing import gemini_for_this_kernel
 
     for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
         monkeypatch.setenv(name, "")  # remembered as it was (start_offline sets two of them): put back afterwards

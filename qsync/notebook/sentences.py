@@ -4,10 +4,7 @@ the stored job."""
 from __future__ import annotations
 
 import html
-import os
 import re
-import textwrap
-from urllib.parse import urlparse
 
 from qsync.engine.events import JobFinished
 from qsync.formatting import chunked, count, counted, usd
@@ -97,34 +94,3 @@ def summary_of(f: JobFigures) -> str:
         f"{skipped}, {count(f.unchanged_records)} unchanged{chunked(f.total_records - f.skipped_records, f.total_chunks)}; "
         f"{usd(f.cost_usd)} spent."
     )
-
-
-def gemini_for_this_kernel(cost: str = "less than a cent") -> str:
-    """Where this notebook's Gemini calls go, said in lines short enough for a notebook's output (JupyterLab breaks
-    longer ones mid-word): with a key the user set, Gemini (`cost`: what the notebook may spend there); without one,
-    a local emulator started for this kernel (qsync.testing.start_offline; the same one when the notebook runs
-    again, though its placeholder key is set by then), which bills nothing."""
-    from qsync.testing import offline_emulator, start_offline
-
-    if offline_emulator() is None and (os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")):
-        return textwrap.fill(where_gemini_calls_go(cost), 96, break_long_words=False, break_on_hyphens=False)
-    emulator = start_offline()
-    return textwrap.fill(
-        f"No GEMINI_API_KEY: Gemini is emulated locally at {emulator.url}, for this kernel only: nothing is billed "
-        "(the dollars below are what Gemini would charge).",
-        96, break_long_words=False, break_on_hyphens=False,
-    )  # fmt: skip
-
-
-def where_gemini_calls_go(cost: str = "less than a cent") -> str:
-    """With a key set: Google's API, or (GOOGLE_GEMINI_BASE_URL on this machine) a local stand-in that bills nothing."""
-    base = os.environ.get("GOOGLE_GEMINI_BASE_URL", "").strip()
-    host = urlparse(base).hostname if base else None
-    if host in ("localhost", "127.0.0.1", "::1", "0.0.0.0"):
-        return (
-            f"A Gemini API key is set, but GOOGLE_GEMINI_BASE_URL sends the calls to {base}, on this machine: "
-            "a local emulator of the Gemini API, not Google (nothing billed)."
-        )
-    if base:
-        return f"A Gemini API key is set: this notebook calls the Gemini API at {base} ({cost} at Google's prices)."
-    return f"A Gemini API key is set: this notebook calls Gemini ({cost})."

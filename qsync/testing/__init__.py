@@ -1,10 +1,13 @@
 """What tests, benchmarks and rehearsals use, never a real run: `emulator`, a local emulator of the Gemini REST API
-(`python -m qsync.testing --help` runs one), and `start_offline`, which points this process's google-genai at one.
-Nothing in qsync's runtime imports this package."""
+(`python -m qsync.testing --help` runs one), `start_offline`, which points this process's google-genai at one, and
+`gemini_for_this_kernel`, which the notebooks call to start it when no key is set and say so. Nothing in qsync's
+runtime imports this package."""
 
 from __future__ import annotations
 
 import os
+import textwrap
+from urllib.parse import urlparse
 
 from qsync.testing.emulator import OFFLINE_KEY, GeminiEmulator
 
@@ -30,3 +33,32 @@ def start_offline(vectors: str = "words") -> GeminiEmulator:
     os.environ["GOOGLE_GEMINI_BASE_URL"] = _offline.url
     os.environ["GEMINI_API_KEY"] = OFFLINE_KEY
     return _offline
+
+
+def gemini_for_this_kernel(cost: str = "less than a cent") -> str:
+    """Where a notebook's Gemini calls go, said in lines short enough for its output (JupyterLab breaks longer ones
+    mid-word): with a key the user set, Gemini (`cost`: what the notebook may spend there); without one, an emulator
+    started for this kernel (`start_offline`; the same one when the notebook runs again, though its placeholder key is
+    set by then), which bills nothing."""
+    if offline_emulator() is None and (os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")):
+        return textwrap.fill(where_gemini_calls_go(cost), 96, break_long_words=False, break_on_hyphens=False)
+    emulator = start_offline()
+    return textwrap.fill(
+        f"No GEMINI_API_KEY: Gemini is emulated locally at {emulator.url}, for this kernel only: nothing is billed "
+        "(the dollars below are what Gemini would charge).",
+        96, break_long_words=False, break_on_hyphens=False,
+    )  # fmt: skip
+
+
+def where_gemini_calls_go(cost: str = "less than a cent") -> str:
+    """With a key set: Google's API, or (GOOGLE_GEMINI_BASE_URL on this machine) a local stand-in that bills nothing."""
+    base = os.environ.get("GOOGLE_GEMINI_BASE_URL", "").strip()
+    host = urlparse(base).hostname if base else None
+    if host in ("localhost", "127.0.0.1", "::1", "0.0.0.0"):
+        return (
+            f"A Gemini API key is set, but GOOGLE_GEMINI_BASE_URL sends the calls to {base}, on this machine: "
+            "a local emulator of the Gemini API, not Google (nothing billed)."
+        )
+    if base:
+        return f"A Gemini API key is set: this notebook calls the Gemini API at {base} ({cost} at Google's prices)."
+    return f"A Gemini API key is set: this notebook calls Gemini ({cost})."
