@@ -191,7 +191,9 @@ def one_process(cmd: list[str], env: dict[str, str], work: Path, stop_after_firs
         env = {**env, "QSYNC_TRACE_HOST": str(trace)}
     t0 = datetime.now(timezone.utc).replace(tzinfo=None)
     wall = time.perf_counter()
-    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # cwd: not a source tree (`python -m` puts the cwd before PYTHONPATH on sys.path: run from the repository, every
+    # --root would run the repository's qsync)
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=work)
     sampler = Sampler(child.pid, work)
     sampler.start()
     if stop_after_first:

@@ -258,6 +258,35 @@ def test_vectors_the_file_lost_are_counted_once_when_batches_ask_for_them_togeth
     assert job.lost_vectors == 2
 
 
+def test_a_free_embedders_batches_looking_in_the_cache_at_once_are_looked_up_in_one_query_each_told_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A free embedder's batches look in the cache first, every one of them (at a 2M re-sync, the checkpoint file's
+    # busiest statement): those asking at once are one query for the group, each batch answered for its own texts,
+    # a vector whose bytes are lost told once (and forgotten) in the same round trip.
+    job = _job(tmp_path)
+    embedder = HashingEmbedder(8)
+    works = {b: job.claim(b) for b in range(4)}
+    for b in (1, 2):
+        paid = embedder.embed(works[b].texts[:3])
+        job.record_embeddings(works[b], embedder, works[b].hashes[:3], paid.vectors, [3] * 3, False, 0.0)
+    os.truncate(job.ledger.vectors.path, job.ledger.vectors.size() - 8 * 4)  # batch 2's third vector lost
+    statements = _statements_sent(job, monkeypatch)
+
+    def ask(hashes: list[str]) -> Callable[[], Lookup]:
+        return lambda: job.cached_vectors(embedder, hashes)
+
+    results = _together(job, {0: ask(works[0].hashes), 1: ask(works[1].hashes), 2: ask(works[2].hashes),
+                              3: ask(works[2].hashes[2:])})  # fmt: skip
+    assert sum(sql.startswith("SELECT content_hash") and "FROM embeddings" in sql for sql in statements) == 1
+    assert not results[0].found and not results[0].lost
+    assert set(results[1].found) == set(works[1].hashes[:3])
+    assert set(results[2].found) == set(works[2].hashes[:2]) and not results[3].found
+    assert sorted(len(results[b].lost) for b in (2, 3)) == [0, 1] and job.lost_vectors == 1
+    assert set(job.cached_vectors(embedder, works[2].hashes).found) == set(works[2].hashes[:2])  # forgotten: a miss
+    assert job.lost_vectors == 1
+
+
 def _answer(
     job: LeasedJob, work: BatchWork, hashes: list[str], value: float, intent: str | None = None, uncounted: bool = False
 ) -> None:

@@ -115,6 +115,24 @@ def lookup_vectors(
     return lookup_from_rows(rows, keys, vectors_file, embedder)
 
 
+def parts_of(found: Lookup, requests: list[list[str]], embedder: CacheIdentity) -> list[Lookup]:
+    """One lookup made for several callers' hashes at once (GroupCommit.write_combined), each caller's part of it. A
+    key whose bytes are lost is told once, to the first caller that asked (a caller counts what it is told)."""
+    parts = []
+    lost = set(found.lost)
+    for hashes in requests:
+        mine = set(hashes)
+        keys = lookup_keys(embedder, hashes)
+        part = Lookup(
+            found={h: v for h, v in found.found.items() if h in mine},
+            prefetched=found.prefetched & mine,
+            lost=[k for k in found.lost if k in keys and k in lost],
+        )
+        lost -= set(part.lost)
+        parts.append(part)
+    return parts
+
+
 def lookup_keys(embedder: CacheIdentity, hashes: list[str]) -> dict[str, tuple[int, str]]:
     """The cache keys that may serve `hashes` (`serving`): key -> (rank: 0 the embedder's own size, 1 its model's
     full size; content hash)."""

@@ -14,7 +14,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from qsync.ledger.cache import CacheIdentity, Lookup, cache_key, forget, lookup_from_rows, lookup_keys, lookup_sql
+from qsync.ledger.cache import (
+    CacheIdentity,
+    Lookup,
+    cache_key,
+    forget,
+    lookup_from_rows,
+    lookup_keys,
+    lookup_sql,
+    parts_of,
+)
 from qsync.ledger.process import lease_is_live
 from qsync.ledger.vectorfile import VectorFile
 from qsync.spec.defaults import stale_after_s
@@ -75,19 +84,8 @@ def claim_uncached_many(
     found, elsewhere = claim_uncached(
         con, vectors, embedder, [h for hashes in requests for h in hashes], job_id, token, now, free_origin
     )
-    parts = []
-    lost = set(found.lost)  # each told once, to the first caller that asked (a caller counts what it is told)
-    for hashes in requests:
-        mine = set(hashes)
-        keys = lookup_keys(embedder, hashes)
-        part = Lookup(
-            found={h: v for h, v in found.found.items() if h in mine},
-            prefetched=found.prefetched & mine,
-            lost=[k for k in found.lost if k in keys and k in lost],
-        )
-        lost -= set(part.lost)
-        parts.append((part, elsewhere & mine))
-    return parts
+    parts = parts_of(found, requests, embedder)
+    return [(part, elsewhere & set(hashes)) for part, hashes in zip(parts, requests, strict=True)]
 
 
 def take(con: Any, keys: list[str], job_id: str, token: str, now: datetime) -> None:

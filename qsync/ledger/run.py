@@ -30,6 +30,7 @@ from qsync.ledger.cache import (
     forget,
     forget_beyond,
     lookup_vectors,
+    parts_of,
     set_tokens,
 )
 from qsync.ledger.commit import GroupCommit
@@ -71,13 +72,22 @@ class LeasedJob:
     def cached_vectors(self, embedder: CacheIdentity, hashes: list[str]) -> Lookup:
         """What the cache holds of these hashes (`Lookup.found`: content hash -> (vector, tokens reusing it saves);
         `prefetched`: those this job's Batch Mode paid for). Entries whose bytes the vector file lost (truncated or
-        replaced while the job ran) are forgotten: misses, embedded again."""
-        with self.ledger.reading() as con:
+        replaced while the job ran) are forgotten: misses, embedded again. The batches asking at once are looked up
+        together, in one query and one round trip, riding along with the writes of the same group (as a paid
+        embedder's texts are claimed: claim_texts): every batch of a free embedder asks here first."""
+        if not hashes:
+            return Lookup()
+
+        def look_up_all(con: Any, requests: list[list[str]]) -> list[Lookup]:
+            asked = [h for hashes in requests for h in hashes]
             found = lookup_vectors(
-                con, self.ledger.vectors, embedder, hashes, free_origin=batch_mode_origin(self.job_id)
+                con, self.ledger.vectors, embedder, asked, free_origin=batch_mode_origin(self.job_id)
             )
-        if found.lost:
-            self.lost_vectors += self.commit.write(lambda con: forget(con, found.lost))
+            forget(con, found.lost)
+            return parts_of(found, requests, embedder)
+
+        found = self.commit.write_combined(("cached_vectors", embedder_signature(embedder)), look_up_all, hashes)
+        self.lost_vectors += len(found.lost)
         return found
 
     def heal_cache(self) -> int:
