@@ -9,6 +9,7 @@ of their plots, so `$0.0082` reads the same everywhere (never `0.00821025`, `1.8
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,13 @@ import pandas as pd
 
 MISSING = "—"
 Formatter = Callable[[Any], str]
+PRINTED_WIDTH = 96  # a sentence a notebook prints: JupyterLab breaks longer output lines anywhere, mid-word too
+
+
+def printed(text: str) -> str:
+    """A sentence for a notebook's printed output: lines of at most PRINTED_WIDTH characters, broken between words
+    only (a model name, a URL or a path stays whole)."""
+    return textwrap.fill(text, PRINTED_WIDTH, break_long_words=False, break_on_hyphens=False)
 
 
 def _missing(value: Any) -> bool:

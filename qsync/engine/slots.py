@@ -55,7 +55,7 @@ def batches_under_way(concurrency: int, paid: bool = True) -> int:
     """Batches a run keeps under way for `concurrency` calls at once: one or two more per call slot than calls
     (half as many again, at least two), so a call slot never waits for a batch to be claimed or recorded. A free
     embedder's calls take a few milliseconds and its batches wait on the checkpoint file and Qdrant: as many under way
-    as for the most calls a run chooses by itself (24), whatever its concurrency (a 2M re-sync's batches, with its
-    lookups made together: 12.9 s with 6 under way, 9.0 s with 24; benchmarks/README "2026-12-04 (evening)")."""
+    as for the most calls a run chooses by itself (24), whatever its concurrency (a 2M re-sync's batches, one tree alternated:
+    8.3 s at --concurrency 4, 6 under way; 6.9 s at 16, 24 under way; benchmarks/README "2026-12-04 (evening)")."""
     calls = concurrency if paid else max(concurrency, MAX_CONCURRENCY)
     return calls + max(2, calls // 2)

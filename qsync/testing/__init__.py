@@ -6,9 +6,9 @@ runtime imports this package."""
 from __future__ import annotations
 
 import os
-import textwrap
 from urllib.parse import urlparse
 
+from qsync.formatting import printed
 from qsync.testing.emulator import OFFLINE_KEY, GeminiEmulator
 
 _offline: GeminiEmulator | None = None  # the one start_offline started in this process
@@ -36,21 +36,20 @@ def start_offline(vectors: str = "words") -> GeminiEmulator:
 
 
 def gemini_for_this_kernel(cost: str = "less than a cent") -> str:
-    """Where a notebook's Gemini calls go, said in lines short enough for its output (JupyterLab breaks longer ones
-    mid-word): with a key the user set, Gemini (`cost`: what the notebook may spend there); without one, an emulator
-    started for this kernel (`start_offline`; the same one when the notebook runs again, though its placeholder key is
-    set by then), which bills nothing."""
+    """Where a notebook's Gemini calls go, said in lines short enough for its output (`formatting.printed`): with a key
+    the user set, Gemini (`cost`: what the notebook may spend there); without one, an emulator started for this kernel
+    (`start_offline`; the same one when the notebook runs again, though its placeholder key is set by then), which
+    bills nothing."""
     if offline_emulator() is None and (os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")):
-        return textwrap.fill(where_gemini_calls_go(cost), 96, break_long_words=False, break_on_hyphens=False)
+        return printed(_where_gemini_calls_go(cost))
     emulator = start_offline()
-    return textwrap.fill(
+    return printed(
         f"No GEMINI_API_KEY: Gemini is emulated locally at {emulator.url}, for this kernel only: nothing is billed "
-        "(the dollars below are what Gemini would charge).",
-        96, break_long_words=False, break_on_hyphens=False,
-    )  # fmt: skip
+        "(the dollars below are what Gemini would charge)."
+    )
 
 
-def where_gemini_calls_go(cost: str = "less than a cent") -> str:
+def _where_gemini_calls_go(cost: str) -> str:
     """With a key set: Google's API, or (GOOGLE_GEMINI_BASE_URL on this machine) a local stand-in that bills nothing."""
     base = os.environ.get("GOOGLE_GEMINI_BASE_URL", "").strip()
     host = urlparse(base).hostname if base else None
