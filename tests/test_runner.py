@@ -165,56 +165,6 @@ def test_a_batch_is_marked_done_only_once_a_flush_covers_its_points_and_flushes_
     assert sink.flush_calls < 40 / 2, sink.flush_calls
 
 
-class GatheringSink(EdgeSink):
-    """Each write waits until `want` writes wait at once (or, once, 10 s): how many batches a run keeps under way."""
-
-    def __init__(self, real: EdgeSink, want: int) -> None:
-        super().__init__(real.spec, real.collection, real.dimensions, real.options)
-        self.want, self.waiting, self.most, self.gave_up = want, 0, 0, False
-        self._cond = threading.Condition()
-
-    def write(self, record_ids: list[str], vectors: Any, payloads: list[dict[str, Any]]) -> int:
-        with self._cond:
-            self.waiting += 1
-            self.most = max(self.most, self.waiting)
-            self._cond.notify_all()
-            if not self._cond.wait_for(lambda: self.most >= self.want or self.gave_up, timeout=10):
-                self.gave_up = True
-            self.waiting -= 1
-        return super().write(record_ids, vectors, payloads)
-
-
-class ComputingEmbedder(RecordingEmbedder):
-    """Counts how many of its calls compute at once."""
-
-    def __init__(self) -> None:
-        super().__init__(latency_s=0.005)
-        self.computing = self.most = 0
-        self._lock = threading.Lock()
-
-    def embed(self, texts: list[str]) -> EmbedResult:
-        with self._lock:
-            self.computing += 1
-            self.most = max(self.most, self.computing)
-        try:
-            return super().embed(texts)
-        finally:
-            with self._lock:
-                self.computing -= 1
-
-
-def test_a_free_embedders_run_keeps_many_more_batches_under_way_than_calls(tmp_path: Path) -> None:
-    # A free embedder's batches wait on the checkpoint file and Qdrant rather than on its calls: a run keeps as many
-    # under way as for 16 calls (a paid run with one call keeps three), while its call slots (here one) still bound
-    # how many compute at once.
-    _, db = _plan(tmp_path, n=2000)  # 40 batches
-    embedder = ComputingEmbedder()
-    sink = GatheringSink(_stored_sink(db), want=12)
-    assert _runner(db, embedder=embedder, sink=sink, settings=replace(FAST, concurrency=1)).run().ok
-    assert embedder.most == 1 and len(embedder.calls) == 40
-    assert sink.most >= 12 and not sink.gave_up
-
-
 @pytest.mark.reliability
 def test_a_flush_that_fails_fails_its_group_and_a_resume_loads_it_from_the_cache(tmp_path: Path) -> None:
     # A real flush failure: once the shard's payload journal is gone (as a failed second load of a shard in

@@ -120,8 +120,8 @@ class Runner:
         self.alongside = list(alongside)  # joined before the run is told finished (its figures are then final)
         self._scheduler: Scheduler | None = None
         texts_per_minute = settings.texts_per_minute or default_limits(embedder)[0]
-        self.paid = bool(embedder.price_per_million_tokens)
-        self.concurrency = settings.concurrency or default_concurrency(texts_per_minute, spec.batch_size, self.paid)
+        paid = bool(embedder.price_per_million_tokens)
+        self.concurrency = settings.concurrency or default_concurrency(texts_per_minute, spec.batch_size, paid)
         self._finished: JobFinished | None = None  # told to the listeners once the run has let go of everything
 
     def request_stop(self) -> None:
@@ -301,7 +301,7 @@ class Runner:
                 self.listeners, Notice(self.job_id, "stopping after the calls in flight (Ctrl-C again to stop at once)")
             )
 
-        self._scheduler = Scheduler(pipeline, batches_under_way(self.concurrency, self.paid), self.control)
+        self._scheduler = Scheduler(pipeline, batches_under_way(self.concurrency), self.control)
         self._scheduler.run(runnable, on_outcome, on_interrupt)
         progress.now(tally.run_records)
 

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 
 from qsync.engine.control import Control
 from qsync.errors import Interrupted
-from qsync.spec.defaults import MAX_CONCURRENCY
 
 _POLL_S = 0.1  # how often a batch waiting for a slot looks whether the run is stopping
 
@@ -51,11 +50,7 @@ def _may_call(control: Control) -> None:
         raise Interrupted("the run is winding down")
 
 
-def batches_under_way(concurrency: int, paid: bool = True) -> int:
+def batches_under_way(concurrency: int) -> int:
     """Batches a run keeps under way for `concurrency` calls at once: one or two more per call slot than calls
-    (half as many again, at least two), so a call slot never waits for a batch to be claimed or recorded. A free
-    embedder's calls take a few milliseconds and its batches wait on the checkpoint file and Qdrant: as many under way
-    as for the most calls a run chooses by itself (24), whatever its concurrency (a 2M re-sync's batches, one tree alternated:
-    8.3 s at --concurrency 4, 6 under way; 6.9 s at 16, 24 under way; benchmarks/README "2026-12-04 (evening)")."""
-    calls = concurrency if paid else max(concurrency, MAX_CONCURRENCY)
-    return calls + max(2, calls // 2)
+    (half as many again, at least two), so a call slot never waits for a batch to be claimed or recorded."""
+    return concurrency + max(2, concurrency // 2)
