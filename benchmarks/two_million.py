@@ -282,6 +282,9 @@ def main() -> None:
                         help="log every statement the checkpoint file's host runs (benchmarks/trace_host), and report "
                         "the slowest before the first batch")  # fmt: skip
     args = parser.parse_args()
+    # Started in the background by a shell (`cmd &`), this process and its children would ignore SIGINT, and
+    # first-batch's clean pause (SIGINT) would never land: the children run with Python's own handler again.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.trace:
         os.environ["PYTHONPATH"] = str(Path(__file__).resolve().parent / "trace_host")
     if args.mode == "data":

@@ -306,7 +306,9 @@ def test_an_offline_rehearsal_can_price_its_tokens(tmp_path: Path) -> None:
     assert info["cost_usd"] == pytest.approx(info["tokens"] * 0.15 / 1_000_000)
 
 
-def test_ctrl_c_pauses_cleanly_and_resume_completes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_pauses_cleanly_and_resume_completes(tmp_path: Path, stop: signal.Signals) -> None:
+    """SIGTERM (`kill`, `timeout`, `docker stop`) stops a run as Ctrl-C does: paused, nothing in flight lost."""
     src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
     write_records(src, make_records(3000))
     env = qsync_env()
@@ -314,7 +316,7 @@ def test_ctrl_c_pauses_cleanly_and_resume_completes(tmp_path: Path) -> None:
         qsync_cmd(*_run_args(src, db, concurrency=2, latency=0.3)), env=env, stderr=subprocess.PIPE, text=True
     )
     wait_for(lambda: _processed(db) >= 200, timeout=60)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err
     assert "stopping after the calls in flight" in err and "qsync resume j" in err

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from qsync.cli.parser import build_parser
@@ -39,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in _CHECKED:
             _check(args.db)
-        return int(COMMANDS[args.command](args))
+        with _terminate_as_ctrl_c(args.command in _RUNS):
+            return int(COMMANDS[args.command](args))
     except (LeaseHeld, LedgerLocked) as exc:
         print(f"qsync: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -66,6 +69,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _terminate_as_ctrl_c(running: bool) -> Iterator[None]:
+    """A job stopped with SIGTERM (`kill`, `timeout`, systemd, `docker stop`, Kubernetes) stops as with Ctrl-C: the
+    calls in flight finish and are saved, the job is left paused (exit 3); a second SIGTERM stops at once, as a
+    second Ctrl-C does. Without it, SIGTERM ended the process where it stood: resumable, but the answers of the
+    calls in flight, already paid for, were lost."""
+    if not running or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def entry() -> NoReturn:
