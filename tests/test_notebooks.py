@@ -70,6 +70,16 @@ def _text(nb: nbformat.NotebookNode) -> str:
     return "\n".join(parts)
 
 
+def _printed_lines_fit(nb: nbformat.NotebookNode) -> None:
+    """What the cells print fits in PRINTED_WIDTH characters a line: JupyterLab breaks a longer line anywhere, even
+    mid-word ("stay in t / he cache")."""
+    from qsync.formatting import PRINTED_WIDTH
+
+    long = [line for cell in nb.cells for out in cell.get("outputs", []) if out.get("output_type") == "stream"
+            for line in out.get("text", "").splitlines() if len(line) > PRINTED_WIDTH]  # fmt: skip
+    assert not long, f"printed lines over {PRINTED_WIDTH} characters: {long}"
+
+
 def _widget_text(nb: nbformat.NotebookNode) -> str:
     """Outputs plus the widget state nbclient stores (HTML widgets' values live there)."""
     import json
@@ -92,6 +102,8 @@ def test_every_notebook_runs_top_to_bottom_headless(tmp_path: Path) -> None:
     second = _widget_text(_execute("02_inspect_batches.ipynb", env))
     assert "wordnet:wordnet_sample" in second and "page 1 of 3" in second and "NaN" not in second
     third = _execute("03_cost_analysis.ipynb", env)
+    for nb in (first, third):
+        _printed_lines_fit(nb)
     text = _widget_text(third)
     assert "estimate (plan time)" in text and "Batch Mode" in text and "cost in Batch Mode" in text
     estimate = _widget_value(third, "estimate_table(before)")
@@ -120,6 +132,7 @@ def test_the_images_notebook_loads_the_sample_skips_the_bad_rows_and_shows_thumb
         monkeypatch.delenv(key, raising=False)  # no key: the notebook starts the emulator itself
     db = tmp_path / "nb.duckdb"
     nb = _execute("04_images.ipynb", {"QSYNC_NB_DB": str(db)})  # 768 dimensions, as a user runs it
+    _printed_lines_fit(nb)
     text = _widget_text(nb)
     assert "Gemini is emulated locally" in text and "Traceback" not in text
     images, documents = qsync.status("media:images", db=db), qsync.status("media:documents", db=db)
@@ -151,6 +164,7 @@ def test_the_long_documents_notebook_cuts_chunks_and_finds_records_by_a_passage(
         monkeypatch.delenv(key, raising=False)
     db = tmp_path / "nb.duckdb"
     nb = _execute("05_long_documents.ipynb", {"QSYNC_NB_DB": str(db)})
+    _printed_lines_fit(nb)
     text = _widget_text(nb)
     assert "Traceback" not in text and "79 records loaded as" in text
     status = qsync.status("reference:python_reference", db=db)
