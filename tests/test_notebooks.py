@@ -95,7 +95,7 @@ def test_every_notebook_runs_top_to_bottom_headless(tmp_path: Path) -> None:
     assert "No jobs in" in empty and "Traceback" not in empty and "StoreError" not in empty
     assert "No jobs in" in _widget_text(_execute("03_cost_analysis.ipynb", env))
     first = _execute("01_backfill.ipynb", {**env, "QSYNC_NB_AUTOSTART": "1"})
-    assert "status='completed'" in _text(first)
+    assert "wordnet:wordnet_sample: completed, 5,000 records this run in" in _text(first)
     info = qsync.status(db=tmp_path / "nb.duckdb")
     assert info["status"] == "completed" and info["processed_records"] == 5000
     assert "score" in _widget_text(first), "01 searches the collection once the job completed"
