@@ -19,7 +19,7 @@ from qsync.engine.events import Event
 from qsync.engine.runner import RunResult
 from qsync.errors import QsyncError
 from qsync.formatting import count, counted, reason_kinds, skips_for_people
-from qsync.notebook.formatting import error_html, frame_html, page_style
+from qsync.notebook.formatting import error_html, footnote_html, frame_html, page_style
 from qsync.notebook.picker import JobPicker
 from qsync.notebook.ui import KernelSide
 
@@ -217,8 +217,10 @@ class BatchInspector:
         reasons = skipped.assign(reason=reason_kinds(skipped["reason"]))
         by_reason = reasons.groupby("reason").size().sort_values(ascending=False).reset_index(name="records")
         shown = skips_for_people(skipped.head(limit))
-        more = f"<p><small>first {limit} of {count(len(skipped))} shown; all of them: <code>qsync.skipped(JOB)</code></small></p>"
-        whole = "<p><small>A reason cut with … shows whole when you hover it.</small></p>"
+        more = footnote_html(
+            f"first {limit} of {count(len(skipped))} shown; all of them: <code>qsync.skipped(JOB)</code>"
+        )
+        whole = footnote_html("A reason cut with … shows whole when you hover it.")
         self.skips.value = (
             frame_html(by_reason, css="qsync-table qsync-skip-reasons")
             + frame_html(shown, max_chars=140)
