@@ -11,7 +11,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, PercentFormatter
 
 from qsync.app.compare import Comparison, comparison_view, meaning, spent_sentence
 from qsync.formatting import count
-from qsync.notebook.formatting import css_class, figure_output, footnote_html, frame_html, page_style
+from qsync.notebook.formatting import css_class, figure_output, frame_html, page_style, small_print
 
 
 def show_comparison(found: Comparison) -> widgets.VBox:
@@ -22,7 +22,7 @@ def show_comparison(found: Comparison) -> widgets.VBox:
     )
     plot = widgets.Output()
     plot.outputs = figure_output(comparison_figure(found))
-    note = widgets.HTML(footnote_html(html.escape(meaning(found.table))))
+    note = widgets.HTML(small_print(html.escape(meaning(found.table))))
     return css_class(widgets.VBox([page_style(), table, plot, note]), "qsync-compare")
 
 

@@ -17,7 +17,7 @@ from qsync.app.versus import versus
 from qsync.errors import QsyncError
 from qsync.formatting import batch_mode_text, count, duration, usd, value_text
 from qsync.money.what_if import what_if
-from qsync.notebook.formatting import error_html, figure_output, footnote_html, frame_html, usd_axis
+from qsync.notebook.formatting import error_html, figure_output, frame_html, small_print, usd_axis
 from qsync.notebook.picker import JobPicker
 
 
@@ -30,7 +30,7 @@ def versus_html(job: str, db: str | Path | None = None) -> str:
             f"<p><i>No estimate was recorded when {html.escape(job)} was planned: it was planned by a qsync older "
             "than the estimate (every job planned since records one, whichever way it was started).</i></p>"
         )
-    return frame_html(shown.table, css="qsync-table qsync-versus") + footnote_html(html.escape(shown.footnote))
+    return frame_html(shown.table, css="qsync-table qsync-versus") + small_print(html.escape(shown.footnote))
 
 
 _ESTIMATE_LABELS = {"records": "records in the source", "valid_records": "records to load",
@@ -157,7 +157,7 @@ class CostPanel:
                 chunking=spec.chunking.enabled,
             ).rename(columns=_WHAT_IF_COLUMNS),
             css="qsync-table qsync-what-if-table",
-        ) + footnote_html(
+        ) + small_print(
             f"{count(records)} records ({count(texts)} distinct texts, ~{count(tokens)} tokens, cache not "
             f"counted), {count(points)} points in Qdrant. Too long: texts over the model's limit, which it would skip "
             "(not priced); gemini-embedding-2's price includes the instruction it gets with each text. Time at the default rate limits; storage: float32 vectors "

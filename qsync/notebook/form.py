@@ -15,7 +15,7 @@ from qsync.input.columns import guess_columns, source_columns
 from qsync.input.frames import Frame, frame_label
 from qsync.input.postgres import without_secret
 from qsync.input.sources import as_source
-from qsync.notebook.formatting import error_html
+from qsync.notebook.formatting import error_html, small_print
 from qsync.spec.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DIMENSIONS
 from qsync.spec.job import JobSpec
 from qsync.spec.settings import RunSettings
@@ -83,7 +83,7 @@ class LauncherForm:
         self.payload_columns = widgets.SelectMultiple(description="Payload columns", rows=4, style=_LABEL,
                                                       layout=_FIELD)  # fmt: skip
         self.payload_columns.add_class("qsync-payload-columns")
-        payload_help = widgets.HTML("<small>stored with each point; Ctrl/⌘-click to pick several</small>")
+        payload_help = widgets.HTML(small_print("stored with each point; Ctrl/⌘-click to pick several"))
         embedder = defaults.get("embedder") or "hash"
         options = list(_EMBEDDERS) + ([(embedder, embedder)] if embedder not in ("hash", "gemini") else [])
         self.embedder = widgets.Dropdown(options=options, value=embedder, description="Embedder", style=_LABEL,
@@ -124,13 +124,13 @@ class LauncherForm:
         self.chunk_tokens = widgets.Text("" if chunk is None else str(chunk), description="Chunk tokens",
                                          placeholder="empty: the model's limit", style=_LABEL, layout=_FIELD)  # fmt: skip
         self.chunk_tokens.add_class("qsync-chunk-tokens")
-        chunk_help = widgets.HTML("<small>longer texts are cut into chunks of at most this many tokens, a point "
-                                  "each; 0: skip them as too long</small>")  # fmt: skip
+        chunk_help = widgets.HTML(small_print("longer texts are cut into chunks of at most this many tokens, a "
+                                              "point each; 0: skip them as too long"))  # fmt: skip
         budget = defaults.get("max_cost_usd")
         self.budget = widgets.Text("" if not budget else f"{float(budget):g}", description="Budget (USD)",
                                    placeholder="empty: no cap", style=_LABEL, layout=_FIELD)  # fmt: skip
         self.budget.add_class("qsync-budget")
-        budget_help = widgets.HTML("<small>the job's whole spend across resumes; leave empty for no cap</small>")
+        budget_help = widgets.HTML(small_print("the job's whole spend across resumes; leave empty for no cap"))
 
         self.read_button.on_click(lambda _: self.read_columns())
         self.embedder.observe(lambda _: self.show_embedder_fields(), names="value")
@@ -232,7 +232,7 @@ class LauncherForm:
         chosen = self.chosen_concurrency()
         self.concurrency.placeholder = "auto" if chosen is None else f"auto: {chosen}"
         said = "" if chosen is None else f": <b>{chosen}</b> for these settings"
-        self.concurrency_help.value = f"<small>empty: chosen from the rate limits as the run starts{said}</small>"
+        self.concurrency_help.value = small_print(f"empty: chosen from the rate limits as the run starts{said}")
 
     def model_value(self) -> str | None:
         """The Model field, for the gemini embedder (the others have no model to name)."""

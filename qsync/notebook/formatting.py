@@ -90,9 +90,10 @@ def humanize(message: str | None) -> str:
     return re.sub(r"\$(\d+\.\d{4,})", lambda m: usd(float(m.group(1))), text)
 
 
-def footnote_html(inner_html: str) -> str:
-    """A footnote under a table or plot: smaller text with its own line height (a <small> inside a <p> kept the
-    paragraph's, and its lines stood far apart)."""
+def small_print(inner_html: str) -> str:
+    """Small print (a footnote under a table or plot, a hint beside a field, a notice): smaller text with its own line
+    height. A <small> kept its container's, and an HTML widget's is its row height (28 px): two lines stood far
+    apart."""
     return f'<p class="qsync-footnote" style="font-size: 0.85em; line-height: 1.4; margin: 4px 0">{inner_html}</p>'
 
 

@@ -19,7 +19,7 @@ from qsync.engine.events import Event
 from qsync.engine.runner import RunResult
 from qsync.errors import QsyncError
 from qsync.formatting import count, counted, reason_kinds, skips_for_people
-from qsync.notebook.formatting import error_html, footnote_html, frame_html, page_style
+from qsync.notebook.formatting import error_html, frame_html, page_style, small_print
 from qsync.notebook.picker import JobPicker
 from qsync.notebook.ui import KernelSide
 
@@ -92,10 +92,10 @@ class BatchInspector:
         self.one_batch = widgets.VBox([widgets.HTML("<b>One batch</b>"), widgets.HBox([
             self.batch_no, self.show_button, self.retry_one_button, self.retry_button])])  # fmt: skip
         self.one_batch.add_class("qsync-one-batch")
-        self.counts_note = widgets.HTML(
-            "<small>embedded (paid) and from the cache are summed over a batch's attempts: a batch paid for on an "
-            "attempt that failed or was paused takes its vectors from the cache on the next, and shows both.</small>"
-        )
+        self.counts_note = widgets.HTML(small_print(
+            "embedded (paid) and from the cache are summed over a batch's attempts: a batch paid for on an "
+            "attempt that failed or was paused takes its vectors from the cache on the next, and shows both."
+        ))  # fmt: skip
         self.body = widgets.VBox([
             self.summary,
             widgets.HBox([self.status, self.error_filter, self.refresh_button]),
@@ -217,10 +217,10 @@ class BatchInspector:
         reasons = skipped.assign(reason=reason_kinds(skipped["reason"]))
         by_reason = reasons.groupby("reason").size().sort_values(ascending=False).reset_index(name="records")
         shown = skips_for_people(skipped.head(limit))
-        more = footnote_html(
+        more = small_print(
             f"first {limit} of {count(len(skipped))} shown; all of them: <code>qsync.skipped(JOB)</code>"
         )
-        whole = footnote_html("A reason cut with … shows whole when you hover it.")
+        whole = small_print("A reason cut with … shows whole when you hover it.")
         self.skips.value = (
             frame_html(by_reason, css="qsync-table qsync-skip-reasons")
             + frame_html(shown, max_chars=140)

@@ -25,7 +25,7 @@ from qsync.engine.events import BatchFinished, Event, JobFinished, JobStarted, N
 from qsync.errors import QsyncError
 from qsync.formatting import batch_mode_text, count, counted, duration, number, records_to_chunks, usd
 from qsync.ledger.figures import JobFigures
-from qsync.notebook.formatting import error_html, figure_output, humanize
+from qsync.notebook.formatting import error_html, figure_output, humanize, small_print
 from qsync.notebook.history_plot import HistoryPoint, history_figure
 from qsync.notebook.rate import RateMeter
 from qsync.notebook.ui import KernelSide
@@ -222,13 +222,13 @@ class JobMonitor:
             else:
                 self.set_status(event.status)
             if event.message and self.show_messages:
-                self.notice.value = f"<small>{html.escape(humanize(event.message))}</small>"
+                self.notice.value = small_print(html.escape(humanize(event.message)))
         elif isinstance(event, RunError):  # refused, or its lease lost: not "resuming…" or "running" any more
             self.set_status("stopped")
             if self.show_messages:  # the Launcher says it itself, once
-                self.notice.value = f"<small>{error_html(event.error)}</small>"
+                self.notice.value = small_print(error_html(event.error))
         elif isinstance(event, Notice):
-            self.notice.value = f"<small>{html.escape(humanize(event.text))}</small>"
+            self.notice.value = small_print(html.escape(humanize(event.text)))
             if _RETRYING.search(event.text) and self.figures is not None:
                 self._waiting = event.text
                 self._render(self.figures, self.status)
