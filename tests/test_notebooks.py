@@ -106,6 +106,8 @@ def test_every_notebook_runs_top_to_bottom_headless(tmp_path: Path) -> None:
         _printed_lines_fit(nb)
     text = _widget_text(third)
     assert "estimate (plan time)" in text and "Batch Mode" in text and "cost in Batch Mode" in text
+    # The what-if of a free job counts ~4 bytes a token, the comparison below with Gemini: it says so.
+    assert "at ~4 bytes a token; a model comparison counts with Gemini" in text
     estimate = _widget_value(third, "estimate_table(before)")
     assert "cost_usd" not in estimate and not re.search(r"\d\.\d{7,}", estimate), "figures a person reads"
     images = [o for c in third.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]

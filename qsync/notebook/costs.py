@@ -142,7 +142,13 @@ class CostPanel:
         info = reading.status(job, db=self.db)
         points = int(info["total_chunks"])  # a point per record, or per chunk of a long one
         # Gemini's own count when the job is Gemini's and was estimated; else ~4 bytes per token.
-        tokens = int(recorded["tokens"]) if recorded and spec.embedder.kind == "gemini" else byte_tokens
+        counted = bool(recorded) and spec.embedder.kind == "gemini"
+        tokens = int(recorded["tokens"]) if recorded and counted else byte_tokens
+        basis = (
+            "counted by Gemini when the job was planned"
+            if counted
+            else "at ~4 bytes a token; a model comparison counts with Gemini, so its figures differ by a few percent"
+        )
         if not records:
             self.what_if.value = "<p><i>This job embeds no records (all unchanged or skipped).</i></p>"
             return
@@ -158,7 +164,7 @@ class CostPanel:
             ).rename(columns=_WHAT_IF_COLUMNS),
             css="qsync-table qsync-what-if-table",
         ) + small_print(
-            f"{count(records)} records ({count(texts)} distinct texts, ~{count(tokens)} tokens, cache not "
+            f"{count(records)} records ({count(texts)} distinct texts, ~{count(tokens)} tokens {basis}; cache not "
             f"counted), {count(points)} points in Qdrant. Too long: texts over the model's limit, which it would skip "
             "(not priced); gemini-embedding-2's price includes the instruction it gets with each text. Time at the default rate limits; storage: float32 vectors "
             "x 1.5 for the index and payload (Qdrant's rule of thumb)."
