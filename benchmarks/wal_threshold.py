@@ -45,6 +45,12 @@ def _connect(path: Path, threshold: str) -> Any:
     return con
 
 
+def _append(con: Any, table: str, rows: Any) -> None:
+    con.register("new_rows", rows)
+    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM new_rows")
+    con.unregister("new_rows")
+
+
 def write_batches(path: Path, threshold: str, batches: int, crash: bool) -> dict[str, Any]:
     """`batches` transactions of a batch's rows; with `crash`, the process ends without closing the file."""
     import pyarrow as pa
@@ -66,9 +72,7 @@ def write_batches(path: Path, threshold: str, batches: int, crash: bool) -> dict
             "tokens": pa.array([10] * ROWS, pa.int32()), "byte_offset": pa.array(range(i * ROWS, (i + 1) * ROWS)),
             "created_at": pa.array([now] * ROWS, pa.timestamp("us")),
         })  # fmt: skip
-        con.register("cache_rows", cache)
-        con.execute("INSERT INTO embeddings BY NAME SELECT * FROM cache_rows")
-        con.unregister("cache_rows")
+        _append(con, "embeddings", cache)
         con.execute("UPDATE batches SET embedded_texts = embedded_texts + ? WHERE job_id = ? AND batch_no = ?",
                     [ROWS, job, batch_no])  # fmt: skip
         points = pa.table({
@@ -76,9 +80,7 @@ def write_batches(path: Path, threshold: str, batches: int, crash: bool) -> dict
             "embedder": ["m|128|"] * ROWS, "payload": ['{"id": 1}'] * ROWS, "job_id": [job] * ROWS,
             "updated_at": pa.array([now] * ROWS, pa.timestamp("us")),
         })  # fmt: skip
-        con.register("point_rows", points)
-        con.execute("INSERT INTO points BY NAME SELECT * FROM point_rows")
-        con.unregister("point_rows")
+        _append(con, "points", points)
         con.execute("UPDATE batches SET status = 'done', finished_at = ? WHERE job_id = ? AND batch_no = ?",
                     [now, job, batch_no])  # fmt: skip
         before = time.perf_counter()
