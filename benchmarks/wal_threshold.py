@@ -62,7 +62,7 @@ def write_batches(path: Path, threshold: str, batches: int, crash: bool) -> dict
     for i in range(batches):
         now = datetime.datetime.now()
         keys = [hashlib.sha256(f"{salt}{i}-{j}".encode()).hexdigest() for j in range(ROWS)]
-        batch_no = (i * 7919) % last
+        batch_no = (i * 7919) % (last + 1)
         con.execute("BEGIN")
         con.execute("UPDATE batches SET status = 'running', attempts = attempts + 1, started_at = ? "
                     "WHERE job_id = ? AND batch_no = ?", [now, job, batch_no])  # fmt: skip
