@@ -148,6 +148,7 @@ def test_the_images_notebook_loads_the_sample_skips_the_bad_rows_and_shows_thumb
     # The plan-time estimate counted the images: it is near what the job spent (emulator: exactly metered).
     versus = reading.estimate_vs_actual("media:images", db=db).set_index("figure")
     assert abs(float(versus["error_pct"].loc["cost_usd"])) < 5 and "estimated by qsync" in text
+    assert "text / media split</th>" in text and "cost_usd</th>" not in text, "the modality table's headers read"
     # "a cat": the two best hits are the photo of Chelsea the cat, an inline thumbnail, and the cat-care
     # PDF, shown as a page (offline, the emulator ranks by caption words: both captions say "cat").
     top = _widget_value(nb, '"a cat"').split('class="qsync-thumbnail"')[1:3]
