@@ -37,10 +37,10 @@ ROWS = 175  # records of one hashing batch of the 2M benchmark
 def _connect(path: Path, threshold: str) -> Any:
     import duckdb
 
+    from qsync.ledger.host import SETTINGS
+
     con = duckdb.connect(str(path))
-    settings = {"enable_optimistic_write": "false", "auto_checkpoint_skip_wal_threshold": str(2**62),
-                "checkpoint_threshold": f"'{threshold}'"}  # fmt: skip
-    for name, value in settings.items():
+    for name, value in {**SETTINGS, "checkpoint_threshold": f"'{threshold}'"}.items():  # the host's, but this size
         con.execute(f"SET GLOBAL {name} = {value}")
     return con
 

@@ -55,7 +55,7 @@ SEND_TIMEOUT_S = 5.0  # an answer a client does not take within this long: the c
 
 # Set on the database (see ledger/connection.py for why: DuckDB on its oldest, most tested path).
 # checkpoint_threshold: DuckDB folds its write-ahead log into the file once the log reaches this size, inside the
-# commit that crossed it, which stalls every writer; at its default (16 MB) a 2M-record run did so every ~200
+# commit that crossed it, which stalls every writer; at its default (16 MB) a 2M-record run did so every ~180
 # batches. At 128 MiB: 400k records 108.8 -> 98.2 s and a re-sync's batches 12.8 -> 11.7 s (3 of 3 rounds each),
 # a whole 2M run 541.7 -> 423.5 s (one pair); benchmarks/README.md. What it costs (benchmarks/wal_threshold.py): a
 # crash leaves up to 128 MiB of log, replayed when the file is next opened (134 MB: 1.5 s), and the host's close

@@ -142,13 +142,11 @@ class CostPanel:
         info = reading.status(job, db=self.db)
         points = int(info["total_chunks"])  # a point per record, or per chunk of a long one
         # Gemini's own count when the job is Gemini's and was estimated; else ~4 bytes per token.
-        counted = bool(recorded) and spec.embedder.kind == "gemini"
-        tokens = int(recorded["tokens"]) if recorded and counted else byte_tokens
-        basis = (
-            "counted by Gemini when the job was planned"
-            if counted
-            else "at ~4 bytes a token; a model comparison counts with Gemini, so its figures differ by a few percent"
-        )
+        if recorded and spec.embedder.kind == "gemini":
+            tokens, basis = int(recorded["tokens"]), "counted by Gemini when the job was planned"
+        else:
+            basis = "at ~4 bytes a token; a model comparison counts with Gemini, so its figures differ by a few percent"
+            tokens = byte_tokens
         if not records:
             self.what_if.value = "<p><i>This job embeds no records (all unchanged or skipped).</i></p>"
             return

@@ -94,7 +94,7 @@ def small_print(inner_html: str) -> str:
     """Small print (a footnote under a table or plot, a hint beside a field, a notice): smaller text with its own line
     height. A <small> kept its container's, and an HTML widget's is its row height (28 px): two lines stood far
     apart."""
-    return f'<p class="qsync-footnote" style="font-size: 0.85em; line-height: 1.4; margin: 4px 0">{inner_html}</p>'
+    return f'<p class="qsync-small-print" style="font-size: 0.85em; line-height: 1.4; margin: 4px 0">{inner_html}</p>'
 
 
 def error_html(text: str) -> str:
