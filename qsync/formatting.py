@@ -92,6 +92,11 @@ def number(value: Any, digits: int = 1) -> str:
     return MISSING if _missing(value) else f"{float(value):,.{digits}f}"
 
 
+def score(value: Any) -> str:
+    """A search hit's similarity: 3 decimals, as near neighbours differ in the third (0.812, 0.815)."""
+    return number(value, 3)
+
+
 def percent(value: Any) -> str:
     """A signed relative error, e.g. `+4.2%`."""
     return MISSING if _missing(value) else f"{float(value):+.1f}%"
@@ -129,6 +134,8 @@ def column_formatter(name: str, values: pd.Series) -> Formatter:
         return usd
     if lowered == "id" or lowered.endswith(("_id", "pid", "_no")):  # names, not quantities: no separators
         return lambda v: MISSING if _missing(v) else str(v)
+    if lowered == "score":
+        return score
     if lowered.endswith("_s") or lowered == "seconds":
         return lambda v: number(v, 1)
     if lowered.endswith("minutes"):  # a duration, as people read one ("8 s", not "0.14")
@@ -163,8 +170,13 @@ def rows_read_text(column: str, since: str | None, high_water: str | None, rows:
     return f"{read}{nxt}"
 
 
-# A duplicate's reason names the row its id was first seen at: one reason per duplicate, grouped without it.
-DUPLICATE_DETAIL = r" \(first seen at row \d+\)"
+# What a reason says of its own record, left out of its kind: the chunk or the line it names, a media file's name at its
+# start, and the details after a colon, a bracket or a semicolon ("text too long: ~9,120 tokens (estimated), limit
+# 2048", "duplicate id (first seen at row 3)", "photo_17.jpg does not exist" are a "text too long", a "duplicate id"
+# and a "file does not exist").
+_WHICH_PART = r"^(?:chunk \d+ of \d+: |line \d+: )+"
+_FILE_NAME = r"^\S+\.[A-Za-z0-9]{1,5} "
+_DETAILS = r": | \(|; "
 
 
 def skips_for_people(skipped: pd.DataFrame) -> pd.DataFrame:
@@ -176,5 +188,18 @@ def skips_for_people(skipped: pd.DataFrame) -> pd.DataFrame:
 
 
 def reason_kinds(reasons: pd.Series) -> pd.Series:
-    """Each reason without what is particular to its record (the row a duplicate's id was first seen at)."""
-    return reasons.str.replace(DUPLICATE_DETAIL, "", regex=True)
+    """Each reason's kind: the reason without what is particular to its record, so that 60 missing images are one
+    "file does not exist" and 40 long texts one "text too long" (an estimate's skip reasons, `qsync estimate`, the
+    notebook's inspector)."""
+    kinds = reasons.str.replace(_WHICH_PART, "", regex=True).str.replace(_FILE_NAME, "file ", regex=True)
+    return kinds.str.split(_DETAILS, n=1, regex=True).str[0]
+
+
+def skip_kinds(reasons: pd.Series) -> pd.DataFrame:
+    """Skip reasons by kind, most common first: the kind, how many records, and one of its reasons whole when it says
+    more than its kind (the first; None when it does not)."""
+    frame = pd.DataFrame({"kind": reason_kinds(reasons.astype(str)), "reason": reasons.astype(str)})
+    kinds = frame.groupby("kind", sort=False).agg(records=("reason", "size"), example=("reason", "first"))
+    kinds = kinds.reset_index().sort_values(["records", "kind"], ascending=[False, True], kind="stable")
+    kinds["example"] = kinds["example"].where(kinds["example"] != kinds["kind"], None)
+    return kinds.rename(columns={"kind": "reason"}).reset_index(drop=True)

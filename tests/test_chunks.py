@@ -236,7 +236,7 @@ def test_a_pdf_longer_than_the_model_reads_is_cut_into_page_windows(tmp_path: Pa
     assert emulator.tokens_by_modality["DOCUMENT"] == 258 * pages  # every page of every PDF paid once
     # The old rule with --chunk-tokens 0: skipped with its reason.
     qsync.run(source, job="pdfs-whole", chunk_tokens=0, settings=FAST, **{**options, "collection": "pdfs2"})
-    assert "has 8 pages" in qsync.skipped("pdfs-whole", db=db)["reason"].iloc[0]
+    assert "has too many pages (8;" in qsync.skipped("pdfs-whole", db=db)["reason"].iloc[0]
 
 
 def test_batch_mode_submits_the_chunks_like_any_texts(tmp_path: Path, emulator: GeminiEmulator) -> None:

@@ -229,6 +229,7 @@ def test_a_long_text_is_cut_to_a_terminal_line_and_given_whole_as_json(capsys: p
     print_frame(frame, as_json=False)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and all(len(line) <= 100 for line in lines) and lines[1].endswith("...")
+    assert lines[1].split()[0] == "0.910", "a score with 3 decimals, as the notebooks show it (formatting.score)"
     print_frame(frame, as_json=True)
     assert json.loads(capsys.readouterr().out)[0]["text"] == text
 

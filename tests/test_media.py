@@ -81,7 +81,7 @@ def test_good_files_are_read_with_their_type(files: Path) -> None:
         ("empty.png", "image", "empty.png is empty"),
         ("huge.png", "image", "too big: 21.0 MB, limit 20 MB"),
         ("folder.png", "image", "is a folder"),
-        ("long.pdf", "document", "has 9 pages; gemini-embedding-2 reads at most 6"),
+        ("long.pdf", "document", "has too many pages (9; gemini-embedding-2 reads at most 6)"),
         ("two.pdf", "image", "is not a PNG or JPEG image (its bytes say application/pdf)"),
         ("red.png", "document", "is not a PDF document (its bytes say image/png)"),
     ],

@@ -5,6 +5,7 @@ is paid again, an unchanged one never), and searched with text; DataFrame bytes 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +119,27 @@ def test_an_image_job_loads_the_good_files_and_skips_each_bad_one_with_its_reaso
     # The SDK drops the per-modality split the API sends: qsync splits the exact total by its estimates.
     assert media_tokens == pytest.approx(3 * TOKENS_PER_IMAGE, rel=0.02)
     assert cost == pytest.approx(media_tokens * 0.45e-6 + (tokens - media_tokens) * 0.20e-6)
+
+
+def test_skips_are_summed_up_by_kind_not_one_line_per_missing_file(
+    tmp_path: Path, table: Path, emulator: GeminiEmulator
+) -> None:
+    from qsync.ledger.queries import skip_reasons
+    from qsync.notebook.inspector import BatchInspector
+
+    with table.open("a") as rows:  # two more missing files: three records, one kind of reason
+        for name in ("gone2", "gone3"):
+            rows.write(json.dumps({"id": name, "caption": "not there either", "image": f"images/{name}.png"}) + "\n")
+    result = _run(table, tmp_path)
+    with Ledger(tmp_path / "q.duckdb", create=False) as ledger:
+        kinds = skip_reasons(ledger, result.job_id)
+    assert kinds == {"file does not exist": 3, "file is a corrupt PNG": 1, "file is not a PNG or JPEG image": 1,
+                     "file is too big": 1, "image is missing": 1}  # fmt: skip
+    summary = BatchInspector(result.job_id, db=tmp_path / "q.duckdb").skips.value.split("</table>")[0]
+    assert summary.count("<tr>") == 5, "one row a kind, not one a file"
+    assert ">file does not exist</td><td style='text-align:right;padding:2px 12px'>3</td>" in summary
+    assert "gone.png does not exist" in summary, "with one of its reasons whole"
+    assert "overflow-x:auto" in summary, "a wide table scrolls"
 
 
 def test_a_resync_pays_again_only_for_the_changed_file_and_search_finds_images_by_text(
@@ -253,9 +275,13 @@ def test_the_search_box_answers_enter_and_shows_a_media_jobs_hits_as_thumbnails(
         warnings.simplefilter("error", DeprecationWarning)  # Text.on_submit is deprecated in ipywidgets 8
         box = SearchBox(result.job_id, db=tmp_path / "q.duckdb", limit=3)
     assert not box.query.continuous_update
+    # It searches a collection, which other jobs may share (04's images and PDFs): its title names the collection.
+    assert "<b>Search collection photos</b>" in box.title.value and result.job_id in box.title.value
+    assert "<b>Search nothing-yet</b>" in SearchBox("nothing-yet", db=tmp_path / "q.duckdb").title.value
     box.query.value = "a red square"  # what the browser sends on Enter
     assert box.results.value.count('class="qsync-thumbnail"') == 3
     assert box.results.value.count('<img src="data:image/jpeg;base64,') == 3
+    assert re.search(r"score \d\.\d{3}<", box.results.value), "a score as everywhere: formatting.score"
     (table.parent / "images" / "red.png").unlink()  # gone since the run: a sentence, not a broken image
     box.button.click()
     assert "red.png is gone" in box.results.value and box.results.value.count("<img") == 2

@@ -18,6 +18,7 @@ from pathlib import Path
 from qsync.app import jobs, reading
 from qsync.cli.progress import ProgressBar
 from qsync.errors import QsyncError
+from qsync.formatting import score
 from qsync.sink.factory import open_sink
 from qsync.spec.defaults import default_qdrant_path
 from qsync.spec.target import SinkSpec
@@ -136,4 +137,4 @@ def _show_search(collection: str, db: Path) -> None:
         sink.close()
     print(f"5. search {query!r} (hashing embedder: shared words, not meaning):")
     for hit in hits:
-        print(f"   {hit.score:.3f}  {hit.payload.get('id')}  {hit.payload.get('lemmas')}")
+        print(f"   {score(hit.score)}  {hit.payload.get('id')}  {hit.payload.get('lemmas')}")

@@ -120,7 +120,9 @@ def _check_pdf(data: bytes, name: str) -> Media:
         raise MediaProblem(f"{name} is a corrupt PDF (no %%EOF at its end: cut short?)")
     pages = len(_PDF_PAGE.findall(data))
     if pages > MAX_PDF_PAGES:
-        raise TooManyPages(f"{name} has {pages} pages; gemini-embedding-2 reads at most {MAX_PDF_PAGES}", data)
+        raise TooManyPages(
+            f"{name} has too many pages ({pages}; gemini-embedding-2 reads at most {MAX_PDF_PAGES})", data
+        )
     return Media("application/pdf", data, pages)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from qsync.formatting import reason_kinds
+from qsync.formatting import skip_kinds
 from qsync.ledger.cache import uncached_sql
 from qsync.ledger.jobs import job_record
 from qsync.ledger.ledger import Ledger
@@ -108,10 +108,9 @@ def expected_points(ledger: Ledger, target: str) -> pd.DataFrame:
 
 
 def skip_reasons(ledger: Ledger, job: str) -> dict[str, int]:
-    """How many records were skipped for each kind of reason (duplicates together), most common first."""
-    frame = ledger.query_df("SELECT reason FROM skipped WHERE job_id = ?", [job])
-    kinds = reason_kinds(frame["reason"].astype(str)).value_counts()
-    return {str(reason): int(n) for reason, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))}
+    """How many records were skipped for each kind of reason (formatting.reason_kinds), most common first."""
+    kinds = skip_kinds(ledger.query_df("SELECT reason FROM skipped WHERE job_id = ?", [job])["reason"])
+    return {str(reason): int(n) for reason, n in zip(kinds["reason"], kinds["records"], strict=True)}
 
 
 # What an estimate reads of a planned manifest: each distinct content once, its text (a media record's caption),

@@ -55,9 +55,12 @@ def frame_html(
             align = "right" if text[:1].isdigit() or text[:1] in "$<-+—" else "left"
             cells.append(f"<td{whole} style='text-align:{align};padding:2px 12px'>{html.escape(text)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
+    # In a scrolling box: a table wider than the notebook (a long reason, many columns) scrolls instead of running
+    # past the output's right edge, where nothing showed it was cut.
     return (
+        f"<div class='qsync-scroll' style='overflow-x:auto;max-width:100%'>"
         f"<table class='{css}' style='border-collapse:collapse;font-size:12px'>"
-        f"<thead><tr style='text-align:left'>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<thead><tr style='text-align:left'>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 

@@ -18,7 +18,7 @@ from qsync.app.session import JobHandle, active_run, start_job
 from qsync.engine.events import Event
 from qsync.engine.runner import RunResult
 from qsync.errors import QsyncError
-from qsync.formatting import count, counted, reason_kinds, skips_for_people
+from qsync.formatting import count, counted, skip_kinds, skips_for_people
 from qsync.notebook.formatting import error_html, frame_html, page_style, small_print
 from qsync.notebook.picker import JobPicker
 from qsync.notebook.ui import KernelSide
@@ -214,8 +214,9 @@ class BatchInspector:
         if skipped.empty:
             self.skips.value = "<p><i>No record was skipped.</i></p>"
             return
-        reasons = skipped.assign(reason=reason_kinds(skipped["reason"]))
-        by_reason = reasons.groupby("reason").size().sort_values(ascending=False).reset_index(name="records")
+        by_reason = skip_kinds(skipped["reason"])
+        if by_reason["example"].isna().all():  # every reason is its own kind: nothing more to show
+            by_reason = by_reason.drop(columns="example")
         shown = skips_for_people(skipped.head(limit))
         more = small_print(
             f"first {limit} of {count(len(skipped))} shown; all of them: <code>qsync.skipped(JOB)</code>"

@@ -9,9 +9,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from qsync.app.reading import search
+from qsync.app.reading import search, status
 from qsync.errors import QsyncError
-from qsync.notebook.formatting import error_html, frame_html
+from qsync.notebook.formatting import error_html, frame_html, small_print
 from qsync.notebook.thumbnails import thumbnail_grid
 
 
@@ -43,7 +43,18 @@ class SearchBox:
     def set_job(self, job: str | None) -> None:
         self.job = job
         self.results.value = ""
-        self.title.value = f"<b>Search {html.escape(job)}</b>" if job else ""
+        self.title.value = self._title(job) if job else ""
+
+    def _title(self, job: str) -> str:
+        """The collection searched, by name: every point in it is found, whichever job loaded it (04's images and
+        PDFs share one)."""
+        try:
+            collection = str(status(job, db=self.db)["collection"])
+        except QsyncError:  # not planned yet: the job's name is all there is
+            return f"<b>Search {html.escape(job)}</b>"
+        return f"<b>Search collection {html.escape(collection)}</b> " + small_print(
+            f"of job {html.escape(job)}; the points other jobs loaded into it are found too"
+        )
 
     def run(self) -> None:
         if not self.job:
@@ -58,5 +69,4 @@ class SearchBox:
         if "media" in found.columns:  # a media job: its images (and PDFs) as thumbnails
             self.results.value = thumbnail_grid(found)
             return
-        found["score"] = found["score"].map(lambda s: f"{s:.3f}")
         self.results.value = frame_html(found, "No records found: is the collection empty?", max_chars=160)

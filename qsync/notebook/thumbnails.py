@@ -19,6 +19,7 @@ import ipywidgets as widgets
 import pandas as pd
 
 from qsync.errors import MediaProblem
+from qsync.formatting import score
 from qsync.input.media import read, sniff
 
 SIZE = 150  # px, the longer side of a thumbnail
@@ -57,7 +58,7 @@ def _card(row: dict[Hashable, Any]) -> str:
     return (
         f'<div class="qsync-thumbnail" style="{_CARD.format(w=SIZE)}">'
         f'<div style="{_BOX.format(w=SIZE)}">{picture or html.escape(what)}</div>'
-        f"<span><b>{html.escape(caption)}</b></span><span>score {float(row['score']):.3f}</span>"
+        f"<span><b>{html.escape(caption)}</b></span><span>score {score(row['score'])}</span>"
         f'<span style="color:#777">{html.escape(str(row["id"]))} · {html.escape(what)}</span></div>'
     )
 
