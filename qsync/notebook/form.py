@@ -21,7 +21,8 @@ from qsync.spec.job import JobSpec
 from qsync.spec.settings import RunSettings
 
 _LABEL = {"description_width": "150px"}
-_FIELD = {"width": "440px"}
+# flex 0 0 auto: a field beside its hint keeps its width; the hint wraps instead (a long one shrank "Chunk tokens").
+_FIELD = {"width": "440px", "flex": "0 0 auto"}
 _NO_MEDIA = ("(none)", "")
 _EMBEDDERS = [("hash — offline, free", "hash"), ("gemini — Gemini API (needs GEMINI_API_KEY)", "gemini")]
 
