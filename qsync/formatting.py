@@ -159,7 +159,10 @@ def formatted(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def value_text(name: str, value: Any) -> str:
-    """One named value (a line of `qsync status`), formatted as it would be in a column of that name."""
+    """One named value (a line of `qsync status`), formatted as it would be in a column of that name; a mapping (an
+    estimate's skip reasons) as its items on one line, not as Python's repr."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {count(v) if isinstance(v, int) else v}" for k, v in value.items()) or "none"
     return column_formatter(name, pd.Series([value]))(value)
 
 

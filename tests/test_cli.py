@@ -257,3 +257,5 @@ def test_skipped_rows_count_as_a_duplicates_reason_counts_them(
     assert [r["ordinal"] for r in json.loads(out)] == [4, 5]  # for code: the frame's positions, from 0
     code, out, _ = _cli(capsys, "estimate", "--source", str(src), "--embedder", "hash", "--json")
     assert json.loads(out)["skip_reasons"] == {"duplicate id": 2}  # one kind of reason, not one per row
+    code, out, _ = _cli(capsys, "estimate", "--source", str(src), "--embedder", "hash")
+    assert "skip_reasons" in out and out.split("skip_reasons", 1)[1].split("\n")[0].strip() == "duplicate id: 2"
