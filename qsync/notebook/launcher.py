@@ -155,9 +155,9 @@ class Launcher(LauncherControls):
         """Buttons and message for a job this kernel does not run, as the ledger has it now."""
         self._buttons(running=False, resumable=status in UNFINISHED)
         self.start_button.disabled = status == "running"  # run elsewhere: paused or cancelled where it runs
-        self.message.value = as_stored(figures, status)
-        if status == "completed":
+        if status == "completed":  # before the message: when it says completed, the search box is there
             self._offer_search(figures.job)
+        self.message.value = as_stored(figures, status)
 
     def _follow_stored(self, job: str, status: str | None = None) -> None:
         """After this kernel's run stopped short: follow the job in the ledger, which 02 or a terminal may retry.
@@ -260,10 +260,10 @@ class Launcher(LauncherControls):
     def _finished(self, event: JobFinished) -> None:
         stopped_short = event.status in ("paused", "failed")
         self._buttons(running=False, resumable=stopped_short)
-        self.message.value = run_finished(event)
-        if event.status == "completed":
+        if event.status == "completed":  # before the message: when it says completed, the search box is there
             self._offer_search(event.job_id)
-        elif stopped_short:
+        self.message.value = run_finished(event)
+        if stopped_short:
             self._follow_stored(event.job_id, event.status)
 
     def pause(self) -> None:
