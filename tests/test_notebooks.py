@@ -842,3 +842,37 @@ def test_a_notebook_run_twice_without_a_key_says_both_times_that_gemini_is_emula
         emulator.stop()
     assert first == second and "Gemini is emulated locally" in first and "nothing is billed" in first
     assert max(map(len, first.splitlines())) <= 96  # JupyterLab breaks longer output lines mid-word
+
+
+def test_a_picker_opens_the_newest_job_that_did_something_not_a_start_pressed_again(tmp_path: Path) -> None:
+    # Start pressed again after a job completed makes a re-sync with every record unchanged: no batch, no skip. 02 and
+    # 03 opened it (nothing to inspect, an empty plot); they open the job that did the work, and list the other.
+    from qsync.notebook.picker import JobPicker
+
+    src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
+    records = make_records(50)
+    write_records(src, records)
+
+    def run() -> Any:
+        return qsync.run(src, collection="c", db=db, qdrant_path=tmp_path / "qdrant", embedder="hash", dimensions=8)
+
+    first, again = run(), run()
+    assert again.job_id != first.job_id and qsync.status(again.job_id, db=db)["batches_total"] == 0
+    picker = JobPicker(db=db)
+    assert picker.job == first.job_id and picker.dropdown.options[1][1] == again.job_id
+    records[0]["text"] = ""  # a re-sync that skips a record shows that skip: it opens
+    write_records(src, records)
+    skipping = run()
+    assert JobPicker(db=db).job == skipping.job_id
+
+
+def test_a_search_box_over_a_hashing_job_says_it_matches_words_not_meaning(tmp_path: Path) -> None:
+    # Offline, 01's job is the hashing embedder's: "a musical instrument with strings" found "slow" and "copper",
+    # which read as broken to a newcomer who was not told why.
+    from qsync.notebook import SearchBox
+
+    src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
+    write_records(src, make_records(20))
+    job = qsync.run(src, collection="c", db=db, qdrant_path=tmp_path / "qdrant", embedder="hash", dimensions=8).job_id
+    title = SearchBox(job, db=db).title.value
+    assert "<b>Search collection c</b>" in title and "share words with yours, not meaning" in title

@@ -9,7 +9,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from qsync.app.reading import search, status
+from qsync.app.reading import search, stored_job
 from qsync.errors import QsyncError
 from qsync.notebook.formatting import error_html, frame_html, small_print
 from qsync.notebook.thumbnails import thumbnail_grid
@@ -49,11 +49,14 @@ class SearchBox:
         """The collection searched, by name: every point in it is found, whichever job loaded it (04's images and
         PDFs share one)."""
         try:
-            collection = str(status(job, db=self.db)["collection"])
+            spec = stored_job(job, db=self.db).spec
         except QsyncError:  # not planned yet: the job's name is all there is
             return f"<b>Search {html.escape(job)}</b>"
-        return f"<b>Search collection {html.escape(collection)}</b> " + small_print(
+        # The offline embedder's hits look broken to someone expecting meaning ("a musical instrument" finds "slow").
+        words = "; the hashing embedder (offline) finds records that share words with yours, not meaning: a Gemini job "
+        return f"<b>Search collection {html.escape(spec.collection)}</b> " + small_print(
             f"of job {html.escape(job)}; the points other jobs loaded into it are found too"
+            + (words + "finds meaning" if spec.embedder.kind == "hash" else "")
         )
 
     def run(self) -> None:
