@@ -142,6 +142,22 @@ def test_skips_are_summed_up_by_kind_not_one_line_per_missing_file(
     assert "overflow-x:auto" in summary, "a wide table scrolls"
 
 
+def test_a_resync_with_nothing_to_embed_still_reads_as_an_image_job(
+    tmp_path: Path, table: Path, emulator: GeminiEmulator
+) -> None:
+    # 04 run twice: the re-sync embeds nothing. Its estimate's footnote said "priced at $0.20 per 1M tokens" (the text
+    # price alone) and its modality table "all text" beside 0 image tokens.
+    from qsync.app.versus import versus
+
+    _run(table, tmp_path)
+    again = _run(table, tmp_path)
+    assert qsync.status(again.job_id, db=tmp_path / "q.duckdb")["batches_total"] == 0
+    shown = versus(again.job_id, db=tmp_path / "q.duckdb")
+    assert shown is not None and "0 of the tokens are images or PDF pages at $0.45 per 1M" in shown.footnote
+    modality = reading.tokens_by_modality(again.job_id, db=tmp_path / "q.duckdb")
+    assert list(modality["tokens"]) == [0, 0] and modality["split"].isna().all()
+
+
 def test_a_resync_pays_again_only_for_the_changed_file_and_search_finds_images_by_text(
     tmp_path: Path, table: Path, emulator: GeminiEmulator
 ) -> None:

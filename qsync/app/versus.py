@@ -46,12 +46,13 @@ def versus(job: str, db: str | Path | None = None) -> Versus | None:
     })  # fmt: skip
     when = pd.Timestamp(recorded["recorded_at"]).strftime("%Y-%m-%d %H:%M")
     media = int(recorded.get("media_tokens") or 0)
-    prices = f"priced at {usd(recorded['price_usd_per_million_tokens'])} per 1M tokens"
-    if media:  # images and PDF pages have a price of their own
-        spec = reading.stored_job(job, db=db).spec
-        media_price = spec.embedder.price_per_million(batch_mode=spec.batch_mode, media=True)
-        prices = (f"{count(media)} of the tokens are images or PDF pages at {usd(media_price)} "
-                  f"per 1M, the rest text at {usd(recorded['price_usd_per_million_tokens'])}")  # fmt: skip
+    text_price = usd(recorded["price_usd_per_million_tokens"])
+    prices = f"priced at {text_price} per 1M tokens"
+    spec = reading.stored_job(job, db=db).spec
+    if media or spec.columns.media_kind:  # images and PDF pages have a price of their own
+        media_price = usd(spec.embedder.price_per_million(batch_mode=spec.batch_mode, media=True))
+        prices = (f"{count(media)} of the tokens are images or PDF pages at {media_price} per 1M, the rest text at "
+                  f"{text_price}")  # fmt: skip
     status = str(frame.attrs.get("status", ""))
     error = (
         "Error: estimate minus actual, in % of the actual."

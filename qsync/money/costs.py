@@ -55,13 +55,13 @@ def cost_frame(ledger: Ledger, job: str, clock: Clock = SYSTEM_CLOCK) -> pd.Data
 def modality_frame(ledger: Ledger, job: str) -> pd.DataFrame:
     """The job's embedding tokens and dollars, text and media (images, PDF pages) apart, as each is priced.
     `split` says where the division comes from: the API's per-modality usage, or qsync's own estimates when the
-    answer's split did not reach it (google-genai drops `promptTokenDetails`)."""
+    answer's split did not reach it (google-genai drops `promptTokenDetails`); None when nothing was embedded."""
     spec = job_record(ledger, job).spec
     tokens, media, estimated = costs.media_split(ledger, job)
     text_price = spec.embedder.price_per_million(batch_mode=spec.batch_mode)
     media_price = spec.embedder.price_per_million(batch_mode=spec.batch_mode, media=True)
     # One origin for both rows: the text's share is what the media's share leaves of the total.
-    split = "estimated by qsync" if estimated else "reported by the API" if media else "all text"
+    split = "estimated by qsync" if estimated else "reported by the API" if media else "all text" if tokens else None
     text = tokens - media
     rows = [
         ("text (captions, instructions)", text, text * text_price / 1e6, split),
