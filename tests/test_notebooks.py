@@ -175,6 +175,7 @@ def test_the_long_documents_notebook_cuts_chunks_and_finds_records_by_a_passage(
     assert status["total_chunks"] > 79
     compared = _widget_value(nb, "compare_models(SOURCE").replace(",", "")
     assert f">{status['total_chunks']}<" in compared  # the estimate cut the chunks the run cut
+    assert "time of work</th>" in compared and "expected_minutes" not in compared, "a duration is not headed minutes"
     hits = _widget_value(nb, "iterable of a for loop")
     assert re.search(r">\d+/\d+<", hits), "a hit is a passage of a long record, labelled with its chunk"
 

@@ -34,14 +34,18 @@ def usd_axis(axis: Axis) -> None:
 
 def frame_html(
     frame: pd.DataFrame, empty: str = "Nothing to show.", formats: Mapping[str, Formatter] | None = None,
-    max_chars: int = 120, css: str = "qsync-table",
+    max_chars: int = 120, css: str = "qsync-table", headers: Mapping[str, str] | None = None,
 ) -> str:  # fmt: skip
     """A DataFrame as an HTML table: numbers formatted (dollars, separators), `—` for missing, long
-    text cut to `max_chars`; an empty frame is the sentence `empty`."""
+    text cut to `max_chars`; an empty frame is the sentence `empty`. `headers`: a column's label for people, where
+    its name (which chooses its format: `cost_usd` in dollars, `expected_minutes` as a duration) is an API's."""
     if frame.empty:
         return f"<p class='qsync-empty'><i>{html.escape(empty)}</i></p>"
     formats = dict(formats or {})
-    head = "".join(f"<th style='padding:2px 12px'>{html.escape(str(c))}</th>" for c in frame.columns)
+    labels = dict(headers or {})
+    head = "".join(
+        f"<th style='padding:2px 12px'>{html.escape(labels.get(str(c), str(c)))}</th>" for c in frame.columns
+    )
     fmts = [formats.get(str(c)) or column_formatter(str(c), frame[c]) for c in frame.columns]
     rows = []
     for values in frame.itertuples(index=False):
@@ -64,9 +68,12 @@ def frame_html(
     )
 
 
-def show(frame: pd.DataFrame, empty: str = "Nothing to show.") -> widgets.HTML:
-    """A DataFrame for a notebook cell: formatted numbers, dollars as dollars, no NaN or None."""
-    return widgets.HTML(frame_html(frame, empty))
+def show(
+    frame: pd.DataFrame, empty: str = "Nothing to show.", headers: Mapping[str, str] | None = None
+) -> widgets.HTML:
+    """A DataFrame for a notebook cell: formatted numbers, dollars as dollars, no NaN or None; `headers` labels
+    columns for people (`{"expected_minutes": "time of work"}`), each still formatted by its name."""
+    return widgets.HTML(frame_html(frame, empty, headers=headers))
 
 
 _CLI_ADVICE: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
