@@ -182,8 +182,10 @@ MEANING = (
     f"neighbours kept: of each sampled record's {NEIGHBOURS} nearest sampled records at the model's full size, the "
     f"share still among its {NEIGHBOURS} nearest at this size (with queries: of each query's). It says what a smaller "
     "size loses against the model's own best on your data; it is neighbour agreement, not relevance: it cannot tell "
-    "whether either neighbourhood is what a person would want, nor compare one model with the other. Cost still to "
-    "pay, time (at the tier's limits) and storage are the whole table's; a long record counts by its first chunk."
+    "whether either neighbourhood is what a person would want, nor compare one model with the other. Cost and time "
+    "(at the tier's limits) are what the whole table still takes, the sample now in the cache left out and its tokens "
+    "counted as said below: an estimate made before the sample differs by that. Storage is the whole table's; a long "
+    "record counts by its first chunk."
 )
 
 
