@@ -728,6 +728,10 @@ def test_small_figures_read_as_a_person_reads_them(tmp_path: Path, monkeypatch: 
     assert result is not None and result.ok
     table = versus_html(result.job_id, tmp_path / "q.duckdb")
     assert "time of work" in table and " s<" in table and "0.0<" not in table  # seconds, never "0.0"
+    from qsync.app.versus import work_time
+
+    # The digits the error beside it needs: 0.62 s against 0.38 s is +64%, which "0.6 s / 0.4 s" is not.
+    assert [work_time(s / 60) for s in (0.62, 0.376, 4.25, 75)] == ["0.62 s", "0.38 s", "4.2 s", "1 min 15 s"]
     assert "Time of work is estimated only for a Gemini model" in table  # why its estimate is a dash
     shown = estimate_table(qsync.estimate(tmp_path / "src.jsonl", db=tmp_path / "q.duckdb")).value
     assert "cost in Batch Mode" in shown and "$0" in shown and "time at the rate limits" in shown

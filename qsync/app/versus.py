@@ -23,9 +23,12 @@ class Versus:
     footnote: str
 
 
-def _work_time(minutes: Any) -> str:
-    """A duration; tenths of a second below 10 s (a 0.3 s job beside a 0.4 s estimate is not "0 s / 0 s")."""
+def work_time(minutes: Any) -> str:
+    """A duration with the digits its error needs: hundredths below 1 s, tenths below 10 s (a 0.3 s job beside a
+    0.4 s estimate is not "0 s / 0 s", and 0.62 s against 0.38 s is the +64% beside it, which "0.6 s / 0.4 s" is not)."""
     seconds = float(minutes) * 60  # a missing figure is NaN here: `duration` shows it as missing
+    if seconds < 1:
+        return f"{seconds:.2f} s"
     return f"{seconds:.1f} s" if seconds < 10 else duration(seconds)
 
 
@@ -37,7 +40,7 @@ def versus(job: str, db: str | Path | None = None) -> Versus | None:
         return None
     recorded = frame.attrs["recorded"]
     # Minutes as a duration: a small job's "0.0 / 0.0" beside an error of -85% read as a contradiction.
-    fmt = {"tokens": count, "cost_usd": usd, "minutes": _work_time}
+    fmt = {"tokens": count, "cost_usd": usd, "minutes": work_time}
     table = pd.DataFrame({
         "": ["tokens", "cost", "time of work"],
         "estimate (plan time)": [fmt[f](e) for f, e in zip(frame["figure"], frame["estimate"], strict=True)],
