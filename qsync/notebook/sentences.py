@@ -37,10 +37,7 @@ def as_stored(f: JobFigures, status: str) -> str:
     if status == "running":
         return f"<b>{job}</b> is running in another process; this form follows it. Pause or cancel it where it runs."
     if status == "completed":
-        return (
-            f"<b>{job}</b> completed: {summary_of(f)} <b>Start</b> runs a re-sync (only new and changed records are "
-            "embedded)."
-        )
+        return completed(f)
     if status == "cancelled":
         return f"<b>{job}</b> was cancelled. <b>Start</b> begins a new job."
     return f"{done_so_far(f, status)} Press <b>Resume</b> (or Start) to continue."
@@ -70,8 +67,10 @@ def run_started(f: JobFigures) -> str:
 def run_finished(event: JobFinished) -> str:
     """What the launcher says when this kernel's run ends."""
     job, summary = html.escape(event.job_id), summary_of(event.figures) if event.figures else ""
+    if event.status == "completed" and event.figures:
+        return completed(event.figures)
     if event.status == "completed":
-        return f"<b>{job}</b> completed: {summary}"
+        return f"<b>{job}</b> completed."
     if event.status == "paused":
         why = html.escape(humanize(event.message) or "paused")
         why = why if why.startswith("paused") else f"paused: {why}"
@@ -84,6 +83,18 @@ def run_finished(event: JobFinished) -> str:
     return (
         f"<b>{job}</b> was cancelled. {summary} <b>Start</b> begins a new job; vectors already paid for are reused by "
         "a job of the same model and dimensions."
+    )
+
+
+def completed(f: JobFigures) -> str:
+    """A completed job, whether this kernel ran it or the ledger says so: what comes next, not its figures again (the
+    monitor right below shows them; the same counts twice in two wordings read as two different things)."""
+    skipped = (
+        f" {counted(f.skipped_records, 'record')} skipped: reasons in 02_inspect_batches." if f.skipped_records else ""
+    )
+    return (
+        f"<b>{html.escape(f.job)}</b> completed (its figures below).{skipped} <b>Start</b> again runs a re-sync: only "
+        "new and changed records are embedded."
     )
 
 
