@@ -687,6 +687,8 @@ def test_a_stopped_form_follows_a_retry_made_in_another_process(
     assert out.returncode == 0, out.stderr
     wait_for(lambda: "completed" in launcher.message.value, timeout=30)
     assert "0 failed batches" in launcher.monitor.label.value and "600 / 600" in launcher.monitor.label.value
+    # The figures once, in the monitor; the message says what comes next.
+    assert "re-sync" in launcher.message.value and "600" not in launcher.message.value
     assert launcher.resume_button.disabled
     assert launcher.search.widget.layout.display == ""
 
@@ -726,6 +728,7 @@ def test_small_figures_read_as_a_person_reads_them(tmp_path: Path, monkeypatch: 
     launcher.start()
     result = launcher.wait(60)
     assert result is not None and result.ok
+    assert "re-sync" in launcher.message.value and "120" not in launcher.message.value, "the figures are below it"
     table = versus_html(result.job_id, tmp_path / "q.duckdb")
     assert "time of work" in table and " s<" in table and "0.0<" not in table  # seconds, never "0.0"
     from qsync.app.versus import work_time
