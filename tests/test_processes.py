@@ -6,6 +6,7 @@ import collections
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import time
@@ -275,6 +276,13 @@ def test_demo_runs_offline_and_reports_the_resume(tmp_path: Path) -> None:
     assert "status='stale'" in out.stdout
     assert "demo: completed; 5,000 records in Qdrant" in out.stdout
     assert "texts embedded twice because of the kill" in out.stdout
+    # Its parting hint works as printed in the shell it ran from, where the README's `.venv/bin/qsync demo` has not
+    # put qsync on PATH ("qsync: command not found" was a newcomer's next step).
+    [hint] = [line for line in out.stdout.splitlines() if line.startswith("Try: ")]
+    status = hint.removeprefix("Try: ").split("   |   ")[0]
+    env = {**qsync_env(), "PATH": "/usr/bin:/bin"}
+    shown = subprocess.run(shlex.split(status), env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0 and "completed" in shown.stdout, (status, shown.stderr)
 
 
 def test_status_json_has_the_documented_fields(tmp_path: Path) -> None:

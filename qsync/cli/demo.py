@@ -101,8 +101,19 @@ def run_demo(directory: str, source: str | None, kill_at: float) -> int:
         f"(~{tokens_saved:,} tokens, ${tokens_saved * GEMINI_PRICE_PER_M / 1e6:.4f} at Gemini's price)"
     )
     _show_search(reading.status(JOB, db=db)["collection"], db)
-    print(f"Try: qsync status {JOB} --db {db}   |   qsync batches {JOB} --db {db}")
+    qsync = _command()
+    print(f"Try: {qsync} status {JOB} --db {db}   |   {qsync} batches {JOB} --db {db}")
     return 0 if result.ok else 1
+
+
+def _command() -> str:
+    """How to call qsync from this shell: `qsync` when it is on PATH, else this interpreter's own (the README's
+    `.venv/bin/qsync demo` runs before any venv is activated, and a bare `qsync` was "command not found")."""
+    mine = Path(sys.executable).parent / "qsync"
+    found = shutil.which("qsync")
+    if not mine.exists() or (found and Path(found).resolve() == mine.resolve()):
+        return "qsync"
+    return os.path.relpath(mine) if mine.is_relative_to(Path.cwd()) else str(mine)
 
 
 def _kill_part_way(worker: subprocess.Popen[bytes], db: Path, kill_at: float) -> int | None:
