@@ -853,8 +853,8 @@ def test_a_notebook_run_twice_without_a_key_says_both_times_that_gemini_is_emula
 
 
 def test_a_picker_opens_the_newest_job_that_did_something_not_a_start_pressed_again(tmp_path: Path) -> None:
-    # Start pressed again after a job completed makes a re-sync with every record unchanged: no batch, no skip. 02 and
-    # 03 opened it (nothing to inspect, an empty plot); they open the job that did the work, and list the other.
+    # Start pressed again after a job completed makes a re-sync with every record unchanged: no batch. 02 and 03
+    # opened it (nothing to inspect, an empty plot); they open the job that did the work, and list the other.
     from qsync.notebook.picker import JobPicker
 
     src, db = tmp_path / "src.jsonl", tmp_path / "q.duckdb"
@@ -868,10 +868,14 @@ def test_a_picker_opens_the_newest_job_that_did_something_not_a_start_pressed_ag
     assert again.job_id != first.job_id and qsync.status(again.job_id, db=db)["batches_total"] == 0
     picker = JobPicker(db=db)
     assert picker.job == first.job_id and picker.dropdown.options[1][1] == again.job_id
-    records[0]["text"] = ""  # a re-sync that skips a record shows that skip: it opens
+    records[0]["text"] = ""  # a re-sync that only skips (the same bad rows again, or a newly bad one) embeds nothing
     write_records(src, records)
-    skipping = run()
-    assert JobPicker(db=db).job == skipping.job_id
+    run()
+    assert JobPicker(db=db).job == first.job_id
+    bad = tmp_path / "bad.jsonl"  # a new job whose every record is skipped: there is something to see, it opens
+    write_records(bad, [{**r, "text": ""} for r in make_records(3)])
+    skipped = qsync.run(bad, collection="c", db=db, qdrant_path=tmp_path / "qdrant", embedder="hash", dimensions=8)
+    assert JobPicker(db=db).job == skipped.job_id
 
 
 def test_a_search_box_over_a_hashing_job_says_it_matches_words_not_meaning(tmp_path: Path) -> None:

@@ -55,7 +55,8 @@ def versus(job: str, db: str | Path | None = None) -> Versus | None:
     if media or spec.columns.media_kind:  # images and PDF pages have a price of their own
         media_price = usd(spec.embedder.price_per_million(batch_mode=spec.batch_mode, media=True))
         prices = (f"{count(media)} of the tokens are images or PDF pages at {media_price} per 1M, the rest text at "
-                  f"{text_price}")  # fmt: skip
+                  f"{text_price}" if media else
+                  f"priced at {media_price} per 1M tokens of images and PDF pages, {text_price} of text")  # fmt: skip
     status = str(frame.attrs.get("status", ""))
     error = (
         "Error: estimate minus actual, in % of the actual."

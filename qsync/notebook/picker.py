@@ -19,10 +19,10 @@ from qsync.spec.defaults import resolve_db
 
 
 def job_choices(db: str | Path | None) -> list[tuple[str, str]]:
-    """(label, job) for every job in `db`, newest first; after them the re-syncs that found every record unchanged
-    (no batch, no skip: nothing to inspect or cost), then the samples `qsync.compare` embedded. A picker opens the
-    first: the newest backfill that did something, not a Start pressed again since or a comparison run; [] when
-    there is no file or no job."""
+    """(label, job) for every job in `db`, newest first; after them the re-syncs that embedded nothing (no batch, the
+    records unchanged since the last sync: nothing to inspect or cost; the bad rows they skip again were skipped
+    before), then the samples `qsync.compare` embedded. A picker opens the first: the newest job that did something,
+    not a Start pressed again since or a comparison run; [] when there is no file or no job."""
     path = resolve_db(db)
     if not path.exists():
         return []
@@ -30,7 +30,7 @@ def job_choices(db: str | Path | None) -> list[tuple[str, str]]:
         frame = reading.jobs(db=path)
     except QsyncError:
         return []
-    idle = {str(r["job"]) for _, r in frame.iterrows() if r["batches_total"] == 0 and r["skipped_records"] == 0}
+    idle = {str(r["job"]) for _, r in frame.iterrows() if r["batches_total"] == 0 and r["unchanged_records"] > 0}
     choices = [(_label(row), str(row["job"])) for _, row in frame.iterrows()]
     # sorted is stable: newest first within each group
     return sorted(choices, key=lambda choice: (is_comparison(choice[1]), choice[1] in idle))
