@@ -153,9 +153,8 @@ def test_a_resync_with_nothing_to_embed_still_reads_as_an_image_job(
     again = _run(table, tmp_path)
     assert qsync.status(again.job_id, db=tmp_path / "q.duckdb")["batches_total"] == 0
     shown = versus(again.job_id, db=tmp_path / "q.duckdb")
-    assert (
-        shown is not None and "priced at $0.45 per 1M tokens of images and PDF pages, $0.20 of text" in shown.footnote
-    )
+    assert shown is not None and "with nothing to embed;" in shown.footnote and "cached" not in shown.footnote
+    assert "priced at $0.45 per 1M tokens of images and PDF pages, $0.20 of text" in shown.footnote
     modality = reading.tokens_by_modality(again.job_id, db=tmp_path / "q.duckdb")
     assert list(modality["tokens"]) == [0, 0] and modality["split"].isna().all()
 

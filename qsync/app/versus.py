@@ -63,10 +63,14 @@ def versus(job: str, db: str | Path | None = None) -> Versus | None:
         if error_known(status)
         else f"Error: once the job completes (it is {status}: the estimate is for all of its texts)."
     )
-    footnote = (
-        f"estimated {when} for {count(recorded['texts_to_embed'])} texts to embed "
-        f"({count(recorded['cached_texts'])} already cached); {recorded['tokens_basis']}; {prices}. {error}"
+    # A re-sync with nothing to embed: not "for 0 texts to embed (0 already cached); nothing to embed".
+    what = (
+        f"for {count(recorded['texts_to_embed'])} texts to embed ({count(recorded['cached_texts'])} already cached); "
+        f"{recorded['tokens_basis']}"
+        if recorded["texts_to_embed"]
+        else "with nothing to embed"
     )
+    footnote = f"estimated {when} {what}; {prices}. {error}"
     if recorded["texts_to_embed"] and pd.isna(recorded["minutes"]):  # the table's "—" said nothing of why
         footnote += " Time of work is estimated only for a Gemini model's standard calls (from its rate limits)."
     return Versus(table, footnote)
