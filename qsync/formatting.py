@@ -201,7 +201,8 @@ def reason_kinds(reasons: pd.Series) -> pd.Series:
 def skip_kinds(reasons: pd.Series) -> pd.DataFrame:
     """Skip reasons by kind, most common first: the kind, how many records, and one of its reasons whole when it says
     more than its kind (the first; None when it does not)."""
-    frame = pd.DataFrame({"kind": reason_kinds(reasons.astype(str)), "reason": reasons.astype(str)})
+    text = reasons.astype(str)
+    frame = pd.DataFrame({"kind": reason_kinds(text), "reason": text})
     kinds = frame.groupby("kind", sort=False).agg(records=("reason", "size"), example=("reason", "first"))
     kinds = kinds.reset_index().sort_values(["records", "kind"], ascending=[False, True], kind="stable")
     kinds["example"] = kinds["example"].where(kinds["example"] != kinds["kind"], None)

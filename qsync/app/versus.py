@@ -25,7 +25,8 @@ class Versus:
 
 def work_time(minutes: Any) -> str:
     """A duration with the digits its error needs: hundredths below 1 s, tenths below 10 s (a 0.3 s job beside a
-    0.4 s estimate is not "0 s / 0 s", and 0.62 s against 0.38 s is the +64% beside it, which "0.6 s / 0.4 s" is not)."""
+    0.4 s estimate is not "0 s / 0 s", and 0.62 s against 0.38 s is the +64% beside it, which "0.6 s / 0.4 s" is
+    not)."""
     seconds = float(minutes) * 60  # a missing figure is NaN here: `duration` shows it as missing
     if seconds < 1:
         return f"{seconds:.2f} s"
@@ -54,9 +55,13 @@ def versus(job: str, db: str | Path | None = None) -> Versus | None:
     spec = reading.stored_job(job, db=db).spec
     if media or spec.columns.media_kind:  # images and PDF pages have a price of their own
         media_price = usd(spec.embedder.price_per_million(batch_mode=spec.batch_mode, media=True))
-        prices = (f"{count(media)} of the tokens are images or PDF pages at {media_price} per 1M, the rest text at "
-                  f"{text_price}" if media else
-                  f"priced at {media_price} per 1M tokens of images and PDF pages, {text_price} of text")  # fmt: skip
+        if media:
+            prices = (
+                f"{count(media)} of the tokens are images or PDF pages at {media_price} per 1M, the rest text at "
+                f"{text_price}"
+            )
+        else:  # a media job with nothing to embed: its prices, not "0 of the tokens are images"
+            prices = f"priced at {media_price} per 1M tokens of images and PDF pages, {text_price} of text"
     status = str(frame.attrs.get("status", ""))
     error = (
         "Error: estimate minus actual, in % of the actual."

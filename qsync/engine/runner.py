@@ -74,7 +74,8 @@ class RunResult:
         return self.status == "completed"
 
     def __str__(self) -> str:
-        """A sentence for `print(result)` (the repr, with every field and the seconds unrounded, stays for debugging)."""
+        """A sentence for `print(result)` (the repr, with every field and the seconds unrounded, stays for
+        debugging)."""
         said = f"{self.job_id}: {self.status}, {self.run_records:,} records this run in {self.elapsed_s:.1f} s"
         return f"{said} ({self.message})" if self.message else said
 

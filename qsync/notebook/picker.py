@@ -30,10 +30,10 @@ def job_choices(db: str | Path | None) -> list[tuple[str, str]]:
         frame = reading.jobs(db=path)
     except QsyncError:
         return []
-    idle = {str(r["job"]) for _, r in frame.iterrows() if r["batches_total"] == 0 and r["unchanged_records"] > 0}
-    choices = [(_label(row), str(row["job"])) for _, row in frame.iterrows()]
+    rows = [(row, str(row["job"])) for _, row in frame.iterrows()]
     # sorted is stable: newest first within each group
-    return sorted(choices, key=lambda choice: (is_comparison(choice[1]), choice[1] in idle))
+    rows.sort(key=lambda r: (is_comparison(r[1]), r[0]["batches_total"] == 0 and r[0]["unchanged_records"] > 0))
+    return [(_label(row), job) for row, job in rows]
 
 
 def _label(row: pd.Series) -> str:

@@ -52,12 +52,14 @@ class SearchBox:
             spec = stored_job(job, db=self.db).spec
         except QsyncError:  # not planned yet: the job's name is all there is
             return f"<b>Search {html.escape(job)}</b>"
+        note = f"of job {html.escape(job)}; the points other jobs loaded into it are found too"
         # The offline embedder's hits look broken to someone expecting meaning ("a musical instrument" finds "slow").
-        words = "; the hashing embedder (offline) finds records that share words with yours, not meaning: a Gemini job "
-        return f"<b>Search collection {html.escape(spec.collection)}</b> " + small_print(
-            f"of job {html.escape(job)}; the points other jobs loaded into it are found too"
-            + (words + "finds meaning" if spec.embedder.kind == "hash" else "")
-        )
+        if spec.embedder.kind == "hash":
+            note += (
+                "; the hashing embedder (offline) finds records that share words with yours, not meaning: a Gemini "
+                "job finds meaning"
+            )
+        return f"<b>Search collection {html.escape(spec.collection)}</b> " + small_print(note)
 
     def run(self) -> None:
         if not self.job:

@@ -66,11 +66,10 @@ def run_started(f: JobFigures) -> str:
 
 def run_finished(event: JobFinished) -> str:
     """What the launcher says when this kernel's run ends."""
-    job, summary = html.escape(event.job_id), summary_of(event.figures) if event.figures else ""
-    if event.status == "completed" and event.figures:
-        return completed(event.figures)
+    job = html.escape(event.job_id)
     if event.status == "completed":
-        return f"<b>{job}</b> completed."
+        return completed(event.figures) if event.figures else f"<b>{job}</b> completed."
+    summary = summary_of(event.figures) if event.figures else ""
     if event.status == "paused":
         why = html.escape(humanize(event.message) or "paused")
         why = why if why.startswith("paused") else f"paused: {why}"
